@@ -1,0 +1,129 @@
+//! QUIC endpoints on quinn with the rustls configs from [`crate::tls`], and frame I/O on
+//! streams. This is plumbing only: what to send and when is decided by the sans-IO state
+//! machines in origin and edge.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_protocol::frame::{FrameDecoder, encode};
+use meridian_protocol::{Frame, FrameError};
+
+use crate::tls::{TlsError, TlsPaths, client_crypto, server_crypto};
+
+/// Transport timing shared by both ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuicTuning {
+    /// QUIC keep-alive PING interval.
+    pub keep_alive_interval_ms: u64,
+    /// A connection silent this long is closed.
+    pub max_idle_timeout_ms: u64,
+}
+
+impl Default for QuicTuning {
+    fn default() -> Self {
+        Self { keep_alive_interval_ms: 1_000, max_idle_timeout_ms: 4_000 }
+    }
+}
+
+/// Why a QUIC endpoint or stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// TLS material.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Binding the UDP socket.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing to a stream.
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Finishing a stream.
+    #[error("stream closed: {0}")]
+    Closed(#[from] quinn::ClosedStream),
+    /// Reading from a stream.
+    #[error("read: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// Bytes that were not a valid frame.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+fn transport(tuning: QuicTuning) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_millis(tuning.keep_alive_interval_ms)));
+    // The idle timeout is a VarInt of milliseconds; values beyond its range are clamped.
+    let idle = quinn::VarInt::from_u64(tuning.max_idle_timeout_ms).unwrap_or(quinn::VarInt::MAX);
+    t.max_idle_timeout(Some(idle.into()));
+    t.max_concurrent_uni_streams(1024u32.into());
+    Arc::new(t)
+}
+
+/// A server endpoint that requires client certificates.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    paths: &TlsPaths,
+    tuning: QuicTuning,
+) -> Result<quinn::Endpoint, NetError> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_crypto(paths)?)
+        .map_err(TlsError::from)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport(tuning));
+    quinn::Endpoint::server(config, addr).map_err(|source| NetError::Bind { addr, source })
+}
+
+/// A client endpoint that presents `paths.cert` to servers.
+pub fn client_endpoint(
+    bind: SocketAddr,
+    paths: &TlsPaths,
+    tuning: QuicTuning,
+) -> Result<quinn::Endpoint, NetError> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_crypto(paths)?)
+        .map_err(TlsError::from)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport(tuning));
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// Writes one length-prefixed frame.
+pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), NetError> {
+    let bytes = encode(frame)?;
+    send.write_all(&bytes).await?;
+    Ok(())
+}
+
+/// Sends one frame on a new unidirectional stream and finishes it.
+pub async fn send_uni(conn: &quinn::Connection, frame: &Frame) -> Result<(), NetError> {
+    let mut send = conn.open_uni().await.map_err(|e| NetError::Write(e.into()))?;
+    write_frame(&mut send, frame).await?;
+    send.finish()?;
+    Ok(())
+}
+
+/// Reads the next frame, `Ok(None)` at a clean end of stream.
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<Frame>, NetError> {
+    loop {
+        if let Some(frame) = decoder.next_frame()? {
+            return Ok(Some(frame));
+        }
+        match recv.read_chunk(64 * 1024, true).await? {
+            Some(chunk) => decoder.push(&chunk.bytes),
+            None => {
+                decoder.finish()?;
+                return Ok(None);
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Mutual-TLS material: loading certificates and keys from PEM files, building rustls configs
+//! (ring provider, TLS 1.3 only) for quinn, and generating a throwaway development PKI and
+//! Ed25519 signing key for `meridian dev`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// ALPN protocol id for Meridian replication v1.
+pub const ALPN: &[u8] = b"meridian/1";
+/// The TLS server name edges use when they dial an origin.
+pub const ORIGIN_SERVER_NAME: &str = "origin.meridian";
+
+/// Why TLS material could not be loaded or built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A PEM file held nothing usable.
+    #[error("{path}: {source}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A certificate file held no certificate.
+    #[error("{0}: no certificate found")]
+    NoCertificate(PathBuf),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client verifier could not be built.
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// quinn refused the rustls configuration.
+    #[error("QUIC crypto configuration: {0}")]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// Certificate generation failed.
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A signing key file was not 32 bytes of hex.
+    #[error("{0}: expected 64 hex characters (an Ed25519 key)")]
+    BadSigningKey(PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io { path: path.to_owned(), source }
+}
+
+/// Paths of one node's identity: its certificate chain, its key, and the CA it trusts for peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// PEM certificate chain presented to peers.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA certificate that peers' certificates must chain to.
+    pub ca: PathBuf,
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|source| TlsError::Pem { path: path.to_owned(), source })?
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsError::Pem { path: path.to_owned(), source })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(path.to_owned()));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Pem { path: path.to_owned(), source })
+}
+
+fn roots(ca: &Path) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in load_certs(ca)? {
+        store.add(cert)?;
+    }
+    Ok(Arc::new(store))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A rustls server config that demands a client certificate chaining to `paths.ca`.
+pub fn server_crypto(paths: &TlsPaths) -> Result<rustls::ServerConfig, TlsError> {
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(&paths.ca)?, provider())
+            .build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(&paths.cert)?, load_key(&paths.key)?)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// A rustls client config that presents `paths.cert` and trusts servers under `paths.ca`.
+pub fn client_crypto(paths: &TlsPaths) -> Result<rustls::ClientConfig, TlsError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(&paths.ca)?)
+        .with_client_auth_cert(load_certs(&paths.cert)?, load_key(&paths.key)?)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// Reads an Ed25519 secret key stored as 64 hex characters.
+pub fn load_signing_key(path: &Path) -> Result<SigningKey, TlsError> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let bytes = hex::decode(text.trim()).map_err(|_| TlsError::BadSigningKey(path.to_owned()))?;
+    let secret: [u8; 32] =
+        bytes.try_into().map_err(|_| TlsError::BadSigningKey(path.to_owned()))?;
+    Ok(SigningKey::from_bytes(&secret))
+}
+
+/// Reads an Ed25519 public key stored as 64 hex characters.
+pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, TlsError> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let bytes = hex::decode(text.trim()).map_err(|_| TlsError::BadSigningKey(path.to_owned()))?;
+    let public: [u8; 32] =
+        bytes.try_into().map_err(|_| TlsError::BadSigningKey(path.to_owned()))?;
+    VerifyingKey::from_bytes(&public).map_err(|_| TlsError::BadSigningKey(path.to_owned()))
+}
+
+/// Where [`ensure_dev_pki`] put everything.
+#[derive(Debug, Clone)]
+pub struct DevPki {
+    /// The folder.
+    pub dir: PathBuf,
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// Origin identity.
+    pub origin: TlsPaths,
+    /// Ed25519 signing key (hex).
+    pub signing_key: PathBuf,
+    /// Ed25519 public key (hex).
+    pub signing_pub: PathBuf,
+}
+
+impl DevPki {
+    /// The identity of an edge (created by [`ensure_dev_pki`]).
+    pub fn edge(&self, edge_id: &str) -> TlsPaths {
+        TlsPaths {
+            cert: self.dir.join(format!("edge-{edge_id}.pem")),
+            key: self.dir.join(format!("edge-{edge_id}.key")),
+            ca: self.ca.clone(),
+        }
+    }
+}
+
+fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
+    std::fs::write(path, contents).map_err(io_err(path))
+}
+
+/// Creates (once) a throwaway CA, an origin certificate, one client certificate per edge id and
+/// an Ed25519 signing key under `dir`. Existing files are kept, so restarts reuse them.
+pub fn ensure_dev_pki(dir: &Path, edge_ids: &[&str]) -> Result<DevPki, TlsError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let ca_path = dir.join("ca.pem");
+    let ca_key_path = dir.join("ca.key");
+    let pki = DevPki {
+        dir: dir.to_owned(),
+        ca: ca_path.clone(),
+        origin: TlsPaths {
+            cert: dir.join("origin.pem"),
+            key: dir.join("origin.key"),
+            ca: ca_path.clone(),
+        },
+        signing_key: dir.join("signing.key"),
+        signing_pub: dir.join("signing.pub"),
+    };
+
+    let (ca_params, ca_key) = if ca_path.exists() && ca_key_path.exists() {
+        let key_pem = std::fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
+        let ca_key = rcgen::KeyPair::from_pem(&key_pem)?;
+        (ca_params(), ca_key)
+    } else {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let cert = ca_params().self_signed(&ca_key)?;
+        write(&ca_path, &cert.pem())?;
+        write(&ca_key_path, &ca_key.serialize_pem())?;
+        (ca_params(), ca_key)
+    };
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+    let leaf = |cert_path: &Path, key_path: &Path, names: Vec<String>| {
+        if cert_path.exists() && key_path.exists() {
+            return Ok::<(), TlsError>(());
+        }
+        let key = rcgen::KeyPair::generate()?;
+        let params = rcgen::CertificateParams::new(names)?;
+        let cert = params.signed_by(&key, &issuer)?;
+        write(cert_path, &cert.pem())?;
+        write(key_path, &key.serialize_pem())
+    };
+    leaf(
+        &pki.origin.cert,
+        &pki.origin.key,
+        vec![ORIGIN_SERVER_NAME.into(), "localhost".into(), "127.0.0.1".into()],
+    )?;
+    for id in edge_ids {
+        let paths = pki.edge(id);
+        leaf(&paths.cert, &paths.key, vec![format!("{id}.edge.meridian"), "localhost".into()])?;
+    }
+
+    if !pki.signing_key.exists() {
+        let key = SigningKey::generate(&mut rand_core::OsRng);
+        write(&pki.signing_key, &hex::encode(key.to_bytes()))?;
+        write(&pki.signing_pub, &hex::encode(key.verifying_key().to_bytes()))?;
+    }
+    Ok(pki)
+}
+
+fn ca_params() -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, "Meridian dev CA");
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    params
+}

@@ -1,0 +1,176 @@
+//! Wire frames between origin, edges and peers: a versioned envelope encoded with postcard and
+//! prefixed with its length as a big-endian u32 (DESIGN §5).
+//!
+//! [`FrameDecoder`] is the only way bytes from the network become frames; it enforces the
+//! frame size limit before it allocates and reports malformed input as an error, never a panic.
+
+use serde::{Deserialize, Serialize};
+
+use crate::addr::Address;
+use crate::digest::Digest;
+use crate::model::{EntryState, Revision};
+use crate::sign::{SignedDelta, SignedHead};
+
+/// The default largest frame body, in bytes. A value is at most 1 MiB, so this leaves room for a
+/// transaction of several large values and for snapshot chunks.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes in the length prefix.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// The versioned envelope. New versions are added as new variants; old ones stay decodable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Protocol version 1.
+    V1(FrameV1),
+}
+
+/// Version 1 messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrameV1 {
+    /// Edge → origin or peer, first on the control stream: who it is and what it holds.
+    Hello {
+        /// The edge's id.
+        edge_id: String,
+        /// The edge's region.
+        region: String,
+        /// The revision it holds.
+        revision: Revision,
+        /// Its digest at that revision.
+        digest: Digest,
+    },
+    /// Origin → edge: the newest signed head (sent on commit and as a heartbeat).
+    Head(SignedHead),
+    /// Origin → edge, on its own unidirectional stream: one signed delta.
+    Delta(SignedDelta),
+    /// Start of a snapshot at the signed head's revision.
+    SnapshotBegin {
+        /// The head the snapshot's digest must match.
+        head: SignedHead,
+        /// Number of entries that follow, tombstones included.
+        entries: u64,
+    },
+    /// A slice of a snapshot, in address order.
+    SnapshotChunk {
+        /// 0-based chunk number.
+        seq: u32,
+        /// The entries.
+        entries: Vec<(Address, EntryState)>,
+    },
+    /// End of a snapshot.
+    SnapshotEnd {
+        /// Number of chunks sent.
+        chunks: u32,
+    },
+    /// Edge → origin: the revision now durable at the edge.
+    Ack {
+        /// The applied revision.
+        revision: Revision,
+    },
+    /// Edge → origin: send what comes after `from`.
+    Need {
+        /// The edge's revision.
+        from: Revision,
+    },
+    /// Either way: liveness, carrying the sender's revision.
+    Heartbeat {
+        /// The sender's revision.
+        revision: Revision,
+    },
+}
+
+impl From<FrameV1> for Frame {
+    fn from(f: FrameV1) -> Self {
+        Frame::V1(f)
+    }
+}
+
+/// Why bytes were not a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announced more than the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body was not a valid postcard `Frame`.
+    #[error("malformed frame")]
+    Malformed(#[source] postcard::Error),
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame ({0} bytes left over)")]
+    Truncated(usize),
+}
+
+/// Encodes a frame with its length prefix.
+pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
+    let body = postcard::to_stdvec(frame).map_err(FrameError::Malformed)?;
+    let mut out = Vec::with_capacity(LENGTH_PREFIX_BYTES + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Turns a byte stream into frames, one limit-checked frame at a time.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    max_frame_bytes: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder that refuses frames larger than `max_frame_bytes`.
+    pub fn new(max_frame_bytes: usize) -> Self {
+        Self { buf: Vec::new(), max_frame_bytes }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes buffered but not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next whole frame, `Ok(None)` if more bytes are needed. After an error the stream is
+    /// not trusted any more and should be closed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.buf.len() < LENGTH_PREFIX_BYTES {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+        prefix.copy_from_slice(&self.buf[..LENGTH_PREFIX_BYTES]);
+        let len = u32::from_be_bytes(prefix) as usize;
+        if len > self.max_frame_bytes {
+            return Err(FrameError::TooLarge { len, max: self.max_frame_bytes });
+        }
+        if self.buf.len() < LENGTH_PREFIX_BYTES + len {
+            return Ok(None);
+        }
+        let body = &self.buf[LENGTH_PREFIX_BYTES..LENGTH_PREFIX_BYTES + len];
+        let frame = postcard::from_bytes(body).map_err(FrameError::Malformed)?;
+        self.buf.drain(..LENGTH_PREFIX_BYTES + len);
+        Ok(Some(frame))
+    }
+
+    /// Call at end of stream: an error if a partial frame is left.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.buf.is_empty() { Ok(()) } else { Err(FrameError::Truncated(self.buf.len())) }
+    }
+}
+
+/// Decodes exactly one whole frame from `bytes` (a finished stream).
+pub fn decode_one(bytes: &[u8], max_frame_bytes: usize) -> Result<Frame, FrameError> {
+    let mut d = FrameDecoder::new(max_frame_bytes);
+    d.push(bytes);
+    match d.next_frame()? {
+        Some(f) => {
+            d.finish()?;
+            Ok(f)
+        }
+        None => Err(FrameError::Truncated(bytes.len())),
+    }
+}

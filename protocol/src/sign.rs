@@ -1,0 +1,217 @@
+//! Signed heads: the origin's Ed25519 signature over `(revision, state digest, delta hash)`,
+//! and the checks an edge runs before it applies anything it received.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::model::{Delta, Hash32, Revision};
+
+/// Identifies a signing key: the first 8 bytes of BLAKE3 over its public key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct KeyId(pub [u8; 8]);
+
+impl KeyId {
+    /// The id of a public key.
+    pub fn of(key: &VerifyingKey) -> Self {
+        let h = blake3::hash(key.as_bytes());
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&h.as_bytes()[..8]);
+        Self(id)
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// What the origin commits to for each revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// The committed revision.
+    pub revision: Revision,
+    /// The digest of the whole state at `revision`.
+    pub digest: Digest,
+    /// The hash of the delta `revision - 1 → revision`.
+    pub delta_hash: Hash32,
+}
+
+impl Head {
+    /// The bytes that are signed: a domain tag and the fixed-width fields.
+    pub fn signing_bytes(&self) -> [u8; 89] {
+        let mut out = [0u8; 89];
+        out[..17].copy_from_slice(b"meridian/head/v1\0");
+        out[17..25].copy_from_slice(&self.revision.0.to_be_bytes());
+        out[25..57].copy_from_slice(&self.digest.0.0);
+        out[57..89].copy_from_slice(&self.delta_hash.0);
+        out
+    }
+}
+
+/// A head with the origin's signature and the id of the key that made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedHead {
+    /// What is signed.
+    pub head: Head,
+    /// Which key signed it.
+    pub key_id: KeyId,
+    /// Ed25519 signature over [`Head::signing_bytes`].
+    pub signature: Signature,
+}
+
+/// A delta together with the signed head it produces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedDelta {
+    /// The signed head for `delta.revision`.
+    pub head: SignedHead,
+    /// The changes.
+    pub delta: Delta,
+}
+
+/// The origin's signing key.
+#[derive(Clone)]
+pub struct Signer {
+    key: SigningKey,
+    id: KeyId,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signer({})", self.id)
+    }
+}
+
+impl Signer {
+    /// Wraps a secret key.
+    pub fn new(key: SigningKey) -> Self {
+        let id = KeyId::of(&key.verifying_key());
+        Self { key, id }
+    }
+
+    /// Builds a signer from the 32 secret bytes.
+    pub fn from_bytes(secret: &[u8; 32]) -> Self {
+        Self::new(SigningKey::from_bytes(secret))
+    }
+
+    /// The public half.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// The key's id.
+    pub fn key_id(&self) -> KeyId {
+        self.id
+    }
+
+    /// Signs a head. Ed25519 is deterministic, so every origin node holding the key produces
+    /// the same signature for the same head.
+    pub fn sign(&self, head: Head) -> SignedHead {
+        let signature = self.key.sign(&head.signing_bytes());
+        SignedHead { head, key_id: self.id, signature }
+    }
+
+    /// Signs the head for a delta given the digest after applying it.
+    pub fn sign_delta(&self, delta: Delta, digest: Digest) -> SignedDelta {
+        let head = Head { revision: delta.revision, digest, delta_hash: delta.hash() };
+        SignedDelta { head: self.sign(head), delta }
+    }
+}
+
+/// Why received data was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The head names a key this node does not trust.
+    #[error("head signed by unknown key {0}")]
+    UnknownKey(KeyId),
+    /// The signature does not verify under the named key.
+    #[error("bad signature on head for revision {0}")]
+    BadSignature(Revision),
+    /// The delta's hash is not the one the head commits to.
+    #[error("delta for revision {0} does not match its signed head")]
+    DeltaMismatch(Revision),
+    /// The delta's own revision is not the head's.
+    #[error("delta revision {delta} differs from head revision {head}")]
+    RevisionMismatch {
+        /// The delta's revision.
+        delta: Revision,
+        /// The head's revision.
+        head: Revision,
+    },
+}
+
+/// The public keys an edge accepts heads from.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedKeys {
+    keys: BTreeMap<KeyId, VerifyingKey>,
+}
+
+impl TrustedKeys {
+    /// Trusts exactly these keys.
+    pub fn new(keys: impl IntoIterator<Item = VerifyingKey>) -> Self {
+        Self { keys: keys.into_iter().map(|k| (KeyId::of(&k), k)).collect() }
+    }
+
+    /// Checks a head's signature.
+    pub fn verify_head(&self, signed: &SignedHead) -> Result<(), VerifyError> {
+        let key = self.keys.get(&signed.key_id).ok_or(VerifyError::UnknownKey(signed.key_id))?;
+        key.verify_strict(&signed.head.signing_bytes(), &signed.signature)
+            .map_err(|_| VerifyError::BadSignature(signed.head.revision))
+    }
+
+    /// Checks a delta: the head's signature, then that the delta is the one it commits to.
+    pub fn verify_delta(&self, signed: &SignedDelta) -> Result<(), VerifyError> {
+        self.verify_head(&signed.head)?;
+        if signed.delta.revision != signed.head.head.revision {
+            return Err(VerifyError::RevisionMismatch {
+                delta: signed.delta.revision,
+                head: signed.head.head.revision,
+            });
+        }
+        if signed.delta.hash() != signed.head.head.delta_hash {
+            return Err(VerifyError::DeltaMismatch(signed.delta.revision));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::Address;
+    use crate::model::{Change, Version};
+
+    fn delta() -> Delta {
+        Delta {
+            revision: Revision(7),
+            changes: vec![Change {
+                address: Address::parse("a", "p", "k").unwrap(),
+                version: Version(1),
+                value: Some("42".into()),
+            }],
+        }
+    }
+
+    #[test]
+    fn verifies_own_signature_and_rejects_tampering() {
+        let signer = Signer::from_bytes(&[7; 32]);
+        let trusted = TrustedKeys::new([signer.verifying_key()]);
+        let good = signer.sign_delta(delta(), Digest::default());
+        assert_eq!(trusted.verify_delta(&good), Ok(()));
+
+        let mut tampered = good.clone();
+        tampered.delta.changes[0].value = Some("43".into());
+        assert_eq!(trusted.verify_delta(&tampered), Err(VerifyError::DeltaMismatch(Revision(7))));
+
+        let mut bad_sig = good.clone();
+        bad_sig.head.head.digest = Digest(Hash32([1; 32]));
+        assert_eq!(trusted.verify_delta(&bad_sig), Err(VerifyError::BadSignature(Revision(7))));
+
+        let stranger = Signer::from_bytes(&[8; 32]);
+        let foreign = stranger.sign_delta(delta(), Digest::default());
+        assert!(matches!(trusted.verify_delta(&foreign), Err(VerifyError::UnknownKey(_))));
+    }
+}
