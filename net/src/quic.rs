@@ -22,7 +22,10 @@ pub struct QuicTuning {
 
 impl Default for QuicTuning {
     fn default() -> Self {
-        Self { keep_alive_interval_ms: 1_000, max_idle_timeout_ms: 4_000 }
+        Self {
+            keep_alive_interval_ms: 1_000,
+            max_idle_timeout_ms: 4_000,
+        }
     }
 }
 
@@ -103,7 +106,10 @@ pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<
 
 /// Sends one frame on a new unidirectional stream and finishes it.
 pub async fn send_uni(conn: &quinn::Connection, frame: &Frame) -> Result<(), NetError> {
-    let mut send = conn.open_uni().await.map_err(|e| NetError::Write(e.into()))?;
+    let mut send = conn
+        .open_uni()
+        .await
+        .map_err(|e| NetError::Write(e.into()))?;
     write_frame(&mut send, frame).await?;
     send.finish()?;
     Ok(())

@@ -56,7 +56,10 @@ pub enum TlsError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io { path: path.to_owned(), source }
+    move |source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Paths of one node's identity: its certificate chain, its key, and the CA it trusts for peers.
@@ -72,9 +75,15 @@ pub struct TlsPaths {
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|source| TlsError::Pem { path: path.to_owned(), source })?
+        .map_err(|source| TlsError::Pem {
+            path: path.to_owned(),
+            source,
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Pem { path: path.to_owned(), source })?;
+        .map_err(|source| TlsError::Pem {
+            path: path.to_owned(),
+            source,
+        })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(path.to_owned()));
     }
@@ -82,7 +91,10 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Pem { path: path.to_owned(), source })
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Pem {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn roots(ca: &Path) -> Result<Arc<rustls::RootCertStore>, TlsError> {
@@ -124,8 +136,9 @@ pub fn client_crypto(paths: &TlsPaths) -> Result<rustls::ClientConfig, TlsError>
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, TlsError> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     let bytes = hex::decode(text.trim()).map_err(|_| TlsError::BadSigningKey(path.to_owned()))?;
-    let secret: [u8; 32] =
-        bytes.try_into().map_err(|_| TlsError::BadSigningKey(path.to_owned()))?;
+    let secret: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| TlsError::BadSigningKey(path.to_owned()))?;
     Ok(SigningKey::from_bytes(&secret))
 }
 
@@ -133,8 +146,9 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, TlsError> {
 pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, TlsError> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     let bytes = hex::decode(text.trim()).map_err(|_| TlsError::BadSigningKey(path.to_owned()))?;
-    let public: [u8; 32] =
-        bytes.try_into().map_err(|_| TlsError::BadSigningKey(path.to_owned()))?;
+    let public: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| TlsError::BadSigningKey(path.to_owned()))?;
     VerifyingKey::from_bytes(&public).map_err(|_| TlsError::BadSigningKey(path.to_owned()))
 }
 
@@ -212,17 +226,28 @@ pub fn ensure_dev_pki(dir: &Path, edge_ids: &[&str]) -> Result<DevPki, TlsError>
     leaf(
         &pki.origin.cert,
         &pki.origin.key,
-        vec![ORIGIN_SERVER_NAME.into(), "localhost".into(), "127.0.0.1".into()],
+        vec![
+            ORIGIN_SERVER_NAME.into(),
+            "localhost".into(),
+            "127.0.0.1".into(),
+        ],
     )?;
     for id in edge_ids {
         let paths = pki.edge(id);
-        leaf(&paths.cert, &paths.key, vec![format!("{id}.edge.meridian"), "localhost".into()])?;
+        leaf(
+            &paths.cert,
+            &paths.key,
+            vec![format!("{id}.edge.meridian"), "localhost".into()],
+        )?;
     }
 
     if !pki.signing_key.exists() {
         let key = SigningKey::generate(&mut rand_core::OsRng);
         write(&pki.signing_key, &hex::encode(key.to_bytes()))?;
-        write(&pki.signing_pub, &hex::encode(key.verifying_key().to_bytes()))?;
+        write(
+            &pki.signing_pub,
+            &hex::encode(key.verifying_key().to_bytes()),
+        )?;
     }
     Ok(pki)
 }
@@ -230,7 +255,12 @@ pub fn ensure_dev_pki(dir: &Path, edge_ids: &[&str]) -> Result<DevPki, TlsError>
 fn ca_params() -> rcgen::CertificateParams {
     let mut params = rcgen::CertificateParams::default();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, "Meridian dev CA");
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Meridian dev CA");
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
     params
 }

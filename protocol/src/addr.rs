@@ -45,7 +45,11 @@ impl Address {
         validate_app(app)?;
         validate_env(env)?;
         validate_key(key)?;
-        Ok(Self { app: app.to_owned(), env: env.to_owned(), key: key.to_owned() })
+        Ok(Self {
+            app: app.to_owned(),
+            env: env.to_owned(),
+            key: key.to_owned(),
+        })
     }
 
     /// Whether all three parts are well formed (used to check data read back from disk or wire).
@@ -87,12 +91,20 @@ fn valid_name(name: &str) -> bool {
 
 /// Checks an app name.
 pub fn validate_app(app: &str) -> Result<(), AddressError> {
-    if valid_name(app) { Ok(()) } else { Err(AddressError::InvalidApp(app.to_owned())) }
+    if valid_name(app) {
+        Ok(())
+    } else {
+        Err(AddressError::InvalidApp(app.to_owned()))
+    }
 }
 
 /// Checks an env name.
 pub fn validate_env(env: &str) -> Result<(), AddressError> {
-    if valid_name(env) { Ok(()) } else { Err(AddressError::InvalidEnv(env.to_owned())) }
+    if valid_name(env) {
+        Ok(())
+    } else {
+        Err(AddressError::InvalidEnv(env.to_owned()))
+    }
 }
 
 /// Checks a key, or a key prefix when `allow_partial` (an empty prefix or a trailing
@@ -117,12 +129,20 @@ fn check_key(key: &str, allow_partial: bool) -> bool {
 
 /// Checks a full key.
 pub fn validate_key(key: &str) -> Result<(), AddressError> {
-    if check_key(key, false) { Ok(()) } else { Err(AddressError::InvalidKey(key.to_owned())) }
+    if check_key(key, false) {
+        Ok(())
+    } else {
+        Err(AddressError::InvalidKey(key.to_owned()))
+    }
 }
 
 /// Checks a key prefix used by list queries (`services.` and `` are allowed).
 pub fn validate_key_prefix(prefix: &str) -> Result<(), AddressError> {
-    if check_key(prefix, true) { Ok(()) } else { Err(AddressError::InvalidKey(prefix.to_owned())) }
+    if check_key(prefix, true) {
+        Ok(())
+    } else {
+        Err(AddressError::InvalidKey(prefix.to_owned()))
+    }
 }
 
 #[cfg(test)]
@@ -155,7 +175,10 @@ mod tests {
             ("pay", "prod", "a/b"),
             ("pay", "prod", "_a"),
         ] {
-            assert!(Address::parse(app, env, key).is_err(), "{app}/{env}/{key} accepted");
+            assert!(
+                Address::parse(app, env, key).is_err(),
+                "{app}/{env}/{key} accepted"
+            );
         }
         let long_key = format!("{}.b", "a".repeat(255));
         assert!(matches!(

@@ -92,7 +92,14 @@ impl CacheState {
         self.apps.iter().flat_map(|(app, envs)| {
             envs.iter().flat_map(move |(env, keys)| {
                 keys.iter().map(move |(key, e)| {
-                    (Address { app: app.clone(), env: env.clone(), key: key.clone() }, e)
+                    (
+                        Address {
+                            app: app.clone(),
+                            env: env.clone(),
+                            key: key.clone(),
+                        },
+                        e,
+                    )
                 })
             })
         })

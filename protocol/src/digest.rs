@@ -22,7 +22,9 @@ pub struct LtHash {
 
 impl Default for LtHash {
     fn default() -> Self {
-        Self { lanes: Box::new([0; LANES]) }
+        Self {
+            lanes: Box::new([0; LANES]),
+        }
     }
 }
 
@@ -36,7 +38,11 @@ fn expand(address: &Address, entry: &EntryState) -> [u16; LANES] {
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"meridian/entry/v1");
     // Length-prefix each variable part so that distinct entries never share an encoding.
-    for part in [address.app.as_bytes(), address.env.as_bytes(), address.key.as_bytes()] {
+    for part in [
+        address.app.as_bytes(),
+        address.env.as_bytes(),
+        address.key.as_bytes(),
+    ] {
         hasher.update(&(part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
@@ -107,7 +113,9 @@ impl LtHash {
 }
 
 /// The state digest `D(R)` that heads sign and edges report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Digest(pub Hash32);
 
 impl std::fmt::Display for Digest {
@@ -122,7 +130,11 @@ mod tests {
     use crate::model::{Revision, Version};
 
     fn e(rev: u64, v: &str) -> EntryState {
-        EntryState { version: Version(1), revision: Revision(rev), value: Some(v.into()) }
+        EntryState {
+            version: Version(1),
+            revision: Revision(rev),
+            value: Some(v.into()),
+        }
     }
 
     #[test]
@@ -149,7 +161,14 @@ mod tests {
     fn tombstones_and_values_differ() {
         let a = Address::parse("a", "p", "x").unwrap();
         let mut h1 = LtHash::default();
-        h1.insert(&a, &EntryState { version: Version(1), revision: Revision(1), value: None });
+        h1.insert(
+            &a,
+            &EntryState {
+                version: Version(1),
+                revision: Revision(1),
+                value: None,
+            },
+        );
         let mut h2 = LtHash::default();
         h2.insert(&a, &e(1, "null"));
         assert_ne!(h1.finish(), h2.finish());

@@ -122,7 +122,10 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder that refuses frames larger than `max_frame_bytes`.
     pub fn new(max_frame_bytes: usize) -> Self {
-        Self { buf: Vec::new(), max_frame_bytes }
+        Self {
+            buf: Vec::new(),
+            max_frame_bytes,
+        }
     }
 
     /// Appends received bytes.
@@ -145,7 +148,10 @@ impl FrameDecoder {
         prefix.copy_from_slice(&self.buf[..LENGTH_PREFIX_BYTES]);
         let len = u32::from_be_bytes(prefix) as usize;
         if len > self.max_frame_bytes {
-            return Err(FrameError::TooLarge { len, max: self.max_frame_bytes });
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame_bytes,
+            });
         }
         if self.buf.len() < LENGTH_PREFIX_BYTES + len {
             return Ok(None);
@@ -158,7 +164,11 @@ impl FrameDecoder {
 
     /// Call at end of stream: an error if a partial frame is left.
     pub fn finish(&self) -> Result<(), FrameError> {
-        if self.buf.is_empty() { Ok(()) } else { Err(FrameError::Truncated(self.buf.len())) }
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(FrameError::Truncated(self.buf.len()))
+        }
     }
 }
 

@@ -79,7 +79,11 @@ pub struct Delta {
 impl Delta {
     /// The entry state a change takes once this delta is applied.
     pub fn entry(&self, change: &Change) -> EntryState {
-        EntryState { version: change.version, revision: self.revision, value: change.value.clone() }
+        EntryState {
+            version: change.version,
+            revision: self.revision,
+            value: change.value.clone(),
+        }
     }
 
     /// The hash that a signed head commits to: BLAKE3 over a domain tag and the postcard bytes.
@@ -95,7 +99,9 @@ impl Delta {
 }
 
 /// A 32-byte hash.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Hash32(pub [u8; 32]);
 
 impl Hash32 {

@@ -111,13 +111,24 @@ impl Signer {
     /// the same signature for the same head.
     pub fn sign(&self, head: Head) -> SignedHead {
         let signature = self.key.sign(&head.signing_bytes());
-        SignedHead { head, key_id: self.id, signature }
+        SignedHead {
+            head,
+            key_id: self.id,
+            signature,
+        }
     }
 
     /// Signs the head for a delta given the digest after applying it.
     pub fn sign_delta(&self, delta: Delta, digest: Digest) -> SignedDelta {
-        let head = Head { revision: delta.revision, digest, delta_hash: delta.hash() };
-        SignedDelta { head: self.sign(head), delta }
+        let head = Head {
+            revision: delta.revision,
+            digest,
+            delta_hash: delta.hash(),
+        };
+        SignedDelta {
+            head: self.sign(head),
+            delta,
+        }
     }
 }
 
@@ -152,12 +163,17 @@ pub struct TrustedKeys {
 impl TrustedKeys {
     /// Trusts exactly these keys.
     pub fn new(keys: impl IntoIterator<Item = VerifyingKey>) -> Self {
-        Self { keys: keys.into_iter().map(|k| (KeyId::of(&k), k)).collect() }
+        Self {
+            keys: keys.into_iter().map(|k| (KeyId::of(&k), k)).collect(),
+        }
     }
 
     /// Checks a head's signature.
     pub fn verify_head(&self, signed: &SignedHead) -> Result<(), VerifyError> {
-        let key = self.keys.get(&signed.key_id).ok_or(VerifyError::UnknownKey(signed.key_id))?;
+        let key = self
+            .keys
+            .get(&signed.key_id)
+            .ok_or(VerifyError::UnknownKey(signed.key_id))?;
         key.verify_strict(&signed.head.signing_bytes(), &signed.signature)
             .map_err(|_| VerifyError::BadSignature(signed.head.revision))
     }
@@ -204,14 +220,23 @@ mod tests {
 
         let mut tampered = good.clone();
         tampered.delta.changes[0].value = Some("43".into());
-        assert_eq!(trusted.verify_delta(&tampered), Err(VerifyError::DeltaMismatch(Revision(7))));
+        assert_eq!(
+            trusted.verify_delta(&tampered),
+            Err(VerifyError::DeltaMismatch(Revision(7)))
+        );
 
         let mut bad_sig = good.clone();
         bad_sig.head.head.digest = Digest(Hash32([1; 32]));
-        assert_eq!(trusted.verify_delta(&bad_sig), Err(VerifyError::BadSignature(Revision(7))));
+        assert_eq!(
+            trusted.verify_delta(&bad_sig),
+            Err(VerifyError::BadSignature(Revision(7)))
+        );
 
         let stranger = Signer::from_bytes(&[8; 32]);
         let foreign = stranger.sign_delta(delta(), Digest::default());
-        assert!(matches!(trusted.verify_delta(&foreign), Err(VerifyError::UnknownKey(_))));
+        assert!(matches!(
+            trusted.verify_delta(&foreign),
+            Err(VerifyError::UnknownKey(_))
+        ));
     }
 }

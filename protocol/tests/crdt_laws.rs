@@ -46,7 +46,10 @@ fn joined(a: &CacheState, b: &CacheState) -> CacheState {
 }
 
 /// Produces the signed deltas an origin would emit for a sequence of writes and deletes.
-fn history(ops: &[(u8, Option<u32>)], signer: &Signer) -> (Vec<meridian_protocol::SignedDelta>, CacheState) {
+fn history(
+    ops: &[(u8, Option<u32>)],
+    signer: &Signer,
+) -> (Vec<meridian_protocol::SignedDelta>, CacheState) {
     let mut origin = CacheState::new();
     let mut out = Vec::new();
     for (i, (a, v)) in ops.iter().enumerate() {
@@ -56,7 +59,11 @@ fn history(ops: &[(u8, Option<u32>)], signer: &Signer) -> (Vec<meridian_protocol
             .map_or(Version(1), |e| Version(e.version.0 + 1));
         let delta = Delta {
             revision: Revision(i as u64 + 1),
-            changes: vec![Change { address, version, value: v.map(|v| v.to_string().into()) }],
+            changes: vec![Change {
+                address,
+                version,
+                value: v.map(|v| v.to_string().into()),
+            }],
         };
         let digest = origin.digest_after(&delta);
         origin.apply_delta(&delta);

@@ -25,7 +25,9 @@ fn delta() -> Frame {
             value: Some("\"x\"".into()),
         }],
     };
-    Frame::V1(FrameV1::Delta(signer.sign_delta(delta, Digest(Hash32([0x11; 32])))))
+    Frame::V1(FrameV1::Delta(
+        signer.sign_delta(delta, Digest(Hash32([0x11; 32]))),
+    ))
 }
 
 #[test]
@@ -42,8 +44,14 @@ fn delta_bytes_are_pinned() {
 
 #[test]
 fn heartbeat_and_ack_bytes_are_pinned() {
-    let hb = encode(&Frame::V1(FrameV1::Heartbeat { revision: Revision(1) })).unwrap();
-    let ack = encode(&Frame::V1(FrameV1::Ack { revision: Revision(128) })).unwrap();
+    let hb = encode(&Frame::V1(FrameV1::Heartbeat {
+        revision: Revision(1),
+    }))
+    .unwrap();
+    let ack = encode(&Frame::V1(FrameV1::Ack {
+        revision: Revision(128),
+    }))
+    .unwrap();
     assert_eq!(hex::encode(hb), "00000003000801");
     assert_eq!(hex::encode(ack), "0000000400068001");
 }
@@ -65,16 +73,25 @@ fn decoder_round_trips_split_input_and_rejects_garbage() {
 
     let mut big = FrameDecoder::new(16);
     big.push(&[0, 0, 1, 0]);
-    assert!(matches!(big.next_frame(), Err(meridian_protocol::FrameError::TooLarge { .. })));
+    assert!(matches!(
+        big.next_frame(),
+        Err(meridian_protocol::FrameError::TooLarge { .. })
+    ));
 
     let mut junk = FrameDecoder::new(1024);
     junk.push(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
-    assert!(matches!(junk.next_frame(), Err(meridian_protocol::FrameError::Malformed(_))));
+    assert!(matches!(
+        junk.next_frame(),
+        Err(meridian_protocol::FrameError::Malformed(_))
+    ));
 
     let mut cut = FrameDecoder::new(1024);
     cut.push(&encode(&hello()).unwrap()[..10]);
     assert!(cut.next_frame().unwrap().is_none());
-    assert!(matches!(cut.finish(), Err(meridian_protocol::FrameError::Truncated(10))));
+    assert!(matches!(
+        cut.finish(),
+        Err(meridian_protocol::FrameError::Truncated(10))
+    ));
 }
 
 /// Length 47; `V1` (0), `Hello` (0), "e1", "us-east", varint 300, then the 32 digest bytes.

@@ -1,0 +1,8 @@
+//! Durable signed state shared by origin and edge: a state that only ever moves by a whole,
+//! checked revision, persisted in sled (or in memory for tests and the simulator).
+
+pub mod backend;
+pub mod state;
+
+pub use backend::{Backend, BackendError, MemBackend, SledBackend};
+pub use state::{Published, Reader, SignedState, StoreError};

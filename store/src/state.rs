@@ -1,0 +1,372 @@
+//! [`SignedState`]: the state at the newest signed revision, durable in a [`Backend`] and
+//! readable from memory.
+//!
+//! Writes go in two steps. `apply_delta`/`install_snapshot` check and persist a whole revision
+//! in one atomic batch; `publish` makes the batches durable and only then shows them to readers.
+//! So readers never see a revision that a crash could take away, which is what keeps an edge
+//! monotonic across restarts, and a crash at any moment leaves the last whole revision on disk.
+//!
+//! Key layout (one tree): `e<app>\0<env>\0<key>` → entry, `m/…` → meta, `d<be64 rev>` → delta.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use meridian_protocol::{
+    Address, CacheState, Delta, Digest, EntryState, LtHash, Revision, SignedDelta, SignedHead,
+};
+
+use crate::backend::{Backend, BackendError, Write};
+
+const META_REVISION: &[u8] = b"m/revision";
+const META_LTHASH: &[u8] = b"m/lthash";
+const META_HEAD: &[u8] = b"m/head";
+const ENTRY_PREFIX: u8 = b'e';
+const DELTA_PREFIX: u8 = b'd';
+
+/// Why a state operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// Stored bytes did not decode.
+    #[error("corrupt record {what}: {source}")]
+    Corrupt {
+        /// Which record.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: postcard::Error,
+    },
+    /// Stored state does not hash to its signed head's digest.
+    #[error("stored state at revision {revision} does not match its signed digest")]
+    DigestMismatchOnLoad {
+        /// The stored revision.
+        revision: Revision,
+    },
+    /// A delta that does not follow the current revision.
+    #[error("delta for revision {got} does not follow revision {have}")]
+    OutOfOrder {
+        /// Revision held.
+        have: Revision,
+        /// Revision offered.
+        got: Revision,
+    },
+    /// Applying the delta would not produce the digest its head signs.
+    #[error("delta for revision {0} does not produce its signed digest")]
+    DigestMismatch(Revision),
+    /// A snapshot whose entries do not hash to its head's digest.
+    #[error("snapshot at revision {0} does not match its signed digest")]
+    SnapshotMismatch(Revision),
+    /// Stored record was not valid (an address outside the grammar, or a bad length).
+    #[error("invalid stored record {0}")]
+    Invalid(&'static str),
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Encoding our own in-memory types cannot fail (no I/O, no unsupported serde shapes).
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+fn decode<'a, T: serde::Deserialize<'a>>(what: &'static str, b: &'a [u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(b).map_err(|source| StoreError::Corrupt { what, source })
+}
+
+fn entry_key(a: &Address) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + a.app.len() + a.env.len() + a.key.len());
+    k.push(ENTRY_PREFIX);
+    k.extend_from_slice(a.app.as_bytes());
+    k.push(0);
+    k.extend_from_slice(a.env.as_bytes());
+    k.push(0);
+    k.extend_from_slice(a.key.as_bytes());
+    k
+}
+
+fn parse_entry_key(k: &[u8]) -> Result<Address, StoreError> {
+    let rest = k
+        .strip_prefix(&[ENTRY_PREFIX])
+        .ok_or(StoreError::Invalid("entry key"))?;
+    let mut parts = rest.splitn(3, |b| *b == 0);
+    let mut next = || {
+        parts
+            .next()
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .ok_or(StoreError::Invalid("entry key"))
+    };
+    let (app, env, key) = (next()?, next()?, next()?);
+    Address::parse(app, env, key).map_err(|_| StoreError::Invalid("entry key"))
+}
+
+fn delta_key(r: Revision) -> Vec<u8> {
+    let mut k = vec![DELTA_PREFIX];
+    k.extend_from_slice(&r.0.to_be_bytes());
+    k
+}
+
+/// What readers see: the published state and the head that signs it.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// The state at `head`'s revision.
+    pub state: CacheState,
+    /// The signed head of that revision (`None` at revision 0).
+    pub head: Option<SignedHead>,
+}
+
+/// A shared handle readers hold; swapped per published revision under a short write lock.
+pub type Reader = Arc<RwLock<Published>>;
+
+/// The signed state of a node.
+pub struct SignedState<B: Backend> {
+    backend: B,
+    published: Reader,
+    /// Working revision, hash and head: published plus unpublished batches.
+    revision: Revision,
+    hash: LtHash,
+    head: Option<SignedHead>,
+    /// Deltas persisted but not yet published, and the entries they changed.
+    pending: Vec<Delta>,
+    overlay: HashMap<Address, EntryState>,
+    /// How many recent deltas to keep for catch-up.
+    delta_window: u64,
+    oldest_delta: Revision,
+}
+
+impl<B: Backend> SignedState<B> {
+    /// Loads the state from `backend`, checking that it hashes to its signed head's digest.
+    pub fn open(backend: B, delta_window: u64) -> Result<Self, StoreError> {
+        let revision = match backend.get(META_REVISION)? {
+            Some(b) => Revision(decode("revision", &b)?),
+            None => Revision(0),
+        };
+        let head: Option<SignedHead> = match backend.get(META_HEAD)? {
+            Some(b) => Some(decode("head", &b)?),
+            None => None,
+        };
+        let mut entries = Vec::new();
+        for (k, v) in backend.scan_prefix(&[ENTRY_PREFIX])? {
+            entries.push((parse_entry_key(&k)?, decode::<EntryState>("entry", &v)?));
+        }
+        let state = CacheState::from_entries(revision, entries);
+        if let Some(stored) = backend.get(META_LTHASH)? {
+            let lanes = LtHash::from_bytes(&stored).ok_or(StoreError::Invalid("lthash"))?;
+            if lanes != *state.lthash() {
+                return Err(StoreError::DigestMismatchOnLoad { revision });
+            }
+        }
+        match &head {
+            Some(h) if h.head.revision != revision || h.head.digest != state.digest() => {
+                return Err(StoreError::DigestMismatchOnLoad { revision });
+            }
+            None if revision != Revision(0) => {
+                return Err(StoreError::DigestMismatchOnLoad { revision });
+            }
+            _ => {}
+        }
+        let oldest_delta = backend
+            .range(&delta_key(Revision(0)), &delta_key(Revision(u64::MAX)), 1)?
+            .first()
+            .map_or(revision.next(), |(k, _)| {
+                let mut be = [0u8; 8];
+                be.copy_from_slice(&k[1..9.min(k.len())]);
+                Revision(u64::from_be_bytes(be))
+            });
+        let hash = state.lthash().clone();
+        Ok(Self {
+            backend,
+            published: Arc::new(RwLock::new(Published { state, head })),
+            revision,
+            hash,
+            head,
+            pending: Vec::new(),
+            overlay: HashMap::new(),
+            delta_window: delta_window.max(1),
+            oldest_delta,
+        })
+    }
+
+    /// The handle readers use.
+    pub fn reader(&self) -> Reader {
+        self.published.clone()
+    }
+
+    /// The working revision (persisted, maybe not yet published).
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// The working digest.
+    pub fn digest(&self) -> Digest {
+        self.hash.finish()
+    }
+
+    /// The working head.
+    pub fn head(&self) -> Option<SignedHead> {
+        self.head
+    }
+
+    /// The backend, for tests and crash simulation.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The current entry of an address, including unpublished changes.
+    pub fn entry(&self, address: &Address) -> Option<EntryState> {
+        if let Some(e) = self.overlay.get(address) {
+            return Some(e.clone());
+        }
+        let p = self.published.read().unwrap_or_else(|e| e.into_inner());
+        p.state
+            .get(&address.app, &address.env, &address.key)
+            .cloned()
+    }
+
+    /// The digest the working state would have after `delta`.
+    pub fn digest_after(&self, delta: &Delta) -> Digest {
+        let mut hash = self.hash.clone();
+        for change in &delta.changes {
+            if let Some(old) = self.entry(&change.address) {
+                hash.remove(&change.address, &old);
+            }
+            hash.insert(&change.address, &delta.entry(change));
+        }
+        hash.finish()
+    }
+
+    /// Checks that `signed` follows the working revision and produces its signed digest, then
+    /// persists it in one atomic batch. The signature must have been verified by the caller.
+    pub fn apply_delta(&mut self, signed: &SignedDelta) -> Result<(), StoreError> {
+        let delta = &signed.delta;
+        if delta.revision != self.revision.next() {
+            return Err(StoreError::OutOfOrder {
+                have: self.revision,
+                got: delta.revision,
+            });
+        }
+        let mut hash = self.hash.clone();
+        let mut batch: Vec<Write> = Vec::with_capacity(delta.changes.len() + 5);
+        let mut changed = Vec::with_capacity(delta.changes.len());
+        for change in &delta.changes {
+            let new = delta.entry(change);
+            if let Some(old) = self.entry(&change.address) {
+                hash.remove(&change.address, &old);
+            }
+            hash.insert(&change.address, &new);
+            batch.push((entry_key(&change.address), Some(encode(&new))));
+            changed.push((change.address.clone(), new));
+        }
+        if hash.finish() != signed.head.head.digest {
+            return Err(StoreError::DigestMismatch(delta.revision));
+        }
+        batch.push((META_REVISION.to_vec(), Some(encode(&delta.revision.0))));
+        batch.push((META_LTHASH.to_vec(), Some(hash.to_bytes())));
+        batch.push((META_HEAD.to_vec(), Some(encode(&signed.head))));
+        batch.push((delta_key(delta.revision), Some(encode(signed))));
+        let mut oldest = self.oldest_delta;
+        while delta.revision.0 - oldest.0 + 1 > self.delta_window {
+            batch.push((delta_key(oldest), None));
+            oldest = oldest.next();
+        }
+        self.backend.apply(batch)?;
+        self.oldest_delta = oldest;
+        self.revision = delta.revision;
+        self.hash = hash;
+        self.head = Some(signed.head);
+        self.overlay.extend(changed);
+        self.pending.push(delta.clone());
+        Ok(())
+    }
+
+    /// Makes every persisted revision durable, then shows it to readers. Returns the published
+    /// revision.
+    pub fn publish(&mut self) -> Result<Revision, StoreError> {
+        if self.pending.is_empty() {
+            return Ok(self.revision);
+        }
+        self.backend.flush()?;
+        let mut p = self.published.write().unwrap_or_else(|e| e.into_inner());
+        for delta in self.pending.drain(..) {
+            p.state.apply_delta(&delta);
+        }
+        p.head = self.head;
+        debug_assert_eq!(p.state.digest(), self.hash.finish());
+        self.overlay.clear();
+        Ok(self.revision)
+    }
+
+    /// Replaces the whole state with a snapshot whose entries must hash to `head`'s digest.
+    /// Persisted in one batch, flushed and published before it returns.
+    pub fn install_snapshot(
+        &mut self,
+        head: SignedHead,
+        entries: Vec<(Address, EntryState)>,
+    ) -> Result<(), StoreError> {
+        self.publish()?;
+        let state = CacheState::from_entries(head.head.revision, entries);
+        if state.digest() != head.head.digest {
+            return Err(StoreError::SnapshotMismatch(head.head.revision));
+        }
+        let mut batch: Vec<Write> = Vec::with_capacity(state.len() + 8);
+        for (k, _) in self.backend.scan_prefix(&[ENTRY_PREFIX])? {
+            batch.push((k, None));
+        }
+        for (k, _) in self.backend.scan_prefix(&[DELTA_PREFIX])? {
+            batch.push((k, None));
+        }
+        for (address, entry) in state.iter() {
+            batch.push((entry_key(&address), Some(encode(entry))));
+        }
+        batch.push((META_REVISION.to_vec(), Some(encode(&head.head.revision.0))));
+        batch.push((META_LTHASH.to_vec(), Some(state.lthash().to_bytes())));
+        batch.push((META_HEAD.to_vec(), Some(encode(&head))));
+        self.backend.apply(batch)?;
+        self.backend.flush()?;
+        self.revision = head.head.revision;
+        self.hash = state.lthash().clone();
+        self.head = Some(head);
+        self.oldest_delta = head.head.revision.next();
+        let mut p = self.published.write().unwrap_or_else(|e| e.into_inner());
+        p.state = state;
+        p.head = Some(head);
+        Ok(())
+    }
+
+    /// The deltas after `after`, at most `max`; `None` when some of them were compacted away
+    /// (the caller must send a snapshot instead).
+    pub fn deltas_after(
+        &self,
+        after: Revision,
+        max: usize,
+    ) -> Result<Option<Vec<SignedDelta>>, StoreError> {
+        if after >= self.revision {
+            return Ok(Some(Vec::new()));
+        }
+        if after.next() < self.oldest_delta {
+            return Ok(None);
+        }
+        let rows = self.backend.range(
+            &delta_key(after.next()),
+            &delta_key(self.revision.next()),
+            max,
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (_, v) in rows {
+            out.push(decode::<SignedDelta>("delta", &v)?);
+        }
+        Ok(Some(out))
+    }
+
+    /// The oldest revision whose delta is still kept.
+    pub fn oldest_delta(&self) -> Revision {
+        self.oldest_delta
+    }
+
+    /// Every entry of the published state with its head, for a snapshot.
+    pub fn snapshot(&self) -> (Option<SignedHead>, Vec<(Address, EntryState)>) {
+        let p = self.published.read().unwrap_or_else(|e| e.into_inner());
+        (
+            p.head,
+            p.state.iter().map(|(a, e)| (a, e.clone())).collect(),
+        )
+    }
+}

@@ -1,0 +1,191 @@
+//! One conformance suite run against both backends (sled on disk and memory), plus a property
+//! test of the state against a `BTreeMap` model.
+
+use std::collections::BTreeMap;
+
+use meridian_protocol::{Address, Change, Delta, Revision, SignedDelta, Signer, Version};
+use meridian_store::{Backend, MemBackend, SignedState, SledBackend, StoreError};
+use proptest::prelude::*;
+
+fn signer() -> Signer {
+    Signer::from_bytes(&[9; 32])
+}
+
+/// Signs the next delta writing `(key, value)` pairs (value `None` deletes) on top of `state`.
+fn next<B: Backend>(state: &SignedState<B>, writes: &[(&str, Option<&str>)]) -> SignedDelta {
+    let changes = writes
+        .iter()
+        .map(|(k, v)| {
+            let address = Address::parse("app", "prod", k).unwrap();
+            let version = state
+                .entry(&address)
+                .map_or(Version(1), |e| Version(e.version.0 + 1));
+            Change {
+                address,
+                version,
+                value: v.map(Into::into),
+            }
+        })
+        .collect();
+    let delta = Delta {
+        revision: state.revision().next(),
+        changes,
+    };
+    let digest = state.digest_after(&delta);
+    signer().sign_delta(delta, digest)
+}
+
+fn value_of<B: Backend>(state: &SignedState<B>, key: &str) -> Option<String> {
+    let p = state.reader();
+    let p = p.read().unwrap();
+    p.state
+        .get_live("app", "prod", key)
+        .and_then(|e| e.value.as_deref().map(str::to_owned))
+}
+
+fn suite<B: Backend>(open: impl Fn() -> B) {
+    let mut s = SignedState::open(open(), 3).unwrap();
+    assert_eq!(s.revision(), Revision(0));
+    let d1 = next(&s, &[("a", Some("1")), ("b", Some("2"))]);
+    s.apply_delta(&d1).unwrap();
+    // Not visible to readers before publish.
+    assert_eq!(value_of(&s, "a"), None);
+    assert_eq!(s.publish().unwrap(), Revision(1));
+    assert_eq!(value_of(&s, "a").as_deref(), Some("1"));
+
+    // Out of order and tampered digests are refused and change nothing.
+    let mut skip = next(&s, &[("c", Some("3"))]);
+    skip.delta.revision = Revision(5);
+    assert!(matches!(
+        s.apply_delta(&skip),
+        Err(StoreError::OutOfOrder { .. })
+    ));
+    let mut wrong = next(&s, &[("c", Some("3"))]);
+    wrong.head.head.digest = d1.head.head.digest;
+    assert!(matches!(
+        s.apply_delta(&wrong),
+        Err(StoreError::DigestMismatch(_))
+    ));
+    assert_eq!(s.revision(), Revision(1));
+
+    for i in 0..5 {
+        let v = i.to_string();
+        let d = next(&s, &[("a", Some(&v)), ("b", None)]);
+        s.apply_delta(&d).unwrap();
+    }
+    s.publish().unwrap();
+    assert_eq!(s.revision(), Revision(6));
+    assert_eq!(value_of(&s, "a").as_deref(), Some("4"));
+    assert_eq!(value_of(&s, "b"), None);
+    // Window of 3 deltas: 4..=6 kept, older compacted.
+    assert_eq!(s.oldest_delta(), Revision(4));
+    assert_eq!(s.deltas_after(Revision(3), 10).unwrap().unwrap().len(), 3);
+    assert!(s.deltas_after(Revision(2), 10).unwrap().is_none());
+    assert_eq!(s.deltas_after(Revision(6), 10).unwrap().unwrap().len(), 0);
+
+    // A snapshot from another state installs whole.
+    let mut other = SignedState::open(MemBackend::new(), 3).unwrap();
+    for i in 0..8 {
+        let v = i.to_string();
+        let d = next(&other, &[("x", Some(&v))]);
+        other.apply_delta(&d).unwrap();
+    }
+    other.publish().unwrap();
+    let (head, entries) = other.snapshot();
+    let mut bad = entries.clone();
+    bad.pop();
+    assert!(matches!(
+        s.install_snapshot(head.unwrap(), bad),
+        Err(StoreError::SnapshotMismatch(_))
+    ));
+    s.install_snapshot(head.unwrap(), entries).unwrap();
+    assert_eq!(s.revision(), Revision(8));
+    assert_eq!(s.digest(), other.digest());
+    assert_eq!(value_of(&s, "a"), None);
+    assert_eq!(value_of(&s, "x").as_deref(), Some("7"));
+}
+
+#[test]
+fn memory_backend_conforms() {
+    suite(MemBackend::new);
+}
+
+#[test]
+fn sled_backend_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = std::sync::atomic::AtomicU32::new(0);
+    suite(|| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        SledBackend::open(&dir.path().join(i.to_string())).unwrap()
+    });
+}
+
+#[test]
+fn sled_state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest;
+    {
+        let mut s = SignedState::open(SledBackend::open(dir.path()).unwrap(), 100).unwrap();
+        for i in 0..20 {
+            let v = i.to_string();
+            let d = next(&s, &[("k", Some(&v))]);
+            s.apply_delta(&d).unwrap();
+        }
+        s.publish().unwrap();
+        digest = s.digest();
+    }
+    let s = SignedState::open(SledBackend::open(dir.path()).unwrap(), 100).unwrap();
+    assert_eq!(s.revision(), Revision(20));
+    assert_eq!(s.digest(), digest);
+    assert_eq!(s.head().unwrap().head.digest, digest);
+    assert_eq!(s.deltas_after(Revision(0), 100).unwrap().unwrap().len(), 20);
+}
+
+#[test]
+fn a_crash_keeps_the_last_published_revision() {
+    let mut s = SignedState::open(MemBackend::new(), 100).unwrap();
+    let d = next(&s, &[("k", Some("1"))]);
+    s.apply_delta(&d).unwrap();
+    s.publish().unwrap();
+    let d = next(&s, &[("k", Some("2"))]);
+    s.apply_delta(&d).unwrap();
+    // Crash before publish: revision 2 was never shown, and it is gone.
+    let after = SignedState::open(s.backend().crash(), 100).unwrap();
+    assert_eq!(after.revision(), Revision(1));
+    assert_eq!(after.digest(), after.head().unwrap().head.digest);
+}
+
+proptest! {
+    #[test]
+    fn state_matches_a_btreemap_model(
+        ops in proptest::collection::vec(
+            proptest::collection::vec((0u8..6, proptest::option::of(0u8..9)), 1..4), 1..30)
+    ) {
+        let mut s = SignedState::open(MemBackend::new(), 1000).unwrap();
+        let mut model: BTreeMap<String, String> = BTreeMap::new();
+        for batch in ops {
+            let mut writes: BTreeMap<String, Option<String>> = BTreeMap::new();
+            for (k, v) in batch {
+                writes.insert(format!("k{k}"), v.map(|v| v.to_string()));
+            }
+            let refs: Vec<(&str, Option<&str>)> =
+                writes.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+            let d = next(&s, &refs);
+            s.apply_delta(&d).unwrap();
+            for (k, v) in writes {
+                match v { Some(v) => { model.insert(k, v); } None => { model.remove(&k); } }
+            }
+            s.publish().unwrap();
+        }
+        let reopened = SignedState::open(s.backend().crash(), 1000).unwrap();
+        for st in [&s, &reopened] {
+            let p = st.reader();
+            let p = p.read().unwrap();
+            let live: BTreeMap<String, String> = p.state.namespace("app", "prod")
+                .map(|ns| ns.iter().filter_map(|(k, e)| e.value.as_ref().map(|v| (k.clone(), v.to_string()))).collect())
+                .unwrap_or_default();
+            prop_assert_eq!(&live, &model);
+        }
+        prop_assert_eq!(reopened.digest(), s.digest());
+    }
+}
