@@ -1,1 +1,12 @@
-//! stub
+//! Meridian's edge: the sans-IO replicator that keeps a verified copy of the origin's signed
+//! state, its QUIC client shell, and the local read API served from memory.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod node;
+pub mod replicator;
+pub mod shared;
+
+pub use config::EdgeConfig;
+pub use node::{EdgeHandle, StartError, start};

@@ -12,7 +12,8 @@ use meridian_protocol::{Frame, FrameError};
 use crate::tls::{TlsError, TlsPaths, client_crypto, server_crypto};
 
 /// Transport timing shared by both ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct QuicTuning {
     /// QUIC keep-alive PING interval.
     pub keep_alive_interval_ms: u64,
@@ -104,13 +105,12 @@ pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<
     Ok(())
 }
 
-/// Sends one frame on a new unidirectional stream and finishes it.
-pub async fn send_uni(conn: &quinn::Connection, frame: &Frame) -> Result<(), NetError> {
-    let mut send = conn
-        .open_uni()
-        .await
-        .map_err(|e| NetError::Write(e.into()))?;
-    write_frame(&mut send, frame).await?;
+/// Sends frames, in order, on a new unidirectional stream and finishes it.
+pub async fn send_uni(conn: &quinn::Connection, frames: &[Frame]) -> Result<(), NetError> {
+    let mut send = conn.open_uni().await.map_err(|e| NetError::Write(e.into()))?;
+    for frame in frames {
+        write_frame(&mut send, frame).await?;
+    }
     send.finish()?;
     Ok(())
 }

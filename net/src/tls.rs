@@ -63,7 +63,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
 }
 
 /// Paths of one node's identity: its certificate chain, its key, and the CA it trusts for peers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsPaths {
     /// PEM certificate chain presented to peers.
     pub cert: PathBuf,

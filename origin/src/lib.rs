@@ -1,1 +1,13 @@
-//! stub
+//! Meridian's origin: the deterministic write state machine over a sled-backed signed state,
+//! the HTTP write API, the sans-IO distributor that decides what each edge is sent, and the
+//! QUIC server shell that carries it out.
+
+pub mod api;
+pub mod config;
+pub mod core;
+pub mod distributor;
+pub mod node;
+pub mod server;
+
+pub use config::OriginConfig;
+pub use node::{OriginHandle, StartError, start};

@@ -1,0 +1,143 @@
+//! The edge's typed configuration: a TOML file, defaults for everything optional, and
+//! `validate()` whose errors name the key and the limit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use meridian_net::{QuicTuning, TlsPaths};
+use serde::{Deserialize, Serialize};
+
+/// Edge node configuration (`deploy/regions/<region>.toml` documents each key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// This edge's id (unique across the deployment).
+    pub edge_id: String,
+    /// The region it serves, e.g. `eu-west`.
+    pub region: String,
+    /// Where the HTTP read API listens.
+    pub http_listen: SocketAddr,
+    /// Folder for the sled database.
+    pub data_dir: PathBuf,
+    /// Origin QUIC addresses; the edge rotates through them when a connection fails.
+    pub origins: Vec<SocketAddr>,
+    /// TLS server name the origin's certificate carries.
+    #[serde(default = "default_server_name")]
+    pub origin_server_name: String,
+    /// Client certificate, key, and the CA the origin's certificate must chain to.
+    pub tls: TlsPaths,
+    /// Ed25519 public keys (64 hex characters each) whose signed heads are accepted.
+    pub trusted_signing_keys: Vec<PathBuf>,
+    /// How many recent deltas are kept (for peers, later).
+    #[serde(default = "default_delta_window")]
+    pub delta_window: u64,
+    /// How often the edge sends a heartbeat.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// First reconnect delay.
+    #[serde(default = "default_backoff_min")]
+    pub reconnect_backoff_min_ms: u64,
+    /// Largest reconnect delay.
+    #[serde(default = "default_backoff_max")]
+    pub reconnect_backoff_max_ms: u64,
+    /// Ask again when a newer head is known and nothing arrived for this long.
+    #[serde(default = "default_stall_timeout_ms")]
+    pub stall_timeout_ms: u64,
+    /// Reconnect when nothing at all arrived for this long.
+    #[serde(default = "default_silence_timeout_ms")]
+    pub silence_timeout_ms: u64,
+    /// QUIC keep-alive and idle timeout.
+    #[serde(default)]
+    pub quic: QuicTuning,
+}
+
+fn default_server_name() -> String {
+    meridian_net::tls::ORIGIN_SERVER_NAME.into()
+}
+fn default_delta_window() -> u64 {
+    1_000
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    500
+}
+fn default_backoff_min() -> u64 {
+    50
+}
+fn default_backoff_max() -> u64 {
+    2_000
+}
+fn default_stall_timeout_ms() -> u64 {
+    1_000
+}
+fn default_silence_timeout_ms() -> u64 {
+    3_000
+}
+
+/// A configuration value out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config key `{key}`: {problem}")]
+pub struct ConfigError {
+    /// The offending key.
+    pub key: &'static str,
+    /// What is wrong, with the limit.
+    pub problem: String,
+}
+
+fn check(ok: bool, key: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
+    if ok { Ok(()) } else { Err(ConfigError { key, problem: problem.into() }) }
+}
+
+impl EdgeConfig {
+    /// Checks every value against its limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            meridian_protocol::addr::validate_app(&self.edge_id).is_ok() && self.edge_id != "_",
+            "edge_id",
+            "must match [a-z0-9][a-z0-9_-]{0,62}",
+        )?;
+        check(
+            meridian_protocol::addr::validate_app(&self.region).is_ok() && self.region != "_",
+            "region",
+            "must match [a-z0-9][a-z0-9_-]{0,62}",
+        )?;
+        check(!self.origins.is_empty(), "origins", "must list at least one origin address")?;
+        check(
+            !self.trusted_signing_keys.is_empty(),
+            "trusted_signing_keys",
+            "must list at least one public key file",
+        )?;
+        check(
+            (1..=10_000_000).contains(&self.delta_window),
+            "delta_window",
+            format!("must be between 1 and 10000000, got {}", self.delta_window),
+        )?;
+        check(
+            (10..=60_000).contains(&self.heartbeat_interval_ms),
+            "heartbeat_interval_ms",
+            format!("must be between 10 and 60000, got {}", self.heartbeat_interval_ms),
+        )?;
+        check(
+            self.reconnect_backoff_min_ms >= 1
+                && self.reconnect_backoff_min_ms <= self.reconnect_backoff_max_ms
+                && self.reconnect_backoff_max_ms <= 60_000,
+            "reconnect_backoff_min_ms",
+            "must satisfy 1 <= reconnect_backoff_min_ms <= reconnect_backoff_max_ms <= 60000",
+        )?;
+        check(
+            self.stall_timeout_ms >= self.heartbeat_interval_ms,
+            "stall_timeout_ms",
+            "must be at least heartbeat_interval_ms",
+        )?;
+        check(
+            self.silence_timeout_ms > self.heartbeat_interval_ms,
+            "silence_timeout_ms",
+            "must exceed heartbeat_interval_ms",
+        )?;
+        check(
+            self.quic.keep_alive_interval_ms < self.quic.max_idle_timeout_ms,
+            "quic.keep_alive_interval_ms",
+            "must be below quic.max_idle_timeout_ms",
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,128 @@
+//! Starting and stopping an edge node: opens the store, starts the replicator loop and the
+//! read API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use meridian_net::{NetError, TlsError};
+use meridian_protocol::TrustedKeys;
+use meridian_store::{SignedState, SledBackend, StoreError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{ConfigError, EdgeConfig};
+use crate::replicator::{Replicator, ReplicatorConfig};
+use crate::shared::EdgeShared;
+
+/// Why an edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Storage could not be opened.
+    #[error("opening store in {path}: {source}")]
+    Store {
+        /// The data folder.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: StoreError,
+    },
+    /// TLS material or a trusted key.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// QUIC endpoint.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// HTTP listener.
+    #[error("bind HTTP {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running edge.
+pub struct EdgeHandle {
+    /// Where the read API listens.
+    pub http_addr: SocketAddr,
+    /// Shared status (for tests and embedding).
+    pub shared: Arc<EdgeShared>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl EdgeHandle {
+    /// Stops serving and waits for the tasks to end (the store is closed when they have).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts an edge node.
+pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
+    config.validate()?;
+    let keys = config
+        .trusted_signing_keys
+        .iter()
+        .map(|p| meridian_net::tls::load_verifying_key(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let store_err = |source| StartError::Store { path: config.data_dir.clone(), source };
+    let backend = SledBackend::open(&config.data_dir).map_err(|e| store_err(e.into()))?;
+    let state = SignedState::open(backend, config.delta_window).map_err(store_err)?;
+    let shared = Arc::new(EdgeShared::new(config.edge_id.clone(), config.region.clone(), state.reader()));
+    let revision = state.revision();
+    let rep = Replicator::new(
+        ReplicatorConfig {
+            edge_id: config.edge_id.clone(),
+            region: config.region.clone(),
+            origin_count: config.origins.len(),
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+            reconnect_backoff_min_ms: config.reconnect_backoff_min_ms,
+            reconnect_backoff_max_ms: config.reconnect_backoff_max_ms,
+            stall_timeout_ms: config.stall_timeout_ms,
+            silence_timeout_ms: config.silence_timeout_ms,
+            ..ReplicatorConfig::default()
+        },
+        TrustedKeys::new(keys),
+        state,
+        Instant::now(),
+    );
+    let bind = SocketAddr::from(([0, 0, 0, 0], 0));
+    let endpoint = meridian_net::quic::client_endpoint(bind, &config.tls, config.quic)?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let rep_task = tokio::spawn(crate::client::run(
+        rep,
+        endpoint,
+        config.origins.clone(),
+        config.origin_server_name.clone(),
+        shared.clone(),
+        shutdown_rx.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| StartError::Http { addr: config.http_listen, source })?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Http { addr: config.http_listen, source })?;
+    let app = crate::api::router(shared.clone());
+    let mut rx = shutdown_rx;
+    let http_task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = rx.wait_for(|v| *v).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "edge HTTP server failed");
+        }
+    });
+    tracing::info!(edge = %config.edge_id, region = %config.region, %http_addr, revision = revision.0, "edge started");
+    Ok(EdgeHandle { http_addr, shared, shutdown, tasks: vec![rep_task, http_task] })
+}

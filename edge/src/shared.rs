@@ -1,0 +1,89 @@
+//! What the replicator loop publishes for the HTTP API: the readable state, connection status,
+//! staleness and counters (also exported as Prometheus metrics).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use meridian_store::{Backend, Reader};
+
+use crate::replicator::{Replicator, ReplicatorStats};
+
+/// Shared between the replicator loop and the read API.
+pub struct EdgeShared {
+    /// Edge id.
+    pub edge_id: String,
+    /// Region.
+    pub region: String,
+    /// Published state.
+    pub reader: Reader,
+    /// Whether a connection to an origin is up.
+    pub origin_connected: AtomicBool,
+    /// Newest revision announced by a verified head.
+    pub newest_known: AtomicU64,
+    /// Milliseconds the edge has been behind the newest known head.
+    pub lag_ms: AtomicU64,
+    started: Instant,
+    last_heard: Mutex<Option<Instant>>,
+    stats: Mutex<ReplicatorStats>,
+}
+
+impl EdgeShared {
+    /// Fresh shared state.
+    pub fn new(edge_id: String, region: String, reader: Reader) -> Self {
+        Self {
+            edge_id,
+            region,
+            reader,
+            origin_connected: AtomicBool::new(false),
+            newest_known: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            last_heard: Mutex::new(None),
+            stats: Mutex::new(ReplicatorStats::default()),
+        }
+    }
+
+    /// Milliseconds since a verified head last arrived (since start if none has).
+    pub fn staleness_ms(&self, now: Instant) -> u64 {
+        let since = self.last_heard.lock().ok().and_then(|g| *g).unwrap_or(self.started);
+        now.saturating_duration_since(since).as_millis() as u64
+    }
+
+    /// The replicator's counters as last observed.
+    pub fn stats(&self) -> ReplicatorStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// Copies the replicator's observable state and exports metrics.
+    pub fn observe<B: Backend>(&self, rep: &Replicator<B>, now: Instant) {
+        self.origin_connected.store(rep.is_connected(), Ordering::Relaxed);
+        self.newest_known.store(rep.newest_known().0, Ordering::Relaxed);
+        self.lag_ms.store(rep.lag(now).as_millis() as u64, Ordering::Relaxed);
+        if let Ok(mut g) = self.last_heard.lock() {
+            *g = rep.last_heard();
+        }
+        let stats = rep.stats();
+        if let Ok(mut g) = self.stats.lock() {
+            *g = stats;
+        }
+        let edge = self.edge_id.clone();
+        metrics::gauge!("meridian_edge_revision", "edge" => edge.clone())
+            .set(rep.state().revision().0 as f64);
+        metrics::counter!("meridian_edge_deltas_applied_total", "edge" => edge.clone())
+            .absolute(stats.deltas_applied);
+        metrics::counter!("meridian_edge_snapshots_installed_total", "edge" => edge.clone())
+            .absolute(stats.snapshots_installed);
+        for (reason, v) in [
+            ("bad_signature", stats.rejected_bad_signature),
+            ("unknown_key", stats.rejected_unknown_key),
+            ("delta_mismatch", stats.rejected_delta_mismatch),
+            ("digest_mismatch", stats.rejected_digest_mismatch),
+            ("malformed", stats.rejected_malformed),
+            ("unexpected", stats.rejected_unexpected),
+        ] {
+            metrics::counter!("meridian_edge_rejected_total", "edge" => edge.clone(), "reason" => reason)
+                .absolute(v);
+        }
+    }
+}

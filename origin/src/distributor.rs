@@ -1,0 +1,395 @@
+//! The distributor: a sans-IO state machine that decides what each connected edge is sent.
+//!
+//! It learns of connections, frames and commits through `handle_*`, and says what to send
+//! through [`Distributor::poll_transmit`]; [`Distributor::poll_timeout`] says when it next wants
+//! [`Distributor::handle_timeout`]. The QUIC shell and the simulator drive it the same way.
+//!
+//! Per edge it tracks the revision acknowledged and the revision sent. An edge that says
+//! `Hello`/`Need` from revision r gets the deltas after r when the origin still keeps them, and
+//! a chunked snapshot of the signed state otherwise. At most `max_inflight_deltas` revisions are
+//! sent beyond the last acknowledgement, so a slow edge cannot make the origin buffer without
+//! bound. A signed head goes out on every heartbeat so edges can measure staleness and notice
+//! they are behind.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use meridian_protocol::{Address, EntryState, Frame, FrameV1, Revision, SignedDelta, SignedHead};
+use meridian_store::{Backend, SignedState, StoreError};
+
+/// Identifies one connection within a distributor.
+pub type ConnId = u64;
+
+/// Tuning of the distributor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DistributorConfig {
+    /// How often every edge is sent the newest head.
+    pub heartbeat_interval_ms: u64,
+    /// Most revisions sent to one edge beyond its last acknowledgement.
+    pub max_inflight_deltas: u64,
+    /// Most deltas carried by one catch-up stream.
+    pub max_deltas_per_stream: usize,
+    /// Entries per snapshot chunk.
+    pub snapshot_chunk_entries: usize,
+}
+
+impl Default for DistributorConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 500,
+            max_inflight_deltas: 1024,
+            max_deltas_per_stream: 256,
+            snapshot_chunk_entries: 1024,
+        }
+    }
+}
+
+/// Where the distributor reads committed data from.
+pub trait ChangeSource {
+    /// The newest signed head.
+    fn head(&self) -> Option<SignedHead>;
+    /// Deltas after `after` (at most `max`); `None` if compacted.
+    fn deltas_after(&self, after: Revision, max: usize) -> Result<Option<Vec<SignedDelta>>, StoreError>;
+    /// The published state with its head.
+    fn snapshot(&self) -> (Option<SignedHead>, Vec<(Address, EntryState)>);
+}
+
+impl<B: Backend> ChangeSource for SignedState<B> {
+    fn head(&self) -> Option<SignedHead> {
+        SignedState::head(self)
+    }
+    fn deltas_after(&self, after: Revision, max: usize) -> Result<Option<Vec<SignedDelta>>, StoreError> {
+        SignedState::deltas_after(self, after, max)
+    }
+    fn snapshot(&self) -> (Option<SignedHead>, Vec<(Address, EntryState)>) {
+        SignedState::snapshot(self)
+    }
+}
+
+/// What to send on a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// A frame on the connection's control stream.
+    Control(Frame),
+    /// Frames on a new unidirectional stream, in order, then finish it.
+    Stream(Vec<Frame>),
+    /// Close the connection, with a reason.
+    Close(&'static str),
+}
+
+/// What an edge told us about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeInfo {
+    /// Edge id from its Hello.
+    pub edge_id: String,
+    /// Region from its Hello.
+    pub region: String,
+    /// The newest revision it acknowledged.
+    pub acked: Revision,
+}
+
+#[derive(Debug)]
+struct Session {
+    info: Option<EdgeInfo>,
+    sent: Revision,
+}
+
+/// Counters kept by the distributor.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DistributorStats {
+    /// Deltas sent.
+    pub deltas_sent: u64,
+    /// Snapshots sent.
+    pub snapshots_sent: u64,
+    /// Frames from edges that made no sense here.
+    pub unexpected_frames: u64,
+    /// Reads of the change source that failed.
+    pub source_errors: u64,
+}
+
+/// The sans-IO distributor.
+#[derive(Debug)]
+pub struct Distributor {
+    config: DistributorConfig,
+    sessions: BTreeMap<ConnId, Session>,
+    out: VecDeque<(ConnId, Transmit)>,
+    next_heartbeat: Option<Instant>,
+    stats: DistributorStats,
+}
+
+impl Distributor {
+    /// A distributor with no connections.
+    pub fn new(config: DistributorConfig) -> Self {
+        Self {
+            config,
+            sessions: BTreeMap::new(),
+            out: VecDeque::new(),
+            next_heartbeat: None,
+            stats: DistributorStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> DistributorStats {
+        self.stats
+    }
+
+    /// The edges that said Hello, by connection.
+    pub fn edges(&self) -> impl Iterator<Item = &EdgeInfo> {
+        self.sessions.values().filter_map(|s| s.info.as_ref())
+    }
+
+    /// A connection was accepted.
+    pub fn handle_connect(&mut self, now: Instant, conn: ConnId) {
+        self.sessions.insert(conn, Session { info: None, sent: Revision(0) });
+        if self.next_heartbeat.is_none() {
+            self.next_heartbeat = Some(now + self.heartbeat_interval());
+        }
+    }
+
+    /// A connection ended.
+    pub fn handle_disconnect(&mut self, conn: ConnId) {
+        self.sessions.remove(&conn);
+        self.out.retain(|(c, _)| *c != conn);
+    }
+
+    /// A frame arrived from an edge.
+    pub fn handle_frame(&mut self, _now: Instant, conn: ConnId, frame: Frame, src: &impl ChangeSource) {
+        let Some(session) = self.sessions.get_mut(&conn) else { return };
+        let Frame::V1(frame) = frame;
+        match frame {
+            FrameV1::Hello { edge_id, region, revision, .. } => {
+                session.info = Some(EdgeInfo { edge_id, region, acked: revision });
+                session.sent = revision;
+                self.pump(conn, src);
+            }
+            FrameV1::Ack { revision } => {
+                if let Some(info) = session.info.as_mut() {
+                    info.acked = info.acked.max(revision);
+                    session.sent = session.sent.max(revision);
+                    self.pump(conn, src);
+                } else {
+                    self.stats.unexpected_frames += 1;
+                }
+            }
+            FrameV1::Need { from } => {
+                if let Some(info) = session.info.as_mut() {
+                    // The edge lost or refused something after `from`: resend from there.
+                    info.acked = from;
+                    session.sent = from;
+                    self.pump(conn, src);
+                } else {
+                    self.stats.unexpected_frames += 1;
+                }
+            }
+            FrameV1::Heartbeat { .. } => {}
+            _ => self.stats.unexpected_frames += 1,
+        }
+    }
+
+    /// A new revision was committed.
+    pub fn handle_commit(&mut self, _now: Instant, src: &impl ChangeSource) {
+        let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
+        for conn in conns {
+            self.pump(conn, src);
+        }
+    }
+
+    /// Time passed; sends heartbeats when due.
+    pub fn handle_timeout(&mut self, now: Instant, src: &impl ChangeSource) {
+        let Some(due) = self.next_heartbeat else { return };
+        if now < due {
+            return;
+        }
+        let head = src.head();
+        for (conn, session) in &self.sessions {
+            if session.info.is_none() {
+                continue;
+            }
+            let frame = match head {
+                Some(h) => FrameV1::Head(h),
+                None => FrameV1::Heartbeat { revision: Revision(0) },
+            };
+            self.out.push_back((*conn, Transmit::Control(frame.into())));
+        }
+        self.next_heartbeat =
+            if self.sessions.is_empty() { None } else { Some(now + self.heartbeat_interval()) };
+    }
+
+    /// The next thing to send.
+    pub fn poll_transmit(&mut self) -> Option<(ConnId, Transmit)> {
+        self.out.pop_front()
+    }
+
+    /// When `handle_timeout` should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_heartbeat
+    }
+
+    fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.config.heartbeat_interval_ms.max(1))
+    }
+
+    /// Sends a connection whatever it lacks, within the in-flight bound.
+    fn pump(&mut self, conn: ConnId, src: &impl ChangeSource) {
+        let Some(head) = src.head() else { return };
+        let Some(session) = self.sessions.get_mut(&conn) else { return };
+        let Some(info) = session.info.as_ref() else { return };
+        let target = head.head.revision;
+        while session.sent < target {
+            let budget = (info.acked.0 + self.config.max_inflight_deltas).saturating_sub(session.sent.0);
+            if budget == 0 {
+                return;
+            }
+            let max = (budget as usize).min(self.config.max_deltas_per_stream).max(1);
+            match src.deltas_after(session.sent, max) {
+                Ok(Some(deltas)) if !deltas.is_empty() => {
+                    session.sent = deltas.last().map_or(session.sent, |d| d.delta.revision);
+                    self.stats.deltas_sent += deltas.len() as u64;
+                    let frames = deltas.into_iter().map(|d| FrameV1::Delta(d).into()).collect();
+                    self.out.push_back((conn, Transmit::Stream(frames)));
+                }
+                Ok(Some(_)) => return,
+                Ok(None) => {
+                    let (snap_head, entries) = src.snapshot();
+                    let Some(snap_head) = snap_head else { return };
+                    session.sent = snap_head.head.revision;
+                    self.stats.snapshots_sent += 1;
+                    let frames = snapshot_frames(snap_head, entries, self.config.snapshot_chunk_entries);
+                    self.out.push_back((conn, Transmit::Stream(frames)));
+                    return;
+                }
+                Err(_) => {
+                    self.stats.source_errors += 1;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Splits a snapshot into Begin, Chunk… and End frames.
+pub fn snapshot_frames(head: SignedHead, entries: Vec<(Address, EntryState)>, per_chunk: usize) -> Vec<Frame> {
+    let per_chunk = per_chunk.max(1);
+    let mut frames = Vec::with_capacity(entries.len() / per_chunk + 3);
+    frames.push(FrameV1::SnapshotBegin { head, entries: entries.len() as u64 }.into());
+    let mut seq = 0u32;
+    let mut it = entries.into_iter().peekable();
+    while it.peek().is_some() {
+        let chunk: Vec<_> = it.by_ref().take(per_chunk).collect();
+        frames.push(FrameV1::SnapshotChunk { seq, entries: chunk }.into());
+        seq += 1;
+    }
+    frames.push(FrameV1::SnapshotEnd { chunks: seq }.into());
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_protocol::{Change, Delta, Signer, Version};
+    use meridian_store::MemBackend;
+
+    fn source(revisions: u64, window: u64) -> SignedState<MemBackend> {
+        let signer = Signer::from_bytes(&[5; 32]);
+        let mut s = SignedState::open(MemBackend::new(), window).unwrap();
+        for i in 0..revisions {
+            let delta = Delta {
+                revision: Revision(i + 1),
+                changes: vec![Change {
+                    address: Address::parse("a", "p", &format!("k{}", i % 7)).unwrap(),
+                    version: Version(i / 7 + 1),
+                    value: Some(i.to_string().into()),
+                }],
+            };
+            let d = signer.sign_delta(delta.clone(), s.digest_after(&delta));
+            s.apply_delta(&d).unwrap();
+        }
+        s.publish().unwrap();
+        s
+    }
+
+    fn hello(rev: u64) -> Frame {
+        FrameV1::Hello {
+            edge_id: "e".into(),
+            region: "r".into(),
+            revision: Revision(rev),
+            digest: Default::default(),
+        }
+        .into()
+    }
+
+    fn drain(d: &mut Distributor) -> Vec<(ConnId, Transmit)> {
+        std::iter::from_fn(|| d.poll_transmit()).collect()
+    }
+
+    #[test]
+    fn behind_within_window_gets_deltas_in_bounded_streams() {
+        let src = source(50, 100);
+        let mut d = Distributor::new(DistributorConfig { max_deltas_per_stream: 20, ..Default::default() });
+        let now = Instant::now();
+        d.handle_connect(now, 1);
+        d.handle_frame(now, 1, hello(10), &src);
+        let out = drain(&mut d);
+        let counts: Vec<usize> = out
+            .iter()
+            .map(|(_, t)| match t {
+                Transmit::Stream(f) => f.len(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(counts, vec![20, 20]);
+        assert_eq!(d.stats().deltas_sent, 40);
+    }
+
+    #[test]
+    fn behind_the_window_gets_a_snapshot() {
+        let src = source(50, 10);
+        let mut d = Distributor::new(DistributorConfig { snapshot_chunk_entries: 3, ..Default::default() });
+        let now = Instant::now();
+        d.handle_connect(now, 1);
+        d.handle_frame(now, 1, hello(2), &src);
+        let out = drain(&mut d);
+        assert_eq!(out.len(), 1);
+        let Transmit::Stream(frames) = &out[0].1 else { panic!() };
+        // 7 entries in chunks of 3: begin, 3 chunks, end.
+        assert_eq!(frames.len(), 5);
+        assert!(matches!(frames[0], Frame::V1(FrameV1::SnapshotBegin { entries: 7, .. })));
+        assert_eq!(d.stats().snapshots_sent, 1);
+    }
+
+    #[test]
+    fn in_flight_is_bounded_until_acked() {
+        let src = source(50, 100);
+        let mut d = Distributor::new(DistributorConfig {
+            max_inflight_deltas: 5,
+            max_deltas_per_stream: 100,
+            ..Default::default()
+        });
+        let now = Instant::now();
+        d.handle_connect(now, 1);
+        d.handle_frame(now, 1, hello(0), &src);
+        assert_eq!(d.stats().deltas_sent, 5);
+        d.handle_frame(now, 1, FrameV1::Ack { revision: Revision(5) }.into(), &src);
+        assert_eq!(d.stats().deltas_sent, 10);
+        // Need rewinds.
+        d.handle_frame(now, 1, FrameV1::Need { from: Revision(3) }.into(), &src);
+        assert_eq!(d.stats().deltas_sent, 15);
+    }
+
+    #[test]
+    fn heartbeats_carry_the_head_and_pre_hello_frames_are_ignored() {
+        let src = source(3, 100);
+        let mut d = Distributor::new(DistributorConfig::default());
+        let now = Instant::now();
+        d.handle_connect(now, 1);
+        d.handle_frame(now, 1, FrameV1::Ack { revision: Revision(1) }.into(), &src);
+        assert_eq!(d.stats().unexpected_frames, 1);
+        assert!(drain(&mut d).is_empty());
+        d.handle_frame(now, 1, hello(3), &src);
+        let due = d.poll_timeout().unwrap();
+        d.handle_timeout(due, &src);
+        let out = drain(&mut d);
+        assert!(matches!(&out[..], [(1, Transmit::Control(Frame::V1(FrameV1::Head(h))))] if h.head.revision == Revision(3)));
+    }
+}

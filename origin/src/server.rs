@@ -1,0 +1,165 @@
+//! The QUIC shell around the [`Distributor`]: accepts mutual-TLS connections from edges, reads
+//! their control stream into the distributor, and carries out what it says to transmit.
+//! It decides nothing itself.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use meridian_net::quic::{read_frame, send_uni, write_frame};
+use meridian_protocol::frame::DEFAULT_MAX_FRAME_BYTES;
+use meridian_protocol::{Frame, FrameDecoder, Revision};
+use meridian_store::{Backend, SignedState};
+use tokio::sync::{mpsc, watch};
+
+use crate::core::OriginCore;
+use crate::distributor::{ConnId, Distributor, EdgeInfo, Transmit};
+
+/// Bound on queued transmits per connection; a connection that falls this far behind is closed
+/// (it reconnects and catches up from its own revision).
+const CONN_QUEUE: usize = 4096;
+/// Bound on events from all connections to the distributor loop.
+const EVENT_QUEUE: usize = 8192;
+
+enum Event {
+    Connected(ConnId, mpsc::Sender<Transmit>),
+    Frame(ConnId, Frame),
+    Disconnected(ConnId),
+}
+
+/// Runs until `shutdown` turns true.
+pub async fn run<B: Backend + 'static>(
+    endpoint: quinn::Endpoint,
+    core: Arc<Mutex<OriginCore<B>>>,
+    mut commits: watch::Receiver<Revision>,
+    mut distributor: Distributor,
+    edges_out: Arc<Mutex<Vec<EdgeInfo>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (events_tx, mut events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let mut writers: BTreeMap<ConnId, mpsc::Sender<Transmit>> = BTreeMap::new();
+    let mut next_conn: ConnId = 1;
+    loop {
+        let timeout = distributor.poll_timeout();
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let id = next_conn;
+                next_conn += 1;
+                tokio::spawn(connection(incoming, id, events_tx.clone()));
+            }
+            Some(event) = events_rx.recv() => {
+                let now = Instant::now();
+                let guard = core.lock().unwrap_or_else(|e| e.into_inner());
+                let src: &SignedState<B> = guard.state();
+                match event {
+                    Event::Connected(id, tx) => {
+                        writers.insert(id, tx);
+                        distributor.handle_connect(now, id);
+                    }
+                    Event::Frame(id, frame) => distributor.handle_frame(now, id, frame, src),
+                    Event::Disconnected(id) => {
+                        writers.remove(&id);
+                        distributor.handle_disconnect(id);
+                    }
+                }
+            }
+            changed = commits.changed() => {
+                if changed.is_err() { break }
+                let guard = core.lock().unwrap_or_else(|e| e.into_inner());
+                distributor.handle_commit(Instant::now(), guard.state());
+            }
+            _ = sleep_until(timeout) => {
+                let guard = core.lock().unwrap_or_else(|e| e.into_inner());
+                distributor.handle_timeout(Instant::now(), guard.state());
+            }
+        }
+        while let Some((id, transmit)) = distributor.poll_transmit() {
+            let Some(tx) = writers.get(&id) else { continue };
+            if tx.try_send(transmit).is_err() {
+                tracing::warn!(conn = id, "edge is not keeping up; closing its connection");
+                writers.remove(&id);
+                distributor.handle_disconnect(id);
+            }
+        }
+        if let Ok(mut e) = edges_out.lock() {
+            *e = distributor.edges().cloned().collect();
+        }
+    }
+    endpoint.close(0u32.into(), b"shutdown");
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn connection(incoming: quinn::Incoming, id: ConnId, events: mpsc::Sender<Event>) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            metrics::counter!("meridian_origin_handshake_failures_total").increment(1);
+            tracing::info!(error = %e, "edge handshake failed");
+            return;
+        }
+    };
+    let (mut send, mut recv) = match conn.accept_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(error = %e, "edge closed before opening its control stream");
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::channel::<Transmit>(CONN_QUEUE);
+    if events.send(Event::Connected(id, tx)).await.is_err() {
+        return;
+    }
+    let writer_conn = conn.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(t) = rx.recv().await {
+            match t {
+                Transmit::Control(frame) => {
+                    if write_frame(&mut send, &frame).await.is_err() {
+                        break;
+                    }
+                }
+                Transmit::Stream(frames) => {
+                    // Each stream goes out on its own task so a large snapshot never holds up
+                    // a newer head or a small delta behind it.
+                    let c = writer_conn.clone();
+                    tokio::spawn(async move {
+                        // A failed stream means a failed connection; the edge reconnects and
+                        // asks again from its own revision.
+                        let _ = send_uni(&c, &frames).await;
+                    });
+                }
+                Transmit::Close(reason) => {
+                    writer_conn.close(1u32.into(), reason.as_bytes());
+                    break;
+                }
+            }
+        }
+    });
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+    loop {
+        match read_frame(&mut recv, &mut decoder).await {
+            Ok(Some(frame)) => {
+                if events.send(Event::Frame(id, frame)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                metrics::counter!("meridian_origin_bad_frames_total").increment(1);
+                tracing::info!(conn = id, error = %e, "closing edge connection");
+                conn.close(2u32.into(), b"bad frame");
+                break;
+            }
+        }
+    }
+    writer.abort();
+    let _ = events.send(Event::Disconnected(id)).await;
+}
