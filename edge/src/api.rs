@@ -43,33 +43,48 @@ pub fn router(shared: Arc<EdgeShared>) -> Router {
 
 async fn read_only(method: axum::http::Method) -> ApiError {
     let mut e = method_not_allowed(method).await;
-    e.message.push_str("; edges are read-only, write at the origin");
+    e.message
+        .push_str("; edges are read-only, write at the origin");
     e
 }
 
 fn stamp(mut r: Response, shared: &EdgeShared, revision: u64) -> Response {
     let h = r.headers_mut();
     h.insert(REVISION, HeaderValue::from(revision));
-    h.insert(STALENESS, HeaderValue::from(shared.staleness_ms(Instant::now())));
+    h.insert(
+        STALENESS,
+        HeaderValue::from(shared.staleness_ms(Instant::now())),
+    );
     r
 }
 
 fn counted(shared: &EdgeShared, e: ApiError) -> Response {
     metrics::counter!("meridian_edge_rejected_requests_total", "edge" => shared.edge_id.clone(), "code" => e.code)
         .increment(1);
-    let revision = shared.reader.read().map(|p| p.state.revision().0).unwrap_or(0);
+    let revision = shared
+        .reader
+        .read()
+        .map(|p| p.state.revision().0)
+        .unwrap_or(0);
     stamp(e.into_response(), shared, revision)
 }
 
 fn bad_path(e: PathRejection) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", format!("bad path: {e}"))
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_key",
+        format!("bad path: {e}"),
+    )
 }
 
 async fn get_one(
     State(shared): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Response {
-    let address = match path.map_err(bad_path).and_then(|Path((a, e, k))| Ok(Address::parse(&a, &e, &k)?)) {
+    let address = match path
+        .map_err(bad_path)
+        .and_then(|Path((a, e, k))| Ok(Address::parse(&a, &e, &k)?))
+    {
         Ok(a) => a,
         Err(e) => return counted(&shared, e),
     };
@@ -84,7 +99,11 @@ async fn get_one(
         }
         None => {
             drop(p);
-            stamp(ApiError::not_found(&address).into_response(), &shared, revision)
+            stamp(
+                ApiError::not_found(&address).into_response(),
+                &shared,
+                revision,
+            )
         }
     }
 }
@@ -95,7 +114,9 @@ struct ListQuery {
     prefix: String,
 }
 
-fn namespace(path: Result<Path<(String, String)>, PathRejection>) -> Result<(String, String), ApiError> {
+fn namespace(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), ApiError> {
     let Path((app, env)) = path.map_err(bad_path)?;
     validate_app(&app)?;
     validate_env(&env)?;
@@ -108,7 +129,8 @@ async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
     let parsed = namespace(path).and_then(|ns| {
-        let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+        let Query(q) = query
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
         validate_key_prefix(&q.prefix)?;
         Ok((ns, q.prefix))
     });
@@ -118,11 +140,10 @@ async fn list(
     };
     let p = shared.reader.read().unwrap_or_else(|e| e.into_inner());
     let revision = p.state.revision().0;
-    let items = p
-        .state
-        .namespace(&app, &env)
-        .into_iter()
-        .flat_map(|ns| ns.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)));
+    let items = p.state.namespace(&app, &env).into_iter().flat_map(|ns| {
+        ns.range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+    });
     let body = render_list(revision, &app, &env, items);
     drop(p);
     stamp(json_bytes(body), &shared, revision)
@@ -135,7 +156,12 @@ pub fn resolve<'a>(
     env: &str,
 ) -> BTreeMap<&'a str, &'a EntryState> {
     let mut out = BTreeMap::new();
-    for (a, e) in [(WILDCARD, WILDCARD), (WILDCARD, env), (app, WILDCARD), (app, env)] {
+    for (a, e) in [
+        (WILDCARD, WILDCARD),
+        (WILDCARD, env),
+        (app, WILDCARD),
+        (app, env),
+    ] {
         if let Some(ns) = state.namespace(a, e) {
             for (k, entry) in ns {
                 if entry.is_tombstone() {
@@ -148,7 +174,10 @@ pub fn resolve<'a>(
     out
 }
 
-async fn config(State(shared): Shared, path: Result<Path<(String, String)>, PathRejection>) -> Response {
+async fn config(
+    State(shared): Shared,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
     let (app, env) = match namespace(path) {
         Ok(v) => v,
         Err(e) => return counted(&shared, e),

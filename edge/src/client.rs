@@ -4,8 +4,8 @@
 //! replicator asks. It decides nothing itself.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use meridian_net::quic::{read_frame, write_frame};
@@ -151,24 +151,34 @@ async fn dial(
         Ok(connecting) => match connecting.await {
             Ok(c) => c,
             Err(e) => {
-                let _ = events.send((generation, Event::ConnectFailed(e.to_string()))).await;
+                let _ = events
+                    .send((generation, Event::ConnectFailed(e.to_string())))
+                    .await;
                 return;
             }
         },
         Err(e) => {
-            let _ = events.send((generation, Event::ConnectFailed(e.to_string()))).await;
+            let _ = events
+                .send((generation, Event::ConnectFailed(e.to_string())))
+                .await;
             return;
         }
     };
     let (mut send, mut recv) = match conn.open_bi().await {
         Ok(s) => s,
         Err(e) => {
-            let _ = events.send((generation, Event::ConnectFailed(e.to_string()))).await;
+            let _ = events
+                .send((generation, Event::ConnectFailed(e.to_string())))
+                .await;
             return;
         }
     };
     let (tx, mut rx) = mpsc::channel::<Frame>(CONTROL_QUEUE);
-    if events.send((generation, Event::Connected(conn.clone(), tx))).await.is_err() {
+    if events
+        .send((generation, Event::Connected(conn.clone(), tx)))
+        .await
+        .is_err()
+    {
         return;
     }
     tokio::spawn(async move {
@@ -208,13 +218,19 @@ async fn dial(
     loop {
         match read_frame(&mut recv, &mut decoder).await {
             Ok(Some(frame)) => {
-                if events.send((generation, Event::Frame(frame))).await.is_err() {
+                if events
+                    .send((generation, Event::Frame(frame)))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
             Ok(None) | Err(meridian_net::NetError::Read(_)) => break,
             Err(e) => {
-                let _ = events.send((generation, Event::Malformed(e.to_string()))).await;
+                let _ = events
+                    .send((generation, Event::Malformed(e.to_string())))
+                    .await;
                 conn.close(2u32.into(), b"bad frame");
                 break;
             }

@@ -84,7 +84,14 @@ pub struct ConfigError {
 }
 
 fn check(ok: bool, key: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
-    if ok { Ok(()) } else { Err(ConfigError { key, problem: problem.into() }) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            key,
+            problem: problem.into(),
+        })
+    }
 }
 
 impl EdgeConfig {
@@ -100,7 +107,11 @@ impl EdgeConfig {
             "region",
             "must match [a-z0-9][a-z0-9_-]{0,62}",
         )?;
-        check(!self.origins.is_empty(), "origins", "must list at least one origin address")?;
+        check(
+            !self.origins.is_empty(),
+            "origins",
+            "must list at least one origin address",
+        )?;
         check(
             !self.trusted_signing_keys.is_empty(),
             "trusted_signing_keys",
@@ -114,7 +125,10 @@ impl EdgeConfig {
         check(
             (10..=60_000).contains(&self.heartbeat_interval_ms),
             "heartbeat_interval_ms",
-            format!("must be between 10 and 60000, got {}", self.heartbeat_interval_ms),
+            format!(
+                "must be between 10 and 60000, got {}",
+                self.heartbeat_interval_ms
+            ),
         )?;
         check(
             self.reconnect_backoff_min_ms >= 1

@@ -70,15 +70,23 @@ impl EdgeHandle {
 /// Starts an edge node.
 pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
     config.validate()?;
+    meridian_net::http::metrics_handle();
     let keys = config
         .trusted_signing_keys
         .iter()
         .map(|p| meridian_net::tls::load_verifying_key(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let store_err = |source| StartError::Store { path: config.data_dir.clone(), source };
+    let store_err = |source| StartError::Store {
+        path: config.data_dir.clone(),
+        source,
+    };
     let backend = SledBackend::open(&config.data_dir).map_err(|e| store_err(e.into()))?;
     let state = SignedState::open(backend, config.delta_window).map_err(store_err)?;
-    let shared = Arc::new(EdgeShared::new(config.edge_id.clone(), config.region.clone(), state.reader()));
+    let shared = Arc::new(EdgeShared::new(
+        config.edge_id.clone(),
+        config.region.clone(),
+        state.reader(),
+    ));
     let revision = state.revision();
     let rep = Replicator::new(
         ReplicatorConfig {
@@ -109,10 +117,14 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
     ));
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
-        .map_err(|source| StartError::Http { addr: config.http_listen, source })?;
-    let http_addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Http { addr: config.http_listen, source })?;
+        .map_err(|source| StartError::Http {
+            addr: config.http_listen,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| StartError::Http {
+        addr: config.http_listen,
+        source,
+    })?;
     let app = crate::api::router(shared.clone());
     let mut rx = shutdown_rx;
     let http_task = tokio::spawn(async move {
@@ -124,5 +136,10 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
         }
     });
     tracing::info!(edge = %config.edge_id, region = %config.region, %http_addr, revision = revision.0, "edge started");
-    Ok(EdgeHandle { http_addr, shared, shutdown, tasks: vec![rep_task, http_task] })
+    Ok(EdgeHandle {
+        http_addr,
+        shared,
+        shutdown,
+        tasks: vec![rep_task, http_task],
+    })
 }

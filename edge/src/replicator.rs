@@ -154,7 +154,12 @@ pub struct Replicator<B: Backend> {
 
 impl<B: Backend> Replicator<B> {
     /// A replicator over a loaded state; it asks to connect at once.
-    pub fn new(config: ReplicatorConfig, trusted: TrustedKeys, state: SignedState<B>, now: Instant) -> Self {
+    pub fn new(
+        config: ReplicatorConfig,
+        trusted: TrustedKeys,
+        state: SignedState<B>,
+        now: Instant,
+    ) -> Self {
         let revision = state.revision();
         let backoff_ms = config.reconnect_backoff_min_ms.max(1);
         Self {
@@ -204,7 +209,8 @@ impl<B: Backend> Replicator<B> {
 
     /// How long the edge has been behind the newest known head (zero when current).
     pub fn lag(&self, now: Instant) -> Duration {
-        self.behind_since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+        self.behind_since
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
 
     /// The shell finished dialing.
@@ -213,7 +219,8 @@ impl<B: Backend> Replicator<B> {
         self.stats.connects += 1;
         self.backoff_ms = self.config.reconnect_backoff_min_ms.max(1);
         self.last_progress = now;
-        self.next_heartbeat = Some(now + Duration::from_millis(self.config.heartbeat_interval_ms.max(1)));
+        self.next_heartbeat =
+            Some(now + Duration::from_millis(self.config.heartbeat_interval_ms.max(1)));
         self.out.push_back(Output::Send(
             FrameV1::Hello {
                 edge_id: self.config.edge_id.clone(),
@@ -258,16 +265,26 @@ impl<B: Backend> Replicator<B> {
                     return;
                 }
                 self.heard(now, head.head.revision);
-                if head.head.revision <= self.state.revision() || entries > self.config.max_snapshot_entries {
+                if head.head.revision <= self.state.revision()
+                    || entries > self.config.max_snapshot_entries
+                {
                     self.stats.rejected_unexpected += 1;
                     return;
                 }
                 let cap = entries.min(1 << 20) as usize;
-                self.snapshot = Some(SnapshotAssembly { head, expected: entries, next_seq: 0, entries: Vec::with_capacity(cap) });
+                self.snapshot = Some(SnapshotAssembly {
+                    head,
+                    expected: entries,
+                    next_seq: 0,
+                    entries: Vec::with_capacity(cap),
+                });
             }
             FrameV1::SnapshotChunk { seq, entries } => {
                 let ok = match self.snapshot.as_mut() {
-                    Some(s) if s.next_seq == seq && s.entries.len() as u64 + entries.len() as u64 <= s.expected => {
+                    Some(s)
+                        if s.next_seq == seq
+                            && s.entries.len() as u64 + entries.len() as u64 <= s.expected =>
+                    {
                         s.next_seq += 1;
                         s.entries.extend(entries);
                         true
@@ -297,7 +314,9 @@ impl<B: Backend> Replicator<B> {
                         self.last_progress = now;
                         self.drain_pending(now);
                     }
-                    Err(StoreError::SnapshotMismatch(_)) => self.stats.rejected_digest_mismatch += 1,
+                    Err(StoreError::SnapshotMismatch(_)) => {
+                        self.stats.rejected_digest_mismatch += 1
+                    }
                     Err(_) => self.stats.store_errors += 1,
                 }
             }
@@ -321,7 +340,8 @@ impl<B: Backend> Replicator<B> {
         };
         if revision > self.acked && self.is_connected() {
             self.acked = revision;
-            self.out.push_back(Output::Send(FrameV1::Ack { revision }.into()));
+            self.out
+                .push_back(Output::Send(FrameV1::Ack { revision }.into()));
         }
         self.update_behind(now);
         revision
@@ -333,27 +353,45 @@ impl<B: Backend> Replicator<B> {
             Link::Idle { retry_at } if now >= retry_at => {
                 self.link = Link::Connecting;
                 let count = self.config.origin_count.max(1) as u64;
-                self.out.push_back(Output::Connect { origin: (self.attempts % count) as usize });
+                self.out.push_back(Output::Connect {
+                    origin: (self.attempts % count) as usize,
+                });
                 self.attempts += 1;
             }
             Link::Connected { last_frame } => {
-                if now.saturating_duration_since(last_frame) >= Duration::from_millis(self.config.silence_timeout_ms) {
+                if now.saturating_duration_since(last_frame)
+                    >= Duration::from_millis(self.config.silence_timeout_ms)
+                {
                     self.out.push_back(Output::Disconnect);
                     self.handle_disconnected(now);
                     return;
                 }
                 if let Some(due) = self.next_heartbeat {
                     if now >= due {
-                        self.out.push_back(Output::Send(FrameV1::Heartbeat { revision: self.state.revision() }.into()));
-                        self.next_heartbeat = Some(now + Duration::from_millis(self.config.heartbeat_interval_ms.max(1)));
+                        self.out.push_back(Output::Send(
+                            FrameV1::Heartbeat {
+                                revision: self.state.revision(),
+                            }
+                            .into(),
+                        ));
+                        self.next_heartbeat = Some(
+                            now + Duration::from_millis(self.config.heartbeat_interval_ms.max(1)),
+                        );
                     }
                 }
                 let stall = Duration::from_millis(self.config.stall_timeout_ms);
-                if self.newest_known > self.state.revision() && now.saturating_duration_since(self.last_progress) >= stall {
+                if self.newest_known > self.state.revision()
+                    && now.saturating_duration_since(self.last_progress) >= stall
+                {
                     self.pending.clear();
                     self.snapshot = None;
                     self.last_progress = now;
-                    self.out.push_back(Output::Send(FrameV1::Need { from: self.state.revision() }.into()));
+                    self.out.push_back(Output::Send(
+                        FrameV1::Need {
+                            from: self.state.revision(),
+                        }
+                        .into(),
+                    ));
                 }
             }
             _ => {}
@@ -372,9 +410,13 @@ impl<B: Backend> Replicator<B> {
             Link::Connecting => None,
             Link::Connected { last_frame } => {
                 let silence = last_frame + Duration::from_millis(self.config.silence_timeout_ms);
-                let stall = (self.newest_known > self.state.revision())
-                    .then(|| self.last_progress + Duration::from_millis(self.config.stall_timeout_ms));
-                [Some(silence), stall, self.next_heartbeat].into_iter().flatten().min()
+                let stall = (self.newest_known > self.state.revision()).then(|| {
+                    self.last_progress + Duration::from_millis(self.config.stall_timeout_ms)
+                });
+                [Some(silence), stall, self.next_heartbeat]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
         }
     }

@@ -46,7 +46,12 @@ impl EdgeShared {
 
     /// Milliseconds since a verified head last arrived (since start if none has).
     pub fn staleness_ms(&self, now: Instant) -> u64 {
-        let since = self.last_heard.lock().ok().and_then(|g| *g).unwrap_or(self.started);
+        let since = self
+            .last_heard
+            .lock()
+            .ok()
+            .and_then(|g| *g)
+            .unwrap_or(self.started);
         now.saturating_duration_since(since).as_millis() as u64
     }
 
@@ -57,9 +62,12 @@ impl EdgeShared {
 
     /// Copies the replicator's observable state and exports metrics.
     pub fn observe<B: Backend>(&self, rep: &Replicator<B>, now: Instant) {
-        self.origin_connected.store(rep.is_connected(), Ordering::Relaxed);
-        self.newest_known.store(rep.newest_known().0, Ordering::Relaxed);
-        self.lag_ms.store(rep.lag(now).as_millis() as u64, Ordering::Relaxed);
+        self.origin_connected
+            .store(rep.is_connected(), Ordering::Relaxed);
+        self.newest_known
+            .store(rep.newest_known().0, Ordering::Relaxed);
+        self.lag_ms
+            .store(rep.lag(now).as_millis() as u64, Ordering::Relaxed);
         if let Ok(mut g) = self.last_heard.lock() {
             *g = rep.last_heard();
         }

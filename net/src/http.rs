@@ -23,12 +23,20 @@ pub struct ApiError {
 impl ApiError {
     /// Builds an error.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     /// 404 `not_found`.
     pub fn not_found(what: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 }
 
@@ -41,14 +49,22 @@ impl From<AddressError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
             .into_response()
     }
 }
 
 /// The JSON 404 for routes that do not exist.
 pub async fn unknown_route(uri: axum::http::Uri) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "unknown_route", format!("no route for {}", uri.path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_route",
+        format!("no route for {}", uri.path()),
+    )
 }
 
 /// The JSON 405 for known routes called with the wrong method.
@@ -86,7 +102,10 @@ pub fn write_entry(buf: &mut Vec<u8>, app: &str, env: &str, key: &str, entry: &E
 /// A 200 JSON response from pre-rendered bytes.
 pub fn json_bytes(body: Vec<u8>) -> Response {
     let mut r = Response::new(axum::body::Body::from(body));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -129,7 +148,9 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 /// `GET /metrics`.
 pub async fn metrics_endpoint() -> Response {
     let mut r = Response::new(axum::body::Body::from(metrics_handle().render()));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     r
 }

@@ -107,7 +107,10 @@ pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<
 
 /// Sends frames, in order, on a new unidirectional stream and finishes it.
 pub async fn send_uni(conn: &quinn::Connection, frames: &[Frame]) -> Result<(), NetError> {
-    let mut send = conn.open_uni().await.map_err(|e| NetError::Write(e.into()))?;
+    let mut send = conn
+        .open_uni()
+        .await
+        .map_err(|e| NetError::Write(e.into()))?;
     for frame in frames {
         write_frame(&mut send, frame).await?;
     }

@@ -45,7 +45,10 @@ type Shared = State<Arc<AppState>>;
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.max_value_bytes + 64 * 1024;
     Router::new()
-        .route("/v1/kv/{app}/{env}/{key}", get(get_one).put(put).delete(delete))
+        .route(
+            "/v1/kv/{app}/{env}/{key}",
+            get(get_one).put(put).delete(delete),
+        )
         .route("/v1/kv/{app}/{env}", get(list))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics_endpoint))
@@ -60,9 +63,15 @@ fn count_error(e: ApiError) -> ApiError {
     e
 }
 
-fn address(path: Result<Path<(String, String, String)>, PathRejection>) -> Result<Address, ApiError> {
+fn address(
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Address, ApiError> {
     let Path((app, env, key)) = path.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", format!("bad path: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_key",
+            format!("bad path: {e}"),
+        )
     })?;
     Ok(Address::parse(&app, &env, &key)?)
 }
@@ -80,7 +89,11 @@ struct PutBody {
 
 fn body_error(e: BytesRejection) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.body_text())
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            e.body_text(),
+        )
     } else {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
     }
@@ -121,24 +134,37 @@ async fn put(
     let inner = async {
         let address = address(path)?;
         let body = body.map_err(body_error)?;
-        let parsed: PutBody = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
-        })?;
+        let parsed: PutBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
         let text = parsed.value.to_string();
         if text.len() > state.max_value_bytes {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "value_too_large",
-                format!("value is {} bytes; the limit is {}", text.len(), state.max_value_bytes),
+                format!(
+                    "value is {} bytes; the limit is {}",
+                    text.len(),
+                    state.max_value_bytes
+                ),
             ));
         }
         let applied = commit(
             &state,
-            Command::Put { address: address.clone(), value: text.into(), expect_version: parsed.expect_version },
+            Command::Put {
+                address: address.clone(),
+                value: text.into(),
+                expect_version: parsed.expect_version,
+            },
         )
         .await?;
         let mut buf = Vec::with_capacity(128);
-        write_entry(&mut buf, &address.app, &address.env, &address.key, &applied.entry);
+        write_entry(
+            &mut buf,
+            &address.app,
+            &address.env,
+            &address.key,
+            &applied.entry,
+        );
         Ok(json_bytes(buf))
     };
     inner.await.map_err(count_error)
@@ -150,7 +176,14 @@ async fn delete(
 ) -> Result<Response, ApiError> {
     let inner = async {
         let address = address(path)?;
-        let applied = commit(&state, Command::Delete { address, expect_version: None }).await?;
+        let applied = commit(
+            &state,
+            Command::Delete {
+                address,
+                expect_version: None,
+            },
+        )
+        .await?;
         Ok(axum::Json(serde_json::json!({"revision": applied.revision.0})).into_response())
     };
     inner.await.map_err(count_error)
@@ -162,7 +195,10 @@ async fn get_one(
 ) -> Result<Response, ApiError> {
     let a = address(path).map_err(count_error)?;
     let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
-    let entry = p.state.get_live(&a.app, &a.env, &a.key).ok_or_else(|| ApiError::not_found(&a))?;
+    let entry = p
+        .state
+        .get_live(&a.app, &a.env, &a.key)
+        .ok_or_else(|| ApiError::not_found(&a))?;
     let mut buf = Vec::with_capacity(128);
     write_entry(&mut buf, &a.app, &a.env, &a.key, entry);
     Ok(json_bytes(buf))
@@ -180,19 +216,33 @@ async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Path((app, env)) = path.map_err(|e| {
-        count_error(ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", format!("bad path: {e}")))
+        count_error(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_key",
+            format!("bad path: {e}"),
+        ))
     })?;
     let Query(q) = query.map_err(|e| {
-        count_error(ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))
+        count_error(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            e.body_text(),
+        ))
     })?;
     meridian_protocol::addr::validate_app(&app).map_err(|e| count_error(e.into()))?;
     meridian_protocol::addr::validate_env(&env).map_err(|e| count_error(e.into()))?;
     validate_key_prefix(&q.prefix).map_err(|e| count_error(e.into()))?;
     let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
     let items = p.state.namespace(&app, &env).into_iter().flat_map(|ns| {
-        ns.range(q.prefix.clone()..).take_while(|(k, _)| k.starts_with(&q.prefix))
+        ns.range(q.prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&q.prefix))
     });
-    Ok(json_bytes(render_list(p.state.revision().0, &app, &env, items)))
+    Ok(json_bytes(render_list(
+        p.state.revision().0,
+        &app,
+        &env,
+        items,
+    )))
 }
 
 async fn status(State(state): Shared) -> Response {

@@ -76,7 +76,14 @@ pub struct ConfigError {
 }
 
 fn check(ok: bool, key: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
-    if ok { Ok(()) } else { Err(ConfigError { key, problem: problem.into() }) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            key,
+            problem: problem.into(),
+        })
+    }
 }
 
 impl OriginConfig {
@@ -86,7 +93,10 @@ impl OriginConfig {
         check(
             (1..=64 * 1024 * 1024).contains(&self.max_value_bytes),
             "max_value_bytes",
-            format!("must be between 1 and 67108864, got {}", self.max_value_bytes),
+            format!(
+                "must be between 1 and 67108864, got {}",
+                self.max_value_bytes
+            ),
         )?;
         check(
             self.max_value_bytes + 64 * 1024 <= meridian_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
@@ -101,12 +111,18 @@ impl OriginConfig {
         check(
             (10..=60_000).contains(&self.heartbeat_interval_ms),
             "heartbeat_interval_ms",
-            format!("must be between 10 and 60000, got {}", self.heartbeat_interval_ms),
+            format!(
+                "must be between 10 and 60000, got {}",
+                self.heartbeat_interval_ms
+            ),
         )?;
         check(
             (1..=1_000_000).contains(&self.max_inflight_deltas),
             "max_inflight_deltas",
-            format!("must be between 1 and 1000000, got {}", self.max_inflight_deltas),
+            format!(
+                "must be between 1 and 1000000, got {}",
+                self.max_inflight_deltas
+            ),
         )?;
         check(
             self.quic.keep_alive_interval_ms < self.quic.max_idle_timeout_ms,

@@ -3,7 +3,9 @@
 //! Given the same state and command, every node produces the same revision, delta, digest and
 //! (Ed25519 being deterministic) signature, so the Raft cluster can drive this unchanged.
 
-use meridian_protocol::{Address, Change, Delta, EntryState, JsonText, Revision, SignedDelta, Signer, Version};
+use meridian_protocol::{
+    Address, Change, Delta, EntryState, JsonText, Revision, SignedDelta, Signer, Version,
+};
 use meridian_store::{Backend, SignedState, StoreError};
 
 /// A write.
@@ -77,15 +79,26 @@ impl<B: Backend> OriginCore<B> {
     /// Applies one command as one revision, durable and published before it returns.
     pub fn apply(&mut self, command: Command) -> Result<(Applied, SignedDelta), ApplyError> {
         let (address, value, expect) = match command {
-            Command::Put { address, value, expect_version } => (address, Some(value), expect_version),
-            Command::Delete { address, expect_version } => (address, None, expect_version),
+            Command::Put {
+                address,
+                value,
+                expect_version,
+            } => (address, Some(value), expect_version),
+            Command::Delete {
+                address,
+                expect_version,
+            } => (address, None, expect_version),
         };
         let current = self.state.entry(&address).filter(|e| !e.is_tombstone());
         let previous_version = self.state.entry(&address).map_or(0, |e| e.version.0);
         let actual = current.as_ref().map_or(0, |e| e.version.0);
         if let Some(expected) = expect {
             if expected != actual {
-                return Err(ApplyError::VersionConflict { address, expected, actual });
+                return Err(ApplyError::VersionConflict {
+                    address,
+                    expected,
+                    actual,
+                });
             }
         }
         if value.is_none() && current.is_none() {
@@ -93,13 +106,23 @@ impl<B: Backend> OriginCore<B> {
         }
         let delta = Delta {
             revision: self.state.revision().next(),
-            changes: vec![Change { address, version: Version(previous_version + 1), value }],
+            changes: vec![Change {
+                address,
+                version: Version(previous_version + 1),
+                value,
+            }],
         };
         let digest = self.state.digest_after(&delta);
         let signed = self.signer.sign_delta(delta, digest);
         self.state.apply_delta(&signed)?;
         self.state.publish()?;
         let entry = signed.delta.entry(&signed.delta.changes[0]);
-        Ok((Applied { revision: signed.delta.revision, entry }, signed))
+        Ok((
+            Applied {
+                revision: signed.delta.revision,
+                entry,
+            },
+            signed,
+        ))
     }
 }

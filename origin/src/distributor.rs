@@ -49,7 +49,11 @@ pub trait ChangeSource {
     /// The newest signed head.
     fn head(&self) -> Option<SignedHead>;
     /// Deltas after `after` (at most `max`); `None` if compacted.
-    fn deltas_after(&self, after: Revision, max: usize) -> Result<Option<Vec<SignedDelta>>, StoreError>;
+    fn deltas_after(
+        &self,
+        after: Revision,
+        max: usize,
+    ) -> Result<Option<Vec<SignedDelta>>, StoreError>;
     /// The published state with its head.
     fn snapshot(&self) -> (Option<SignedHead>, Vec<(Address, EntryState)>);
 }
@@ -58,7 +62,11 @@ impl<B: Backend> ChangeSource for SignedState<B> {
     fn head(&self) -> Option<SignedHead> {
         SignedState::head(self)
     }
-    fn deltas_after(&self, after: Revision, max: usize) -> Result<Option<Vec<SignedDelta>>, StoreError> {
+    fn deltas_after(
+        &self,
+        after: Revision,
+        max: usize,
+    ) -> Result<Option<Vec<SignedDelta>>, StoreError> {
         SignedState::deltas_after(self, after, max)
     }
     fn snapshot(&self) -> (Option<SignedHead>, Vec<(Address, EntryState)>) {
@@ -141,7 +149,13 @@ impl Distributor {
 
     /// A connection was accepted.
     pub fn handle_connect(&mut self, now: Instant, conn: ConnId) {
-        self.sessions.insert(conn, Session { info: None, sent: Revision(0) });
+        self.sessions.insert(
+            conn,
+            Session {
+                info: None,
+                sent: Revision(0),
+            },
+        );
         if self.next_heartbeat.is_none() {
             self.next_heartbeat = Some(now + self.heartbeat_interval());
         }
@@ -154,12 +168,29 @@ impl Distributor {
     }
 
     /// A frame arrived from an edge.
-    pub fn handle_frame(&mut self, _now: Instant, conn: ConnId, frame: Frame, src: &impl ChangeSource) {
-        let Some(session) = self.sessions.get_mut(&conn) else { return };
+    pub fn handle_frame(
+        &mut self,
+        _now: Instant,
+        conn: ConnId,
+        frame: Frame,
+        src: &impl ChangeSource,
+    ) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
         let Frame::V1(frame) = frame;
         match frame {
-            FrameV1::Hello { edge_id, region, revision, .. } => {
-                session.info = Some(EdgeInfo { edge_id, region, acked: revision });
+            FrameV1::Hello {
+                edge_id,
+                region,
+                revision,
+                ..
+            } => {
+                session.info = Some(EdgeInfo {
+                    edge_id,
+                    region,
+                    acked: revision,
+                });
                 session.sent = revision;
                 self.pump(conn, src);
             }
@@ -197,7 +228,9 @@ impl Distributor {
 
     /// Time passed; sends heartbeats when due.
     pub fn handle_timeout(&mut self, now: Instant, src: &impl ChangeSource) {
-        let Some(due) = self.next_heartbeat else { return };
+        let Some(due) = self.next_heartbeat else {
+            return;
+        };
         if now < due {
             return;
         }
@@ -208,12 +241,17 @@ impl Distributor {
             }
             let frame = match head {
                 Some(h) => FrameV1::Head(h),
-                None => FrameV1::Heartbeat { revision: Revision(0) },
+                None => FrameV1::Heartbeat {
+                    revision: Revision(0),
+                },
             };
             self.out.push_back((*conn, Transmit::Control(frame.into())));
         }
-        self.next_heartbeat =
-            if self.sessions.is_empty() { None } else { Some(now + self.heartbeat_interval()) };
+        self.next_heartbeat = if self.sessions.is_empty() {
+            None
+        } else {
+            Some(now + self.heartbeat_interval())
+        };
     }
 
     /// The next thing to send.
@@ -233,20 +271,30 @@ impl Distributor {
     /// Sends a connection whatever it lacks, within the in-flight bound.
     fn pump(&mut self, conn: ConnId, src: &impl ChangeSource) {
         let Some(head) = src.head() else { return };
-        let Some(session) = self.sessions.get_mut(&conn) else { return };
-        let Some(info) = session.info.as_ref() else { return };
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let Some(info) = session.info.as_ref() else {
+            return;
+        };
         let target = head.head.revision;
         while session.sent < target {
-            let budget = (info.acked.0 + self.config.max_inflight_deltas).saturating_sub(session.sent.0);
+            let budget =
+                (info.acked.0 + self.config.max_inflight_deltas).saturating_sub(session.sent.0);
             if budget == 0 {
                 return;
             }
-            let max = (budget as usize).min(self.config.max_deltas_per_stream).max(1);
+            let max = (budget as usize)
+                .min(self.config.max_deltas_per_stream)
+                .max(1);
             match src.deltas_after(session.sent, max) {
                 Ok(Some(deltas)) if !deltas.is_empty() => {
                     session.sent = deltas.last().map_or(session.sent, |d| d.delta.revision);
                     self.stats.deltas_sent += deltas.len() as u64;
-                    let frames = deltas.into_iter().map(|d| FrameV1::Delta(d).into()).collect();
+                    let frames = deltas
+                        .into_iter()
+                        .map(|d| FrameV1::Delta(d).into())
+                        .collect();
                     self.out.push_back((conn, Transmit::Stream(frames)));
                 }
                 Ok(Some(_)) => return,
@@ -255,7 +303,8 @@ impl Distributor {
                     let Some(snap_head) = snap_head else { return };
                     session.sent = snap_head.head.revision;
                     self.stats.snapshots_sent += 1;
-                    let frames = snapshot_frames(snap_head, entries, self.config.snapshot_chunk_entries);
+                    let frames =
+                        snapshot_frames(snap_head, entries, self.config.snapshot_chunk_entries);
                     self.out.push_back((conn, Transmit::Stream(frames)));
                     return;
                 }
@@ -269,15 +318,31 @@ impl Distributor {
 }
 
 /// Splits a snapshot into Begin, Chunk… and End frames.
-pub fn snapshot_frames(head: SignedHead, entries: Vec<(Address, EntryState)>, per_chunk: usize) -> Vec<Frame> {
+pub fn snapshot_frames(
+    head: SignedHead,
+    entries: Vec<(Address, EntryState)>,
+    per_chunk: usize,
+) -> Vec<Frame> {
     let per_chunk = per_chunk.max(1);
     let mut frames = Vec::with_capacity(entries.len() / per_chunk + 3);
-    frames.push(FrameV1::SnapshotBegin { head, entries: entries.len() as u64 }.into());
+    frames.push(
+        FrameV1::SnapshotBegin {
+            head,
+            entries: entries.len() as u64,
+        }
+        .into(),
+    );
     let mut seq = 0u32;
     let mut it = entries.into_iter().peekable();
     while it.peek().is_some() {
         let chunk: Vec<_> = it.by_ref().take(per_chunk).collect();
-        frames.push(FrameV1::SnapshotChunk { seq, entries: chunk }.into());
+        frames.push(
+            FrameV1::SnapshotChunk {
+                seq,
+                entries: chunk,
+            }
+            .into(),
+        );
         seq += 1;
     }
     frames.push(FrameV1::SnapshotEnd { chunks: seq }.into());
@@ -326,7 +391,10 @@ mod tests {
     #[test]
     fn behind_within_window_gets_deltas_in_bounded_streams() {
         let src = source(50, 100);
-        let mut d = Distributor::new(DistributorConfig { max_deltas_per_stream: 20, ..Default::default() });
+        let mut d = Distributor::new(DistributorConfig {
+            max_deltas_per_stream: 20,
+            ..Default::default()
+        });
         let now = Instant::now();
         d.handle_connect(now, 1);
         d.handle_frame(now, 1, hello(10), &src);
@@ -345,16 +413,24 @@ mod tests {
     #[test]
     fn behind_the_window_gets_a_snapshot() {
         let src = source(50, 10);
-        let mut d = Distributor::new(DistributorConfig { snapshot_chunk_entries: 3, ..Default::default() });
+        let mut d = Distributor::new(DistributorConfig {
+            snapshot_chunk_entries: 3,
+            ..Default::default()
+        });
         let now = Instant::now();
         d.handle_connect(now, 1);
         d.handle_frame(now, 1, hello(2), &src);
         let out = drain(&mut d);
         assert_eq!(out.len(), 1);
-        let Transmit::Stream(frames) = &out[0].1 else { panic!() };
+        let Transmit::Stream(frames) = &out[0].1 else {
+            panic!()
+        };
         // 7 entries in chunks of 3: begin, 3 chunks, end.
         assert_eq!(frames.len(), 5);
-        assert!(matches!(frames[0], Frame::V1(FrameV1::SnapshotBegin { entries: 7, .. })));
+        assert!(matches!(
+            frames[0],
+            Frame::V1(FrameV1::SnapshotBegin { entries: 7, .. })
+        ));
         assert_eq!(d.stats().snapshots_sent, 1);
     }
 
@@ -370,7 +446,15 @@ mod tests {
         d.handle_connect(now, 1);
         d.handle_frame(now, 1, hello(0), &src);
         assert_eq!(d.stats().deltas_sent, 5);
-        d.handle_frame(now, 1, FrameV1::Ack { revision: Revision(5) }.into(), &src);
+        d.handle_frame(
+            now,
+            1,
+            FrameV1::Ack {
+                revision: Revision(5),
+            }
+            .into(),
+            &src,
+        );
         assert_eq!(d.stats().deltas_sent, 10);
         // Need rewinds.
         d.handle_frame(now, 1, FrameV1::Need { from: Revision(3) }.into(), &src);
@@ -383,13 +467,23 @@ mod tests {
         let mut d = Distributor::new(DistributorConfig::default());
         let now = Instant::now();
         d.handle_connect(now, 1);
-        d.handle_frame(now, 1, FrameV1::Ack { revision: Revision(1) }.into(), &src);
+        d.handle_frame(
+            now,
+            1,
+            FrameV1::Ack {
+                revision: Revision(1),
+            }
+            .into(),
+            &src,
+        );
         assert_eq!(d.stats().unexpected_frames, 1);
         assert!(drain(&mut d).is_empty());
         d.handle_frame(now, 1, hello(3), &src);
         let due = d.poll_timeout().unwrap();
         d.handle_timeout(due, &src);
         let out = drain(&mut d);
-        assert!(matches!(&out[..], [(1, Transmit::Control(Frame::V1(FrameV1::Head(h))))] if h.head.revision == Revision(3)));
+        assert!(
+            matches!(&out[..], [(1, Transmit::Control(Frame::V1(FrameV1::Head(h))))] if h.head.revision == Revision(3))
+        );
     }
 }

@@ -70,8 +70,12 @@ impl OriginHandle {
 /// Starts an origin node.
 pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     config.validate()?;
+    meridian_net::http::metrics_handle();
     let signer = Signer::new(meridian_net::tls::load_signing_key(&config.signing_key)?);
-    let store_err = |source| StartError::Store { path: config.data_dir.clone(), source };
+    let store_err = |source| StartError::Store {
+        path: config.data_dir.clone(),
+        source,
+    };
     let backend = SledBackend::open(&config.data_dir).map_err(|e| store_err(e.into()))?;
     let state = SignedState::open(backend, config.delta_window).map_err(store_err)?;
     let reader = state.reader();
@@ -81,10 +85,12 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let edges = Arc::new(Mutex::new(Vec::new()));
 
-    let endpoint = meridian_net::quic::server_endpoint(config.quic_listen, &config.tls, config.quic)?;
-    let quic_addr = endpoint
-        .local_addr()
-        .map_err(|source| StartError::Http { addr: config.quic_listen, source })?;
+    let endpoint =
+        meridian_net::quic::server_endpoint(config.quic_listen, &config.tls, config.quic)?;
+    let quic_addr = endpoint.local_addr().map_err(|source| StartError::Http {
+        addr: config.quic_listen,
+        source,
+    })?;
     let distributor = Distributor::new(DistributorConfig {
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         max_inflight_deltas: config.max_inflight_deltas,
@@ -101,10 +107,14 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
 
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
-        .map_err(|source| StartError::Http { addr: config.http_listen, source })?;
-    let http_addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Http { addr: config.http_listen, source })?;
+        .map_err(|source| StartError::Http {
+            addr: config.http_listen,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| StartError::Http {
+        addr: config.http_listen,
+        source,
+    })?;
     let app = router(Arc::new(AppState {
         node_id: config.node_id.clone(),
         core,
@@ -123,5 +133,10 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         }
     });
     tracing::info!(%http_addr, %quic_addr, revision = revision.0, "origin started");
-    Ok(OriginHandle { http_addr, quic_addr, shutdown, tasks: vec![quic_task, http_task] })
+    Ok(OriginHandle {
+        http_addr,
+        quic_addr,
+        shutdown,
+        tasks: vec![quic_task, http_task],
+    })
 }

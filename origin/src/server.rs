@@ -151,7 +151,7 @@ async fn connection(incoming: quinn::Incoming, id: ConnId, events: mpsc::Sender<
                     break;
                 }
             }
-            Ok(None) => break,
+            Ok(None) | Err(meridian_net::NetError::Read(_)) => break,
             Err(e) => {
                 metrics::counter!("meridian_origin_bad_frames_total").increment(1);
                 tracing::info!(conn = id, error = %e, "closing edge connection");
