@@ -34,7 +34,12 @@ async fn forged_tampered_and_garbage_deltas_are_rejected_and_counted() {
     let pki = pki(dir.path()).unwrap();
     let real = Signer::new(meridian_net::tls::load_signing_key(&pki.signing_key).unwrap());
     let stranger = Signer::from_bytes(&[42; 32]);
-    let rogue = server_endpoint("127.0.0.1:0".parse().unwrap(), &pki.origin, Default::default()).unwrap();
+    let rogue = server_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        &pki.origin,
+        Default::default(),
+    )
+    .unwrap();
     let config = edge_config(
         dir.path(),
         &pki,
@@ -48,16 +53,30 @@ async fn forged_tampered_and_garbage_deltas_are_rejected_and_counted() {
 
     let conn = rogue.accept().await.unwrap().await.unwrap();
     let (_send, mut recv) = conn.accept_bi().await.unwrap();
-    let hello = read_frame(&mut recv, &mut FrameDecoder::new(1 << 20)).await.unwrap().unwrap();
-    assert!(matches!(hello, Frame::V1(FrameV1::Hello { revision: Revision(0), .. })));
+    let hello = read_frame(&mut recv, &mut FrameDecoder::new(1 << 20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        hello,
+        Frame::V1(FrameV1::Hello {
+            revision: Revision(0),
+            ..
+        })
+    ));
 
     // Revision 1, honestly signed, is applied.
     let mut state = meridian_protocol::CacheState::new();
     let d1 = delta(1, "\"on\"");
     let good1 = real.sign_delta(d1.clone(), state.digest_after(&d1));
     state.apply_delta(&d1);
-    send_uni(&conn, &[FrameV1::Delta(good1).into()]).await.unwrap();
-    eventually(WAIT, "revision 1", || async { (revision(&c, &url).await == 1).then_some(()) }).await;
+    send_uni(&conn, &[FrameV1::Delta(good1).into()])
+        .await
+        .unwrap();
+    eventually(WAIT, "revision 1", || async {
+        (revision(&c, &url).await == 1).then_some(())
+    })
+    .await;
 
     let d2 = delta(2, "\"off\"");
     let honest2 = real.sign_delta(d2.clone(), state.digest_after(&d2));
@@ -72,12 +91,18 @@ async fn forged_tampered_and_garbage_deltas_are_rejected_and_counted() {
     tampered.delta.changes[0].value = Some("\"evil\"".into());
 
     for forged in [bad_signature, wrong_digest, unknown_key, tampered] {
-        send_uni(&conn, &[FrameV1::Delta(forged).into()]).await.unwrap();
+        send_uni(&conn, &[FrameV1::Delta(forged).into()])
+            .await
+            .unwrap();
     }
     let whole = encode(&FrameV1::Delta(honest2.clone()).into()).unwrap();
     let mut garbage = vec![0, 0, 0, 16];
     garbage.extend_from_slice(&[0xff; 16]);
-    for bytes in [whole[..whole.len() / 2].to_vec(), garbage, vec![0xff, 0xff, 0xff, 0xff, 1]] {
+    for bytes in [
+        whole[..whole.len() / 2].to_vec(),
+        garbage,
+        vec![0xff, 0xff, 0xff, 0xff, 1],
+    ] {
         let mut s = conn.open_uni().await.unwrap();
         s.write_all(&bytes).await.unwrap();
         s.finish().unwrap();
@@ -92,18 +117,39 @@ async fn forged_tampered_and_garbage_deltas_are_rejected_and_counted() {
     assert_eq!(stats.rejected_digest_mismatch, 1);
     assert_eq!(stats.rejected_unknown_key, 1);
     assert_eq!(stats.rejected_delta_mismatch, 1);
-    assert_eq!(stats.rejected_malformed, 3, "truncated, garbage and oversize frames");
+    assert_eq!(
+        stats.rejected_malformed, 3,
+        "truncated, garbage and oversize frames"
+    );
     assert_eq!(stats.deltas_applied, 1);
 
     // Still serving the last good revision.
     let (code, v) = get_json(&c, &format!("{url}/v1/kv/app/prod/flag")).await;
-    assert_eq!((code, v["value"].clone(), v["revision"].clone()), (200, "on".into(), 1.into()));
-    let metrics = c.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("meridian_edge_rejected_total"), "{metrics}");
+    assert_eq!(
+        (code, v["value"].clone(), v["revision"].clone()),
+        (200, "on".into(), 1.into())
+    );
+    let metrics = c
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("meridian_edge_rejected_total"),
+        "{metrics}"
+    );
 
     // And the honest revision 2 still goes through afterwards.
-    send_uni(&conn, &[FrameV1::Delta(honest2).into()]).await.unwrap();
-    eventually(WAIT, "revision 2", || async { (revision(&c, &url).await == 2).then_some(()) }).await;
+    send_uni(&conn, &[FrameV1::Delta(honest2).into()])
+        .await
+        .unwrap();
+    eventually(WAIT, "revision 2", || async {
+        (revision(&c, &url).await == 2).then_some(())
+    })
+    .await;
     let (_, v) = get_json(&c, &format!("{url}/v1/kv/app/prod/flag")).await;
     assert_eq!(v["value"], "off");
     edge.shutdown().await;
