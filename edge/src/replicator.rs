@@ -366,18 +366,15 @@ impl<B: Backend> Replicator<B> {
                     self.handle_disconnected(now);
                     return;
                 }
-                if let Some(due) = self.next_heartbeat {
-                    if now >= due {
-                        self.out.push_back(Output::Send(
-                            FrameV1::Heartbeat {
-                                revision: self.state.revision(),
-                            }
-                            .into(),
-                        ));
-                        self.next_heartbeat = Some(
-                            now + Duration::from_millis(self.config.heartbeat_interval_ms.max(1)),
-                        );
-                    }
+                if self.next_heartbeat.is_some_and(|due| now >= due) {
+                    self.out.push_back(Output::Send(
+                        FrameV1::Heartbeat {
+                            revision: self.state.revision(),
+                        }
+                        .into(),
+                    ));
+                    self.next_heartbeat =
+                        Some(now + Duration::from_millis(self.config.heartbeat_interval_ms.max(1)));
                 }
                 let stall = Duration::from_millis(self.config.stall_timeout_ms);
                 if self.newest_known > self.state.revision()
@@ -506,5 +503,211 @@ impl<B: Backend> Replicator<B> {
     /// The digest of the working state (for Hello and status).
     pub fn digest(&self) -> Digest {
         self.state.digest()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_protocol::{Change, Delta, Signer, Version};
+    use meridian_store::MemBackend;
+
+    fn signer() -> Signer {
+        Signer::from_bytes(&[4; 32])
+    }
+
+    /// Signed deltas 1..=n as an origin would produce them.
+    fn history(n: u64) -> Vec<SignedDelta> {
+        let mut origin = meridian_protocol::CacheState::new();
+        (1..=n)
+            .map(|r| {
+                let delta = Delta {
+                    revision: Revision(r),
+                    changes: vec![Change {
+                        address: Address::parse("a", "p", &format!("k{}", r % 3)).unwrap(),
+                        version: Version(r),
+                        value: Some(r.to_string().into()),
+                    }],
+                };
+                let d = signer().sign_delta(delta.clone(), origin.digest_after(&delta));
+                origin.apply_delta(&delta);
+                d
+            })
+            .collect()
+    }
+
+    fn replicator(now: Instant) -> Replicator<MemBackend> {
+        let state = SignedState::open(MemBackend::new(), 100).unwrap();
+        Replicator::new(
+            ReplicatorConfig::default(),
+            TrustedKeys::new([signer().verifying_key()]),
+            state,
+            now,
+        )
+    }
+
+    fn outputs(r: &mut Replicator<MemBackend>) -> Vec<Output> {
+        std::iter::from_fn(|| r.poll_output()).collect()
+    }
+
+    fn connected(now: Instant) -> Replicator<MemBackend> {
+        let mut r = replicator(now);
+        r.handle_timeout(now);
+        assert_eq!(outputs(&mut r), vec![Output::Connect { origin: 0 }]);
+        r.handle_connected(now);
+        let out = outputs(&mut r);
+        assert!(matches!(
+            &out[..],
+            [Output::Send(Frame::V1(FrameV1::Hello {
+                revision: Revision(0),
+                ..
+            }))]
+        ));
+        r
+    }
+
+    #[test]
+    fn out_of_order_deltas_are_buffered_then_applied_in_order_and_acked_after_flush() {
+        let now = Instant::now();
+        let mut r = connected(now);
+        let h = history(5);
+        for i in [4, 2, 3, 1, 0, 0] {
+            r.handle_frame(now, FrameV1::Delta(h[i].clone()).into());
+        }
+        assert_eq!(r.state().revision(), Revision(5));
+        assert_eq!(r.stats().deltas_applied, 5);
+        assert_eq!(r.stats().duplicates, 1);
+        assert!(
+            outputs(&mut r).is_empty(),
+            "no ack before the revisions are durable"
+        );
+        assert_eq!(r.flush(now), Revision(5));
+        assert_eq!(
+            outputs(&mut r),
+            vec![Output::Send(
+                FrameV1::Ack {
+                    revision: Revision(5)
+                }
+                .into()
+            )]
+        );
+        assert_eq!(r.state().digest(), h[4].head.head.digest);
+    }
+
+    #[test]
+    fn a_stall_behind_a_known_head_asks_again() {
+        let now = Instant::now();
+        let mut r = connected(now);
+        let h = history(3);
+        r.handle_frame(now, FrameV1::Delta(h[0].clone()).into());
+        r.handle_frame(now, FrameV1::Head(h[2].head).into());
+        assert_eq!(r.newest_known(), Revision(3));
+        let due = r.poll_timeout().unwrap();
+        assert!(due <= now + Duration::from_millis(1_000));
+        let later = now + Duration::from_millis(1_000);
+        r.handle_timeout(later);
+        let out = outputs(&mut r);
+        assert!(
+            out.contains(&Output::Send(FrameV1::Need { from: Revision(1) }.into())),
+            "{out:?}"
+        );
+        assert!(r.lag(later) >= Duration::from_millis(1_000));
+    }
+
+    #[test]
+    fn silence_drops_the_link_and_reconnects_with_bounded_backoff() {
+        let t0 = Instant::now();
+        let mut r = connected(t0);
+        let t1 = t0 + Duration::from_millis(3_000);
+        r.handle_timeout(t1);
+        assert!(outputs(&mut r).contains(&Output::Disconnect));
+        assert!(!r.is_connected());
+        // Backoff doubles from 50 ms to the 2 s cap across failed dials.
+        let mut now = t1;
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            let at = r.poll_timeout().unwrap();
+            delays.push(at.duration_since(now).as_millis());
+            now = at;
+            r.handle_timeout(now);
+            assert!(matches!(outputs(&mut r)[..], [Output::Connect { .. }]));
+            r.handle_disconnected(now);
+        }
+        assert_eq!(delays, vec![50, 100, 200, 400, 800, 1600, 2000, 2000]);
+        r.handle_connected(now);
+        r.handle_disconnected(now);
+        assert_eq!(
+            r.poll_timeout().unwrap().duration_since(now).as_millis(),
+            50,
+            "reset on success"
+        );
+    }
+
+    #[test]
+    fn heartbeats_go_out_on_schedule() {
+        let now = Instant::now();
+        let mut r = connected(now);
+        let due = r.poll_timeout().unwrap();
+        assert_eq!(due, now + Duration::from_millis(500));
+        r.handle_frame(
+            due,
+            FrameV1::Heartbeat {
+                revision: Revision(0),
+            }
+            .into(),
+        );
+        r.handle_timeout(due);
+        assert_eq!(
+            outputs(&mut r),
+            vec![Output::Send(
+                FrameV1::Heartbeat {
+                    revision: Revision(0)
+                }
+                .into()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_snapshot_with_a_missing_chunk_is_refused() {
+        let now = Instant::now();
+        let mut r = connected(now);
+        let h = history(4);
+        let mut full = meridian_protocol::CacheState::new();
+        for d in &h {
+            full.apply_delta(&d.delta);
+        }
+        let entries: Vec<_> = full.iter().map(|(a, e)| (a, e.clone())).collect();
+        r.handle_frame(
+            now,
+            FrameV1::SnapshotBegin {
+                head: h[3].head,
+                entries: entries.len() as u64,
+            }
+            .into(),
+        );
+        r.handle_frame(
+            now,
+            FrameV1::SnapshotChunk {
+                seq: 1,
+                entries: entries.clone(),
+            }
+            .into(),
+        );
+        r.handle_frame(now, FrameV1::SnapshotEnd { chunks: 1 }.into());
+        assert_eq!(r.state().revision(), Revision(0));
+        assert!(r.stats().rejected_unexpected >= 1);
+        r.handle_frame(
+            now,
+            FrameV1::SnapshotBegin {
+                head: h[3].head,
+                entries: entries.len() as u64,
+            }
+            .into(),
+        );
+        r.handle_frame(now, FrameV1::SnapshotChunk { seq: 0, entries }.into());
+        r.handle_frame(now, FrameV1::SnapshotEnd { chunks: 1 }.into());
+        assert_eq!(r.state().revision(), Revision(4));
+        assert_eq!(r.stats().snapshots_installed, 1);
     }
 }

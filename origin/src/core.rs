@@ -92,14 +92,12 @@ impl<B: Backend> OriginCore<B> {
         let current = self.state.entry(&address).filter(|e| !e.is_tombstone());
         let previous_version = self.state.entry(&address).map_or(0, |e| e.version.0);
         let actual = current.as_ref().map_or(0, |e| e.version.0);
-        if let Some(expected) = expect {
-            if expected != actual {
-                return Err(ApplyError::VersionConflict {
-                    address,
-                    expected,
-                    actual,
-                });
-            }
+        if let Some(expected) = expect.filter(|e| *e != actual) {
+            return Err(ApplyError::VersionConflict {
+                address,
+                expected,
+                actual,
+            });
         }
         if value.is_none() && current.is_none() {
             return Err(ApplyError::NotFound(address));

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 /// One write in a batch: `Some(value)` inserts, `None` removes.
 pub type Write = (Vec<u8>, Option<Vec<u8>>);
+/// Key-value pairs read back, in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Why the backend failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,14 +25,9 @@ pub trait Backend: Send + Sync {
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
     /// Every pair whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BackendError>;
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, BackendError>;
     /// Pairs with `from <= key < to`, in key order, at most `limit` of them.
-    fn range(
-        &self,
-        from: &[u8],
-        to: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BackendError>;
+    fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Pairs, BackendError>;
 }
 
 /// sled, with everything in one tree so that a batch is atomic.
@@ -73,7 +70,7 @@ impl Backend for SledBackend {
         Ok(self.tree.get(key)?.map(|v| v.to_vec()))
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BackendError> {
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, BackendError> {
         self.tree
             .scan_prefix(prefix)
             .map(|r| {
@@ -83,12 +80,7 @@ impl Backend for SledBackend {
             .collect()
     }
 
-    fn range(
-        &self,
-        from: &[u8],
-        to: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BackendError> {
+    fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Pairs, BackendError> {
         self.tree
             .range(from..to)
             .take(limit)
@@ -151,7 +143,7 @@ impl Backend for MemBackend {
         Ok(self.live.get(key).cloned())
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BackendError> {
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, BackendError> {
         Ok(self
             .live
             .range(prefix.to_vec()..)
@@ -160,12 +152,7 @@ impl Backend for MemBackend {
             .collect())
     }
 
-    fn range(
-        &self,
-        from: &[u8],
-        to: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BackendError> {
+    fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Pairs, BackendError> {
         Ok(self
             .live
             .range(from.to_vec()..to.to_vec())
