@@ -30,6 +30,13 @@ enum Command {
         #[arg(long, default_value = "./meridian-data", env = "MERIDIAN_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Create (once) the throwaway development CA, certificates and signing key under
+    /// DATA_DIR/pki, as used by `meridian dev` and by the configs in deploy/regions/.
+    Pki {
+        /// Where the pki/ folder is created.
+        #[arg(long, default_value = "./meridian-data", env = "MERIDIAN_DATA_DIR")]
+        data_dir: PathBuf,
+    },
     /// Run one origin node from a TOML config (see deploy/regions/origin.toml).
     Origin {
         /// Path to the config file.
@@ -90,6 +97,26 @@ async fn main() -> anyhow::Result<()> {
             ctrl_c().await;
             println!("stopping…");
             cluster.shutdown().await;
+        }
+        Command::Pki { data_dir } => {
+            let pki = meridian::dev::pki(&data_dir)?;
+            println!("development PKI in {}", pki.dir.display());
+            println!("  CA            {}", pki.ca.display());
+            println!(
+                "  origin        {} / {}",
+                pki.origin.cert.display(),
+                pki.origin.key.display()
+            );
+            for region in REGIONS {
+                let id = meridian::dev::edge_id(region);
+                let e = pki.edge(&id);
+                println!("  edge {id:<10} {} / {}", e.cert.display(), e.key.display());
+            }
+            println!(
+                "  signing key   {} (public: {})",
+                pki.signing_key.display(),
+                pki.signing_pub.display()
+            );
         }
         Command::Origin { config } => {
             let config: meridian_origin::OriginConfig = read_config(&config)?;

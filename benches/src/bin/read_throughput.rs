@@ -1,0 +1,271 @@
+//! Read throughput of one edge over HTTP/1.1 keep-alive on loopback, side by side in the same
+//! run with `redis-server` GET of the same keys and values, reporting both rates and the ratio.
+//!
+//! Needs `redis-server` on PATH for the comparison (Debian: `apt-get install -y redis-server`);
+//! without it only Meridian is measured and the harness says so.
+//!
+//! `cargo run --release -p meridian-benches --bin read_throughput -- --seconds 5`
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use meridian::dev::{DevCluster, DevOptions};
+use meridian_benches::Summary;
+
+#[derive(Parser, Clone)]
+#[command(about = "Edge HTTP GET throughput beside redis-server GET, same keys, same run")]
+struct Args {
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Seconds of load per target.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Distinct keys read.
+    #[arg(long, default_value_t = 1000)]
+    keys: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 64)]
+    value_bytes: usize,
+}
+
+struct Outcome {
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latency: Option<Summary>,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+async fn http_worker(
+    addr: std::net::SocketAddr,
+    keys: Arc<Vec<String>>,
+    offset: usize,
+    until: Instant,
+) -> anyhow::Result<(u64, u64, Vec<Duration>)> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let (mut ok, mut errors, mut lat) = (0u64, 0u64, Vec::new());
+    let mut i = offset;
+    while Instant::now() < until {
+        i = (i + 1) % keys.len();
+        let req = hyper::Request::get(format!("/v1/kv/bench/prod/{}", keys[i]))
+            .header(hyper::header::HOST, "edge")
+            .body(Empty::<Bytes>::new())?;
+        let t = Instant::now();
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        lat.push(t.elapsed());
+        if status == 200 && !body.is_empty() {
+            ok += 1
+        } else {
+            errors += 1
+        }
+    }
+    Ok((ok, errors, lat))
+}
+
+async fn redis_worker(
+    url: String,
+    keys: Arc<Vec<String>>,
+    offset: usize,
+    until: Instant,
+) -> anyhow::Result<(u64, u64, Vec<Duration>)> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let (mut ok, mut errors, mut lat) = (0u64, 0u64, Vec::new());
+    let mut i = offset;
+    while Instant::now() < until {
+        i = (i + 1) % keys.len();
+        let t = Instant::now();
+        let v: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&keys[i])
+            .query_async(&mut conn)
+            .await?;
+        lat.push(t.elapsed());
+        if v.is_some() { ok += 1 } else { errors += 1 }
+    }
+    Ok((ok, errors, lat))
+}
+
+async fn run<F, Fut>(args: &Args, worker: F) -> anyhow::Result<Outcome>
+where
+    F: Fn(usize, Instant) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(u64, u64, Vec<Duration>)>> + Send + 'static,
+{
+    let start = Instant::now();
+    let until = start + Duration::from_secs(args.seconds);
+    let tasks: Vec<_> = (0..args.connections)
+        .map(|c| tokio::spawn(worker(c * 7, until)))
+        .collect();
+    let (mut requests, mut errors, mut lat) = (0, 0, Vec::new());
+    for t in tasks {
+        let (ok, err, l) = t.await??;
+        requests += ok;
+        errors += err;
+        lat.extend(l);
+    }
+    Ok(Outcome {
+        requests,
+        errors,
+        elapsed: start.elapsed(),
+        latency: Summary::of(&mut lat),
+    })
+}
+
+struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_redis() -> anyhow::Result<Option<(Redis, String)>> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = match Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => Redis(c),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).context("starting redis-server"),
+    };
+    let url = format!("redis://127.0.0.1:{port}/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(client) = redis::Client::open(url.as_str()) {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
+                if pong.is_ok() {
+                    return Ok(Some((child, url)));
+                }
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "redis-server did not answer within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn report(name: &str, o: &Outcome) {
+    println!(
+        "  {name:<22} {:>10.0} req/s  ({} ok, {} errors)",
+        o.rate(),
+        o.requests,
+        o.errors
+    );
+    if let Some(l) = o.latency {
+        println!("  {:<22} latency {l}", "");
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let cluster = DevCluster::start(&DevOptions::ephemeral(dir.path().to_owned())).await?;
+    let origin = format!("http://{}", cluster.origin.http_addr);
+    let client = reqwest::Client::new();
+    let keys: Arc<Vec<String>> = Arc::new((0..args.keys).map(|i| format!("key{i}")).collect());
+    let value = "v".repeat(args.value_bytes);
+    let mut last = 0;
+    for k in keys.iter() {
+        let r: serde_json::Value = client
+            .put(format!("{origin}/v1/kv/bench/prod/{k}"))
+            .json(&serde_json::json!({ "value": value }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        last = r["revision"].as_u64().unwrap_or(0);
+    }
+    let edge = &cluster.edges[0];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while edge
+        .shared
+        .reader
+        .read()
+        .map(|p| p.state.revision().0)
+        .unwrap_or(0)
+        < last
+    {
+        anyhow::ensure!(Instant::now() < deadline, "edge did not catch up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    println!(
+        "read throughput on loopback, {} keep-alive connections, {} s each, {} keys of {} B, {} cores",
+        args.connections,
+        args.seconds,
+        args.keys,
+        args.value_bytes,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let addr = edge.http_addr;
+    let meridian = run(&args, |offset, until| {
+        http_worker(addr, keys.clone(), offset, until)
+    })
+    .await?;
+    report("meridian edge HTTP GET", &meridian);
+
+    match start_redis().await? {
+        None => println!(
+            "  redis-server not found on PATH; for the side-by-side figure install it: apt-get install -y redis-server"
+        ),
+        Some((_server, url)) => {
+            let c = redis::Client::open(url.as_str())?;
+            let mut conn = c.get_multiplexed_async_connection().await?;
+            for k in keys.iter() {
+                let _: () = redis::cmd("SET")
+                    .arg(k)
+                    .arg(&value)
+                    .query_async(&mut conn)
+                    .await?;
+            }
+            let redis = run(&args, |offset, until| {
+                redis_worker(url.clone(), keys.clone(), offset, until)
+            })
+            .await?;
+            report("redis-server GET", &redis);
+            println!(
+                "  ratio meridian/redis     {:.2}",
+                meridian.rate() / redis.rate()
+            );
+        }
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
