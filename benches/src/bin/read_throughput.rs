@@ -136,6 +136,12 @@ impl Drop for Redis {
     }
 }
 
+async fn ping(url: &str) -> redis::RedisResult<String> {
+    let client = redis::Client::open(url)?;
+    let mut c = client.get_multiplexed_async_connection().await?;
+    redis::cmd("PING").query_async(&mut c).await
+}
+
 async fn start_redis() -> anyhow::Result<Option<(Redis, String)>> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -162,13 +168,8 @@ async fn start_redis() -> anyhow::Result<Option<(Redis, String)>> {
     let url = format!("redis://127.0.0.1:{port}/");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(client) = redis::Client::open(url.as_str()) {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
-                if pong.is_ok() {
-                    return Ok(Some((child, url)));
-                }
-            }
+        if ping(&url).await.is_ok() {
+            return Ok(Some((child, url)));
         }
         anyhow::ensure!(
             Instant::now() < deadline,
