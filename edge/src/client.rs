@@ -32,40 +32,52 @@ enum Event {
     Closed,
 }
 
-/// Runs the replicator until `shutdown` turns true.
+/// One upstream the shell can dial: an address and the TLS server name it presents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// QUIC address.
+    pub addr: SocketAddr,
+    /// Expected TLS server name.
+    pub server_name: String,
+}
+
+type Control = Option<(quinn::Connection, mpsc::Sender<Frame>)>;
+
+/// Runs the replicator until `shutdown` turns true. `upstreams` lists origins first, then
+/// peers, in the order the replicator's config counts them.
 pub async fn run<B: Backend>(
     mut rep: Replicator<B>,
     endpoint: quinn::Endpoint,
-    origins: Vec<SocketAddr>,
-    server_name: String,
+    upstreams: Vec<Upstream>,
     shared: Arc<EdgeShared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (events_tx, mut events_rx) = mpsc::channel::<(u64, Event)>(EVENT_QUEUE);
-    let mut generation = 0u64;
-    let mut control: Option<(quinn::Connection, mpsc::Sender<Frame>)> = None;
+    let (events_tx, mut events_rx) = mpsc::channel::<(LinkGen, Event)>(EVENT_QUEUE);
+    let mut generations = [0u64; 2];
+    let mut controls: [Control; 2] = [None, None];
     loop {
         while let Some(output) = rep.poll_output() {
             match output {
-                Output::Connect { origin } => {
-                    generation += 1;
-                    let addr = origins[origin % origins.len().max(1)];
-                    tokio::spawn(dial(
-                        endpoint.clone(),
-                        addr,
-                        server_name.clone(),
-                        generation,
-                        events_tx.clone(),
-                    ));
+                Output::Connect { link, upstream } => {
+                    let Some(up) = upstreams.get(upstream).cloned() else {
+                        rep.handle_disconnected(Instant::now(), link);
+                        continue;
+                    };
+                    generations[link % 2] += 1;
+                    let tag = LinkGen {
+                        link,
+                        generation: generations[link % 2],
+                    };
+                    tokio::spawn(dial(endpoint.clone(), up, tag, events_tx.clone()));
                 }
-                Output::Disconnect => {
-                    generation += 1;
-                    if let Some((conn, _)) = control.take() {
+                Output::Disconnect { link } => {
+                    generations[link % 2] += 1;
+                    if let Some((conn, _)) = controls[link % 2].take() {
                         conn.close(0u32.into(), b"reconnecting");
                     }
                 }
-                Output::Send(frame) => {
-                    if let Some((_, tx)) = &control {
+                Output::Send { link, frame } => {
+                    if let Some((_, tx)) = &controls[link % 2] {
                         // A full control queue means the link is stuck; the replicator's
                         // silence timeout will replace it.
                         let _ = tx.try_send(frame);
@@ -81,8 +93,9 @@ pub async fn run<B: Backend>(
                 let Some(first) = event else { break };
                 let mut handled = 0;
                 let mut next = Some(first);
-                while let Some((g, ev)) = next.take() {
-                    handle(&mut rep, &mut control, g, generation, ev);
+                while let Some((tag, ev)) = next.take() {
+                    let current = generations[tag.link % 2];
+                    handle(&mut rep, &mut controls[tag.link % 2], tag, current, ev);
                     handled += 1;
                     if handled >= BURST { break }
                     next = events_rx.try_recv().ok();
@@ -92,21 +105,31 @@ pub async fn run<B: Backend>(
             _ = sleep_until(timeout) => rep.handle_timeout(Instant::now()),
         }
     }
-    if let Some((conn, _)) = control.take() {
-        conn.close(0u32.into(), b"shutdown");
+    for control in &mut controls {
+        if let Some((conn, _)) = control.take() {
+            conn.close(0u32.into(), b"shutdown");
+        }
     }
     shared.origin_connected.store(false, Ordering::Relaxed);
 }
 
+/// Which link and which of its connections an event belongs to.
+#[derive(Debug, Clone, Copy)]
+struct LinkGen {
+    link: usize,
+    generation: u64,
+}
+
 fn handle<B: Backend>(
     rep: &mut Replicator<B>,
-    control: &mut Option<(quinn::Connection, mpsc::Sender<Frame>)>,
-    event_gen: u64,
+    control: &mut Control,
+    tag: LinkGen,
     current_gen: u64,
     event: Event,
 ) {
     let now = Instant::now();
-    if event_gen != current_gen {
+    let link = tag.link;
+    if tag.generation != current_gen {
         if let Event::Connected(conn, _) = event {
             conn.close(0u32.into(), b"superseded");
         }
@@ -115,20 +138,20 @@ fn handle<B: Backend>(
     match event {
         Event::Connected(conn, tx) => {
             *control = Some((conn, tx));
-            rep.handle_connected(now);
+            rep.handle_connected(now, link);
         }
         Event::ConnectFailed(reason) => {
-            tracing::debug!(%reason, "connecting to origin failed");
-            rep.handle_disconnected(now);
+            tracing::debug!(%reason, link, "connecting upstream failed");
+            rep.handle_disconnected(now, link);
         }
-        Event::Frame(frame) => rep.handle_frame(now, frame),
+        Event::Frame(frame) => rep.handle_frame(now, link, frame),
         Event::Malformed(reason) => {
             tracing::warn!(%reason, "rejected a malformed frame");
-            rep.handle_malformed(now);
+            rep.handle_malformed(now, link);
         }
         Event::Closed => {
             *control = None;
-            rep.handle_disconnected(now);
+            rep.handle_disconnected(now, link);
         }
     }
 }
@@ -142,12 +165,11 @@ async fn sleep_until(at: Option<Instant>) {
 
 async fn dial(
     endpoint: quinn::Endpoint,
-    addr: SocketAddr,
-    server_name: String,
-    generation: u64,
-    events: mpsc::Sender<(u64, Event)>,
+    upstream: Upstream,
+    generation: LinkGen,
+    events: mpsc::Sender<(LinkGen, Event)>,
 ) {
-    let conn = match endpoint.connect(addr, &server_name) {
+    let conn = match endpoint.connect(upstream.addr, &upstream.server_name) {
         Ok(connecting) => match connecting.await {
             Ok(c) => c,
             Err(e) => {

@@ -110,8 +110,14 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
     let rep_task = tokio::spawn(crate::client::run(
         rep,
         endpoint,
-        config.origins.clone(),
-        config.origin_server_name.clone(),
+        config
+            .origins
+            .iter()
+            .map(|addr| crate::client::Upstream {
+                addr: *addr,
+                server_name: config.origin_server_name.clone(),
+            })
+            .collect(),
         shared.clone(),
         shutdown_rx.clone(),
     ));

@@ -1,10 +1,16 @@
 //! The replicator: a sans-IO state machine that keeps an edge's signed state up to date.
 //!
-//! It says Hello with its revision and digest, verifies and applies pushed deltas strictly in
-//! order (buffering a bounded number that arrive early), installs chunked snapshots, asks for
-//! what it lacks when the newest signed head is ahead and nothing arrives, acknowledges what is
-//! durable, and reconnects with bounded exponential backoff. It never moves its revision
-//! backwards, and nothing it did not verify reaches the store.
+//! It holds up to two links: one to an origin node (rotating through the configured origins)
+//! and, when peers are configured, one to a peer edge (rotating through the peers). Every
+//! upstream serves the same origin-signed data, so whatever arrives on either link is verified
+//! the same way and merged into one state; a region cut off from the origin but reachable from
+//! another region keeps converging through its peer link.
+//!
+//! On each link it says Hello with its revision and digest, verifies and applies pushed deltas
+//! strictly in order (buffering a bounded number that arrive early), installs chunked
+//! snapshots, asks for what it lacks when a newer signed head is known and nothing arrives,
+//! acknowledges what is durable, and reconnects with bounded exponential backoff. It never
+//! moves its revision backwards, and nothing it did not verify reaches the store.
 //!
 //! Inputs come through `handle_*`, outputs through [`Replicator::poll_output`], and
 //! [`Replicator::poll_timeout`] says when to call [`Replicator::handle_timeout`]. The QUIC
@@ -19,6 +25,11 @@ use meridian_protocol::{
 };
 use meridian_store::{Backend, SignedState, StoreError};
 
+/// The link to an origin node.
+pub const ORIGIN_LINK: usize = 0;
+/// The link to a peer edge (only when peers are configured).
+pub const PEER_LINK: usize = 1;
+
 /// Tuning of the replicator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicatorConfig {
@@ -26,9 +37,12 @@ pub struct ReplicatorConfig {
     pub edge_id: String,
     /// This edge's region.
     pub region: String,
-    /// How many origin addresses the shell can dial (connect attempts rotate through them).
+    /// How many origin addresses the shell can dial; upstreams `0..origin_count` are origins.
     pub origin_count: usize,
-    /// How often the edge sends a heartbeat.
+    /// How many peer addresses the shell can dial; upstreams
+    /// `origin_count..origin_count + peer_count` are peers.
+    pub peer_count: usize,
+    /// How often the edge sends a heartbeat on each link.
     pub heartbeat_interval_ms: u64,
     /// First reconnect delay.
     pub reconnect_backoff_min_ms: u64,
@@ -36,7 +50,7 @@ pub struct ReplicatorConfig {
     pub reconnect_backoff_max_ms: u64,
     /// When a newer head is known but nothing arrived for this long, ask again with `Need`.
     pub stall_timeout_ms: u64,
-    /// When nothing at all arrived for this long, drop the connection and reconnect.
+    /// When nothing at all arrived on a link for this long, drop it and reconnect.
     pub silence_timeout_ms: u64,
     /// Most deltas buffered ahead of the next expected revision.
     pub max_pending_deltas: usize,
@@ -50,6 +64,7 @@ impl Default for ReplicatorConfig {
             edge_id: "edge".into(),
             region: "local".into(),
             origin_count: 1,
+            peer_count: 0,
             heartbeat_interval_ms: 500,
             reconnect_backoff_min_ms: 50,
             reconnect_backoff_max_ms: 2_000,
@@ -64,15 +79,25 @@ impl Default for ReplicatorConfig {
 /// What the replicator asks its shell to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Dial origin number `origin` (an index below `origin_count`).
+    /// Dial upstream number `upstream` for link `link`.
     Connect {
-        /// Which origin address.
-        origin: usize,
+        /// Which link ([`ORIGIN_LINK`] or [`PEER_LINK`]).
+        link: usize,
+        /// Which upstream address: origins first, then peers.
+        upstream: usize,
     },
-    /// Close the current connection.
-    Disconnect,
-    /// Send a frame on the control stream.
-    Send(Frame),
+    /// Close link `link`'s connection.
+    Disconnect {
+        /// Which link.
+        link: usize,
+    },
+    /// Send a frame on link `link`'s control stream.
+    Send {
+        /// Which link.
+        link: usize,
+        /// What to send.
+        frame: Frame,
+    },
 }
 
 /// Counters the replicator keeps; exported as metrics by the shell.
@@ -115,7 +140,7 @@ impl ReplicatorStats {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Link {
+enum LinkState {
     /// Waiting until `retry_at` to dial.
     Idle { retry_at: Instant },
     /// A dial is in progress.
@@ -132,22 +157,30 @@ struct SnapshotAssembly {
     entries: Vec<(Address, EntryState)>,
 }
 
+#[derive(Debug)]
+struct Link {
+    state: LinkState,
+    /// Upstream indexes this link rotates through.
+    first: usize,
+    count: usize,
+    attempts: u64,
+    backoff_ms: u64,
+    next_heartbeat: Option<Instant>,
+    acked: Revision,
+    snapshot: Option<SnapshotAssembly>,
+}
+
 /// The sans-IO replicator over a signed state in backend `B`.
 pub struct Replicator<B: Backend> {
     config: ReplicatorConfig,
     trusted: TrustedKeys,
     state: SignedState<B>,
-    link: Link,
-    attempts: u64,
-    backoff_ms: u64,
+    links: Vec<Link>,
     pending: BTreeMap<Revision, SignedDelta>,
-    snapshot: Option<SnapshotAssembly>,
     newest_known: Revision,
     last_heard: Option<Instant>,
     last_progress: Instant,
     behind_since: Option<Instant>,
-    next_heartbeat: Option<Instant>,
-    acked: Revision,
     out: VecDeque<Output>,
     stats: ReplicatorStats,
 }
@@ -162,21 +195,30 @@ impl<B: Backend> Replicator<B> {
     ) -> Self {
         let revision = state.revision();
         let backoff_ms = config.reconnect_backoff_min_ms.max(1);
+        let link = |first, count| Link {
+            state: LinkState::Idle { retry_at: now },
+            first,
+            count,
+            attempts: 0,
+            backoff_ms,
+            next_heartbeat: None,
+            acked: revision,
+            snapshot: None,
+        };
+        let mut links = vec![link(0, config.origin_count.max(1))];
+        if config.peer_count > 0 {
+            links.push(link(config.origin_count.max(1), config.peer_count));
+        }
         Self {
             config,
             trusted,
             state,
-            link: Link::Idle { retry_at: now },
-            attempts: 0,
-            backoff_ms,
+            links,
             pending: BTreeMap::new(),
-            snapshot: None,
             newest_known: revision,
             last_heard: None,
             last_progress: now,
             behind_since: None,
-            next_heartbeat: None,
-            acked: revision,
             out: VecDeque::new(),
             stats: ReplicatorStats::default(),
         }
@@ -192,9 +234,16 @@ impl<B: Backend> Replicator<B> {
         self.stats
     }
 
-    /// Whether a connection is up.
+    /// Whether the link to an origin is up.
     pub fn is_connected(&self) -> bool {
-        matches!(self.link, Link::Connected { .. })
+        self.link_connected(ORIGIN_LINK)
+    }
+
+    /// Whether link `link` is up.
+    pub fn link_connected(&self, link: usize) -> bool {
+        self.links
+            .get(link)
+            .is_some_and(|l| matches!(l.state, LinkState::Connected { .. }))
     }
 
     /// The newest revision any verified head announced.
@@ -213,43 +262,81 @@ impl<B: Backend> Replicator<B> {
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
 
-    /// The shell finished dialing.
-    pub fn handle_connected(&mut self, now: Instant) {
-        self.link = Link::Connected { last_frame: now };
+    fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.config.heartbeat_interval_ms.max(1))
+    }
+
+    /// The shell finished dialing link `link`.
+    pub fn handle_connected(&mut self, now: Instant, link: usize) {
+        let revision = self.state.revision();
+        let digest = self.state.digest();
+        let interval = self.heartbeat_interval();
+        let min_backoff = self.config.reconnect_backoff_min_ms.max(1);
+        let Some(l) = self.links.get_mut(link) else {
+            return;
+        };
+        l.state = LinkState::Connected { last_frame: now };
+        l.backoff_ms = min_backoff;
+        l.next_heartbeat = Some(now + interval);
+        l.acked = revision;
+        l.snapshot = None;
         self.stats.connects += 1;
-        self.backoff_ms = self.config.reconnect_backoff_min_ms.max(1);
         self.last_progress = now;
-        self.next_heartbeat =
-            Some(now + Duration::from_millis(self.config.heartbeat_interval_ms.max(1)));
-        self.out.push_back(Output::Send(
-            FrameV1::Hello {
-                edge_id: self.config.edge_id.clone(),
-                region: self.config.region.clone(),
-                revision: self.state.revision(),
-                digest: self.state.digest(),
-            }
-            .into(),
-        ));
-        self.acked = self.state.revision();
+        if link == ORIGIN_LINK {
+            self.stand_by_peer_link(now);
+        }
+        let hello = FrameV1::Hello {
+            edge_id: self.config.edge_id.clone(),
+            region: self.config.region.clone(),
+            revision,
+            digest,
+        };
+        self.out.push_back(Output::Send {
+            link,
+            frame: hello.into(),
+        });
     }
 
-    /// The dial failed or the connection ended.
-    pub fn handle_disconnected(&mut self, now: Instant) {
-        let retry_at = now + Duration::from_millis(self.backoff_ms);
-        self.backoff_ms = (self.backoff_ms * 2).min(self.config.reconnect_backoff_max_ms.max(1));
-        self.link = Link::Idle { retry_at };
-        self.snapshot = None;
-        self.next_heartbeat = None;
+    /// The dial failed or the connection of link `link` ended.
+    pub fn handle_disconnected(&mut self, now: Instant, link: usize) {
+        let max = self.config.reconnect_backoff_max_ms.max(1);
+        let Some(l) = self.links.get_mut(link) else {
+            return;
+        };
+        l.state = LinkState::Idle {
+            retry_at: now + Duration::from_millis(l.backoff_ms),
+        };
+        l.backoff_ms = (l.backoff_ms * 2).min(max);
+        l.snapshot = None;
+        l.next_heartbeat = None;
     }
 
-    /// Bytes on some stream did not form a valid frame.
-    pub fn handle_malformed(&mut self, _now: Instant) {
+    /// Closes the peer link (if up) and readies it to dial at once when the origin link fails.
+    fn stand_by_peer_link(&mut self, now: Instant) {
+        let min_backoff = self.config.reconnect_backoff_min_ms.max(1);
+        let Some(l) = self.links.get_mut(PEER_LINK) else {
+            return;
+        };
+        if matches!(l.state, LinkState::Connected { .. } | LinkState::Connecting) {
+            self.out.push_back(Output::Disconnect { link: PEER_LINK });
+        }
+        l.state = LinkState::Idle { retry_at: now };
+        l.backoff_ms = min_backoff;
+        l.snapshot = None;
+        l.next_heartbeat = None;
+    }
+
+    /// Bytes on some stream of link `link` did not form a valid frame.
+    pub fn handle_malformed(&mut self, _now: Instant, _link: usize) {
         self.stats.rejected_malformed += 1;
     }
 
-    /// A frame arrived.
-    pub fn handle_frame(&mut self, now: Instant, frame: Frame) {
-        if let Link::Connected { last_frame } = &mut self.link {
+    /// A frame arrived on link `link`.
+    pub fn handle_frame(&mut self, now: Instant, link: usize, frame: Frame) {
+        let Some(l) = self.links.get_mut(link) else {
+            return;
+        };
+        if let LinkState::Connected { last_frame } = &mut l.state {
             *last_frame = now;
         }
         let Frame::V1(frame) = frame;
@@ -272,7 +359,7 @@ impl<B: Backend> Replicator<B> {
                     return;
                 }
                 let cap = entries.min(1 << 20) as usize;
-                self.snapshot = Some(SnapshotAssembly {
+                self.links[link].snapshot = Some(SnapshotAssembly {
                     head,
                     expected: entries,
                     next_seq: 0,
@@ -280,7 +367,8 @@ impl<B: Backend> Replicator<B> {
                 });
             }
             FrameV1::SnapshotChunk { seq, entries } => {
-                let ok = match self.snapshot.as_mut() {
+                let slot = &mut self.links[link].snapshot;
+                let ok = match slot.as_mut() {
                     Some(s)
                         if s.next_seq == seq
                             && s.entries.len() as u64 + entries.len() as u64 <= s.expected =>
@@ -292,12 +380,12 @@ impl<B: Backend> Replicator<B> {
                     _ => false,
                 };
                 if !ok {
+                    *slot = None;
                     self.stats.rejected_unexpected += 1;
-                    self.snapshot = None;
                 }
             }
             FrameV1::SnapshotEnd { chunks } => {
-                let Some(s) = self.snapshot.take() else {
+                let Some(s) = self.links[link].snapshot.take() else {
                     self.stats.rejected_unexpected += 1;
                     return;
                 };
@@ -328,20 +416,24 @@ impl<B: Backend> Replicator<B> {
         self.update_behind(now);
     }
 
-    /// Makes applied revisions durable and visible to readers, then acknowledges them.
-    /// The shell calls this after each burst of frames. Returns the published revision.
+    /// Makes applied revisions durable and visible to readers, then acknowledges them on every
+    /// link. The shell calls this after each burst of frames. Returns the published revision.
     pub fn flush(&mut self, now: Instant) -> Revision {
         let revision = match self.state.publish() {
             Ok(r) => r,
             Err(_) => {
                 self.stats.store_errors += 1;
-                return self.acked;
+                return self.state.revision();
             }
         };
-        if revision > self.acked && self.is_connected() {
-            self.acked = revision;
-            self.out
-                .push_back(Output::Send(FrameV1::Ack { revision }.into()));
+        for (i, l) in self.links.iter_mut().enumerate() {
+            if revision > l.acked && matches!(l.state, LinkState::Connected { .. }) {
+                l.acked = revision;
+                self.out.push_back(Output::Send {
+                    link: i,
+                    frame: FrameV1::Ack { revision }.into(),
+                });
+            }
         }
         self.update_behind(now);
         revision
@@ -349,49 +441,53 @@ impl<B: Backend> Replicator<B> {
 
     /// Time passed: dial when due, send heartbeats, notice stalls and silence.
     pub fn handle_timeout(&mut self, now: Instant) {
-        match self.link {
-            Link::Idle { retry_at } if now >= retry_at => {
-                self.link = Link::Connecting;
-                let count = self.config.origin_count.max(1) as u64;
-                self.out.push_back(Output::Connect {
-                    origin: (self.attempts % count) as usize,
-                });
-                self.attempts += 1;
+        let silence = Duration::from_millis(self.config.silence_timeout_ms);
+        let interval = self.heartbeat_interval();
+        let revision = self.state.revision();
+        let origin_up = self.link_connected(ORIGIN_LINK);
+        if origin_up {
+            self.stand_by_peer_link(now);
+        }
+        for i in 0..self.links.len() {
+            let l = &mut self.links[i];
+            match l.state {
+                // The peer link stands by while the origin link is up: peers relay only what
+                // the origin signed, so they are needed only when the origin cannot be reached.
+                LinkState::Idle { .. } if i == PEER_LINK && origin_up => {}
+                LinkState::Idle { retry_at } if now >= retry_at => {
+                    l.state = LinkState::Connecting;
+                    let upstream = l.first + (l.attempts % l.count.max(1) as u64) as usize;
+                    l.attempts += 1;
+                    self.out.push_back(Output::Connect { link: i, upstream });
+                }
+                LinkState::Connected { last_frame } => {
+                    if now.saturating_duration_since(last_frame) >= silence {
+                        self.out.push_back(Output::Disconnect { link: i });
+                        self.handle_disconnected(now, i);
+                        continue;
+                    }
+                    if l.next_heartbeat.is_some_and(|due| now >= due) {
+                        l.next_heartbeat = Some(now + interval);
+                        let frame = FrameV1::Heartbeat { revision }.into();
+                        self.out.push_back(Output::Send { link: i, frame });
+                    }
+                }
+                _ => {}
             }
-            Link::Connected { last_frame } => {
-                if now.saturating_duration_since(last_frame)
-                    >= Duration::from_millis(self.config.silence_timeout_ms)
-                {
-                    self.out.push_back(Output::Disconnect);
-                    self.handle_disconnected(now);
-                    return;
-                }
-                if self.next_heartbeat.is_some_and(|due| now >= due) {
-                    self.out.push_back(Output::Send(
-                        FrameV1::Heartbeat {
-                            revision: self.state.revision(),
-                        }
-                        .into(),
-                    ));
-                    self.next_heartbeat =
-                        Some(now + Duration::from_millis(self.config.heartbeat_interval_ms.max(1)));
-                }
-                let stall = Duration::from_millis(self.config.stall_timeout_ms);
-                if self.newest_known > self.state.revision()
-                    && now.saturating_duration_since(self.last_progress) >= stall
-                {
-                    self.pending.clear();
-                    self.snapshot = None;
-                    self.last_progress = now;
-                    self.out.push_back(Output::Send(
-                        FrameV1::Need {
-                            from: self.state.revision(),
-                        }
-                        .into(),
-                    ));
+        }
+        let stall = Duration::from_millis(self.config.stall_timeout_ms);
+        if self.newest_known > revision
+            && now.saturating_duration_since(self.last_progress) >= stall
+        {
+            self.pending.clear();
+            self.last_progress = now;
+            for (i, l) in self.links.iter_mut().enumerate() {
+                if matches!(l.state, LinkState::Connected { .. }) {
+                    l.snapshot = None;
+                    let frame = FrameV1::Need { from: revision }.into();
+                    self.out.push_back(Output::Send { link: i, frame });
                 }
             }
-            _ => {}
         }
     }
 
@@ -402,20 +498,29 @@ impl<B: Backend> Replicator<B> {
 
     /// When `handle_timeout` should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.link {
-            Link::Idle { retry_at } => Some(retry_at),
-            Link::Connecting => None,
-            Link::Connected { last_frame } => {
-                let silence = last_frame + Duration::from_millis(self.config.silence_timeout_ms);
-                let stall = (self.newest_known > self.state.revision()).then(|| {
-                    self.last_progress + Duration::from_millis(self.config.stall_timeout_ms)
-                });
-                [Some(silence), stall, self.next_heartbeat]
-                    .into_iter()
-                    .flatten()
-                    .min()
+        let silence = Duration::from_millis(self.config.silence_timeout_ms);
+        let mut any_connected = false;
+        let mut at: Option<Instant> = None;
+        let mut take = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
+        let origin_up = self.link_connected(ORIGIN_LINK);
+        for (i, l) in self.links.iter().enumerate() {
+            match l.state {
+                LinkState::Idle { .. } if i == PEER_LINK && origin_up => {}
+                LinkState::Idle { retry_at } => take(retry_at),
+                LinkState::Connecting => {}
+                LinkState::Connected { last_frame } => {
+                    any_connected = true;
+                    take(last_frame + silence);
+                    if let Some(h) = l.next_heartbeat {
+                        take(h);
+                    }
+                }
             }
         }
+        if any_connected && self.newest_known > self.state.revision() {
+            take(self.last_progress + Duration::from_millis(self.config.stall_timeout_ms));
+        }
+        at
     }
 
     fn heard(&mut self, now: Instant, revision: Revision) {
@@ -461,7 +566,7 @@ impl<B: Backend> Replicator<B> {
         self.heard(now, delta.delta.revision);
         let next = self.state.revision().next();
         let r = delta.delta.revision;
-        if r < next {
+        if r < next || self.pending.contains_key(&r) {
             self.stats.duplicates += 1;
         } else if r > next {
             if self.pending.len() < self.config.max_pending_deltas {
@@ -503,6 +608,11 @@ impl<B: Backend> Replicator<B> {
     /// The digest of the working state (for Hello and status).
     pub fn digest(&self) -> Digest {
         self.state.digest()
+    }
+
+    /// Gives up the state (a crash in the simulator, or shutdown).
+    pub fn into_state(self) -> SignedState<B> {
+        self.state
     }
 }
 
@@ -553,15 +663,24 @@ mod tests {
     fn connected(now: Instant) -> Replicator<MemBackend> {
         let mut r = replicator(now);
         r.handle_timeout(now);
-        assert_eq!(outputs(&mut r), vec![Output::Connect { origin: 0 }]);
-        r.handle_connected(now);
+        assert_eq!(
+            outputs(&mut r),
+            vec![Output::Connect {
+                link: 0,
+                upstream: 0
+            }]
+        );
+        r.handle_connected(now, 0);
         let out = outputs(&mut r);
         assert!(matches!(
             &out[..],
-            [Output::Send(Frame::V1(FrameV1::Hello {
-                revision: Revision(0),
-                ..
-            }))]
+            [Output::Send {
+                link: 0,
+                frame: Frame::V1(FrameV1::Hello {
+                    revision: Revision(0),
+                    ..
+                })
+            }]
         ));
         r
     }
@@ -572,7 +691,7 @@ mod tests {
         let mut r = connected(now);
         let h = history(5);
         for i in [4, 2, 3, 1, 0, 0] {
-            r.handle_frame(now, FrameV1::Delta(h[i].clone()).into());
+            r.handle_frame(now, 0, FrameV1::Delta(h[i].clone()).into());
         }
         assert_eq!(r.state().revision(), Revision(5));
         assert_eq!(r.stats().deltas_applied, 5);
@@ -584,12 +703,13 @@ mod tests {
         assert_eq!(r.flush(now), Revision(5));
         assert_eq!(
             outputs(&mut r),
-            vec![Output::Send(
-                FrameV1::Ack {
+            vec![Output::Send {
+                link: 0,
+                frame: FrameV1::Ack {
                     revision: Revision(5)
                 }
                 .into()
-            )]
+            }]
         );
         assert_eq!(r.state().digest(), h[4].head.head.digest);
     }
@@ -599,8 +719,8 @@ mod tests {
         let now = Instant::now();
         let mut r = connected(now);
         let h = history(3);
-        r.handle_frame(now, FrameV1::Delta(h[0].clone()).into());
-        r.handle_frame(now, FrameV1::Head(h[2].head).into());
+        r.handle_frame(now, 0, FrameV1::Delta(h[0].clone()).into());
+        r.handle_frame(now, 0, FrameV1::Head(h[2].head).into());
         assert_eq!(r.newest_known(), Revision(3));
         let due = r.poll_timeout().unwrap();
         assert!(due <= now + Duration::from_millis(1_000));
@@ -608,7 +728,10 @@ mod tests {
         r.handle_timeout(later);
         let out = outputs(&mut r);
         assert!(
-            out.contains(&Output::Send(FrameV1::Need { from: Revision(1) }.into())),
+            out.contains(&Output::Send {
+                link: 0,
+                frame: FrameV1::Need { from: Revision(1) }.into()
+            }),
             "{out:?}"
         );
         assert!(r.lag(later) >= Duration::from_millis(1_000));
@@ -620,7 +743,7 @@ mod tests {
         let mut r = connected(t0);
         let t1 = t0 + Duration::from_millis(3_000);
         r.handle_timeout(t1);
-        assert!(outputs(&mut r).contains(&Output::Disconnect));
+        assert!(outputs(&mut r).contains(&Output::Disconnect { link: 0 }));
         assert!(!r.is_connected());
         // Backoff doubles from 50 ms to the 2 s cap across failed dials.
         let mut now = t1;
@@ -631,11 +754,11 @@ mod tests {
             now = at;
             r.handle_timeout(now);
             assert!(matches!(outputs(&mut r)[..], [Output::Connect { .. }]));
-            r.handle_disconnected(now);
+            r.handle_disconnected(now, 0);
         }
         assert_eq!(delays, vec![50, 100, 200, 400, 800, 1600, 2000, 2000]);
-        r.handle_connected(now);
-        r.handle_disconnected(now);
+        r.handle_connected(now, 0);
+        r.handle_disconnected(now, 0);
         assert_eq!(
             r.poll_timeout().unwrap().duration_since(now).as_millis(),
             50,
@@ -651,6 +774,7 @@ mod tests {
         assert_eq!(due, now + Duration::from_millis(500));
         r.handle_frame(
             due,
+            0,
             FrameV1::Heartbeat {
                 revision: Revision(0),
             }
@@ -659,12 +783,13 @@ mod tests {
         r.handle_timeout(due);
         assert_eq!(
             outputs(&mut r),
-            vec![Output::Send(
-                FrameV1::Heartbeat {
+            vec![Output::Send {
+                link: 0,
+                frame: FrameV1::Heartbeat {
                     revision: Revision(0)
                 }
                 .into()
-            )]
+            }]
         );
     }
 
@@ -680,6 +805,7 @@ mod tests {
         let entries: Vec<_> = full.iter().map(|(a, e)| (a, e.clone())).collect();
         r.handle_frame(
             now,
+            0,
             FrameV1::SnapshotBegin {
                 head: h[3].head,
                 entries: entries.len() as u64,
@@ -688,25 +814,27 @@ mod tests {
         );
         r.handle_frame(
             now,
+            0,
             FrameV1::SnapshotChunk {
                 seq: 1,
                 entries: entries.clone(),
             }
             .into(),
         );
-        r.handle_frame(now, FrameV1::SnapshotEnd { chunks: 1 }.into());
+        r.handle_frame(now, 0, FrameV1::SnapshotEnd { chunks: 1 }.into());
         assert_eq!(r.state().revision(), Revision(0));
         assert!(r.stats().rejected_unexpected >= 1);
         r.handle_frame(
             now,
+            0,
             FrameV1::SnapshotBegin {
                 head: h[3].head,
                 entries: entries.len() as u64,
             }
             .into(),
         );
-        r.handle_frame(now, FrameV1::SnapshotChunk { seq: 0, entries }.into());
-        r.handle_frame(now, FrameV1::SnapshotEnd { chunks: 1 }.into());
+        r.handle_frame(now, 0, FrameV1::SnapshotChunk { seq: 0, entries }.into());
+        r.handle_frame(now, 0, FrameV1::SnapshotEnd { chunks: 1 }.into());
         assert_eq!(r.state().revision(), Revision(4));
         assert_eq!(r.stats().snapshots_installed, 1);
     }

@@ -76,6 +76,11 @@ impl<B: Backend> OriginCore<B> {
         &self.state
     }
 
+    /// Gives up the state (shutdown, or a crash in the simulator).
+    pub fn into_state(self) -> SignedState<B> {
+        self.state
+    }
+
     /// Applies one command as one revision, durable and published before it returns.
     pub fn apply(&mut self, command: Command) -> Result<(Applied, SignedDelta), ApplyError> {
         let (address, value, expect) = match command {

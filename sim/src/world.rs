@@ -1,0 +1,1059 @@
+//! The simulated world: an origin and N edges per region, each running the real state machines
+//! (origin core and distributor, edge replicator plus a distributor serving peers) over real
+//! QUIC through the simulated network, in virtual time. A discrete-event loop ordered by
+//! (time, sequence) drives everything; all randomness comes from the run's seed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_edge::replicator::{Output, Replicator, ReplicatorConfig};
+use meridian_origin::core::{Command, OriginCore};
+use meridian_origin::distributor::{ConnId, Distributor, DistributorConfig, Transmit};
+use meridian_protocol::{
+    Address, Change, Delta, Digest, FrameV1, Revision, Signer, TrustedKeys, Version,
+};
+use meridian_store::{MemBackend, SignedState};
+use quinn_proto::{ConnectionHandle, Side};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+
+use crate::invariants::{self, CheckCounts, Violation};
+use crate::network::{Fault, LinkParams, Network, NodeId, REGIONS, Target};
+use crate::quic::{HostEvent, QuicHost};
+use crate::tls::SimPki;
+use crate::{SimOptions, SimReport};
+
+const QUIC_PORT: u16 = 4433;
+const TRACE_TAIL: usize = 32;
+
+fn transport() -> Arc<quinn_proto::TransportConfig> {
+    let mut t = quinn_proto::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_millis(500)));
+    t.max_idle_timeout(Some(quinn_proto::VarInt::from_u32(2_500).into()));
+    t.max_concurrent_uni_streams(1024u32.into());
+    // Cross-region round trips are ~80–240 ms; start loss detection from a realistic estimate
+    // rather than the 333 ms default so a fresh connection recovers lost packets promptly.
+    t.initial_rtt(Duration::from_millis(150));
+    Arc::new(t)
+}
+
+fn addr_of(n: NodeId, region: usize) -> SocketAddr {
+    SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(127, 0, region as u8, n as u8)),
+        QUIC_PORT,
+    )
+}
+
+struct OriginNode {
+    host: QuicHost,
+    core: OriginCore<MemBackend>,
+    dist: Distributor,
+    conns: BTreeMap<ConnectionHandle, ConnId>,
+    by_id: BTreeMap<ConnId, ConnectionHandle>,
+    next_conn: ConnId,
+}
+
+struct EdgeNode {
+    host: QuicHost,
+    rep: Replicator<MemBackend>,
+    dist: Distributor,
+    links: [Option<ConnectionHandle>; 2],
+    link_of: BTreeMap<ConnectionHandle, usize>,
+    peers_in: BTreeMap<ConnectionHandle, ConnId>,
+    by_id: BTreeMap<ConnId, ConnectionHandle>,
+    next_conn: ConnId,
+    published: Revision,
+}
+
+enum Node {
+    Origin(Box<OriginNode>),
+    Edge(Box<EdgeNode>),
+    /// A crashed node: only what it had made durable survives.
+    Down(MemBackend),
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        to: NodeId,
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+    Wake(NodeId),
+    Write,
+    FaultStart(u64, Fault, Duration),
+    FaultEnd(u64),
+    FinalHeal,
+    Inject(NodeId),
+}
+
+/// How to break the replicator on purpose, to prove the invariants catch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Broken {
+    /// One edge also trusts an attacker's key (as if it skipped signature checks), and the
+    /// attacker feeds it a forged delta.
+    SkipsSignatureChecks,
+    /// One edge restarts from a stale copy of its store (as if it applied a stale state).
+    AppliesStaleState,
+}
+
+/// One simulation run.
+pub struct World {
+    opts: SimOptions,
+    rng: Xoshiro256PlusPlus,
+    now: Duration,
+    base: Instant,
+    queue: BTreeMap<(Duration, u64), Ev>,
+    seq: u64,
+    net: Network,
+    nodes: Vec<Node>,
+    addrs: Vec<SocketAddr>,
+    by_addr: BTreeMap<SocketAddr, NodeId>,
+    wake_at: Vec<Option<Duration>>,
+    incarnation: Vec<u64>,
+    pki: SimPki,
+    signer: Signer,
+    trusted: TrustedKeys,
+    // Records for invariants and the SLO.
+    commits: BTreeMap<Revision, Digest>,
+    commit_time: BTreeMap<Revision, Duration>,
+    newest: Revision,
+    highest_served: Vec<Revision>,
+    seen_digests: invariants::digests::SeenDigests,
+    path_since: Vec<Option<Duration>>,
+    latencies: Vec<Vec<Duration>>,
+    heal_latency: Vec<Duration>,
+    healed_at: Option<Duration>,
+    heal_target: Revision,
+    stale_copy: Option<MemBackend>,
+    counts: CheckCounts,
+    violations: Vec<Violation>,
+    slo_reported: Vec<bool>,
+    timeline: Vec<String>,
+    trace: blake3::Hasher,
+    tail: VecDeque<String>,
+    events_processed: u64,
+    datagrams: u64,
+    writes_refused: u64,
+}
+
+impl World {
+    /// Builds the world for `opts`.
+    pub fn new(opts: SimOptions) -> Result<Self, crate::tls::SimTlsError> {
+        crate::tls::reseed(opts.seed);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(opts.seed);
+        let mut region_of = vec![0usize];
+        for r in 0..REGIONS.len() {
+            region_of.extend(std::iter::repeat_n(r, opts.edges_per_region));
+        }
+        let n = region_of.len();
+        let addrs: Vec<SocketAddr> = (0..n).map(|i| addr_of(i, region_of[i])).collect();
+        let by_addr = addrs.iter().enumerate().map(|(i, a)| (*a, i)).collect();
+        let signer = Signer::from_bytes(&rng.random::<[u8; 32]>());
+        let mut world = Self {
+            net: Network::new(region_of, LinkParams::default()),
+            rng,
+            now: Duration::ZERO,
+            base: Instant::now(),
+            queue: BTreeMap::new(),
+            seq: 0,
+            nodes: Vec::with_capacity(n),
+            addrs,
+            by_addr,
+            wake_at: vec![None; n],
+            incarnation: vec![0; n],
+            pki: SimPki::new()?,
+            trusted: TrustedKeys::new([signer.verifying_key()]),
+            signer,
+            commits: BTreeMap::new(),
+            commit_time: BTreeMap::new(),
+            newest: Revision(0),
+            highest_served: vec![Revision(0); n],
+            seen_digests: Default::default(),
+            path_since: vec![Some(Duration::ZERO); n],
+            latencies: vec![Vec::new(); REGIONS.len()],
+            heal_latency: Vec::new(),
+            healed_at: None,
+            heal_target: Revision(0),
+            stale_copy: None,
+            counts: CheckCounts::default(),
+            violations: Vec::new(),
+            slo_reported: vec![false; n],
+            timeline: Vec::new(),
+            trace: blake3::Hasher::new(),
+            tail: VecDeque::new(),
+            events_processed: 0,
+            datagrams: 0,
+            writes_refused: 0,
+            opts,
+        };
+        for i in 0..n {
+            let node = if i == 0 {
+                world.boot_origin(MemBackend::new())?
+            } else {
+                world.boot_edge(i, MemBackend::new())?
+            };
+            world.nodes.push(node);
+        }
+        Ok(world)
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + self.now
+    }
+
+    fn schedule(&mut self, at: Duration, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), ev);
+    }
+
+    fn record(&mut self, line: String) {
+        self.trace.update(line.as_bytes());
+        self.tail.push_back(line);
+        if self.tail.len() > TRACE_TAIL {
+            self.tail.pop_front();
+        }
+    }
+
+    fn endpoint_seed(&mut self, n: NodeId) -> u64 {
+        self.incarnation[n] += 1;
+        self.opts.seed ^ ((n as u64) << 32) ^ (self.incarnation[n] << 48) ^ 0x9e37_79b9
+    }
+
+    fn boot_origin(&mut self, backend: MemBackend) -> Result<Node, crate::tls::SimTlsError> {
+        let seed = self.endpoint_seed(0);
+        let server = self.pki.server_config(seed, transport())?;
+        let host = QuicHost::new(
+            self.addrs[0],
+            crate::tls::endpoint_config(seed),
+            Some(server),
+            None,
+        );
+        let state = SignedState::open(backend, self.opts.delta_window).map_err(|_| {
+            crate::tls::SimTlsError::Rustls(rustls::Error::General("origin store".into()))
+        })?;
+        Ok(Node::Origin(Box::new(OriginNode {
+            host,
+            core: OriginCore::new(state, self.signer.clone()),
+            dist: Distributor::new(distributor_config()),
+            conns: BTreeMap::new(),
+            by_id: BTreeMap::new(),
+            next_conn: 1,
+        })))
+    }
+
+    fn boot_edge(
+        &mut self,
+        n: NodeId,
+        backend: MemBackend,
+    ) -> Result<Node, crate::tls::SimTlsError> {
+        let seed = self.endpoint_seed(n);
+        let server = self.pki.server_config(seed, transport())?;
+        let client = self.pki.client_config(transport())?;
+        let host = QuicHost::new(
+            self.addrs[n],
+            crate::tls::endpoint_config(seed),
+            Some(server),
+            Some(client),
+        );
+        let state = SignedState::open(backend, self.opts.delta_window).map_err(|_| {
+            crate::tls::SimTlsError::Rustls(rustls::Error::General("edge store".into()))
+        })?;
+        let published = state.revision();
+        let peers = peers_of(self.opts.edges_per_region, n);
+        let mut keys = vec![self.signer.verifying_key()];
+        if self.opts.broken == Some(Broken::SkipsSignatureChecks) && n == 1 {
+            keys.push(attacker().verifying_key());
+        }
+        let rep = Replicator::new(
+            ReplicatorConfig {
+                edge_id: format!("edge-{n}"),
+                region: REGIONS[self.net.region(n)].into(),
+                origin_count: 1,
+                peer_count: peers.len(),
+                heartbeat_interval_ms: 500,
+                reconnect_backoff_min_ms: 50,
+                reconnect_backoff_max_ms: 1_000,
+                stall_timeout_ms: 1_000,
+                silence_timeout_ms: 2_000,
+                ..ReplicatorConfig::default()
+            },
+            TrustedKeys::new(keys),
+            state,
+            self.instant(),
+        );
+        Ok(Node::Edge(Box::new(EdgeNode {
+            host,
+            rep,
+            dist: Distributor::new(distributor_config()),
+            links: [None, None],
+            link_of: BTreeMap::new(),
+            peers_in: BTreeMap::new(),
+            by_id: BTreeMap::new(),
+            next_conn: 1,
+            published,
+        })))
+    }
+
+    /// Runs the whole simulation and returns its report.
+    pub fn run(mut self) -> SimReport {
+        let wall = Instant::now();
+        let end = Duration::from_secs(self.opts.duration_s);
+        let heal = end.mul_f64(self.opts.heal_at_fraction);
+        let writes_end = end.saturating_sub(Duration::from_secs(10));
+        self.schedule(Duration::ZERO, Ev::Write);
+        if self.opts.faults {
+            self.plan_faults(heal);
+        }
+        self.schedule(heal, Ev::FinalHeal);
+        if let Some(b) = self.opts.broken {
+            self.schedule(heal.mul_f64(0.5), Ev::Inject(1));
+            self.timeline.push(format!("deliberately broken: {b:?}"));
+        }
+        for n in 0..self.nodes.len() {
+            self.schedule(Duration::ZERO, Ev::Wake(n));
+        }
+        while let Some(((at, _), ev)) = self.queue.pop_first() {
+            if at > end {
+                break;
+            }
+            self.now = at;
+            self.events_processed += 1;
+            match ev {
+                Ev::Deliver { to, from, data } => {
+                    if !self.net.is_up(to) {
+                        continue;
+                    }
+                    self.record(format!(
+                        "{} deliver {}->{} {}B",
+                        at.as_micros(),
+                        self.by_addr.get(&from).copied().unwrap_or(usize::MAX),
+                        to,
+                        data.len()
+                    ));
+                    let now = self.instant();
+                    match &mut self.nodes[to] {
+                        Node::Origin(o) => o.host.handle_datagram(now, from, &data),
+                        Node::Edge(e) => e.host.handle_datagram(now, from, &data),
+                        Node::Down(_) => continue,
+                    }
+                    self.service(to);
+                }
+                Ev::Wake(n) => {
+                    if self.wake_at[n] == Some(at) || at == Duration::ZERO {
+                        self.wake_at[n] = None;
+                        self.service(n);
+                    }
+                }
+                Ev::Write => {
+                    if at < writes_end {
+                        self.write();
+                        let gap = self.rng.random_range(0.0..2.0) / self.opts.write_rate_per_s;
+                        self.schedule(at + Duration::from_secs_f64(gap), Ev::Write);
+                    }
+                }
+                Ev::FaultStart(id, fault, until) => self.start_fault(id, fault, until),
+                Ev::FaultEnd(id) => self.end_fault(id),
+                Ev::FinalHeal => {
+                    for (id, _) in self.net.heal() {
+                        self.after_fault_end(id);
+                    }
+                    self.healed_at = Some(self.now);
+                    self.heal_target = self.newest;
+                    self.timeline
+                        .push(format!("{:>9} final heal", fmt_ms(self.now)));
+                    self.refresh_paths(None);
+                }
+                Ev::Inject(n) => self.inject(n),
+            }
+        }
+        self.now = end;
+        self.finish(wall.elapsed())
+    }
+
+    fn plan_faults(&mut self, heal: Duration) {
+        let mut t = Duration::from_secs(5);
+        let mut id = 0u64;
+        let edges = self.nodes.len() - 1;
+        loop {
+            t += Duration::from_secs_f64(self.rng.random_range(2.0..16.0));
+            if t >= heal {
+                break;
+            }
+            id += 1;
+            let len = |rng: &mut Xoshiro256PlusPlus, lo: f64, hi: f64| {
+                Duration::from_secs_f64(rng.random_range(lo..hi))
+            };
+            let region = self.rng.random_range(0..REGIONS.len());
+            let edge = 1 + self.rng.random_range(0..edges);
+            let roll: u32 = self.rng.random_range(0..100);
+            let (fault, dur) = match roll {
+                0..20 => (
+                    Fault::Partition {
+                        from: Target::Region(1 + region % 2),
+                        to: Target::Node(0),
+                        one_way: false,
+                    },
+                    len(&mut self.rng, 5.0, 30.0),
+                ),
+                20..30 => {
+                    let r = 1 + region % 2;
+                    let (from, to) = if self.rng.random_bool(0.5) {
+                        (Target::Region(r), Target::Node(0))
+                    } else {
+                        (Target::Node(0), Target::Region(r))
+                    };
+                    (
+                        Fault::Partition {
+                            from,
+                            to,
+                            one_way: true,
+                        },
+                        len(&mut self.rng, 5.0, 20.0),
+                    )
+                }
+                30..45 => (
+                    Fault::Isolate(Target::Node(edge)),
+                    len(&mut self.rng, 2.0, 20.0),
+                ),
+                45..52 => (
+                    Fault::Isolate(Target::Node(0)),
+                    len(&mut self.rng, 2.0, 15.0),
+                ),
+                52..57 => (
+                    Fault::Isolate(Target::Region(region)),
+                    len(&mut self.rng, 2.0, 15.0),
+                ),
+                57..70 => {
+                    let other = if self.rng.random_bool(0.5) {
+                        0
+                    } else {
+                        1 + self.rng.random_range(0..edges)
+                    };
+                    (
+                        Fault::Clog { a: edge, b: other },
+                        len(&mut self.rng, 0.5, 4.0),
+                    )
+                }
+                70..80 => (
+                    Fault::LatencySpike {
+                        extra_ms: self.rng.random_range(50..400),
+                    },
+                    len(&mut self.rng, 1.0, 8.0),
+                ),
+                80..95 => (Fault::Crash(edge), len(&mut self.rng, 1.0, 20.0)),
+                _ => (Fault::Crash(0), len(&mut self.rng, 1.0, 5.0)),
+            };
+            let until = (t + dur).min(heal);
+            self.schedule(t, Ev::FaultStart(id, fault, until));
+        }
+    }
+
+    fn start_fault(&mut self, id: u64, fault: Fault, until: Duration) {
+        if let Fault::Clog { a, b } = fault
+            && a == b
+        {
+            return;
+        }
+        if let Fault::Crash(n) = fault {
+            if !self.net.is_up(n) {
+                return;
+            }
+            self.crash(n);
+        }
+        self.net.start(id, fault, until);
+        self.timeline.push(format!(
+            "{:>9} start #{id} {fault:?} until {}",
+            fmt_ms(self.now),
+            fmt_ms(until)
+        ));
+        self.record(format!("{} fault+ {id}", self.now.as_micros()));
+        self.schedule(until, Ev::FaultEnd(id));
+        self.refresh_paths(None);
+    }
+
+    fn end_fault(&mut self, id: u64) {
+        if self.net.end(id).is_some() {
+            self.after_fault_end(id);
+            self.refresh_paths(None);
+        }
+    }
+
+    fn after_fault_end(&mut self, id: u64) {
+        self.timeline
+            .push(format!("{:>9} end   #{id}", fmt_ms(self.now)));
+        self.record(format!("{} fault- {id}", self.now.as_micros()));
+        for n in 0..self.nodes.len() {
+            if self.net.is_up(n) && matches!(self.nodes[n], Node::Down(_)) {
+                self.restart(n);
+            }
+        }
+    }
+
+    fn crash(&mut self, n: NodeId) {
+        let placeholder = Node::Down(MemBackend::new());
+        let node = std::mem::replace(&mut self.nodes[n], placeholder);
+        let survived = match node {
+            Node::Origin(o) => {
+                let state = o.core.into_state();
+                state.backend().crash()
+            }
+            Node::Edge(e) => {
+                if self.opts.broken == Some(Broken::AppliesStaleState)
+                    && n == 1
+                    && self.stale_copy.is_none()
+                {
+                    self.stale_copy = Some(e.rep.state().backend().crash());
+                }
+                e.rep.into_state().backend().crash()
+            }
+            Node::Down(b) => b,
+        };
+        self.nodes[n] = Node::Down(survived);
+        self.wake_at[n] = None;
+    }
+
+    fn restart(&mut self, n: NodeId) {
+        let Node::Down(backend) =
+            std::mem::replace(&mut self.nodes[n], Node::Down(MemBackend::new()))
+        else {
+            return;
+        };
+        let backend = match (self.opts.broken, n, self.stale_copy.take()) {
+            (Some(Broken::AppliesStaleState), 1, Some(stale)) => stale,
+            (_, _, stale) => {
+                self.stale_copy = stale;
+                backend
+            }
+        };
+        let node = if n == 0 {
+            self.boot_origin(backend)
+        } else {
+            self.boot_edge(n, backend)
+        };
+        match node {
+            Ok(node) => self.nodes[n] = node,
+            Err(e) => {
+                self.violation("restart", format!("node {n} could not restart: {e}"));
+                return;
+            }
+        }
+        if let Node::Edge(e) = &self.nodes[n] {
+            let (r, d, h) = published_of(&e.rep);
+            self.check_publish(n, r, d, h.as_ref());
+        }
+        let at = self.now;
+        self.schedule(at, Ev::Wake(n));
+        self.wake_at[n] = Some(at);
+    }
+
+    fn write(&mut self) {
+        let key = format!("k{}", self.rng.random_range(0..500u32));
+        let size = self.opts.value_bytes.max(2);
+        let value: String = format!("\"{}\"", "x".repeat(size - 2));
+        let now = self.instant();
+        let Node::Origin(o) = &mut self.nodes[0] else {
+            self.writes_refused += 1;
+            return;
+        };
+        let address = match Address::parse("sim", "prod", &key) {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        match o.core.apply(Command::Put {
+            address,
+            value: value.into(),
+            expect_version: None,
+        }) {
+            Ok((applied, signed)) => {
+                self.newest = applied.revision;
+                self.commits
+                    .insert(applied.revision, signed.head.head.digest);
+                self.commit_time.insert(applied.revision, self.now);
+                o.dist.handle_commit(now, o.core.state());
+                self.record(format!(
+                    "{} commit {}",
+                    self.now.as_micros(),
+                    applied.revision
+                ));
+                self.service(0);
+            }
+            Err(e) => self.violation("origin", format!("write failed: {e}")),
+        }
+    }
+
+    /// A forged delta handed straight to an edge's replicator, as an attacker on its link would.
+    fn inject(&mut self, n: NodeId) {
+        let now = self.instant();
+        if let Node::Edge(e) = &mut self.nodes[n] {
+            let revision = e.rep.state().revision().next();
+            let delta = Delta {
+                revision,
+                changes: vec![Change {
+                    address: Address {
+                        app: "sim".into(),
+                        env: "prod".into(),
+                        key: "forged".into(),
+                    },
+                    version: Version(1),
+                    value: Some("\"evil\"".into()),
+                }],
+            };
+            let digest = e.rep.state().digest_after(&delta);
+            let forged = attacker().sign_delta(delta, digest);
+            e.rep.handle_frame(now, 0, FrameV1::Delta(forged).into());
+            self.timeline.push(format!(
+                "{:>9} forged delta offered to edge {n}",
+                fmt_ms(self.now)
+            ));
+        }
+        if self.opts.broken == Some(Broken::AppliesStaleState) {
+            let until = self.now + Duration::from_secs(2);
+            self.seq += 1;
+            let id = 1_000_000 + self.seq;
+            self.start_fault(id, Fault::Crash(n), until);
+        }
+        self.service(n);
+    }
+
+    fn service(&mut self, n: NodeId) {
+        let now = self.instant();
+        match &mut self.nodes[n] {
+            Node::Origin(_) => self.service_origin(now),
+            Node::Edge(_) => self.service_edge(n, now),
+            Node::Down(_) => return,
+        }
+        let outbox = match &mut self.nodes[n] {
+            Node::Origin(o) => o.host.take_outbox(),
+            Node::Edge(e) => e.host.take_outbox(),
+            Node::Down(_) => Vec::new(),
+        };
+        for (dst, data) in outbox {
+            let Some(&to) = self.by_addr.get(&dst) else {
+                continue;
+            };
+            self.datagrams += 1;
+            let from = self.addrs[n];
+            for at in self.net.plan(&mut self.rng, self.now, n, to) {
+                self.schedule(
+                    at,
+                    Ev::Deliver {
+                        to,
+                        from,
+                        data: data.clone(),
+                    },
+                );
+            }
+        }
+        let next = match &mut self.nodes[n] {
+            Node::Origin(o) => [o.host.poll_timeout(), o.dist.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min(),
+            Node::Edge(e) => [
+                e.host.poll_timeout(),
+                e.rep.poll_timeout(),
+                e.dist.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
+            Node::Down(_) => None,
+        };
+        if let Some(t) = next {
+            let at = t
+                .saturating_duration_since(self.base)
+                .max(self.now + Duration::from_micros(1))
+                .max(self.now);
+            if self.wake_at[n].is_none_or(|w| at < w || w < self.now) {
+                self.wake_at[n] = Some(at);
+                self.schedule(at, Ev::Wake(n));
+            }
+        }
+    }
+
+    fn service_origin(&mut self, now: Instant) {
+        let Node::Origin(o) = &mut self.nodes[0] else {
+            return;
+        };
+        o.host.handle_timeout(now);
+        loop {
+            o.host.drive(now);
+            let mut progressed = false;
+            while let Some(ev) = o.host.poll_event() {
+                progressed = true;
+                match ev {
+                    HostEvent::Connected(ch, _) => {
+                        let id = o.next_conn;
+                        o.next_conn += 1;
+                        o.conns.insert(ch, id);
+                        o.by_id.insert(id, ch);
+                        o.dist.handle_connect(now, id);
+                    }
+                    HostEvent::Lost(ch) => {
+                        if let Some(id) = o.conns.remove(&ch) {
+                            o.by_id.remove(&id);
+                            o.dist.handle_disconnect(id);
+                        }
+                    }
+                    HostEvent::Frame(ch, f) => {
+                        if let Some(id) = o.conns.get(&ch).copied() {
+                            o.dist.handle_frame(now, id, f, o.core.state());
+                        }
+                    }
+                    HostEvent::Malformed(_) => {}
+                }
+            }
+            o.dist.handle_timeout(now, o.core.state());
+            while let Some((id, t)) = o.dist.poll_transmit() {
+                progressed = true;
+                let Some(&ch) = o.by_id.get(&id) else {
+                    continue;
+                };
+                transmit(&mut o.host, now, ch, t);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        o.host.drive(now);
+    }
+
+    fn service_edge(&mut self, n: NodeId, now: Instant) {
+        let mut published = None;
+        let mut dial: Vec<(usize, usize)> = Vec::new();
+        {
+            let Node::Edge(e) = &mut self.nodes[n] else {
+                return;
+            };
+            e.host.handle_timeout(now);
+            for _round in 0..64 {
+                e.host.drive(now);
+                let mut progressed = false;
+                while let Some(ev) = e.host.poll_event() {
+                    progressed = true;
+                    match ev {
+                        HostEvent::Connected(ch, Side::Client) => match e.link_of.get(&ch) {
+                            Some(&link) => e.rep.handle_connected(now, link),
+                            None => e.host.close(now, ch),
+                        },
+                        HostEvent::Connected(ch, Side::Server) => {
+                            let id = e.next_conn;
+                            e.next_conn += 1;
+                            e.peers_in.insert(ch, id);
+                            e.by_id.insert(id, ch);
+                            e.dist.handle_connect(now, id);
+                        }
+                        HostEvent::Lost(ch) => {
+                            if let Some(link) = e.link_of.remove(&ch) {
+                                if e.links[link] == Some(ch) {
+                                    e.links[link] = None;
+                                    e.rep.handle_disconnected(now, link);
+                                }
+                            } else if let Some(id) = e.peers_in.remove(&ch) {
+                                e.by_id.remove(&id);
+                                e.dist.handle_disconnect(id);
+                            }
+                        }
+                        HostEvent::Frame(ch, f) => {
+                            if let Some(&link) = e.link_of.get(&ch) {
+                                e.rep.handle_frame(now, link, f);
+                            } else if let Some(&id) = e.peers_in.get(&ch) {
+                                e.dist.handle_frame(now, id, f, e.rep.state());
+                            }
+                        }
+                        HostEvent::Malformed(ch) => {
+                            if let Some(&link) = e.link_of.get(&ch) {
+                                e.rep.handle_malformed(now, link);
+                            }
+                        }
+                    }
+                }
+                let r = e.rep.flush(now);
+                if r > e.published {
+                    e.published = r;
+                    e.dist.handle_commit(now, e.rep.state());
+                    published = Some(r);
+                }
+                e.rep.handle_timeout(now);
+                e.dist.handle_timeout(now, e.rep.state());
+                while let Some(out) = e.rep.poll_output() {
+                    progressed = true;
+                    match out {
+                        Output::Connect { link, upstream } => dial.push((link, upstream)),
+                        Output::Disconnect { link } => {
+                            if let Some(ch) = e.links[link].take() {
+                                e.link_of.remove(&ch);
+                                e.host.close(now, ch);
+                            }
+                        }
+                        Output::Send { link, frame } => {
+                            if let Some(ch) = e.links[link] {
+                                e.host.send_control(ch, &frame);
+                            }
+                        }
+                    }
+                }
+                while let Some((id, t)) = e.dist.poll_transmit() {
+                    progressed = true;
+                    let Some(&ch) = e.by_id.get(&id) else {
+                        continue;
+                    };
+                    transmit(&mut e.host, now, ch, t);
+                }
+                for (link, upstream) in dial.drain(..) {
+                    progressed = true;
+                    let addr = if upstream == 0 {
+                        self.addrs[0]
+                    } else {
+                        let peers = peers_of(self.opts.edges_per_region, n);
+                        self.addrs[peers[(upstream - 1) % peers.len()]]
+                    };
+                    if let Some(old) = e.links[link].take() {
+                        e.link_of.remove(&old);
+                        e.host.close(now, old);
+                    }
+                    match e.host.connect(now, addr) {
+                        Some(ch) => {
+                            e.links[link] = Some(ch);
+                            e.link_of.insert(ch, link);
+                        }
+                        None => e.rep.handle_disconnected(now, link),
+                    }
+                }
+                if !progressed {
+                    break;
+                }
+            }
+            e.host.drive(now);
+        }
+        if let Some(r) = published {
+            let Node::Edge(e) = &self.nodes[n] else {
+                return;
+            };
+            let (rev, digest, head) = published_of(&e.rep);
+            debug_assert_eq!(rev, r);
+            self.check_publish(n, rev, digest, head.as_ref());
+        }
+    }
+
+    fn check_publish(
+        &mut self,
+        n: NodeId,
+        revision: Revision,
+        digest: Digest,
+        head: Option<&meridian_protocol::SignedHead>,
+    ) {
+        self.record(format!("{} publish {n} {revision}", self.now.as_micros()));
+        if revision > Revision(0) {
+            self.counts.signatures += 1;
+            if let Err(e) = invariants::signatures::check(&self.trusted, head, digest) {
+                self.violation("signatures", format!("edge {n}: {e}"));
+            }
+        }
+        self.counts.monotonic += 1;
+        if let Err(e) = invariants::monotonic::check(self.highest_served[n], revision) {
+            self.violation("monotonic", format!("edge {n}: {e}"));
+        }
+        self.counts.digests += 1;
+        if let Err(e) = self.seen_digests.check(revision, digest) {
+            self.violation("digests", format!("edge {n}: {e}"));
+        }
+        self.counts.committed += 1;
+        if let Err(e) = invariants::committed::check(&self.commits, revision, digest) {
+            self.violation("committed", format!("edge {n}: {e}"));
+        }
+        // SLO and latency for every revision this publish delivered.
+        let before = self.highest_served[n];
+        if revision > before {
+            let region = self.net.region(n);
+            let since = self.path_since[n];
+            let slo = Duration::from_millis(self.opts.slo_ms);
+            let mut worst: Option<(Revision, Duration)> = None;
+            for (v, committed) in self.commit_time.range(before.next()..=revision) {
+                self.counts.slo += 1;
+                self.latencies[region].push(self.now.saturating_sub(*committed));
+                let start = since.map_or(*committed, |s| s.max(*committed));
+                let late = self.now.saturating_sub(start);
+                if late > slo && worst.is_none_or(|(_, w)| late > w) {
+                    worst = Some((*v, late));
+                }
+            }
+            if let Some(heal) = self.healed_at
+                && before < self.heal_target
+                && revision >= self.heal_target
+            {
+                self.heal_latency.push(self.now.saturating_sub(heal));
+            }
+            if let Some((v, late)) = worst {
+                self.violation(
+                    "slo",
+                    format!(
+                        "edge {n} applied revision {v} {} after it was committed and reachable",
+                        fmt_ms(late)
+                    ),
+                );
+            }
+            self.highest_served[n] = revision;
+        }
+        self.refresh_paths(Some(n));
+    }
+
+    /// Whether edge `n` can reach the origin or an edge already holding its next revision.
+    fn has_path(&self, n: NodeId) -> bool {
+        if !self.net.is_up(n) {
+            return false;
+        }
+        let want = self.highest_served[n].next();
+        (0..self.nodes.len()).any(|h| {
+            h != n
+                && self.net.is_up(h)
+                && (h == 0 || self.highest_served[h] >= want)
+                && self.net.reachable(n, h)
+        })
+    }
+
+    /// Recomputes who has a path to a holder; `only` narrows it after one edge published.
+    fn refresh_paths(&mut self, only: Option<NodeId>) {
+        for n in 1..self.nodes.len() {
+            let relevant = match only {
+                None => true,
+                Some(m) => m == n || self.path_since[n].is_none(),
+            };
+            if !relevant {
+                continue;
+            }
+            let path = self.has_path(n);
+            match (path, self.path_since[n]) {
+                (true, None) => self.path_since[n] = Some(self.now),
+                (false, Some(_)) => self.path_since[n] = None,
+                _ => {}
+            }
+        }
+        self.check_pending_slo();
+    }
+
+    /// Edges still missing a revision they should have had by now.
+    fn check_pending_slo(&mut self) {
+        let slo = Duration::from_millis(self.opts.slo_ms);
+        for n in 1..self.nodes.len() {
+            if self.slo_reported[n] {
+                continue;
+            }
+            let Some(since) = self.path_since[n] else {
+                continue;
+            };
+            let next = self.highest_served[n].next();
+            let Some(committed) = self.commit_time.get(&next) else {
+                continue;
+            };
+            let start = since.max(*committed);
+            if self.now.saturating_sub(start) > slo {
+                self.slo_reported[n] = true;
+                self.counts.slo += 1;
+                self.violation("slo", format!("edge {n} still lacks revision {next} {} after it was committed and reachable", fmt_ms(self.now - start)));
+            }
+        }
+    }
+
+    fn violation(&mut self, invariant: &'static str, detail: String) {
+        if self.violations.len() >= 50 {
+            return;
+        }
+        self.violations.push(Violation {
+            invariant,
+            at_ms: self.now.as_millis() as u64,
+            detail,
+            active_faults: self.net.active().iter().map(|f| format!("{f:?}")).collect(),
+            last_events: self.tail.iter().cloned().collect(),
+            reproduce: self.opts.command(),
+        });
+    }
+
+    fn finish(mut self, wall: Duration) -> SimReport {
+        self.check_pending_slo();
+        let newest = (
+            self.newest,
+            self.commits.get(&self.newest).copied().unwrap_or_default(),
+        );
+        for n in 1..self.nodes.len() {
+            self.counts.convergence += 1;
+            let held = match &self.nodes[n] {
+                Node::Edge(e) => (e.rep.state().revision(), e.rep.state().digest()),
+                _ => (Revision(0), Digest::default()),
+            };
+            if let Err(e) = invariants::convergence::check(newest, held) {
+                self.violation("convergence", format!("edge {n}: {e}"));
+            }
+        }
+        let trace_hash = self.trace.finalize().to_hex().to_string();
+        crate::report::build(crate::report::Parts {
+            opts: self.opts.clone(),
+            simulated: self.now,
+            wall,
+            trace_hash,
+            latencies: self.latencies,
+            heal_latency: self.heal_latency,
+            counts: self.counts,
+            violations: self.violations,
+            timeline: self.timeline,
+            newest: self.newest,
+            events: self.events_processed,
+            datagrams: self.datagrams,
+            writes_refused: self.writes_refused,
+        })
+    }
+}
+
+/// The peer edges an edge may relay from: the same-index edges (and their next neighbours) of
+/// the other regions, so a region cut off from the origin relays through another region.
+fn peers_of(per: usize, n: NodeId) -> Vec<NodeId> {
+    let region = (n - 1) / per;
+    let index = (n - 1) % per;
+    let mut out = Vec::new();
+    for step in 0..per.min(3) {
+        for r in 0..REGIONS.len() {
+            if r != region {
+                out.push(1 + r * per + (index + step) % per);
+            }
+        }
+    }
+    out
+}
+
+fn transmit(host: &mut QuicHost, now: Instant, ch: ConnectionHandle, t: Transmit) {
+    match t {
+        Transmit::Control(f) => host.send_control(ch, &f),
+        Transmit::Stream(frames) => {
+            // No stream available means the peer's limit is reached; the edge's stall timer
+            // asks again, so dropping here loses nothing.
+            let _ = host.send_stream(ch, &frames);
+        }
+        Transmit::Close(_) => host.close(now, ch),
+    }
+}
+
+fn published_of(
+    rep: &Replicator<MemBackend>,
+) -> (Revision, Digest, Option<meridian_protocol::SignedHead>) {
+    let reader = rep.state().reader();
+    let p = reader.read().unwrap_or_else(|e| e.into_inner());
+    (p.state.revision(), p.state.digest(), p.head)
+}
+
+fn distributor_config() -> DistributorConfig {
+    DistributorConfig {
+        heartbeat_interval_ms: 500,
+        ..DistributorConfig::default()
+    }
+}
+
+fn attacker() -> Signer {
+    Signer::from_bytes(&[0xa7; 32])
+}
+
+fn fmt_ms(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
