@@ -122,6 +122,7 @@ pub struct World {
     newest: Revision,
     highest_served: Vec<Revision>,
     seen_digests: invariants::digests::SeenDigests,
+    signature_check: invariants::signatures::SignatureCheck,
     path_since: Vec<Option<Duration>>,
     latencies: Vec<Vec<Duration>>,
     heal_latency: Vec<Duration>,
@@ -172,6 +173,7 @@ impl World {
             newest: Revision(0),
             highest_served: vec![Revision(0); n],
             seen_digests: Default::default(),
+            signature_check: Default::default(),
             path_since: vec![Some(Duration::ZERO); n],
             latencies: vec![Vec::new(); REGIONS.len()],
             heal_latency: Vec::new(),
@@ -849,7 +851,7 @@ impl World {
         self.record(format!("{} publish {n} {revision}", self.now.as_micros()));
         if revision > Revision(0) {
             self.counts.signatures += 1;
-            if let Err(e) = invariants::signatures::check(&self.trusted, head, digest) {
+            if let Err(e) = self.signature_check.check(&self.trusted, head, digest) {
                 self.violation("signatures", format!("edge {n}: {e}"));
             }
         }
