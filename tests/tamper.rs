@@ -70,7 +70,7 @@ async fn forged_tampered_and_garbage_deltas_are_rejected_and_counted() {
     let d1 = delta(1, "\"on\"");
     let good1 = real.sign_delta(d1.clone(), state.digest_after(&d1));
     state.apply_delta(&d1);
-    send_uni(&conn, &[FrameV1::Delta(good1).into()])
+    send_uni(&conn, &[FrameV1::Delta(good1).into()], 0)
         .await
         .unwrap();
     eventually(WAIT, "revision 1", || async {
@@ -91,7 +91,7 @@ async fn forged_tampered_and_garbage_deltas_are_rejected_and_counted() {
     tampered.delta.changes[0].value = Some("\"evil\"".into());
 
     for forged in [bad_signature, wrong_digest, unknown_key, tampered] {
-        send_uni(&conn, &[FrameV1::Delta(forged).into()])
+        send_uni(&conn, &[FrameV1::Delta(forged).into()], 0)
             .await
             .unwrap();
     }
@@ -143,7 +143,7 @@ async fn forged_tampered_and_garbage_deltas_are_rejected_and_counted() {
     );
 
     // And the honest revision 2 still goes through afterwards.
-    send_uni(&conn, &[FrameV1::Delta(honest2).into()])
+    send_uni(&conn, &[FrameV1::Delta(honest2).into()], 0)
         .await
         .unwrap();
     eventually(WAIT, "revision 2", || async {

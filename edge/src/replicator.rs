@@ -52,6 +52,10 @@ pub struct ReplicatorConfig {
     pub stall_timeout_ms: u64,
     /// When nothing at all arrived on a link for this long, drop it and reconnect.
     pub silence_timeout_ms: u64,
+    /// A dial that has not completed its handshake after this long is abandoned and retried
+    /// at once: a handshake whose first packets were lost (during a partition, say) backs off
+    /// exponentially inside QUIC and would otherwise finish long after the path healed.
+    pub connect_timeout_ms: u64,
     /// Most deltas buffered ahead of the next expected revision.
     pub max_pending_deltas: usize,
     /// Most entries accepted in one snapshot.
@@ -70,6 +74,7 @@ impl Default for ReplicatorConfig {
             reconnect_backoff_max_ms: 2_000,
             stall_timeout_ms: 1_000,
             silence_timeout_ms: 3_000,
+            connect_timeout_ms: 1_000,
             max_pending_deltas: 4096,
             max_snapshot_entries: 10_000_000,
         }
@@ -143,8 +148,8 @@ impl ReplicatorStats {
 enum LinkState {
     /// Waiting until `retry_at` to dial.
     Idle { retry_at: Instant },
-    /// A dial is in progress.
-    Connecting,
+    /// A dial started at `since` is in progress.
+    Connecting { since: Instant },
     /// Connected; `last_frame` is when anything last arrived.
     Connected { last_frame: Instant },
 }
@@ -168,6 +173,7 @@ struct Link {
     next_heartbeat: Option<Instant>,
     acked: Revision,
     snapshot: Option<SnapshotAssembly>,
+    connected_at: Option<Instant>,
 }
 
 /// The sans-IO replicator over a signed state in backend `B`.
@@ -178,8 +184,15 @@ pub struct Replicator<B: Backend> {
     links: Vec<Link>,
     pending: BTreeMap<Revision, SignedDelta>,
     newest_known: Revision,
+    newest_head: Option<SignedHead>,
+    /// The origin link is up but stopped delivering while a newer head is known (a one-way
+    /// partition, say): the peer link is used until the origin link delivers again.
+    origin_suspect: bool,
     last_heard: Option<Instant>,
     last_progress: Instant,
+    /// When a verified delta last arrived, applied or buffered: a link that keeps delivering
+    /// deltas is slow, not stalled.
+    last_delta: Instant,
     behind_since: Option<Instant>,
     out: VecDeque<Output>,
     stats: ReplicatorStats,
@@ -194,6 +207,7 @@ impl<B: Backend> Replicator<B> {
         now: Instant,
     ) -> Self {
         let revision = state.revision();
+        let newest_head = state.head();
         let backoff_ms = config.reconnect_backoff_min_ms.max(1);
         let link = |first, count| Link {
             state: LinkState::Idle { retry_at: now },
@@ -204,6 +218,7 @@ impl<B: Backend> Replicator<B> {
             next_heartbeat: None,
             acked: revision,
             snapshot: None,
+            connected_at: None,
         };
         let mut links = vec![link(0, config.origin_count.max(1))];
         if config.peer_count > 0 {
@@ -216,8 +231,11 @@ impl<B: Backend> Replicator<B> {
             links,
             pending: BTreeMap::new(),
             newest_known: revision,
+            newest_head,
+            origin_suspect: false,
             last_heard: None,
             last_progress: now,
+            last_delta: now,
             behind_since: None,
             out: VecDeque::new(),
             stats: ReplicatorStats::default(),
@@ -251,6 +269,11 @@ impl<B: Backend> Replicator<B> {
         self.newest_known
     }
 
+    /// The newest verified head heard from any upstream (what this edge announces to peers).
+    pub fn newest_head(&self) -> Option<SignedHead> {
+        self.newest_head
+    }
+
     /// When a verified head or delta last arrived.
     pub fn last_heard(&self) -> Option<Instant> {
         self.last_heard
@@ -280,10 +303,11 @@ impl<B: Backend> Replicator<B> {
         l.next_heartbeat = Some(now + interval);
         l.acked = revision;
         l.snapshot = None;
+        l.connected_at = Some(now);
         self.stats.connects += 1;
         self.last_progress = now;
         if link == ORIGIN_LINK {
-            self.stand_by_peer_link(now);
+            self.origin_suspect = false;
         }
         let hello = FrameV1::Hello {
             edge_id: self.config.edge_id.clone(),
@@ -309,6 +333,7 @@ impl<B: Backend> Replicator<B> {
         l.backoff_ms = (l.backoff_ms * 2).min(max);
         l.snapshot = None;
         l.next_heartbeat = None;
+        l.connected_at = None;
     }
 
     /// Closes the peer link (if up) and readies it to dial at once when the origin link fails.
@@ -317,7 +342,10 @@ impl<B: Backend> Replicator<B> {
         let Some(l) = self.links.get_mut(PEER_LINK) else {
             return;
         };
-        if matches!(l.state, LinkState::Connected { .. } | LinkState::Connecting) {
+        if matches!(
+            l.state,
+            LinkState::Connected { .. } | LinkState::Connecting { .. }
+        ) {
             self.out.push_back(Output::Disconnect { link: PEER_LINK });
         }
         l.state = LinkState::Idle { retry_at: now };
@@ -343,15 +371,15 @@ impl<B: Backend> Replicator<B> {
         match frame {
             FrameV1::Head(head) => {
                 if self.verify_head(&head) {
-                    self.heard(now, head.head.revision);
+                    self.heard(now, &head);
                 }
             }
-            FrameV1::Delta(delta) => self.on_delta(now, delta),
+            FrameV1::Delta(delta) => self.on_delta(now, link, delta),
             FrameV1::SnapshotBegin { head, entries } => {
                 if !self.verify_head(&head) {
                     return;
                 }
-                self.heard(now, head.head.revision);
+                self.heard(now, &head);
                 if head.head.revision <= self.state.revision()
                     || entries > self.config.max_snapshot_entries
                 {
@@ -442,9 +470,10 @@ impl<B: Backend> Replicator<B> {
     /// Time passed: dial when due, send heartbeats, notice stalls and silence.
     pub fn handle_timeout(&mut self, now: Instant) {
         let silence = Duration::from_millis(self.config.silence_timeout_ms);
+        let connect_timeout = Duration::from_millis(self.config.connect_timeout_ms.max(1));
         let interval = self.heartbeat_interval();
         let revision = self.state.revision();
-        let origin_up = self.link_connected(ORIGIN_LINK);
+        let origin_up = self.link_connected(ORIGIN_LINK) && !self.origin_suspect;
         if origin_up {
             self.stand_by_peer_link(now);
         }
@@ -455,10 +484,16 @@ impl<B: Backend> Replicator<B> {
                 // the origin signed, so they are needed only when the origin cannot be reached.
                 LinkState::Idle { .. } if i == PEER_LINK && origin_up => {}
                 LinkState::Idle { retry_at } if now >= retry_at => {
-                    l.state = LinkState::Connecting;
+                    l.state = LinkState::Connecting { since: now };
                     let upstream = l.first + (l.attempts % l.count.max(1) as u64) as usize;
                     l.attempts += 1;
                     self.out.push_back(Output::Connect { link: i, upstream });
+                }
+                LinkState::Connecting { since }
+                    if now.saturating_duration_since(since) >= connect_timeout =>
+                {
+                    self.out.push_back(Output::Disconnect { link: i });
+                    l.state = LinkState::Idle { retry_at: now };
                 }
                 LinkState::Connected { last_frame } => {
                     if now.saturating_duration_since(last_frame) >= silence {
@@ -476,16 +511,39 @@ impl<B: Backend> Replicator<B> {
             }
         }
         let stall = Duration::from_millis(self.config.stall_timeout_ms);
-        if self.newest_known > revision
-            && now.saturating_duration_since(self.last_progress) >= stall
-        {
-            self.pending.clear();
+        let quiet_since = self.last_progress.max(self.last_delta);
+        if self.newest_known > revision && now.saturating_duration_since(quiet_since) >= stall {
             self.last_progress = now;
+            let mut rotate_peer = false;
             for (i, l) in self.links.iter_mut().enumerate() {
                 if matches!(l.state, LinkState::Connected { .. }) {
                     l.snapshot = None;
+                    if i == ORIGIN_LINK {
+                        // The origin may have lost what it sent us; ask again, and let the
+                        // peer link help until the origin delivers.
+                        self.origin_suspect = true;
+                    } else if l
+                        .connected_at
+                        .is_some_and(|t| now.saturating_duration_since(t) >= stall)
+                    {
+                        // A peer that knows of nothing newer than we hold is itself cut off:
+                        // move on to the next one.
+                        rotate_peer = true;
+                        continue;
+                    }
                     let frame = FrameV1::Need { from: revision }.into();
                     self.out.push_back(Output::Send { link: i, frame });
+                }
+            }
+            if rotate_peer {
+                self.out.push_back(Output::Disconnect { link: PEER_LINK });
+                let min_backoff = self.config.reconnect_backoff_min_ms.max(1);
+                if let Some(l) = self.links.get_mut(PEER_LINK) {
+                    l.state = LinkState::Idle { retry_at: now };
+                    l.backoff_ms = min_backoff;
+                    l.snapshot = None;
+                    l.next_heartbeat = None;
+                    l.connected_at = None;
                 }
             }
         }
@@ -502,12 +560,14 @@ impl<B: Backend> Replicator<B> {
         let mut any_connected = false;
         let mut at: Option<Instant> = None;
         let mut take = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
-        let origin_up = self.link_connected(ORIGIN_LINK);
+        let origin_up = self.link_connected(ORIGIN_LINK) && !self.origin_suspect;
         for (i, l) in self.links.iter().enumerate() {
             match l.state {
                 LinkState::Idle { .. } if i == PEER_LINK && origin_up => {}
                 LinkState::Idle { retry_at } => take(retry_at),
-                LinkState::Connecting => {}
+                LinkState::Connecting { since } => {
+                    take(since + Duration::from_millis(self.config.connect_timeout_ms.max(1)))
+                }
                 LinkState::Connected { last_frame } => {
                     any_connected = true;
                     take(last_frame + silence);
@@ -518,15 +578,17 @@ impl<B: Backend> Replicator<B> {
             }
         }
         if any_connected && self.newest_known > self.state.revision() {
-            take(self.last_progress + Duration::from_millis(self.config.stall_timeout_ms));
+            let quiet_since = self.last_progress.max(self.last_delta);
+            take(quiet_since + Duration::from_millis(self.config.stall_timeout_ms));
         }
         at
     }
 
-    fn heard(&mut self, now: Instant, revision: Revision) {
+    fn heard(&mut self, now: Instant, head: &SignedHead) {
         self.last_heard = Some(now);
-        if revision > self.newest_known {
-            self.newest_known = revision;
+        if head.head.revision > self.newest_known {
+            self.newest_known = head.head.revision;
+            self.newest_head = Some(*head);
         }
     }
 
@@ -558,12 +620,16 @@ impl<B: Backend> Replicator<B> {
         }
     }
 
-    fn on_delta(&mut self, now: Instant, delta: SignedDelta) {
+    fn on_delta(&mut self, now: Instant, link: usize, delta: SignedDelta) {
         if let Err(e) = self.trusted.verify_delta(&delta) {
             self.count_verify_error(&e);
             return;
         }
-        self.heard(now, delta.delta.revision);
+        self.heard(now, &delta.head);
+        self.last_delta = now;
+        if link == ORIGIN_LINK {
+            self.origin_suspect = false;
+        }
         let next = self.state.revision().next();
         let r = delta.delta.revision;
         if r < next || self.pending.contains_key(&r) {

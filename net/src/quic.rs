@@ -66,6 +66,13 @@ fn transport(tuning: QuicTuning) -> Arc<quinn::TransportConfig> {
     let idle = quinn::VarInt::from_u64(tuning.max_idle_timeout_ms).unwrap_or(quinn::VarInt::MAX);
     t.max_idle_timeout(Some(idle.into()));
     t.max_concurrent_uni_streams(1024u32.into());
+    // Cross-region round trips are 80–240 ms: start from a realistic RTT estimate and a
+    // 64-packet window so a reconnecting edge gets its backlog in a few round trips. The
+    // simulator uses the same settings (see meridian-sim's transport).
+    t.initial_rtt(Duration::from_millis(150));
+    let mut cubic = quinn::congestion::CubicConfig::default();
+    cubic.initial_window(64 * 1200);
+    t.congestion_controller_factory(Arc::new(cubic));
     Arc::new(t)
 }
 
@@ -105,12 +112,18 @@ pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<
     Ok(())
 }
 
-/// Sends frames, in order, on a new unidirectional stream and finishes it.
-pub async fn send_uni(conn: &quinn::Connection, frames: &[Frame]) -> Result<(), NetError> {
+/// Sends frames, in order, on a new unidirectional stream with the given transport priority
+/// (higher goes first) and finishes it.
+pub async fn send_uni(
+    conn: &quinn::Connection,
+    frames: &[Frame],
+    priority: i32,
+) -> Result<(), NetError> {
     let mut send = conn
         .open_uni()
         .await
         .map_err(|e| NetError::Write(e.into()))?;
+    let _ = send.set_priority(priority);
     for frame in frames {
         write_frame(&mut send, frame).await?;
     }

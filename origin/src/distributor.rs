@@ -38,7 +38,7 @@ impl Default for DistributorConfig {
         Self {
             heartbeat_interval_ms: 500,
             max_inflight_deltas: 1024,
-            max_deltas_per_stream: 256,
+            max_deltas_per_stream: 64,
             snapshot_chunk_entries: 1024,
         }
     }
@@ -56,6 +56,12 @@ pub trait ChangeSource {
     ) -> Result<Option<Vec<SignedDelta>>, StoreError>;
     /// The published state with its head.
     fn snapshot(&self) -> (Option<SignedHead>, Vec<(Address, EntryState)>);
+    /// The newest signed head this node knows of, announced on heartbeats. An edge serving
+    /// peers may know of a newer head than it holds; announcing it lets a peer notice that
+    /// this edge is behind and look elsewhere.
+    fn newest_head(&self) -> Option<SignedHead> {
+        self.head()
+    }
 }
 
 impl<B: Backend> ChangeSource for SignedState<B> {
@@ -234,7 +240,7 @@ impl Distributor {
         if now < due {
             return;
         }
-        let head = src.head();
+        let head = src.newest_head();
         for (conn, session) in &self.sessions {
             if session.info.is_none() {
                 continue;
@@ -314,6 +320,16 @@ impl Distributor {
                 }
             }
         }
+    }
+}
+
+/// The transport priority for a stream of frames: older revisions first, so a connection that
+/// is catching up receives its deltas in the order the edge can apply them, and a burst of new
+/// commits never starves the oldest missing delta. Snapshots go before everything.
+pub fn stream_priority(frames: &[Frame]) -> i32 {
+    match frames.first() {
+        Some(Frame::V1(FrameV1::Delta(d))) => -((d.delta.revision.0 & 0x3fff_ffff) as i32),
+        _ => i32::MAX,
     }
 }
 

@@ -133,7 +133,8 @@ async fn connection(incoming: quinn::Incoming, id: ConnId, events: mpsc::Sender<
                     tokio::spawn(async move {
                         // A failed stream means a failed connection; the edge reconnects and
                         // asks again from its own revision.
-                        let _ = send_uni(&c, &frames).await;
+                        let priority = crate::distributor::stream_priority(&frames);
+                        let _ = send_uni(&c, &frames, priority).await;
                     });
                 }
                 Transmit::Close(reason) => {

@@ -135,13 +135,14 @@ impl QuicHost {
 
     /// Sends frames on a new unidirectional stream and finishes it. Returns false when no
     /// stream could be opened (the peer's stream limit); the caller's protocol recovers.
-    pub fn send_stream(&mut self, ch: ConnectionHandle, frames: &[Frame]) -> bool {
+    pub fn send_stream(&mut self, ch: ConnectionHandle, frames: &[Frame], priority: i32) -> bool {
         let Some(c) = self.conns.get_mut(&ch) else {
             return false;
         };
         let Some(id) = c.conn.streams().open(Dir::Uni) else {
             return false;
         };
+        let _ = c.conn.send_stream(id).set_priority(priority);
         let mut data = Vec::new();
         for f in frames {
             if let Ok(b) = encode(f) {

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use meridian_edge::replicator::{Output, Replicator, ReplicatorConfig};
 use meridian_origin::core::{Command, OriginCore};
-use meridian_origin::distributor::{ConnId, Distributor, DistributorConfig, Transmit};
+use meridian_origin::distributor::{
+    ChangeSource, ConnId, Distributor, DistributorConfig, Transmit,
+};
 use meridian_protocol::{
     Address, Change, Delta, Digest, FrameV1, Revision, Signer, TrustedKeys, Version,
 };
@@ -36,6 +38,7 @@ fn transport() -> Arc<quinn_proto::TransportConfig> {
     // Cross-region round trips are ~80–240 ms; start loss detection from a realistic estimate
     // rather than the 333 ms default so a fresh connection recovers lost packets promptly.
     t.initial_rtt(Duration::from_millis(150));
+    t.congestion_controller_factory(Arc::new(crate::tls::congestion()));
     Arc::new(t)
 }
 
@@ -138,6 +141,8 @@ pub struct World {
     events_processed: u64,
     datagrams: u64,
     writes_refused: u64,
+    /// A node whose events are printed to stderr (`MERIDIAN_SIM_WATCH=<node>`), for debugging.
+    watch: Option<NodeId>,
 }
 
 impl World {
@@ -189,6 +194,9 @@ impl World {
             events_processed: 0,
             datagrams: 0,
             writes_refused: 0,
+            watch: std::env::var("MERIDIAN_SIM_WATCH")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             opts,
         };
         for i in 0..n {
@@ -278,6 +286,7 @@ impl World {
                 heartbeat_interval_ms: 500,
                 reconnect_backoff_min_ms: 50,
                 reconnect_backoff_max_ms: 1_000,
+                connect_timeout_ms: 1_000,
                 stall_timeout_ms: 1_000,
                 silence_timeout_ms: 2_000,
                 ..ReplicatorConfig::default()
@@ -736,6 +745,9 @@ impl World {
                 let mut progressed = false;
                 while let Some(ev) = e.host.poll_event() {
                     progressed = true;
+                    if self.watch == Some(n) {
+                        eprintln!("{:>10.3} node {n} host {ev:?}", self.now.as_secs_f64());
+                    }
                     match ev {
                         HostEvent::Connected(ch, Side::Client) => match e.link_of.get(&ch) {
                             Some(&link) => e.rep.handle_connected(now, link),
@@ -763,7 +775,7 @@ impl World {
                             if let Some(&link) = e.link_of.get(&ch) {
                                 e.rep.handle_frame(now, link, f);
                             } else if let Some(&id) = e.peers_in.get(&ch) {
-                                e.dist.handle_frame(now, id, f, e.rep.state());
+                                e.dist.handle_frame(now, id, f, &EdgeSource(&e.rep));
                             }
                         }
                         HostEvent::Malformed(ch) => {
@@ -776,13 +788,16 @@ impl World {
                 let r = e.rep.flush(now);
                 if r > e.published {
                     e.published = r;
-                    e.dist.handle_commit(now, e.rep.state());
+                    e.dist.handle_commit(now, &EdgeSource(&e.rep));
                     published = Some(r);
                 }
                 e.rep.handle_timeout(now);
-                e.dist.handle_timeout(now, e.rep.state());
+                e.dist.handle_timeout(now, &EdgeSource(&e.rep));
                 while let Some(out) = e.rep.poll_output() {
                     progressed = true;
+                    if self.watch == Some(n) {
+                        eprintln!("{:>10.3} node {n} rep {out:?}", self.now.as_secs_f64());
+                    }
                     match out {
                         Output::Connect { link, upstream } => dial.push((link, upstream)),
                         Output::Disconnect { link } => {
@@ -1025,13 +1040,41 @@ fn peers_of(per: usize, n: NodeId) -> Vec<NodeId> {
     out
 }
 
+/// What an edge serves its peers: its own signed state, and the newest head it has heard of.
+struct EdgeSource<'a>(&'a Replicator<MemBackend>);
+
+impl ChangeSource for EdgeSource<'_> {
+    fn head(&self) -> Option<meridian_protocol::SignedHead> {
+        self.0.state().head()
+    }
+    fn deltas_after(
+        &self,
+        after: Revision,
+        max: usize,
+    ) -> Result<Option<Vec<meridian_protocol::SignedDelta>>, meridian_store::StoreError> {
+        self.0.state().deltas_after(after, max)
+    }
+    fn snapshot(
+        &self,
+    ) -> (
+        Option<meridian_protocol::SignedHead>,
+        Vec<(Address, meridian_protocol::EntryState)>,
+    ) {
+        self.0.state().snapshot()
+    }
+    fn newest_head(&self) -> Option<meridian_protocol::SignedHead> {
+        self.0.newest_head().or_else(|| self.head())
+    }
+}
+
 fn transmit(host: &mut QuicHost, now: Instant, ch: ConnectionHandle, t: Transmit) {
     match t {
         Transmit::Control(f) => host.send_control(ch, &f),
         Transmit::Stream(frames) => {
             // No stream available means the peer's limit is reached; the edge's stall timer
             // asks again, so dropping here loses nothing.
-            let _ = host.send_stream(ch, &frames);
+            let priority = meridian_origin::distributor::stream_priority(&frames);
+            let _ = host.send_stream(ch, &frames, priority);
         }
         Transmit::Close(_) => host.close(now, ch),
     }
