@@ -56,6 +56,9 @@ pub struct ReplicatorConfig {
     /// at once: a handshake whose first packets were lost (during a partition, say) backs off
     /// exponentially inside QUIC and would otherwise finish long after the path healed.
     pub connect_timeout_ms: u64,
+    /// A peer that reports not having heard the origin for longer than this is left for the
+    /// next one (it is cut off itself and can only relay stale data).
+    pub peer_staleness_limit_ms: u64,
     /// Most deltas buffered ahead of the next expected revision.
     pub max_pending_deltas: usize,
     /// Most entries accepted in one snapshot.
@@ -75,6 +78,7 @@ impl Default for ReplicatorConfig {
             stall_timeout_ms: 1_000,
             silence_timeout_ms: 3_000,
             connect_timeout_ms: 1_000,
+            peer_staleness_limit_ms: 1_500,
             max_pending_deltas: 4096,
             max_snapshot_entries: 10_000_000,
         }
@@ -189,6 +193,11 @@ pub struct Replicator<B: Backend> {
     /// partition, say): the peer link is used until the origin link delivers again.
     origin_suspect: bool,
     last_heard: Option<Instant>,
+    /// When the origin link last delivered a verified head or delta.
+    origin_heard: Option<Instant>,
+    /// The peer's last reported staleness and when it arrived.
+    peer_staleness: Option<(Duration, Instant)>,
+    started: Instant,
     last_progress: Instant,
     /// When a verified delta last arrived, applied or buffered: a link that keeps delivering
     /// deltas is slow, not stalled.
@@ -234,6 +243,9 @@ impl<B: Backend> Replicator<B> {
             newest_head,
             origin_suspect: false,
             last_heard: None,
+            origin_heard: None,
+            peer_staleness: None,
+            started: now,
             last_progress: now,
             last_delta: now,
             behind_since: None,
@@ -272,6 +284,16 @@ impl<B: Backend> Replicator<B> {
     /// The newest verified head heard from any upstream (what this edge announces to peers).
     pub fn newest_head(&self) -> Option<SignedHead> {
         self.newest_head
+    }
+
+    /// How long ago this edge last heard the origin, directly or through its peer's report.
+    pub fn staleness(&self, now: Instant) -> Duration {
+        let direct = now.saturating_duration_since(self.origin_heard.unwrap_or(self.started));
+        let relayed = self
+            .peer_staleness
+            .map(|(s, at)| s + now.saturating_duration_since(at))
+            .unwrap_or(Duration::MAX);
+        direct.min(relayed)
     }
 
     /// When a verified head or delta last arrived.
@@ -338,6 +360,12 @@ impl<B: Backend> Replicator<B> {
 
     /// Closes the peer link (if up) and readies it to dial at once when the origin link fails.
     fn stand_by_peer_link(&mut self, now: Instant) {
+        self.release_peer_link(now);
+    }
+
+    /// Closes the peer link if it is up or dialing, and readies it to dial the next peer at
+    /// once.
+    fn release_peer_link(&mut self, now: Instant) {
         let min_backoff = self.config.reconnect_backoff_min_ms.max(1);
         let Some(l) = self.links.get_mut(PEER_LINK) else {
             return;
@@ -352,6 +380,8 @@ impl<B: Backend> Replicator<B> {
         l.backoff_ms = min_backoff;
         l.snapshot = None;
         l.next_heartbeat = None;
+        l.connected_at = None;
+        self.peer_staleness = None;
     }
 
     /// Bytes on some stream of link `link` did not form a valid frame.
@@ -372,6 +402,14 @@ impl<B: Backend> Replicator<B> {
             FrameV1::Head(head) => {
                 if self.verify_head(&head) {
                     self.heard(now, &head);
+                    if link == ORIGIN_LINK {
+                        self.origin_heard = Some(now);
+                    }
+                }
+            }
+            FrameV1::Freshness { staleness_ms } => {
+                if link == PEER_LINK {
+                    self.peer_staleness = Some((Duration::from_millis(staleness_ms), now));
                 }
             }
             FrameV1::Delta(delta) => self.on_delta(now, link, delta),
@@ -536,16 +574,24 @@ impl<B: Backend> Replicator<B> {
                 }
             }
             if rotate_peer {
-                self.out.push_back(Output::Disconnect { link: PEER_LINK });
-                let min_backoff = self.config.reconnect_backoff_min_ms.max(1);
-                if let Some(l) = self.links.get_mut(PEER_LINK) {
-                    l.state = LinkState::Idle { retry_at: now };
-                    l.backoff_ms = min_backoff;
-                    l.snapshot = None;
-                    l.next_heartbeat = None;
-                    l.connected_at = None;
-                }
+                self.release_peer_link(now);
             }
+        }
+        // A peer that has itself lost the origin can only relay stale data: move on.
+        let peer_stale = self.peer_staleness.is_some_and(|(s, at)| {
+            s + now.saturating_duration_since(at)
+                > Duration::from_millis(self.config.peer_staleness_limit_ms)
+        });
+        let settled = self
+            .links
+            .get(PEER_LINK)
+            .and_then(|l| l.connected_at)
+            .is_some_and(|t| {
+                now.saturating_duration_since(t)
+                    >= Duration::from_millis(self.config.stall_timeout_ms)
+            });
+        if peer_stale && settled {
+            self.release_peer_link(now);
         }
     }
 
@@ -629,6 +675,7 @@ impl<B: Backend> Replicator<B> {
         self.last_delta = now;
         if link == ORIGIN_LINK {
             self.origin_suspect = false;
+            self.origin_heard = Some(now);
         }
         let next = self.state.revision().next();
         let r = delta.delta.revision;

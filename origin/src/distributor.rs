@@ -62,6 +62,11 @@ pub trait ChangeSource {
     fn newest_head(&self) -> Option<SignedHead> {
         self.head()
     }
+    /// How stale this node's knowledge is, when it is not the origin itself: sent to peers so
+    /// they can leave a relay that has lost its own path to the origin.
+    fn staleness_ms(&self, _now: Instant) -> Option<u64> {
+        None
+    }
 }
 
 impl<B: Backend> ChangeSource for SignedState<B> {
@@ -241,6 +246,7 @@ impl Distributor {
             return;
         }
         let head = src.newest_head();
+        let staleness = src.staleness_ms(now);
         for (conn, session) in &self.sessions {
             if session.info.is_none() {
                 continue;
@@ -252,6 +258,10 @@ impl Distributor {
                 },
             };
             self.out.push_back((*conn, Transmit::Control(frame.into())));
+            if let Some(staleness_ms) = staleness {
+                let frame = FrameV1::Freshness { staleness_ms };
+                self.out.push_back((*conn, Transmit::Control(frame.into())));
+            }
         }
         self.next_heartbeat = if self.sessions.is_empty() {
             None

@@ -76,6 +76,13 @@ pub enum FrameV1 {
         /// The sender's revision.
         revision: Revision,
     },
+    /// Peer → edge, beside each heartbeat: how long ago the sending edge last heard the
+    /// origin (directly or through a fresh peer). Used only to choose a relay, never to
+    /// decide what is true, so it needs no signature.
+    Freshness {
+        /// Milliseconds since the sender last heard the origin.
+        staleness_ms: u64,
+    },
 }
 
 impl From<FrameV1> for Frame {

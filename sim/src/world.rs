@@ -1065,6 +1065,9 @@ impl ChangeSource for EdgeSource<'_> {
     fn newest_head(&self) -> Option<meridian_protocol::SignedHead> {
         self.0.newest_head().or_else(|| self.head())
     }
+    fn staleness_ms(&self, now: Instant) -> Option<u64> {
+        Some(self.0.staleness(now).as_millis().min(u64::MAX as u128) as u64)
+    }
 }
 
 fn transmit(host: &mut QuicHost, now: Instant, ch: ConnectionHandle, t: Transmit) {
