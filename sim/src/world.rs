@@ -1024,16 +1024,28 @@ impl World {
     }
 }
 
-/// The peer edges an edge may relay from: the same-index edges (and their next neighbours) of
-/// the other regions, so a region cut off from the origin relays through another region.
+/// The peer edges an edge may relay from, in the order it tries them: for each step, the
+/// same-index edge of the origin's region, a neighbour in its own region, then the same-index
+/// edge of the remaining region. Alternating regions means that whichever way the network is
+/// cut, a reachable peer is at most one failed dial away.
 fn peers_of(per: usize, n: NodeId) -> Vec<NodeId> {
     let region = (n - 1) / per;
     let index = (n - 1) % per;
     let mut out = Vec::new();
     for step in 0..per.min(3) {
-        for r in 0..REGIONS.len() {
+        let mut push = |r: usize, i: usize| {
+            let peer = 1 + r * per + i % per;
+            if peer != n && !out.contains(&peer) {
+                out.push(peer);
+            }
+        };
+        if region != 0 {
+            push(0, index + step);
+        }
+        push(region, index + 1 + step);
+        for r in 1..REGIONS.len() {
             if r != region {
-                out.push(1 + r * per + (index + step) % per);
+                push(r, index + step);
             }
         }
     }
