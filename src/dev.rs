@@ -106,7 +106,7 @@ pub fn edge_config(
         reconnect_backoff_min_ms: 50,
         reconnect_backoff_max_ms: 2_000,
         stall_timeout_ms: 1_000,
-        silence_timeout_ms: 3_000,
+        silence_timeout_ms: 1_500,
         quic: QuicTuning::default(),
     }
 }

@@ -70,7 +70,7 @@ fn default_stall_timeout_ms() -> u64 {
     1_000
 }
 fn default_silence_timeout_ms() -> u64 {
-    3_000
+    1_500
 }
 
 /// A configuration value out of range.

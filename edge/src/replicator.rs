@@ -76,7 +76,7 @@ impl Default for ReplicatorConfig {
             reconnect_backoff_min_ms: 50,
             reconnect_backoff_max_ms: 2_000,
             stall_timeout_ms: 1_000,
-            silence_timeout_ms: 3_000,
+            silence_timeout_ms: 1_500,
             connect_timeout_ms: 1_000,
             peer_staleness_limit_ms: 1_500,
             max_pending_deltas: 4096,
@@ -582,15 +582,7 @@ impl<B: Backend> Replicator<B> {
             s + now.saturating_duration_since(at)
                 > Duration::from_millis(self.config.peer_staleness_limit_ms)
         });
-        let settled = self
-            .links
-            .get(PEER_LINK)
-            .and_then(|l| l.connected_at)
-            .is_some_and(|t| {
-                now.saturating_duration_since(t)
-                    >= Duration::from_millis(self.config.stall_timeout_ms)
-            });
-        if peer_stale && settled {
+        if peer_stale && self.link_connected(PEER_LINK) {
             self.release_peer_link(now);
         }
     }

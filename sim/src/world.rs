@@ -288,7 +288,7 @@ impl World {
                 reconnect_backoff_max_ms: 1_000,
                 connect_timeout_ms: 1_000,
                 stall_timeout_ms: 1_000,
-                silence_timeout_ms: 2_000,
+                silence_timeout_ms: 1_500,
                 ..ReplicatorConfig::default()
             },
             TrustedKeys::new(keys),
