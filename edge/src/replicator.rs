@@ -178,6 +178,7 @@ struct Link {
     acked: Revision,
     snapshot: Option<SnapshotAssembly>,
     connected_at: Option<Instant>,
+    got_frame: bool,
 }
 
 /// The sans-IO replicator over a signed state in backend `B`.
@@ -228,6 +229,7 @@ impl<B: Backend> Replicator<B> {
             acked: revision,
             snapshot: None,
             connected_at: None,
+            got_frame: false,
         };
         let mut links = vec![link(0, config.origin_count.max(1))];
         if config.peer_count > 0 {
@@ -326,6 +328,7 @@ impl<B: Backend> Replicator<B> {
         l.acked = revision;
         l.snapshot = None;
         l.connected_at = Some(now);
+        l.got_frame = false;
         self.stats.connects += 1;
         self.last_progress = now;
         if link == ORIGIN_LINK {
@@ -396,6 +399,7 @@ impl<B: Backend> Replicator<B> {
         };
         if let LinkState::Connected { last_frame } = &mut l.state {
             *last_frame = now;
+            l.got_frame = true;
         }
         let Frame::V1(frame) = frame;
         match frame {
@@ -534,7 +538,10 @@ impl<B: Backend> Replicator<B> {
                     l.state = LinkState::Idle { retry_at: now };
                 }
                 LinkState::Connected { last_frame } => {
-                    if now.saturating_duration_since(last_frame) >= silence {
+                    // Until the first frame arrives, allow for a lost Hello being resent
+                    // across a slow path.
+                    let limit = if l.got_frame { silence } else { silence * 2 };
+                    if now.saturating_duration_since(last_frame) >= limit {
                         self.out.push_back(Output::Disconnect { link: i });
                         self.handle_disconnected(now, i);
                         continue;
@@ -608,7 +615,7 @@ impl<B: Backend> Replicator<B> {
                 }
                 LinkState::Connected { last_frame } => {
                     any_connected = true;
-                    take(last_frame + silence);
+                    take(last_frame + if l.got_frame { silence } else { silence * 2 });
                     if let Some(h) = l.next_heartbeat {
                         take(h);
                     }

@@ -181,7 +181,7 @@ impl Distributor {
     /// A frame arrived from an edge.
     pub fn handle_frame(
         &mut self,
-        _now: Instant,
+        now: Instant,
         conn: ConnId,
         frame: Frame,
         src: &impl ChangeSource,
@@ -203,6 +203,10 @@ impl Distributor {
                     acked: revision,
                 });
                 session.sent = revision;
+                // Announce at once what this node knows and how fresh it is, so a peer that
+                // dialed a relay which lost the origin can move on without waiting for the
+                // next heartbeat.
+                self.announce(now, conn, src);
                 self.pump(conn, src);
             }
             FrameV1::Ack { revision } => {
@@ -245,23 +249,14 @@ impl Distributor {
         if now < due {
             return;
         }
-        let head = src.newest_head();
-        let staleness = src.staleness_ms(now);
-        for (conn, session) in &self.sessions {
-            if session.info.is_none() {
-                continue;
-            }
-            let frame = match head {
-                Some(h) => FrameV1::Head(h),
-                None => FrameV1::Heartbeat {
-                    revision: Revision(0),
-                },
-            };
-            self.out.push_back((*conn, Transmit::Control(frame.into())));
-            if let Some(staleness_ms) = staleness {
-                let frame = FrameV1::Freshness { staleness_ms };
-                self.out.push_back((*conn, Transmit::Control(frame.into())));
-            }
+        let conns: Vec<ConnId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.info.is_some())
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in conns {
+            self.announce(now, conn, src);
         }
         self.next_heartbeat = if self.sessions.is_empty() {
             None
@@ -278,6 +273,21 @@ impl Distributor {
     /// When `handle_timeout` should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.next_heartbeat
+    }
+
+    /// Sends a connection the newest head known here and, from a relay, its staleness.
+    fn announce(&mut self, now: Instant, conn: ConnId, src: &impl ChangeSource) {
+        let frame = match src.newest_head() {
+            Some(h) => FrameV1::Head(h),
+            None => FrameV1::Heartbeat {
+                revision: Revision(0),
+            },
+        };
+        self.out.push_back((conn, Transmit::Control(frame.into())));
+        if let Some(staleness_ms) = src.staleness_ms(now) {
+            let frame = FrameV1::Freshness { staleness_ms };
+            self.out.push_back((conn, Transmit::Control(frame.into())));
+        }
     }
 
     fn heartbeat_interval(&self) -> Duration {
