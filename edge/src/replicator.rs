@@ -519,6 +519,14 @@ impl<B: Backend> Replicator<B> {
         if origin_up {
             self.stand_by_peer_link(now);
         }
+        // A peer that has itself lost the origin can only relay stale data: move on.
+        let peer_stale = self.peer_staleness.is_some_and(|(s, at)| {
+            s + now.saturating_duration_since(at)
+                > Duration::from_millis(self.config.peer_staleness_limit_ms)
+        });
+        if peer_stale && self.link_connected(PEER_LINK) {
+            self.release_peer_link(now);
+        }
         for i in 0..self.links.len() {
             let l = &mut self.links[i];
             match l.state {
@@ -583,14 +591,6 @@ impl<B: Backend> Replicator<B> {
             if rotate_peer {
                 self.release_peer_link(now);
             }
-        }
-        // A peer that has itself lost the origin can only relay stale data: move on.
-        let peer_stale = self.peer_staleness.is_some_and(|(s, at)| {
-            s + now.saturating_duration_since(at)
-                > Duration::from_millis(self.config.peer_staleness_limit_ms)
-        });
-        if peer_stale && self.link_connected(PEER_LINK) {
-            self.release_peer_link(now);
         }
     }
 
@@ -949,5 +949,92 @@ mod tests {
         r.handle_frame(now, 0, FrameV1::SnapshotEnd { chunks: 1 }.into());
         assert_eq!(r.state().revision(), Revision(4));
         assert_eq!(r.stats().snapshots_installed, 1);
+    }
+
+    #[test]
+    fn the_peer_link_stands_by_while_the_origin_delivers_and_leaves_stale_peers() {
+        let now = Instant::now();
+        let state = SignedState::open(MemBackend::new(), 100).unwrap();
+        let config = ReplicatorConfig {
+            peer_count: 3,
+            ..ReplicatorConfig::default()
+        };
+        let mut r = Replicator::new(
+            config,
+            TrustedKeys::new([signer().verifying_key()]),
+            state,
+            now,
+        );
+        r.handle_timeout(now);
+        // At start nothing is connected, so both the origin and the first peer are dialed.
+        let out = outputs(&mut r);
+        assert!(
+            out.contains(&Output::Connect {
+                link: 0,
+                upstream: 0
+            }),
+            "{out:?}"
+        );
+        assert!(
+            out.contains(&Output::Connect {
+                link: 1,
+                upstream: 1
+            }),
+            "{out:?}"
+        );
+        // Once the origin answers, the peer link stands by.
+        r.handle_connected(now, 0);
+        r.handle_timeout(now);
+        let out = outputs(&mut r);
+        assert!(out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::Connect { link: 1, .. })),
+            "{out:?}"
+        );
+
+        // The origin link drops: the peer link dials the next peer.
+        r.handle_disconnected(now, 0);
+        r.handle_timeout(now);
+        let out = outputs(&mut r);
+        assert!(
+            out.contains(&Output::Connect {
+                link: 1,
+                upstream: 2
+            }),
+            "{out:?}"
+        );
+        r.handle_connected(now, 1);
+        outputs(&mut r);
+
+        // The peer says it has not heard the origin for 5 s: move to the next peer.
+        r.handle_frame(
+            now,
+            1,
+            FrameV1::Freshness {
+                staleness_ms: 5_000,
+            }
+            .into(),
+        );
+        r.handle_timeout(now);
+        let out = outputs(&mut r);
+        assert!(out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
+        assert!(
+            out.contains(&Output::Connect {
+                link: 1,
+                upstream: 3
+            }),
+            "{out:?}"
+        );
+
+        // A fresh peer relays a delta; then the origin comes back and the peer link closes.
+        r.handle_connected(now, 1);
+        r.handle_frame(now, 1, FrameV1::Freshness { staleness_ms: 20 }.into());
+        r.handle_frame(now, 1, FrameV1::Delta(history(1)[0].clone()).into());
+        assert_eq!(r.state().revision(), Revision(1));
+        outputs(&mut r);
+        r.handle_connected(now, 0);
+        r.handle_timeout(now);
+        assert!(outputs(&mut r).contains(&Output::Disconnect { link: 1 }));
     }
 }

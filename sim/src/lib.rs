@@ -43,6 +43,8 @@ pub struct SimOptions {
     pub delta_window: u64,
     /// A deliberately broken replicator, for testing the invariants themselves.
     pub broken: Option<Broken>,
+    /// Faults at fixed times, in addition to the random profile: `(start_s, duration_s, fault)`.
+    pub script: Vec<(f64, f64, network::Fault)>,
 }
 
 impl Default for SimOptions {
@@ -58,6 +60,7 @@ impl Default for SimOptions {
             slo_ms: 5_000,
             delta_window: 1_000,
             broken: None,
+            script: Vec::new(),
         }
     }
 }

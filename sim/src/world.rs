@@ -318,6 +318,11 @@ impl World {
         if self.opts.faults {
             self.plan_faults(heal);
         }
+        for (i, (start, duration, fault)) in self.opts.script.clone().into_iter().enumerate() {
+            let start = Duration::from_secs_f64(start);
+            let until = (start + Duration::from_secs_f64(duration)).min(heal);
+            self.schedule(start, Ev::FaultStart(2_000_000 + i as u64, fault, until));
+        }
         self.schedule(heal, Ev::FinalHeal);
         if let Some(b) = self.opts.broken {
             self.schedule(heal.mul_f64(0.5), Ev::Inject(1));
@@ -511,15 +516,7 @@ impl World {
                 let state = o.core.into_state();
                 state.backend().crash()
             }
-            Node::Edge(e) => {
-                if self.opts.broken == Some(Broken::AppliesStaleState)
-                    && n == 1
-                    && self.stale_copy.is_none()
-                {
-                    self.stale_copy = Some(e.rep.state().backend().crash());
-                }
-                e.rep.into_state().backend().crash()
-            }
+            Node::Edge(e) => e.rep.into_state().backend().crash(),
             Node::Down(b) => b,
         };
         self.nodes[n] = Node::Down(survived);
@@ -621,10 +618,18 @@ impl World {
             ));
         }
         if self.opts.broken == Some(Broken::AppliesStaleState) {
-            let until = self.now + Duration::from_secs(2);
+            // Keep a copy of the store now, let the edge move on, then crash it and bring it
+            // back from the copy.
+            if let Node::Edge(e) = &self.nodes[n] {
+                self.stale_copy = Some(e.rep.state().backend().crash());
+            }
             self.seq += 1;
             let id = 1_000_000 + self.seq;
-            self.start_fault(id, Fault::Crash(n), until);
+            let at = self.now + Duration::from_secs(3);
+            self.schedule(
+                at,
+                Ev::FaultStart(id, Fault::Crash(n), at + Duration::from_secs(2)),
+            );
         }
         self.service(n);
     }
