@@ -364,6 +364,11 @@ impl<B: Backend> Replicator<B> {
     /// Closes the peer link (if up) and readies it to dial at once when the origin link fails.
     fn stand_by_peer_link(&mut self, now: Instant) {
         self.release_peer_link(now);
+        // The next failover starts again from the first peer, the one most likely to be fresh
+        // (peers are listed nearest the origin first).
+        if let Some(l) = self.links.get_mut(PEER_LINK) {
+            l.attempts = 0;
+        }
     }
 
     /// Closes the peer link if it is up or dialing, and readies it to dial the next peer at
