@@ -572,29 +572,20 @@ impl<B: Backend> Replicator<B> {
         let quiet_since = self.last_progress.max(self.last_delta);
         if self.newest_known > revision && now.saturating_duration_since(quiet_since) >= stall {
             self.last_progress = now;
-            let mut rotate_peer = false;
+            // Ask every connected upstream again. A slow peer is kept (a latency spike is not
+            // a reason to churn); a peer that has lost the origin says so in its freshness
+            // reports and is left for the next one above.
             for (i, l) in self.links.iter_mut().enumerate() {
                 if matches!(l.state, LinkState::Connected { .. }) {
                     l.snapshot = None;
                     if i == ORIGIN_LINK {
-                        // The origin may have lost what it sent us; ask again, and let the
-                        // peer link help until the origin delivers.
+                        // The origin may have lost what it sent us; let the peer link help
+                        // until the origin delivers again.
                         self.origin_suspect = true;
-                    } else if l
-                        .connected_at
-                        .is_some_and(|t| now.saturating_duration_since(t) >= stall)
-                    {
-                        // A peer that knows of nothing newer than we hold is itself cut off:
-                        // move on to the next one.
-                        rotate_peer = true;
-                        continue;
                     }
                     let frame = FrameV1::Need { from: revision }.into();
                     self.out.push_back(Output::Send { link: i, frame });
                 }
-            }
-            if rotate_peer {
-                self.release_peer_link(now);
             }
         }
     }
