@@ -196,8 +196,8 @@ pub struct Replicator<B: Backend> {
     last_heard: Option<Instant>,
     /// When the origin link last delivered a verified head or delta.
     origin_heard: Option<Instant>,
-    /// The peer's last reported staleness and when it arrived.
-    peer_staleness: Option<(Duration, Instant)>,
+    /// The peer's last reported staleness, when it arrived, and the revision the peer holds.
+    peer_staleness: Option<(Duration, Instant, Revision)>,
     started: Instant,
     last_progress: Instant,
     /// When a verified delta last arrived, applied or buffered: a link that keeps delivering
@@ -293,7 +293,7 @@ impl<B: Backend> Replicator<B> {
         let direct = now.saturating_duration_since(self.origin_heard.unwrap_or(self.started));
         let relayed = self
             .peer_staleness
-            .map(|(s, at)| s + now.saturating_duration_since(at))
+            .map(|(s, at, _)| s + now.saturating_duration_since(at))
             .unwrap_or(Duration::MAX);
         direct.min(relayed)
     }
@@ -416,9 +416,12 @@ impl<B: Backend> Replicator<B> {
                     }
                 }
             }
-            FrameV1::Freshness { staleness_ms } => {
+            FrameV1::Freshness {
+                staleness_ms,
+                holds,
+            } => {
                 if link == PEER_LINK {
-                    self.peer_staleness = Some((Duration::from_millis(staleness_ms), now));
+                    self.peer_staleness = Some((Duration::from_millis(staleness_ms), now, holds));
                 }
             }
             FrameV1::Delta(delta) => self.on_delta(now, link, delta),
@@ -525,9 +528,12 @@ impl<B: Backend> Replicator<B> {
             self.stand_by_peer_link(now);
         }
         // A peer that has itself lost the origin can only relay stale data: move on.
-        let peer_stale = self.peer_staleness.is_some_and(|(s, at)| {
-            s + now.saturating_duration_since(at)
-                > Duration::from_millis(self.config.peer_staleness_limit_ms)
+        // ...but only once it has nothing newer to give.
+        let held = self.state.revision();
+        let peer_stale = self.peer_staleness.is_some_and(|(s, at, holds)| {
+            holds <= held
+                && s + now.saturating_duration_since(at)
+                    > Duration::from_millis(self.config.peer_staleness_limit_ms)
         });
         if peer_stale && self.link_connected(PEER_LINK) {
             self.release_peer_link(now);
@@ -989,14 +995,14 @@ mod tests {
             "{out:?}"
         );
 
-        // The origin link drops: the peer link dials the next peer.
+        // The origin link drops: the peer link dials the first peer again.
         r.handle_disconnected(now, 0);
         r.handle_timeout(now);
         let out = outputs(&mut r);
         assert!(
             out.contains(&Output::Connect {
                 link: 1,
-                upstream: 2
+                upstream: 1
             }),
             "{out:?}"
         );
@@ -1009,6 +1015,7 @@ mod tests {
             1,
             FrameV1::Freshness {
                 staleness_ms: 5_000,
+                holds: Revision(0),
             }
             .into(),
         );
@@ -1018,14 +1025,22 @@ mod tests {
         assert!(
             out.contains(&Output::Connect {
                 link: 1,
-                upstream: 3
+                upstream: 2
             }),
             "{out:?}"
         );
 
         // A fresh peer relays a delta; then the origin comes back and the peer link closes.
         r.handle_connected(now, 1);
-        r.handle_frame(now, 1, FrameV1::Freshness { staleness_ms: 20 }.into());
+        r.handle_frame(
+            now,
+            1,
+            FrameV1::Freshness {
+                staleness_ms: 20,
+                holds: Revision(1),
+            }
+            .into(),
+        );
         r.handle_frame(now, 1, FrameV1::Delta(history(1)[0].clone()).into());
         assert_eq!(r.state().revision(), Revision(1));
         outputs(&mut r);

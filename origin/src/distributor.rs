@@ -285,7 +285,11 @@ impl Distributor {
         };
         self.out.push_back((conn, Transmit::Control(frame.into())));
         if let Some(staleness_ms) = src.staleness_ms(now) {
-            let frame = FrameV1::Freshness { staleness_ms };
+            let holds = src.head().map_or(Revision(0), |h| h.head.revision);
+            let frame = FrameV1::Freshness {
+                staleness_ms,
+                holds,
+            };
             self.out.push_back((conn, Transmit::Control(frame.into())));
         }
     }

@@ -82,6 +82,8 @@ pub enum FrameV1 {
     Freshness {
         /// Milliseconds since the sender last heard the origin.
         staleness_ms: u64,
+        /// The revision the sender holds (and can relay).
+        holds: Revision,
     },
 }
 
