@@ -165,7 +165,17 @@ impl SimReport {
         if self.passed() {
             let _ = writeln!(s, "PASS");
         } else {
-            let _ = writeln!(s, "FAIL: {} violation(s)", self.violations.len());
+            let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+            for v in &self.violations {
+                *by_kind.entry(v.invariant).or_default() += 1;
+            }
+            let kinds: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            let _ = writeln!(
+                s,
+                "FAIL: {} violation(s) [{}]",
+                self.violations.len(),
+                kinds.join(" ")
+            );
             for v in self.violations.iter().take(10) {
                 let _ = writeln!(s, "  [{}] at {} ms: {}", v.invariant, v.at_ms, v.detail);
                 let _ = writeln!(s, "    faults then: {}", v.active_faults.join(", "));
