@@ -65,26 +65,8 @@ fn default_max_inflight_deltas() -> u64 {
     1024
 }
 
-/// A configuration value out of range.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("config key `{key}`: {problem}")]
-pub struct ConfigError {
-    /// The offending key.
-    pub key: &'static str,
-    /// What is wrong, with the limit.
-    pub problem: String,
-}
-
-fn check(ok: bool, key: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError {
-            key,
-            problem: problem.into(),
-        })
-    }
-}
+pub use meridian_net::config::ConfigError;
+use meridian_net::config::check;
 
 impl OriginConfig {
     /// Checks every value against its limits.
