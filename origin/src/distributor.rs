@@ -439,7 +439,12 @@ mod tests {
         d.handle_connect(now, 1);
         d.handle_frame(now, 1, hello(10), &src);
         let out = drain(&mut d);
-        let counts: Vec<usize> = out
+        // First the announcement of the newest head, then the deltas.
+        assert!(matches!(
+            &out[0],
+            (1, Transmit::Control(Frame::V1(FrameV1::Head(h)))) if h.head.revision == Revision(50)
+        ));
+        let counts: Vec<usize> = out[1..]
             .iter()
             .map(|(_, t)| match t {
                 Transmit::Stream(f) => f.len(),
@@ -461,8 +466,12 @@ mod tests {
         d.handle_connect(now, 1);
         d.handle_frame(now, 1, hello(2), &src);
         let out = drain(&mut d);
-        assert_eq!(out.len(), 1);
-        let Transmit::Stream(frames) = &out[0].1 else {
+        assert_eq!(
+            out.len(),
+            2,
+            "the head announcement and the snapshot stream"
+        );
+        let Transmit::Stream(frames) = &out[1].1 else {
             panic!()
         };
         // 7 entries in chunks of 3: begin, 3 chunks, end.
@@ -519,6 +528,7 @@ mod tests {
         assert_eq!(d.stats().unexpected_frames, 1);
         assert!(drain(&mut d).is_empty());
         d.handle_frame(now, 1, hello(3), &src);
+        assert_eq!(drain(&mut d).len(), 1, "the head is announced on Hello");
         let due = d.poll_timeout().unwrap();
         d.handle_timeout(due, &src);
         let out = drain(&mut d);
