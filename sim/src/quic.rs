@@ -43,6 +43,18 @@ struct Conn {
     lost: bool,
 }
 
+impl Conn {
+    fn new(conn: quinn_proto::Connection) -> Self {
+        Self {
+            conn,
+            control: None,
+            decoders: BTreeMap::new(),
+            writes: BTreeMap::new(),
+            lost: false,
+        }
+    }
+}
+
 /// One node's QUIC endpoint and connections.
 pub struct QuicHost {
     addr: SocketAddr,
@@ -85,16 +97,7 @@ impl QuicHost {
             .endpoint
             .connect(now, config, remote, crate::tls::SERVER_NAME)
             .ok()?;
-        self.conns.insert(
-            ch,
-            Conn {
-                conn,
-                control: None,
-                decoders: BTreeMap::new(),
-                writes: BTreeMap::new(),
-                lost: false,
-            },
-        );
+        self.conns.insert(ch, Conn::new(conn));
         Some(ch)
     }
 
@@ -181,16 +184,7 @@ impl QuicHost {
                 self.buf.clear();
                 match self.endpoint.accept(incoming, now, &mut self.buf, None) {
                     Ok((ch, conn)) => {
-                        self.conns.insert(
-                            ch,
-                            Conn {
-                                conn,
-                                control: None,
-                                decoders: BTreeMap::new(),
-                                writes: BTreeMap::new(),
-                                lost: false,
-                            },
-                        );
+                        self.conns.insert(ch, Conn::new(conn));
                     }
                     Err(e) => {
                         if let Some(t) = e.response {
