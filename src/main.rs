@@ -86,6 +86,10 @@ struct SimArgs {
     /// Run each seed twice and fail if the trace hashes differ.
     #[arg(long)]
     check_determinism: bool,
+    /// Verify every signed head in every edge separately instead of once per run (slower;
+    /// the trace is the same either way, which this flag lets you check).
+    #[arg(long)]
+    no_verify_memo: bool,
 }
 
 fn sim(args: SimArgs) -> anyhow::Result<bool> {
@@ -99,6 +103,7 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
             write_rate_per_s: args.write_rate,
             value_bytes: args.value_bytes,
             faults: !args.no_faults,
+            verify_memo: !args.no_verify_memo,
             ..meridian_sim::SimOptions::default()
         };
         let report = meridian_sim::run(opts.clone())?;

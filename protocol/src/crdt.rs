@@ -107,6 +107,10 @@ impl CacheState {
 
     /// Merges one address's state; returns whether it changed anything.
     pub fn merge_entry(&mut self, address: &Address, entry: EntryState) -> bool {
+        self.merge_entry_hashed(address, entry, true)
+    }
+
+    fn merge_entry_hashed(&mut self, address: &Address, entry: EntryState, rehash: bool) -> bool {
         if entry.revision > self.revision {
             self.revision = entry.revision;
         }
@@ -121,12 +125,16 @@ impl CacheState {
                 if !wins(&entry, old) {
                     return false;
                 }
-                self.hash.remove(address, old);
-                self.hash.insert(address, &entry);
+                if rehash {
+                    self.hash.remove(address, old);
+                    self.hash.insert(address, &entry);
+                }
                 *old = entry;
             }
             None => {
-                self.hash.insert(address, &entry);
+                if rehash {
+                    self.hash.insert(address, &entry);
+                }
                 keys.insert(address.key.clone(), entry);
                 self.len += 1;
             }
@@ -142,6 +150,46 @@ impl CacheState {
         if delta.revision > self.revision {
             self.revision = delta.revision;
         }
+    }
+
+    /// Merges deltas whose result the caller has already hashed: `hash_after` must be the
+    /// LtHash of this state with the deltas merged. The store computes exactly that while it
+    /// checks a delta against its signed digest, so publishing need not expand every changed
+    /// entry a second time. Debug builds recompute and compare.
+    pub fn apply_deltas_hashed<'a>(
+        &mut self,
+        deltas: impl IntoIterator<Item = &'a Delta>,
+        hash_after: &LtHash,
+    ) {
+        #[cfg(debug_assertions)]
+        let mut check = self.hash.clone();
+        for delta in deltas {
+            for change in &delta.changes {
+                #[cfg(debug_assertions)]
+                {
+                    let new = delta.entry(change);
+                    let a = &change.address;
+                    match self.get(&a.app, &a.env, &a.key) {
+                        Some(old) if !wins(&new, old) => {}
+                        Some(old) => {
+                            check.remove(a, old);
+                            check.insert(a, &new);
+                        }
+                        None => check.insert(a, &new),
+                    }
+                }
+                self.merge_entry_hashed(&change.address, delta.entry(change), false);
+            }
+            if delta.revision > self.revision {
+                self.revision = delta.revision;
+            }
+        }
+        #[cfg(debug_assertions)]
+        debug_assert!(
+            check == *hash_after,
+            "apply_deltas_hashed: hash_after is not this state's"
+        );
+        self.hash = hash_after.clone();
     }
 
     /// The digest the state would have after merging `delta`, without changing it.

@@ -88,15 +88,23 @@ impl LtHash {
     pub fn finish(&self) -> Digest {
         let mut hasher = blake3::Hasher::new();
         hasher.update(b"meridian/state/v1");
-        for lane in self.lanes.iter() {
-            hasher.update(&lane.to_le_bytes());
-        }
+        // One update over all lanes: BLAKE3 hashes a 2 KiB buffer far faster than 1024 calls
+        // of two bytes, and the byte stream (and so the digest) is the same.
+        hasher.update(&self.to_bytes_array());
         Digest(Hash32(*hasher.finalize().as_bytes()))
     }
 
     /// The raw lanes, for persisting beside the state.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.lanes.iter().flat_map(|l| l.to_le_bytes()).collect()
+        self.to_bytes_array().to_vec()
+    }
+
+    fn to_bytes_array(&self) -> [u8; LANES * 2] {
+        let mut bytes = [0u8; LANES * 2];
+        for (pair, lane) in bytes.chunks_exact_mut(2).zip(self.lanes.iter()) {
+            pair.copy_from_slice(&lane.to_le_bytes());
+        }
+        bytes
     }
 
     /// Reads lanes written by [`LtHash::to_bytes`]; `None` if the length is wrong.

@@ -15,4 +15,6 @@ pub use crdt::CacheState;
 pub use digest::{Digest, LtHash};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameV1};
 pub use model::{Change, Delta, EntryState, Hash32, JsonText, Revision, Version};
-pub use sign::{Head, KeyId, SignedDelta, SignedHead, Signer, TrustedKeys, VerifyError};
+pub use sign::{
+    Head, KeyId, SignedDelta, SignedHead, Signer, TrustedKeys, VerifiedHeads, VerifyError,
+};

@@ -2,6 +2,7 @@
 //! and the checks an edge runs before it applies anything it received.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -154,6 +155,47 @@ pub enum VerifyError {
     },
 }
 
+/// Heads that verified, shared by several verifiers in one process.
+///
+/// The simulator runs thirty edges in one process, and each would check the same signature of
+/// every revision; with a shared memo each distinct signed head is verified once. A head
+/// counts as verified only if it is *equal*, byte for byte, to one that passed
+/// `verify_strict` (no hash of it is trusted), so the memo changes cost, never outcomes.
+/// Bounded: the oldest revisions are forgotten first. Production edges are one per process
+/// and do not use it.
+#[derive(Debug, Clone)]
+pub struct VerifiedHeads {
+    inner: Arc<Mutex<BTreeMap<Revision, Vec<SignedHead>>>>,
+    capacity_revisions: usize,
+}
+
+impl VerifiedHeads {
+    /// A memo remembering the heads of at most `capacity_revisions` revisions.
+    pub fn new(capacity_revisions: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(BTreeMap::new())),
+            capacity_revisions: capacity_revisions.max(1),
+        }
+    }
+
+    fn contains(&self, signed: &SignedHead) -> bool {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&signed.head.revision)
+            .is_some_and(|heads| heads.contains(signed))
+    }
+
+    fn remember(&self, signed: &SignedHead) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let heads = map.entry(signed.head.revision).or_default();
+        if !heads.contains(signed) {
+            heads.push(*signed);
+        }
+        while map.len() > self.capacity_revisions {
+            map.pop_first();
+        }
+    }
+}
+
 /// The public keys an edge accepts heads from.
 ///
 /// It remembers the last head that verified: the origin re-announces its newest head on every
@@ -164,6 +206,7 @@ pub enum VerifyError {
 pub struct TrustedKeys {
     keys: BTreeMap<KeyId, VerifyingKey>,
     last_verified: std::cell::Cell<Option<SignedHead>>,
+    shared: Option<VerifiedHeads>,
 }
 
 impl TrustedKeys {
@@ -172,7 +215,14 @@ impl TrustedKeys {
         Self {
             keys: keys.into_iter().map(|k| (KeyId::of(&k), k)).collect(),
             last_verified: std::cell::Cell::new(None),
+            shared: None,
         }
+    }
+
+    /// Also consults and fills a memo shared with other verifiers of the same keys.
+    pub fn with_shared_memo(mut self, memo: VerifiedHeads) -> Self {
+        self.shared = Some(memo);
+        self
     }
 
     /// Checks a head's signature.
@@ -184,9 +234,18 @@ impl TrustedKeys {
             .keys
             .get(&signed.key_id)
             .ok_or(VerifyError::UnknownKey(signed.key_id))?;
+        if let Some(memo) = &self.shared
+            && memo.contains(signed)
+        {
+            self.last_verified.set(Some(*signed));
+            return Ok(());
+        }
         key.verify_strict(&signed.head.signing_bytes(), &signed.signature)
             .map_err(|_| VerifyError::BadSignature(signed.head.revision))?;
         self.last_verified.set(Some(*signed));
+        if let Some(memo) = &self.shared {
+            memo.remember(signed);
+        }
         Ok(())
     }
 
@@ -250,5 +309,41 @@ mod tests {
             trusted.verify_delta(&foreign),
             Err(VerifyError::UnknownKey(_))
         ));
+    }
+
+    #[test]
+    fn shared_memo_never_admits_what_would_not_verify() {
+        let signer = Signer::from_bytes(&[7; 32]);
+        let memo = VerifiedHeads::new(2);
+        let a = TrustedKeys::new([signer.verifying_key()]).with_shared_memo(memo.clone());
+        let b = TrustedKeys::new([signer.verifying_key()]).with_shared_memo(memo.clone());
+        let good = signer.sign_delta(delta(), Digest::default());
+        assert_eq!(a.verify_delta(&good), Ok(()));
+        assert!(memo.contains(&good.head));
+        assert_eq!(b.verify_delta(&good), Ok(()));
+
+        // Same revision, same key id, different digest: not equal to the memoised head.
+        let mut forged = good.clone();
+        forged.head.head.digest = Digest(Hash32([1; 32]));
+        assert_eq!(
+            b.verify_delta(&forged),
+            Err(VerifyError::BadSignature(Revision(7)))
+        );
+        // A key this verifier does not trust is refused even if another verifier's memo holds it.
+        let other = TrustedKeys::new([]).with_shared_memo(memo.clone());
+        assert!(matches!(
+            other.verify_delta(&good),
+            Err(VerifyError::UnknownKey(_))
+        ));
+
+        // Bounded by revisions.
+        for r in 8..12 {
+            let mut d = delta();
+            d.revision = Revision(r);
+            a.verify_delta(&signer.sign_delta(d, Digest::default()))
+                .unwrap();
+        }
+        assert!(!memo.contains(&good.head));
+        assert_eq!(memo.inner.lock().unwrap().len(), 2);
     }
 }

@@ -45,6 +45,10 @@ pub struct SimOptions {
     pub broken: Option<Broken>,
     /// Faults at fixed times, in addition to the random profile: `(start_s, duration_s, fault)`.
     pub script: Vec<(f64, f64, network::Fault)>,
+    /// Share verified signed heads among the simulated edges so each distinct head is
+    /// verified once per run (exact comparison; see `meridian_protocol::VerifiedHeads`). It
+    /// changes cost only: a run replays to the same trace either way.
+    pub verify_memo: bool,
 }
 
 impl Default for SimOptions {
@@ -61,6 +65,7 @@ impl Default for SimOptions {
             delta_window: 1_000,
             broken: None,
             script: Vec::new(),
+            verify_memo: true,
         }
     }
 }
@@ -78,6 +83,9 @@ impl SimOptions {
         );
         if !self.faults {
             c.push_str(" --no-faults");
+        }
+        if !self.verify_memo {
+            c.push_str(" --no-verify-memo");
         }
         c
     }

@@ -3,7 +3,7 @@
 //! unidirectional streams. This is the simulator's counterpart of the quinn shells in origin
 //! and edge; it decides nothing about replication.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,6 +61,9 @@ pub struct QuicHost {
     endpoint: Endpoint,
     client: Option<ClientConfig>,
     conns: BTreeMap<ConnectionHandle, Conn>,
+    /// Connections touched since the last drive (a datagram, a timer, a write, a close): only
+    /// these can have anything new to poll or transmit.
+    dirty: BTreeSet<ConnectionHandle>,
     events: VecDeque<HostEvent>,
     outbox: Vec<(SocketAddr, Vec<u8>)>,
     buf: Vec<u8>,
@@ -79,6 +82,7 @@ impl QuicHost {
             endpoint: Endpoint::new(Arc::new(endpoint), server.map(Arc::new), false, None),
             client,
             conns: BTreeMap::new(),
+            dirty: BTreeSet::new(),
             events: VecDeque::new(),
             outbox: Vec::new(),
             buf: Vec::new(),
@@ -98,6 +102,7 @@ impl QuicHost {
             .connect(now, config, remote, crate::tls::SERVER_NAME)
             .ok()?;
         self.conns.insert(ch, Conn::new(conn));
+        self.dirty.insert(ch);
         Some(ch)
     }
 
@@ -106,6 +111,7 @@ impl QuicHost {
         if let Some(c) = self.conns.get_mut(&ch) {
             c.conn
                 .close(now, 0u32.into(), bytes::Bytes::from_static(b"close"));
+            self.dirty.insert(ch);
         }
     }
 
@@ -128,6 +134,7 @@ impl QuicHost {
             }
         };
         let Ok(bytes) = encode(frame) else { return };
+        self.dirty.insert(ch);
         let w = c.writes.entry(id).or_insert(PendingWrite {
             data: Vec::new(),
             written: 0,
@@ -146,6 +153,7 @@ impl QuicHost {
             return false;
         };
         let _ = c.conn.send_stream(id).set_priority(priority);
+        self.dirty.insert(ch);
         let mut data = Vec::new();
         for f in frames {
             if let Ok(b) = encode(f) {
@@ -178,6 +186,7 @@ impl QuicHost {
             Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
                 if let Some(c) = self.conns.get_mut(&ch) {
                     c.conn.handle_event(ev);
+                    self.dirty.insert(ch);
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
@@ -185,6 +194,7 @@ impl QuicHost {
                 match self.endpoint.accept(incoming, now, &mut self.buf, None) {
                     Ok((ch, conn)) => {
                         self.conns.insert(ch, Conn::new(conn));
+                        self.dirty.insert(ch);
                     }
                     Err(e) => {
                         if let Some(t) = e.response {
@@ -204,9 +214,10 @@ impl QuicHost {
 
     /// Fires connection timers that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for c in self.conns.values_mut() {
+        for (ch, c) in self.conns.iter_mut() {
             if c.conn.poll_timeout().is_some_and(|t| t <= now) {
                 c.conn.handle_timeout(now);
+                self.dirty.insert(*ch);
             }
         }
     }
@@ -232,7 +243,7 @@ impl QuicHost {
     /// Moves everything along: endpoint events, application events, stream reads and writes,
     /// and outgoing datagrams.
     pub fn drive(&mut self, now: Instant) {
-        let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
+        let handles = std::mem::take(&mut self.dirty);
         for ch in handles {
             let Some(c) = self.conns.get_mut(&ch) else {
                 continue;

@@ -14,7 +14,7 @@ use meridian_origin::distributor::{
     ChangeSource, ConnId, Distributor, DistributorConfig, Transmit,
 };
 use meridian_protocol::{
-    Address, Change, Delta, Digest, FrameV1, Revision, Signer, TrustedKeys, Version,
+    Address, Change, Delta, Digest, FrameV1, Revision, Signer, TrustedKeys, VerifiedHeads, Version,
 };
 use meridian_store::{MemBackend, SignedState};
 use quinn_proto::{ConnectionHandle, Side};
@@ -29,6 +29,8 @@ use crate::{SimOptions, SimReport};
 
 const QUIC_PORT: u16 = 4433;
 const TRACE_TAIL: usize = 32;
+/// Revisions whose verified heads the shared memo keeps (see `VerifiedHeads`).
+const VERIFY_MEMO_REVISIONS: usize = 16_384;
 
 fn transport() -> Arc<quinn_proto::TransportConfig> {
     let mut t = quinn_proto::TransportConfig::default();
@@ -119,6 +121,8 @@ pub struct World {
     pki: SimPki,
     signer: Signer,
     trusted: TrustedKeys,
+    /// Heads already verified by some edge or check, so that each is verified once per run.
+    verified: Option<VerifiedHeads>,
     // Records for invariants and the SLO.
     commits: BTreeMap<Revision, Digest>,
     commit_time: BTreeMap<Revision, Duration>,
@@ -158,6 +162,10 @@ impl World {
         let addrs: Vec<SocketAddr> = (0..n).map(|i| addr_of(i, region_of[i])).collect();
         let by_addr = addrs.iter().enumerate().map(|(i, a)| (*a, i)).collect();
         let signer = Signer::from_bytes(&rng.random::<[u8; 32]>());
+        // Sized to cover every revision a run commits at the default rate and duration.
+        let verified = opts
+            .verify_memo
+            .then(|| VerifiedHeads::new(VERIFY_MEMO_REVISIONS));
         let mut world = Self {
             net: Network::new(region_of, LinkParams::default()),
             rng,
@@ -171,7 +179,8 @@ impl World {
             wake_at: vec![None; n],
             incarnation: vec![0; n],
             pki: SimPki::new()?,
-            trusted: TrustedKeys::new([signer.verifying_key()]),
+            trusted: with_memo(TrustedKeys::new([signer.verifying_key()]), &verified),
+            verified,
             signer,
             commits: BTreeMap::new(),
             commit_time: BTreeMap::new(),
@@ -291,7 +300,7 @@ impl World {
                 silence_timeout_ms: 1_500,
                 ..ReplicatorConfig::default()
             },
-            TrustedKeys::new(keys),
+            with_memo(TrustedKeys::new(keys), &self.verified),
             state,
             self.instant(),
         );
@@ -1097,6 +1106,13 @@ fn transmit(host: &mut QuicHost, now: Instant, ch: ConnectionHandle, t: Transmit
             let _ = host.send_stream(ch, &frames, priority);
         }
         Transmit::Close(_) => host.close(now, ch),
+    }
+}
+
+fn with_memo(keys: TrustedKeys, memo: &Option<VerifiedHeads>) -> TrustedKeys {
+    match memo {
+        Some(m) => keys.with_shared_memo(m.clone()),
+        None => keys,
     }
 }
 

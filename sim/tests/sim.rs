@@ -29,6 +29,19 @@ fn a_healthy_run_passes_and_replays_exactly() {
 }
 
 #[test]
+fn the_shared_verification_memo_changes_cost_not_outcomes() {
+    let mut opts = small(11);
+    opts.duration_s = 20;
+    opts.faults = true;
+    let with = run(opts.clone()).unwrap();
+    opts.verify_memo = false;
+    let without = run(opts).unwrap();
+    assert_eq!(with.trace_hash, without.trace_hash);
+    assert_eq!(with.invariant_checks, without.invariant_checks);
+    assert!(with.invariant_checks.signatures > 0);
+}
+
+#[test]
 fn a_region_cut_off_from_the_origin_converges_through_a_peer_region() {
     let mut opts = small(3);
     // ap-south loses the origin for 30 s while eu-west still reaches both.

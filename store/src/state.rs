@@ -285,11 +285,9 @@ impl<B: Backend> SignedState<B> {
         }
         self.backend.flush()?;
         let mut p = self.published.write().unwrap_or_else(|e| e.into_inner());
-        for delta in self.pending.drain(..) {
-            p.state.apply_delta(&delta);
-        }
+        p.state.apply_deltas_hashed(self.pending.iter(), &self.hash);
+        self.pending.clear();
         p.head = self.head;
-        debug_assert_eq!(p.state.digest(), self.hash.finish());
         self.overlay.clear();
         Ok(self.revision)
     }

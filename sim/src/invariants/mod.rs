@@ -27,7 +27,7 @@ pub struct Violation {
 }
 
 /// How often each invariant was checked.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct CheckCounts {
     /// Signature checks.
     pub signatures: u64,
