@@ -56,8 +56,9 @@ pub struct ReplicatorConfig {
     /// at once: a handshake whose first packets were lost (during a partition, say) backs off
     /// exponentially inside QUIC and would otherwise finish long after the path healed.
     pub connect_timeout_ms: u64,
-    /// A peer that reports not having heard the origin for longer than this is left for the
-    /// next one (it is cut off itself and can only relay stale data).
+    /// A peer that reports not having heard the origin for longer than this, and has not
+    /// delivered a delta for as long, is left for the next one (it is cut off itself and can
+    /// only relay stale data).
     pub peer_staleness_limit_ms: u64,
     /// Most deltas buffered ahead of the next expected revision.
     pub max_pending_deltas: usize,
@@ -77,7 +78,7 @@ impl Default for ReplicatorConfig {
             reconnect_backoff_max_ms: 2_000,
             stall_timeout_ms: 1_000,
             silence_timeout_ms: 1_500,
-            connect_timeout_ms: 1_000,
+            connect_timeout_ms: 1_500,
             peer_staleness_limit_ms: 1_500,
             max_pending_deltas: 4096,
             max_snapshot_entries: 10_000_000,
@@ -179,6 +180,8 @@ struct Link {
     snapshot: Option<SnapshotAssembly>,
     connected_at: Option<Instant>,
     got_frame: bool,
+    /// This link told its upstream `Standby` (heads only) and has not sent `Need` since.
+    standby: bool,
 }
 
 /// The sans-IO replicator over a signed state in backend `B`.
@@ -198,6 +201,8 @@ pub struct Replicator<B: Backend> {
     origin_heard: Option<Instant>,
     /// The peer's last reported staleness, when it arrived, and the revision the peer holds.
     peer_staleness: Option<(Duration, Instant, Revision)>,
+    /// When the peer link last delivered a verified delta.
+    peer_delivered: Option<Instant>,
     started: Instant,
     last_progress: Instant,
     /// When a verified delta last arrived, applied or buffered: a link that keeps delivering
@@ -230,6 +235,7 @@ impl<B: Backend> Replicator<B> {
             snapshot: None,
             connected_at: None,
             got_frame: false,
+            standby: false,
         };
         let mut links = vec![link(0, config.origin_count.max(1))];
         if config.peer_count > 0 {
@@ -247,6 +253,7 @@ impl<B: Backend> Replicator<B> {
             last_heard: None,
             origin_heard: None,
             peer_staleness: None,
+            peer_delivered: None,
             started: now,
             last_progress: now,
             last_delta: now,
@@ -329,7 +336,12 @@ impl<B: Backend> Replicator<B> {
         l.snapshot = None;
         l.connected_at = Some(now);
         l.got_frame = false;
+        l.standby = false;
         self.stats.connects += 1;
+        if link == PEER_LINK {
+            self.peer_staleness = None;
+            self.peer_delivered = None;
+        }
         self.last_progress = now;
         if link == ORIGIN_LINK {
             self.origin_suspect = false;
@@ -343,6 +355,38 @@ impl<B: Backend> Replicator<B> {
         self.out.push_back(Output::Send {
             link,
             frame: hello.into(),
+        });
+        if link == PEER_LINK && self.origin_delivering() {
+            self.set_peer_standby(true, revision);
+        }
+    }
+
+    /// Whether the origin link is up and not suspected of having stopped delivering.
+    fn origin_delivering(&self) -> bool {
+        self.link_connected(ORIGIN_LINK) && !self.origin_suspect
+    }
+
+    /// Tells the connected peer to keep the link warm (heads only) or to deliver from
+    /// `revision` on; sends nothing when the peer already knows.
+    fn set_peer_standby(&mut self, standby: bool, revision: Revision) {
+        if !self.link_connected(PEER_LINK) {
+            return;
+        }
+        let Some(l) = self.links.get_mut(PEER_LINK) else {
+            return;
+        };
+        if l.standby == standby {
+            return;
+        }
+        l.standby = standby;
+        let frame = if standby {
+            FrameV1::Standby
+        } else {
+            FrameV1::Need { from: revision }
+        };
+        self.out.push_back(Output::Send {
+            link: PEER_LINK,
+            frame: frame.into(),
         });
     }
 
@@ -359,15 +403,11 @@ impl<B: Backend> Replicator<B> {
         l.snapshot = None;
         l.next_heartbeat = None;
         l.connected_at = None;
-    }
-
-    /// Closes the peer link (if up) and readies it to dial at once when the origin link fails.
-    fn stand_by_peer_link(&mut self, now: Instant) {
-        self.release_peer_link(now);
-        // The next failover starts again from the first peer, the one most likely to be fresh
-        // (peers are listed nearest the origin first).
-        if let Some(l) = self.links.get_mut(PEER_LINK) {
-            l.attempts = 0;
+        l.standby = false;
+        if link == PEER_LINK {
+            // What the last peer reported or delivered says nothing about the next one.
+            self.peer_staleness = None;
+            self.peer_delivered = None;
         }
     }
 
@@ -389,7 +429,9 @@ impl<B: Backend> Replicator<B> {
         l.snapshot = None;
         l.next_heartbeat = None;
         l.connected_at = None;
+        l.standby = false;
         self.peer_staleness = None;
+        self.peer_delivered = None;
     }
 
     /// Bytes on some stream of link `link` did not form a valid frame.
@@ -487,7 +529,10 @@ impl<B: Backend> Replicator<B> {
                 }
             }
             FrameV1::Heartbeat { .. } => {}
-            FrameV1::Hello { .. } | FrameV1::Ack { .. } | FrameV1::Need { .. } => {
+            FrameV1::Hello { .. }
+            | FrameV1::Ack { .. }
+            | FrameV1::Need { .. }
+            | FrameV1::Standby => {
                 self.stats.rejected_unexpected += 1;
             }
         }
@@ -505,7 +550,10 @@ impl<B: Backend> Replicator<B> {
             }
         };
         for (i, l) in self.links.iter_mut().enumerate() {
-            if revision > l.acked && matches!(l.state, LinkState::Connected { .. }) {
+            // A standby upstream pushes nothing, so there is nothing to acknowledge to it; the
+            // `Need` that wakes it says where to start.
+            if revision > l.acked && !l.standby && matches!(l.state, LinkState::Connected { .. })
+            {
                 l.acked = revision;
                 self.out.push_back(Output::Send {
                     link: i,
@@ -523,27 +571,28 @@ impl<B: Backend> Replicator<B> {
         let connect_timeout = Duration::from_millis(self.config.connect_timeout_ms.max(1));
         let interval = self.heartbeat_interval();
         let revision = self.state.revision();
-        let origin_up = self.link_connected(ORIGIN_LINK) && !self.origin_suspect;
-        if origin_up {
-            self.stand_by_peer_link(now);
-        }
+        // The peer link is kept warm: heads only while the origin link delivers, so that when
+        // it stops the switch-over is one `Need`, not a dial across a possibly slow path.
+        self.set_peer_standby(self.origin_delivering(), revision);
         // A peer that has itself lost the origin can only relay stale data: move on.
         // ...but only once it has nothing newer to give.
+        // A relay that is still delivering is kept whatever it reports: its reports trail its
+        // deltas, and staleness adds up along a chain of relays and under latency spikes.
         let held = self.state.revision();
-        let peer_stale = self.peer_staleness.is_some_and(|(s, at, holds)| {
-            holds <= held
-                && s + now.saturating_duration_since(at)
-                    > Duration::from_millis(self.config.peer_staleness_limit_ms)
-        });
+        let limit = Duration::from_millis(self.config.peer_staleness_limit_ms);
+        let delivering = self
+            .peer_delivered
+            .is_some_and(|at| now.saturating_duration_since(at) <= limit);
+        let peer_stale = !delivering
+            && self.peer_staleness.is_some_and(|(s, at, holds)| {
+                holds <= held && s + now.saturating_duration_since(at) > limit
+            });
         if peer_stale && self.link_connected(PEER_LINK) {
             self.release_peer_link(now);
         }
         for i in 0..self.links.len() {
             let l = &mut self.links[i];
             match l.state {
-                // The peer link stands by while the origin link is up: peers relay only what
-                // the origin signed, so they are needed only when the origin cannot be reached.
-                LinkState::Idle { .. } if i == PEER_LINK && origin_up => {}
                 LinkState::Idle { retry_at } if now >= retry_at => {
                     l.state = LinkState::Connecting { since: now };
                     let upstream = l.first + (l.attempts % l.count.max(1) as u64) as usize;
@@ -557,9 +606,11 @@ impl<B: Backend> Replicator<B> {
                     l.state = LinkState::Idle { retry_at: now };
                 }
                 LinkState::Connected { last_frame } => {
-                    // Until the first frame arrives, allow for a lost Hello being resent
-                    // across a slow path.
-                    let limit = if l.got_frame { silence } else { silence * 2 };
+                    // Until the first frame arrives the link is still proving itself: the
+                    // upstream answers Hello at once, and a handshake whose last client
+                    // flight was lost can leave this side "connected" while the upstream
+                    // never is. Such a link gets the connect timeout, not the silence one.
+                    let limit = if l.got_frame { silence } else { connect_timeout };
                     if now.saturating_duration_since(last_frame) >= limit {
                         self.out.push_back(Output::Disconnect { link: i });
                         self.handle_disconnected(now, i);
@@ -584,6 +635,7 @@ impl<B: Backend> Replicator<B> {
             for (i, l) in self.links.iter_mut().enumerate() {
                 if matches!(l.state, LinkState::Connected { .. }) {
                     l.snapshot = None;
+                    l.standby = false;
                     if i == ORIGIN_LINK {
                         // The origin may have lost what it sent us; let the peer link help
                         // until the origin delivers again.
@@ -607,17 +659,17 @@ impl<B: Backend> Replicator<B> {
         let mut any_connected = false;
         let mut at: Option<Instant> = None;
         let mut take = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
-        let origin_up = self.link_connected(ORIGIN_LINK) && !self.origin_suspect;
-        for (i, l) in self.links.iter().enumerate() {
+        for l in self.links.iter() {
             match l.state {
-                LinkState::Idle { .. } if i == PEER_LINK && origin_up => {}
                 LinkState::Idle { retry_at } => take(retry_at),
                 LinkState::Connecting { since } => {
                     take(since + Duration::from_millis(self.config.connect_timeout_ms.max(1)))
                 }
                 LinkState::Connected { last_frame } => {
                     any_connected = true;
-                    take(last_frame + if l.got_frame { silence } else { silence * 2 });
+                    let connect_timeout =
+                        Duration::from_millis(self.config.connect_timeout_ms.max(1));
+                    take(last_frame + if l.got_frame { silence } else { connect_timeout });
                     if let Some(h) = l.next_heartbeat {
                         take(h);
                     }
@@ -677,6 +729,8 @@ impl<B: Backend> Replicator<B> {
         if link == ORIGIN_LINK {
             self.origin_suspect = false;
             self.origin_heard = Some(now);
+        } else if link == PEER_LINK {
+            self.peer_delivered = Some(now);
         }
         let next = self.state.revision().next();
         let r = delta.delta.revision;
@@ -954,7 +1008,7 @@ mod tests {
     }
 
     #[test]
-    fn the_peer_link_stands_by_while_the_origin_delivers_and_leaves_stale_peers() {
+    fn the_peer_link_stays_warm_switches_over_with_need_and_leaves_stale_peers() {
         let now = Instant::now();
         let state = SignedState::open(MemBackend::new(), 100).unwrap();
         let config = ReplicatorConfig {
@@ -968,7 +1022,7 @@ mod tests {
             now,
         );
         r.handle_timeout(now);
-        // At start nothing is connected, so both the origin and the first peer are dialed.
+        // Both the origin and the first peer are dialed at once.
         let out = outputs(&mut r);
         assert!(
             out.contains(&Output::Connect {
@@ -984,30 +1038,37 @@ mod tests {
             }),
             "{out:?}"
         );
-        // Once the origin answers, the peer link stands by.
+        // With the origin delivering, the peer is told to stand by: heads only, no deltas.
         r.handle_connected(now, 0);
+        r.handle_connected(now, 1);
+        let out = outputs(&mut r);
+        let standby = Output::Send {
+            link: 1,
+            frame: FrameV1::Standby.into(),
+        };
+        assert!(out.contains(&standby), "{out:?}");
         r.handle_timeout(now);
         let out = outputs(&mut r);
-        assert!(out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
+        assert!(!out.contains(&standby), "said once: {out:?}");
         assert!(
-            !out.iter()
-                .any(|o| matches!(o, Output::Connect { link: 1, .. })),
-            "{out:?}"
+            !out.iter().any(|o| matches!(
+                o,
+                Output::Disconnect { link: 1 } | Output::Connect { link: 1, .. }
+            )),
+            "the warm link is kept: {out:?}"
         );
 
-        // The origin link drops: the peer link dials the first peer again.
+        // The origin link drops: the peer is asked to deliver, without dialing anything.
         r.handle_disconnected(now, 0);
         r.handle_timeout(now);
         let out = outputs(&mut r);
         assert!(
-            out.contains(&Output::Connect {
+            out.contains(&Output::Send {
                 link: 1,
-                upstream: 1
+                frame: FrameV1::Need { from: Revision(0) }.into()
             }),
             "{out:?}"
         );
-        r.handle_connected(now, 1);
-        outputs(&mut r);
 
         // The peer says it has not heard the origin for 5 s: move to the next peer.
         r.handle_frame(
@@ -1030,8 +1091,31 @@ mod tests {
             "{out:?}"
         );
 
-        // A fresh peer relays a delta; then the origin comes back and the peer link closes.
+        // That peer's link then goes silent and drops; its old report must not condemn the
+        // next peer the moment it connects.
         r.handle_connected(now, 1);
+        r.handle_frame(
+            now,
+            1,
+            FrameV1::Freshness {
+                staleness_ms: 1_400,
+                holds: Revision(0),
+            }
+            .into(),
+        );
+        r.handle_disconnected(now, 1);
+        let later = now + Duration::from_millis(200);
+        r.handle_timeout(later);
+        outputs(&mut r);
+        r.handle_connected(later, 1);
+        r.handle_timeout(later);
+        let out = outputs(&mut r);
+        assert!(!out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
+
+        // A fresh peer relays a delta; when the origin comes back the peer stands by again.
+        r.handle_connected(now, 1);
+        let out = outputs(&mut r);
+        assert!(!out.contains(&standby), "origin is down: {out:?}");
         r.handle_frame(
             now,
             1,
@@ -1046,6 +1130,57 @@ mod tests {
         outputs(&mut r);
         r.handle_connected(now, 0);
         r.handle_timeout(now);
+        let out = outputs(&mut r);
+        assert!(out.contains(&standby), "{out:?}");
+        assert!(!out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
+    }
+
+    #[test]
+    fn a_relay_that_keeps_delivering_is_kept_whatever_it_reports() {
+        let now = Instant::now();
+        let state = SignedState::open(MemBackend::new(), 100).unwrap();
+        let config = ReplicatorConfig {
+            peer_count: 3,
+            ..ReplicatorConfig::default()
+        };
+        let mut r = Replicator::new(
+            config,
+            TrustedKeys::new([signer().verifying_key()]),
+            state,
+            now,
+        );
+        r.handle_timeout(now);
+        r.handle_connected(now, 1);
+        outputs(&mut r);
+        let h = history(2);
+        // Its report trails what it delivers: it claims 2 s staleness and to hold revision 0,
+        // yet revision 1 arrives from it.
+        r.handle_frame(
+            now,
+            1,
+            FrameV1::Freshness {
+                staleness_ms: 2_000,
+                holds: Revision(0),
+            }
+            .into(),
+        );
+        r.handle_frame(now, 1, FrameV1::Delta(h[0].clone()).into());
+        r.flush(now);
+        let soon = now + Duration::from_millis(500);
+        r.handle_timeout(soon);
+        assert!(!outputs(&mut r).contains(&Output::Disconnect { link: 1 }));
+        // Once it has delivered nothing for longer than the limit, it is left.
+        let later = now + Duration::from_millis(1_600);
+        r.handle_frame(
+            later,
+            1,
+            FrameV1::Freshness {
+                staleness_ms: 3_000,
+                holds: Revision(1),
+            }
+            .into(),
+        );
+        r.handle_timeout(later);
         assert!(outputs(&mut r).contains(&Output::Disconnect { link: 1 }));
     }
 }

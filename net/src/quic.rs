@@ -69,7 +69,7 @@ fn transport(tuning: QuicTuning) -> Arc<quinn::TransportConfig> {
     // Cross-region round trips are 80–240 ms: start from a realistic RTT estimate and a
     // 64-packet window so a reconnecting edge gets its backlog in a few round trips. The
     // simulator uses the same settings (see meridian-sim's transport).
-    t.initial_rtt(Duration::from_millis(150));
+    t.initial_rtt(Duration::from_millis(100));
     let mut cubic = quinn::congestion::CubicConfig::default();
     cubic.initial_window(64 * 1200);
     t.congestion_controller_factory(Arc::new(cubic));

@@ -9,7 +9,8 @@
 //! a chunked snapshot of the signed state otherwise. At most `max_inflight_deltas` revisions are
 //! sent beyond the last acknowledgement, so a slow edge cannot make the origin buffer without
 //! bound. A signed head goes out on every heartbeat so edges can measure staleness and notice
-//! they are behind.
+//! they are behind. An edge that says `Standby` (a peer link kept warm while its own origin link
+//! delivers) gets only those heartbeat heads until its next `Need`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -111,6 +112,9 @@ pub struct EdgeInfo {
 struct Session {
     info: Option<EdgeInfo>,
     sent: Revision,
+    /// The edge asked for heads only (a peer link kept warm while its origin link delivers):
+    /// nothing is pushed until its next `Need`.
+    standby: bool,
 }
 
 /// Counters kept by the distributor.
@@ -165,6 +169,7 @@ impl Distributor {
             Session {
                 info: None,
                 sent: Revision(0),
+                standby: false,
             },
         );
         if self.next_heartbeat.is_none() {
@@ -203,6 +208,7 @@ impl Distributor {
                     acked: revision,
                 });
                 session.sent = revision;
+                session.standby = false;
                 // Announce at once what this node knows and how fresh it is, so a peer that
                 // dialed a relay which lost the origin can move on without waiting for the
                 // next heartbeat.
@@ -220,10 +226,19 @@ impl Distributor {
             }
             FrameV1::Need { from } => {
                 if let Some(info) = session.info.as_mut() {
-                    // The edge lost or refused something after `from`: resend from there.
+                    // The edge lost or refused something after `from` (or is switching a warm
+                    // standby link over): resend from there and push from now on.
                     info.acked = from;
                     session.sent = from;
+                    session.standby = false;
                     self.pump(conn, src);
+                } else {
+                    self.stats.unexpected_frames += 1;
+                }
+            }
+            FrameV1::Standby => {
+                if session.info.is_some() {
+                    session.standby = true;
                 } else {
                     self.stats.unexpected_frames += 1;
                 }
@@ -307,6 +322,9 @@ impl Distributor {
         let Some(info) = session.info.as_ref() else {
             return;
         };
+        if session.standby {
+            return;
+        }
         let target = head.head.revision;
         while session.sent < target {
             let budget =
@@ -508,6 +526,45 @@ mod tests {
         // Need rewinds.
         d.handle_frame(now, 1, FrameV1::Need { from: Revision(3) }.into(), &src);
         assert_eq!(d.stats().deltas_sent, 15);
+    }
+
+    #[test]
+    fn a_standby_link_gets_heads_only_until_it_needs() {
+        let mut src = source(10, 100);
+        let mut d = Distributor::new(DistributorConfig::default());
+        let now = Instant::now();
+        d.handle_connect(now, 1);
+        d.handle_frame(now, 1, hello(10), &src);
+        d.handle_frame(now, 1, FrameV1::Standby.into(), &src);
+        drain(&mut d);
+        // Commits are not pushed to a standby link...
+        let more = source(20, 100);
+        src = more;
+        d.handle_commit(now, &src);
+        assert!(drain(&mut d).is_empty());
+        assert_eq!(d.stats().deltas_sent, 0);
+        // ...but heartbeats still announce the newest head.
+        let later = now + Duration::from_secs(1);
+        d.handle_timeout(later, &src);
+        let out = drain(&mut d);
+        assert!(
+            out.iter().any(|(_, t)| matches!(
+                t,
+                Transmit::Control(Frame::V1(FrameV1::Head(h))) if h.head.revision == Revision(20)
+            )),
+            "{out:?}"
+        );
+        assert!(!out.iter().any(|(_, t)| matches!(t, Transmit::Stream(_))));
+        // Need switches it over: everything after `from` is sent, and later commits are pushed.
+        d.handle_frame(later, 1, FrameV1::Need { from: Revision(10) }.into(), &src);
+        assert_eq!(d.stats().deltas_sent, 10);
+        let more = source(25, 100);
+        d.handle_commit(later, &more);
+        assert_eq!(d.stats().deltas_sent, 15);
+        // Standby before Hello makes no sense.
+        d.handle_connect(now, 2);
+        d.handle_frame(now, 2, FrameV1::Standby.into(), &src);
+        assert_eq!(d.stats().unexpected_frames, 1);
     }
 
     #[test]

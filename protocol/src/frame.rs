@@ -85,6 +85,10 @@ pub enum FrameV1 {
         /// The revision the sender holds (and can relay).
         holds: Revision,
     },
+    /// Edge → peer: keep this connection warm but send no deltas until the next `Need` (the
+    /// dialer's origin link is delivering). Heads and freshness still come on heartbeats, so
+    /// the dialer notices at once when it falls behind and can switch over without dialing.
+    Standby,
 }
 
 impl From<FrameV1> for Frame {

@@ -54,6 +54,8 @@ fn heartbeat_and_ack_bytes_are_pinned() {
     .unwrap();
     assert_eq!(hex::encode(hb), "00000003000801");
     assert_eq!(hex::encode(ack), "0000000400068001");
+    let standby = encode(&Frame::V1(FrameV1::Standby)).unwrap();
+    assert_eq!(hex::encode(standby), "00000002000a");
 }
 
 #[test]

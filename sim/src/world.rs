@@ -39,7 +39,7 @@ fn transport() -> Arc<quinn_proto::TransportConfig> {
     t.max_concurrent_uni_streams(1024u32.into());
     // Cross-region round trips are ~80–240 ms; start loss detection from a realistic estimate
     // rather than the 333 ms default so a fresh connection recovers lost packets promptly.
-    t.initial_rtt(Duration::from_millis(150));
+    t.initial_rtt(Duration::from_millis(100));
     t.congestion_controller_factory(Arc::new(crate::tls::congestion()));
     Arc::new(t)
 }
@@ -295,7 +295,7 @@ impl World {
                 heartbeat_interval_ms: 500,
                 reconnect_backoff_min_ms: 50,
                 reconnect_backoff_max_ms: 1_000,
-                connect_timeout_ms: 1_000,
+                connect_timeout_ms: 1_500,
                 stall_timeout_ms: 1_000,
                 silence_timeout_ms: 1_500,
                 ..ReplicatorConfig::default()
@@ -358,6 +358,14 @@ impl World {
                         to,
                         data.len()
                     ));
+                    if self.watch == Some(to) {
+                        eprintln!(
+                            "{:>10.3} node {to} datagram from {} {}B",
+                            at.as_secs_f64(),
+                            self.by_addr.get(&from).copied().unwrap_or(usize::MAX),
+                            data.len()
+                        );
+                    }
                     let now = self.instant();
                     match &mut self.nodes[to] {
                         Node::Origin(o) => o.host.handle_datagram(now, from, &data),
@@ -709,6 +717,9 @@ impl World {
             let mut progressed = false;
             while let Some(ev) = o.host.poll_event() {
                 progressed = true;
+                if self.watch == Some(0) {
+                    eprintln!("{:>10.3} node 0 host {ev:?}", self.now.as_secs_f64());
+                }
                 match ev {
                     HostEvent::Connected(ch, _) => {
                         let id = o.next_conn;
@@ -737,6 +748,13 @@ impl World {
                 let Some(&ch) = o.by_id.get(&id) else {
                     continue;
                 };
+                if self.watch == Some(0) {
+                    let what = match &t {
+                        Transmit::Stream(frames) => format!("stream of {} frame(s)", frames.len()),
+                        other => format!("{other:?}"),
+                    };
+                    eprintln!("{:>10.3} node 0 dist {ch:?} {what}", self.now.as_secs_f64());
+                }
                 transmit(&mut o.host, now, ch, t);
             }
             if !progressed {
