@@ -53,8 +53,8 @@ pub async fn run<B: Backend>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (events_tx, mut events_rx) = mpsc::channel::<(LinkGen, Event)>(EVENT_QUEUE);
-    let mut generations = [0u64; 2];
-    let mut controls: [Control; 2] = [None, None];
+    let mut generations = vec![0u64; rep.link_count()];
+    let mut controls: Vec<Control> = vec![None; rep.link_count()];
     loop {
         while let Some(output) = rep.poll_output() {
             match output {
@@ -63,21 +63,21 @@ pub async fn run<B: Backend>(
                         rep.handle_disconnected(Instant::now(), link);
                         continue;
                     };
-                    generations[link % 2] += 1;
+                    generations[link] += 1;
                     let tag = LinkGen {
                         link,
-                        generation: generations[link % 2],
+                        generation: generations[link],
                     };
                     tokio::spawn(dial(endpoint.clone(), up, tag, events_tx.clone()));
                 }
                 Output::Disconnect { link } => {
-                    generations[link % 2] += 1;
-                    if let Some((conn, _)) = controls[link % 2].take() {
+                    generations[link] += 1;
+                    if let Some((conn, _)) = controls[link].take() {
                         conn.close(0u32.into(), b"reconnecting");
                     }
                 }
                 Output::Send { link, frame } => {
-                    if let Some((_, tx)) = &controls[link % 2] {
+                    if let Some((_, tx)) = &controls[link] {
                         // A full control queue means the link is stuck; the replicator's
                         // silence timeout will replace it.
                         let _ = tx.try_send(frame);
@@ -94,8 +94,8 @@ pub async fn run<B: Backend>(
                 let mut handled = 0;
                 let mut next = Some(first);
                 while let Some((tag, ev)) = next.take() {
-                    let current = generations[tag.link % 2];
-                    handle(&mut rep, &mut controls[tag.link % 2], tag, current, ev);
+                    let current = generations[tag.link];
+                    handle(&mut rep, &mut controls[tag.link], tag, current, ev);
                     handled += 1;
                     if handled >= BURST { break }
                     next = events_rx.try_recv().ok();

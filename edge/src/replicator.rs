@@ -1,10 +1,13 @@
 //! The replicator: a sans-IO state machine that keeps an edge's signed state up to date.
 //!
-//! It holds up to two links: one to an origin node (rotating through the configured origins)
-//! and, when peers are configured, one to a peer edge (rotating through the peers). Every
-//! upstream serves the same origin-signed data, so whatever arrives on either link is verified
-//! the same way and merged into one state; a region cut off from the origin but reachable from
-//! another region keeps converging through its peer link.
+//! It holds one link to an origin node (rotating through the configured origins) and, when
+//! peers are configured, warm links to `peer_links` peer edges (each rotating through its share
+//! of the peers). A peer link carries heads only (`Standby`) while the origin link delivers, and
+//! is asked for deltas (`Need`) the moment it stops; a peer that reports it has lost the origin
+//! itself, and has stopped delivering, is left for the next. Every upstream serves the same
+//! origin-signed data, so whatever arrives on any link is verified the same way and merged into
+//! one state; a region cut off from the origin but reachable from another region keeps
+//! converging through its peer links.
 //!
 //! On each link it says Hello with its revision and digest, verifies and applies pushed deltas
 //! strictly in order (buffering a bounded number that arrive early), installs chunked
@@ -27,7 +30,8 @@ use meridian_store::{Backend, SignedState, StoreError};
 
 /// The link to an origin node.
 pub const ORIGIN_LINK: usize = 0;
-/// The link to a peer edge (only when peers are configured).
+/// The first link to a peer edge (only when peers are configured); peer links are
+/// `PEER_LINK..PEER_LINK + peer_links`.
 pub const PEER_LINK: usize = 1;
 
 /// Tuning of the replicator.
@@ -42,6 +46,10 @@ pub struct ReplicatorConfig {
     /// How many peer addresses the shell can dial; upstreams
     /// `origin_count..origin_count + peer_count` are peers.
     pub peer_count: usize,
+    /// How many peers to keep warm links to at once (at most `peer_count`). Two links,
+    /// interleaved over the peer list, mean one dead or cut-off peer never leaves the edge
+    /// searching alone.
+    pub peer_links: usize,
     /// How often the edge sends a heartbeat on each link.
     pub heartbeat_interval_ms: u64,
     /// First reconnect delay.
@@ -73,6 +81,7 @@ impl Default for ReplicatorConfig {
             region: "local".into(),
             origin_count: 1,
             peer_count: 0,
+            peer_links: 2,
             heartbeat_interval_ms: 500,
             reconnect_backoff_min_ms: 50,
             reconnect_backoff_max_ms: 2_000,
@@ -91,7 +100,7 @@ impl Default for ReplicatorConfig {
 pub enum Output {
     /// Dial upstream number `upstream` for link `link`.
     Connect {
-        /// Which link ([`ORIGIN_LINK`] or [`PEER_LINK`]).
+        /// Which link ([`ORIGIN_LINK`], or a peer link from [`PEER_LINK`] on).
         link: usize,
         /// Which upstream address: origins first, then peers.
         upstream: usize,
@@ -182,6 +191,13 @@ struct Link {
     got_frame: bool,
     /// This link told its upstream `Standby` (heads only) and has not sent `Need` since.
     standby: bool,
+    /// Rotation: this link dials upstream `first + (offset + stride * attempts) % count`.
+    offset: u64,
+    stride: u64,
+    /// A peer's last freshness report: its staleness, when it arrived, what it holds.
+    reported: Option<(Duration, Instant, Revision)>,
+    /// When this link last delivered a verified delta.
+    delivered: Option<Instant>,
 }
 
 /// The sans-IO replicator over a signed state in backend `B`.
@@ -199,10 +215,6 @@ pub struct Replicator<B: Backend> {
     last_heard: Option<Instant>,
     /// When the origin link last delivered a verified head or delta.
     origin_heard: Option<Instant>,
-    /// The peer's last reported staleness, when it arrived, and the revision the peer holds.
-    peer_staleness: Option<(Duration, Instant, Revision)>,
-    /// When the peer link last delivered a verified delta.
-    peer_delivered: Option<Instant>,
     started: Instant,
     last_progress: Instant,
     /// When a verified delta last arrived, applied or buffered: a link that keeps delivering
@@ -224,7 +236,7 @@ impl<B: Backend> Replicator<B> {
         let revision = state.revision();
         let newest_head = state.head();
         let backoff_ms = config.reconnect_backoff_min_ms.max(1);
-        let link = |first, count| Link {
+        let link = |first, count, offset, stride| Link {
             state: LinkState::Idle { retry_at: now },
             first,
             count,
@@ -236,10 +248,17 @@ impl<B: Backend> Replicator<B> {
             connected_at: None,
             got_frame: false,
             standby: false,
+            offset,
+            stride,
+            reported: None,
+            delivered: None,
         };
-        let mut links = vec![link(0, config.origin_count.max(1))];
+        let mut links = vec![link(0, config.origin_count.max(1), 0, 1)];
+        let peer_links = config.peer_links.clamp(1, config.peer_count.max(1)) as u64;
         if config.peer_count > 0 {
-            links.push(link(config.origin_count.max(1), config.peer_count));
+            for j in 0..peer_links {
+                links.push(link(config.origin_count.max(1), config.peer_count, j, peer_links));
+            }
         }
         Self {
             config,
@@ -252,8 +271,6 @@ impl<B: Backend> Replicator<B> {
             origin_suspect: false,
             last_heard: None,
             origin_heard: None,
-            peer_staleness: None,
-            peer_delivered: None,
             started: now,
             last_progress: now,
             last_delta: now,
@@ -278,6 +295,11 @@ impl<B: Backend> Replicator<B> {
         self.link_connected(ORIGIN_LINK)
     }
 
+    /// How many links the shell must keep track of (the origin link and the peer links).
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
     /// Whether link `link` is up.
     pub fn link_connected(&self, link: usize) -> bool {
         self.links
@@ -299,8 +321,11 @@ impl<B: Backend> Replicator<B> {
     pub fn staleness(&self, now: Instant) -> Duration {
         let direct = now.saturating_duration_since(self.origin_heard.unwrap_or(self.started));
         let relayed = self
-            .peer_staleness
+            .links
+            .iter()
+            .filter_map(|l| l.reported)
             .map(|(s, at, _)| s + now.saturating_duration_since(at))
+            .min()
             .unwrap_or(Duration::MAX);
         direct.min(relayed)
     }
@@ -337,11 +362,9 @@ impl<B: Backend> Replicator<B> {
         l.connected_at = Some(now);
         l.got_frame = false;
         l.standby = false;
+        l.reported = None;
+        l.delivered = None;
         self.stats.connects += 1;
-        if link == PEER_LINK {
-            self.peer_staleness = None;
-            self.peer_delivered = None;
-        }
         self.last_progress = now;
         if link == ORIGIN_LINK {
             self.origin_suspect = false;
@@ -356,23 +379,28 @@ impl<B: Backend> Replicator<B> {
             link,
             frame: hello.into(),
         });
-        if link == PEER_LINK && self.origin_delivering() {
-            self.set_peer_standby(true, revision);
+        if link >= PEER_LINK && self.origin_delivering() {
+            self.set_standby(link, true, revision);
         }
     }
 
-    /// Whether the origin link is up and not suspected of having stopped delivering.
+    /// Whether the origin link is up, has answered since it connected, and is not suspected
+    /// of having stopped delivering. A freshly connected origin may take several round trips
+    /// to answer (after a partition every edge reconnects at once), and peers keep delivering
+    /// until it does.
     fn origin_delivering(&self) -> bool {
-        self.link_connected(ORIGIN_LINK) && !self.origin_suspect
+        self.link_connected(ORIGIN_LINK)
+            && self.links.get(ORIGIN_LINK).is_some_and(|l| l.got_frame)
+            && !self.origin_suspect
     }
 
-    /// Tells the connected peer to keep the link warm (heads only) or to deliver from
+    /// Tells the peer on `link` to keep the link warm (heads only) or to deliver from
     /// `revision` on; sends nothing when the peer already knows.
-    fn set_peer_standby(&mut self, standby: bool, revision: Revision) {
-        if !self.link_connected(PEER_LINK) {
+    fn set_standby(&mut self, link: usize, standby: bool, revision: Revision) {
+        if !self.link_connected(link) {
             return;
         }
-        let Some(l) = self.links.get_mut(PEER_LINK) else {
+        let Some(l) = self.links.get_mut(link) else {
             return;
         };
         if l.standby == standby {
@@ -385,7 +413,7 @@ impl<B: Backend> Replicator<B> {
             FrameV1::Need { from: revision }
         };
         self.out.push_back(Output::Send {
-            link: PEER_LINK,
+            link,
             frame: frame.into(),
         });
     }
@@ -404,25 +432,23 @@ impl<B: Backend> Replicator<B> {
         l.next_heartbeat = None;
         l.connected_at = None;
         l.standby = false;
-        if link == PEER_LINK {
-            // What the last peer reported or delivered says nothing about the next one.
-            self.peer_staleness = None;
-            self.peer_delivered = None;
-        }
+        // What the last peer reported or delivered says nothing about the next one.
+        l.reported = None;
+        l.delivered = None;
     }
 
-    /// Closes the peer link if it is up or dialing, and readies it to dial the next peer at
+    /// Closes a peer link if it is up or dialing, and readies it to dial its next peer at
     /// once.
-    fn release_peer_link(&mut self, now: Instant) {
+    fn release_peer_link(&mut self, now: Instant, link: usize) {
         let min_backoff = self.config.reconnect_backoff_min_ms.max(1);
-        let Some(l) = self.links.get_mut(PEER_LINK) else {
+        let Some(l) = self.links.get_mut(link) else {
             return;
         };
         if matches!(
             l.state,
             LinkState::Connected { .. } | LinkState::Connecting { .. }
         ) {
-            self.out.push_back(Output::Disconnect { link: PEER_LINK });
+            self.out.push_back(Output::Disconnect { link });
         }
         l.state = LinkState::Idle { retry_at: now };
         l.backoff_ms = min_backoff;
@@ -430,8 +456,8 @@ impl<B: Backend> Replicator<B> {
         l.next_heartbeat = None;
         l.connected_at = None;
         l.standby = false;
-        self.peer_staleness = None;
-        self.peer_delivered = None;
+        l.reported = None;
+        l.delivered = None;
     }
 
     /// Bytes on some stream of link `link` did not form a valid frame.
@@ -462,8 +488,9 @@ impl<B: Backend> Replicator<B> {
                 staleness_ms,
                 holds,
             } => {
-                if link == PEER_LINK {
-                    self.peer_staleness = Some((Duration::from_millis(staleness_ms), now, holds));
+                if link >= PEER_LINK {
+                    self.links[link].reported =
+                        Some((Duration::from_millis(staleness_ms), now, holds));
                 }
             }
             FrameV1::Delta(delta) => self.on_delta(now, link, delta),
@@ -571,31 +598,38 @@ impl<B: Backend> Replicator<B> {
         let connect_timeout = Duration::from_millis(self.config.connect_timeout_ms.max(1));
         let interval = self.heartbeat_interval();
         let revision = self.state.revision();
-        // The peer link is kept warm: heads only while the origin link delivers, so that when
+        // Peer links are kept warm: heads only while the origin link delivers, so that when
         // it stops the switch-over is one `Need`, not a dial across a possibly slow path.
-        self.set_peer_standby(self.origin_delivering(), revision);
-        // A peer that has itself lost the origin can only relay stale data: move on.
-        // ...but only once it has nothing newer to give.
-        // A relay that is still delivering is kept whatever it reports: its reports trail its
-        // deltas, and staleness adds up along a chain of relays and under latency spikes.
+        let delivering = self.origin_delivering();
+        for link in PEER_LINK..self.links.len() {
+            self.set_standby(link, delivering, revision);
+        }
+        // A peer that has itself lost the origin can only relay stale data: move on, but only
+        // once it has nothing newer to give. A relay that is still delivering is kept whatever
+        // it reports: its reports trail its deltas, and staleness adds up along a chain of
+        // relays and under latency spikes.
         let held = self.state.revision();
         let limit = Duration::from_millis(self.config.peer_staleness_limit_ms);
-        let delivering = self
-            .peer_delivered
-            .is_some_and(|at| now.saturating_duration_since(at) <= limit);
-        let peer_stale = !delivering
-            && self.peer_staleness.is_some_and(|(s, at, holds)| {
-                holds <= held && s + now.saturating_duration_since(at) > limit
-            });
-        if peer_stale && self.link_connected(PEER_LINK) {
-            self.release_peer_link(now);
+        for link in PEER_LINK..self.links.len() {
+            let l = &self.links[link];
+            let still_delivering = l
+                .delivered
+                .is_some_and(|at| now.saturating_duration_since(at) <= limit);
+            let stale = !still_delivering
+                && l.reported.is_some_and(|(s, at, holds)| {
+                    holds <= held && s + now.saturating_duration_since(at) > limit
+                });
+            if stale && self.link_connected(link) {
+                self.release_peer_link(now, link);
+            }
         }
         for i in 0..self.links.len() {
             let l = &mut self.links[i];
             match l.state {
                 LinkState::Idle { retry_at } if now >= retry_at => {
                     l.state = LinkState::Connecting { since: now };
-                    let upstream = l.first + (l.attempts % l.count.max(1) as u64) as usize;
+                    let upstream = l.first
+                        + ((l.offset + l.stride * l.attempts) % l.count.max(1) as u64) as usize;
                     l.attempts += 1;
                     self.out.push_back(Output::Connect { link: i, upstream });
                 }
@@ -606,11 +640,9 @@ impl<B: Backend> Replicator<B> {
                     l.state = LinkState::Idle { retry_at: now };
                 }
                 LinkState::Connected { last_frame } => {
-                    // Until the first frame arrives the link is still proving itself: the
-                    // upstream answers Hello at once, and a handshake whose last client
-                    // flight was lost can leave this side "connected" while the upstream
-                    // never is. Such a link gets the connect timeout, not the silence one.
-                    let limit = if l.got_frame { silence } else { connect_timeout };
+                    // Until the first frame arrives, allow for a lost Hello being resent
+                    // across a slow path (and an upstream busy with many reconnecting edges).
+                    let limit = if l.got_frame { silence } else { silence * 2 };
                     if now.saturating_duration_since(last_frame) >= limit {
                         self.out.push_back(Output::Disconnect { link: i });
                         self.handle_disconnected(now, i);
@@ -667,9 +699,7 @@ impl<B: Backend> Replicator<B> {
                 }
                 LinkState::Connected { last_frame } => {
                     any_connected = true;
-                    let connect_timeout =
-                        Duration::from_millis(self.config.connect_timeout_ms.max(1));
-                    take(last_frame + if l.got_frame { silence } else { connect_timeout });
+                    take(last_frame + if l.got_frame { silence } else { silence * 2 });
                     if let Some(h) = l.next_heartbeat {
                         take(h);
                     }
@@ -729,8 +759,8 @@ impl<B: Backend> Replicator<B> {
         if link == ORIGIN_LINK {
             self.origin_suspect = false;
             self.origin_heard = Some(now);
-        } else if link == PEER_LINK {
-            self.peer_delivered = Some(now);
+        } else if let Some(l) = self.links.get_mut(link) {
+            l.delivered = Some(now);
         }
         let next = self.state.revision().next();
         let r = delta.delta.revision;
@@ -1013,6 +1043,7 @@ mod tests {
         let state = SignedState::open(MemBackend::new(), 100).unwrap();
         let config = ReplicatorConfig {
             peer_count: 3,
+            peer_links: 1,
             ..ReplicatorConfig::default()
         };
         let mut r = Replicator::new(
@@ -1038,14 +1069,21 @@ mod tests {
             }),
             "{out:?}"
         );
-        // With the origin delivering, the peer is told to stand by: heads only, no deltas.
+        // A peer connected while the origin link has not answered yet is left delivering;
+        // once the origin answers, the peer is told to stand by: heads only, no deltas.
         r.handle_connected(now, 0);
         r.handle_connected(now, 1);
-        let out = outputs(&mut r);
         let standby = Output::Send {
             link: 1,
             frame: FrameV1::Standby.into(),
         };
+        assert!(!outputs(&mut r).contains(&standby));
+        let hb = FrameV1::Heartbeat {
+            revision: Revision(0),
+        };
+        r.handle_frame(now, 0, hb.clone().into());
+        r.handle_timeout(now);
+        let out = outputs(&mut r);
         assert!(out.contains(&standby), "{out:?}");
         r.handle_timeout(now);
         let out = outputs(&mut r);
@@ -1129,6 +1167,7 @@ mod tests {
         assert_eq!(r.state().revision(), Revision(1));
         outputs(&mut r);
         r.handle_connected(now, 0);
+        r.handle_frame(now, 0, hb.into());
         r.handle_timeout(now);
         let out = outputs(&mut r);
         assert!(out.contains(&standby), "{out:?}");
@@ -1182,5 +1221,70 @@ mod tests {
         );
         r.handle_timeout(later);
         assert!(outputs(&mut r).contains(&Output::Disconnect { link: 1 }));
+    }
+
+    #[test]
+    fn two_peer_links_interleave_the_peers_and_both_switch_over() {
+        let now = Instant::now();
+        let state = SignedState::open(MemBackend::new(), 100).unwrap();
+        let config = ReplicatorConfig {
+            peer_count: 4,
+            peer_links: 2,
+            ..ReplicatorConfig::default()
+        };
+        let mut r = Replicator::new(
+            config,
+            TrustedKeys::new([signer().verifying_key()]),
+            state,
+            now,
+        );
+        assert_eq!(r.link_count(), 3);
+        r.handle_timeout(now);
+        let out = outputs(&mut r);
+        for (link, upstream) in [(0, 0), (1, 1), (2, 2)] {
+            assert!(out.contains(&Output::Connect { link, upstream }), "{out:?}");
+        }
+        // A failed dial moves each link to its next share of the peers, never the other's.
+        r.handle_disconnected(now, 1);
+        r.handle_disconnected(now, 2);
+        let later = now + Duration::from_secs(2);
+        r.handle_timeout(later);
+        let out = outputs(&mut r);
+        for (link, upstream) in [(1, 3), (2, 4)] {
+            assert!(out.contains(&Output::Connect { link, upstream }), "{out:?}");
+        }
+        r.handle_connected(later, 0);
+        r.handle_frame(
+            later,
+            0,
+            FrameV1::Heartbeat {
+                revision: Revision(0),
+            }
+            .into(),
+        );
+        r.handle_connected(later, 1);
+        r.handle_connected(later, 2);
+        let out = outputs(&mut r);
+        for link in [1, 2] {
+            assert!(
+                out.contains(&Output::Send {
+                    link,
+                    frame: FrameV1::Standby.into()
+                }),
+                "{out:?}"
+            );
+        }
+        r.handle_disconnected(later, 0);
+        r.handle_timeout(later);
+        let out = outputs(&mut r);
+        for link in [1, 2] {
+            assert!(
+                out.contains(&Output::Send {
+                    link,
+                    frame: FrameV1::Need { from: Revision(0) }.into()
+                }),
+                "{out:?}"
+            );
+        }
     }
 }

@@ -64,7 +64,8 @@ struct EdgeNode {
     host: QuicHost,
     rep: Replicator<MemBackend>,
     dist: Distributor,
-    links: [Option<ConnectionHandle>; 2],
+    /// The connection of each replicator link.
+    links: Vec<Option<ConnectionHandle>>,
     link_of: BTreeMap<ConnectionHandle, usize>,
     peers_in: BTreeMap<ConnectionHandle, ConnId>,
     by_id: BTreeMap<ConnId, ConnectionHandle>,
@@ -304,11 +305,12 @@ impl World {
             state,
             self.instant(),
         );
+        let links = vec![None; rep.link_count()];
         Ok(Node::Edge(Box::new(EdgeNode {
             host,
             rep,
             dist: Distributor::new(distributor_config()),
-            links: [None, None],
+            links,
             link_of: BTreeMap::new(),
             peers_in: BTreeMap::new(),
             by_id: BTreeMap::new(),
