@@ -98,14 +98,18 @@ impl Default for ReplicatorConfig {
 /// What the replicator asks its shell to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Dial upstream number `upstream` for link `link`.
+    /// Dial upstream number `upstream` for link `link`. If the link is already dialing, the
+    /// earlier dial keeps going: the first to complete becomes the link's connection and the
+    /// shell closes the others (a handshake slowed by loss or a latency spike is not thrown
+    /// away just as it is about to finish). The shell keeps at most the two most recent dials
+    /// of a link: a third closes the oldest.
     Connect {
         /// Which link ([`ORIGIN_LINK`], or a peer link from [`PEER_LINK`] on).
         link: usize,
         /// Which upstream address: origins first, then peers.
         upstream: usize,
     },
-    /// Close link `link`'s connection.
+    /// Close link `link`'s connection and abandon every dial in progress for it.
     Disconnect {
         /// Which link.
         link: usize,
@@ -162,7 +166,7 @@ impl ReplicatorStats {
 enum LinkState {
     /// Waiting until `retry_at` to dial.
     Idle { retry_at: Instant },
-    /// A dial started at `since` is in progress.
+    /// The latest dial started at `since` (an earlier one may still run beside it).
     Connecting { since: Instant },
     /// Connected; `last_frame` is when anything last arrived.
     Connected { last_frame: Instant },
@@ -198,6 +202,15 @@ struct Link {
     reported: Option<(Duration, Instant, Revision)>,
     /// When this link last delivered a verified delta.
     delivered: Option<Instant>,
+}
+
+impl Link {
+    /// The upstream this link dials next, advancing its rotation.
+    fn next_upstream(&mut self) -> usize {
+        let i = (self.offset + self.stride * self.attempts) % self.count.max(1) as u64;
+        self.attempts += 1;
+        self.first + i as usize
+    }
 }
 
 /// The sans-IO replicator over a signed state in backend `B`.
@@ -257,7 +270,12 @@ impl<B: Backend> Replicator<B> {
         let peer_links = config.peer_links.clamp(1, config.peer_count.max(1)) as u64;
         if config.peer_count > 0 {
             for j in 0..peer_links {
-                links.push(link(config.origin_count.max(1), config.peer_count, j, peer_links));
+                links.push(link(
+                    config.origin_count.max(1),
+                    config.peer_count,
+                    j,
+                    peer_links,
+                ));
             }
         }
         Self {
@@ -579,8 +597,7 @@ impl<B: Backend> Replicator<B> {
         for (i, l) in self.links.iter_mut().enumerate() {
             // A standby upstream pushes nothing, so there is nothing to acknowledge to it; the
             // `Need` that wakes it says where to start.
-            if revision > l.acked && !l.standby && matches!(l.state, LinkState::Connected { .. })
-            {
+            if revision > l.acked && !l.standby && matches!(l.state, LinkState::Connected { .. }) {
                 l.acked = revision;
                 self.out.push_back(Output::Send {
                     link: i,
@@ -626,18 +643,22 @@ impl<B: Backend> Replicator<B> {
         for i in 0..self.links.len() {
             let l = &mut self.links[i];
             match l.state {
+                // A dial that has not completed within the connect timeout gets another beside
+                // it (to the next peer, for a peer link): the first may only have lost its early
+                // packets and be about to finish, the new one starts afresh on a path that may
+                // have healed since. The shell keeps the two most recent, so each dial lives two
+                // timeouts and a fresh Initial leaves at least every connect timeout.
                 LinkState::Idle { retry_at } if now >= retry_at => {
                     l.state = LinkState::Connecting { since: now };
-                    let upstream = l.first
-                        + ((l.offset + l.stride * l.attempts) % l.count.max(1) as u64) as usize;
-                    l.attempts += 1;
+                    let upstream = l.next_upstream();
                     self.out.push_back(Output::Connect { link: i, upstream });
                 }
                 LinkState::Connecting { since }
                     if now.saturating_duration_since(since) >= connect_timeout =>
                 {
-                    self.out.push_back(Output::Disconnect { link: i });
-                    l.state = LinkState::Idle { retry_at: now };
+                    l.state = LinkState::Connecting { since: now };
+                    let upstream = l.next_upstream();
+                    self.out.push_back(Output::Connect { link: i, upstream });
                 }
                 LinkState::Connected { last_frame } => {
                     // Until the first frame arrives, allow for a lost Hello being resent

@@ -66,6 +66,8 @@ struct EdgeNode {
     dist: Distributor,
     /// The connection of each replicator link.
     links: Vec<Option<ConnectionHandle>>,
+    /// Dials in progress for each link (at most two: see `Output::Connect`).
+    dialing: Vec<Vec<ConnectionHandle>>,
     link_of: BTreeMap<ConnectionHandle, usize>,
     peers_in: BTreeMap<ConnectionHandle, ConnId>,
     by_id: BTreeMap<ConnId, ConnectionHandle>,
@@ -306,11 +308,13 @@ impl World {
             self.instant(),
         );
         let links = vec![None; rep.link_count()];
+        let dialing = vec![Vec::new(); rep.link_count()];
         Ok(Node::Edge(Box::new(EdgeNode {
             host,
             rep,
             dist: Distributor::new(distributor_config()),
             links,
+            dialing,
             link_of: BTreeMap::new(),
             peers_in: BTreeMap::new(),
             by_id: BTreeMap::new(),
@@ -783,10 +787,25 @@ impl World {
                         eprintln!("{:>10.3} node {n} host {ev:?}", self.now.as_secs_f64());
                     }
                     match ev {
-                        HostEvent::Connected(ch, Side::Client) => match e.link_of.get(&ch) {
-                            Some(&link) => e.rep.handle_connected(now, link),
-                            None => e.host.close(now, ch),
-                        },
+                        HostEvent::Connected(ch, Side::Client) => {
+                            match e.link_of.get(&ch).copied() {
+                                // The first dial of the link to complete wins; the others go.
+                                Some(link) if e.dialing[link].contains(&ch) => {
+                                    for other in std::mem::take(&mut e.dialing[link]) {
+                                        if other != ch {
+                                            e.link_of.remove(&other);
+                                            e.host.close(now, other);
+                                        }
+                                    }
+                                    e.links[link] = Some(ch);
+                                    e.rep.handle_connected(now, link);
+                                }
+                                _ => {
+                                    e.link_of.remove(&ch);
+                                    e.host.close(now, ch);
+                                }
+                            }
+                        }
                         HostEvent::Connected(ch, Side::Server) => {
                             let id = e.next_conn;
                             e.next_conn += 1;
@@ -799,6 +818,12 @@ impl World {
                                 if e.links[link] == Some(ch) {
                                     e.links[link] = None;
                                     e.rep.handle_disconnected(now, link);
+                                } else if e.dialing[link].contains(&ch) {
+                                    // A failed dial matters only once no other is left.
+                                    e.dialing[link].retain(|d| *d != ch);
+                                    if e.dialing[link].is_empty() && e.links[link].is_none() {
+                                        e.rep.handle_disconnected(now, link);
+                                    }
                                 }
                             } else if let Some(id) = e.peers_in.remove(&ch) {
                                 e.by_id.remove(&id);
@@ -835,7 +860,8 @@ impl World {
                     match out {
                         Output::Connect { link, upstream } => dial.push((link, upstream)),
                         Output::Disconnect { link } => {
-                            if let Some(ch) = e.links[link].take() {
+                            let dials = std::mem::take(&mut e.dialing[link]);
+                            for ch in e.links[link].take().into_iter().chain(dials) {
                                 e.link_of.remove(&ch);
                                 e.host.close(now, ch);
                             }
@@ -866,12 +892,19 @@ impl World {
                         e.link_of.remove(&old);
                         e.host.close(now, old);
                     }
+                    // At most the two most recent dials of a link run (see `Output::Connect`).
+                    while e.dialing[link].len() >= 2 {
+                        let oldest = e.dialing[link].remove(0);
+                        e.link_of.remove(&oldest);
+                        e.host.close(now, oldest);
+                    }
                     match e.host.connect(now, addr) {
                         Some(ch) => {
-                            e.links[link] = Some(ch);
+                            e.dialing[link].push(ch);
                             e.link_of.insert(ch, link);
                         }
-                        None => e.rep.handle_disconnected(now, link),
+                        None if e.dialing[link].is_empty() => e.rep.handle_disconnected(now, link),
+                        None => {}
                     }
                 }
                 if !progressed {
