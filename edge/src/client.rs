@@ -41,7 +41,19 @@ pub struct Upstream {
     pub server_name: String,
 }
 
-type Control = Option<(quinn::Connection, mpsc::Sender<Frame>)>;
+/// The shell's view of one replicator link: its established connection (with the dial it
+/// came from) and the dials in progress, at most the two most recent (see
+/// [`Output::Connect`]). `generation` changes on every `Disconnect`, so that events of
+/// connections and dials from before it are recognised and dropped.
+#[derive(Default)]
+struct LinkSlot {
+    generation: u64,
+    control: Option<(quinn::Connection, mpsc::Sender<Frame>, u64)>,
+    dialing: Vec<(u64, tokio::task::AbortHandle)>,
+}
+
+/// At most this many dials of one link run at once.
+const MAX_DIALS_PER_LINK: usize = 2;
 
 /// Runs the replicator until `shutdown` turns true. `upstreams` lists origins first, then
 /// peers, in the order the replicator's config counts them.
@@ -53,31 +65,44 @@ pub async fn run<B: Backend>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (events_tx, mut events_rx) = mpsc::channel::<(LinkGen, Event)>(EVENT_QUEUE);
-    let mut generations = vec![0u64; rep.link_count()];
-    let mut controls: Vec<Control> = vec![None; rep.link_count()];
+    let mut slots: Vec<LinkSlot> = (0..rep.link_count()).map(|_| LinkSlot::default()).collect();
+    let mut next_dial = 0u64;
     loop {
         while let Some(output) = rep.poll_output() {
             match output {
                 Output::Connect { link, upstream } => {
-                    let Some(up) = upstreams.get(upstream).cloned() else {
+                    let (Some(up), Some(slot)) =
+                        (upstreams.get(upstream).cloned(), slots.get_mut(link))
+                    else {
                         rep.handle_disconnected(Instant::now(), link);
                         continue;
                     };
-                    generations[link] += 1;
+                    while slot.dialing.len() >= MAX_DIALS_PER_LINK {
+                        let (_, oldest) = slot.dialing.remove(0);
+                        oldest.abort();
+                    }
+                    next_dial += 1;
                     let tag = LinkGen {
                         link,
-                        generation: generations[link],
+                        generation: slot.generation,
+                        dial: next_dial,
                     };
-                    tokio::spawn(dial(endpoint.clone(), up, tag, events_tx.clone()));
+                    let task = tokio::spawn(dial(endpoint.clone(), up, tag, events_tx.clone()));
+                    slot.dialing.push((next_dial, task.abort_handle()));
                 }
                 Output::Disconnect { link } => {
-                    generations[link] += 1;
-                    if let Some((conn, _)) = controls[link].take() {
-                        conn.close(0u32.into(), b"reconnecting");
+                    if let Some(slot) = slots.get_mut(link) {
+                        slot.generation += 1;
+                        for (_, task) in slot.dialing.drain(..) {
+                            task.abort();
+                        }
+                        if let Some((conn, _, _)) = slot.control.take() {
+                            conn.close(0u32.into(), b"reconnecting");
+                        }
                     }
                 }
                 Output::Send { link, frame } => {
-                    if let Some((_, tx)) = &controls[link] {
+                    if let Some((_, tx, _)) = slots.get(link).and_then(|s| s.control.as_ref()) {
                         // A full control queue means the link is stuck; the replicator's
                         // silence timeout will replace it.
                         let _ = tx.try_send(frame);
@@ -94,8 +119,9 @@ pub async fn run<B: Backend>(
                 let mut handled = 0;
                 let mut next = Some(first);
                 while let Some((tag, ev)) = next.take() {
-                    let current = generations[tag.link];
-                    handle(&mut rep, &mut controls[tag.link], tag, current, ev);
+                    if let Some(slot) = slots.get_mut(tag.link) {
+                        handle(&mut rep, slot, tag, ev);
+                    }
                     handled += 1;
                     if handled >= BURST { break }
                     next = events_rx.try_recv().ok();
@@ -105,54 +131,71 @@ pub async fn run<B: Backend>(
             _ = sleep_until(timeout) => rep.handle_timeout(Instant::now()),
         }
     }
-    for control in &mut controls {
-        if let Some((conn, _)) = control.take() {
+    for slot in &mut slots {
+        for (_, task) in slot.dialing.drain(..) {
+            task.abort();
+        }
+        if let Some((conn, _, _)) = slot.control.take() {
             conn.close(0u32.into(), b"shutdown");
         }
     }
     shared.origin_connected.store(false, Ordering::Relaxed);
 }
 
-/// Which link and which of its connections an event belongs to.
+/// Which link, which of its generations and which dial an event belongs to.
 #[derive(Debug, Clone, Copy)]
 struct LinkGen {
     link: usize,
     generation: u64,
+    dial: u64,
 }
 
-fn handle<B: Backend>(
-    rep: &mut Replicator<B>,
-    control: &mut Control,
-    tag: LinkGen,
-    current_gen: u64,
-    event: Event,
-) {
+fn handle<B: Backend>(rep: &mut Replicator<B>, slot: &mut LinkSlot, tag: LinkGen, event: Event) {
     let now = Instant::now();
     let link = tag.link;
-    if tag.generation != current_gen {
+    if tag.generation != slot.generation {
         if let Event::Connected(conn, _) = event {
             conn.close(0u32.into(), b"superseded");
         }
         return;
     }
+    let established = slot
+        .control
+        .as_ref()
+        .is_some_and(|(_, _, d)| *d == tag.dial);
     match event {
         Event::Connected(conn, tx) => {
-            *control = Some((conn, tx));
+            let pending = slot.dialing.iter().any(|(d, _)| *d == tag.dial);
+            if slot.control.is_some() || !pending {
+                conn.close(0u32.into(), b"superseded");
+                return;
+            }
+            // The first dial to complete wins; the others are abandoned.
+            for (d, task) in slot.dialing.drain(..) {
+                if d != tag.dial {
+                    task.abort();
+                }
+            }
+            slot.control = Some((conn, tx, tag.dial));
             rep.handle_connected(now, link);
         }
         Event::ConnectFailed(reason) => {
             tracing::debug!(%reason, link, "connecting upstream failed");
-            rep.handle_disconnected(now, link);
+            slot.dialing.retain(|(d, _)| *d != tag.dial);
+            if slot.dialing.is_empty() && slot.control.is_none() {
+                rep.handle_disconnected(now, link);
+            }
         }
-        Event::Frame(frame) => rep.handle_frame(now, link, frame),
-        Event::Malformed(reason) => {
+        Event::Frame(frame) if established => rep.handle_frame(now, link, frame),
+        Event::Malformed(reason) if established => {
             tracing::warn!(%reason, "rejected a malformed frame");
             rep.handle_malformed(now, link);
         }
-        Event::Closed => {
-            *control = None;
+        Event::Closed if established => {
+            slot.control = None;
             rep.handle_disconnected(now, link);
         }
+        Event::Frame(_) | Event::Malformed(_) | Event::Closed => {}
     }
 }
 
