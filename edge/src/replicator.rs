@@ -875,6 +875,22 @@ mod tests {
         )
     }
 
+    /// A replicator with an empty store, `peer_count` peers and `peer_links` peer links.
+    fn with_peers(now: Instant, peer_count: usize, peer_links: usize) -> Replicator<MemBackend> {
+        let state = SignedState::open(MemBackend::new(), 100).unwrap();
+        let config = ReplicatorConfig {
+            peer_count,
+            peer_links,
+            ..ReplicatorConfig::default()
+        };
+        Replicator::new(
+            config,
+            TrustedKeys::new([signer().verifying_key()]),
+            state,
+            now,
+        )
+    }
+
     fn outputs(r: &mut Replicator<MemBackend>) -> Vec<Output> {
         std::iter::from_fn(|| r.poll_output()).collect()
     }
@@ -1061,18 +1077,7 @@ mod tests {
     #[test]
     fn the_peer_link_stays_warm_switches_over_with_need_and_leaves_stale_peers() {
         let now = Instant::now();
-        let state = SignedState::open(MemBackend::new(), 100).unwrap();
-        let config = ReplicatorConfig {
-            peer_count: 3,
-            peer_links: 1,
-            ..ReplicatorConfig::default()
-        };
-        let mut r = Replicator::new(
-            config,
-            TrustedKeys::new([signer().verifying_key()]),
-            state,
-            now,
-        );
+        let mut r = with_peers(now, 3, 1);
         r.handle_timeout(now);
         // Both the origin and the first peer are dialed at once.
         let out = outputs(&mut r);
@@ -1198,17 +1203,7 @@ mod tests {
     #[test]
     fn a_relay_that_keeps_delivering_is_kept_whatever_it_reports() {
         let now = Instant::now();
-        let state = SignedState::open(MemBackend::new(), 100).unwrap();
-        let config = ReplicatorConfig {
-            peer_count: 3,
-            ..ReplicatorConfig::default()
-        };
-        let mut r = Replicator::new(
-            config,
-            TrustedKeys::new([signer().verifying_key()]),
-            state,
-            now,
-        );
+        let mut r = with_peers(now, 3, 2);
         r.handle_timeout(now);
         r.handle_connected(now, 1);
         outputs(&mut r);
@@ -1247,18 +1242,7 @@ mod tests {
     #[test]
     fn two_peer_links_interleave_the_peers_and_both_switch_over() {
         let now = Instant::now();
-        let state = SignedState::open(MemBackend::new(), 100).unwrap();
-        let config = ReplicatorConfig {
-            peer_count: 4,
-            peer_links: 2,
-            ..ReplicatorConfig::default()
-        };
-        let mut r = Replicator::new(
-            config,
-            TrustedKeys::new([signer().verifying_key()]),
-            state,
-            now,
-        );
+        let mut r = with_peers(now, 4, 2);
         assert_eq!(r.link_count(), 3);
         r.handle_timeout(now);
         let out = outputs(&mut r);

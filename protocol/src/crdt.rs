@@ -166,18 +166,7 @@ impl CacheState {
         for delta in deltas {
             for change in &delta.changes {
                 #[cfg(debug_assertions)]
-                {
-                    let new = delta.entry(change);
-                    let a = &change.address;
-                    match self.get(&a.app, &a.env, &a.key) {
-                        Some(old) if !wins(&new, old) => {}
-                        Some(old) => {
-                            check.remove(a, old);
-                            check.insert(a, &new);
-                        }
-                        None => check.insert(a, &new),
-                    }
-                }
+                self.hash_merge(&mut check, &change.address, &delta.entry(change));
                 self.merge_entry_hashed(&change.address, delta.entry(change), false);
             }
             if delta.revision > self.revision {
@@ -196,18 +185,21 @@ impl CacheState {
     pub fn digest_after(&self, delta: &Delta) -> Digest {
         let mut hash = self.hash.clone();
         for change in &delta.changes {
-            let new = delta.entry(change);
-            let a = &change.address;
-            match self.get(&a.app, &a.env, &a.key) {
-                Some(old) if !wins(&new, old) => {}
-                Some(old) => {
-                    hash.remove(a, old);
-                    hash.insert(a, &new);
-                }
-                None => hash.insert(a, &new),
-            }
+            self.hash_merge(&mut hash, &change.address, &delta.entry(change));
         }
         hash.finish()
+    }
+
+    /// Updates `hash` (a hash of this state) as merging `new` at `address` would change it.
+    fn hash_merge(&self, hash: &mut LtHash, address: &Address, new: &EntryState) {
+        match self.get(&address.app, &address.env, &address.key) {
+            Some(old) if !wins(new, old) => {}
+            Some(old) => {
+                hash.remove(address, old);
+                hash.insert(address, new);
+            }
+            None => hash.insert(address, new),
+        }
     }
 
     /// Merges another whole state (the CRDT join).
