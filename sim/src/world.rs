@@ -134,6 +134,8 @@ pub struct World {
     seen_digests: invariants::digests::SeenDigests,
     signature_check: invariants::signatures::SignatureCheck,
     path_since: Vec<Option<Duration>>,
+    /// When each edge last went from no path to a path (kept when the path is lost again).
+    path_regained: Vec<Duration>,
     latencies: Vec<Vec<Duration>>,
     heal_latency: Vec<Duration>,
     healed_at: Option<Duration>,
@@ -192,6 +194,7 @@ impl World {
             seen_digests: Default::default(),
             signature_check: Default::default(),
             path_since: vec![Some(Duration::ZERO); n],
+            path_regained: vec![Duration::ZERO; n],
             latencies: vec![Vec::new(); REGIONS.len()],
             heal_latency: Vec::new(),
             healed_at: None,
@@ -953,15 +956,15 @@ impl World {
         let before = self.highest_served[n];
         if revision > before {
             let region = self.net.region(n);
-            let since = self.path_since[n];
+            let regained = self.path_regained[n];
             let slo = Duration::from_millis(self.opts.slo_ms);
             let mut worst: Option<(Revision, Duration)> = None;
             for (v, committed) in self.commit_time.range(before.next()..=revision) {
                 self.counts.slo += 1;
                 self.latencies[region].push(self.now.saturating_sub(*committed));
-                let start = since.map_or(*committed, |s| s.max(*committed));
-                let late = self.now.saturating_sub(start);
-                if late > slo && worst.is_none_or(|(_, w)| late > w) {
+                if let Some(late) = invariants::slo::late(self.now, *committed, regained, slo)
+                    && worst.is_none_or(|(_, w)| late > w)
+                {
                     worst = Some((*v, late));
                 }
             }
@@ -1010,8 +1013,18 @@ impl World {
                 continue;
             }
             let path = self.has_path(n);
+            if self.watch == Some(n) && path != self.path_since[n].is_some() {
+                eprintln!(
+                    "{:>10.3} node {n} path to a holder of revision {}: {path}",
+                    self.now.as_secs_f64(),
+                    self.highest_served[n].next()
+                );
+            }
             match (path, self.path_since[n]) {
-                (true, None) => self.path_since[n] = Some(self.now),
+                (true, None) => {
+                    self.path_since[n] = Some(self.now);
+                    self.path_regained[n] = self.now;
+                }
                 (false, Some(_)) => self.path_since[n] = None,
                 _ => {}
             }

@@ -6,6 +6,7 @@ pub mod convergence;
 pub mod digests;
 pub mod monotonic;
 pub mod signatures;
+pub mod slo;
 
 use serde::Serialize;
 
