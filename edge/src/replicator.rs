@@ -60,10 +60,15 @@ pub struct ReplicatorConfig {
     pub stall_timeout_ms: u64,
     /// When nothing at all arrived on a link for this long, drop it and reconnect.
     pub silence_timeout_ms: u64,
-    /// A dial that has not completed its handshake after this long is abandoned and retried
-    /// at once: a handshake whose first packets were lost (during a partition, say) backs off
-    /// exponentially inside QUIC and would otherwise finish long after the path healed.
+    /// A dial of the origin link that has not completed its handshake after this long gets a
+    /// fresh dial beside it: a handshake whose first packets were lost (during a partition,
+    /// say) backs off exponentially inside QUIC and would otherwise finish long after the path
+    /// healed.
     pub connect_timeout_ms: u64,
+    /// The connect timeout of peer links. Shorter than the origin's: a peer link has many
+    /// candidates, some in regions that may be cut off, and dials overlap, so moving on
+    /// quickly costs little while waiting on an unreachable peer costs the SLO.
+    pub peer_connect_timeout_ms: u64,
     /// A peer that reports not having heard the origin for longer than this, and has not
     /// delivered a delta for as long, is left for the next one (it is cut off itself and can
     /// only relay stale data).
@@ -88,6 +93,7 @@ impl Default for ReplicatorConfig {
             stall_timeout_ms: 1_000,
             silence_timeout_ms: 1_500,
             connect_timeout_ms: 1_500,
+            peer_connect_timeout_ms: 500,
             peer_staleness_limit_ms: 1_500,
             max_pending_deltas: 4096,
             max_snapshot_entries: 10_000_000,
@@ -612,7 +618,9 @@ impl<B: Backend> Replicator<B> {
     /// Time passed: dial when due, send heartbeats, notice stalls and silence.
     pub fn handle_timeout(&mut self, now: Instant) {
         let silence = Duration::from_millis(self.config.silence_timeout_ms);
-        let connect_timeout = Duration::from_millis(self.config.connect_timeout_ms.max(1));
+        let origin_connect_timeout = Duration::from_millis(self.config.connect_timeout_ms.max(1));
+        let peer_connect_timeout =
+            Duration::from_millis(self.config.peer_connect_timeout_ms.max(1));
         let interval = self.heartbeat_interval();
         let revision = self.state.revision();
         // Peer links are kept warm: heads only while the origin link delivers, so that when
@@ -654,7 +662,12 @@ impl<B: Backend> Replicator<B> {
                     self.out.push_back(Output::Connect { link: i, upstream });
                 }
                 LinkState::Connecting { since }
-                    if now.saturating_duration_since(since) >= connect_timeout =>
+                    if now.saturating_duration_since(since)
+                        >= if i == ORIGIN_LINK {
+                            origin_connect_timeout
+                        } else {
+                            peer_connect_timeout
+                        } =>
                 {
                     l.state = LinkState::Connecting { since: now };
                     let upstream = l.next_upstream();
@@ -712,11 +725,16 @@ impl<B: Backend> Replicator<B> {
         let mut any_connected = false;
         let mut at: Option<Instant> = None;
         let mut take = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
-        for l in self.links.iter() {
+        for (i, l) in self.links.iter().enumerate() {
             match l.state {
                 LinkState::Idle { retry_at } => take(retry_at),
                 LinkState::Connecting { since } => {
-                    take(since + Duration::from_millis(self.config.connect_timeout_ms.max(1)))
+                    let ms = if i == ORIGIN_LINK {
+                        self.config.connect_timeout_ms
+                    } else {
+                        self.config.peer_connect_timeout_ms
+                    };
+                    take(since + Duration::from_millis(ms.max(1)))
                 }
                 LinkState::Connected { last_frame } => {
                     any_connected = true;
