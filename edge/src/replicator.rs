@@ -909,6 +909,17 @@ mod tests {
         )
     }
 
+    /// Asserts that `out` asks `link` for everything after `from`.
+    fn assert_needs(out: &[Output], link: usize, from: Revision) {
+        let frame = FrameV1::Need { from }.into();
+        assert!(out.contains(&Output::Send { link, frame }), "{out:?}");
+    }
+
+    /// Asserts that `out` dials `upstream` for `link`.
+    fn assert_dials(out: &[Output], link: usize, upstream: usize) {
+        assert!(out.contains(&Output::Connect { link, upstream }), "{out:?}");
+    }
+
     fn outputs(r: &mut Replicator<MemBackend>) -> Vec<Output> {
         std::iter::from_fn(|| r.poll_output()).collect()
     }
@@ -980,13 +991,7 @@ mod tests {
         let later = now + Duration::from_millis(1_000);
         r.handle_timeout(later);
         let out = outputs(&mut r);
-        assert!(
-            out.contains(&Output::Send {
-                link: 0,
-                frame: FrameV1::Need { from: Revision(1) }.into()
-            }),
-            "{out:?}"
-        );
+        assert_needs(&out, 0, Revision(1));
         assert!(r.lag(later) >= Duration::from_millis(1_000));
     }
 
@@ -1099,20 +1104,8 @@ mod tests {
         r.handle_timeout(now);
         // Both the origin and the first peer are dialed at once.
         let out = outputs(&mut r);
-        assert!(
-            out.contains(&Output::Connect {
-                link: 0,
-                upstream: 0
-            }),
-            "{out:?}"
-        );
-        assert!(
-            out.contains(&Output::Connect {
-                link: 1,
-                upstream: 1
-            }),
-            "{out:?}"
-        );
+        assert_dials(&out, 0, 0);
+        assert_dials(&out, 1, 1);
         // A peer connected while the origin link has not answered yet is left delivering;
         // once the origin answers, the peer is told to stand by: heads only, no deltas.
         r.handle_connected(now, 0);
@@ -1144,13 +1137,7 @@ mod tests {
         r.handle_disconnected(now, 0);
         r.handle_timeout(now);
         let out = outputs(&mut r);
-        assert!(
-            out.contains(&Output::Send {
-                link: 1,
-                frame: FrameV1::Need { from: Revision(0) }.into()
-            }),
-            "{out:?}"
-        );
+        assert_needs(&out, 1, Revision(0));
 
         // The peer says it has not heard the origin for 5 s: move to the next peer.
         r.handle_frame(
@@ -1165,13 +1152,7 @@ mod tests {
         r.handle_timeout(now);
         let out = outputs(&mut r);
         assert!(out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
-        assert!(
-            out.contains(&Output::Connect {
-                link: 1,
-                upstream: 2
-            }),
-            "{out:?}"
-        );
+        assert_dials(&out, 1, 2);
 
         // That peer's link then goes silent and drops; its old report must not condemn the
         // next peer the moment it connects.
@@ -1301,13 +1282,7 @@ mod tests {
         r.handle_timeout(later);
         let out = outputs(&mut r);
         for link in [1, 2] {
-            assert!(
-                out.contains(&Output::Send {
-                    link,
-                    frame: FrameV1::Need { from: Revision(0) }.into()
-                }),
-                "{out:?}"
-            );
+            assert_needs(&out, link, Revision(0));
         }
     }
 }
