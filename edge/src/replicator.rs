@@ -43,8 +43,10 @@ pub struct ReplicatorConfig {
     pub region: String,
     /// How many origin addresses the shell can dial; upstreams `0..origin_count` are origins.
     pub origin_count: usize,
-    /// How many peer addresses the shell can dial; upstreams
-    /// `origin_count..origin_count + peer_count` are peers.
+    /// How many peers the peer links rotate through; upstreams
+    /// `origin_count..origin_count + peer_count` are peers. The shell may know more peers than
+    /// that: a peer named in [`Replicator::handle_peer_holds`] is dialed by its upstream number
+    /// whether or not it is in the rotation.
     pub peer_count: usize,
     /// How many peers to keep warm links to at once (at most `peer_count`). Two links,
     /// interleaved over the peer list, mean one dead or cut-off peer never leaves the edge
@@ -208,15 +210,58 @@ struct Link {
     reported: Option<(Duration, Instant, Revision)>,
     /// When this link last delivered a verified delta.
     delivered: Option<Instant>,
+    /// The upstreams of the link's two latest dials (the shell keeps two running), latest
+    /// first; its connection, once connected, is to one of them.
+    upstreams: [Option<usize>; 2],
 }
 
 impl Link {
-    /// The upstream this link dials next, advancing its rotation.
-    fn next_upstream(&mut self) -> usize {
-        let i = (self.offset + self.stride * self.attempts) % self.count.max(1) as u64;
-        self.attempts += 1;
-        self.first + i as usize
+    /// The upstream this link dials next, advancing its rotation past the upstreams in `busy`
+    /// (those other links are on) unless every one is busy.
+    fn next_upstream(&mut self, busy: &[usize]) -> usize {
+        let count = self.count.max(1) as u64;
+        let mut candidate = self.first;
+        for _ in 0..count {
+            let i = (self.offset + self.stride * self.attempts) % count;
+            self.attempts += 1;
+            candidate = self.first + i as usize;
+            if !busy.contains(&candidate) {
+                break;
+            }
+        }
+        candidate
     }
+
+    fn is_active(&self) -> bool {
+        !matches!(self.state, LinkState::Idle { .. })
+    }
+
+    /// The upstreams this link is connected to or dialing.
+    fn on(&self) -> impl Iterator<Item = usize> + '_ {
+        self.upstreams
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|_| self.is_active())
+    }
+
+    /// Starts a dial of `upstream` beside the latest one, if the link is dialing.
+    fn start_dial(&mut self, now: Instant, upstream: usize) {
+        let previous = match self.state {
+            LinkState::Connecting { .. } => self.upstreams[0],
+            _ => None,
+        };
+        self.upstreams = [Some(upstream), previous];
+        self.state = LinkState::Connecting { since: now };
+    }
+}
+
+/// A peer that dialed this edge said it holds `holds`, newer than what the edge has.
+#[derive(Debug, Clone, Copy)]
+struct Offer {
+    upstream: usize,
+    holds: Revision,
+    at: Instant,
 }
 
 /// The sans-IO replicator over a signed state in backend `B`.
@@ -234,6 +279,8 @@ pub struct Replicator<B: Backend> {
     last_heard: Option<Instant>,
     /// When the origin link last delivered a verified head or delta.
     origin_heard: Option<Instant>,
+    /// The best recent offer from a peer that dialed us holding more than we do.
+    offer: Option<Offer>,
     started: Instant,
     last_progress: Instant,
     /// When a verified delta last arrived, applied or buffered: a link that keeps delivering
@@ -271,6 +318,7 @@ impl<B: Backend> Replicator<B> {
             stride,
             reported: None,
             delivered: None,
+            upstreams: [None; 2],
         };
         let mut links = vec![link(0, config.origin_count.max(1), 0, 1)];
         let peer_links = config.peer_links.clamp(1, config.peer_count.max(1)) as u64;
@@ -295,6 +343,7 @@ impl<B: Backend> Replicator<B> {
             origin_suspect: false,
             last_heard: None,
             origin_heard: None,
+            offer: None,
             started: now,
             last_progress: now,
             last_delta: now,
@@ -648,6 +697,7 @@ impl<B: Backend> Replicator<B> {
                 self.release_peer_link(now, link);
             }
         }
+        self.take_offer(now);
         for i in 0..self.links.len() {
             let l = &mut self.links[i];
             match l.state {
@@ -656,11 +706,7 @@ impl<B: Backend> Replicator<B> {
                 // packets and be about to finish, the new one starts afresh on a path that may
                 // have healed since. The shell keeps the two most recent, so each dial lives two
                 // timeouts and a fresh Initial leaves at least every connect timeout.
-                LinkState::Idle { retry_at } if now >= retry_at => {
-                    l.state = LinkState::Connecting { since: now };
-                    let upstream = l.next_upstream();
-                    self.out.push_back(Output::Connect { link: i, upstream });
-                }
+                LinkState::Idle { retry_at } if now >= retry_at => self.dial(now, i),
                 LinkState::Connecting { since }
                     if now.saturating_duration_since(since)
                         >= if i == ORIGIN_LINK {
@@ -669,9 +715,7 @@ impl<B: Backend> Replicator<B> {
                             peer_connect_timeout
                         } =>
                 {
-                    l.state = LinkState::Connecting { since: now };
-                    let upstream = l.next_upstream();
-                    self.out.push_back(Output::Connect { link: i, upstream });
+                    self.dial(now, i)
                 }
                 LinkState::Connected { last_frame } => {
                     // Until the first frame arrives, allow for a lost Hello being resent
@@ -712,6 +756,101 @@ impl<B: Backend> Replicator<B> {
                 }
             }
         }
+    }
+
+    /// Dials link `i`'s next upstream; a peer link skips peers another peer link is on.
+    fn dial(&mut self, now: Instant, i: usize) {
+        let busy: Vec<usize> = if i >= PEER_LINK {
+            self.links
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j >= PEER_LINK && j != i)
+                .flat_map(|(_, l)| l.on())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let Some(l) = self.links.get_mut(i) else {
+            return;
+        };
+        let upstream = l.next_upstream(&busy);
+        l.start_dial(now, upstream);
+        self.out.push_back(Output::Connect { link: i, upstream });
+    }
+
+    /// A peer that connected to this edge (to be served by it) says it holds `holds`, in its
+    /// `Hello` or a heartbeat. When that is newer than what this edge has, and the origin link
+    /// is not delivering, a peer link that is searching or idle goes to that peer directly:
+    /// inside a region cut off from everything, the edges that still got the newest revisions
+    /// announce themselves this way as they search, and the others need not find them by
+    /// rotation. `upstream` is the peer's upstream number as the shell would dial it.
+    pub fn handle_peer_holds(&mut self, now: Instant, upstream: usize, holds: Revision) {
+        if self.links.len() <= PEER_LINK
+            || upstream < self.config.origin_count
+            || holds <= self.state.revision()
+        {
+            return;
+        }
+        let limit = Duration::from_millis(self.config.peer_staleness_limit_ms);
+        let replace = match self.offer {
+            None => true,
+            Some(o) => holds >= o.holds || now.saturating_duration_since(o.at) > limit,
+        };
+        if replace {
+            self.offer = Some(Offer {
+                upstream,
+                holds,
+                at: now,
+            });
+        }
+    }
+
+    /// Acts on a peer's offer (see [`Replicator::handle_peer_holds`]): redirects a peer link
+    /// that is idle, dialing, or on a peer with nothing newer, unless a link is already on the
+    /// offering peer. An offer lasts the peer staleness limit.
+    fn take_offer(&mut self, now: Instant) {
+        let Some(offer) = self.offer else {
+            return;
+        };
+        let held = self.state.revision();
+        let limit = Duration::from_millis(self.config.peer_staleness_limit_ms);
+        if offer.holds <= held
+            || now.saturating_duration_since(offer.at) > limit
+            || self.origin_delivering()
+            || self.links[PEER_LINK..]
+                .iter()
+                .any(|l| l.on().any(|u| u == offer.upstream))
+        {
+            self.offer = None;
+            return;
+        }
+        // A link is left alone while it delivers, while its peer holds more than this edge,
+        // and for a while after it connects (its first answer may be on the way).
+        let useful = |l: &Link| {
+            l.delivered
+                .is_some_and(|at| now.saturating_duration_since(at) <= limit)
+                || l.reported.is_some_and(|(_, _, holds)| holds > held)
+                || (!l.got_frame
+                    && l.connected_at
+                        .is_some_and(|at| now.saturating_duration_since(at) <= limit))
+        };
+        let pick = (PEER_LINK..self.links.len())
+            .filter(|&i| !useful(&self.links[i]))
+            .min_by_key(|&i| match self.links[i].state {
+                LinkState::Idle { .. } => 0,
+                LinkState::Connecting { .. } => 1,
+                LinkState::Connected { .. } => 2,
+            });
+        let Some(i) = pick else {
+            return;
+        };
+        self.offer = None;
+        self.release_peer_link(now, i);
+        self.links[i].start_dial(now, offer.upstream);
+        self.out.push_back(Output::Connect {
+            link: i,
+            upstream: offer.upstream,
+        });
     }
 
     /// The next thing for the shell to do.
@@ -1284,5 +1423,132 @@ mod tests {
         for link in [1, 2] {
             assert_needs(&out, link, Revision(0));
         }
+    }
+
+    #[test]
+    fn a_peer_that_dials_us_holding_more_is_dialed_back() {
+        let now = Instant::now();
+        let mut r = with_peers(now, 3, 2);
+        r.handle_timeout(now);
+        outputs(&mut r);
+        // Nothing newer: no offer.
+        r.handle_peer_holds(now, 5, Revision(0));
+        r.handle_timeout(now);
+        assert!(outputs(&mut r).is_empty());
+        // Upstream 5 is outside the rotation (peers 1..=3), yet it is dialed when it offers
+        // more than the edge holds, on a link that was still searching.
+        r.handle_peer_holds(now, 5, Revision(2));
+        r.handle_timeout(now);
+        let out = outputs(&mut r);
+        assert!(out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
+        assert_dials(&out, 1, 5);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::Connect { link: 2, .. })),
+            "one link is enough: {out:?}"
+        );
+        // An offer from the peer a link is already on changes nothing.
+        r.handle_peer_holds(now, 5, Revision(3));
+        r.handle_timeout(now);
+        assert!(outputs(&mut r).is_empty());
+    }
+
+    #[test]
+    fn offers_leave_a_delivering_origin_or_relay_alone_and_expire() {
+        let now = Instant::now();
+        let h = history(1);
+        // The origin delivers: offers are ignored (standby peers stay standby).
+        let mut r = with_peers(now, 3, 2);
+        r.handle_timeout(now);
+        r.handle_connected(now, 0);
+        r.handle_frame(
+            now,
+            0,
+            FrameV1::Heartbeat {
+                revision: Revision(0),
+            }
+            .into(),
+        );
+        outputs(&mut r);
+        r.handle_peer_holds(now, 4, Revision(1));
+        r.handle_timeout(now);
+        let out = outputs(&mut r);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::Connect { upstream: 4, .. })),
+            "{out:?}"
+        );
+
+        // No origin; link 1's relay is delivering, so link 2 is the one redirected.
+        let mut r = with_peers(now, 3, 2);
+        r.handle_timeout(now);
+        r.handle_connected(now, 1);
+        r.handle_frame(now, 1, FrameV1::Delta(h[0].clone()).into());
+        r.flush(now);
+        outputs(&mut r);
+        r.handle_peer_holds(now, 4, Revision(5));
+        r.handle_timeout(now);
+        let out = outputs(&mut r);
+        assert_dials(&out, 2, 4);
+        assert!(!out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
+
+        // An offer not taken within the staleness limit is dropped.
+        let mut r = with_peers(now, 3, 1);
+        r.handle_timeout(now);
+        r.handle_connected(now, 1);
+        r.handle_frame(now, 1, FrameV1::Delta(h[0].clone()).into());
+        r.flush(now);
+        outputs(&mut r);
+        r.handle_peer_holds(now, 4, Revision(5));
+        r.handle_timeout(now);
+        assert!(
+            !outputs(&mut r)
+                .iter()
+                .any(|o| matches!(o, Output::Connect { .. }))
+        );
+        let later = now + Duration::from_millis(1_600);
+        r.handle_frame(
+            later,
+            1,
+            FrameV1::Heartbeat {
+                revision: Revision(1),
+            }
+            .into(),
+        );
+        r.handle_timeout(later);
+        let out = outputs(&mut r);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::Connect { upstream: 4, .. })),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn peer_links_never_dial_the_same_peer_at_once() {
+        let now = Instant::now();
+        // Three peers over two links: the rotations overlap, so link 1, searching, skips the
+        // peer link 2 is connected to.
+        let mut r = with_peers(now, 3, 2);
+        r.handle_timeout(now);
+        outputs(&mut r);
+        r.handle_connected(now, 2);
+        let mut at = now;
+        let mut dialed = Vec::new();
+        for _ in 0..12 {
+            at += Duration::from_millis(600);
+            let hb = FrameV1::Heartbeat {
+                revision: Revision(0),
+            };
+            r.handle_frame(at, 2, hb.into());
+            r.handle_timeout(at);
+            for o in outputs(&mut r) {
+                if let Output::Connect { link: 1, upstream } = o {
+                    dialed.push(upstream);
+                }
+            }
+        }
+        assert_eq!(dialed.len(), 12, "{dialed:?}");
+        assert!(!dialed.contains(&2), "link 2 is on upstream 2: {dialed:?}");
     }
 }

@@ -106,6 +106,11 @@ impl QuicHost {
         Some(ch)
     }
 
+    /// The address at the other end of a connection.
+    pub fn remote(&self, ch: ConnectionHandle) -> Option<SocketAddr> {
+        self.conns.get(&ch).map(|c| c.conn.remote_address())
+    }
+
     /// Closes a connection.
     pub fn close(&mut self, now: Instant, ch: ConnectionHandle) {
         if let Some(c) = self.conns.get_mut(&ch) {

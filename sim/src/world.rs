@@ -14,7 +14,8 @@ use meridian_origin::distributor::{
     ChangeSource, ConnId, Distributor, DistributorConfig, Transmit,
 };
 use meridian_protocol::{
-    Address, Change, Delta, Digest, FrameV1, Revision, Signer, TrustedKeys, VerifiedHeads, Version,
+    Address, Change, Delta, Digest, Frame, FrameV1, Revision, Signer, TrustedKeys, VerifiedHeads,
+    Version,
 };
 use meridian_store::{MemBackend, SignedState};
 use quinn_proto::{ConnectionHandle, Side};
@@ -69,7 +70,9 @@ struct EdgeNode {
     /// Dials in progress for each link (at most two: see `Output::Connect`).
     dialing: Vec<Vec<ConnectionHandle>>,
     link_of: BTreeMap<ConnectionHandle, usize>,
-    peers_in: BTreeMap<ConnectionHandle, ConnId>,
+    /// Peers that dialed this edge: the distributor's id for each, and the peer's upstream
+    /// number in this edge's own peer list (to pass on what it says it holds).
+    peers_in: BTreeMap<ConnectionHandle, (ConnId, Option<usize>)>,
     by_id: BTreeMap<ConnId, ConnectionHandle>,
     next_conn: ConnId,
     published: Revision,
@@ -287,7 +290,7 @@ impl World {
             crate::tls::SimTlsError::Rustls(rustls::Error::General("edge store".into()))
         })?;
         let published = state.revision();
-        let peers = peers_of(self.opts.edges_per_region, n);
+        let (_, rotation) = peers_of(self.opts.edges_per_region, n);
         let mut keys = vec![self.signer.verifying_key()];
         if self.opts.broken == Some(Broken::SkipsSignatureChecks) && n == 1 {
             keys.push(attacker().verifying_key());
@@ -297,7 +300,7 @@ impl World {
                 edge_id: format!("edge-{n}"),
                 region: REGIONS[self.net.region(n)].into(),
                 origin_count: 1,
-                peer_count: peers.len(),
+                peer_count: rotation,
                 heartbeat_interval_ms: 500,
                 reconnect_backoff_min_ms: 50,
                 reconnect_backoff_max_ms: 1_000,
@@ -813,7 +816,18 @@ impl World {
                         HostEvent::Connected(ch, Side::Server) => {
                             let id = e.next_conn;
                             e.next_conn += 1;
-                            e.peers_in.insert(ch, id);
+                            let upstream = e
+                                .host
+                                .remote(ch)
+                                .and_then(|a| self.by_addr.get(&a))
+                                .and_then(|node| {
+                                    peers_of(self.opts.edges_per_region, n)
+                                        .0
+                                        .iter()
+                                        .position(|p| p == node)
+                                })
+                                .map(|i| 1 + i);
+                            e.peers_in.insert(ch, (id, upstream));
                             e.by_id.insert(id, ch);
                             e.dist.handle_connect(now, id);
                         }
@@ -829,7 +843,7 @@ impl World {
                                         e.rep.handle_disconnected(now, link);
                                     }
                                 }
-                            } else if let Some(id) = e.peers_in.remove(&ch) {
+                            } else if let Some((id, _)) = e.peers_in.remove(&ch) {
                                 e.by_id.remove(&id);
                                 e.dist.handle_disconnect(id);
                             }
@@ -837,7 +851,17 @@ impl World {
                         HostEvent::Frame(ch, f) => {
                             if let Some(&link) = e.link_of.get(&ch) {
                                 e.rep.handle_frame(now, link, f);
-                            } else if let Some(&id) = e.peers_in.get(&ch) {
+                            } else if let Some(&(id, upstream)) = e.peers_in.get(&ch) {
+                                if let (
+                                    Some(upstream),
+                                    Frame::V1(
+                                        FrameV1::Hello { revision, .. }
+                                        | FrameV1::Heartbeat { revision },
+                                    ),
+                                ) = (upstream, &f)
+                                {
+                                    e.rep.handle_peer_holds(now, upstream, *revision);
+                                }
                                 e.dist.handle_frame(now, id, f, &EdgeSource(&e.rep));
                             }
                         }
@@ -889,7 +913,7 @@ impl World {
                     let addr = if upstream == 0 {
                         self.addrs[0]
                     } else {
-                        let peers = peers_of(self.opts.edges_per_region, n);
+                        let (peers, _) = peers_of(self.opts.edges_per_region, n);
                         self.addrs[peers[(upstream - 1) % peers.len()]]
                     };
                     if let Some(old) = e.links[link].take() {
@@ -1105,11 +1129,13 @@ impl World {
     }
 }
 
-/// The peer edges an edge may relay from, in the order it tries them: for each step, the
-/// same-index edge of the origin's region, a neighbour in its own region, then the same-index
-/// edge of the remaining region. Alternating regions means that whichever way the network is
-/// cut, a reachable peer is at most one failed dial away.
-fn peers_of(per: usize, n: NodeId) -> Vec<NodeId> {
+/// The peer edges an edge may relay from, and how many of them its peer links rotate through.
+/// The rotation comes first, in the order it is tried: for each step, the same-index edge of
+/// the origin's region, a neighbour in its own region, then the same-index edge of the
+/// remaining region. Alternating regions means that whichever way the network is cut, a
+/// reachable peer is at most one failed dial away. Every other edge follows: those are dialed
+/// only when they offer something newer (`Replicator::handle_peer_holds`).
+fn peers_of(per: usize, n: NodeId) -> (Vec<NodeId>, usize) {
     let region = (n - 1) / per;
     let index = (n - 1) % per;
     let mut out = Vec::new();
@@ -1130,7 +1156,13 @@ fn peers_of(per: usize, n: NodeId) -> Vec<NodeId> {
             }
         }
     }
-    out
+    let rotation = out.len();
+    for peer in 1..=per * REGIONS.len() {
+        if peer != n && !out.contains(&peer) {
+            out.push(peer);
+        }
+    }
+    (out, rotation)
 }
 
 /// What an edge serves its peers: its own signed state, and the newest head it has heard of.
