@@ -6,10 +6,10 @@
 use meridian_protocol::{
     Address, Change, Delta, EntryState, JsonText, Revision, SignedDelta, Signer, Version,
 };
-use meridian_store::{Backend, SignedState, StoreError};
+use meridian_store::{Backend, SignedState, StoreError, Write};
 
 /// A write.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     /// Set a value.
     Put {
@@ -30,7 +30,7 @@ pub enum Command {
 }
 
 /// What a committed command produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Applied {
     /// The new revision.
     pub revision: Revision,
@@ -81,8 +81,26 @@ impl<B: Backend> OriginCore<B> {
         self.state
     }
 
+    /// The signed state, to publish, flush or install a snapshot.
+    pub fn state_mut(&mut self) -> &mut SignedState<B> {
+        &mut self.state
+    }
+
     /// Applies one command as one revision, durable and published before it returns.
     pub fn apply(&mut self, command: Command) -> Result<(Applied, SignedDelta), ApplyError> {
+        let out = self.apply_unpublished(command, Vec::new())?;
+        self.state.publish()?;
+        Ok(out)
+    }
+
+    /// Applies one command as one revision, persisted with `extra` writes in one batch but
+    /// neither flushed nor shown to readers until [`SignedState::publish`]: a batch of commands
+    /// costs one flush.
+    pub fn apply_unpublished(
+        &mut self,
+        command: Command,
+        extra: Vec<Write>,
+    ) -> Result<(Applied, SignedDelta), ApplyError> {
         let (address, value, expect) = match command {
             Command::Put {
                 address,
@@ -117,8 +135,7 @@ impl<B: Backend> OriginCore<B> {
         };
         let digest = self.state.digest_after(&delta);
         let signed = self.signer.sign_delta(delta, digest);
-        self.state.apply_delta(&signed)?;
-        self.state.publish()?;
+        self.state.apply_delta_with(&signed, extra)?;
         let entry = signed.delta.entry(&signed.delta.changes[0]);
         Ok((
             Applied {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod core;
 pub mod distributor;
 pub mod node;
+pub mod raft;
 pub mod server;
 
 pub use config::OriginConfig;

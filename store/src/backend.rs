@@ -43,8 +43,18 @@ impl SledBackend {
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .open()?;
+        Self::from_db(db)
+    }
+
+    /// The state tree of an open database (whose other trees the caller may use).
+    pub fn from_db(db: sled::Db) -> Result<Self, BackendError> {
         let tree = db.open_tree("state")?;
         Ok(Self { db, tree })
+    }
+
+    /// The database, to open further trees in it.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
     }
 }
 

@@ -4,5 +4,6 @@
 pub mod backend;
 pub mod state;
 
+pub use backend::Write;
 pub use backend::{Backend, BackendError, MemBackend, SledBackend};
-pub use state::{Published, Reader, SignedState, StoreError};
+pub use state::{EXTRA_PREFIX, Published, Reader, SignedState, StoreError};

@@ -21,6 +21,9 @@ const META_REVISION: &[u8] = b"m/revision";
 const META_LTHASH: &[u8] = b"m/lthash";
 const META_HEAD: &[u8] = b"m/head";
 const ENTRY_PREFIX: u8 = b'e';
+/// The first byte of every key written through the `*_with` and `write_extra` methods: the
+/// store's own keys never start with it.
+pub const EXTRA_PREFIX: u8 = b'x';
 const DELTA_PREFIX: u8 = b'd';
 
 /// Why a state operation failed.
@@ -236,6 +239,17 @@ impl<B: Backend> SignedState<B> {
     /// Checks that `signed` follows the working revision and produces its signed digest, then
     /// persists it in one atomic batch. The signature must have been verified by the caller.
     pub fn apply_delta(&mut self, signed: &SignedDelta) -> Result<(), StoreError> {
+        self.apply_delta_with(signed, Vec::new())
+    }
+
+    /// [`SignedState::apply_delta`], with `extra` writes (outside the store's own key space:
+    /// keys starting with [`EXTRA_PREFIX`]) in the same atomic batch. The origin's Raft state
+    /// machine records the log position it applied this way.
+    pub fn apply_delta_with(
+        &mut self,
+        signed: &SignedDelta,
+        extra: Vec<Write>,
+    ) -> Result<(), StoreError> {
         let delta = &signed.delta;
         if delta.revision != self.revision.next() {
             return Err(StoreError::OutOfOrder {
@@ -262,6 +276,7 @@ impl<B: Backend> SignedState<B> {
         batch.push((META_LTHASH.to_vec(), Some(hash.to_bytes())));
         batch.push((META_HEAD.to_vec(), Some(encode(&signed.head))));
         batch.push((delta_key(delta.revision), Some(encode(signed))));
+        batch.extend(extra);
         let mut oldest = self.oldest_delta;
         while delta.revision.0 - oldest.0 + 1 > self.delta_window {
             batch.push((delta_key(oldest), None));
@@ -292,12 +307,38 @@ impl<B: Backend> SignedState<B> {
         Ok(self.revision)
     }
 
+    /// Persists `extra` writes (keys starting with [`EXTRA_PREFIX`]) in one atomic batch, in
+    /// order with the deltas; durable at the next [`SignedState::publish`] or
+    /// [`SignedState::flush`].
+    pub fn write_extra(&mut self, extra: Vec<Write>) -> Result<(), StoreError> {
+        if !extra.is_empty() {
+            self.backend.apply(extra)?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything persisted so far durable, published or not.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        self.backend.flush()?;
+        Ok(())
+    }
+
     /// Replaces the whole state with a snapshot whose entries must hash to `head`'s digest.
     /// Persisted in one batch, flushed and published before it returns.
     pub fn install_snapshot(
         &mut self,
         head: SignedHead,
         entries: Vec<(Address, EntryState)>,
+    ) -> Result<(), StoreError> {
+        self.install_snapshot_with(head, entries, Vec::new())
+    }
+
+    /// [`SignedState::install_snapshot`] with `extra` writes in the same batch.
+    pub fn install_snapshot_with(
+        &mut self,
+        head: SignedHead,
+        entries: Vec<(Address, EntryState)>,
+        extra: Vec<Write>,
     ) -> Result<(), StoreError> {
         self.publish()?;
         let state = CacheState::from_entries(head.head.revision, entries);
@@ -317,6 +358,7 @@ impl<B: Backend> SignedState<B> {
         batch.push((META_REVISION.to_vec(), Some(encode(&head.head.revision.0))));
         batch.push((META_LTHASH.to_vec(), Some(state.lthash().to_bytes())));
         batch.push((META_HEAD.to_vec(), Some(encode(&head))));
+        batch.extend(extra);
         self.backend.apply(batch)?;
         self.backend.flush()?;
         self.revision = head.head.revision;

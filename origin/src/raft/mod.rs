@@ -1,0 +1,70 @@
+//! The origin's Raft layer on openraft: the type configuration, what a log entry carries and
+//! what applying it answers, the log and vote in sled ([`log_store`]) and the state machine
+//! over the signed state ([`state_machine`]).
+//!
+//! Every node applies the same committed entries to the same deterministic core
+//! ([`crate::core::OriginCore`]) with the cluster's signing key, so every node holds the same
+//! revisions, deltas, digests and signatures, and any node can serve edges.
+
+use std::io::Cursor;
+
+use meridian_protocol::Address;
+use serde::{Deserialize, Serialize};
+
+use crate::core::{Applied, Command};
+
+pub mod log_store;
+pub mod state_machine;
+
+openraft::declare_raft_types!(
+    /// Meridian's openraft types: log entries carry a [`Request`], applying one answers a
+    /// [`Response`]; nodes are numbered and addressed by their HTTP address.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// A node's number in the cluster.
+pub type NodeId = u64;
+
+/// What a log entry asks the state machine to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The write.
+    pub command: Command,
+}
+
+/// What applying an entry produced. A refused write is still a committed entry (every node
+/// refuses it identically); it just makes no revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The write made a new revision.
+    Applied(Applied),
+    /// `expect_version` did not match.
+    VersionConflict {
+        /// The address.
+        address: Address,
+        /// What the writer expected.
+        expected: u64,
+        /// What is there (0 when absent).
+        actual: u64,
+    },
+    /// Delete of an absent address.
+    NotFound(Address),
+    /// A blank or membership entry: nothing to answer.
+    Nothing,
+}
+
+/// Raft errors as the node uses them.
+pub type StorageError = openraft::StorageError<NodeId>;
+/// A log position.
+pub type LogId = openraft::LogId<NodeId>;
+/// A Raft log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A membership as stored with the state.
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+/// What describes a snapshot.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;

@@ -1,0 +1,278 @@
+//! The Raft state machine: committed entries applied to the origin's deterministic core, with
+//! the log position and membership recorded in the same atomic batches as the data, and
+//! snapshots that are the signed state itself (its head and entries).
+//!
+//! The state is persistent: a batch of entries is flushed once, before `apply` returns, so a
+//! restarted node resumes from its last applied entry and never applies one twice. The current
+//! snapshot lives in memory only (the state on disk is what it was built from); after a restart
+//! the first request for one builds it afresh.
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+
+use meridian_protocol::{Address, EntryState, Revision, SignedHead, Signer};
+use meridian_store::{EXTRA_PREFIX, SignedState, SledBackend, StoreError, Write};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::core::{ApplyError, OriginCore};
+
+const APPLIED: &[u8] = &[EXTRA_PREFIX, b'r', b'a'];
+const MEMBERSHIP: &[u8] = &[EXTRA_PREFIX, b'r', b'm'];
+
+/// The origin core shared by the state machine, the write API and the edge server.
+pub type SharedCore = Arc<Mutex<OriginCore<SledBackend>>>;
+
+/// What a snapshot's bytes hold.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    head: Option<SignedHead>,
+    entries: Vec<(Address, EntryState)>,
+}
+
+/// The state machine; clones share everything (a clone is also the snapshot builder).
+#[derive(Clone)]
+pub struct StateMachine {
+    core: SharedCore,
+    commits: watch::Sender<Revision>,
+    current: Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>,
+}
+
+fn sm_write(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn sm_read(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    postcard::to_allocvec(value).map_err(sm_write)
+}
+
+fn applied_write(log_id: &LogId) -> Result<Write, StorageError> {
+    Ok((APPLIED.to_vec(), Some(encode(&Some(*log_id))?)))
+}
+
+impl StateMachine {
+    /// Opens the signed state in `db` (its `state` tree) with the cluster's signer.
+    pub fn open(db: &sled::Db, signer: Signer, delta_window: u64) -> Result<Self, StoreError> {
+        let backend = SledBackend::from_db(db.clone())?;
+        let state = SignedState::open(backend, delta_window)?;
+        let (commits, _) = watch::channel(state.revision());
+        Ok(Self {
+            core: Arc::new(Mutex::new(OriginCore::new(state, signer))),
+            commits,
+            current: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// The core, shared with the write API and the edge server.
+    pub fn core(&self) -> SharedCore {
+        self.core.clone()
+    }
+
+    /// Announces each applied revision (the edge server pushes it).
+    pub fn commits(&self) -> watch::Sender<Revision> {
+        self.commits.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OriginCore<SledBackend>> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The log position and membership recorded with the state.
+    fn meta_of(
+        core: &OriginCore<SledBackend>,
+    ) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        use meridian_store::Backend;
+        let backend = core.state().backend();
+        let applied = match backend.get(APPLIED).map_err(sm_read)? {
+            Some(b) => postcard::from_bytes::<Option<LogId>>(&b).map_err(sm_read)?,
+            None => None,
+        };
+        let membership = match backend.get(MEMBERSHIP).map_err(sm_read)? {
+            Some(b) => postcard::from_bytes(&b).map_err(sm_read)?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+
+    fn apply_one(
+        core: &mut OriginCore<SledBackend>,
+        entry: Entry,
+    ) -> Result<(Response, bool), StorageError> {
+        let log_id = entry.log_id;
+        let extra = applied_write(&log_id)?;
+        let write_extra = |core: &mut OriginCore<SledBackend>, writes: Vec<Write>| {
+            core.state_mut()
+                .write_extra(writes)
+                .map_err(|e| StorageError::from(StorageIOError::apply(log_id, &e)))
+        };
+        match entry.payload {
+            EntryPayload::Blank => {
+                write_extra(core, vec![extra])?;
+                Ok((Response::Nothing, false))
+            }
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(log_id), m);
+                write_extra(
+                    core,
+                    vec![extra, (MEMBERSHIP.to_vec(), Some(encode(&stored)?))],
+                )?;
+                Ok((Response::Nothing, false))
+            }
+            EntryPayload::Normal(request) => {
+                match core.apply_unpublished(request.command, vec![extra.clone()]) {
+                    Ok((applied, _)) => Ok((Response::Applied(applied), true)),
+                    Err(ApplyError::VersionConflict {
+                        address,
+                        expected,
+                        actual,
+                    }) => {
+                        write_extra(core, vec![extra])?;
+                        Ok((
+                            Response::VersionConflict {
+                                address,
+                                expected,
+                                actual,
+                            },
+                            false,
+                        ))
+                    }
+                    Err(ApplyError::NotFound(address)) => {
+                        write_extra(core, vec![extra])?;
+                        Ok((Response::NotFound(address), false))
+                    }
+                    Err(ApplyError::Store(e)) => Err(StorageIOError::apply(log_id, &e).into()),
+                }
+            }
+        }
+    }
+
+    fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (data, last_log_id, last_membership) = {
+            let core = self.lock();
+            let (head, entries) = core.state().snapshot();
+            let (applied, membership) = Self::meta_of(&core)?;
+            (SnapshotData { head, entries }, applied, membership)
+        };
+        let bytes =
+            postcard::to_allocvec(&data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let snapshot_id = match last_log_id {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, bytes.len()),
+            None => format!("empty-{}", bytes.len()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((meta.clone(), bytes.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.build()
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Self::meta_of(&self.lock())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        let revision = {
+            let mut core = self.lock();
+            for entry in entries {
+                let (response, _) = Self::apply_one(&mut core, entry)?;
+                out.push(response);
+            }
+            // One flush for the whole batch, then readers see it.
+            let state = core.state_mut();
+            state.flush().map_err(sm_write)?;
+            state.publish().map_err(sm_write)?
+        };
+        self.commits.send_replace(revision);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let signature = Some(meta.signature());
+        let data: SnapshotData = postcard::from_bytes(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        let extra = vec![
+            (APPLIED.to_vec(), Some(encode(&meta.last_log_id)?)),
+            (MEMBERSHIP.to_vec(), Some(encode(&meta.last_membership)?)),
+        ];
+        let revision = {
+            let mut core = self.lock();
+            let state = core.state_mut();
+            match data.head {
+                Some(head) => state.install_snapshot_with(head, data.entries, extra),
+                // A snapshot taken before the first write: only a state without writes can
+                // take it.
+                None if state.revision() == Revision(0) && data.entries.is_empty() => {
+                    state.write_extra(extra).and_then(|()| state.flush())
+                }
+                None => Err(StoreError::Invalid("snapshot without a head")),
+            }
+            .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+            state.revision()
+        };
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((meta.clone(), bytes));
+        self.commits.send_replace(revision);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match current {
+            Some((meta, bytes)) => Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(bytes)),
+            })),
+            None => {
+                let (applied, _) = Self::meta_of(&self.lock())?;
+                if applied.is_none() {
+                    return Ok(None);
+                }
+                self.build().map(Some)
+            }
+        }
+    }
+}
