@@ -13,7 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::{Applied, Command};
 
+// openraft's storage traits return its `StorageError` (over 200 bytes); the helpers here return
+// the same type rather than box it only to unbox it again at the trait boundary.
+#[allow(clippy::result_large_err)]
 pub mod log_store;
+#[allow(clippy::result_large_err)]
 pub mod state_machine;
 
 openraft::declare_raft_types!(

@@ -26,6 +26,9 @@ const MEMBERSHIP: &[u8] = &[EXTRA_PREFIX, b'r', b'm'];
 /// The origin core shared by the state machine, the write API and the edge server.
 pub type SharedCore = Arc<Mutex<OriginCore<SledBackend>>>;
 
+/// The snapshot last built or installed, with its bytes.
+type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>;
+
 /// What a snapshot's bytes hold.
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
@@ -38,7 +41,7 @@ struct SnapshotData {
 pub struct StateMachine {
     core: SharedCore,
     commits: watch::Sender<Revision>,
-    current: Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>,
+    current: CurrentSnapshot,
 }
 
 fn sm_write(e: impl std::error::Error + 'static) -> StorageError {
