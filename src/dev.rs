@@ -80,6 +80,7 @@ pub fn origin_config(opts: &DevOptions, pki: &DevPki) -> OriginConfig {
         heartbeat_interval_ms: 500,
         max_inflight_deltas: 1024,
         quic: QuicTuning::default(),
+        raft: meridian_origin::config::RaftConfig::default(),
     }
 }
 

@@ -3,6 +3,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::raft::Response as Applied;
+use crate::raft::cluster::{Cluster, ClusterError};
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -14,25 +17,22 @@ use meridian_net::http::{
     ApiError, json_bytes, method_not_allowed, metrics_endpoint, render_list, unknown_route,
     write_entry,
 };
+use meridian_protocol::Address;
 use meridian_protocol::addr::validate_key_prefix;
-use meridian_protocol::{Address, Revision};
-use meridian_store::{Reader, SledBackend};
+use meridian_store::Reader;
 use serde::Deserialize;
-use tokio::sync::watch;
 
-use crate::core::{ApplyError, Command, OriginCore};
+use crate::core::Command;
 use crate::distributor::EdgeInfo;
 
 /// Everything the handlers share.
 pub struct AppState {
     /// This node's id.
     pub node_id: String,
-    /// The state machine; writes lock it.
-    pub core: Arc<Mutex<OriginCore<SledBackend>>>,
+    /// The Raft cluster writes go through and reads are linearized against.
+    pub cluster: Cluster,
     /// Published state for reads.
     pub reader: Reader,
-    /// Told of every commit.
-    pub commits: watch::Sender<Revision>,
     /// Largest value accepted.
     pub max_value_bytes: usize,
     /// Connected edges as last reported by the distributor.
@@ -99,29 +99,40 @@ fn body_error(e: BytesRejection) -> ApiError {
     }
 }
 
-fn apply_error(e: ApplyError) -> ApiError {
+fn cluster_error(e: ClusterError) -> ApiError {
     match e {
-        ApplyError::VersionConflict { .. } => {
-            ApiError::new(StatusCode::CONFLICT, "version_conflict", e.to_string())
-        }
-        ApplyError::NotFound(a) => ApiError::not_found(a),
-        ApplyError::Store(s) => {
-            tracing::error!(error = %s, "write failed in storage");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", s.to_string())
+        ClusterError::NoQuorum(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", m),
+        ClusterError::Internal(m) => {
+            tracing::error!(error = %m, "write failed in the cluster");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
         }
     }
 }
 
+/// Commits a write through Raft; acknowledged only once committed and applied.
 async fn commit(state: &Arc<AppState>, command: Command) -> Result<crate::core::Applied, ApiError> {
-    let st = state.clone();
-    let applied = tokio::task::spawn_blocking(move || {
-        let mut core = st.core.lock().unwrap_or_else(|e| e.into_inner());
-        core.apply(command).map(|(applied, _)| applied)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-    .map_err(apply_error)?;
-    state.commits.send_replace(applied.revision);
+    let applied = match state.cluster.write(command).await.map_err(cluster_error)? {
+        Applied::Applied(a) => a,
+        Applied::VersionConflict {
+            address,
+            expected,
+            actual,
+        } => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "version_conflict",
+                format!("{address}: expected version {expected}, found {actual}"),
+            ));
+        }
+        Applied::NotFound(a) => return Err(ApiError::not_found(a)),
+        Applied::Nothing => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the write produced no answer",
+            ));
+        }
+    };
     metrics::counter!("meridian_origin_commits_total").increment(1);
     Ok(applied)
 }
@@ -194,6 +205,7 @@ async fn get_one(
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let a = address(path).map_err(count_error)?;
+    state.cluster.linearize().await.map_err(cluster_error)?;
     let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
     let entry = p
         .state
@@ -232,6 +244,7 @@ async fn list(
     meridian_protocol::addr::validate_app(&app).map_err(|e| count_error(e.into()))?;
     meridian_protocol::addr::validate_env(&env).map_err(|e| count_error(e.into()))?;
     validate_key_prefix(&q.prefix).map_err(|e| count_error(e.into()))?;
+    state.cluster.linearize().await.map_err(cluster_error)?;
     let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
     let items = p.state.namespace(&app, &env).into_iter().flat_map(|ns| {
         ns.range(q.prefix.clone()..)
@@ -246,6 +259,8 @@ async fn list(
 }
 
 async fn status(State(state): Shared) -> Response {
+    let metrics = state.cluster.raft().metrics().borrow().clone();
+    let role = format!("{:?}", metrics.state).to_lowercase();
     let (revision, digest) = {
         let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
         (p.state.revision().0, p.state.digest().to_string())
@@ -261,8 +276,11 @@ async fn status(State(state): Shared) -> Response {
         .unwrap_or_default();
     axum::Json(serde_json::json!({
         "node_id": state.node_id,
-        "role": "leader",
-        "leader": state.node_id,
+        "raft_id": metrics.id,
+        "role": role,
+        "leader": metrics.current_leader,
+        "term": metrics.current_term,
+        "members": metrics.membership_config.membership().nodes().map(|(id, n)| serde_json::json!({"id": id, "addr": n.addr})).collect::<Vec<_>>(),
         "revision": revision,
         "digest": digest,
         "connected_edges": edges,

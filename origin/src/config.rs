@@ -41,6 +41,65 @@ pub struct OriginConfig {
     /// QUIC keep-alive and idle timeout.
     #[serde(default)]
     pub quic: QuicTuning,
+    /// This node's place in the Raft cluster.
+    #[serde(default)]
+    pub raft: RaftConfig,
+}
+
+/// A cluster member: its number and the HTTP address other nodes reach it at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// The member's number (at least 1).
+    pub id: u64,
+    /// Its HTTP address, `host:port`.
+    pub addr: String,
+}
+
+/// Raft settings (`[raft]` in the origin's TOML).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// This node's number in the cluster (at least 1).
+    pub id: u64,
+    /// The HTTP address other nodes reach this one at; defaults to `http_listen`.
+    pub advertise: Option<String>,
+    /// The members a new cluster starts with. Empty means a cluster of this node alone. Only
+    /// the member with the lowest id initializes the cluster, and only while its log is empty;
+    /// the others wait to be contacted. Later changes go through the membership API.
+    pub members: Vec<Member>,
+    /// How often the leader sends heartbeats to followers.
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears no leader for a random time in
+    /// `[election_timeout_min_ms, election_timeout_max_ms)` starts an election.
+    pub election_timeout_min_ms: u64,
+    /// See `election_timeout_min_ms`.
+    pub election_timeout_max_ms: u64,
+    /// A snapshot is built after this many log entries since the last one; the log before
+    /// it is purged, which bounds the disk the log uses.
+    pub snapshot_after_logs: u64,
+    /// Entries kept behind a snapshot, so that a follower slightly behind catches up from the
+    /// log rather than by snapshot.
+    pub logs_kept_after_snapshot: u64,
+    /// How long a write or a linearizable read may wait for a quorum before it is refused
+    /// with 503 `no_quorum`.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            id: 1,
+            advertise: None,
+            members: Vec::new(),
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_after_logs: 10_000,
+            logs_kept_after_snapshot: 1_000,
+            request_timeout_ms: 5_000,
+        }
+    }
 }
 
 fn default_node_id() -> String {
@@ -110,6 +169,54 @@ impl OriginConfig {
             self.quic.keep_alive_interval_ms < self.quic.max_idle_timeout_ms,
             "quic.keep_alive_interval_ms",
             "must be below quic.max_idle_timeout_ms",
+        )?;
+        let r = &self.raft;
+        check(r.id >= 1, "raft.id", "must be at least 1")?;
+        check(
+            r.members.is_empty() || r.members.iter().any(|m| m.id == r.id),
+            "raft.members",
+            format!("must include this node (raft.id = {})", r.id),
+        )?;
+        for m in &r.members {
+            check(m.id >= 1, "raft.members", "every id must be at least 1")?;
+            check(
+                !m.addr.is_empty(),
+                "raft.members",
+                format!("member {} has an empty addr", m.id),
+            )?;
+            check(
+                r.members.iter().filter(|o| o.id == m.id).count() == 1,
+                "raft.members",
+                format!("member id {} appears twice", m.id),
+            )?;
+        }
+        check(
+            (1..=10_000).contains(&r.heartbeat_interval_ms),
+            "raft.heartbeat_interval_ms",
+            format!(
+                "must be between 1 and 10000, got {}",
+                r.heartbeat_interval_ms
+            ),
+        )?;
+        check(
+            r.election_timeout_min_ms > 2 * r.heartbeat_interval_ms,
+            "raft.election_timeout_min_ms",
+            "must exceed twice raft.heartbeat_interval_ms",
+        )?;
+        check(
+            r.election_timeout_max_ms > r.election_timeout_min_ms,
+            "raft.election_timeout_max_ms",
+            "must exceed raft.election_timeout_min_ms",
+        )?;
+        check(
+            r.snapshot_after_logs >= 1,
+            "raft.snapshot_after_logs",
+            "must be at least 1",
+        )?;
+        check(
+            (1..=600_000).contains(&r.request_timeout_ms),
+            "raft.request_timeout_ms",
+            format!("must be between 1 and 600000, got {}", r.request_timeout_ms),
         )?;
         Ok(())
     }

@@ -6,14 +6,22 @@ use std::sync::{Arc, Mutex};
 
 use meridian_net::{NetError, TlsError};
 use meridian_protocol::Signer;
-use meridian_store::{SignedState, SledBackend, StoreError};
+use meridian_store::{SledBackend, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use openraft::BasicNode;
+
 use crate::api::{AppState, router};
 use crate::config::{ConfigError, OriginConfig};
-use crate::core::OriginCore;
 use crate::distributor::{Distributor, DistributorConfig};
+use crate::raft::cluster::Cluster;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{Network, Raft};
+use crate::raft::state_machine::StateMachine;
 
 /// Why an origin could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +44,9 @@ pub enum StartError {
     /// QUIC endpoint.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// Raft could not start.
+    #[error("raft: {0}")]
+    Raft(String),
     /// HTTP listener.
     #[error("bind HTTP {addr}: {source}")]
     Http {
@@ -53,6 +64,8 @@ pub struct OriginHandle {
     pub http_addr: SocketAddr,
     /// Where the QUIC server listens.
     pub quic_addr: SocketAddr,
+    /// The Raft node.
+    pub raft: Raft,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -60,6 +73,7 @@ pub struct OriginHandle {
 impl OriginHandle {
     /// Stops serving and waits for the tasks to end.
     pub async fn shutdown(self) {
+        let _ = self.raft.shutdown().await;
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
@@ -76,14 +90,70 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         path: config.data_dir.clone(),
         source,
     };
-    let backend = SledBackend::open(&config.data_dir).map_err(|e| store_err(e.into()))?;
-    let state = SignedState::open(backend, config.delta_window).map_err(store_err)?;
-    let reader = state.reader();
-    let revision = state.revision();
-    let core = Arc::new(Mutex::new(OriginCore::new(state, signer)));
-    let (commits, commits_rx) = watch::channel(revision);
+    let db = SledBackend::open(&config.data_dir)
+        .map_err(|e| store_err(e.into()))?
+        .db()
+        .clone();
+    let sm = StateMachine::open(&db, signer, config.delta_window).map_err(store_err)?;
+    let log = LogStore::open(&db).map_err(|e| store_err(StoreError::Backend(e.into())))?;
+    let core = sm.core();
+    let (reader, revision) = {
+        let c = core.lock().unwrap_or_else(|e| e.into_inner());
+        (c.state().reader(), c.state().revision())
+    };
+    let commits_rx = sm.commits().subscribe();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let edges = Arc::new(Mutex::new(Vec::new()));
+
+    let r = &config.raft;
+    let raft_config = openraft::Config {
+        cluster_name: "meridian".into(),
+        heartbeat_interval: r.heartbeat_interval_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_after_logs),
+        max_in_snapshot_log_to_keep: r.logs_kept_after_snapshot,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| StartError::Raft(e.to_string()))?;
+    let timeout = Duration::from_millis(r.request_timeout_ms);
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let raft = Raft::new(
+        r.id,
+        Arc::new(raft_config),
+        Network::new(client.clone()),
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| StartError::Raft(e.to_string()))?;
+    let advertise = r
+        .advertise
+        .clone()
+        .unwrap_or_else(|| config.http_listen.to_string());
+    let members: BTreeMap<u64, BasicNode> = if r.members.is_empty() {
+        BTreeMap::from([(r.id, BasicNode::new(advertise))])
+    } else {
+        r.members
+            .iter()
+            .map(|m| (m.id, BasicNode::new(m.addr.clone())))
+            .collect()
+    };
+    let first = members.keys().next().copied();
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    if !initialized && first == Some(r.id) {
+        raft.initialize(members)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+    }
+    let cluster = Cluster::new(raft.clone(), client, timeout);
 
     let endpoint =
         meridian_net::quic::server_endpoint(config.quic_listen, &config.tls, config.quic)?;
@@ -117,12 +187,13 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     })?;
     let app = router(Arc::new(AppState {
         node_id: config.node_id.clone(),
-        core,
+        cluster: cluster.clone(),
         reader,
-        commits,
         max_value_bytes: config.max_value_bytes,
         edges,
-    }));
+    }))
+    .merge(crate::raft::network::routes(raft.clone()))
+    .merge(crate::raft::cluster::routes(cluster));
     let mut rx = shutdown_rx;
     let http_task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -136,6 +207,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     Ok(OriginHandle {
         http_addr,
         quic_addr,
+        raft,
         shutdown,
         tasks: vec![quic_task, http_task],
     })

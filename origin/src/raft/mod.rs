@@ -13,10 +13,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::{Applied, Command};
 
-// openraft's storage traits return its `StorageError` (over 200 bytes); the helpers here return
-// the same type rather than box it only to unbox it again at the trait boundary.
+// openraft's traits return its `StorageError` and `RPCError` (over 200 bytes); the helpers here
+// return the same types rather than box them only to unbox them again at the trait boundary.
+pub mod cluster;
 #[allow(clippy::result_large_err)]
 pub mod log_store;
+#[allow(clippy::result_large_err)]
+pub mod network;
 #[allow(clippy::result_large_err)]
 pub mod state_machine;
 

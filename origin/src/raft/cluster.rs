@@ -1,0 +1,209 @@
+//! A node's view of its cluster for the write and read paths: writes go through Raft on the
+//! leader (a follower forwards them, one hop, to the leader it knows), and reads are made
+//! linearizable by a read index the leader confirms with a quorum, which a follower then waits
+//! to have applied. When no leader is known or no quorum answers, callers get
+//! [`ClusterError::NoQuorum`], never a silent loss.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::post;
+use openraft::BasicNode;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use serde::{Deserialize, Serialize};
+
+use super::network::Raft;
+use super::{NodeId, Request, Response};
+use crate::core::Command;
+
+/// Why a write or a linearizable read could not be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ClusterError {
+    /// No leader is known, or the leader could not confirm it still has a quorum.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// The state machine or the Raft node failed.
+    #[error("raft: {0}")]
+    Internal(String),
+}
+
+/// How a follower forwards to the leader, and how long anything may take.
+#[derive(Clone)]
+pub struct Cluster {
+    raft: Raft,
+    client: reqwest::Client,
+    timeout: Duration,
+}
+
+impl Cluster {
+    /// The cluster of `raft`, forwarding with `client`; each write or read barrier gives up
+    /// after `timeout`.
+    pub fn new(raft: Raft, client: reqwest::Client, timeout: Duration) -> Self {
+        Self {
+            raft,
+            client,
+            timeout,
+        }
+    }
+
+    /// The Raft node.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Commits `command` and answers what applying it produced.
+    pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
+        match tokio::time::timeout(self.timeout, self.write_local(Request { command })).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(Forward::To(node, request))) => {
+                self.forward(&node, "/raft/write", &request).await
+            }
+            Ok(Err(Forward::Failed(e))) => Err(e),
+            Err(_) => Err(ClusterError::NoQuorum(format!(
+                "not committed within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn write_local(&self, request: Request) -> Result<Response, Forward<Request>> {
+        match self.raft.client_write(request.clone()).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(forward_or_fail(f, request))
+            }
+            Err(e) => Err(Forward::Failed(ClusterError::Internal(e.to_string()))),
+        }
+    }
+
+    /// Returns once this node's state machine holds everything committed before the call.
+    pub async fn linearize(&self) -> Result<(), ClusterError> {
+        let read = match tokio::time::timeout(self.timeout, self.read_index_local()).await {
+            Ok(Ok(index)) => index,
+            Ok(Err(Forward::To(node, ()))) => {
+                self.forward::<(), Option<u64>>(&node, "/raft/read-index", &())
+                    .await?
+            }
+            Ok(Err(Forward::Failed(e))) => return Err(e),
+            Err(_) => {
+                return Err(ClusterError::NoQuorum(format!(
+                    "leadership not confirmed within {} ms",
+                    self.timeout.as_millis()
+                )));
+            }
+        };
+        if let Some(index) = read {
+            self.raft
+                .wait(Some(self.timeout))
+                .applied_index_at_least(Some(index), "linearizable read")
+                .await
+                .map_err(|e| ClusterError::NoQuorum(format!("catching up to {index}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    async fn read_index_local(&self) -> Result<Option<u64>, Forward<()>> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map(|l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(forward_or_fail(f, ()))
+            }
+            Err(e) => Err(Forward::Failed(ClusterError::NoQuorum(e.to_string()))),
+        }
+    }
+
+    async fn forward<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        leader: &BasicNode,
+        path: &str,
+        request: &Req,
+    ) -> Result<Resp, ClusterError> {
+        let body =
+            postcard::to_allocvec(request).map_err(|e| ClusterError::Internal(e.to_string()))?;
+        let sent = self
+            .client
+            .post(format!("http://{}{path}", leader.addr))
+            .timeout(self.timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ClusterError::NoQuorum(format!("leader {}: {e}", leader.addr)))?;
+        if !sent.status().is_success() {
+            return Err(ClusterError::NoQuorum(format!(
+                "leader {} answered {}",
+                leader.addr,
+                sent.status()
+            )));
+        }
+        let bytes = sent
+            .bytes()
+            .await
+            .map_err(|e| ClusterError::NoQuorum(format!("leader {}: {e}", leader.addr)))?;
+        postcard::from_bytes::<Result<Resp, ClusterError>>(&bytes)
+            .map_err(|e| ClusterError::Internal(format!("leader's answer: {e}")))?
+    }
+
+    /// The leader as this node knows it.
+    pub async fn leader(&self) -> Option<NodeId> {
+        self.raft.current_leader().await
+    }
+}
+
+enum Forward<T> {
+    To(BasicNode, T),
+    Failed(ClusterError),
+}
+
+fn forward_or_fail<T>(f: ForwardToLeader<NodeId, BasicNode>, request: T) -> Forward<T> {
+    match f.leader_node {
+        Some(node) => Forward::To(node, request),
+        None => Forward::Failed(ClusterError::NoQuorum("no leader is known".into())),
+    }
+}
+
+/// The routes through which followers forward writes and read barriers to this node. They are
+/// served only if this node is the leader (no second hop).
+pub fn routes(cluster: Cluster) -> Router {
+    Router::new()
+        .route("/raft/write", post(forwarded_write))
+        .route("/raft/read-index", post(forwarded_read_index))
+        .with_state(cluster)
+}
+
+fn answer<T: Serialize>(result: &Result<T, ClusterError>) -> HttpResponse {
+    match postcard::to_allocvec(result) {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn forwarded_write(State(cluster): State<Cluster>, body: Bytes) -> HttpResponse {
+    let Ok(request) = postcard::from_bytes::<Request>(&body) else {
+        return (StatusCode::BAD_REQUEST, "malformed forwarded write").into_response();
+    };
+    let result = match cluster.write_local(request).await {
+        Ok(r) => Ok(r),
+        Err(Forward::To(node, _)) => Err(ClusterError::NoQuorum(format!(
+            "leadership moved to {}",
+            node.addr
+        ))),
+        Err(Forward::Failed(e)) => Err(e),
+    };
+    answer(&result)
+}
+
+async fn forwarded_read_index(State(cluster): State<Cluster>) -> HttpResponse {
+    let result = match cluster.read_index_local().await {
+        Ok(index) => Ok(index),
+        Err(Forward::To(node, ())) => Err(ClusterError::NoQuorum(format!(
+            "leadership moved to {}",
+            node.addr
+        ))),
+        Err(Forward::Failed(e)) => Err(e),
+    };
+    answer(&result)
+}

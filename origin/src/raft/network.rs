@@ -1,0 +1,187 @@
+//! Raft RPC between origin nodes over HTTP: each RPC is a `POST /raft/{append,vote,snapshot}`
+//! whose body is the postcard-encoded openraft request and whose answer is the postcard-encoded
+//! `Result` the receiving node's Raft returned. A node's address in the membership is its HTTP
+//! address (`host:port`), the same listener that serves the write API.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{NodeId, TypeConfig};
+
+/// The Raft handle the RPC routes deliver to.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Largest RPC body a node accepts (a snapshot chunk or a batch of entries).
+pub const MAX_RPC_BYTES: usize = 64 << 20;
+
+/// Dials other origin nodes; one client (and its connection pool) for all of them.
+#[derive(Clone)]
+pub struct Network {
+    client: reqwest::Client,
+}
+
+impl Network {
+    /// A network whose connections are made with `client`.
+    pub fn new(client: reqwest::Client) -> Self {
+        Self { client }
+    }
+}
+
+/// The RPC client for one target node.
+pub struct Peer {
+    client: reqwest::Client,
+    target: NodeId,
+    base: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
+        Peer {
+            client: self.client.clone(),
+            target,
+            base: format!("http://{}", node.addr),
+        }
+    }
+}
+
+/// Why an RPC's answer could not be read.
+#[derive(Debug, thiserror::Error)]
+enum RpcError {
+    #[error("HTTP {0} from the target node")]
+    Status(StatusCode),
+    #[error("undecodable answer: {0}")]
+    Decode(#[from] postcard::Error),
+}
+
+impl Peer {
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let body =
+            postcard::to_allocvec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let sent = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .timeout(option.hard_ttl())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                } else {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+            })?;
+        if !sent.status().is_success() {
+            let e = RpcError::Status(sent.status());
+            return Err(RPCError::Network(NetworkError::new(&e)));
+        }
+        let bytes = sent
+            .bytes()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let answer: Result<Resp, E> = postcard::from_bytes(&bytes)
+            .map_err(|e| RPCError::Network(NetworkError::new(&RpcError::from(e))))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("/raft/append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call("/raft/snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("/raft/vote", &rpc, &option).await
+    }
+}
+
+/// The routes that receive Raft RPCs for `raft`.
+pub fn routes(raft: Raft) -> Router {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_RPC_BYTES))
+        .with_state(raft)
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    postcard::from_bytes(body).map_err(|e| {
+        metrics::counter!("meridian_origin_raft_rpc_rejected_total").increment(1);
+        (StatusCode::BAD_REQUEST, format!("malformed Raft RPC: {e}")).into_response()
+    })
+}
+
+fn answer<T: Serialize>(result: &T) -> Response {
+    match postcard::to_allocvec(result) {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn append(State(raft): State<Raft>, body: Bytes) -> Response {
+    match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
+        Ok(rpc) => answer(&raft.append_entries(rpc).await),
+        Err(r) => r,
+    }
+}
+
+async fn vote(State(raft): State<Raft>, body: Bytes) -> Response {
+    match decode::<VoteRequest<NodeId>>(&body) {
+        Ok(rpc) => answer(&raft.vote(rpc).await),
+        Err(r) => r,
+    }
+}
+
+async fn snapshot(State(raft): State<Raft>, body: Bytes) -> Response {
+    match decode::<InstallSnapshotRequest<TypeConfig>>(&body) {
+        Ok(rpc) => answer(&raft.install_snapshot(rpc).await),
+        Err(r) => r,
+    }
+}
