@@ -1,0 +1,201 @@
+//! A three-node origin cluster on loopback: a leader is elected, writes sent to any node are
+//! committed (followers forward them), reads are linearizable on every node, losing the leader
+//! loses no acknowledged write, and a node cut off from its quorum refuses writes with 503
+//! `no_quorum` instead of losing them.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{base, eventually, get_json, http, init, put, status};
+use meridian::dev::{DevOptions, origin_config, pki};
+use meridian_origin::config::{Member, RaftConfig};
+use meridian_origin::{OriginConfig, OriginHandle};
+use serde_json::{Value, json};
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+struct Node {
+    id: u64,
+    http: String,
+    handle: Option<OriginHandle>,
+}
+
+fn configs(dir: &std::path::Path, request_timeout_ms: u64) -> Vec<OriginConfig> {
+    let opts = DevOptions::ephemeral(dir.to_owned());
+    let pki = pki(dir).expect("pki");
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let members: Vec<Member> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Member {
+            id: i as u64 + 1,
+            addr: a.to_string(),
+        })
+        .collect();
+    (0..3)
+        .map(|i| {
+            let mut c = origin_config(&opts, &pki);
+            c.node_id = format!("origin-{}", i + 1);
+            c.http_listen = addrs[i];
+            c.data_dir = dir.join(format!("origin-{}", i + 1));
+            c.raft = RaftConfig {
+                id: i as u64 + 1,
+                members: members.clone(),
+                request_timeout_ms,
+                ..RaftConfig::default()
+            };
+            c
+        })
+        .collect()
+}
+
+async fn start(dir: &std::path::Path, request_timeout_ms: u64) -> Vec<Node> {
+    init();
+    let mut nodes = Vec::new();
+    for c in configs(dir, request_timeout_ms) {
+        let id = c.raft.id;
+        let handle = meridian_origin::node::start(c)
+            .await
+            .expect("origin starts");
+        nodes.push(Node {
+            id,
+            http: base(handle.http_addr),
+            handle: Some(handle),
+        });
+    }
+    nodes
+}
+
+/// Waits until one of the running `nodes` says it leads and the others agree; its index.
+async fn leader(nodes: &[Node]) -> usize {
+    let c = http();
+    eventually(
+        Duration::from_secs(20),
+        "a leader every running node agrees on",
+        || {
+            let c = c.clone();
+            async move {
+                let mut leaders = Vec::new();
+                for n in nodes.iter().filter(|n| n.handle.is_some()) {
+                    leaders.push(status(&c, &n.http).await["leader"].as_u64());
+                }
+                let first = leaders.first().copied().flatten()?;
+                if !leaders.iter().all(|l| *l == Some(first)) {
+                    return None;
+                }
+                nodes
+                    .iter()
+                    .position(|n| n.id == first && n.handle.is_some())
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_the_leader_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start(dir.path(), 5_000).await;
+    let c = http();
+    let first = leader(&nodes).await;
+    let follower = (first + 1) % 3;
+
+    // Writes through a follower are forwarded to the leader and acknowledged after commit.
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let answer = put(
+            &c,
+            &nodes[follower].http,
+            &format!("app/prod/k{i}"),
+            json!(i),
+        )
+        .await;
+        acked.push((format!("k{i}"), answer["revision"].as_u64().unwrap()));
+    }
+    // Every node reads its own writes back (linearizable reads).
+    for n in &nodes {
+        let (code, v) = get_json(&c, &format!("{}/v1/kv/app/prod/k19", n.http)).await;
+        assert_eq!(
+            (code, v["value"].clone()),
+            (200, json!(19)),
+            "node {}",
+            n.id
+        );
+    }
+
+    // The leader goes away; the other two elect a new one and keep accepting writes.
+    nodes[first].handle.take().unwrap().shutdown().await;
+    let second = leader(&nodes).await;
+    assert_ne!(second, first);
+    let survivor = nodes
+        .iter()
+        .position(|n| n.handle.is_some() && n.id != nodes[second].id)
+        .unwrap();
+    let after = put(
+        &c,
+        &nodes[survivor].http,
+        "app/prod/after",
+        json!("failover"),
+    )
+    .await;
+    assert!(after["revision"].as_u64().unwrap() > acked.last().unwrap().1);
+
+    // Nothing acknowledged before the failover is missing on either survivor, and both hold
+    // the same signed state.
+    for n in nodes.iter().filter(|n| n.handle.is_some()) {
+        for (i, (key, revision)) in acked.iter().enumerate() {
+            let (code, v) = get_json(&c, &format!("{}/v1/kv/app/prod/{key}", n.http)).await;
+            assert_eq!(code, 200, "node {} lost {key}", n.id);
+            assert_eq!(v["value"], json!(i));
+            assert_eq!(v["revision"].as_u64(), Some(*revision));
+        }
+    }
+    let digests: Vec<Value> = {
+        let mut out = Vec::new();
+        for n in nodes.iter().filter(|n| n.handle.is_some()) {
+            let s = status(&c, &n.http).await;
+            out.push(json!([s["revision"], s["digest"]]));
+        }
+        out
+    };
+    assert_eq!(digests[0], digests[1]);
+    for n in nodes.iter_mut() {
+        if let Some(h) = n.handle.take() {
+            h.shutdown().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_without_a_quorum_refuses_writes_with_no_quorum() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start(dir.path(), 1_500).await;
+    let c = http();
+    let first = leader(&nodes).await;
+    put(&c, &nodes[first].http, "app/prod/before", json!(1)).await;
+
+    // Two of three stop: the one left has no quorum, whatever it was.
+    let left = (first + 1) % 3;
+    for i in 0..3 {
+        if i != left {
+            nodes[i].handle.take().unwrap().shutdown().await;
+        }
+    }
+    let r = c
+        .put(format!("{}/v1/kv/app/prod/lost", nodes[left].http))
+        .json(&json!({"value": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "no_quorum", "{body}");
+    let (code, body) = get_json(&c, &format!("{}/v1/kv/app/prod/before", nodes[left].http)).await;
+    assert_eq!(code, 503, "a linearizable read needs a quorum too: {body}");
+    nodes[left].handle.take().unwrap().shutdown().await;
+}
