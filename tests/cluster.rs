@@ -181,9 +181,9 @@ async fn a_node_without_a_quorum_refuses_writes_with_no_quorum() {
 
     // Two of three stop: the one left has no quorum, whatever it was.
     let left = (first + 1) % 3;
-    for i in 0..3 {
+    for (i, n) in nodes.iter_mut().enumerate() {
         if i != left {
-            nodes[i].handle.take().unwrap().shutdown().await;
+            n.handle.take().unwrap().shutdown().await;
         }
     }
     let r = c
