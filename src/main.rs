@@ -55,6 +55,66 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Inspect and change the origin's Raft cluster (any origin node; changes are redirected
+    /// to the leader).
+    Cluster {
+        /// An origin node's HTTP address.
+        #[arg(
+            long,
+            global = true,
+            default_value = "http://127.0.0.1:7070",
+            env = "MERIDIAN_ENDPOINT"
+        )]
+        endpoint: String,
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Leader, term, and every member with its replication progress.
+    Status,
+    /// Join a node: it catches up as a learner, then becomes a voter.
+    AddNode {
+        /// The new node's `raft.id`.
+        #[arg(long)]
+        id: u64,
+        /// Its HTTP address, host:port (its `raft.advertise`).
+        #[arg(long)]
+        addr: String,
+    },
+    /// Remove a voting member (the last one cannot be removed).
+    RemoveNode {
+        /// The node's `raft.id`.
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+/// Runs a `meridian cluster` action and prints the cluster as the node answers it.
+async fn cluster(endpoint: &str, action: ClusterAction) -> anyhow::Result<()> {
+    let c = reqwest::Client::new();
+    let base = endpoint.trim_end_matches('/');
+    let request = match action {
+        ClusterAction::Status => c.get(format!("{base}/v1/cluster")),
+        ClusterAction::AddNode { id, addr } => c
+            .post(format!("{base}/v1/cluster/nodes"))
+            .body(serde_json::json!({"id": id, "addr": addr}).to_string()),
+        ClusterAction::RemoveNode { id } => c.delete(format!("{base}/v1/cluster/nodes/{id}")),
+    };
+    let answer = request
+        .send()
+        .await
+        .with_context(|| format!("contacting the origin at {base}"))?;
+    let status = answer.status();
+    let body: serde_json::Value = answer
+        .json()
+        .await
+        .with_context(|| format!("reading the answer from {base}"))?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    anyhow::ensure!(status.is_success(), "the origin answered {status}");
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -227,6 +287,7 @@ async fn main() -> anyhow::Result<()> {
             ctrl_c().await;
             node.shutdown().await;
         }
+        Command::Cluster { endpoint, action } => cluster(&endpoint, action).await?,
         Command::Edge { config } => {
             let config: meridian_edge::EdgeConfig = read_config(&config)?;
             let node = meridian_edge::start(config).await?;

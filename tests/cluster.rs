@@ -26,9 +26,15 @@ struct Node {
 }
 
 fn configs(dir: &std::path::Path, request_timeout_ms: u64) -> Vec<OriginConfig> {
+    configs_of(dir, request_timeout_ms, 3)
+}
+
+/// Configs for `n` nodes that all list the same `n` members (the first three start the
+/// cluster; a later one joins through the admin API).
+fn configs_of(dir: &std::path::Path, request_timeout_ms: u64, n: usize) -> Vec<OriginConfig> {
     let opts = DevOptions::ephemeral(dir.to_owned());
     let pki = pki(dir).expect("pki");
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
     let members: Vec<Member> = addrs
         .iter()
         .enumerate()
@@ -37,7 +43,7 @@ fn configs(dir: &std::path::Path, request_timeout_ms: u64) -> Vec<OriginConfig> 
             addr: a.to_string(),
         })
         .collect();
-    (0..3)
+    (0..n)
         .map(|i| {
             let mut c = origin_config(&opts, &pki);
             c.node_id = format!("origin-{}", i + 1);
@@ -198,4 +204,96 @@ async fn a_node_without_a_quorum_refuses_writes_with_no_quorum() {
     let (code, body) = get_json(&c, &format!("{}/v1/kv/app/prod/before", nodes[left].http)).await;
     assert_eq!(code, 503, "a linearizable read needs a quorum too: {body}");
     nodes[left].handle.take().unwrap().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_join_and_leave_through_the_admin_api() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let all = configs_of(dir.path(), 5_000, 4);
+    let mut nodes = Vec::new();
+    for c in all.iter().take(3).cloned() {
+        let id = c.raft.id;
+        let handle = meridian_origin::node::start(c)
+            .await
+            .expect("origin starts");
+        nodes.push(Node {
+            id,
+            http: base(handle.http_addr),
+            handle: Some(handle),
+        });
+    }
+    let c = http();
+    let first = leader(&nodes).await;
+    for i in 0..10 {
+        put(&c, &nodes[first].http, &format!("app/prod/k{i}"), json!(i)).await;
+    }
+
+    // Node 4 starts knowing the members but does not initialize a cluster of its own; asked
+    // through a follower, the change is redirected to the leader.
+    let joining = all[3].clone();
+    let addr = joining.http_listen.to_string();
+    let handle = meridian_origin::node::start(joining)
+        .await
+        .expect("node 4 starts");
+    nodes.push(Node {
+        id: 4,
+        http: base(handle.http_addr),
+        handle: Some(handle),
+    });
+    let follower = (first + 1) % 3;
+    let r = c
+        .post(format!("{}/v1/cluster/nodes", nodes[follower].http))
+        .body(json!({"id": 4, "addr": addr}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let voters: Vec<u64> = body["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["voter"] == json!(true))
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(voters, vec![1, 2, 3, 4], "{body}");
+    // The new voter holds everything written before it joined.
+    let (code, v) = get_json(&c, &format!("{}/v1/kv/app/prod/k9", nodes[3].http)).await;
+    assert_eq!((code, v["value"].clone()), (200, json!(9)));
+
+    // A node that is not a member is refused clearly; a member is removed.
+    let r = c
+        .delete(format!("{}/v1/cluster/nodes/9", nodes[first].http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let gone = nodes[(first + 2) % 3].id;
+    let r = c
+        .delete(format!("{}/v1/cluster/nodes/{gone}", nodes[first].http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let ids: Vec<u64> = body["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    assert!(!ids.contains(&gone) && ids.len() == 3, "{body}");
+    put(
+        &c,
+        &nodes[first].http,
+        "app/prod/after",
+        json!("three voters"),
+    )
+    .await;
+    for n in nodes.iter_mut() {
+        if let Some(h) = n.handle.take() {
+            h.shutdown().await;
+        }
+    }
 }

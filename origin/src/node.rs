@@ -193,6 +193,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         edges,
     }))
     .merge(crate::raft::network::routes(raft.clone()))
+    .merge(crate::raft::admin::routes(raft.clone()))
     .merge(crate::raft::cluster::routes(cluster));
     let mut rx = shutdown_rx;
     let http_task = tokio::spawn(async move {

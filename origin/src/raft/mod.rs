@@ -15,6 +15,7 @@ use crate::core::{Applied, Command};
 
 // openraft's traits return its `StorageError` and `RPCError` (over 200 bytes); the helpers here
 // return the same types rather than box them only to unbox them again at the trait boundary.
+pub mod admin;
 pub mod cluster;
 #[allow(clippy::result_large_err)]
 pub mod log_store;
