@@ -8,6 +8,7 @@ use anyhow::Context;
 use meridian_edge::{EdgeConfig, EdgeHandle};
 use meridian_net::QuicTuning;
 use meridian_net::tls::{DevPki, ensure_dev_pki};
+use meridian_origin::config::{Member, RaftConfig};
 use meridian_origin::{OriginConfig, OriginHandle};
 
 /// The three regions of the dev topology, in port order.
@@ -26,6 +27,10 @@ pub struct DevOptions {
     pub edge_http: [SocketAddr; 3],
     /// Origin delta window.
     pub delta_window: u64,
+    /// How many origin nodes form the Raft cluster (1, 3 or 5). Node `i` (from 0) listens on
+    /// `origin_http` and `origin_quic` plus `i` for the documented ports, on free ports when
+    /// those are 0.
+    pub origin_nodes: usize,
 }
 
 impl DevOptions {
@@ -38,6 +43,7 @@ impl DevOptions {
             origin_quic: at(7443),
             edge_http: [at(7081), at(7082), at(7083)],
             delta_window: 10_000,
+            origin_nodes: 3,
         }
     }
 
@@ -50,7 +56,23 @@ impl DevOptions {
             origin_quic: any,
             edge_http: [any; 3],
             delta_window: 10_000,
+            origin_nodes: 1,
         }
+    }
+
+    /// The HTTP and QUIC addresses of origin node `i` (from 0).
+    pub fn origin_addrs(&self, i: usize) -> (SocketAddr, SocketAddr) {
+        let shift = |a: SocketAddr| -> SocketAddr {
+            if a.port() == 0 {
+                // A free port now, so that every node can be told the others' addresses.
+                std::net::TcpListener::bind(SocketAddr::new(a.ip(), 0))
+                    .and_then(|l| l.local_addr())
+                    .unwrap_or(a)
+            } else {
+                SocketAddr::new(a.ip(), a.port() + i as u16)
+            }
+        };
+        (shift(self.origin_http), shift(self.origin_quic))
     }
 }
 
@@ -112,39 +134,106 @@ pub fn edge_config(
     }
 }
 
+/// The configs of a dev origin cluster of `opts.origin_nodes` nodes (data in
+/// `DATA_DIR/origin-N`).
+pub fn origin_cluster_configs(opts: &DevOptions, pki: &DevPki) -> Vec<OriginConfig> {
+    let n = opts.origin_nodes.max(1);
+    let addrs: Vec<_> = (0..n).map(|i| opts.origin_addrs(i)).collect();
+    let members: Vec<Member> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (http, _))| Member {
+            id: i as u64 + 1,
+            addr: http.to_string(),
+        })
+        .collect();
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (http, quic))| {
+            let mut c = origin_config(opts, pki);
+            c.node_id = format!("origin-{}", i + 1);
+            c.http_listen = *http;
+            c.quic_listen = *quic;
+            c.data_dir = opts.data_dir.join(format!("origin-{}", i + 1));
+            c.raft = RaftConfig {
+                id: i as u64 + 1,
+                members: members.clone(),
+                ..RaftConfig::default()
+            };
+            c
+        })
+        .collect()
+}
+
 /// A running dev topology.
 pub struct DevCluster {
     /// The PKI in use.
     pub pki: DevPki,
-    /// The origin.
+    /// Origin node 1 (writes and reads work on any node; followers forward to the leader).
     pub origin: OriginHandle,
+    /// The other origin nodes, 2 and up.
+    pub more_origins: Vec<OriginHandle>,
     /// One edge per region, in [`REGIONS`] order.
     pub edges: Vec<EdgeHandle>,
 }
 
 impl DevCluster {
-    /// Starts the origin, then the three edges pointed at it.
+    /// Starts the origin nodes, waits for them to elect a leader, then starts the three edges,
+    /// each knowing every origin node (edge `r` tries node `r` first).
     pub async fn start(opts: &DevOptions) -> anyhow::Result<Self> {
         let pki = pki(&opts.data_dir)?;
-        let origin = meridian_origin::start(origin_config(opts, &pki))
-            .await
-            .context("starting the origin")?;
+        let mut origins = Vec::new();
+        for config in origin_cluster_configs(opts, &pki) {
+            let id = config.raft.id;
+            origins.push(
+                meridian_origin::start(config)
+                    .await
+                    .with_context(|| format!("starting origin node {id}"))?,
+            );
+        }
+        for o in &origins {
+            o.raft
+                .wait(Some(std::time::Duration::from_secs(30)))
+                .metrics(|m| m.current_leader.is_some(), "a leader")
+                .await
+                .context("the origin cluster elected no leader within 30 s")?;
+        }
+        let quic: Vec<SocketAddr> = origins.iter().map(|o| o.quic_addr).collect();
         let mut edges = Vec::new();
-        for (region, http) in REGIONS.iter().zip(opts.edge_http) {
-            let config = edge_config(&opts.data_dir, &pki, region, http, origin.quic_addr);
+        for (r, (region, http)) in REGIONS.iter().zip(opts.edge_http).enumerate() {
+            let mut config = edge_config(&opts.data_dir, &pki, region, http, quic[0]);
+            let mut order = quic.clone();
+            order.rotate_left(r % quic.len());
+            config.origins = order;
             edges.push(
                 meridian_edge::start(config)
                     .await
                     .with_context(|| format!("starting edge {region}"))?,
             );
         }
-        Ok(Self { pki, origin, edges })
+        let mut origins = origins.into_iter();
+        let origin = origins.next().context("no origin node")?;
+        Ok(Self {
+            pki,
+            origin,
+            more_origins: origins.collect(),
+            edges,
+        })
+    }
+
+    /// Every origin node, node 1 first.
+    pub fn origins(&self) -> impl Iterator<Item = &OriginHandle> {
+        std::iter::once(&self.origin).chain(&self.more_origins)
     }
 
     /// Stops everything.
     pub async fn shutdown(self) {
         for e in self.edges {
             e.shutdown().await;
+        }
+        for o in self.more_origins {
+            o.shutdown().await;
         }
         self.origin.shutdown().await;
     }

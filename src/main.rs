@@ -20,15 +20,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the origin and three edges (us-east, eu-west, ap-south) on loopback.
+    /// Run a three-node origin cluster and three edges (us-east, eu-west, ap-south) on
+    /// loopback.
     ///
-    /// Origin API on 127.0.0.1:7070 (QUIC 7443), edges on 127.0.0.1:7081, :7082, :7083.
-    /// A throwaway CA, certificates and signing key are created under DATA_DIR/pki on first
-    /// start and reused after. Ctrl-C stops everything cleanly.
+    /// Origin nodes' APIs on 127.0.0.1:7070, :7071, :7072 (QUIC 7443, 7444, 7445; write to any,
+    /// followers forward to the Raft leader), edges on 127.0.0.1:7081, :7082, :7083, each
+    /// knowing every origin node. A throwaway CA, certificates and signing key are created under
+    /// DATA_DIR/pki on first start and reused after. Ctrl-C stops everything cleanly.
     Dev {
         /// Where all data, certificates and keys are kept.
         #[arg(long, default_value = "./meridian-data", env = "MERIDIAN_DATA_DIR")]
         data_dir: PathBuf,
+        /// Origin nodes in the Raft cluster: 1, 3 or 5.
+        #[arg(long, default_value_t = 3, value_parser = origin_nodes)]
+        origin_nodes: usize,
     },
     /// Create (once) the throwaway development CA, certificates and signing key under
     /// DATA_DIR/pki, as used by `meridian dev` and by the configs in deploy/regions/.
@@ -90,6 +95,14 @@ enum ClusterAction {
         #[arg(long)]
         id: u64,
     },
+}
+
+/// Parses `--origin-nodes`: an odd cluster size that tolerates failures.
+fn origin_nodes(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ (1 | 3 | 5)) => Ok(n),
+        _ => Err(format!("must be 1, 3 or 5 (got {s:?})")),
+    }
 }
 
 /// Runs a `meridian cluster` action and prints the cluster as the node answers it.
@@ -223,19 +236,29 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .init();
     match Cli::parse().command {
-        Command::Dev { data_dir } => {
-            let opts = DevOptions::standard(data_dir);
+        Command::Dev {
+            data_dir,
+            origin_nodes,
+        } => {
+            let mut opts = DevOptions::standard(data_dir);
+            opts.origin_nodes = origin_nodes;
             let cluster = DevCluster::start(&opts).await?;
             println!(
                 "Meridian dev topology is up (data in {}):",
                 opts.data_dir.display()
             );
-            println!("  origin  write API  http://{}", cluster.origin.http_addr);
-            println!("  origin  QUIC       {}", cluster.origin.quic_addr);
+            for (i, o) in cluster.origins().enumerate() {
+                println!(
+                    "  origin {}  API http://{}  QUIC {}",
+                    i + 1,
+                    o.http_addr,
+                    o.quic_addr
+                );
+            }
             for (region, edge) in REGIONS.iter().zip(&cluster.edges) {
                 println!("  edge    {region:<9}  http://{}", edge.http_addr);
             }

@@ -297,3 +297,69 @@ async fn nodes_join_and_leave_through_the_admin_api() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edges_fail_over_to_another_origin_node_from_their_own_revision() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = DevOptions::ephemeral(dir.path().to_owned());
+    opts.origin_nodes = 3;
+    let meridian::dev::DevCluster {
+        origin,
+        more_origins,
+        edges,
+        ..
+    } = meridian::dev::DevCluster::start(&opts)
+        .await
+        .expect("dev cluster");
+    let c = http();
+    let first = base(origin.http_addr);
+    for i in 0..20 {
+        put(&c, &first, &format!("app/prod/k{i}"), json!(i)).await;
+    }
+    let edge_urls: Vec<String> = edges.iter().map(|e| base(e.http_addr)).collect();
+    for url in &edge_urls {
+        eventually(Duration::from_secs(20), "edges at revision 20", || {
+            let c = c.clone();
+            async move { (common::revision(&c, url).await == 20).then_some(()) }
+        })
+        .await;
+    }
+
+    // Node 1 goes away (every edge knows all three nodes; us-east dialed node 1 first).
+    origin.shutdown().await;
+    let survivor = base(more_origins[0].http_addr);
+    for i in 20..30 {
+        put(&c, &survivor, &format!("app/prod/k{i}"), json!(i)).await;
+    }
+    for url in &edge_urls {
+        eventually(Duration::from_secs(20), "edges at revision 30", || {
+            let c = c.clone();
+            async move { (common::revision(&c, url).await == 30).then_some(()) }
+        })
+        .await;
+        let (code, v) = get_json(&c, &format!("{url}/v1/kv/app/prod/k29")).await;
+        assert_eq!((code, v["value"].clone()), (200, json!(29)));
+    }
+    // They continued with deltas from their own revision: no edge needed a snapshot.
+    let metrics = c
+        .get(format!("{}/metrics", edge_urls[0]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let snapshots: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("meridian_edge_snapshots_installed_total{"))
+        .collect();
+    assert!(!snapshots.is_empty(), "{metrics}");
+    assert!(snapshots.iter().all(|l| l.ends_with(" 0")), "{snapshots:?}");
+    for e in edges {
+        e.shutdown().await;
+    }
+    for o in more_origins {
+        o.shutdown().await;
+    }
+}

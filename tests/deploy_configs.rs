@@ -12,10 +12,25 @@ fn read(name: &str) -> String {
 }
 
 #[test]
-fn origin_config_parses_and_validates() {
-    let c: OriginConfig = toml::from_str(&read("origin.toml")).unwrap();
-    c.validate().unwrap();
-    assert_eq!(c.http_listen.port(), 7070);
+fn origin_configs_describe_one_three_node_cluster() {
+    for (i, name) in ["origin.toml", "origin-2.toml", "origin-3.toml"]
+        .iter()
+        .enumerate()
+    {
+        let c: OriginConfig = toml::from_str(&read(name)).unwrap();
+        c.validate().unwrap();
+        let id = i as u64 + 1;
+        assert_eq!(c.raft.id, id, "{name}");
+        assert_eq!(c.http_listen.port(), 7069 + id as u16, "{name}");
+        assert_eq!(c.raft.members.len(), 3, "{name}");
+        assert_eq!(
+            c.raft.advertise.as_deref(),
+            Some(c.http_listen.to_string().as_str()),
+            "{name}"
+        );
+        let member = c.raft.members.iter().find(|m| m.id == id).unwrap();
+        assert_eq!(member.addr, c.http_listen.to_string(), "{name}");
+    }
 }
 
 #[test]

@@ -101,7 +101,9 @@ fn body_error(e: BytesRejection) -> ApiError {
 
 fn cluster_error(e: ClusterError) -> ApiError {
     match e {
-        ClusterError::NoQuorum(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", m),
+        ClusterError::NoQuorum(m) | ClusterError::Unreachable(m) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", m)
+        }
         ClusterError::Internal(m) => {
             tracing::error!(error = %m, "write failed in the cluster");
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)

@@ -26,6 +26,9 @@ pub enum ClusterError {
     /// No leader is known, or the leader could not confirm it still has a quorum.
     #[error("no quorum: {0}")]
     NoQuorum(String),
+    /// The leader this node knows could not be reached.
+    #[error("leader unreachable: {0}")]
+    Unreachable(String),
     /// The state machine or the Raft node failed.
     #[error("raft: {0}")]
     Internal(String),
@@ -55,19 +58,63 @@ impl Cluster {
         &self.raft
     }
 
-    /// Commits `command` and answers what applying it produced.
+    /// Commits `command` and answers what applying it produced. During an election the write
+    /// waits (within the timeout) for a leader rather than failing at once.
     pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
-        match tokio::time::timeout(self.timeout, self.write_local(Request { command })).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(Forward::To(node, request))) => {
-                self.forward(&node, "/raft/write", &request).await
+        let request = Request { command };
+        let attempt = async {
+            loop {
+                match self.write_local(request.clone()).await {
+                    Ok(response) => return Ok(response),
+                    Err(Forward::To(leader, node, request)) => {
+                        match self.forward(&node, "/raft/write", &request).await {
+                            // The leader this node knows may just have died: wait for the
+                            // election to name another, then try again.
+                            Err(ClusterError::Unreachable(_)) => {
+                                self.await_leader_other_than(leader).await?
+                            }
+                            other => return other,
+                        }
+                    }
+                    Err(Forward::NoLeader) => self.await_leader().await?,
+                    Err(Forward::Failed(e)) => return Err(e),
+                }
             }
-            Ok(Err(Forward::Failed(e))) => Err(e),
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(result) => result,
             Err(_) => Err(ClusterError::NoQuorum(format!(
                 "not committed within {} ms",
                 self.timeout.as_millis()
             ))),
         }
+    }
+
+    /// Waits until this node knows a leader other than `old`.
+    async fn await_leader_other_than(&self, old: NodeId) -> Result<(), ClusterError> {
+        self.raft
+            .wait(Some(self.timeout))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != old),
+                "a new leader",
+            )
+            .await
+            .map_err(|e| {
+                ClusterError::NoQuorum(format!("leader {old} unreachable, no other elected: {e}"))
+            })?;
+        Ok(())
+    }
+
+    /// Waits until this node knows a leader (an election is under way), then a short pause so
+    /// that a leader known by id but not yet by address is not asked in a tight loop.
+    async fn await_leader(&self) -> Result<(), ClusterError> {
+        self.raft
+            .wait(Some(self.timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map_err(|e| ClusterError::NoQuorum(format!("no leader elected: {e}")))?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(())
     }
 
     async fn write_local(&self, request: Request) -> Result<Response, Forward<Request>> {
@@ -82,13 +129,28 @@ impl Cluster {
 
     /// Returns once this node's state machine holds everything committed before the call.
     pub async fn linearize(&self) -> Result<(), ClusterError> {
-        let read = match tokio::time::timeout(self.timeout, self.read_index_local()).await {
-            Ok(Ok(index)) => index,
-            Ok(Err(Forward::To(node, ()))) => {
-                self.forward::<(), Option<u64>>(&node, "/raft/read-index", &())
-                    .await?
+        let attempt = async {
+            loop {
+                match self.read_index_local().await {
+                    Ok(index) => return Ok(index),
+                    Err(Forward::To(leader, node, ())) => {
+                        match self
+                            .forward::<(), Option<u64>>(&node, "/raft/read-index", &())
+                            .await
+                        {
+                            Err(ClusterError::Unreachable(_)) => {
+                                self.await_leader_other_than(leader).await?
+                            }
+                            other => return other,
+                        }
+                    }
+                    Err(Forward::NoLeader) => self.await_leader().await?,
+                    Err(Forward::Failed(e)) => return Err(e),
+                }
             }
-            Ok(Err(Forward::Failed(e))) => return Err(e),
+        };
+        let read = match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(result) => result?,
             Err(_) => {
                 return Err(ClusterError::NoQuorum(format!(
                     "leadership not confirmed within {} ms",
@@ -131,7 +193,13 @@ impl Cluster {
             .body(body)
             .send()
             .await
-            .map_err(|e| ClusterError::NoQuorum(format!("leader {}: {e}", leader.addr)))?;
+            .map_err(|e| {
+                if e.is_connect() {
+                    ClusterError::Unreachable(format!("leader {}: {e}", leader.addr))
+                } else {
+                    ClusterError::NoQuorum(format!("leader {}: {e}", leader.addr))
+                }
+            })?;
         if !sent.status().is_success() {
             return Err(ClusterError::NoQuorum(format!(
                 "leader {} answered {}",
@@ -154,14 +222,15 @@ impl Cluster {
 }
 
 enum Forward<T> {
-    To(BasicNode, T),
+    To(NodeId, BasicNode, T),
+    NoLeader,
     Failed(ClusterError),
 }
 
 fn forward_or_fail<T>(f: ForwardToLeader<NodeId, BasicNode>, request: T) -> Forward<T> {
-    match f.leader_node {
-        Some(node) => Forward::To(node, request),
-        None => Forward::Failed(ClusterError::NoQuorum("no leader is known".into())),
+    match (f.leader_id, f.leader_node) {
+        (Some(id), Some(node)) => Forward::To(id, node, request),
+        _ => Forward::NoLeader,
     }
 }
 
@@ -187,10 +256,11 @@ async fn forwarded_write(State(cluster): State<Cluster>, body: Bytes) -> HttpRes
     };
     let result = match cluster.write_local(request).await {
         Ok(r) => Ok(r),
-        Err(Forward::To(node, _)) => Err(ClusterError::NoQuorum(format!(
+        Err(Forward::To(_, node, _)) => Err(ClusterError::NoQuorum(format!(
             "leadership moved to {}",
             node.addr
         ))),
+        Err(Forward::NoLeader) => Err(ClusterError::NoQuorum("no leader is known".into())),
         Err(Forward::Failed(e)) => Err(e),
     };
     answer(&result)
@@ -199,10 +269,11 @@ async fn forwarded_write(State(cluster): State<Cluster>, body: Bytes) -> HttpRes
 async fn forwarded_read_index(State(cluster): State<Cluster>) -> HttpResponse {
     let result = match cluster.read_index_local().await {
         Ok(index) => Ok(index),
-        Err(Forward::To(node, ())) => Err(ClusterError::NoQuorum(format!(
+        Err(Forward::To(_, node, ())) => Err(ClusterError::NoQuorum(format!(
             "leadership moved to {}",
             node.addr
         ))),
+        Err(Forward::NoLeader) => Err(ClusterError::NoQuorum("no leader is known".into())),
         Err(Forward::Failed(e)) => Err(e),
     };
     answer(&result)
