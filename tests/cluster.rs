@@ -77,6 +77,17 @@ async fn start(dir: &std::path::Path, request_timeout_ms: u64) -> Vec<Node> {
     nodes
 }
 
+/// The ids of the nodes (only the voters, if `voters`) in a `/v1/cluster` answer.
+fn node_ids(cluster: &Value, voters: bool) -> Vec<u64> {
+    cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| !voters || n["voter"] == json!(true))
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect()
+}
+
 /// Waits until one of the running `nodes` says it leads and the others agree; its index.
 async fn leader(nodes: &[Node]) -> usize {
     let c = http();
@@ -250,14 +261,7 @@ async fn nodes_join_and_leave_through_the_admin_api() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
-    let voters: Vec<u64> = body["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["voter"] == json!(true))
-        .map(|n| n["id"].as_u64().unwrap())
-        .collect();
-    assert_eq!(voters, vec![1, 2, 3, 4], "{body}");
+    assert_eq!(node_ids(&body, true), vec![1, 2, 3, 4], "{body}");
     // The new voter holds everything written before it joined.
     let (code, v) = get_json(&c, &format!("{}/v1/kv/app/prod/k9", nodes[3].http)).await;
     assert_eq!((code, v["value"].clone()), (200, json!(9)));
@@ -277,12 +281,7 @@ async fn nodes_join_and_leave_through_the_admin_api() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
-    let ids: Vec<u64> = body["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["id"].as_u64().unwrap())
-        .collect();
+    let ids = node_ids(&body, false);
     assert!(!ids.contains(&gone) && ids.len() == 3, "{body}");
     put(
         &c,
@@ -342,14 +341,7 @@ async fn edges_fail_over_to_another_origin_node_from_their_own_revision() {
         assert_eq!((code, v["value"].clone()), (200, json!(29)));
     }
     // They continued with deltas from their own revision: no edge needed a snapshot.
-    let metrics = c
-        .get(format!("{}/metrics", edge_urls[0]))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&c, &edge_urls[0]).await;
     let snapshots: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("meridian_edge_snapshots_installed_total{"))

@@ -372,14 +372,7 @@ async fn bad_http_input_gets_json_errors() {
     check(conflict, 409, "version_conflict").await;
     // Nothing refused was committed.
     assert_eq!(revision(&c, &origin).await, 1);
-    let metrics = c
-        .get(format!("{origin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&c, &origin).await;
     assert!(
         metrics.contains("meridian_origin_rejected_requests_total"),
         "{metrics}"

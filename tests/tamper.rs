@@ -129,14 +129,7 @@ async fn forged_tampered_and_garbage_deltas_are_rejected_and_counted() {
         (code, v["value"].clone(), v["revision"].clone()),
         (200, "on".into(), 1.into())
     );
-    let metrics = c
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&c, &url).await;
     assert!(
         metrics.contains("meridian_edge_rejected_total"),
         "{metrics}"

@@ -41,7 +41,11 @@ mod writes {
     use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
 
     fn open(dir: &tempfile::TempDir) -> StateMachine {
-        let db = sled::open(dir.path()).expect("sled");
+        // Through SledBackend::open, which waits for the previous handle's flusher to let go.
+        let db = meridian_store::SledBackend::open(dir.path())
+            .expect("sled")
+            .db()
+            .clone();
         StateMachine::open(&db, Signer::from_bytes(&[7; 32]), 1024).expect("state machine")
     }
 

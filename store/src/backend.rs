@@ -30,6 +30,10 @@ pub trait Backend: Send + Sync {
     fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Pairs, BackendError>;
 }
 
+/// How long [`SledBackend::open`] waits for another handle in this process to release the
+/// database folder.
+pub const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// sled, with everything in one tree so that a batch is atomic.
 pub struct SledBackend {
     db: sled::Db,
@@ -38,12 +42,28 @@ pub struct SledBackend {
 
 impl SledBackend {
     /// Opens (or creates) the database in `dir`.
+    ///
+    /// sled locks the folder for as long as its database is open, and its background flusher
+    /// may hold a just-dropped database for a moment; a reopen in the same process (a restart
+    /// in a test, a node restarted in place) waits up to [`REOPEN_WAIT`] for the lock.
     pub fn open(dir: &std::path::Path) -> Result<Self, BackendError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
-        Self::from_db(db)
+        let started = std::time::Instant::now();
+        loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .mode(sled::Mode::HighThroughput)
+                .open();
+            match opened {
+                Ok(db) => return Self::from_db(db),
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && started.elapsed() < REOPEN_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The state tree of an open database (whose other trees the caller may use).

@@ -68,6 +68,17 @@ pub async fn revision(c: &reqwest::Client, base: &str) -> u64 {
     status(c, base).await["revision"].as_u64().unwrap_or(0)
 }
 
+/// The Prometheus text a node serves at `/metrics`.
+pub async fn metrics_text(c: &reqwest::Client, base: &str) -> String {
+    c.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub fn base(addr: std::net::SocketAddr) -> String {
     format!("http://{addr}")
 }
