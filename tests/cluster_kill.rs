@@ -1,0 +1,195 @@
+//! Three `meridian origin` processes on loopback; the leader is killed with SIGKILL while
+//! several clients write. A new leader is elected, writes resume, the killed node restarts from
+//! its sled log and catches up, and every write acknowledged at any time is on every node with
+//! the revision it was acknowledged with.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use meridian::dev::{DevOptions, origin_cluster_configs, pki};
+use serde_json::{Value, json};
+
+/// Starts `meridian origin --config FILE`; its HTTP base URL once it listens.
+fn spawn_origin(config: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["origin", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn meridian origin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    // Log lines may come first; the address line is `origin: HTTP <url>  QUIC <addr>`.
+    let url = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("origin: HTTP ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned)
+        })
+        .expect("origin prints its address");
+    (child, url)
+}
+
+/// One client: writes unique keys round-robin over `urls` until `stop`, recording each
+/// acknowledged write as (key, revision). Refusals and dropped connections are not recorded.
+async fn writer(
+    id: usize,
+    urls: Vec<String>,
+    acked: Arc<Mutex<Vec<(String, u64)>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut i = 0usize;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let key = format!("w{id}-{i}");
+        let url = &urls[i % urls.len()];
+        i += 1;
+        let Ok(r) = c
+            .put(format!("{url}/v1/kv/app/prod/{key}"))
+            .json(&json!({"value": i}))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        if r.status() == 200 {
+            let v: Value = r.json().await.unwrap();
+            let revision = v["revision"].as_u64().unwrap();
+            acked.lock().unwrap().push((key, revision));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_the_leader_loses_no_acknowledged_write() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path()).unwrap();
+    let mut opts = DevOptions::ephemeral(dir.path().to_owned());
+    opts.origin_nodes = 3;
+    let mut paths = Vec::new();
+    for (i, config) in origin_cluster_configs(&opts, &pki).iter().enumerate() {
+        let path = dir.path().join(format!("origin-{}.toml", i + 1));
+        std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
+        paths.push(path);
+    }
+    let mut procs: Vec<(Child, String)> = paths.iter().map(|p| spawn_origin(p)).collect();
+    let urls: Vec<String> = procs.iter().map(|(_, u)| u.clone()).collect();
+    let c = http();
+    // The leader every node in `urls` agrees on, other than `not`.
+    let leader_of = |urls: Vec<String>, not: Option<u64>| {
+        let c = c.clone();
+        async move {
+            eventually(Duration::from_secs(30), "an agreed leader", || {
+                let (c, urls) = (c.clone(), urls.clone());
+                async move {
+                    let mut seen = BTreeSet::new();
+                    for u in &urls {
+                        seen.insert(status(&c, u).await["leader"].as_u64()?);
+                    }
+                    let l = *seen.first()?;
+                    (seen.len() == 1 && Some(l) != not).then_some(l)
+                }
+            })
+            .await
+        }
+    };
+    let leader = leader_of(urls.clone(), None).await as usize;
+
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|id| tokio::spawn(writer(id, urls.clone(), acked.clone(), stop.clone())))
+        .collect();
+    let count = || acked.lock().unwrap().len();
+    eventually(
+        Duration::from_secs(30),
+        "100 writes before the kill",
+        || async { (count() >= 100).then_some(()) },
+    )
+    .await;
+
+    // SIGKILL the leader mid-stream.
+    let (mut killed, _) = procs.remove(leader - 1);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let before_kill = count();
+    let survivors: Vec<String> = urls
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader - 1)
+        .map(|(_, u)| u.clone())
+        .collect();
+    leader_of(survivors, Some(leader as u64)).await;
+    eventually(
+        Duration::from_secs(30),
+        "writes resume after the kill",
+        || async { (count() >= before_kill + 100).then_some(()) },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    // The killed node restarts from its own sled log and catches up.
+    let (restarted, url) = spawn_origin(&paths[leader - 1]);
+    procs.push((restarted, url.clone()));
+    assert_eq!(url, urls[leader - 1]);
+
+    let acked = acked.lock().unwrap().clone();
+    let revisions: BTreeSet<u64> = acked.iter().map(|(_, r)| *r).collect();
+    assert_eq!(
+        revisions.len(),
+        acked.len(),
+        "every ack has its own revision"
+    );
+    for u in &urls {
+        for (key, revision) in &acked {
+            let (code, v) = get_json(&c, &format!("{u}/v1/kv/app/prod/{key}")).await;
+            assert_eq!(code, 200, "{u} lost acknowledged {key}");
+            assert_eq!(v["revision"].as_u64(), Some(*revision), "{u} {key}");
+        }
+    }
+    let digests: BTreeSet<String> = {
+        let mut out = BTreeSet::new();
+        let newest = *revisions.last().unwrap();
+        for u in &urls {
+            let s = eventually(
+                Duration::from_secs(30),
+                "every node at the newest revision",
+                || {
+                    let c = c.clone();
+                    async move {
+                        let s = status(&c, u).await;
+                        (s["revision"].as_u64()? >= newest).then_some(s)
+                    }
+                },
+            )
+            .await;
+            out.insert(format!("{}:{}", s["revision"], s["digest"]));
+        }
+        out
+    };
+    assert_eq!(
+        digests.len(),
+        1,
+        "same revision and digest everywhere: {digests:?}"
+    );
+    for (mut p, _) in procs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}
