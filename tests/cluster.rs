@@ -355,3 +355,110 @@ async fn edges_fail_over_to_another_origin_node_from_their_own_revision() {
         o.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_missed_compacted_entries_catches_up_by_snapshot_and_serves_edges() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut configs = configs(dir.path(), 5_000);
+    for c in &mut configs {
+        // Snapshot often and keep little log behind it, so a node away for 300 writes can only
+        // come back through a snapshot.
+        c.raft.snapshot_after_logs = 50;
+        c.raft.logs_kept_after_snapshot = 10;
+    }
+    let mut nodes = Vec::new();
+    for c in configs.iter().cloned() {
+        let handle = meridian_origin::node::start(c.clone())
+            .await
+            .expect("starts");
+        nodes.push(Node {
+            id: c.raft.id,
+            http: base(handle.http_addr),
+            handle: Some(handle),
+        });
+    }
+    let c = http();
+    let first = leader(&nodes).await;
+    let away = (first + 1) % 3;
+    put(&c, &nodes[first].http, "app/prod/early", json!(0)).await;
+    let had = eventually(
+        Duration::from_secs(10),
+        "the node applied the early write",
+        || {
+            let c = c.clone();
+            let url = nodes[away].http.clone();
+            async move {
+                let s = get_json(&c, &format!("{url}/v1/cluster")).await.1;
+                s["last_applied_index"].as_u64().filter(|i| *i >= 2)
+            }
+        },
+    )
+    .await;
+    nodes[away].handle.take().unwrap().shutdown().await;
+    for i in 0..300 {
+        put(
+            &c,
+            &nodes[first].http,
+            &format!("app/prod/k{}", i % 40),
+            json!(i),
+        )
+        .await;
+    }
+    let newest = status(&c, &nodes[first].http).await;
+    let leader_view = get_json(&c, &format!("{}/v1/cluster", nodes[first].http))
+        .await
+        .1;
+    assert!(
+        leader_view["purged_index"].as_u64().unwrap_or(0) > had,
+        "the leader purged log the node never had: {leader_view}"
+    );
+
+    // Back in place, from its own data folder.
+    let handle = meridian_origin::node::start(configs[away].clone())
+        .await
+        .expect("restarts");
+    nodes[away].handle = Some(handle);
+    let url = nodes[away].http.clone();
+    let caught_up = eventually(Duration::from_secs(30), "the node catches up", || {
+        let c = c.clone();
+        let (url, newest) = (url.clone(), newest.clone());
+        async move {
+            let s = status(&c, &url).await;
+            (s["revision"] == newest["revision"]).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(caught_up["digest"], newest["digest"]);
+
+    // An edge that knows only this node replicates from it to the same signed state.
+    let opts = DevOptions::ephemeral(dir.path().to_owned());
+    let pki = pki(dir.path()).unwrap();
+    let quic = nodes[away].handle.as_ref().unwrap().quic_addr;
+    let edge = meridian_edge::start(meridian::dev::edge_config(
+        dir.path(),
+        &pki,
+        "eu-west",
+        opts.edge_http[1],
+        quic,
+    ))
+    .await
+    .expect("edge starts");
+    let edge_url = base(edge.http_addr);
+    let edge_status = eventually(Duration::from_secs(30), "the edge converges", || {
+        let c = c.clone();
+        let (edge_url, newest) = (edge_url.clone(), newest.clone());
+        async move {
+            let s = status(&c, &edge_url).await;
+            (s["revision"] == newest["revision"]).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(edge_status["digest"], newest["digest"]);
+    edge.shutdown().await;
+    for n in nodes.iter_mut() {
+        if let Some(h) = n.handle.take() {
+            h.shutdown().await;
+        }
+    }
+}

@@ -60,6 +60,7 @@ pub fn describe(raft: &Raft) -> serde_json::Value {
         "last_log_index": m.last_log_index,
         "last_applied_index": m.last_applied.map(|l| l.index),
         "snapshot_index": m.snapshot.map(|l| l.index),
+        "purged_index": m.purged.map(|l| l.index),
         "nodes": nodes,
     })
 }
