@@ -77,6 +77,15 @@ async fn start(dir: &std::path::Path, request_timeout_ms: u64) -> Vec<Node> {
     nodes
 }
 
+/// The `/v1/status` of the node at `url` once it reports `revision`.
+async fn status_at(c: &reqwest::Client, url: &str, revision: &Value, what: &str) -> Value {
+    eventually(Duration::from_secs(30), what, || async move {
+        let s = status(c, url).await;
+        (&s["revision"] == revision).then_some(s)
+    })
+    .await
+}
+
 /// The ids of the nodes (only the voters, if `voters`) in a `/v1/cluster` answer.
 fn node_ids(cluster: &Value, voters: bool) -> Vec<u64> {
     cluster["nodes"]
@@ -426,15 +435,7 @@ async fn a_node_that_missed_compacted_entries_catches_up_by_snapshot_and_serves_
         .expect("restarts");
     nodes[away].handle = Some(handle);
     let url = nodes[away].http.clone();
-    let caught_up = eventually(Duration::from_secs(30), "the node catches up", || {
-        let c = c.clone();
-        let (url, newest) = (url.clone(), newest.clone());
-        async move {
-            let s = status(&c, &url).await;
-            (s["revision"] == newest["revision"]).then_some(s)
-        }
-    })
-    .await;
+    let caught_up = status_at(&c, &url, &newest["revision"], "the node catches up").await;
     assert_eq!(caught_up["digest"], newest["digest"]);
 
     // An edge that knows only this node replicates from it to the same signed state.
@@ -451,15 +452,7 @@ async fn a_node_that_missed_compacted_entries_catches_up_by_snapshot_and_serves_
     .await
     .expect("edge starts");
     let edge_url = base(edge.http_addr);
-    let edge_status = eventually(Duration::from_secs(30), "the edge converges", || {
-        let c = c.clone();
-        let (edge_url, newest) = (edge_url.clone(), newest.clone());
-        async move {
-            let s = status(&c, &edge_url).await;
-            (s["revision"] == newest["revision"]).then_some(s)
-        }
-    })
-    .await;
+    let edge_status = status_at(&c, &edge_url, &newest["revision"], "the edge converges").await;
     assert_eq!(edge_status["digest"], newest["digest"]);
     edge.shutdown().await;
     for n in nodes.iter_mut() {

@@ -1048,6 +1048,18 @@ mod tests {
         )
     }
 
+    /// Three peers over `peer_links` links, no origin, and peer link 1 has just relayed
+    /// `delta`.
+    fn relaying(now: Instant, peer_links: usize, delta: &SignedDelta) -> Replicator<MemBackend> {
+        let mut r = with_peers(now, 3, peer_links);
+        r.handle_timeout(now);
+        r.handle_connected(now, 1);
+        r.handle_frame(now, 1, FrameV1::Delta(delta.clone()).into());
+        r.flush(now);
+        outputs(&mut r);
+        r
+    }
+
     /// Asserts that `out` asks `link` for everything after `from`.
     fn assert_needs(out: &[Output], link: usize, from: Revision) {
         let frame = FrameV1::Need { from }.into();
@@ -1480,12 +1492,7 @@ mod tests {
         );
 
         // No origin; link 1's relay is delivering, so link 2 is the one redirected.
-        let mut r = with_peers(now, 3, 2);
-        r.handle_timeout(now);
-        r.handle_connected(now, 1);
-        r.handle_frame(now, 1, FrameV1::Delta(h[0].clone()).into());
-        r.flush(now);
-        outputs(&mut r);
+        let mut r = relaying(now, 2, &h[0]);
         r.handle_peer_holds(now, 4, Revision(5));
         r.handle_timeout(now);
         let out = outputs(&mut r);
@@ -1493,12 +1500,7 @@ mod tests {
         assert!(!out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
 
         // An offer not taken within the staleness limit is dropped.
-        let mut r = with_peers(now, 3, 1);
-        r.handle_timeout(now);
-        r.handle_connected(now, 1);
-        r.handle_frame(now, 1, FrameV1::Delta(h[0].clone()).into());
-        r.flush(now);
-        outputs(&mut r);
+        let mut r = relaying(now, 1, &h[0]);
         r.handle_peer_holds(now, 4, Revision(5));
         r.handle_timeout(now);
         assert!(
