@@ -26,8 +26,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Arc<tempfile::TempDir>> fo
 }
 
 #[test]
-fn sled_storage_passes_openrafts_suite() -> Result<(), openraft::StorageError<NodeId>> {
-    Suite::test_all(SledStores)
+fn sled_storage_passes_openrafts_suite() {
+    if let Err(e) = Suite::test_all(SledStores) {
+        panic!("openraft's storage suite failed: {e}");
+    }
 }
 
 mod writes {
