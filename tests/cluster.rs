@@ -61,9 +61,14 @@ fn configs_of(dir: &std::path::Path, request_timeout_ms: u64, n: usize) -> Vec<O
 }
 
 async fn start(dir: &std::path::Path, request_timeout_ms: u64) -> Vec<Node> {
+    start_nodes(configs(dir, request_timeout_ms)).await
+}
+
+/// Starts an origin node for each config, in order.
+async fn start_nodes(configs: impl IntoIterator<Item = OriginConfig>) -> Vec<Node> {
     init();
     let mut nodes = Vec::new();
-    for c in configs(dir, request_timeout_ms) {
+    for c in configs {
         let id = c.raft.id;
         let handle = meridian_origin::node::start(c)
             .await
@@ -231,18 +236,7 @@ async fn nodes_join_and_leave_through_the_admin_api() {
     init();
     let dir = tempfile::tempdir().unwrap();
     let all = configs_of(dir.path(), 5_000, 4);
-    let mut nodes = Vec::new();
-    for c in all.iter().take(3).cloned() {
-        let id = c.raft.id;
-        let handle = meridian_origin::node::start(c)
-            .await
-            .expect("origin starts");
-        nodes.push(Node {
-            id,
-            http: base(handle.http_addr),
-            handle: Some(handle),
-        });
-    }
+    let mut nodes = start_nodes(all.iter().take(3).cloned()).await;
     let c = http();
     let first = leader(&nodes).await;
     for i in 0..10 {
@@ -382,17 +376,7 @@ async fn a_node_that_missed_compacted_entries_catches_up_by_snapshot_and_serves_
         c.raft.snapshot_after_logs = 50;
         c.raft.logs_kept_after_snapshot = 10;
     }
-    let mut nodes = Vec::new();
-    for c in configs.iter().cloned() {
-        let handle = meridian_origin::node::start(c.clone())
-            .await
-            .expect("starts");
-        nodes.push(Node {
-            id: c.raft.id,
-            http: base(handle.http_addr),
-            handle: Some(handle),
-        });
-    }
+    let mut nodes = start_nodes(configs.iter().cloned()).await;
     let c = http();
     let first = leader(&nodes).await;
     let away = (first + 1) % 3;
