@@ -101,6 +101,13 @@ pub async fn run<B: Backend>(
                         }
                     }
                 }
+                Output::AbandonDials { link } => {
+                    if let Some(slot) = slots.get_mut(link) {
+                        for (_, task) in slot.dialing.drain(..) {
+                            task.abort();
+                        }
+                    }
+                }
                 Output::Send { link, frame } => {
                     if let Some((_, tx, _)) = slots.get(link).and_then(|s| s.control.as_ref()) {
                         // A full control queue means the link is stuck; the replicator's
@@ -166,15 +173,19 @@ fn handle<B: Backend>(rep: &mut Replicator<B>, slot: &mut LinkSlot, tag: LinkGen
     match event {
         Event::Connected(conn, tx) => {
             let pending = slot.dialing.iter().any(|(d, _)| *d == tag.dial);
-            if slot.control.is_some() || !pending {
+            if !pending {
                 conn.close(0u32.into(), b"superseded");
                 return;
             }
-            // The first dial to complete wins; the others are abandoned.
+            // The first dial to complete wins; the others are abandoned, and so is a
+            // connection that had not answered when this dial started beside it.
             for (d, task) in slot.dialing.drain(..) {
                 if d != tag.dial {
                     task.abort();
                 }
+            }
+            if let Some((old, _, _)) = slot.control.take() {
+                old.close(0u32.into(), b"replaced");
             }
             slot.control = Some((conn, tx, tag.dial));
             rep.handle_connected(now, link);

@@ -110,7 +110,10 @@ pub enum Output {
     /// earlier dial keeps going: the first to complete becomes the link's connection and the
     /// shell closes the others (a handshake slowed by loss or a latency spike is not thrown
     /// away just as it is about to finish). The shell keeps at most the two most recent dials
-    /// of a link: a third closes the oldest.
+    /// of a link: a third closes the oldest. If the link is connected, the connection stays
+    /// up beside the dial until the dial completes and replaces it (see
+    /// [`Output::AbandonDials`]); to move a connected link, the replicator sends
+    /// [`Output::Disconnect`] first.
     Connect {
         /// Which link ([`ORIGIN_LINK`], or a peer link from [`PEER_LINK`] on).
         link: usize,
@@ -119,6 +122,12 @@ pub enum Output {
     },
     /// Close link `link`'s connection and abandon every dial in progress for it.
     Disconnect {
+        /// Which link.
+        link: usize,
+    },
+    /// Abandon the dials in progress for link `link` and keep its connection: the
+    /// connection answered after all.
+    AbandonDials {
         /// Which link.
         link: usize,
     },
@@ -213,6 +222,9 @@ struct Link {
     /// The upstreams of the link's two latest dials (the shell keeps two running), latest
     /// first; its connection, once connected, is to one of them.
     upstreams: [Option<usize>; 2],
+    /// When a fresh dial was started beside this link's connection because the connection
+    /// had not answered within the connect timeout.
+    probe: Option<Instant>,
 }
 
 impl Link {
@@ -319,6 +331,7 @@ impl<B: Backend> Replicator<B> {
             reported: None,
             delivered: None,
             upstreams: [None; 2],
+            probe: None,
         };
         let mut links = vec![link(0, config.origin_count.max(1), 0, 1)];
         let peer_links = config.peer_links.clamp(1, config.peer_count.max(1)) as u64;
@@ -437,6 +450,7 @@ impl<B: Backend> Replicator<B> {
         l.standby = false;
         l.reported = None;
         l.delivered = None;
+        l.probe = None;
         self.stats.connects += 1;
         self.last_progress = now;
         if link == ORIGIN_LINK {
@@ -508,6 +522,7 @@ impl<B: Backend> Replicator<B> {
         // What the last peer reported or delivered says nothing about the next one.
         l.reported = None;
         l.delivered = None;
+        l.probe = None;
     }
 
     /// Closes a peer link if it is up or dialing, and readies it to dial its next peer at
@@ -531,6 +546,7 @@ impl<B: Backend> Replicator<B> {
         l.standby = false;
         l.reported = None;
         l.delivered = None;
+        l.probe = None;
     }
 
     /// Bytes on some stream of link `link` did not form a valid frame.
@@ -546,6 +562,9 @@ impl<B: Backend> Replicator<B> {
         if let LinkState::Connected { last_frame } = &mut l.state {
             *last_frame = now;
             l.got_frame = true;
+            if l.probe.take().is_some() {
+                self.out.push_back(Output::AbandonDials { link });
+            }
         }
         let Frame::V1(frame) = frame;
         match frame {
@@ -726,6 +745,23 @@ impl<B: Backend> Replicator<B> {
                         self.handle_disconnected(now, i);
                         continue;
                     }
+                    // An origin connection that has not answered within the connect timeout
+                    // gets a fresh dial beside it. The handshake can complete on our side while
+                    // the upstream never received our last handshake flight (lost under a
+                    // latency spike after a partition, then backed off inside QUIC): the
+                    // upstream drops what we send until then. Whichever answers first stays.
+                    if i == ORIGIN_LINK
+                        && !l.got_frame
+                        && l.probe.is_none()
+                        && l.connected_at.is_some_and(|at| {
+                            now.saturating_duration_since(at) >= origin_connect_timeout
+                        })
+                    {
+                        l.probe = Some(now);
+                        let upstream = l.next_upstream(&[]);
+                        l.upstreams = [Some(upstream), l.upstreams[0]];
+                        self.out.push_back(Output::Connect { link: i, upstream });
+                    }
                     if l.next_heartbeat.is_some_and(|due| now >= due) {
                         l.next_heartbeat = Some(now + interval);
                         let frame = FrameV1::Heartbeat { revision }.into();
@@ -878,6 +914,13 @@ impl<B: Backend> Replicator<B> {
                 LinkState::Connected { last_frame } => {
                     any_connected = true;
                     take(last_frame + if l.got_frame { silence } else { silence * 2 });
+                    if i == ORIGIN_LINK
+                        && !l.got_frame
+                        && l.probe.is_none()
+                        && let Some(at) = l.connected_at
+                    {
+                        take(at + Duration::from_millis(self.config.connect_timeout_ms.max(1)));
+                    }
                     if let Some(h) = l.next_heartbeat {
                         take(h);
                     }
@@ -1071,6 +1114,13 @@ mod tests {
         assert!(out.contains(&Output::Connect { link, upstream }), "{out:?}");
     }
 
+    /// Whether the pending outputs dial anything (heartbeats and the like are dropped).
+    fn dials(r: &mut Replicator<MemBackend>) -> bool {
+        outputs(r)
+            .iter()
+            .any(|o| matches!(o, Output::Connect { .. }))
+    }
+
     fn outputs(r: &mut Replicator<MemBackend>) -> Vec<Output> {
         std::iter::from_fn(|| r.poll_output()).collect()
     }
@@ -1144,6 +1194,72 @@ mod tests {
         let out = outputs(&mut r);
         assert_needs(&out, 0, Revision(1));
         assert!(r.lag(later) >= Duration::from_millis(1_000));
+    }
+
+    #[test]
+    fn an_origin_connection_that_never_answers_gets_a_fresh_dial_beside_it() {
+        let t0 = Instant::now();
+        let mut r = connected(t0);
+        let timeout = Duration::from_millis(ReplicatorConfig::default().connect_timeout_ms);
+        assert!(r.poll_timeout().unwrap() <= t0 + timeout);
+        r.handle_timeout(t0 + timeout - Duration::from_millis(1));
+        assert!(!dials(&mut r), "too early");
+        // Silent for the connect timeout: a second dial, the connection stays up.
+        r.handle_timeout(t0 + timeout);
+        let out = outputs(&mut r);
+        assert_eq!(
+            out,
+            vec![Output::Connect {
+                link: 0,
+                upstream: 0
+            }]
+        );
+        assert!(r.is_connected());
+        r.handle_timeout(t0 + timeout + Duration::from_millis(100));
+        assert!(
+            outputs(&mut r).is_empty(),
+            "one fresh dial per silent connection"
+        );
+        // The old connection answers first: the dial is abandoned, the link is kept.
+        let h = history(1);
+        let at = t0 + timeout + Duration::from_millis(200);
+        r.handle_frame(at, 0, FrameV1::Head(h[0].head).into());
+        assert!(outputs(&mut r).contains(&Output::AbandonDials { link: 0 }));
+        // An origin link that answered is never probed again, whatever the silence.
+        r.handle_timeout(at + Duration::from_millis(1_400));
+        let out = outputs(&mut r);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Connect { .. })),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_fresh_dial_that_completes_first_replaces_the_silent_connection() {
+        let t0 = Instant::now();
+        let mut r = connected(t0);
+        let timeout = Duration::from_millis(ReplicatorConfig::default().connect_timeout_ms);
+        r.handle_timeout(t0 + timeout);
+        assert_dials(&outputs(&mut r), 0, 0);
+        // The new dial completes: the link starts over with a Hello on the new connection
+        // and waits its own connect timeout before dialing again.
+        let t1 = t0 + timeout + Duration::from_millis(300);
+        r.handle_connected(t1, 0);
+        let out = outputs(&mut r);
+        assert!(
+            matches!(
+                &out[..],
+                [Output::Send {
+                    link: 0,
+                    frame: Frame::V1(FrameV1::Hello { .. })
+                }]
+            ),
+            "{out:?}"
+        );
+        r.handle_timeout(t1 + timeout - Duration::from_millis(1));
+        assert!(!dials(&mut r));
+        r.handle_timeout(t1 + timeout);
+        assert_dials(&outputs(&mut r), 0, 0);
     }
 
     #[test]

@@ -796,9 +796,14 @@ impl World {
                     match ev {
                         HostEvent::Connected(ch, Side::Client) => {
                             match e.link_of.get(&ch).copied() {
-                                // The first dial of the link to complete wins; the others go.
+                                // The first dial of the link to complete wins; the others go,
+                                // and so does a connection it was dialed beside.
                                 Some(link) if e.dialing[link].contains(&ch) => {
-                                    for other in std::mem::take(&mut e.dialing[link]) {
+                                    let replaced = e.links[link].take();
+                                    for other in std::mem::take(&mut e.dialing[link])
+                                        .into_iter()
+                                        .chain(replaced)
+                                    {
                                         if other != ch {
                                             e.link_of.remove(&other);
                                             e.host.close(now, other);
@@ -894,6 +899,12 @@ impl World {
                                 e.host.close(now, ch);
                             }
                         }
+                        Output::AbandonDials { link } => {
+                            for ch in std::mem::take(&mut e.dialing[link]) {
+                                e.link_of.remove(&ch);
+                                e.host.close(now, ch);
+                            }
+                        }
                         Output::Send { link, frame } => {
                             if let Some(ch) = e.links[link] {
                                 e.host.send_control(ch, &frame);
@@ -916,11 +927,8 @@ impl World {
                         let (peers, _) = peers_of(self.opts.edges_per_region, n);
                         self.addrs[peers[(upstream - 1) % peers.len()]]
                     };
-                    if let Some(old) = e.links[link].take() {
-                        e.link_of.remove(&old);
-                        e.host.close(now, old);
-                    }
-                    // At most the two most recent dials of a link run (see `Output::Connect`).
+                    // A connected link keeps its connection beside the dial (see
+                    // `Output::Connect`). At most the two most recent dials of a link run (see `Output::Connect`).
                     while e.dialing[link].len() >= 2 {
                         let oldest = e.dialing[link].remove(0);
                         e.link_of.remove(&oldest);
