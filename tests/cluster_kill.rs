@@ -6,38 +6,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use meridian::dev::{DevOptions, origin_cluster_configs, pki};
 use serde_json::{Value, json};
-
-/// Starts `meridian origin --config FILE`; its HTTP base URL once it listens.
-fn spawn_origin(config: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(["origin", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn meridian origin");
-    let stdout = child.stdout.take().expect("piped stdout");
-    // Log lines may come first; the address line is `origin: HTTP <url>  QUIC <addr>`.
-    let url = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.strip_prefix("origin: HTTP ")
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(str::to_owned)
-        })
-        .expect("origin prints its address");
-    (child, url)
-}
 
 /// One client: writes unique keys round-robin over `urls` until `stop`, recording each
 /// acknowledged write as (key, revision). Refusals and dropped connections are not recorded.
@@ -76,15 +50,7 @@ async fn writer(
 async fn sigkill_of_the_leader_loses_no_acknowledged_write() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let pki = pki(dir.path()).unwrap();
-    let mut opts = DevOptions::ephemeral(dir.path().to_owned());
-    opts.origin_nodes = 3;
-    let mut paths = Vec::new();
-    for (i, config) in origin_cluster_configs(&opts, &pki).iter().enumerate() {
-        let path = dir.path().join(format!("origin-{}.toml", i + 1));
-        std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
-        paths.push(path);
-    }
+    let paths = write_origin_configs(dir.path(), 3);
     let mut procs: Vec<(Child, String)> = paths.iter().map(|p| spawn_origin(p)).collect();
     let urls: Vec<String> = procs.iter().map(|(_, u)| u.clone()).collect();
     let c = http();

@@ -4,9 +4,12 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meridian::dev::{DevCluster, DevOptions};
+use meridian::dev::{DevCluster, DevOptions, origin_cluster_configs, pki};
 use serde_json::Value;
 
 pub fn init() {
@@ -81,4 +84,43 @@ pub async fn metrics_text(c: &reqwest::Client, base: &str) -> String {
 
 pub fn base(addr: std::net::SocketAddr) -> String {
     format!("http://{addr}")
+}
+
+/// Writes the configs of an `n`-node origin cluster on ephemeral loopback ports into `dir`
+/// (`origin-1.toml`, ...), with its PKI; their paths, node 1 first.
+pub fn write_origin_configs(dir: &Path, n: usize) -> Vec<PathBuf> {
+    let pki = pki(dir).unwrap();
+    let mut opts = DevOptions::ephemeral(dir.to_owned());
+    opts.origin_nodes = n;
+    let mut paths = Vec::new();
+    for (i, config) in origin_cluster_configs(&opts, &pki).iter().enumerate() {
+        let path = dir.join(format!("origin-{}.toml", i + 1));
+        std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
+        paths.push(path);
+    }
+    paths
+}
+
+/// Starts the process `meridian origin --config FILE`; its HTTP base URL once it listens.
+pub fn spawn_origin(config: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["origin", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn meridian origin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    // Log lines may come first; the address line is `origin: HTTP <url>  QUIC <addr>`.
+    let url = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("origin: HTTP ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned)
+        })
+        .expect("origin prints its address");
+    (child, url)
 }
