@@ -299,6 +299,18 @@ impl<B: Backend> SignedState<B> {
             return Ok(self.revision);
         }
         self.backend.flush()?;
+        self.publish_unflushed()
+    }
+
+    /// Shows every persisted revision to readers without waiting for it to be durable. Only
+    /// for a caller that can rebuild those revisions identically after a crash: the origin's
+    /// Raft state machine, whose revisions are re-applied from the durable Raft log. An edge
+    /// must use [`SignedState::publish`] (what it serves or acknowledges must survive a
+    /// crash). Returns the published revision.
+    pub fn publish_unflushed(&mut self) -> Result<Revision, StoreError> {
+        if self.pending.is_empty() {
+            return Ok(self.revision);
+        }
         let mut p = self.published.write().unwrap_or_else(|e| e.into_inner());
         p.state.apply_deltas_hashed(self.pending.iter(), &self.hash);
         self.pending.clear();

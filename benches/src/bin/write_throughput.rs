@@ -29,6 +29,12 @@ struct Args {
     /// Value size in bytes.
     #[arg(long, default_value_t = 1024)]
     value_bytes: usize,
+    /// Meridian origin nodes (1, 3 or 5); etcd always runs three.
+    #[arg(long, default_value_t = 3)]
+    origin_nodes: usize,
+    /// Skip the etcd run (Meridian alone, for profiling).
+    #[arg(long)]
+    no_etcd: bool,
 }
 
 struct Outcome {
@@ -193,7 +199,11 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = pki(dir.path())?;
     let mut opts = DevOptions::ephemeral(dir.path().to_owned());
-    opts.origin_nodes = 3;
+    anyhow::ensure!(
+        [1, 3, 5].contains(&args.origin_nodes),
+        "--origin-nodes must be 1, 3 or 5"
+    );
+    opts.origin_nodes = args.origin_nodes;
     let mut nodes = Vec::new();
     for config in origin_cluster_configs(&opts, &pki) {
         nodes.push(meridian_origin::start(config).await?);
@@ -209,13 +219,19 @@ async fn main() -> anyhow::Result<()> {
         .map(|n| format!("http://{}", n.http_addr))
         .collect();
     println!(
-        "{} clients per system, {} s each, {}-byte values, writes spread over 3 nodes",
+        "{} clients per system, {} s each, {}-byte values, writes spread over every node",
         args.clients, args.seconds, args.value_bytes
     );
     let meridian = load(&args, &bases, meridian_put).await;
-    report("meridian (3-node origin)", &meridian);
+    report(
+        &format!("meridian ({}-node origin)", args.origin_nodes),
+        &meridian,
+    );
     for n in nodes {
         n.shutdown().await;
+    }
+    if args.no_etcd {
+        return Ok(());
     }
 
     match start_etcd(dir.path())? {

@@ -2,10 +2,13 @@
 //! the log position and membership recorded in the same atomic batches as the data, and
 //! snapshots that are the signed state itself (its head and entries).
 //!
-//! The state is persistent: a batch of entries is flushed once, before `apply` returns, so a
-//! restarted node resumes from its last applied entry and never applies one twice. The current
-//! snapshot lives in memory only (the state on disk is what it was built from); after a restart
-//! the first request for one builds it afresh.
+//! The state is persistent but not flushed by `apply`: the applied log id is written in the
+//! same atomic batch as each revision, so after a crash sled recovers a consistent prefix and
+//! openraft re-applies the committed entries after it, from the Raft log, deterministically
+//! (same revisions, digests and signatures); no entry is ever applied twice. A snapshot is
+//! flushed before it is handed out, so the log is never purged past what is durable here. The
+//! current snapshot lives in memory only (the state on disk is what it was built from); after a
+//! restart the first request for one builds it afresh.
 
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
@@ -158,7 +161,11 @@ impl StateMachine {
 
     fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (data, last_log_id, last_membership) = {
-            let core = self.lock();
+            let mut core = self.lock();
+            // Durable before openraft may purge the log up to it (apply does not flush).
+            core.state_mut()
+                .flush()
+                .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
             let (head, entries) = core.state().snapshot();
             let (applied, membership) = Self::meta_of(&core)?;
             (SnapshotData { head, entries }, applied, membership)
@@ -208,10 +215,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let (response, _) = Self::apply_one(&mut core, entry)?;
                 out.push(response);
             }
-            // One flush for the whole batch, then readers see it.
-            let state = core.state_mut();
-            state.flush().map_err(sm_write)?;
-            state.publish().map_err(sm_write)?
+            // Readers see the batch at once, before it is durable: the entries are durable in
+            // the Raft log (committed on a quorum), and a node that crashes re-applies them
+            // from there to the same revisions, digests and signatures. Snapshots and log
+            // purges flush first, so the log never loses entries the state on disk lacks.
+            core.state_mut().publish_unflushed().map_err(sm_write)?
         };
         self.commits.send_replace(revision);
         Ok(out)
