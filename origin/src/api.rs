@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::raft::Response as Applied;
+use crate::raft::Outcome;
 use crate::raft::cluster::{Cluster, ClusterError};
 
 use axum::Router;
@@ -114,8 +114,8 @@ fn cluster_error(e: ClusterError) -> ApiError {
 /// Commits a write through Raft; acknowledged only once committed and applied.
 async fn commit(state: &Arc<AppState>, command: Command) -> Result<crate::core::Applied, ApiError> {
     let applied = match state.cluster.write(command).await.map_err(cluster_error)? {
-        Applied::Applied(a) => a,
-        Applied::VersionConflict {
+        Outcome::Applied(a) => a,
+        Outcome::VersionConflict {
             address,
             expected,
             actual,
@@ -126,14 +126,7 @@ async fn commit(state: &Arc<AppState>, command: Command) -> Result<crate::core::
                 format!("{address}: expected version {expected}, found {actual}"),
             ));
         }
-        Applied::NotFound(a) => return Err(ApiError::not_found(a)),
-        Applied::Nothing => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the write produced no answer",
-            ));
-        }
+        Outcome::NotFound(a) => return Err(ApiError::not_found(a)),
     };
     metrics::counter!("meridian_origin_commits_total").increment(1);
     Ok(applied)

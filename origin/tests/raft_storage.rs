@@ -37,7 +37,7 @@ mod writes {
 
     use meridian_origin::core::Command;
     use meridian_origin::raft::state_machine::StateMachine;
-    use meridian_origin::raft::{Entry, LogId, Request, Response};
+    use meridian_origin::raft::{Entry, LogId, Outcome, Request};
     use meridian_protocol::{Address, Revision, Signer};
     use openraft::storage::RaftStateMachine;
     use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
@@ -51,17 +51,70 @@ mod writes {
         StateMachine::open(&db, Signer::from_bytes(&[7; 32]), 1024).expect("state machine")
     }
 
-    fn put(index: u64, key: &str, value: &str, expect_version: Option<u64>) -> Entry {
+    fn put_command(key: &str, value: &str, expect_version: Option<u64>) -> Command {
+        Command::Put {
+            address: Address::parse("app", "prod", key).expect("address"),
+            value: Arc::from(value),
+            expect_version,
+        }
+    }
+
+    fn entry(index: u64, commands: Vec<Command>) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
-            payload: EntryPayload::Normal(Request {
-                command: Command::Put {
-                    address: Address::parse("app", "prod", key).expect("address"),
-                    value: Arc::from(value),
-                    expect_version,
-                },
-            }),
+            payload: EntryPayload::Normal(Request { commands }),
         }
+    }
+
+    fn put(index: u64, key: &str, value: &str, expect_version: Option<u64>) -> Entry {
+        entry(index, vec![put_command(key, value, expect_version)])
+    }
+
+    /// The outcome of the only command of an entry's response.
+    fn only(r: &meridian_origin::raft::Response) -> &Outcome {
+        assert_eq!(r.outcomes.len(), 1, "{r:?}");
+        &r.outcomes[0]
+    }
+
+    #[tokio::test]
+    async fn a_batch_entry_signs_the_same_states_as_one_entry_per_write() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let commands = vec![
+            put_command("a", "1", None),
+            put_command("a", "2", Some(9)),
+            put_command("b", "3", Some(0)),
+            Command::Delete {
+                address: Address::parse("app", "prod", "a").unwrap(),
+                expect_version: None,
+            },
+        ];
+        let mut a = open(&a_dir);
+        let out = a.apply(vec![entry(1, commands.clone())]).await.unwrap();
+        let outcomes = &out[0].outcomes;
+        assert_eq!(outcomes.len(), 4);
+        assert!(matches!(&outcomes[0], Outcome::Applied(r) if r.revision == Revision(1)));
+        assert!(matches!(
+            &outcomes[1],
+            Outcome::VersionConflict {
+                expected: 9,
+                actual: 1,
+                ..
+            }
+        ));
+        assert!(matches!(&outcomes[2], Outcome::Applied(r) if r.revision == Revision(2)));
+        assert!(matches!(&outcomes[3], Outcome::Applied(r) if r.revision == Revision(3)));
+        let mut b = open(&b_dir);
+        let singles: Vec<Entry> = commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| entry(i as u64 + 1, vec![c]))
+            .collect();
+        b.apply(singles).await.unwrap();
+        let (a, b) = (a.core(), b.core());
+        let (a, b) = (a.lock().unwrap(), b.lock().unwrap());
+        assert_eq!(a.state().revision(), Revision(3));
+        assert_eq!(a.state().head(), b.state().head());
+        assert_eq!(a.state().digest(), b.state().digest());
     }
 
     #[tokio::test]
@@ -74,16 +127,16 @@ mod writes {
             put(3, "timeout_ms", "200", None),
         ];
         let out = a.apply(entries.clone()).await.unwrap();
-        assert!(matches!(&out[0], Response::Applied(r) if r.revision == Revision(1)));
+        assert!(matches!(only(&out[0]), Outcome::Applied(r) if r.revision == Revision(1)));
         assert!(matches!(
-            &out[1],
-            Response::VersionConflict {
+            only(&out[1]),
+            Outcome::VersionConflict {
                 expected: 7,
                 actual: 1,
                 ..
             }
         ));
-        assert!(matches!(&out[2], Response::Applied(r) if r.revision == Revision(2)));
+        assert!(matches!(only(&out[2]), Outcome::Applied(r) if r.revision == Revision(2)));
         let digest = a.core().lock().unwrap().state().digest();
 
         // A refused write is still applied: the log position moves past it, on every node.

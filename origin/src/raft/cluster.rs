@@ -3,7 +3,14 @@
 //! linearizable by a read index the leader confirms with a quorum, which a follower then waits
 //! to have applied. When no leader is known or no quorum answers, callers get
 //! [`ClusterError::NoQuorum`], never a silent loss.
+//!
+//! Writes are batched: each waits in a bounded queue, and a batcher takes everything queued
+//! (up to [`MAX_BATCH_COMMANDS`] and [`MAX_BATCH_BYTES`]) into one Raft entry, with at most
+//! [`MAX_BATCHES_IN_FLIGHT`] entries being committed at once. A lone write goes at once; under
+//! load, writes that arrive while earlier batches commit share the next entry, its log flush
+//! and its round trip (and a follower forwards them to the leader together).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,10 +22,20 @@ use axum::routing::post;
 use openraft::BasicNode;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::network::Raft;
-use super::{NodeId, Request, Response};
+use super::{NodeId, Outcome, Request, Response};
 use crate::core::Command;
+
+/// Most writes in one Raft entry.
+pub const MAX_BATCH_COMMANDS: usize = 512;
+/// Most value bytes in one Raft entry (a larger single write still goes, alone).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Most entries being committed at once; writes arriving meanwhile wait and share the next.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
+/// Writes waiting for a batch, at most; a full queue holds writers back.
+const WRITE_QUEUE: usize = 4096;
 
 /// Why a write or a linearizable read could not be served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -34,34 +51,146 @@ pub enum ClusterError {
     Internal(String),
 }
 
-/// How a follower forwards to the leader, and how long anything may take.
+/// The write and read paths of a node; clones share the write batcher, which stops when the
+/// last clone is dropped.
 #[derive(Clone)]
 pub struct Cluster {
+    inner: Inner,
+    queue: mpsc::Sender<Pending>,
+}
+
+/// How a follower forwards to the leader, and how long anything may take.
+#[derive(Clone)]
+struct Inner {
     raft: Raft,
     client: reqwest::Client,
     timeout: Duration,
 }
 
+/// A write waiting for its batch.
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Result<Outcome, ClusterError>>,
+}
+
 impl Cluster {
     /// The cluster of `raft`, forwarding with `client`; each write or read barrier gives up
-    /// after `timeout`.
+    /// after `timeout`. Starts the write batcher (call inside a tokio runtime).
     pub fn new(raft: Raft, client: reqwest::Client, timeout: Duration) -> Self {
-        Self {
+        let inner = Inner {
             raft,
             client,
             timeout,
-        }
+        };
+        let (queue, rx) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(batcher(inner.clone(), rx));
+        Self { inner, queue }
     }
 
     /// The Raft node.
     pub fn raft(&self) -> &Raft {
-        &self.raft
+        &self.inner.raft
     }
 
-    /// Commits `command` and answers what applying it produced. During an election the write
-    /// waits (within the timeout) for a leader rather than failing at once.
-    pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
-        let request = Request { command };
+    /// Commits `command` (batched with concurrent writes) and answers what applying it
+    /// produced. During an election the write waits (within the timeout) for a leader rather
+    /// than failing at once.
+    pub async fn write(&self, command: Command) -> Result<Outcome, ClusterError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { command, reply })
+            .await
+            .map_err(|_| ClusterError::Internal("the write batcher stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| ClusterError::Internal("the write batcher dropped a write".into()))?
+    }
+
+    /// Returns once this node's state machine holds everything committed before the call.
+    pub async fn linearize(&self) -> Result<(), ClusterError> {
+        self.inner.linearize().await
+    }
+
+    /// The leader as this node knows it.
+    pub async fn leader(&self) -> Option<NodeId> {
+        self.inner.raft.current_leader().await
+    }
+}
+
+/// Takes every queued write (within the batch limits) into one entry, keeping at most
+/// [`MAX_BATCHES_IN_FLIGHT`] entries committing; ends when every sender is gone.
+async fn batcher(inner: Inner, mut rx: mpsc::Receiver<Pending>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    let mut next: Option<Pending> = None;
+    loop {
+        // Wait for a slot first: writes arriving meanwhile join this batch.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match next.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut bytes = command_bytes(&first.command);
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS {
+            let Ok(p) = rx.try_recv() else { break };
+            bytes += command_bytes(&p.command);
+            if bytes > MAX_BATCH_BYTES {
+                next = Some(p);
+                break;
+            }
+            batch.push(p);
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            let n = commands.len();
+            match inner.write(Request { commands }).await {
+                Ok(response) if response.outcomes.len() == n => {
+                    for (reply, outcome) in replies.into_iter().zip(response.outcomes) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+                Ok(response) => {
+                    let e = ClusterError::Internal(format!(
+                        "{n} writes answered {} outcomes",
+                        response.outcomes.len()
+                    ));
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// About how many bytes `command` adds to an entry.
+fn command_bytes(command: &Command) -> usize {
+    match command {
+        Command::Put { address, value, .. } => {
+            address.app.len() + address.env.len() + address.key.len() + value.len() + 16
+        }
+        Command::Delete { address, .. } => {
+            address.app.len() + address.env.len() + address.key.len() + 16
+        }
+    }
+}
+
+impl Inner {
+    /// Commits the entry `request` and answers what applying it produced.
+    async fn write(&self, request: Request) -> Result<Response, ClusterError> {
         let attempt = async {
             loop {
                 match self.write_local(request.clone()).await {
@@ -128,7 +257,7 @@ impl Cluster {
     }
 
     /// Returns once this node's state machine holds everything committed before the call.
-    pub async fn linearize(&self) -> Result<(), ClusterError> {
+    async fn linearize(&self) -> Result<(), ClusterError> {
         let attempt = async {
             loop {
                 match self.read_index_local().await {
@@ -214,11 +343,6 @@ impl Cluster {
         postcard::from_bytes::<Result<Resp, ClusterError>>(&bytes)
             .map_err(|e| ClusterError::Internal(format!("leader's answer: {e}")))?
     }
-
-    /// The leader as this node knows it.
-    pub async fn leader(&self) -> Option<NodeId> {
-        self.raft.current_leader().await
-    }
 }
 
 enum Forward<T> {
@@ -254,7 +378,7 @@ async fn forwarded_write(State(cluster): State<Cluster>, body: Bytes) -> HttpRes
     let Ok(request) = postcard::from_bytes::<Request>(&body) else {
         return (StatusCode::BAD_REQUEST, "malformed forwarded write").into_response();
     };
-    let result = match cluster.write_local(request).await {
+    let result = match cluster.inner.write_local(request).await {
         Ok(r) => Ok(r),
         Err(Forward::To(_, node, _)) => Err(ClusterError::NoQuorum(format!(
             "leadership moved to {}",
@@ -267,7 +391,7 @@ async fn forwarded_write(State(cluster): State<Cluster>, body: Bytes) -> HttpRes
 }
 
 async fn forwarded_read_index(State(cluster): State<Cluster>) -> HttpResponse {
-    let result = match cluster.read_index_local().await {
+    let result = match cluster.inner.read_index_local().await {
         Ok(index) => Ok(index),
         Err(Forward::To(_, node, ())) => Err(ClusterError::NoQuorum(format!(
             "leadership moved to {}",

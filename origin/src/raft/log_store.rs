@@ -9,10 +9,10 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use tokio::sync::mpsc;
 use openraft::{OptionalSend, StorageIOError, Vote};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
 
 use super::{Entry, LogId, NodeId, StorageError, TypeConfig};
 

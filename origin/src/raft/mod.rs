@@ -38,17 +38,27 @@ openraft::declare_raft_types!(
 /// A node's number in the cluster.
 pub type NodeId = u64;
 
-/// What a log entry asks the state machine to do.
+/// What a log entry asks the state machine to do: writes applied in order, each making its own
+/// revision. Concurrent writes are batched into one entry (see [`cluster`]), so one Raft round
+/// trip and one log flush carry many of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    /// The write.
-    pub command: Command,
+    /// The writes, in the order they are applied.
+    pub commands: Vec<Command>,
 }
 
-/// What applying an entry produced. A refused write is still a committed entry (every node
-/// refuses it identically); it just makes no revision.
+/// What applying an entry produced: one outcome per command, in order (none for a blank or
+/// membership entry).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The outcomes.
+    pub outcomes: Vec<Outcome>,
+}
+
+/// What applying one command produced. A refused write is still committed (every node refuses
+/// it identically); it just makes no revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Response {
+pub enum Outcome {
     /// The write made a new revision.
     Applied(Applied),
     /// `expect_version` did not match.
@@ -62,8 +72,6 @@ pub enum Response {
     },
     /// Delete of an absent address.
     NotFound(Address),
-    /// A blank or membership entry: nothing to answer.
-    Nothing,
 }
 
 /// Raft errors as the node uses them.

@@ -14,17 +14,23 @@ use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
 use meridian_protocol::{Address, EntryState, Revision, SignedHead, Signer};
-use meridian_store::{EXTRA_PREFIX, SignedState, SledBackend, StoreError, Write};
+use meridian_store::{Backend, EXTRA_PREFIX, SignedState, SledBackend, StoreError, Write};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use super::{
+    Entry, LogId, Outcome, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 use crate::core::{ApplyError, OriginCore};
 
 const APPLIED: &[u8] = &[EXTRA_PREFIX, b'r', b'a'];
 const MEMBERSHIP: &[u8] = &[EXTRA_PREFIX, b'r', b'm'];
+/// Progress inside an entry of several commands: `(its log id, commands applied)`, written in
+/// the same batch as each command but the last (which writes [`APPLIED`] and removes this), so
+/// that an entry interrupted by a crash resumes after its last applied command.
+const PARTIAL: &[u8] = &[EXTRA_PREFIX, b'r', b'p'];
 
 /// The origin core shared by the state machine, the write API and the edge server.
 pub type SharedCore = Arc<Mutex<OriginCore<SledBackend>>>;
@@ -94,7 +100,6 @@ impl StateMachine {
     fn meta_of(
         core: &OriginCore<SledBackend>,
     ) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        use meridian_store::Backend;
         let backend = core.state().backend();
         let applied = match backend.get(APPLIED).map_err(sm_read)? {
             Some(b) => postcard::from_bytes::<Option<LogId>>(&b).map_err(sm_read)?,
@@ -110,7 +115,7 @@ impl StateMachine {
     fn apply_one(
         core: &mut OriginCore<SledBackend>,
         entry: Entry,
-    ) -> Result<(Response, bool), StorageError> {
+    ) -> Result<Response, StorageError> {
         let log_id = entry.log_id;
         let extra = applied_write(&log_id)?;
         let write_extra = |core: &mut OriginCore<SledBackend>, writes: Vec<Write>| {
@@ -121,7 +126,7 @@ impl StateMachine {
         match entry.payload {
             EntryPayload::Blank => {
                 write_extra(core, vec![extra])?;
-                Ok((Response::Nothing, false))
+                Ok(Response::default())
             }
             EntryPayload::Membership(m) => {
                 let stored = StoredMembership::new(Some(log_id), m);
@@ -129,32 +134,58 @@ impl StateMachine {
                     core,
                     vec![extra, (MEMBERSHIP.to_vec(), Some(encode(&stored)?))],
                 )?;
-                Ok((Response::Nothing, false))
+                Ok(Response::default())
             }
             EntryPayload::Normal(request) => {
-                match core.apply_unpublished(request.command, vec![extra.clone()]) {
-                    Ok((applied, _)) => Ok((Response::Applied(applied), true)),
-                    Err(ApplyError::VersionConflict {
-                        address,
-                        expected,
-                        actual,
-                    }) => {
-                        write_extra(core, vec![extra])?;
-                        Ok((
-                            Response::VersionConflict {
+                let n = request.commands.len();
+                if n == 0 {
+                    write_extra(core, vec![extra])?;
+                    return Ok(Response::default());
+                }
+                // Commands of this entry already applied before a crash are not applied again.
+                let done = match core.state().backend().get(PARTIAL).map_err(sm_read)? {
+                    Some(b) => match postcard::from_bytes::<(LogId, u32)>(&b) {
+                        Ok((id, done)) if id == log_id => done as usize,
+                        _ => 0,
+                    },
+                    None => 0,
+                };
+                let mut outcomes = Vec::with_capacity(n - done.min(n));
+                for (i, command) in request.commands.into_iter().enumerate().skip(done) {
+                    let marker = if i + 1 == n {
+                        if n > 1 {
+                            vec![extra.clone(), (PARTIAL.to_vec(), None)]
+                        } else {
+                            vec![extra.clone()]
+                        }
+                    } else {
+                        vec![(PARTIAL.to_vec(), Some(encode(&(log_id, (i + 1) as u32))?))]
+                    };
+                    let outcome = match core.apply_unpublished(command, marker.clone()) {
+                        Ok((applied, _)) => Outcome::Applied(applied),
+                        Err(ApplyError::VersionConflict {
+                            address,
+                            expected,
+                            actual,
+                        }) => {
+                            write_extra(core, marker)?;
+                            Outcome::VersionConflict {
                                 address,
                                 expected,
                                 actual,
-                            },
-                            false,
-                        ))
-                    }
-                    Err(ApplyError::NotFound(address)) => {
-                        write_extra(core, vec![extra])?;
-                        Ok((Response::NotFound(address), false))
-                    }
-                    Err(ApplyError::Store(e)) => Err(StorageIOError::apply(log_id, &e).into()),
+                            }
+                        }
+                        Err(ApplyError::NotFound(address)) => {
+                            write_extra(core, marker)?;
+                            Outcome::NotFound(address)
+                        }
+                        Err(ApplyError::Store(e)) => {
+                            return Err(StorageIOError::apply(log_id, &e).into());
+                        }
+                    };
+                    outcomes.push(outcome);
                 }
+                Ok(Response { outcomes })
             }
         }
     }
@@ -212,7 +243,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let revision = {
             let mut core = self.lock();
             for entry in entries {
-                let (response, _) = Self::apply_one(&mut core, entry)?;
+                let response = Self::apply_one(&mut core, entry)?;
                 out.push(response);
             }
             // Readers see the batch at once, before it is durable: the entries are durable in
@@ -285,5 +316,71 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.build().map(Some)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use meridian_protocol::Address;
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+    use crate::core::Command;
+    use crate::raft::Request;
+
+    fn open(dir: &std::path::Path) -> StateMachine {
+        let db = sled::open(dir).expect("sled");
+        StateMachine::open(&db, Signer::from_bytes(&[7; 32]), 1024).expect("state machine")
+    }
+
+    fn put(key: &str, value: &str) -> Command {
+        Command::Put {
+            address: Address::parse("app", "prod", key).expect("address"),
+            value: Arc::from(value),
+            expect_version: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_entry_interrupted_after_some_commands_resumes_after_them() {
+        let commands = vec![put("a", "1"), put("b", "2"), put("c", "3")];
+        let log_id = LogId::new(CommittedLeaderId::new(1, 0), 1);
+        let entry = Entry {
+            log_id,
+            payload: EntryPayload::Normal(Request {
+                commands: commands.clone(),
+            }),
+        };
+        let whole = tempfile::tempdir().unwrap();
+        let mut whole = open(whole.path());
+        whole.apply(vec![entry.clone()]).await.unwrap();
+
+        // What a crash after the first command leaves on disk: its revision, with the entry's
+        // progress beside it and the applied log id not yet moved.
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        {
+            let mut core = sm.lock();
+            let progress = vec![(PARTIAL.to_vec(), Some(encode(&(log_id, 1u32)).unwrap()))];
+            core.apply_unpublished(commands[0].clone(), progress)
+                .unwrap();
+            core.state_mut().publish().unwrap();
+        }
+        assert_eq!(sm.applied_state().await.unwrap().0, None);
+        // openraft applies the entry again: only the two commands left are applied.
+        let out = sm.apply(vec![entry]).await.unwrap();
+        assert_eq!(out[0].outcomes.len(), 2);
+        assert!(matches!(&out[0].outcomes[0], Outcome::Applied(a) if a.revision == Revision(2)));
+        let (a, b) = (sm.lock(), whole.lock());
+        assert_eq!(a.state().revision(), Revision(3));
+        assert_eq!(a.state().head(), b.state().head());
+        assert_eq!(StateMachine::meta_of(&a).unwrap().0, Some(log_id));
+        assert_eq!(
+            a.state().backend().get(PARTIAL).unwrap(),
+            None,
+            "progress cleared"
+        );
     }
 }
