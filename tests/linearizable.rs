@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -168,7 +167,7 @@ async fn a_history_recorded_across_kills_and_restarts_is_linearizable() {
     init();
     let dir = tempfile::tempdir().unwrap();
     let paths = write_origin_configs(dir.path(), 3);
-    let mut procs: Vec<Option<Child>> = Vec::new();
+    let mut procs: Vec<Option<OriginProcess>> = Vec::new();
     let mut urls = Vec::new();
     for p in &paths {
         let (child, url) = spawn_origin(p);
@@ -209,9 +208,7 @@ async fn a_history_recorded_across_kills_and_restarts_is_linearizable() {
     for round in 0..3 {
         let leader = agreed_leader(&c, &urls).await;
         let victim = if round == 1 { leader % 3 + 1 } else { leader };
-        let mut child = procs[victim - 1].take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
+        procs[victim - 1].take().unwrap().kill();
         killed.push(victim);
         let survivors: Vec<String> = (1..=3)
             .filter(|&i| i != victim)
@@ -294,8 +291,4 @@ async fn a_history_recorded_across_kills_and_restarts_is_linearizable() {
             panic!("k{key}: {e}; the operation that could not be placed: {stuck:?}")
         });
     assert_eq!(checked, KEYS);
-    for child in procs.iter_mut().flatten() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
 }

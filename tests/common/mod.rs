@@ -101,8 +101,26 @@ pub fn write_origin_configs(dir: &Path, n: usize) -> Vec<PathBuf> {
     paths
 }
 
+/// A `meridian origin` process, killed when dropped (also when a test panics, so that no
+/// node outlives its test).
+pub struct OriginProcess(Child);
+
+impl OriginProcess {
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for OriginProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts the process `meridian origin --config FILE`; its HTTP base URL once it listens.
-pub fn spawn_origin(config: &Path) -> (Child, String) {
+pub fn spawn_origin(config: &Path) -> (OriginProcess, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(["origin", "--config"])
         .arg(config)
@@ -112,6 +130,7 @@ pub fn spawn_origin(config: &Path) -> (Child, String) {
         .spawn()
         .expect("spawn meridian origin");
     let stdout = child.stdout.take().expect("piped stdout");
+    let process = OriginProcess(child);
     // Log lines may come first; the address line is `origin: HTTP <url>  QUIC <addr>`.
     let url = BufReader::new(stdout)
         .lines()
@@ -122,5 +141,5 @@ pub fn spawn_origin(config: &Path) -> (Child, String) {
                 .map(str::to_owned)
         })
         .expect("origin prints its address");
-    (child, url)
+    (process, url)
 }

@@ -4,6 +4,9 @@
 //! forward to the leader in both systems). Reports p50/p99/max and writes/s for each, and the
 //! ratios.
 //!
+//! Each Meridian node runs in its own process (this harness started again with
+//! `--serve-origin CONFIG`), as etcd's do, so neither system shares a runtime with the load.
+//!
 //! Needs `etcd` on PATH for the comparison (Debian: `apt-get install -y etcd-server`); without
 //! it only Meridian is measured and the harness says so.
 //!
@@ -35,6 +38,9 @@ struct Args {
     /// Skip the etcd run (Meridian alone, for profiling).
     #[arg(long)]
     no_etcd: bool,
+    /// Internal: run one origin node from this config file until stdin closes.
+    #[arg(long, hide = true)]
+    serve_origin: Option<std::path::PathBuf>,
 }
 
 struct Outcome {
@@ -196,6 +202,9 @@ fn report(name: &str, o: &Outcome) {
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
+    if let Some(config) = &args.serve_origin {
+        return serve_origin(config).await;
+    }
     let dir = tempfile::tempdir()?;
     let pki = pki(dir.path())?;
     let mut opts = DevOptions::ephemeral(dir.path().to_owned());
@@ -205,19 +214,15 @@ async fn main() -> anyhow::Result<()> {
     );
     opts.origin_nodes = args.origin_nodes;
     let mut nodes = Vec::new();
-    for config in origin_cluster_configs(&opts, &pki) {
-        nodes.push(meridian_origin::start(config).await?);
+    let mut bases = Vec::new();
+    for (i, config) in origin_cluster_configs(&opts, &pki).iter().enumerate() {
+        let path = dir.path().join(format!("origin-{}.toml", i + 1));
+        std::fs::write(&path, toml::to_string(config)?)?;
+        let (child, base) = spawn_origin(&path)?;
+        nodes.push(child);
+        bases.push(base);
     }
-    for n in &nodes {
-        n.raft
-            .wait(Some(Duration::from_secs(30)))
-            .metrics(|m| m.current_leader.is_some(), "a leader")
-            .await?;
-    }
-    let bases: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("http://{}", n.http_addr))
-        .collect();
+    await_leader(&bases).await?;
     println!(
         "{} clients per system, {} s each, {}-byte values, writes spread over every node",
         args.clients, args.seconds, args.value_bytes
@@ -227,8 +232,9 @@ async fn main() -> anyhow::Result<()> {
         &format!("meridian ({}-node origin)", args.origin_nodes),
         &meridian,
     );
-    for n in nodes {
-        n.shutdown().await;
+    for mut n in nodes {
+        let _ = n.kill();
+        let _ = n.wait();
     }
     if args.no_etcd {
         return Ok(());
@@ -268,4 +274,61 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs one origin node from `config` until stdin closes (the harness holds it open).
+async fn serve_origin(config: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config)?;
+    let config: meridian_origin::OriginConfig = toml::from_str(&text)?;
+    let node = meridian_origin::start(config).await?;
+    println!("ready http://{}", node.http_addr);
+    let mut sink = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Starts this harness again as one origin node; the child and its HTTP base URL.
+fn spawn_origin(config: &std::path::Path) -> anyhow::Result<(Child, String)> {
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--serve-origin")
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting an origin node")?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    let base = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("ready ").map(str::to_owned))
+        .context("origin node exited before it was ready")?;
+    Ok((child, base))
+}
+
+/// Waits until every node names the same leader.
+async fn await_leader(bases: &[String]) -> anyhow::Result<()> {
+    let c = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut leaders = std::collections::BTreeSet::new();
+        for b in bases {
+            let leader = match c.get(format!("{b}/v1/status")).send().await {
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .map(|v| v["leader"].clone()),
+                Err(_) => None,
+            };
+            leaders.insert(leader.filter(|l| l.is_u64()).map(|l| l.to_string()));
+        }
+        if leaders.len() == 1 && leaders.first().is_some_and(|l| l.is_some()) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no agreed leader within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
