@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub mod cluster;
+
 /// p50, p99 and max of a set of samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {

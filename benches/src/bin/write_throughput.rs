@@ -203,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     if let Some(config) = &args.serve_origin {
-        return serve_origin(config).await;
+        return meridian_benches::cluster::serve_origin(config).await;
     }
     let dir = tempfile::tempdir()?;
     let pki = pki(dir.path())?;
@@ -218,11 +218,11 @@ async fn main() -> anyhow::Result<()> {
     for (i, config) in origin_cluster_configs(&opts, &pki).iter().enumerate() {
         let path = dir.path().join(format!("origin-{}.toml", i + 1));
         std::fs::write(&path, toml::to_string(config)?)?;
-        let (child, base) = spawn_origin(&path)?;
+        let (child, base) = meridian_benches::cluster::spawn_origin(&path)?;
         nodes.push(child);
         bases.push(base);
     }
-    await_leader(&bases).await?;
+    meridian_benches::cluster::await_leader(&bases).await?;
     println!(
         "{} clients per system, {} s each, {}-byte values, writes spread over every node",
         args.clients, args.seconds, args.value_bytes
@@ -274,61 +274,4 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Runs one origin node from `config` until stdin closes (the harness holds it open).
-async fn serve_origin(config: &std::path::Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(config)?;
-    let config: meridian_origin::OriginConfig = toml::from_str(&text)?;
-    let node = meridian_origin::start(config).await?;
-    println!("ready http://{}", node.http_addr);
-    let mut sink = Vec::new();
-    let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
-    node.shutdown().await;
-    Ok(())
-}
-
-/// Starts this harness again as one origin node; the child and its HTTP base URL.
-fn spawn_origin(config: &std::path::Path) -> anyhow::Result<(Child, String)> {
-    use std::io::BufRead;
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("--serve-origin")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting an origin node")?;
-    let stdout = child.stdout.take().context("piped stdout")?;
-    let base = std::io::BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("ready ").map(str::to_owned))
-        .context("origin node exited before it was ready")?;
-    Ok((child, base))
-}
-
-/// Waits until every node names the same leader.
-async fn await_leader(bases: &[String]) -> anyhow::Result<()> {
-    let c = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut leaders = std::collections::BTreeSet::new();
-        for b in bases {
-            let leader = match c.get(format!("{b}/v1/status")).send().await {
-                Ok(r) => r
-                    .json::<serde_json::Value>()
-                    .await
-                    .ok()
-                    .map(|v| v["leader"].clone()),
-                Err(_) => None,
-            };
-            leaders.insert(leader.filter(|l| l.is_u64()).map(|l| l.to_string()));
-        }
-        if leaders.len() == 1 && leaders.first().is_some_and(|l| l.is_some()) {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no agreed leader within 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
