@@ -62,6 +62,12 @@ pub struct ReplicatorConfig {
     pub stall_timeout_ms: u64,
     /// When nothing at all arrived on a link for this long, drop it and reconnect.
     pub silence_timeout_ms: u64,
+    /// When the origin link has brought no verified head or delta for this long (the origin
+    /// announces its head every heartbeat), the peer links leave standby and deliver until it
+    /// does again. Shorter than the silence and stall timeouts: under a one-way partition the
+    /// origin's packets stop while the connection is not yet silent long enough to drop, and
+    /// no newer head may be known to start the stall timer.
+    pub origin_quiet_ms: u64,
     /// A dial of the origin link that has not completed its handshake after this long gets a
     /// fresh dial beside it: a handshake whose first packets were lost (during a partition,
     /// say) backs off exponentially inside QUIC and would otherwise finish long after the path
@@ -94,6 +100,7 @@ impl Default for ReplicatorConfig {
             reconnect_backoff_max_ms: 2_000,
             stall_timeout_ms: 1_000,
             silence_timeout_ms: 1_500,
+            origin_quiet_ms: 1_200,
             connect_timeout_ms: 1_500,
             peer_connect_timeout_ms: 500,
             peer_staleness_limit_ms: 1_500,
@@ -466,19 +473,32 @@ impl<B: Backend> Replicator<B> {
             link,
             frame: hello.into(),
         });
-        if link >= PEER_LINK && self.origin_delivering() {
+        if link >= PEER_LINK && self.origin_delivering(now) {
             self.set_standby(link, true, revision);
         }
     }
 
-    /// Whether the origin link is up, has answered since it connected, and is not suspected
-    /// of having stopped delivering. A freshly connected origin may take several round trips
-    /// to answer (after a partition every edge reconnects at once), and peers keep delivering
-    /// until it does.
-    fn origin_delivering(&self) -> bool {
+    /// Whether the origin link is up, has answered since it connected, is not suspected of
+    /// having stopped delivering, and has brought a verified head or delta within the origin
+    /// quiet time. A freshly connected origin may take several round trips to answer (after a
+    /// partition every edge reconnects at once), and peers keep delivering until it does.
+    fn origin_delivering(&self, now: Instant) -> bool {
         self.link_connected(ORIGIN_LINK)
             && self.links.get(ORIGIN_LINK).is_some_and(|l| l.got_frame)
             && !self.origin_suspect
+            && self
+                .origin_quiet_at()
+                .is_some_and(|quiet_at| now < quiet_at)
+    }
+
+    /// When the origin link counts as quiet unless a verified head or delta arrives first: the
+    /// origin quiet time after the later of the last one and the link's connection.
+    fn origin_quiet_at(&self) -> Option<Instant> {
+        let connected_at = self.links.get(ORIGIN_LINK)?.connected_at?;
+        let since = self
+            .origin_heard
+            .map_or(connected_at, |h| h.max(connected_at));
+        Some(since + Duration::from_millis(self.config.origin_quiet_ms.max(1)))
     }
 
     /// Tells the peer on `link` to keep the link warm (heads only) or to deliver from
@@ -693,7 +713,7 @@ impl<B: Backend> Replicator<B> {
         let revision = self.state.revision();
         // Peer links are kept warm: heads only while the origin link delivers, so that when
         // it stops the switch-over is one `Need`, not a dial across a possibly slow path.
-        let delivering = self.origin_delivering();
+        let delivering = self.origin_delivering(now);
         for link in PEER_LINK..self.links.len() {
             self.set_standby(link, delivering, revision);
         }
@@ -852,7 +872,7 @@ impl<B: Backend> Replicator<B> {
         let limit = Duration::from_millis(self.config.peer_staleness_limit_ms);
         if offer.holds <= held
             || now.saturating_duration_since(offer.at) > limit
-            || self.origin_delivering()
+            || self.origin_delivering(now)
             || self.links[PEER_LINK..]
                 .iter()
                 .any(|l| l.on().any(|u| u == offer.upstream))
@@ -926,6 +946,12 @@ impl<B: Backend> Replicator<B> {
                     }
                 }
             }
+        }
+        // The moment a delivering origin link turns quiet, the standby peer links wake.
+        if self.links.iter().skip(PEER_LINK).any(|l| l.standby)
+            && let Some(quiet_at) = self.origin_quiet_at()
+        {
+            take(quiet_at);
         }
         if any_connected && self.newest_known > self.state.revision() {
             let quiet_since = self.last_progress.max(self.last_delta);
@@ -1464,6 +1490,55 @@ mod tests {
         let out = outputs(&mut r);
         assert!(out.contains(&standby), "{out:?}");
         assert!(!out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
+    }
+
+    #[test]
+    fn an_origin_link_that_goes_quiet_wakes_the_standby_peers_until_it_speaks_again() {
+        // A one-way partition: the origin connection stays up (not yet silent long enough to
+        // drop) but its heads and deltas stop, and no newer head is known to start the stall
+        // timer. The standby peer must be asked to deliver within the origin quiet time.
+        let now = Instant::now();
+        let mut r = with_peers(now, 3, 1);
+        r.handle_timeout(now);
+        r.handle_connected(now, 0);
+        r.handle_connected(now, 1);
+        let deltas = history(2);
+        r.handle_frame(now, 0, FrameV1::Delta(deltas[0].clone()).into());
+        r.flush(now);
+        r.handle_timeout(now);
+        let standby = Output::Send {
+            link: 1,
+            frame: FrameV1::Standby.into(),
+        };
+        assert!(outputs(&mut r).contains(&standby));
+        let quiet = Duration::from_millis(ReplicatorConfig::default().origin_quiet_ms);
+        assert_eq!(r.poll_timeout().map(|t| t <= now + quiet), Some(true));
+
+        // Just before the quiet time nothing changes; at it, the peer is asked to deliver.
+        let almost = now + quiet - Duration::from_millis(1);
+        r.handle_timeout(almost);
+        let out = outputs(&mut r);
+        assert!(!out.iter().any(|o| matches!(
+            o,
+            Output::Send {
+                link: 1,
+                frame: Frame::V1(FrameV1::Need { .. })
+            }
+        )));
+        r.handle_timeout(now + quiet);
+        assert_needs(&outputs(&mut r), 1, Revision(1));
+        // No busy loop once the peers are awake.
+        assert!(r.poll_timeout().is_some_and(|t| t > now + quiet));
+
+        // The peer relays revision 2; then the origin speaks again and the peer stands by.
+        let later = now + quiet + Duration::from_millis(100);
+        r.handle_frame(later, 1, FrameV1::Delta(deltas[1].clone()).into());
+        r.flush(later);
+        assert_eq!(r.state().revision(), Revision(2));
+        outputs(&mut r);
+        r.handle_frame(later, 0, FrameV1::Head(deltas[1].head).into());
+        r.handle_timeout(later);
+        assert!(outputs(&mut r).contains(&standby));
     }
 
     #[test]
