@@ -141,6 +141,10 @@ struct SimArgs {
     /// Edges in each of the three regions.
     #[arg(long, default_value_t = 10)]
     edges_per_region: usize,
+    /// Origin nodes (1, 3 or 5): with more than one, crashing the leader pauses commits for an
+    /// election and edges fail over to another node.
+    #[arg(long, default_value_t = 3, value_parser = origin_nodes)]
+    origin_nodes: usize,
     /// Simulated seconds.
     #[arg(long, default_value_t = 600)]
     duration_s: u64,
@@ -172,6 +176,7 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
         let opts = meridian_sim::SimOptions {
             seed,
             edges_per_region: args.edges_per_region,
+            origin_nodes: args.origin_nodes,
             duration_s: args.duration_s,
             write_rate_per_s: args.write_rate,
             value_bytes: args.value_bytes,

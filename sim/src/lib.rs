@@ -27,6 +27,10 @@ pub struct SimOptions {
     pub seed: u64,
     /// Edges in each of the three regions.
     pub edges_per_region: usize,
+    /// Origin nodes (a Raft cluster in us-east): 1, 3 or 5. With more than one, a crashed
+    /// leader is replaced after an election pause (see `world::ELECTION_MS`), and edges fail
+    /// over between nodes.
+    pub origin_nodes: usize,
     /// Simulated duration in seconds.
     pub duration_s: u64,
     /// Mean writes per simulated second.
@@ -56,6 +60,7 @@ impl Default for SimOptions {
         Self {
             seed: 1,
             edges_per_region: 10,
+            origin_nodes: 3,
             duration_s: 600,
             write_rate_per_s: 20.0,
             value_bytes: 64,
@@ -74,9 +79,10 @@ impl SimOptions {
     /// The `meridian sim` command line that replays these options.
     pub fn command(&self) -> String {
         let mut c = format!(
-            "meridian sim --seed {} --edges-per-region {} --duration-s {} --write-rate {} --value-bytes {}",
+            "meridian sim --seed {} --edges-per-region {} --origin-nodes {} --duration-s {} --write-rate {} --value-bytes {}",
             self.seed,
             self.edges_per_region,
+            self.origin_nodes,
             self.duration_s,
             self.write_rate_per_s,
             self.value_bytes

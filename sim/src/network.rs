@@ -9,7 +9,8 @@ use std::time::Duration;
 use rand::{Rng, RngExt};
 use serde::Serialize;
 
-/// Index of a simulated node: 0 is the origin, edges follow.
+/// Index of a simulated node: 0 is the first origin node, edges follow, then the other origin
+/// nodes.
 pub type NodeId = usize;
 
 /// Region names, in matrix order; the origin lives in the first.
@@ -32,6 +33,8 @@ pub enum Target {
     Region(usize),
     /// One node.
     Node(NodeId),
+    /// Every origin node (the cluster, which keeps talking to itself).
+    Origin,
 }
 
 /// A fault in force for a while.
@@ -89,6 +92,7 @@ impl Default for LinkParams {
 #[derive(Debug)]
 pub struct Network {
     region_of: Vec<usize>,
+    origins: BTreeSet<NodeId>,
     params: LinkParams,
     active: BTreeMap<u64, (Fault, Duration)>,
     down: BTreeSet<NodeId>,
@@ -99,6 +103,7 @@ impl Network {
     pub fn new(region_of: Vec<usize>, params: LinkParams) -> Self {
         Self {
             region_of,
+            origins: BTreeSet::from([0]),
             params,
             active: BTreeMap::new(),
             down: BTreeSet::new(),
@@ -120,10 +125,16 @@ impl Network {
         self.region_of.is_empty()
     }
 
+    /// Names the origin nodes ([`Target::Origin`]); node 0 alone until this is called.
+    pub fn set_origins(&mut self, origins: impl IntoIterator<Item = NodeId>) {
+        self.origins = origins.into_iter().collect();
+    }
+
     fn matches(&self, t: Target, n: NodeId) -> bool {
         match t {
             Target::Region(r) => self.region_of[n] == r,
             Target::Node(x) => x == n,
+            Target::Origin => self.origins.contains(&n),
         }
     }
 

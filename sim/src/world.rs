@@ -1,7 +1,15 @@
-//! The simulated world: an origin and N edges per region, each running the real state machines
-//! (origin core and distributor, edge replicator plus a distributor serving peers) over real
-//! QUIC through the simulated network, in virtual time. A discrete-event loop ordered by
+//! The simulated world: an origin cluster and N edges per region, each running the real state
+//! machines (origin core and distributor, edge replicator plus a distributor serving peers) over
+//! real QUIC through the simulated network, in virtual time. A discrete-event loop ordered by
 //! (time, sequence) drives everything; all randomness comes from the run's seed.
+//!
+//! The origin cluster's consensus is modelled, not simulated packet by packet: every live
+//! origin node applies each committed write at once (its Raft peers are 1 ms apart, next to
+//! 40–240 ms to the edges), a node that restarts applies what it missed, and commits need a
+//! live majority. When the leader dies, commits pause for an election drawn from what the real
+//! cluster shows ([`ELECTION_MS`]); writes made meanwhile wait and commit when a new leader is
+//! elected, as the write API's clients do. Each origin node serves edges over its own QUIC
+//! endpoint, so edges fail over between nodes as in production.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -29,6 +37,12 @@ use crate::tls::SimPki;
 use crate::{SimOptions, SimReport};
 
 const QUIC_PORT: u16 = 4433;
+/// How long commits pause when the origin leader dies, drawn uniformly from this range in
+/// milliseconds: what `cargo run --release -p meridian-benches --bin failover` measured for a
+/// three-node origin on loopback (SIGKILL of the leader until both survivors name a new one,
+/// 0.9–2.2 s: openraft waits out the leader lease, `election_timeout_max`, plus a random
+/// election timeout, and longer when a node's log is behind).
+pub const ELECTION_MS: (u64, u64) = (900, 2_200);
 const TRACE_TAIL: usize = 32;
 /// Revisions whose verified heads the shared memo keeps (see `VerifiedHeads`).
 const VERIFY_MEMO_REVISIONS: usize = 16_384;
@@ -94,6 +108,8 @@ enum Ev {
     },
     Wake(NodeId),
     Write,
+    /// The election after the origin leader died is over.
+    Elected,
     FaultStart(u64, Fault, Duration),
     FaultEnd(u64),
     FinalHeal,
@@ -155,6 +171,17 @@ pub struct World {
     writes_refused: u64,
     /// A node whose events are printed to stderr (`MERIDIAN_SIM_WATCH=<node>`), for debugging.
     watch: Option<NodeId>,
+    /// The origin nodes: node 0, then those after the edges.
+    origins: Vec<NodeId>,
+    edge_count: usize,
+    /// The origin node that commits writes; `None` while electing or without a majority.
+    leader: Option<NodeId>,
+    /// An election is under way (`Ev::Elected` is scheduled).
+    electing: bool,
+    /// Every committed write, in order, for origin nodes that restart to catch up from.
+    log: Vec<Command>,
+    /// Writes made during an election, committed when it ends.
+    held_writes: Vec<Command>,
 }
 
 impl World {
@@ -166,6 +193,12 @@ impl World {
         for r in 0..REGIONS.len() {
             region_of.extend(std::iter::repeat_n(r, opts.edges_per_region));
         }
+        let edge_count = region_of.len() - 1;
+        let mut origins = vec![0];
+        for _ in 1..opts.origin_nodes.max(1) {
+            origins.push(region_of.len());
+            region_of.push(0);
+        }
         let n = region_of.len();
         let addrs: Vec<SocketAddr> = (0..n).map(|i| addr_of(i, region_of[i])).collect();
         let by_addr = addrs.iter().enumerate().map(|(i, a)| (*a, i)).collect();
@@ -174,8 +207,10 @@ impl World {
         let verified = opts
             .verify_memo
             .then(|| VerifiedHeads::new(VERIFY_MEMO_REVISIONS));
+        let mut net = Network::new(region_of, LinkParams::default());
+        net.set_origins(origins.iter().copied());
         let mut world = Self {
-            net: Network::new(region_of, LinkParams::default()),
+            net,
             rng,
             now: Duration::ZERO,
             base: Instant::now(),
@@ -215,11 +250,17 @@ impl World {
             watch: std::env::var("MERIDIAN_SIM_WATCH")
                 .ok()
                 .and_then(|v| v.parse().ok()),
+            origins,
+            edge_count,
+            leader: Some(0),
+            electing: false,
+            log: Vec::new(),
+            held_writes: Vec::new(),
             opts,
         };
         for i in 0..n {
-            let node = if i == 0 {
-                world.boot_origin(MemBackend::new())?
+            let node = if world.is_origin(i) {
+                world.boot_origin(i, MemBackend::new())?
             } else {
                 world.boot_edge(i, MemBackend::new())?
             };
@@ -230,6 +271,21 @@ impl World {
 
     fn instant(&self) -> Instant {
         self.base + self.now
+    }
+
+    fn is_origin(&self, n: NodeId) -> bool {
+        self.origins.contains(&n)
+    }
+
+    /// The edges' node ids.
+    fn edges(&self) -> std::ops::Range<NodeId> {
+        1..1 + self.edge_count
+    }
+
+    /// Whether a majority of the origin nodes is up.
+    fn quorum(&self) -> bool {
+        let up = self.origins.iter().filter(|&&o| self.net.is_up(o)).count();
+        up * 2 > self.origins.len()
     }
 
     fn schedule(&mut self, at: Duration, ev: Ev) {
@@ -250,11 +306,15 @@ impl World {
         self.opts.seed ^ ((n as u64) << 32) ^ (self.incarnation[n] << 48) ^ 0x9e37_79b9
     }
 
-    fn boot_origin(&mut self, backend: MemBackend) -> Result<Node, crate::tls::SimTlsError> {
-        let seed = self.endpoint_seed(0);
+    fn boot_origin(
+        &mut self,
+        n: NodeId,
+        backend: MemBackend,
+    ) -> Result<Node, crate::tls::SimTlsError> {
+        let seed = self.endpoint_seed(n);
         let server = self.pki.server_config(seed, transport())?;
         let host = QuicHost::new(
-            self.addrs[0],
+            self.addrs[n],
             crate::tls::endpoint_config(seed),
             Some(server),
             None,
@@ -299,7 +359,7 @@ impl World {
             ReplicatorConfig {
                 edge_id: format!("edge-{n}"),
                 region: REGIONS[self.net.region(n)].into(),
-                origin_count: 1,
+                origin_count: self.origins.len(),
                 peer_count: rotation,
                 heartbeat_interval_ms: 500,
                 reconnect_backoff_min_ms: 50,
@@ -400,6 +460,7 @@ impl World {
                         self.schedule(at + Duration::from_secs_f64(gap), Ev::Write);
                     }
                 }
+                Ev::Elected => self.elected(),
                 Ev::FaultStart(id, fault, until) => self.start_fault(id, fault, until),
                 Ev::FaultEnd(id) => self.end_fault(id),
                 Ev::FinalHeal => {
@@ -422,7 +483,7 @@ impl World {
     fn plan_faults(&mut self, heal: Duration) {
         let mut t = Duration::from_secs(5);
         let mut id = 0u64;
-        let edges = self.nodes.len() - 1;
+        let edges = self.edge_count;
         loop {
             t += Duration::from_secs_f64(self.rng.random_range(2.0..16.0));
             if t >= heal {
@@ -439,7 +500,7 @@ impl World {
                 0..20 => (
                     Fault::Partition {
                         from: Target::Region(1 + region % 2),
-                        to: Target::Node(0),
+                        to: Target::Origin,
                         one_way: false,
                     },
                     len(&mut self.rng, 5.0, 30.0),
@@ -447,9 +508,9 @@ impl World {
                 20..30 => {
                     let r = 1 + region % 2;
                     let (from, to) = if self.rng.random_bool(0.5) {
-                        (Target::Region(r), Target::Node(0))
+                        (Target::Region(r), Target::Origin)
                     } else {
-                        (Target::Node(0), Target::Region(r))
+                        (Target::Origin, Target::Region(r))
                     };
                     (
                         Fault::Partition {
@@ -465,7 +526,7 @@ impl World {
                     len(&mut self.rng, 2.0, 20.0),
                 ),
                 45..52 => (
-                    Fault::Isolate(Target::Node(0)),
+                    Fault::Isolate(Target::Origin),
                     len(&mut self.rng, 2.0, 15.0),
                 ),
                 52..57 => (
@@ -474,7 +535,7 @@ impl World {
                 ),
                 57..70 => {
                     let other = if self.rng.random_bool(0.5) {
-                        0
+                        self.origins[self.rng.random_range(0..self.origins.len())]
                     } else {
                         1 + self.rng.random_range(0..edges)
                     };
@@ -490,7 +551,8 @@ impl World {
                     len(&mut self.rng, 1.0, 8.0),
                 ),
                 80..95 => (Fault::Crash(edge), len(&mut self.rng, 1.0, 20.0)),
-                _ => (Fault::Crash(0), len(&mut self.rng, 1.0, 5.0)),
+                // An origin node: the leader at the time, or any (see `start_fault`).
+                _ => (Fault::Crash(usize::MAX), len(&mut self.rng, 1.0, 5.0)),
             };
             let until = (t + dur).min(heal);
             self.schedule(t, Ev::FaultStart(id, fault, until));
@@ -503,6 +565,18 @@ impl World {
         {
             return;
         }
+        let fault = match fault {
+            // Half the time the leader, else any origin node.
+            Fault::Crash(usize::MAX) => {
+                let pick = self.origins[self.rng.random_range(0..self.origins.len())];
+                let n = match self.leader {
+                    Some(l) if self.rng.random_bool(0.5) => l,
+                    _ => pick,
+                };
+                Fault::Crash(n)
+            }
+            other => other,
+        };
         if let Fault::Crash(n) = fault {
             if !self.net.is_up(n) {
                 return;
@@ -517,7 +591,59 @@ impl World {
         ));
         self.record(format!("{} fault+ {id}", self.now.as_micros()));
         self.schedule(until, Ev::FaultEnd(id));
+        if let Fault::Crash(n) = fault
+            && self.leader == Some(n)
+        {
+            self.leader = None;
+            self.timeline.push(format!(
+                "{:>9} origin leader {n} down: commits pause for an election",
+                fmt_ms(self.now)
+            ));
+            self.start_election();
+        }
         self.refresh_paths(None);
+    }
+
+    /// Starts an election if none is under way and a majority is up (otherwise it starts when
+    /// a node restarts). A lone origin node leads again as soon as it is back.
+    fn start_election(&mut self) {
+        if self.electing || self.leader.is_some() || !self.quorum() {
+            return;
+        }
+        if self.origins.len() == 1 {
+            self.leader = Some(self.origins[0]);
+            return;
+        }
+        self.electing = true;
+        let ms = self.rng.random_range(ELECTION_MS.0..=ELECTION_MS.1);
+        self.schedule(self.now + Duration::from_millis(ms), Ev::Elected);
+    }
+
+    /// The election ended: a live origin node leads and the writes made meanwhile commit.
+    fn elected(&mut self) {
+        self.electing = false;
+        let live: Vec<NodeId> = self
+            .origins
+            .iter()
+            .copied()
+            .filter(|&o| self.net.is_up(o))
+            .collect();
+        if !self.quorum() || live.is_empty() {
+            // The majority went while electing; those writes time out at their clients.
+            self.writes_refused += self.held_writes.len() as u64;
+            self.held_writes.clear();
+            return;
+        }
+        let leader = live[self.rng.random_range(0..live.len())];
+        self.leader = Some(leader);
+        self.timeline.push(format!(
+            "{:>9} origin node {leader} elected leader",
+            fmt_ms(self.now)
+        ));
+        self.record(format!("{} elected {leader}", self.now.as_micros()));
+        for command in std::mem::take(&mut self.held_writes) {
+            self.commit(command);
+        }
     }
 
     fn end_fault(&mut self, id: u64) {
@@ -566,8 +692,8 @@ impl World {
                 backend
             }
         };
-        let node = if n == 0 {
-            self.boot_origin(backend)
+        let node = if self.is_origin(n) {
+            self.boot_origin(n, backend)
         } else {
             self.boot_edge(n, backend)
         };
@@ -582,6 +708,18 @@ impl World {
             let (r, d, h) = published_of(&e.rep);
             self.check_publish(n, r, d, h.as_ref());
         }
+        if self.is_origin(n) {
+            // Catch up on what the cluster committed meanwhile, then lead if nobody does.
+            let from = match &self.nodes[n] {
+                Node::Origin(o) => o.core.state().revision().0 as usize,
+                _ => self.log.len(),
+            };
+            for i in from..self.log.len() {
+                let command = self.log[i].clone();
+                self.apply_on(n, command);
+            }
+            self.start_election();
+        }
         let at = self.now;
         self.schedule(at, Ev::Wake(n));
         self.wake_at[n] = Some(at);
@@ -591,35 +729,75 @@ impl World {
         let key = format!("k{}", self.rng.random_range(0..500u32));
         let size = self.opts.value_bytes.max(2);
         let value: String = format!("\"{}\"", "x".repeat(size - 2));
-        let now = self.instant();
-        let Node::Origin(o) = &mut self.nodes[0] else {
-            self.writes_refused += 1;
-            return;
-        };
         let address = match Address::parse("sim", "prod", &key) {
             Ok(a) => a,
             Err(_) => return,
         };
-        match o.core.apply(Command::Put {
+        let command = Command::Put {
             address,
             value: value.into(),
             expect_version: None,
-        }) {
-            Ok((applied, signed)) => {
-                self.newest = applied.revision;
-                self.commits
-                    .insert(applied.revision, signed.head.head.digest);
-                self.commit_time.insert(applied.revision, self.now);
-                o.dist.handle_commit(now, o.core.state());
-                self.record(format!(
-                    "{} commit {}",
-                    self.now.as_micros(),
-                    applied.revision
-                ));
-                self.service(0);
-            }
-            Err(e) => self.violation("origin", format!("write failed: {e}")),
+        };
+        if self.leader.is_some() {
+            self.commit(command);
+        } else if self.electing {
+            self.held_writes.push(command);
+        } else {
+            self.writes_refused += 1;
         }
+    }
+
+    /// Commits `command` through the leader: every live origin node applies it.
+    fn commit(&mut self, command: Command) {
+        let Some(leader) = self.leader else {
+            self.writes_refused += 1;
+            return;
+        };
+        let Some((revision, digest)) = self.apply_on(leader, command.clone()) else {
+            return;
+        };
+        self.log.push(command.clone());
+        self.newest = revision;
+        self.commits.insert(revision, digest);
+        self.commit_time.insert(revision, self.now);
+        self.record(format!("{} commit {revision}", self.now.as_micros()));
+        for o in self.origins.clone() {
+            if o != leader && matches!(self.nodes[o], Node::Origin(_)) {
+                self.apply_on(o, command.clone());
+            }
+        }
+    }
+
+    /// Origin node `n` applies `command` (deterministically: every node signs the same
+    /// revision) and tells its edges; the revision and digest it made.
+    fn apply_on(&mut self, n: NodeId, command: Command) -> Option<(Revision, Digest)> {
+        let now = self.instant();
+        let Node::Origin(o) = &mut self.nodes[n] else {
+            return None;
+        };
+        let out = match o.core.apply(command) {
+            Ok((applied, signed)) => {
+                o.dist.handle_commit(now, o.core.state());
+                (applied.revision, signed.head.head.digest)
+            }
+            Err(e) => {
+                self.violation("origin", format!("origin node {n}: write failed: {e}"));
+                return None;
+            }
+        };
+        if let Some(expected) = self.commits.get(&out.0)
+            && *expected != out.1
+        {
+            self.violation(
+                "committed",
+                format!(
+                    "origin node {n} made revision {} with another digest than the leader",
+                    out.0
+                ),
+            );
+        }
+        self.service(n);
+        Some(out)
     }
 
     /// A forged delta handed straight to an edge's replicator, as an attacker on its link would.
@@ -667,7 +845,7 @@ impl World {
     fn service(&mut self, n: NodeId) {
         let now = self.instant();
         match &mut self.nodes[n] {
-            Node::Origin(_) => self.service_origin(now),
+            Node::Origin(_) => self.service_origin(n, now),
             Node::Edge(_) => self.service_edge(n, now),
             Node::Down(_) => return,
         }
@@ -720,8 +898,8 @@ impl World {
         }
     }
 
-    fn service_origin(&mut self, now: Instant) {
-        let Node::Origin(o) = &mut self.nodes[0] else {
+    fn service_origin(&mut self, n: NodeId, now: Instant) {
+        let Node::Origin(o) = &mut self.nodes[n] else {
             return;
         };
         o.host.handle_timeout(now);
@@ -730,8 +908,8 @@ impl World {
             let mut progressed = false;
             while let Some(ev) = o.host.poll_event() {
                 progressed = true;
-                if self.watch == Some(0) {
-                    eprintln!("{:>10.3} node 0 host {ev:?}", self.now.as_secs_f64());
+                if self.watch == Some(n) {
+                    eprintln!("{:>10.3} node {n} host {ev:?}", self.now.as_secs_f64());
                 }
                 match ev {
                     HostEvent::Connected(ch, _) => {
@@ -761,12 +939,15 @@ impl World {
                 let Some(&ch) = o.by_id.get(&id) else {
                     continue;
                 };
-                if self.watch == Some(0) {
+                if self.watch == Some(n) {
                     let what = match &t {
                         Transmit::Stream(frames) => format!("stream of {} frame(s)", frames.len()),
                         other => format!("{other:?}"),
                     };
-                    eprintln!("{:>10.3} node 0 dist {ch:?} {what}", self.now.as_secs_f64());
+                    eprintln!(
+                        "{:>10.3} node {n} dist {ch:?} {what}",
+                        self.now.as_secs_f64()
+                    );
                 }
                 transmit(&mut o.host, now, ch, t);
             }
@@ -780,6 +961,7 @@ impl World {
     fn service_edge(&mut self, n: NodeId, now: Instant) {
         let mut published = None;
         let mut dial: Vec<(usize, usize)> = Vec::new();
+        let origin_count = self.origins.len();
         {
             let Node::Edge(e) = &mut self.nodes[n] else {
                 return;
@@ -831,7 +1013,7 @@ impl World {
                                         .iter()
                                         .position(|p| p == node)
                                 })
-                                .map(|i| 1 + i);
+                                .map(|i| origin_count + i);
                             e.peers_in.insert(ch, (id, upstream));
                             e.by_id.insert(id, ch);
                             e.dist.handle_connect(now, id);
@@ -921,11 +1103,12 @@ impl World {
                 }
                 for (link, upstream) in dial.drain(..) {
                     progressed = true;
-                    let addr = if upstream == 0 {
-                        self.addrs[0]
+                    let k = self.origins.len();
+                    let addr = if upstream < k {
+                        self.addrs[self.origins[upstream]]
                     } else {
                         let (peers, _) = peers_of(self.opts.edges_per_region, n);
-                        self.addrs[peers[(upstream - 1) % peers.len()]]
+                        self.addrs[peers[(upstream - k) % peers.len()]]
                     };
                     // A connected link keeps its connection beside the dial (see
                     // `Output::Connect`). At most the two most recent dials of a link run (see `Output::Connect`).
@@ -1030,14 +1213,14 @@ impl World {
         (0..self.nodes.len()).any(|h| {
             h != n
                 && self.net.is_up(h)
-                && (h == 0 || self.highest_served[h] >= want)
+                && (self.is_origin(h) || self.highest_served[h] >= want)
                 && self.net.reachable(n, h)
         })
     }
 
     /// Recomputes who has a path to a holder; `only` narrows it after one edge published.
     fn refresh_paths(&mut self, only: Option<NodeId>) {
-        for n in 1..self.nodes.len() {
+        for n in self.edges() {
             let relevant = match only {
                 None => true,
                 Some(m) => m == n || self.path_since[n].is_none(),
@@ -1068,7 +1251,7 @@ impl World {
     /// Edges still missing a revision they should have had by now.
     fn check_pending_slo(&mut self) {
         let slo = Duration::from_millis(self.opts.slo_ms);
-        for n in 1..self.nodes.len() {
+        for n in self.edges() {
             if self.slo_reported[n] {
                 continue;
             }
@@ -1108,7 +1291,7 @@ impl World {
             self.newest,
             self.commits.get(&self.newest).copied().unwrap_or_default(),
         );
-        for n in 1..self.nodes.len() {
+        for n in self.edges() {
             self.counts.convergence += 1;
             let held = match &self.nodes[n] {
                 Node::Edge(e) => (e.rep.state().revision(), e.rep.state().digest()),

@@ -50,7 +50,7 @@ fn a_region_cut_off_from_the_origin_converges_through_a_peer_region() {
         30.0,
         Fault::Partition {
             from: Target::Region(2),
-            to: Target::Node(0),
+            to: Target::Origin,
             one_way: false,
         },
     )];
@@ -65,6 +65,39 @@ fn a_region_cut_off_from_the_origin_converges_through_a_peer_region() {
         ap.max_ms > 300.0,
         "the partition did delay ap-south: {ap:?}"
     );
+}
+
+#[test]
+fn the_origin_leader_dies_and_every_edge_carries_on_from_another_node() {
+    let mut opts = small(4);
+    // Node 0 leads the three-node origin and every edge starts on it; it is down for 8 s.
+    opts.script = vec![(10.0, 8.0, Fault::Crash(0))];
+    let report = run(opts.clone()).unwrap();
+    assert!(report.passed(), "{}", report.summary());
+    assert!(
+        report
+            .faults_timeline
+            .iter()
+            .any(|l| l.contains("elected leader")),
+        "{:?}",
+        report.faults_timeline
+    );
+    assert_eq!(
+        report.writes_refused, 0,
+        "writes made during the election waited for it and committed"
+    );
+    // The edges did not wait 8 s for node 0 (the other nodes hold every revision, so the SLO
+    // would catch that): each revision reached eu-west within a reconnect.
+    let three = report.commit_to_apply["eu-west"].max_ms;
+    // A lone origin node cannot commit while it is down.
+    opts.origin_nodes = 1;
+    let alone = run(opts).unwrap();
+    assert!(alone.passed(), "{}", alone.summary());
+    assert!(
+        alone.writes_refused > 0,
+        "a lone origin refuses writes while down"
+    );
+    assert!(three < 4_000.0, "eu-west waited {three} ms for a revision");
 }
 
 #[test]
