@@ -101,7 +101,7 @@ impl Default for ReplicatorConfig {
             stall_timeout_ms: 1_000,
             silence_timeout_ms: 1_500,
             origin_quiet_ms: 1_200,
-            connect_timeout_ms: 1_500,
+            connect_timeout_ms: 1_000,
             peer_connect_timeout_ms: 500,
             peer_staleness_limit_ms: 1_500,
             max_pending_deltas: 4096,

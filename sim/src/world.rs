@@ -364,7 +364,7 @@ impl World {
                 heartbeat_interval_ms: 500,
                 reconnect_backoff_min_ms: 50,
                 reconnect_backoff_max_ms: 1_000,
-                connect_timeout_ms: 1_500,
+                connect_timeout_ms: 1_000,
                 peer_connect_timeout_ms: 500,
                 stall_timeout_ms: 1_000,
                 silence_timeout_ms: 1_500,
