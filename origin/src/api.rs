@@ -127,6 +127,24 @@ async fn commit(state: &Arc<AppState>, command: Command) -> Result<crate::core::
             ));
         }
         Outcome::NotFound(a) => return Err(ApiError::not_found(a)),
+        Outcome::ConditionFailed {
+            index,
+            condition,
+            actual,
+        } => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "condition_failed",
+                format!("condition {index} ({condition}) failed: the version is {actual}"),
+            ));
+        }
+        Outcome::Invalid(why) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_command",
+                why,
+            ));
+        }
     };
     metrics::counter!("meridian_origin_commits_total").increment(1);
     Ok(applied)
@@ -169,7 +187,13 @@ async fn put(
             &address.app,
             &address.env,
             &address.key,
-            &applied.entry,
+            applied.entry().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the write changed nothing",
+                )
+            })?,
         );
         Ok(json_bytes(buf))
     };

@@ -27,15 +27,94 @@ pub enum Command {
         /// Refuse unless the current version is this.
         expect_version: Option<u64>,
     },
+    /// Apply a JSON Merge Patch (RFC 7386) to the current value (`null` when absent).
+    Patch {
+        /// Where.
+        address: Address,
+        /// The merge patch, validated JSON text.
+        patch: JsonText,
+        /// Refuse unless the current version is this (0 means "must not exist").
+        expect_version: Option<u64>,
+    },
+    /// All or nothing: if every condition holds, every operation, as one revision.
+    Txn {
+        /// Checked in order against the state before the transaction.
+        conditions: Vec<Condition>,
+        /// Applied together; each address at most once.
+        ops: Vec<TxnOp>,
+    },
+}
+
+/// A condition of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Condition {
+    /// The address is at this version (0: absent).
+    VersionEquals(Address, u64),
+    /// The address holds a value.
+    Exists(Address),
+    /// The address holds no value (never written, or deleted).
+    Absent(Address),
+}
+
+impl Condition {
+    /// The address the condition is about.
+    pub fn address(&self) -> &Address {
+        match self {
+            Self::VersionEquals(a, _) | Self::Exists(a) | Self::Absent(a) => a,
+        }
+    }
+
+    fn holds(&self, version: u64) -> bool {
+        match self {
+            Self::VersionEquals(_, v) => *v == version,
+            Self::Exists(_) => version > 0,
+            Self::Absent(_) => version == 0,
+        }
+    }
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::VersionEquals(a, v) => write!(f, "{a} at version {v}"),
+            Self::Exists(a) => write!(f, "{a} exists"),
+            Self::Absent(a) => write!(f, "{a} absent"),
+        }
+    }
+}
+
+/// An operation of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TxnOp {
+    /// Set a value.
+    Put(Address, JsonText),
+    /// Delete a value; nothing happens if it is absent.
+    Delete(Address),
+}
+
+impl TxnOp {
+    /// The address the operation writes.
+    pub fn address(&self) -> &Address {
+        match self {
+            Self::Put(a, _) | Self::Delete(a) => a,
+        }
+    }
 }
 
 /// What a committed command produced.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Applied {
-    /// The new revision.
+    /// The new revision (for a transaction that changed nothing, the current one).
     pub revision: Revision,
-    /// The address's new state.
-    pub entry: EntryState,
+    /// Each changed address's new state, sorted by address.
+    pub entries: Vec<(Address, EntryState)>,
+}
+
+impl Applied {
+    /// The first (for a single-key command, the only) changed entry.
+    pub fn entry(&self) -> Option<&EntryState> {
+        self.entries.first().map(|(_, e)| e)
+    }
 }
 
 /// Why a command was refused.
@@ -54,6 +133,20 @@ pub enum ApplyError {
     /// Delete of an absent address.
     #[error("{0} not found")]
     NotFound(Address),
+    /// A transaction condition did not hold.
+    #[error("condition {index} ({condition}) failed: the version is {actual}")]
+    ConditionFailed {
+        /// Its position in the transaction's conditions.
+        index: usize,
+        /// The condition.
+        condition: Condition,
+        /// The address's version (0 when absent).
+        actual: u64,
+    },
+    /// The command itself is not valid (a transaction writing an address twice, a patch
+    /// that is not JSON): refused identically on every node.
+    #[error("{0}")]
+    Invalid(String),
     /// Persisting failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -86,8 +179,12 @@ impl<B: Backend> OriginCore<B> {
         &mut self.state
     }
 
-    /// Applies one command as one revision, durable and published before it returns.
-    pub fn apply(&mut self, command: Command) -> Result<(Applied, SignedDelta), ApplyError> {
+    /// Applies one command as one revision (none for a transaction that changed nothing),
+    /// durable and published before it returns.
+    pub fn apply(
+        &mut self,
+        command: Command,
+    ) -> Result<(Applied, Option<SignedDelta>), ApplyError> {
         let out = self.apply_unpublished(command, Vec::new())?;
         self.state.publish()?;
         Ok(out)
@@ -100,49 +197,239 @@ impl<B: Backend> OriginCore<B> {
         &mut self,
         command: Command,
         extra: Vec<Write>,
-    ) -> Result<(Applied, SignedDelta), ApplyError> {
-        let (address, value, expect) = match command {
+    ) -> Result<(Applied, Option<SignedDelta>), ApplyError> {
+        let live_version = |state: &SignedState<B>, a: &Address| {
+            state
+                .entry(a)
+                .filter(|e| !e.is_tombstone())
+                .map_or(0, |e| e.version.0)
+        };
+        let check = |state: &SignedState<B>, address: &Address, expect: Option<u64>| {
+            let actual = live_version(state, address);
+            match expect.filter(|e| *e != actual) {
+                Some(expected) => Err(ApplyError::VersionConflict {
+                    address: address.clone(),
+                    expected,
+                    actual,
+                }),
+                None => Ok(()),
+            }
+        };
+        // The new value of each address written, in the order given.
+        let writes: Vec<(Address, Option<JsonText>)> = match command {
             Command::Put {
                 address,
                 value,
                 expect_version,
-            } => (address, Some(value), expect_version),
+            } => {
+                check(&self.state, &address, expect_version)?;
+                vec![(address, Some(value))]
+            }
             Command::Delete {
                 address,
                 expect_version,
-            } => (address, None, expect_version),
-        };
-        let current = self.state.entry(&address).filter(|e| !e.is_tombstone());
-        let previous_version = self.state.entry(&address).map_or(0, |e| e.version.0);
-        let actual = current.as_ref().map_or(0, |e| e.version.0);
-        if let Some(expected) = expect.filter(|e| *e != actual) {
-            return Err(ApplyError::VersionConflict {
+            } => {
+                check(&self.state, &address, expect_version)?;
+                if live_version(&self.state, &address) == 0 {
+                    return Err(ApplyError::NotFound(address));
+                }
+                vec![(address, None)]
+            }
+            Command::Patch {
                 address,
-                expected,
-                actual,
-            });
+                patch,
+                expect_version,
+            } => {
+                check(&self.state, &address, expect_version)?;
+                let patch: serde_json::Value = serde_json::from_str(&patch)
+                    .map_err(|e| ApplyError::Invalid(format!("patch is not JSON: {e}")))?;
+                let mut value = match self.state.entry(&address).and_then(|e| e.value) {
+                    Some(text) => serde_json::from_str(&text)
+                        .map_err(|e| ApplyError::Invalid(format!("stored value: {e}")))?,
+                    None => serde_json::Value::Null,
+                };
+                json_patch::merge(&mut value, &patch);
+                vec![(address, Some(value.to_string().into()))]
+            }
+            Command::Txn { conditions, ops } => {
+                for (index, condition) in conditions.into_iter().enumerate() {
+                    let actual = live_version(&self.state, condition.address());
+                    if !condition.holds(actual) {
+                        return Err(ApplyError::ConditionFailed {
+                            index,
+                            condition,
+                            actual,
+                        });
+                    }
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                let mut writes = Vec::with_capacity(ops.len());
+                for op in ops {
+                    if !seen.insert(op.address().clone()) {
+                        return Err(ApplyError::Invalid(format!(
+                            "{} is written twice in one transaction",
+                            op.address()
+                        )));
+                    }
+                    match op {
+                        TxnOp::Put(a, v) => writes.push((a, Some(v))),
+                        // Deleting what is absent changes nothing.
+                        TxnOp::Delete(a) if live_version(&self.state, &a) == 0 => {}
+                        TxnOp::Delete(a) => writes.push((a, None)),
+                    }
+                }
+                writes
+            }
+        };
+        if writes.is_empty() {
+            // A transaction whose deletes found nothing: no revision.
+            self.state.write_extra(extra)?;
+            return Ok((
+                Applied {
+                    revision: self.state.revision(),
+                    entries: Vec::new(),
+                },
+                None,
+            ));
         }
-        if value.is_none() && current.is_none() {
-            return Err(ApplyError::NotFound(address));
-        }
+        let mut changes: Vec<Change> = writes
+            .into_iter()
+            .map(|(address, value)| {
+                let previous = self.state.entry(&address).map_or(0, |e| e.version.0);
+                Change {
+                    address,
+                    version: Version(previous + 1),
+                    value,
+                }
+            })
+            .collect();
+        changes.sort_by(|a, b| a.address.cmp(&b.address));
         let delta = Delta {
             revision: self.state.revision().next(),
-            changes: vec![Change {
-                address,
-                version: Version(previous_version + 1),
-                value,
-            }],
+            changes,
         };
         let digest = self.state.digest_after(&delta);
         let signed = self.signer.sign_delta(delta, digest);
         self.state.apply_delta_with(&signed, extra)?;
-        let entry = signed.delta.entry(&signed.delta.changes[0]);
+        let entries = signed
+            .delta
+            .changes
+            .iter()
+            .map(|c| (c.address.clone(), signed.delta.entry(c)))
+            .collect();
         Ok((
             Applied {
                 revision: signed.delta.revision,
-                entry,
+                entries,
             },
-            signed,
+            Some(signed),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_store::MemBackend;
+
+    use super::*;
+
+    fn core() -> OriginCore<MemBackend> {
+        let state = SignedState::open(MemBackend::new(), 100).expect("state");
+        OriginCore::new(state, Signer::from_bytes(&[3; 32]))
+    }
+
+    fn at(key: &str) -> Address {
+        Address::parse("app", "prod", key).expect("address")
+    }
+
+    fn put(c: &mut OriginCore<MemBackend>, key: &str, value: &str) {
+        c.apply(Command::Put {
+            address: at(key),
+            value: value.into(),
+            expect_version: None,
+        })
+        .expect("put");
+    }
+
+    fn value(c: &OriginCore<MemBackend>, key: &str) -> Option<String> {
+        c.state()
+            .entry(&at(key))
+            .and_then(|e| e.value)
+            .map(|v| v.to_string())
+    }
+
+    #[test]
+    fn a_transaction_is_one_revision_or_nothing() {
+        let mut c = core();
+        put(&mut c, "a", "1");
+        let txn = |version| Command::Txn {
+            conditions: vec![
+                Condition::VersionEquals(at("a"), version),
+                Condition::Absent(at("b")),
+            ],
+            ops: vec![
+                TxnOp::Put(at("b"), "2".into()),
+                TxnOp::Delete(at("a")),
+                TxnOp::Delete(at("never")),
+            ],
+        };
+        let failed = c.apply(txn(7));
+        assert!(matches!(
+            failed,
+            Err(ApplyError::ConditionFailed {
+                index: 0,
+                actual: 1,
+                ..
+            })
+        ));
+        assert_eq!(c.state().revision(), Revision(1), "nothing written");
+        let (applied, signed) = c.apply(txn(1)).expect("txn");
+        assert_eq!(applied.revision, Revision(2));
+        assert_eq!(
+            applied.entries.len(),
+            2,
+            "the absent delete changed nothing"
+        );
+        assert_eq!(signed.expect("a revision").delta.changes.len(), 2);
+        assert_eq!(value(&c, "a"), None);
+        assert_eq!(value(&c, "b").as_deref(), Some("2"));
+        let twice = Command::Txn {
+            conditions: vec![],
+            ops: vec![TxnOp::Put(at("x"), "1".into()), TxnOp::Delete(at("x"))],
+        };
+        assert!(matches!(c.apply(twice), Err(ApplyError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_merge_patch_follows_rfc_7386() {
+        let mut c = core();
+        put(&mut c, "cfg", r#"{"a":1,"b":{"c":2,"d":3},"e":[1,2]}"#);
+        c.apply(Command::Patch {
+            address: at("cfg"),
+            patch: r#"{"a":null,"b":{"c":9},"e":[3],"f":"new"}"#.into(),
+            expect_version: Some(1),
+        })
+        .expect("patch");
+        assert_eq!(
+            value(&c, "cfg").as_deref(),
+            Some(r#"{"b":{"c":9,"d":3},"e":[3],"f":"new"}"#)
+        );
+        // Absent: the patch applies to null.
+        c.apply(Command::Patch {
+            address: at("fresh"),
+            patch: r#"{"x":{"y":null,"z":1}}"#.into(),
+            expect_version: Some(0),
+        })
+        .expect("patch of an absent key");
+        assert_eq!(value(&c, "fresh").as_deref(), Some(r#"{"x":{"z":1}}"#));
+        let stale = c.apply(Command::Patch {
+            address: at("cfg"),
+            patch: "{}".into(),
+            expect_version: Some(1),
+        });
+        assert!(matches!(
+            stale,
+            Err(ApplyError::VersionConflict { actual: 2, .. })
+        ));
     }
 }

@@ -776,9 +776,13 @@ impl World {
             return None;
         };
         let out = match o.core.apply(command) {
-            Ok((applied, signed)) => {
+            Ok((applied, Some(signed))) => {
                 o.dist.handle_commit(now, o.core.state());
                 (applied.revision, signed.head.head.digest)
+            }
+            Ok((_, None)) => {
+                self.violation("origin", format!("origin node {n}: a put made no revision"));
+                return None;
             }
             Err(e) => {
                 self.violation("origin", format!("origin node {n}: write failed: {e}"));

@@ -178,12 +178,20 @@ async fn batcher(inner: Inner, mut rx: mpsc::Receiver<Pending>) {
 
 /// About how many bytes `command` adds to an entry.
 fn command_bytes(command: &Command) -> usize {
+    let at = |a: &meridian_protocol::Address| a.app.len() + a.env.len() + a.key.len() + 16;
     match command {
-        Command::Put { address, value, .. } => {
-            address.app.len() + address.env.len() + address.key.len() + value.len() + 16
-        }
-        Command::Delete { address, .. } => {
-            address.app.len() + address.env.len() + address.key.len() + 16
+        Command::Put { address, value, .. } => at(address) + value.len(),
+        Command::Patch { address, patch, .. } => at(address) + patch.len(),
+        Command::Delete { address, .. } => at(address),
+        Command::Txn { conditions, ops } => {
+            conditions.iter().map(|c| at(c.address())).sum::<usize>()
+                + ops
+                    .iter()
+                    .map(|o| match o {
+                        crate::core::TxnOp::Put(a, v) => at(a) + v.len(),
+                        crate::core::TxnOp::Delete(a) => at(a),
+                    })
+                    .sum::<usize>()
         }
     }
 }

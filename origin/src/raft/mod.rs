@@ -72,6 +72,17 @@ pub enum Outcome {
     },
     /// Delete of an absent address.
     NotFound(Address),
+    /// A transaction condition did not hold; nothing was written.
+    ConditionFailed {
+        /// Its position among the transaction's conditions.
+        index: usize,
+        /// The condition.
+        condition: crate::core::Condition,
+        /// The address's version (0 when absent).
+        actual: u64,
+    },
+    /// The command was not valid (refused identically on every node).
+    Invalid(String),
 }
 
 /// Raft errors as the node uses them.

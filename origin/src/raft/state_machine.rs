@@ -179,6 +179,22 @@ impl StateMachine {
                             write_extra(core, marker)?;
                             Outcome::NotFound(address)
                         }
+                        Err(ApplyError::ConditionFailed {
+                            index,
+                            condition,
+                            actual,
+                        }) => {
+                            write_extra(core, marker)?;
+                            Outcome::ConditionFailed {
+                                index,
+                                condition,
+                                actual,
+                            }
+                        }
+                        Err(ApplyError::Invalid(why)) => {
+                            write_extra(core, marker)?;
+                            Outcome::Invalid(why)
+                        }
                         Err(ApplyError::Store(e)) => {
                             return Err(StorageIOError::apply(log_id, &e).into());
                         }
