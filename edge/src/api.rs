@@ -1,8 +1,7 @@
-//! The edge's local read API (DESIGN §4): single keys, prefix lists, resolved config, status and
-//! metrics, each answer stamped with `meridian-revision` and `meridian-staleness-ms`. Reads are
+//! The edge's local read API (DESIGN §4): single keys (templates resolved, defaults), bulk
+//! reads by prefix or key list, resolved config, status and metrics, each answer stamped with `meridian-revision` and `meridian-staleness-ms`. Reads are
 //! served from the in-memory published state; no read touches disk or the network.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -14,12 +13,10 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use meridian_net::http::{
-    ApiError, json_bytes, method_not_allowed, metrics_endpoint, render_list, unknown_route,
-    write_entry,
+    ApiError, json_bytes, method_not_allowed, metrics_endpoint, unknown_route,
 };
-use meridian_protocol::addr::{WILDCARD, validate_app, validate_env, validate_key_prefix};
-use meridian_protocol::{Address, EntryState};
-use serde::Deserialize;
+use meridian_net::reads;
+use meridian_protocol::Address;
 
 use crate::shared::EdgeShared;
 
@@ -77,130 +74,74 @@ fn bad_path(e: PathRejection) -> ApiError {
     )
 }
 
-async fn get_one(
-    State(shared): Shared,
-    path: Result<Path<(String, String, String)>, PathRejection>,
+fn query<T: serde::de::DeserializeOwned + Default>(
+    q: Result<Query<T>, QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))
+}
+
+/// Answers `read(state)` stamped with the revision it was read at.
+fn answer(
+    shared: &EdgeShared,
+    read: impl FnOnce(&meridian_protocol::CacheState) -> Result<Vec<u8>, ApiError>,
 ) -> Response {
-    let address = match path
-        .map_err(bad_path)
-        .and_then(|Path((a, e, k))| Ok(Address::parse(&a, &e, &k)?))
-    {
-        Ok(a) => a,
-        Err(e) => return counted(&shared, e),
-    };
     let p = shared.reader.read().unwrap_or_else(|e| e.into_inner());
     let revision = p.state.revision().0;
-    match p.state.get_live(&address.app, &address.env, &address.key) {
-        Some(entry) => {
-            let mut buf = Vec::with_capacity(96 + entry.value.as_ref().map_or(0, |v| v.len()));
-            write_entry(&mut buf, &address.app, &address.env, &address.key, entry);
-            drop(p);
-            stamp(json_bytes(buf), &shared, revision)
-        }
-        None => {
-            drop(p);
-            stamp(
-                ApiError::not_found(&address).into_response(),
-                &shared,
-                revision,
-            )
-        }
+    let out = read(&p.state);
+    drop(p);
+    match out {
+        Ok(body) => stamp(json_bytes(body), shared, revision),
+        Err(e) => counted(shared, e),
     }
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    #[serde(default)]
-    prefix: String,
+async fn get_one(
+    State(shared): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<reads::EntryQuery>, QueryRejection>,
+) -> Response {
+    let parsed = path
+        .map_err(bad_path)
+        .and_then(|Path((a, e, k))| Ok(Address::parse(&a, &e, &k)?))
+        .and_then(|a| Ok((a, query(q)?)));
+    let (address, q) = match parsed {
+        Ok(v) => v,
+        Err(e) => return counted(&shared, e),
+    };
+    answer(&shared, |state| reads::entry(state, &address, &q))
 }
 
 fn namespace(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<(String, String), ApiError> {
     let Path((app, env)) = path.map_err(bad_path)?;
-    validate_app(&app)?;
-    validate_env(&env)?;
+    reads::namespace(&app, &env)?;
     Ok((app, env))
 }
 
 async fn list(
     State(shared): Shared,
     path: Result<Path<(String, String)>, PathRejection>,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<Query<reads::ListQuery>, QueryRejection>,
 ) -> Response {
-    let parsed = namespace(path).and_then(|ns| {
-        let Query(q) = query
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
-        validate_key_prefix(&q.prefix)?;
-        Ok((ns, q.prefix))
-    });
-    let ((app, env), prefix) = match parsed {
+    let ((app, env), q) = match namespace(path).and_then(|ns| Ok((ns, query(q)?))) {
         Ok(v) => v,
         Err(e) => return counted(&shared, e),
     };
-    let p = shared.reader.read().unwrap_or_else(|e| e.into_inner());
-    let revision = p.state.revision().0;
-    let items = p.state.namespace(&app, &env).into_iter().flat_map(|ns| {
-        ns.range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-    });
-    let body = render_list(revision, &app, &env, items);
-    drop(p);
-    stamp(json_bytes(body), &shared, revision)
-}
-
-/// Resolves the config of `(app, env)`: `app/env` > `app/_` > `_/env` > `_/_`.
-pub fn resolve<'a>(
-    state: &'a meridian_protocol::CacheState,
-    app: &str,
-    env: &str,
-) -> BTreeMap<&'a str, &'a EntryState> {
-    let mut out = BTreeMap::new();
-    for (a, e) in [
-        (WILDCARD, WILDCARD),
-        (WILDCARD, env),
-        (app, WILDCARD),
-        (app, env),
-    ] {
-        if let Some(ns) = state.namespace(a, e) {
-            for (k, entry) in ns {
-                if entry.is_tombstone() {
-                    continue;
-                }
-                out.insert(k.as_str(), entry);
-            }
-        }
-    }
-    out
+    answer(&shared, |state| reads::list(state, &app, &env, &q))
 }
 
 async fn config(
     State(shared): Shared,
     path: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<reads::ConfigQuery>, QueryRejection>,
 ) -> Response {
-    let (app, env) = match namespace(path) {
+    let ((app, env), q) = match namespace(path).and_then(|ns| Ok((ns, query(q)?))) {
         Ok(v) => v,
         Err(e) => return counted(&shared, e),
     };
-    let p = shared.reader.read().unwrap_or_else(|e| e.into_inner());
-    let revision = p.state.revision().0;
-    let mut buf = Vec::with_capacity(256);
-    buf.extend_from_slice(b"{\"app\":");
-    buf.extend_from_slice(serde_json::to_string(&app).unwrap_or_default().as_bytes());
-    buf.extend_from_slice(b",\"env\":");
-    buf.extend_from_slice(serde_json::to_string(&env).unwrap_or_default().as_bytes());
-    buf.extend_from_slice(format!(",\"revision\":{revision},\"config\":{{").as_bytes());
-    for (i, (k, entry)) in resolve(&p.state, &app, &env).into_iter().enumerate() {
-        if i > 0 {
-            buf.push(b',');
-        }
-        buf.extend_from_slice(serde_json::to_string(k).unwrap_or_default().as_bytes());
-        buf.push(b':');
-        buf.extend_from_slice(entry.value.as_deref().unwrap_or("null").as_bytes());
-    }
-    buf.extend_from_slice(b"}}");
-    drop(p);
-    stamp(json_bytes(buf), &shared, revision)
+    answer(&shared, |state| reads::config(state, &app, &env, &q))
 }
 
 async fn status(State(shared): Shared) -> Response {

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod http;
 pub mod quic;
+pub mod reads;
 pub mod tls;
 
 pub use quic::{NetError, QuicTuning};

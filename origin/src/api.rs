@@ -12,17 +12,16 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use meridian_net::http::{
-    ApiError, json_bytes, method_not_allowed, metrics_endpoint, render_list, unknown_route,
-    write_entry,
+    ApiError, json_bytes, method_not_allowed, metrics_endpoint, unknown_route, write_entry,
 };
-use meridian_protocol::Address;
-use meridian_protocol::addr::validate_key_prefix;
+use meridian_net::reads;
+use meridian_protocol::{Address, CacheState};
 use meridian_store::Reader;
 use serde::Deserialize;
 
-use crate::core::Command;
+use crate::core::{Command, Condition, TxnOp};
 use crate::distributor::EdgeInfo;
 
 /// Everything the handlers share.
@@ -47,9 +46,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(
             "/v1/kv/{app}/{env}/{key}",
-            get(get_one).put(put).delete(delete),
+            get(get_one).put(put).delete(delete).patch(patch),
         )
         .route("/v1/kv/{app}/{env}", get(list))
+        .route("/v1/config/{app}/{env}", get(config))
+        .route("/v1/txn", post(txn))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics_endpoint))
         .fallback(unknown_route)
@@ -145,6 +146,17 @@ async fn commit(state: &Arc<AppState>, command: Command) -> Result<crate::core::
                 why,
             ));
         }
+        Outcome::ValueTooLarge {
+            address,
+            bytes,
+            limit,
+        } => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "value_too_large",
+                format!("{address}: the patched value is {bytes} bytes; the limit is {limit}"),
+            ));
+        }
     };
     metrics::counter!("meridian_origin_commits_total").increment(1);
     Ok(applied)
@@ -219,62 +231,259 @@ async fn delete(
     inner.await.map_err(count_error)
 }
 
+fn query<T: serde::de::DeserializeOwned>(
+    q: Result<Query<T>, QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))
+}
+
+/// Answers `read(state)` after a linearizable read barrier.
+async fn linearized_read(
+    state: &Arc<AppState>,
+    read: impl FnOnce(&CacheState) -> Result<Vec<u8>, ApiError>,
+) -> Result<Response, ApiError> {
+    state.cluster.linearize().await.map_err(cluster_error)?;
+    let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
+    read(&p.state).map(json_bytes)
+}
+
 async fn get_one(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<reads::EntryQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let a = address(path).map_err(count_error)?;
-    state.cluster.linearize().await.map_err(cluster_error)?;
-    let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
-    let entry = p
-        .state
-        .get_live(&a.app, &a.env, &a.key)
-        .ok_or_else(|| ApiError::not_found(&a))?;
-    let mut buf = Vec::with_capacity(128);
-    write_entry(&mut buf, &a.app, &a.env, &a.key, entry);
-    Ok(json_bytes(buf))
+    let inner = async {
+        let a = address(path)?;
+        let q = query(q)?;
+        linearized_read(&state, |s| reads::entry(s, &a, &q)).await
+    };
+    inner.await.map_err(count_error)
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    #[serde(default)]
-    prefix: String,
+fn namespace(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), ApiError> {
+    let Path((app, env)) = path.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_key",
+            format!("bad path: {e}"),
+        )
+    })?;
+    reads::namespace(&app, &env)?;
+    Ok((app, env))
 }
 
 async fn list(
     State(state): Shared,
     path: Result<Path<(String, String)>, PathRejection>,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<Query<reads::ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Path((app, env)) = path.map_err(|e| {
-        count_error(ApiError::new(
+    let inner = async {
+        let (app, env) = namespace(path)?;
+        let q = query(q)?;
+        linearized_read(&state, |s| reads::list(s, &app, &env, &q)).await
+    };
+    inner.await.map_err(count_error)
+}
+
+async fn config(
+    State(state): Shared,
+    path: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<reads::ConfigQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let (app, env) = namespace(path)?;
+        let q = query(q)?;
+        linearized_read(&state, |s| reads::config(s, &app, &env, &q)).await
+    };
+    inner.await.map_err(count_error)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    /// A JSON Merge Patch (RFC 7386).
+    patch: serde_json::Value,
+    #[serde(default)]
+    #[allow(dead_code)]
+    reason: Option<String>,
+    #[serde(default)]
+    expect_version: Option<u64>,
+}
+
+async fn patch(
+    State(state): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let address = address(path)?;
+        let body = body.map_err(body_error)?;
+        let parsed: PatchBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
+        let applied = commit(
+            &state,
+            Command::Patch {
+                address: address.clone(),
+                patch: parsed.patch.to_string().into(),
+                expect_version: parsed.expect_version,
+                max_value_bytes: state.max_value_bytes as u64,
+            },
+        )
+        .await?;
+        let entry = applied.entry().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the patch changed nothing",
+            )
+        })?;
+        let mut buf = Vec::with_capacity(128);
+        write_entry(&mut buf, &address.app, &address.env, &address.key, entry);
+        Ok(json_bytes(buf))
+    };
+    inner.await.map_err(count_error)
+}
+
+/// Most operations plus conditions in one transaction.
+pub const MAX_TXN_ITEMS: usize = 1_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxnBody {
+    #[serde(default)]
+    conditions: Vec<TxnCondition>,
+    ops: Vec<TxnOpBody>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    reason: Option<String>,
+}
+
+/// `{"address": "app/env/key"}` plus exactly one of `version`, `exists: true`, `absent: true`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxnCondition {
+    address: String,
+    #[serde(default)]
+    version: Option<u64>,
+    #[serde(default)]
+    exists: Option<bool>,
+    #[serde(default)]
+    absent: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum TxnOpBody {
+    Put {
+        address: String,
+        value: serde_json::Value,
+    },
+    Delete {
+        address: String,
+    },
+}
+
+/// Parses `app/env/key`.
+fn parse_address(s: &str) -> Result<Address, ApiError> {
+    let mut parts = s.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(app), Some(env), Some(key)) => Ok(Address::parse(app, env, key)?),
+        _ => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_key",
-            format!("bad path: {e}"),
-        ))
-    })?;
-    let Query(q) = query.map_err(|e| {
-        count_error(ApiError::new(
+            format!("address {s:?} is not app/env/key"),
+        )),
+    }
+}
+
+fn txn_command(body: TxnBody, max_value_bytes: usize) -> Result<Command, ApiError> {
+    let items = body.conditions.len() + body.ops.len();
+    if items > MAX_TXN_ITEMS {
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "bad_query",
-            e.body_text(),
-        ))
-    })?;
-    meridian_protocol::addr::validate_app(&app).map_err(|e| count_error(e.into()))?;
-    meridian_protocol::addr::validate_env(&env).map_err(|e| count_error(e.into()))?;
-    validate_key_prefix(&q.prefix).map_err(|e| count_error(e.into()))?;
-    state.cluster.linearize().await.map_err(cluster_error)?;
-    let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
-    let items = p.state.namespace(&app, &env).into_iter().flat_map(|ns| {
-        ns.range(q.prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&q.prefix))
-    });
-    Ok(json_bytes(render_list(
-        p.state.revision().0,
-        &app,
-        &env,
-        items,
-    )))
+            "invalid_command",
+            format!("{items} conditions and operations; at most {MAX_TXN_ITEMS}"),
+        ));
+    }
+    if body.ops.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_command",
+            "a transaction needs at least one operation",
+        ));
+    }
+    let mut conditions = Vec::with_capacity(body.conditions.len());
+    for (i, c) in body.conditions.into_iter().enumerate() {
+        let a = parse_address(&c.address)?;
+        conditions.push(match (c.version, c.exists, c.absent) {
+            (Some(v), None, None) => Condition::VersionEquals(a, v),
+            (None, Some(true), None) => Condition::Exists(a),
+            (None, None, Some(true)) => Condition::Absent(a),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_command",
+                    format!(
+                        "condition {i} ({}) needs exactly one of \"version\": n, \"exists\": true, \"absent\": true",
+                        c.address
+                    ),
+                ));
+            }
+        });
+    }
+    let mut ops = Vec::with_capacity(body.ops.len());
+    for op in body.ops {
+        ops.push(match op {
+            TxnOpBody::Put { address, value } => {
+                let text = value.to_string();
+                if text.len() > max_value_bytes {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "value_too_large",
+                        format!(
+                            "value for {address} is {} bytes; the limit is {max_value_bytes}",
+                            text.len()
+                        ),
+                    ));
+                }
+                TxnOp::Put(parse_address(&address)?, text.into())
+            }
+            TxnOpBody::Delete { address } => TxnOp::Delete(parse_address(&address)?),
+        });
+    }
+    Ok(Command::Txn { conditions, ops })
+}
+
+async fn txn(
+    State(state): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let body = body.map_err(body_error)?;
+        let parsed: TxnBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
+        let command = txn_command(parsed, state.max_value_bytes)?;
+        let applied = commit(&state, command).await?;
+        let changed: Vec<_> = applied
+            .entries
+            .iter()
+            .map(|(a, e)| {
+                serde_json::json!({
+                    "app": a.app, "env": a.env, "key": a.key,
+                    "version": e.version.0, "revision": e.revision.0,
+                    "deleted": e.is_tombstone(),
+                })
+            })
+            .collect();
+        Ok(
+            axum::Json(serde_json::json!({"revision": applied.revision.0, "changed": changed}))
+                .into_response(),
+        )
+    };
+    inner.await.map_err(count_error)
 }
 
 async fn status(State(state): Shared) -> Response {

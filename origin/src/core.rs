@@ -35,6 +35,9 @@ pub enum Command {
         patch: JsonText,
         /// Refuse unless the current version is this (0 means "must not exist").
         expect_version: Option<u64>,
+        /// Refuse if the patched value is larger than this many bytes of JSON text (the limit
+        /// of the node that accepted the write, so every node decides alike).
+        max_value_bytes: u64,
     },
     /// All or nothing: if every condition holds, every operation, as one revision.
     Txn {
@@ -147,6 +150,16 @@ pub enum ApplyError {
     /// that is not JSON): refused identically on every node.
     #[error("{0}")]
     Invalid(String),
+    /// A patched value came out larger than the limit.
+    #[error("{address}: the patched value is {bytes} bytes; the limit is {limit}")]
+    ValueTooLarge {
+        /// The address.
+        address: Address,
+        /// Its size after the patch.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// Persisting failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -239,6 +252,7 @@ impl<B: Backend> OriginCore<B> {
                 address,
                 patch,
                 expect_version,
+                max_value_bytes,
             } => {
                 check(&self.state, &address, expect_version)?;
                 let patch: serde_json::Value = serde_json::from_str(&patch)
@@ -249,7 +263,15 @@ impl<B: Backend> OriginCore<B> {
                     None => serde_json::Value::Null,
                 };
                 json_patch::merge(&mut value, &patch);
-                vec![(address, Some(value.to_string().into()))]
+                let text = value.to_string();
+                if text.len() as u64 > max_value_bytes {
+                    return Err(ApplyError::ValueTooLarge {
+                        address,
+                        bytes: text.len() as u64,
+                        limit: max_value_bytes,
+                    });
+                }
+                vec![(address, Some(text.into()))]
             }
             Command::Txn { conditions, ops } => {
                 for (index, condition) in conditions.into_iter().enumerate() {
@@ -408,6 +430,7 @@ mod tests {
             address: at("cfg"),
             patch: r#"{"a":null,"b":{"c":9},"e":[3],"f":"new"}"#.into(),
             expect_version: Some(1),
+            max_value_bytes: 1024,
         })
         .expect("patch");
         assert_eq!(
@@ -419,6 +442,7 @@ mod tests {
             address: at("fresh"),
             patch: r#"{"x":{"y":null,"z":1}}"#.into(),
             expect_version: Some(0),
+            max_value_bytes: 1024,
         })
         .expect("patch of an absent key");
         assert_eq!(value(&c, "fresh").as_deref(), Some(r#"{"x":{"z":1}}"#));
@@ -426,10 +450,19 @@ mod tests {
             address: at("cfg"),
             patch: "{}".into(),
             expect_version: Some(1),
+            max_value_bytes: 1024,
         });
         assert!(matches!(
             stale,
             Err(ApplyError::VersionConflict { actual: 2, .. })
         ));
+        let big = c.apply(Command::Patch {
+            address: at("cfg"),
+            patch: format!(r#"{{"big":"{}"}}"#, "x".repeat(2000)).into(),
+            expect_version: None,
+            max_value_bytes: 1024,
+        });
+        assert!(matches!(big, Err(ApplyError::ValueTooLarge { .. })));
+        assert_eq!(c.state().revision(), Revision(3), "nothing written");
     }
 }

@@ -9,6 +9,7 @@ pub mod digest;
 pub mod frame;
 pub mod model;
 pub mod sign;
+pub mod view;
 
 pub use addr::{Address, AddressError};
 pub use crdt::CacheState;

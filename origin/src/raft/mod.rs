@@ -83,6 +83,15 @@ pub enum Outcome {
     },
     /// The command was not valid (refused identically on every node).
     Invalid(String),
+    /// A patched value came out larger than the limit.
+    ValueTooLarge {
+        /// The address.
+        address: Address,
+        /// Its size after the patch.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 /// Raft errors as the node uses them.

@@ -195,6 +195,18 @@ impl StateMachine {
                             write_extra(core, marker)?;
                             Outcome::Invalid(why)
                         }
+                        Err(ApplyError::ValueTooLarge {
+                            address,
+                            bytes,
+                            limit,
+                        }) => {
+                            write_extra(core, marker)?;
+                            Outcome::ValueTooLarge {
+                                address,
+                                bytes,
+                                limit,
+                            }
+                        }
                         Err(ApplyError::Store(e)) => {
                             return Err(StorageIOError::apply(log_id, &e).into());
                         }

@@ -1,0 +1,296 @@
+//! The read answers every origin node and edge gives from its local state (DESIGN §4 and the
+//! configuration model): single keys with templates resolved and an optional default, bulk
+//! reads by prefix or by a list of keys, and the resolved configuration of an environment with
+//! the level each key came from. The HTTP handlers only pick the state and stamp headers.
+
+use axum::http::StatusCode;
+use meridian_protocol::addr::{validate_app, validate_env, validate_key, validate_key_prefix};
+use meridian_protocol::view::{Renderer, TemplateError, resolve};
+use meridian_protocol::{Address, CacheState, EntryState};
+use serde::Deserialize;
+
+use crate::http::ApiError;
+
+/// Most keys one bulk read may name.
+pub const MAX_BULK_KEYS: usize = 1_000;
+
+/// Query of `GET /v1/kv/{app}/{env}/{key}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryQuery {
+    /// Answer the stored value without resolving `${key}` references.
+    #[serde(default)]
+    pub raw: bool,
+    /// JSON answered (marked `"default": true`) when the key has no value.
+    #[serde(default)]
+    pub default: Option<String>,
+}
+
+/// Query of `GET /v1/kv/{app}/{env}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only keys starting with this.
+    #[serde(default)]
+    pub prefix: String,
+    /// Only these keys, comma-separated (instead of a prefix).
+    #[serde(default)]
+    pub keys: Option<String>,
+    /// Do not resolve references.
+    #[serde(default)]
+    pub raw: bool,
+}
+
+/// Query of `GET /v1/config/{app}/{env}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigQuery {
+    /// Do not resolve references.
+    #[serde(default)]
+    pub raw: bool,
+}
+
+/// Validates a namespace path.
+pub fn namespace(app: &str, env: &str) -> Result<(), ApiError> {
+    validate_app(app)?;
+    validate_env(env)?;
+    Ok(())
+}
+
+fn push_str(buf: &mut Vec<u8>, s: &str) {
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+/// 422 `unresolved_reference` for a template that does not resolve.
+pub fn template_error(e: &TemplateError) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unresolved_reference",
+        e.to_string(),
+    )
+}
+
+fn write_item(buf: &mut Vec<u8>, a: &Address, value: &str, entry: &EntryState) {
+    buf.extend_from_slice(b"{\"app\":");
+    push_str(buf, &a.app);
+    buf.extend_from_slice(b",\"env\":");
+    push_str(buf, &a.env);
+    buf.extend_from_slice(b",\"key\":");
+    push_str(buf, &a.key);
+    buf.extend_from_slice(b",\"value\":");
+    buf.extend_from_slice(value.as_bytes());
+    buf.extend_from_slice(b",\"version\":");
+    buf.extend_from_slice(entry.version.0.to_string().as_bytes());
+    buf.extend_from_slice(b",\"revision\":");
+    buf.extend_from_slice(entry.revision.0.to_string().as_bytes());
+    buf.push(b'}');
+}
+
+/// `GET /v1/kv/{app}/{env}/{key}`: the live entry with references resolved (unless raw), or
+/// the default, or 404 `not_found`; 422 `unresolved_reference` when a reference does not
+/// resolve.
+pub fn entry(state: &CacheState, a: &Address, q: &EntryQuery) -> Result<Vec<u8>, ApiError> {
+    let mut buf = Vec::with_capacity(128);
+    match state.get_live(&a.app, &a.env, &a.key) {
+        Some(entry) => {
+            let text = entry.value.as_deref().unwrap_or("null");
+            if q.raw {
+                write_item(&mut buf, a, text, entry);
+            } else {
+                let rendered = Renderer::new(state, &a.app, &a.env)
+                    .render(&a.key, text)
+                    .map_err(|e| template_error(&e))?;
+                write_item(&mut buf, a, &rendered, entry);
+            }
+        }
+        None => {
+            let Some(default) = &q.default else {
+                return Err(ApiError::not_found(a));
+            };
+            let value: serde_json::Value = serde_json::from_str(default).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    format!("default is not JSON: {e}"),
+                )
+            })?;
+            let entry = EntryState {
+                version: meridian_protocol::Version(0),
+                revision: state.revision(),
+                value: None,
+            };
+            write_item(&mut buf, a, &value.to_string(), &entry);
+            buf.pop();
+            buf.extend_from_slice(b",\"default\":true}");
+        }
+    }
+    Ok(buf)
+}
+
+/// `GET /v1/kv/{app}/{env}?prefix=p` or `?keys=a,b`: `{"revision", "items", "missing",
+/// "errors"}`. `missing` lists named keys without a value; `errors` maps each key whose
+/// references do not resolve to why (it is left out of `items`).
+pub fn list(state: &CacheState, app: &str, env: &str, q: &ListQuery) -> Result<Vec<u8>, ApiError> {
+    namespace(app, env)?;
+    let named: Option<Vec<&str>> = match &q.keys {
+        Some(keys) => {
+            if !q.prefix.is_empty() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    "give either prefix or keys, not both",
+                ));
+            }
+            let mut list: Vec<&str> = keys.split(',').filter(|k| !k.is_empty()).collect();
+            if list.len() > MAX_BULK_KEYS {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    format!("{} keys named; at most {MAX_BULK_KEYS}", list.len()),
+                ));
+            }
+            for k in &list {
+                validate_key(k)?;
+            }
+            list.sort_unstable();
+            list.dedup();
+            Some(list)
+        }
+        None => {
+            validate_key_prefix(&q.prefix)?;
+            None
+        }
+    };
+    let ns = state.namespace(app, env);
+    let entries: Vec<(&str, Option<&EntryState>)> = match &named {
+        Some(keys) => keys
+            .iter()
+            .map(|k| (*k, ns.and_then(|n| n.get(*k)).filter(|e| !e.is_tombstone())))
+            .collect(),
+        None => ns
+            .into_iter()
+            .flat_map(|n| {
+                n.range(q.prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&q.prefix))
+            })
+            .filter(|(_, e)| !e.is_tombstone())
+            .map(|(k, e)| (k.as_str(), Some(e)))
+            .collect(),
+    };
+    let mut renderer = Renderer::new(state, app, env);
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(b"{\"revision\":");
+    buf.extend_from_slice(state.revision().0.to_string().as_bytes());
+    buf.extend_from_slice(b",\"items\":[");
+    let mut missing = Vec::new();
+    let mut errors = Vec::new();
+    let mut first = true;
+    for (key, entry) in entries {
+        let Some(entry) = entry else {
+            missing.push(key);
+            continue;
+        };
+        let text = entry.value.as_deref().unwrap_or("null");
+        let value = if q.raw {
+            std::borrow::Cow::Borrowed(text)
+        } else {
+            match renderer.render(key, text) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push((key, e.to_string()));
+                    continue;
+                }
+            }
+        };
+        if !first {
+            buf.push(b',');
+        }
+        first = false;
+        let a = Address {
+            app: app.into(),
+            env: env.into(),
+            key: key.into(),
+        };
+        write_item(&mut buf, &a, &value, entry);
+    }
+    buf.extend_from_slice(b"],\"missing\":");
+    buf.extend_from_slice(
+        serde_json::to_string(&missing)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    write_errors(&mut buf, &errors);
+    buf.push(b'}');
+    Ok(buf)
+}
+
+fn write_errors(buf: &mut Vec<u8>, errors: &[(&str, String)]) {
+    buf.extend_from_slice(b",\"errors\":{");
+    for (i, (k, why)) in errors.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        push_str(buf, k);
+        buf.push(b':');
+        push_str(buf, why);
+    }
+    buf.push(b'}');
+}
+
+/// `GET /v1/config/{app}/{env}`: `{"app", "env", "revision", "config": {key: value},
+/// "sources": {key: "app/_"}, "errors": {key: why}}`, resolved `app/env` > `app/_` > `_/env` >
+/// `_/_`, with references resolved unless raw. A key whose references do not resolve is left
+/// out of `config` and named in `errors`.
+pub fn config(
+    state: &CacheState,
+    app: &str,
+    env: &str,
+    q: &ConfigQuery,
+) -> Result<Vec<u8>, ApiError> {
+    namespace(app, env)?;
+    let resolved = resolve(state, app, env);
+    let mut renderer = Renderer::new(state, app, env);
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(b"{\"app\":");
+    push_str(&mut buf, app);
+    buf.extend_from_slice(b",\"env\":");
+    push_str(&mut buf, env);
+    buf.extend_from_slice(format!(",\"revision\":{},\"config\":{{", state.revision()).as_bytes());
+    let mut errors = Vec::new();
+    let mut first = true;
+    for (key, r) in &resolved {
+        let text = r.entry.value.as_deref().unwrap_or("null");
+        let value = if q.raw {
+            std::borrow::Cow::Borrowed(text)
+        } else {
+            match renderer.render(key, text) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push((*key, e.to_string()));
+                    continue;
+                }
+            }
+        };
+        if !first {
+            buf.push(b',');
+        }
+        first = false;
+        push_str(&mut buf, key);
+        buf.push(b':');
+        buf.extend_from_slice(value.as_bytes());
+    }
+    buf.extend_from_slice(b"},\"sources\":{");
+    for (i, (key, r)) in resolved.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        push_str(&mut buf, key);
+        buf.push(b':');
+        push_str(&mut buf, &r.level.label(app, env));
+    }
+    buf.push(b'}');
+    write_errors(&mut buf, &errors);
+    buf.push(b'}');
+    Ok(buf)
+}

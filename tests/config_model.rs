@@ -1,0 +1,361 @@
+//! The configuration model through the real HTTP API of a running dev topology (three origin
+//! nodes, three edges): hierarchical resolution and defaults, bulk reads, transactions, merge
+//! patches and templates, each checked at the origin and at every edge.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Topology {
+    c: reqwest::Client,
+    origin: String,
+    /// A follower origin node: writes there are forwarded to the leader.
+    follower: String,
+    edges: Vec<String>,
+}
+
+impl Topology {
+    /// Every edge at (at least) the origin's current revision.
+    async fn settle(&self) -> u64 {
+        let r = revision(&self.c, &self.origin).await;
+        for edge in &self.edges {
+            eventually(WAIT, "edge catches up", || async {
+                (revision(&self.c, edge).await >= r).then_some(())
+            })
+            .await;
+        }
+        r
+    }
+
+    /// GET `path` at the origin and at every edge; asserts they all answer the same.
+    async fn everywhere(&self, path: &str) -> (u16, Value) {
+        let (code, at_origin) = get_json(&self.c, &format!("{}{path}", self.origin)).await;
+        for edge in &self.edges {
+            let (edge_code, at_edge) = get_json(&self.c, &format!("{edge}{path}")).await;
+            assert_eq!(
+                (edge_code, &at_edge),
+                (code, &at_origin),
+                "{edge}{path} answers as the origin does"
+            );
+        }
+        (code, at_origin)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = req.send().await.unwrap();
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+async fn topology(dir: &std::path::Path) -> (meridian::dev::DevCluster, Topology) {
+    let (cluster, _) = cluster(dir, 10_000).await;
+    let t = Topology {
+        c: http(),
+        origin: base(cluster.origin.http_addr),
+        follower: cluster
+            .more_origins
+            .first()
+            .map(|o| base(o.http_addr))
+            .unwrap_or_else(|| base(cluster.origin.http_addr)),
+        edges: cluster.edges.iter().map(|e| base(e.http_addr)).collect(),
+    };
+    (cluster, t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolution_defaults_and_bulk_reads_agree_at_origin_and_edges() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cluster, t) = topology(dir.path()).await;
+    let o = &t.origin;
+    for (path, value) in [
+        ("_/_/a", json!("global")),
+        ("_/_/b", json!("global")),
+        ("_/_/c", json!("global")),
+        ("_/_/d", json!("global")),
+        ("_/prod/b", json!("env")),
+        ("_/prod/c", json!("env")),
+        ("_/prod/d", json!("env")),
+        ("pay/_/c", json!("app")),
+        ("pay/_/d", json!("app")),
+        ("pay/prod/d", json!({"most": "specific"})),
+        ("pay/dev/d", json!("another env")),
+        ("shop/prod/d", json!("another app")),
+    ] {
+        put(&t.c, o, path, value).await;
+    }
+    let r = t.settle().await;
+
+    let (code, config) = t.everywhere("/v1/config/pay/prod").await;
+    assert_eq!(code, 200);
+    assert_eq!(config["revision"], r);
+    assert_eq!(
+        config["config"],
+        json!({"a": "global", "b": "env", "c": "app", "d": {"most": "specific"}})
+    );
+    assert_eq!(
+        config["sources"],
+        json!({"a": "_/_", "b": "_/prod", "c": "pay/_", "d": "pay/prod"})
+    );
+    assert_eq!(config["errors"], json!({}));
+    // Another environment of the same app falls back differently.
+    let (_, staging) = t.everywhere("/v1/config/pay/staging").await;
+    assert_eq!(
+        staging["config"],
+        json!({"a": "global", "b": "global", "c": "app", "d": "app"})
+    );
+
+    // A default instead of 404, marked as such; a bad default is a 400 naming it.
+    let (code, v) = t.everywhere("/v1/kv/pay/prod/timeout_ms?default=250").await;
+    assert_eq!(code, 200);
+    assert_eq!(v["value"], 250);
+    assert_eq!(v["default"], true);
+    assert_eq!(v["version"], 0);
+    let (code, v) = t.everywhere("/v1/kv/pay/prod/timeout_ms").await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (code, v) = t.everywhere("/v1/kv/pay/prod/d?default=1").await;
+    assert_eq!(code, 200);
+    assert_eq!(v["value"], json!({"most": "specific"}));
+    assert!(
+        v.get("default").is_none(),
+        "a stored value is not a default"
+    );
+    let (code, v) = t.everywhere("/v1/kv/pay/prod/x?default=%7Bnot").await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("bad_query"))
+    );
+
+    // Bulk: an explicit key list says what is missing; a prefix lists what is there.
+    let (code, v) = t.everywhere("/v1/kv/_/prod?keys=d,b,nope").await;
+    assert_eq!(code, 200);
+    let keys: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["b", "d"]);
+    assert_eq!(v["missing"], json!(["nope"]));
+    let (_, v) = t.everywhere("/v1/kv/_/_?prefix=c").await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    let (code, v) = t.everywhere("/v1/kv/_/_?keys=a&prefix=a").await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("bad_query"))
+    );
+    let (code, v) = t.everywhere("/v1/kv/_/_?keys=a,Bad%20Key").await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("invalid_key"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_all_or_nothing_and_patches_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cluster, t) = topology(dir.path()).await;
+    let o = &t.origin;
+    put(&t.c, o, "pay/prod/a", json!(1)).await;
+    put(&t.c, o, "pay/prod/b", json!(2)).await;
+    let before = t.settle().await;
+
+    // A failing condition: 409 naming it, nothing written, no revision.
+    let txn = |version: u64| {
+        json!({
+            "conditions": [
+                {"address": "pay/prod/a", "version": version},
+                {"address": "pay/prod/b", "exists": true},
+                {"address": "pay/prod/c", "absent": true},
+            ],
+            "ops": [
+                {"op": "put", "address": "pay/prod/a", "value": 10},
+                {"op": "delete", "address": "pay/prod/b"},
+                {"op": "put", "address": "pay/prod/c", "value": {"new": true}},
+            ],
+            "reason": "test",
+        })
+    };
+    let (code, v) = t.send(t.c.post(format!("{o}/v1/txn")).json(&txn(7))).await;
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(v["error"]["code"], "condition_failed");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pay/prod/a"),
+        "{v}"
+    );
+    assert_eq!(revision(&t.c, o).await, before, "no revision");
+    let (_, a) = t.everywhere("/v1/kv/pay/prod/a").await;
+    assert_eq!(
+        (a["value"].clone(), a["version"].clone()),
+        (json!(1), json!(1))
+    );
+    let (code, _) = t.everywhere("/v1/kv/pay/prod/c").await;
+    assert_eq!(code, 404);
+
+    // The same transaction with the right version, sent to a follower: one revision.
+    let (code, v) = t
+        .send(t.c.post(format!("{}/v1/txn", t.follower)).json(&txn(1)))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["revision"], before + 1);
+    assert_eq!(v["changed"].as_array().unwrap().len(), 3);
+    let r = t.settle().await;
+    assert_eq!(r, before + 1);
+    let (_, a) = t.everywhere("/v1/kv/pay/prod/a").await;
+    assert_eq!(
+        (a["value"].clone(), a["revision"].clone()),
+        (json!(10), json!(r))
+    );
+    let (code, _) = t.everywhere("/v1/kv/pay/prod/b").await;
+    assert_eq!(code, 404);
+    let (_, c) = t.everywhere("/v1/kv/pay/prod/c").await;
+    assert_eq!(c["revision"], r);
+
+    // Malformed transactions are 400s naming the problem.
+    for (body, code_name) in [
+        (json!({"ops": []}), "invalid_command"),
+        (
+            json!({"ops": [{"op": "put", "address": "pay/prod/x", "value": 1},
+                           {"op": "delete", "address": "pay/prod/x"}]}),
+            "invalid_command",
+        ),
+        (
+            json!({"conditions": [{"address": "pay/prod/x", "version": 1, "absent": true}],
+                   "ops": [{"op": "delete", "address": "pay/prod/x"}]}),
+            "invalid_command",
+        ),
+        (
+            json!({"ops": [{"op": "put", "address": "pay/prod", "value": 1}]}),
+            "invalid_key",
+        ),
+        (json!({"ops": [{"op": "rename"}]}), "malformed_json"),
+    ] {
+        let (code, v) = t.send(t.c.post(format!("{o}/v1/txn")).json(&body)).await;
+        assert_eq!(
+            (code, v["error"]["code"].as_str()),
+            (400, Some(code_name)),
+            "{body}"
+        );
+    }
+    assert_eq!(revision(&t.c, o).await, r);
+
+    // JSON Merge Patch: null deletes a field, objects merge, arrays are replaced.
+    put(
+        &t.c,
+        o,
+        "pay/prod/cfg",
+        json!({"pool": {"min": 1, "max": 10}, "hosts": ["a", "b"], "debug": true}),
+    )
+    .await;
+    let (code, v) = t
+        .send(t.c.patch(format!("{o}/v1/kv/pay/prod/cfg")).json(&json!({
+            "patch": {"pool": {"max": 20}, "hosts": ["c"], "debug": null},
+            "expect_version": 1,
+        })))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let expected = json!({"pool": {"min": 1, "max": 20}, "hosts": ["c"]});
+    assert_eq!(v["value"], expected);
+    assert_eq!(v["version"], 2);
+    t.settle().await;
+    let (_, v) = t.everywhere("/v1/kv/pay/prod/cfg").await;
+    assert_eq!(v["value"], expected);
+    // A stale expect_version is refused.
+    let (code, v) = t
+        .send(t.c.patch(format!("{o}/v1/kv/pay/prod/cfg")).json(&json!({
+            "patch": {"x": 1}, "expect_version": 1,
+        })))
+        .await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (409, Some("version_conflict"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_resolve_at_every_edge_and_report_what_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cluster, t) = topology(dir.path()).await;
+    let o = &t.origin;
+    put(&t.c, o, "pay/prod/db.host", json!("db.internal")).await;
+    put(&t.c, o, "_/_/db.port", json!(5432)).await;
+    put(
+        &t.c,
+        o,
+        "pay/prod/db.url",
+        json!("postgres://${db.host}:${db.port}/pay"),
+    )
+    .await;
+    put(
+        &t.c,
+        o,
+        "pay/prod/db",
+        json!({"url": "${db.url}", "port": "${db.port}"}),
+    )
+    .await;
+    put(&t.c, o, "pay/prod/loop.a", json!("${loop.b}")).await;
+    put(&t.c, o, "pay/prod/loop.b", json!("x-${loop.a}")).await;
+    put(&t.c, o, "pay/prod/dangling", json!("${nowhere}")).await;
+    put(&t.c, o, "pay/prod/literal", json!("$${db.host}")).await;
+    t.settle().await;
+
+    let (code, v) = t.everywhere("/v1/kv/pay/prod/db.url").await;
+    assert_eq!(code, 200);
+    assert_eq!(v["value"], "postgres://db.internal:5432/pay");
+    let (_, v) = t.everywhere("/v1/kv/pay/prod/db").await;
+    assert_eq!(
+        v["value"],
+        json!({"url": "postgres://db.internal:5432/pay", "port": 5432}),
+        "a whole-string reference keeps the referenced type"
+    );
+    let (_, v) = t.everywhere("/v1/kv/pay/prod/db.url?raw=true").await;
+    assert_eq!(v["value"], "postgres://${db.host}:${db.port}/pay");
+    let (_, v) = t.everywhere("/v1/kv/pay/prod/literal").await;
+    assert_eq!(v["value"], "${db.host}");
+
+    let (code, v) = t.everywhere("/v1/kv/pay/prod/loop.a").await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (422, Some("unresolved_reference"))
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("loop.a -> loop.b -> loop.a"),
+        "{v}"
+    );
+    let (code, v) = t.everywhere("/v1/kv/pay/prod/dangling").await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (422, Some("unresolved_reference"))
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("${nowhere}")
+    );
+
+    // The resolved config serves what resolves and names what does not, never an empty value.
+    let (_, v) = t.everywhere("/v1/config/pay/prod").await;
+    assert_eq!(v["config"]["db.url"], "postgres://db.internal:5432/pay");
+    for key in ["loop.a", "loop.b", "dangling"] {
+        assert!(v["config"].get(key).is_none(), "{key} left out: {v}");
+        assert!(v["errors"][key].is_string(), "{key} reported: {v}");
+    }
+    let (_, raw) = t.everywhere("/v1/config/pay/prod?raw=true").await;
+    assert_eq!(raw["config"]["dangling"], "${nowhere}");
+    assert_eq!(raw["errors"], json!({}));
+}
