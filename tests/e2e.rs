@@ -160,7 +160,12 @@ async fn stopped_edge_catches_up_with_deltas_and_stays_monotonic() {
         seen.windows(2).all(|w| w[0] <= w[1]),
         "revisions never go down: {seen:?}"
     );
-    let stats = restarted.shared.stats();
+    // The stats are copied out just after the revision is published: wait for them.
+    let stats = eventually(WAIT, "stats show the catch-up", || async {
+        let s = restarted.shared.stats();
+        (s.deltas_applied >= 50 || s.snapshots_installed > 0).then_some(s)
+    })
+    .await;
     assert_eq!(
         stats.deltas_applied, 50,
         "caught up with exactly the 50 missing deltas"

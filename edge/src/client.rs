@@ -134,6 +134,8 @@ pub async fn run<B: Backend>(
                     next = events_rx.try_recv().ok();
                 }
                 rep.flush(Instant::now());
+                // Readers see the flushed revision now; the stats that go with it follow at once.
+                shared.observe(&rep, Instant::now());
             }
             _ = sleep_until(timeout) => rep.handle_timeout(Instant::now()),
         }
