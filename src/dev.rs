@@ -31,6 +31,8 @@ pub struct DevOptions {
     /// `origin_http` and `origin_quic` plus `i` for the documented ports, on free ports when
     /// those are 0.
     pub origin_nodes: usize,
+    /// History retention of the origin nodes.
+    pub history: meridian_origin::config::HistoryConfig,
 }
 
 impl DevOptions {
@@ -44,6 +46,7 @@ impl DevOptions {
             edge_http: [at(7081), at(7082), at(7083)],
             delta_window: 10_000,
             origin_nodes: 3,
+            history: Default::default(),
         }
     }
 
@@ -57,6 +60,7 @@ impl DevOptions {
             edge_http: [any; 3],
             delta_window: 10_000,
             origin_nodes: 1,
+            history: Default::default(),
         }
     }
 
@@ -103,6 +107,7 @@ pub fn origin_config(opts: &DevOptions, pki: &DevPki) -> OriginConfig {
         max_inflight_deltas: 1024,
         quic: QuicTuning::default(),
         raft: meridian_origin::config::RaftConfig::default(),
+        history: opts.history.clone(),
     }
 }
 

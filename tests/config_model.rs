@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
@@ -358,4 +359,196 @@ async fn templates_resolve_at_every_edge_and_report_what_does_not() {
     let (_, raw) = t.everywhere("/v1/config/pay/prod?raw=true").await;
     assert_eq!(raw["config"]["dangling"], "${nowhere}");
     assert_eq!(raw["errors"], json!({}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_diffs_and_rollbacks_of_a_key_and_an_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cluster, t) = topology(dir.path()).await;
+    let o = &t.origin;
+    let write = |path: &'static str, value: Value, reason: &'static str| {
+        t.c.put(format!("{o}/v1/kv/{path}"))
+            .header("meridian-actor", "alice")
+            .json(&json!({"value": value, "reason": reason}))
+    };
+    for i in 1..=5 {
+        let (code, _) = t
+            .send(write(
+                "pay/prod/pool",
+                json!({"max": i * 10, "min": 1}),
+                "resize",
+            ))
+            .await;
+        assert_eq!(code, 200);
+    }
+    t.send(write("pay/prod/flag", json!(true), "launch")).await;
+    let r_before = t.settle().await;
+    t.send(write("pay/prod/new", json!("later"), "added after"))
+        .await;
+    let (code, _) = t
+        .send(
+            t.c.delete(format!("{o}/v1/kv/pay/prod/flag?reason=rollout%20done"))
+                .header("meridian-actor", "bob"),
+        )
+        .await;
+    assert_eq!(code, 200);
+
+    // History, newest first, page by page, with who, when and why.
+    let (code, p1) = get_json(&t.c, &format!("{o}/v1/kv/pay/prod/pool/history?limit=2")).await;
+    assert_eq!(code, 200, "{p1}");
+    let versions = |p: &Value| {
+        p["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["version"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(versions(&p1), [5, 4]);
+    assert_eq!(p1["items"][0]["actor"], "alice");
+    assert_eq!(p1["items"][0]["reason"], "resize");
+    assert_eq!(p1["items"][0]["value"], json!({"max": 50, "min": 1}));
+    assert!(p1["items"][0]["time_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    let next = p1["next_before"].as_u64().unwrap();
+    let (_, p2) = get_json(
+        &t.c,
+        &format!("{o}/v1/kv/pay/prod/pool/history?limit=2&before={next}"),
+    )
+    .await;
+    assert_eq!(versions(&p2), [3, 2]);
+    let (_, p3) = get_json(
+        &t.c,
+        &format!(
+            "{o}/v1/kv/pay/prod/pool/history?limit=2&before={}",
+            p2["next_before"]
+        ),
+    )
+    .await;
+    assert_eq!(versions(&p3), [1]);
+    assert!(p3["next_before"].is_null());
+    let (_, flag) = get_json(&t.c, &format!("{o}/v1/kv/pay/prod/flag/history")).await;
+    assert_eq!(flag["items"][0]["deleted"], true);
+    assert_eq!(flag["items"][0]["actor"], "bob");
+    assert_eq!(flag["items"][0]["reason"], "rollout done");
+
+    // Diff of a key between versions: JSON paths.
+    let (code, d) = get_json(&t.c, &format!("{o}/v1/kv/pay/prod/pool/diff?from=1&to=5")).await;
+    assert_eq!(code, 200, "{d}");
+    assert_eq!(
+        d["changed"],
+        json!([{"path": "/max", "from": 10, "to": 50}])
+    );
+    assert_eq!(d["added"], json!([]));
+    let (code, d) = get_json(&t.c, &format!("{o}/v1/kv/pay/prod/pool/diff?from=9")).await;
+    assert_eq!(
+        (code, d["error"]["code"].as_str()),
+        (404, Some("version_not_found"))
+    );
+
+    // Diff of the environment between revisions.
+    let (code, d) = get_json(&t.c, &format!("{o}/v1/diff/pay/prod?from={r_before}")).await;
+    assert_eq!(code, 200, "{d}");
+    assert_eq!(d["added"][0]["key"], "new");
+    assert_eq!(d["removed"][0]["key"], "flag");
+    assert_eq!(d["changed"], json!([]));
+
+    // Roll the key back to version 2: a new version 6 with version 2's value, at every edge.
+    let (code, v) = t
+        .send(
+            t.c.post(format!("{o}/v1/kv/pay/prod/pool/rollback"))
+                .header("meridian-actor", "carol")
+                .json(&json!({"version": 2, "reason": "too big"})),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["version"], 6);
+    assert_eq!(v["value"], json!({"max": 20, "min": 1}));
+    t.settle().await;
+    let (_, at_edges) = t.everywhere("/v1/kv/pay/prod/pool").await;
+    assert_eq!(at_edges["value"], json!({"max": 20, "min": 1}));
+    let (_, h) = get_json(&t.c, &format!("{o}/v1/kv/pay/prod/pool/history?limit=1")).await;
+    assert_eq!(h["items"][0]["reason"], "rollback to version 2: too big");
+    assert_eq!(h["items"][0]["actor"], "carol");
+    let (_, all) = get_json(&t.c, &format!("{o}/v1/kv/pay/prod/pool/history")).await;
+    assert_eq!(
+        versions(&all),
+        [6, 5, 4, 3, 2, 1],
+        "history is never rewritten"
+    );
+
+    // Roll the whole environment back to before `new` and the delete: one revision.
+    let before_rollback = revision(&t.c, o).await;
+    let (code, v) = t
+        .send(
+            t.c.post(format!("{o}/v1/rollback/pay/prod"))
+                .json(&json!({"revision": r_before, "reason": "bad release"})),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["revision"], before_rollback + 1);
+    t.settle().await;
+    let (_, cfg) = t.everywhere("/v1/kv/pay/prod").await;
+    let items: BTreeMap<String, Value> = cfg["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["key"].as_str().unwrap().to_string(), i["value"].clone()))
+        .collect();
+    assert_eq!(
+        items,
+        BTreeMap::from([
+            ("flag".to_string(), json!(true)),
+            ("pool".to_string(), json!({"max": 50, "min": 1})),
+        ])
+    );
+    // A revision from the future is refused.
+    let (code, v) = t
+        .send(
+            t.c.post(format!("{o}/v1/rollback/pay/prod"))
+                .json(&json!({"revision": 10_000})),
+        )
+        .await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("bad_query"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_retention_is_enforced_by_compaction() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = meridian::dev::DevOptions::ephemeral(dir.path().to_owned());
+    opts.history.max_versions = 3;
+    opts.history.compact_interval_s = 1;
+    let cluster = meridian::dev::DevCluster::start(&opts).await.unwrap();
+    let c = http();
+    let o = base(cluster.origin.http_addr);
+    for i in 0..10 {
+        put(&c, &o, "pay/prod/k", json!(i)).await;
+    }
+    let url = format!("{o}/v1/kv/pay/prod/k/history");
+    let kept = eventually(WAIT, "compaction keeps the last 3 versions", || async {
+        let (_, h) = get_json(&c, &url).await;
+        let items = h["items"].as_array().cloned().unwrap_or_default();
+        (items.len() == 3).then_some(items)
+    })
+    .await;
+    let versions: Vec<u64> = kept
+        .iter()
+        .map(|i| i["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [10, 9, 8]);
+    // A compacted version cannot be diffed against or rolled back to, and says so.
+    let (code, v) = get_json(&c, &format!("{o}/v1/kv/pay/prod/k/diff?from=2")).await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (404, Some("version_not_found"))
+    );
+    let (code, v) = get_json(&c, &format!("{o}/v1/diff/pay/prod?from=2")).await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (410, Some("history_compacted"))
+    );
+    cluster.shutdown().await;
 }

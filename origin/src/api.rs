@@ -10,7 +10,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use meridian_net::http::{
@@ -21,8 +21,10 @@ use meridian_protocol::{Address, CacheState};
 use meridian_store::Reader;
 use serde::Deserialize;
 
-use crate::core::{Command, Condition, TxnOp};
+use crate::core::{Command, Condition, Proposal, TxnOp};
 use crate::distributor::EdgeInfo;
+use crate::history::{MAX_ACTOR_BYTES, MAX_REASON_BYTES, WriteMeta};
+use crate::history_api;
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -36,9 +38,11 @@ pub struct AppState {
     pub max_value_bytes: usize,
     /// Connected edges as last reported by the distributor.
     pub edges: Arc<Mutex<Vec<EdgeInfo>>>,
+    /// The core, for history reads (its backend holds the history records).
+    pub core: crate::raft::state_machine::SharedCore,
 }
 
-type Shared = State<Arc<AppState>>;
+pub(crate) type Shared = State<Arc<AppState>>;
 
 /// Builds the router.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -49,6 +53,17 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(get_one).put(put).delete(delete).patch(patch),
         )
         .route("/v1/kv/{app}/{env}", get(list))
+        .route(
+            "/v1/kv/{app}/{env}/{key}/history",
+            get(history_api::history),
+        )
+        .route("/v1/kv/{app}/{env}/{key}/diff", get(history_api::key_diff))
+        .route(
+            "/v1/kv/{app}/{env}/{key}/rollback",
+            post(history_api::key_rollback),
+        )
+        .route("/v1/diff/{app}/{env}", get(history_api::env_diff))
+        .route("/v1/rollback/{app}/{env}", post(history_api::env_rollback))
         .route("/v1/config/{app}/{env}", get(config))
         .route("/v1/txn", post(txn))
         .route("/v1/status", get(status))
@@ -59,12 +74,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn count_error(e: ApiError) -> ApiError {
+pub(crate) fn count_error(e: ApiError) -> ApiError {
     metrics::counter!("meridian_origin_rejected_requests_total", "code" => e.code).increment(1);
     e
 }
 
-fn address(
+pub(crate) fn address(
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Result<Address, ApiError> {
     let Path((app, env, key)) = path.map_err(|e| {
@@ -82,13 +97,12 @@ fn address(
 struct PutBody {
     value: serde_json::Value,
     #[serde(default)]
-    #[allow(dead_code)]
     reason: Option<String>,
     #[serde(default)]
     expect_version: Option<u64>,
 }
 
-fn body_error(e: BytesRejection) -> ApiError {
+pub(crate) fn body_error(e: BytesRejection) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -100,7 +114,7 @@ fn body_error(e: BytesRejection) -> ApiError {
     }
 }
 
-fn cluster_error(e: ClusterError) -> ApiError {
+pub(crate) fn cluster_error(e: ClusterError) -> ApiError {
     match e {
         ClusterError::NoQuorum(m) | ClusterError::Unreachable(m) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", m)
@@ -112,9 +126,60 @@ fn cluster_error(e: ClusterError) -> ApiError {
     }
 }
 
+/// The `meridian-actor` header names who writes (until authentication exists).
+const ACTOR: &str = "meridian-actor";
+
+fn text_ok(s: &str) -> bool {
+    !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t')
+}
+
+/// Who, when and why, for the history of what this write changes.
+pub(crate) fn write_meta(
+    headers: &HeaderMap,
+    reason: Option<String>,
+) -> Result<WriteMeta, ApiError> {
+    let actor = match headers.get(ACTOR) {
+        None => "anonymous".to_string(),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|a| !a.is_empty() && a.len() <= MAX_ACTOR_BYTES && text_ok(a))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_actor",
+                    format!("the {ACTOR} header must be 1 to {MAX_ACTOR_BYTES} printable bytes"),
+                )
+            })?
+            .to_string(),
+    };
+    if let Some(r) = &reason
+        && (r.len() > MAX_REASON_BYTES || !text_ok(r))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_reason",
+            format!("reason must be at most {MAX_REASON_BYTES} bytes of text"),
+        ));
+    }
+    let time_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(WriteMeta {
+        time_ms,
+        actor,
+        reason,
+    })
+}
+
 /// Commits a write through Raft; acknowledged only once committed and applied.
-async fn commit(state: &Arc<AppState>, command: Command) -> Result<crate::core::Applied, ApiError> {
-    let applied = match state.cluster.write(command).await.map_err(cluster_error)? {
+pub(crate) async fn commit(
+    state: &Arc<AppState>,
+    command: Command,
+    meta: WriteMeta,
+) -> Result<crate::core::Applied, ApiError> {
+    let proposal = Proposal { command, meta };
+    let applied = match state.cluster.write(proposal).await.map_err(cluster_error)? {
         Outcome::Applied(a) => a,
         Outcome::VersionConflict {
             address,
@@ -165,6 +230,7 @@ async fn commit(state: &Arc<AppState>, command: Command) -> Result<crate::core::
 async fn put(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
@@ -184,6 +250,7 @@ async fn put(
                 ),
             ));
         }
+        let meta = write_meta(&headers, parsed.reason)?;
         let applied = commit(
             &state,
             Command::Put {
@@ -191,6 +258,7 @@ async fn put(
                 value: text.into(),
                 expect_version: parsed.expect_version,
             },
+            meta,
         )
         .await?;
         let mut buf = Vec::with_capacity(128);
@@ -212,18 +280,32 @@ async fn put(
     inner.await.map_err(count_error)
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    expect_version: Option<u64>,
+}
+
 async fn delete(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<DeleteQuery>, QueryRejection>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let address = address(path)?;
+        let q = query(q)?;
+        let meta = write_meta(&headers, q.reason)?;
         let applied = commit(
             &state,
             Command::Delete {
                 address,
-                expect_version: None,
+                expect_version: q.expect_version,
             },
+            meta,
         )
         .await?;
         Ok(axum::Json(serde_json::json!({"revision": applied.revision.0})).into_response())
@@ -231,7 +313,7 @@ async fn delete(
     inner.await.map_err(count_error)
 }
 
-fn query<T: serde::de::DeserializeOwned>(
+pub(crate) fn query<T: serde::de::DeserializeOwned>(
     q: Result<Query<T>, QueryRejection>,
 ) -> Result<T, ApiError> {
     q.map(|Query(q)| q)
@@ -261,7 +343,7 @@ async fn get_one(
     inner.await.map_err(count_error)
 }
 
-fn namespace(
+pub(crate) fn namespace(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<(String, String), ApiError> {
     let Path((app, env)) = path.map_err(|e| {
@@ -307,7 +389,6 @@ struct PatchBody {
     /// A JSON Merge Patch (RFC 7386).
     patch: serde_json::Value,
     #[serde(default)]
-    #[allow(dead_code)]
     reason: Option<String>,
     #[serde(default)]
     expect_version: Option<u64>,
@@ -316,6 +397,7 @@ struct PatchBody {
 async fn patch(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
@@ -323,6 +405,7 @@ async fn patch(
         let body = body.map_err(body_error)?;
         let parsed: PatchBody = serde_json::from_slice(&body)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
+        let meta = write_meta(&headers, parsed.reason)?;
         let applied = commit(
             &state,
             Command::Patch {
@@ -331,6 +414,7 @@ async fn patch(
                 expect_version: parsed.expect_version,
                 max_value_bytes: state.max_value_bytes as u64,
             },
+            meta,
         )
         .await?;
         let entry = applied.entry().ok_or_else(|| {
@@ -357,7 +441,6 @@ struct TxnBody {
     conditions: Vec<TxnCondition>,
     ops: Vec<TxnOpBody>,
     #[serde(default)]
-    #[allow(dead_code)]
     reason: Option<String>,
 }
 
@@ -459,14 +542,16 @@ fn txn_command(body: TxnBody, max_value_bytes: usize) -> Result<Command, ApiErro
 
 async fn txn(
     State(state): Shared,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let body = body.map_err(body_error)?;
         let parsed: TxnBody = serde_json::from_slice(&body)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
+        let meta = write_meta(&headers, parsed.reason.clone())?;
         let command = txn_command(parsed, state.max_value_bytes)?;
-        let applied = commit(&state, command).await?;
+        let applied = commit(&state, command, meta).await?;
         let changed: Vec<_> = applied
             .entries
             .iter()

@@ -44,6 +44,43 @@ pub struct OriginConfig {
     /// This node's place in the Raft cluster.
     #[serde(default)]
     pub raft: RaftConfig,
+    /// How much per-key history is kept.
+    #[serde(default)]
+    pub history: HistoryConfig,
+}
+
+/// History retention (`[history]` in the origin's TOML). The leader commits a compaction every
+/// `compact_interval_s` with these limits, so every node keeps the same history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Versions kept per key (the newest always is).
+    pub max_versions: u32,
+    /// Versions older than this many seconds are dropped (0: no age limit); the newest version
+    /// of a key is kept whatever its age.
+    pub max_age_s: u64,
+    /// How often the leader compacts.
+    pub compact_interval_s: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            max_versions: 100,
+            max_age_s: 30 * 24 * 3600,
+            compact_interval_s: 60,
+        }
+    }
+}
+
+impl HistoryConfig {
+    /// The retention this config asks for.
+    pub fn retention(&self) -> crate::history::Retention {
+        crate::history::Retention {
+            max_versions: self.max_versions,
+            max_age_ms: (self.max_age_s > 0).then(|| self.max_age_s.saturating_mul(1000)),
+        }
+    }
 }
 
 /// A cluster member: its number and the HTTP address other nodes reach it at.
@@ -169,6 +206,22 @@ impl OriginConfig {
             self.quic.keep_alive_interval_ms < self.quic.max_idle_timeout_ms,
             "quic.keep_alive_interval_ms",
             "must be below quic.max_idle_timeout_ms",
+        )?;
+        check(
+            (1..=1_000_000).contains(&self.history.max_versions),
+            "history.max_versions",
+            format!(
+                "must be between 1 and 1000000, got {}",
+                self.history.max_versions
+            ),
+        )?;
+        check(
+            (1..=86_400).contains(&self.history.compact_interval_s),
+            "history.compact_interval_s",
+            format!(
+                "must be between 1 and 86400, got {}",
+                self.history.compact_interval_s
+            ),
         )?;
         let r = &self.raft;
         check(r.id >= 1, "raft.id", "must be at least 1")?;

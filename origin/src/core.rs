@@ -8,6 +8,8 @@ use meridian_protocol::{
 };
 use meridian_store::{Backend, SignedState, StoreError, Write};
 
+use crate::history::{self, HistoryError, Retention, WriteMeta};
+
 /// A write.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Command {
@@ -46,6 +48,22 @@ pub enum Command {
         /// Applied together; each address at most once.
         ops: Vec<TxnOp>,
     },
+    /// Brings the history within `retention` as of `now_ms` (no revision).
+    CompactHistory {
+        /// How much to keep.
+        retention: Retention,
+        /// The time ages are measured from (the proposing node's clock, committed).
+        now_ms: u64,
+    },
+}
+
+/// A write as committed: the command and who made it, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Proposal {
+    /// What to do.
+    pub command: Command,
+    /// Recorded in the history of every key it changes.
+    pub meta: WriteMeta,
 }
 
 /// A condition of a transaction.
@@ -163,6 +181,9 @@ pub enum ApplyError {
     /// Persisting failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Reading history failed.
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
 
 /// The origin's state plus its signer.
@@ -198,18 +219,20 @@ impl<B: Backend> OriginCore<B> {
         &mut self,
         command: Command,
     ) -> Result<(Applied, Option<SignedDelta>), ApplyError> {
-        let out = self.apply_unpublished(command, Vec::new())?;
+        let out = self.apply_unpublished(command, None, Vec::new())?;
         self.state.publish()?;
         Ok(out)
     }
 
     /// Applies one command as one revision, persisted with `extra` writes in one batch but
     /// neither flushed nor shown to readers until [`SignedState::publish`]: a batch of commands
-    /// costs one flush.
+    /// costs one flush. With `meta`, every change is recorded in the history (in the same
+    /// batch).
     pub fn apply_unpublished(
         &mut self,
         command: Command,
-        extra: Vec<Write>,
+        meta: Option<&WriteMeta>,
+        mut extra: Vec<Write>,
     ) -> Result<(Applied, Option<SignedDelta>), ApplyError> {
         let live_version = |state: &SignedState<B>, a: &Address| {
             state
@@ -302,9 +325,17 @@ impl<B: Backend> OriginCore<B> {
                 }
                 writes
             }
+            Command::CompactHistory { retention, now_ms } => {
+                extra.extend(history::compaction(
+                    self.state.backend(),
+                    retention,
+                    now_ms,
+                )?);
+                Vec::new()
+            }
         };
         if writes.is_empty() {
-            // A transaction whose deletes found nothing: no revision.
+            // A transaction whose deletes found nothing, or a history compaction: no revision.
             self.state.write_extra(extra)?;
             return Ok((
                 Applied {
@@ -332,6 +363,13 @@ impl<B: Backend> OriginCore<B> {
         };
         let digest = self.state.digest_after(&delta);
         let signed = self.signer.sign_delta(delta, digest);
+        if let Some(meta) = meta {
+            extra.extend(history::record_writes(
+                &signed.delta.changes,
+                signed.delta.revision,
+                meta,
+            ));
+        }
         self.state.apply_delta_with(&signed, extra)?;
         let entries = signed
             .delta

@@ -6,6 +6,8 @@ pub mod api;
 pub mod config;
 pub mod core;
 pub mod distributor;
+pub mod history;
+pub mod history_api;
 pub mod node;
 pub mod raft;
 pub mod server;

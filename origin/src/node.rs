@@ -191,10 +191,17 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         reader,
         max_value_bytes: config.max_value_bytes,
         edges,
+        core: core.clone(),
     }))
     .merge(crate::raft::network::routes(raft.clone()))
     .merge(crate::raft::admin::routes(raft.clone()))
-    .merge(crate::raft::cluster::routes(cluster));
+    .merge(crate::raft::cluster::routes(cluster.clone()));
+    let compact_task = tokio::spawn(compact_history(
+        cluster,
+        r.id,
+        config.history.clone(),
+        shutdown_rx.clone(),
+    ));
     let mut rx = shutdown_rx;
     let http_task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -210,6 +217,43 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         quic_addr,
         raft,
         shutdown,
-        tasks: vec![quic_task, http_task],
+        tasks: vec![quic_task, http_task, compact_task],
     })
+}
+
+/// While this node leads, commits a history compaction every `compact_interval_s`: every node
+/// applies the same one, so their histories stay equal.
+async fn compact_history(
+    cluster: Cluster,
+    id: u64,
+    history: crate::config::HistoryConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let every = Duration::from_secs(history.compact_interval_s.max(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if cluster.leader().await != Some(id) {
+            continue;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let proposal = crate::core::Proposal {
+            command: crate::core::Command::CompactHistory {
+                retention: history.retention(),
+                now_ms,
+            },
+            meta: crate::history::WriteMeta {
+                time_ms: now_ms,
+                actor: "meridian".into(),
+                reason: Some("history compaction".into()),
+            },
+        };
+        if let Err(e) = cluster.write(proposal).await {
+            tracing::debug!(error = %e, "history compaction not committed; next time");
+        }
+    }
 }

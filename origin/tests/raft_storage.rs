@@ -35,7 +35,8 @@ fn sled_storage_passes_openrafts_suite() {
 mod writes {
     use std::sync::Arc;
 
-    use meridian_origin::core::Command;
+    use meridian_origin::core::{Command, Proposal};
+    use meridian_origin::history::WriteMeta;
     use meridian_origin::raft::state_machine::StateMachine;
     use meridian_origin::raft::{Entry, LogId, Outcome, Request};
     use meridian_protocol::{Address, Revision, Signer};
@@ -62,7 +63,19 @@ mod writes {
     fn entry(index: u64, commands: Vec<Command>) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
-            payload: EntryPayload::Normal(Request { commands }),
+            payload: EntryPayload::Normal(Request {
+                commands: commands
+                    .into_iter()
+                    .map(|command| Proposal {
+                        command,
+                        meta: WriteMeta {
+                            time_ms: index,
+                            actor: "test".into(),
+                            reason: None,
+                        },
+                    })
+                    .collect(),
+            }),
         }
     }
 

@@ -26,7 +26,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::network::Raft;
 use super::{NodeId, Outcome, Request, Response};
-use crate::core::Command;
+use crate::core::{Command, Proposal};
 
 /// Most writes in one Raft entry.
 pub const MAX_BATCH_COMMANDS: usize = 512;
@@ -69,7 +69,7 @@ struct Inner {
 
 /// A write waiting for its batch.
 struct Pending {
-    command: Command,
+    command: Proposal,
     reply: oneshot::Sender<Result<Outcome, ClusterError>>,
 }
 
@@ -95,7 +95,7 @@ impl Cluster {
     /// Commits `command` (batched with concurrent writes) and answers what applying it
     /// produced. During an election the write waits (within the timeout) for a leader rather
     /// than failing at once.
-    pub async fn write(&self, command: Command) -> Result<Outcome, ClusterError> {
+    pub async fn write(&self, command: Proposal) -> Result<Outcome, ClusterError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Pending { command, reply })
@@ -134,11 +134,11 @@ async fn batcher(inner: Inner, mut rx: mpsc::Receiver<Pending>) {
                 None => return,
             },
         };
-        let mut bytes = command_bytes(&first.command);
+        let mut bytes = command_bytes(&first.command.command) + meta_bytes(&first.command);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_COMMANDS {
             let Ok(p) = rx.try_recv() else { break };
-            bytes += command_bytes(&p.command);
+            bytes += command_bytes(&p.command.command) + meta_bytes(&p.command);
             if bytes > MAX_BATCH_BYTES {
                 next = Some(p);
                 break;
@@ -176,6 +176,11 @@ async fn batcher(inner: Inner, mut rx: mpsc::Receiver<Pending>) {
     }
 }
 
+/// About how many bytes the history metadata of `p` adds to an entry.
+fn meta_bytes(p: &Proposal) -> usize {
+    16 + p.meta.actor.len() + p.meta.reason.as_ref().map_or(0, |r| r.len())
+}
+
 /// About how many bytes `command` adds to an entry.
 fn command_bytes(command: &Command) -> usize {
     let at = |a: &meridian_protocol::Address| a.app.len() + a.env.len() + a.key.len() + 16;
@@ -193,6 +198,7 @@ fn command_bytes(command: &Command) -> usize {
                     })
                     .sum::<usize>()
         }
+        Command::CompactHistory { .. } => 32,
     }
 }
 

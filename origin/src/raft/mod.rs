@@ -11,7 +11,7 @@ use std::io::Cursor;
 use meridian_protocol::Address;
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Applied, Command};
+use crate::core::{Applied, Proposal};
 
 // openraft's traits return its `StorageError` and `RPCError` (over 200 bytes); the helpers here
 // return the same types rather than box them only to unbox them again at the trait boundary.
@@ -44,7 +44,7 @@ pub type NodeId = u64;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     /// The writes, in the order they are applied.
-    pub commands: Vec<Command>,
+    pub commands: Vec<Proposal>,
 }
 
 /// What applying an entry produced: one outcome per command, in order (none for a blank or

@@ -1,6 +1,6 @@
 //! The Raft state machine: committed entries applied to the origin's deterministic core, with
 //! the log position and membership recorded in the same atomic batches as the data, and
-//! snapshots that are the signed state itself (its head and entries).
+//! snapshots that are the signed state itself (its head and entries) plus the history records.
 //!
 //! The state is persistent but not flushed by `apply`: the applied log id is written in the
 //! same atomic batch as each revision, so after a crash sled recovers a consistent prefix and
@@ -24,6 +24,7 @@ use super::{
     Entry, LogId, Outcome, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use crate::core::{ApplyError, OriginCore};
+use crate::history::HISTORY_PREFIX;
 
 const APPLIED: &[u8] = &[EXTRA_PREFIX, b'r', b'a'];
 const MEMBERSHIP: &[u8] = &[EXTRA_PREFIX, b'r', b'm'];
@@ -43,6 +44,9 @@ type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>;
 struct SnapshotData {
     head: Option<SignedHead>,
     entries: Vec<(Address, EntryState)>,
+    /// The history records, raw (see [`crate::history`]): a node caught up by snapshot keeps
+    /// the same history as the others.
+    history: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The state machine; clones share everything (a clone is also the snapshot builder).
@@ -151,7 +155,7 @@ impl StateMachine {
                     None => 0,
                 };
                 let mut outcomes = Vec::with_capacity(n - done.min(n));
-                for (i, command) in request.commands.into_iter().enumerate().skip(done) {
+                for (i, proposal) in request.commands.into_iter().enumerate().skip(done) {
                     let marker = if i + 1 == n {
                         if n > 1 {
                             vec![extra.clone(), (PARTIAL.to_vec(), None)]
@@ -161,7 +165,11 @@ impl StateMachine {
                     } else {
                         vec![(PARTIAL.to_vec(), Some(encode(&(log_id, (i + 1) as u32))?))]
                     };
-                    let outcome = match core.apply_unpublished(command, marker.clone()) {
+                    let outcome = match core.apply_unpublished(
+                        proposal.command,
+                        Some(&proposal.meta),
+                        marker.clone(),
+                    ) {
                         Ok((applied, _)) => Outcome::Applied(applied),
                         Err(ApplyError::VersionConflict {
                             address,
@@ -210,6 +218,9 @@ impl StateMachine {
                         Err(ApplyError::Store(e)) => {
                             return Err(StorageIOError::apply(log_id, &e).into());
                         }
+                        Err(ApplyError::History(e)) => {
+                            return Err(StorageIOError::apply(log_id, &e).into());
+                        }
                     };
                     outcomes.push(outcome);
                 }
@@ -226,8 +237,21 @@ impl StateMachine {
                 .flush()
                 .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
             let (head, entries) = core.state().snapshot();
+            let history = core
+                .state()
+                .backend()
+                .scan_prefix(&HISTORY_PREFIX)
+                .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
             let (applied, membership) = Self::meta_of(&core)?;
-            (SnapshotData { head, entries }, applied, membership)
+            (
+                SnapshotData {
+                    head,
+                    entries,
+                    history,
+                },
+                applied,
+                membership,
+            )
         };
         let bytes =
             postcard::to_allocvec(&data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
@@ -301,12 +325,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let signature = Some(meta.signature());
         let data: SnapshotData = postcard::from_bytes(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
-        let extra = vec![
+        let mut extra = vec![
             (APPLIED.to_vec(), Some(encode(&meta.last_log_id)?)),
             (MEMBERSHIP.to_vec(), Some(encode(&meta.last_membership)?)),
         ];
         let revision = {
             let mut core = self.lock();
+            // The snapshot's history replaces this node's, in the same batch as its state.
+            let old = core
+                .state()
+                .backend()
+                .scan_prefix(&HISTORY_PREFIX)
+                .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+            extra.extend(old.into_iter().map(|(k, _)| (k, None)));
+            extra.extend(data.history.into_iter().map(|(k, v)| (k, Some(v))));
             let state = core.state_mut();
             match data.head {
                 Some(head) => state.install_snapshot_with(head, data.entries, extra),
@@ -355,7 +387,8 @@ mod tests {
     use openraft::CommittedLeaderId;
 
     use super::*;
-    use crate::core::Command;
+    use crate::core::{Command, Proposal};
+    use crate::history::WriteMeta;
     use crate::raft::Request;
 
     fn open(dir: &std::path::Path) -> StateMachine {
@@ -363,11 +396,18 @@ mod tests {
         StateMachine::open(&db, Signer::from_bytes(&[7; 32]), 1024).expect("state machine")
     }
 
-    fn put(key: &str, value: &str) -> Command {
-        Command::Put {
-            address: Address::parse("app", "prod", key).expect("address"),
-            value: Arc::from(value),
-            expect_version: None,
+    fn put(key: &str, value: &str) -> Proposal {
+        Proposal {
+            command: Command::Put {
+                address: Address::parse("app", "prod", key).expect("address"),
+                value: Arc::from(value),
+                expect_version: None,
+            },
+            meta: WriteMeta {
+                time_ms: 1,
+                actor: "test".into(),
+                reason: None,
+            },
         }
     }
 
@@ -392,7 +432,8 @@ mod tests {
         {
             let mut core = sm.lock();
             let progress = vec![(PARTIAL.to_vec(), Some(encode(&(log_id, 1u32)).unwrap()))];
-            core.apply_unpublished(commands[0].clone(), progress)
+            let first = commands[0].clone();
+            core.apply_unpublished(first.command, Some(&first.meta), progress)
                 .unwrap();
             core.state_mut().publish().unwrap();
         }

@@ -1,0 +1,404 @@
+//! The origin's history endpoints: a key's history page by page, the diff of a key between two
+//! versions and of an environment between two revisions, and rollbacks of a key to a version
+//! or of an environment to a revision, each committed as one new revision with its reason
+//! (history is never rewritten). Reads follow a linearizable barrier, so any node answers
+//! what the cluster committed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use meridian_net::http::{ApiError, json_bytes, write_entry};
+use meridian_protocol::Address;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::{
+    AppState, Shared, address, body_error, cluster_error, commit, count_error, namespace, query,
+    write_meta,
+};
+use crate::core::{Command, Condition, TxnOp};
+use crate::history::{self, HistoryRecord, NamespaceAt, json_diff};
+
+/// Largest history page.
+pub const MAX_PAGE: usize = 1_000;
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+}
+
+fn bad_query(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message)
+}
+
+fn parse_value(r: &HistoryRecord) -> Option<Value> {
+    r.value
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+}
+
+fn record_json(r: &HistoryRecord) -> Value {
+    json!({
+        "version": r.version,
+        "revision": r.revision,
+        "value": parse_value(r),
+        "deleted": r.value.is_none(),
+        "time_ms": r.time_ms,
+        "actor": r.actor,
+        "reason": r.reason,
+    })
+}
+
+/// Runs `read` over the core's backend after a linearizable barrier.
+async fn with_history<T>(
+    state: &Arc<AppState>,
+    read: impl FnOnce(&crate::core::OriginCore<meridian_store::SledBackend>) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    state.cluster.linearize().await.map_err(cluster_error)?;
+    let core = state.core.lock().unwrap_or_else(|e| e.into_inner());
+    read(&core)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HistoryQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    before: Option<u64>,
+}
+
+/// `GET /v1/kv/{app}/{env}/{key}/history?limit=N&before=V`: newest first; `next_before` pages on.
+pub(crate) async fn history(
+    State(state): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let a = address(path)?;
+        let q = query(q)?;
+        let limit = q.limit.unwrap_or(100);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(bad_query(format!("limit must be between 1 and {MAX_PAGE}")));
+        }
+        let (records, next) = with_history(&state, |core| {
+            history::page(core.state().backend(), &a, q.before, limit).map_err(internal)
+        })
+        .await?;
+        if records.is_empty() && q.before.is_none() {
+            return Err(ApiError::not_found(format!("history of {a}")));
+        }
+        Ok(axum::Json(json!({
+            "app": a.app, "env": a.env, "key": a.key,
+            "items": records.iter().map(record_json).collect::<Vec<_>>(),
+            "next_before": next,
+        }))
+        .into_response())
+    };
+    inner.await.map_err(count_error)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyDiffQuery {
+    from: u64,
+    #[serde(default)]
+    to: Option<u64>,
+}
+
+fn version_not_found(a: &Address, v: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "version_not_found",
+        format!("{a} has no retained version {v} (history keeps a bounded number of versions)"),
+    )
+}
+
+/// `GET /v1/kv/{app}/{env}/{key}/diff?from=V1&to=V2` (`to` defaults to the newest version).
+pub(crate) async fn key_diff(
+    State(state): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<KeyDiffQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let a = address(path)?;
+        let q = query(q)?;
+        let (from, to) = with_history(&state, |core| {
+            let backend = core.state().backend();
+            let to = match q.to {
+                Some(v) => v,
+                None => core.state().entry(&a).map_or(0, |e| e.version.0),
+            };
+            let get = |v: u64| {
+                history::at_version(backend, &a, v)
+                    .map_err(internal)?
+                    .ok_or_else(|| version_not_found(&a, v))
+            };
+            Ok((get(q.from)?, get(to)?))
+        })
+        .await?;
+        let d = json_diff(parse_value(&from).as_ref(), parse_value(&to).as_ref());
+        Ok(axum::Json(json!({
+            "app": a.app, "env": a.env, "key": a.key,
+            "from": from.version, "to": to.version,
+            "added": d.added, "removed": d.removed, "changed": d.changed,
+        }))
+        .into_response())
+    };
+    inner.await.map_err(count_error)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnvDiffQuery {
+    from: u64,
+    #[serde(default)]
+    to: Option<u64>,
+}
+
+fn compacted(what: &str, revision: u64, unknown: &[String]) -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "history_compacted",
+        format!(
+            "{what} at revision {revision} is no longer known for {}: history was compacted",
+            unknown.join(", ")
+        ),
+    )
+}
+
+/// The namespace at `revision`, or 410 naming the keys history no longer covers.
+fn namespace_at(
+    core: &crate::core::OriginCore<meridian_store::SledBackend>,
+    app: &str,
+    env: &str,
+    revision: u64,
+) -> Result<NamespaceAt, ApiError> {
+    let current = core.state().revision().0;
+    if revision > current {
+        return Err(bad_query(format!(
+            "revision {revision} is newer than the current revision {current}"
+        )));
+    }
+    let at = history::namespace_at(core.state().backend(), app, env, revision).map_err(internal)?;
+    if !at.unknown.is_empty() {
+        return Err(compacted(&format!("{app}/{env}"), revision, &at.unknown));
+    }
+    Ok(at)
+}
+
+/// `GET /v1/diff/{app}/{env}?from=R1&to=R2` (`to` defaults to the current revision): keys
+/// added, removed and changed (with the JSON paths that changed).
+pub(crate) async fn env_diff(
+    State(state): Shared,
+    path: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<EnvDiffQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let (app, env) = namespace(path)?;
+        let q = query(q)?;
+        let (to_rev, from, to) = with_history(&state, |core| {
+            let to_rev = q.to.unwrap_or(core.state().revision().0);
+            Ok((
+                to_rev,
+                namespace_at(core, &app, &env, q.from)?,
+                namespace_at(core, &app, &env, to_rev)?,
+            ))
+        })
+        .await?;
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        let mut changed = Vec::new();
+        for (k, r) in &to.live {
+            match from.live.get(k) {
+                None => {
+                    added.push(json!({"key": k, "version": r.version, "value": parse_value(r)}))
+                }
+                Some(f) if f.version != r.version => {
+                    let d = json_diff(parse_value(f).as_ref(), parse_value(r).as_ref());
+                    changed.push(json!({
+                        "key": k, "from_version": f.version, "to_version": r.version,
+                        "added": d.added, "removed": d.removed, "changed": d.changed,
+                    }));
+                }
+                Some(_) => {}
+            }
+        }
+        for (k, f) in &from.live {
+            if !to.live.contains_key(k) {
+                removed.push(json!({"key": k, "version": f.version, "value": parse_value(f)}));
+            }
+        }
+        Ok(axum::Json(json!({
+            "app": app, "env": env, "from": q.from, "to": to_rev,
+            "added": added, "removed": removed, "changed": changed,
+        }))
+        .into_response())
+    };
+    inner.await.map_err(count_error)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRollbackBody {
+    version: u64,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn rollback_reason(to: &str, reason: Option<String>) -> Option<String> {
+    Some(match reason {
+        Some(r) => format!("rollback to {to}: {r}"),
+        None => format!("rollback to {to}"),
+    })
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(body_error)?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))
+}
+
+/// `POST /v1/kv/{app}/{env}/{key}/rollback` `{"version": V, "reason": "…"}`: the value of
+/// version V becomes a new version (a delete, if V was a deletion). Refused with 409 if the key
+/// changes meanwhile.
+pub(crate) async fn key_rollback(
+    State(state): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let a = address(path)?;
+        let b: KeyRollbackBody = parse_body(body)?;
+        let (target, current) = with_history(&state, |core| {
+            let target = history::at_version(core.state().backend(), &a, b.version)
+                .map_err(internal)?
+                .ok_or_else(|| version_not_found(&a, b.version))?;
+            let current = core
+                .state()
+                .entry(&a)
+                .filter(|e| !e.is_tombstone())
+                .map_or(0, |e| e.version.0);
+            Ok((target, current))
+        })
+        .await?;
+        let meta = write_meta(
+            &headers,
+            rollback_reason(&format!("version {}", b.version), b.reason),
+        )?;
+        let command = match target.value {
+            Some(value) => Command::Put {
+                address: a.clone(),
+                value,
+                expect_version: Some(current),
+            },
+            None => Command::Delete {
+                address: a.clone(),
+                expect_version: Some(current),
+            },
+        };
+        let applied = commit(&state, command, meta).await?;
+        let entry = applied
+            .entry()
+            .ok_or_else(|| internal("the rollback changed nothing"))?;
+        let mut buf = Vec::with_capacity(128);
+        write_entry(&mut buf, &a.app, &a.env, &a.key, entry);
+        // `{"app",…,"revision":R}` plus what it rolled back to.
+        buf.pop();
+        buf.extend_from_slice(
+            format!(
+                ",\"rolled_back_to\":{},\"deleted\":{}}}",
+                b.version,
+                entry.is_tombstone()
+            )
+            .as_bytes(),
+        );
+        Ok(json_bytes(buf))
+    };
+    inner.await.map_err(count_error)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvRollbackBody {
+    revision: u64,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/rollback/{app}/{env}` `{"revision": R, "reason": "…"}`: every key of the
+/// environment back to what it was at revision R, as one transaction (one revision), refused
+/// with 409 if any of those keys changes meanwhile.
+pub(crate) async fn env_rollback(
+    State(state): Shared,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let (app, env) = namespace(path)?;
+        let b: EnvRollbackBody = parse_body(body)?;
+        let (target, current) = with_history(&state, |core| {
+            let target = namespace_at(core, &app, &env, b.revision)?;
+            let p = core.state().reader();
+            let p = p.read().unwrap_or_else(|e| e.into_inner());
+            let current: BTreeMap<String, (u64, Option<std::sync::Arc<str>>)> = p
+                .state
+                .namespace(&app, &env)
+                .into_iter()
+                .flatten()
+                .filter(|(_, e)| !e.is_tombstone())
+                .map(|(k, e)| (k.clone(), (e.version.0, e.value.clone())))
+                .collect();
+            Ok((target, current))
+        })
+        .await?;
+        let at = |k: &str| Address {
+            app: app.clone(),
+            env: env.clone(),
+            key: k.to_string(),
+        };
+        let mut conditions = Vec::new();
+        let mut ops = Vec::new();
+        for (k, r) in &target.live {
+            let (version, value) = current.get(k).cloned().unwrap_or((0, None));
+            if value.as_deref() != r.value.as_deref() {
+                conditions.push(Condition::VersionEquals(at(k), version));
+                if let Some(v) = &r.value {
+                    ops.push(TxnOp::Put(at(k), v.clone()));
+                }
+            }
+        }
+        for (k, (version, _)) in &current {
+            if !target.live.contains_key(k) {
+                conditions.push(Condition::VersionEquals(at(k), *version));
+                ops.push(TxnOp::Delete(at(k)));
+            }
+        }
+        let meta = write_meta(
+            &headers,
+            rollback_reason(&format!("revision {}", b.revision), b.reason),
+        )?;
+        let applied = commit(&state, Command::Txn { conditions, ops }, meta).await?;
+        let changed: Vec<_> = applied
+            .entries
+            .iter()
+            .map(
+                |(a, e)| json!({"key": a.key, "version": e.version.0, "deleted": e.is_tombstone()}),
+            )
+            .collect();
+        Ok(axum::Json(json!({
+            "app": app, "env": env, "rolled_back_to": b.revision,
+            "revision": applied.revision.0, "changed": changed,
+        }))
+        .into_response())
+    };
+    inner.await.map_err(count_error)
+}
