@@ -552,3 +552,117 @@ async fn history_retention_is_enforced_by_compaction() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_refuse_invalid_writes_with_the_failing_path_and_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cluster, t) = topology(dir.path()).await;
+    let o = &t.origin;
+    put(&t.c, o, "pay/prod/db.pool", json!({"max": 500})).await;
+    put(&t.c, o, "pay/prod/db.timeout", json!({"max": 5})).await;
+    let schema = json!({
+        "type": "object",
+        "properties": {"max": {"type": "integer", "maximum": 100}},
+        "required": ["max"],
+    });
+    let url = format!("{o}/v1/schemas/pay/prod/db.");
+
+    // The current value of db.pool violates it: refused, naming the key.
+    let (code, v) = t.send(t.c.put(&url).json(&json!({"schema": schema}))).await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (409, Some("current_values_violate")),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("db.pool") && !message.contains("db.timeout"),
+        "{v}"
+    );
+    let (code, _) = get_json(&t.c, &url).await;
+    assert_eq!(code, 404, "nothing registered");
+    // Not a schema at all.
+    let (code, v) = t
+        .send(t.c.put(&url).json(&json!({"schema": {"type": 12}})))
+        .await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("invalid_schema"))
+    );
+
+    // Forced, it is registered and served back.
+    let (code, _) = t
+        .send(
+            t.c.put(&url)
+                .json(&json!({"schema": schema, "force": true})),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (code, v) = get_json(&t.c, &url).await;
+    assert_eq!((code, &v["schema"]), (200, &schema));
+    let (_, list) = get_json(&t.c, &format!("{o}/v1/schemas/pay/prod")).await;
+    assert_eq!(list["items"][0]["prefix"], "db.");
+
+    // Writes under the prefix are validated: 422 with the failing path and rule.
+    let r = revision(&t.c, o).await;
+    let (code, v) = t
+        .send(
+            t.c.put(format!("{o}/v1/kv/pay/prod/db.pool"))
+                .json(&json!({"value": {"max": 1000}})),
+        )
+        .await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (422, Some("schema_violation")),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("/max") && message.contains("maximum"),
+        "{message}"
+    );
+    let (code, v) = t
+        .send(
+            t.c.put(format!("{o}/v1/kv/pay/prod/db.other"))
+                .json(&json!({"value": {"min": 1}})),
+        )
+        .await;
+    assert_eq!(code, 422);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("required"),
+        "{v}"
+    );
+    // A patch whose result violates it, and a transaction with one bad value: refused whole.
+    let (code, _) = t
+        .send(
+            t.c.patch(format!("{o}/v1/kv/pay/prod/db.timeout"))
+                .json(&json!({"patch": {"max": "soon"}})),
+        )
+        .await;
+    assert_eq!(code, 422);
+    let (code, _) = t
+        .send(t.c.post(format!("{o}/v1/txn")).json(&json!({"ops": [
+            {"op": "put", "address": "pay/prod/other", "value": 1},
+            {"op": "put", "address": "pay/prod/db.new", "value": {"max": 101}},
+        ]})))
+        .await;
+    assert_eq!(code, 422);
+    assert_eq!(revision(&t.c, o).await, r, "nothing refused was written");
+    let (code, _) = get_json(&t.c, &format!("{o}/v1/kv/pay/prod/other")).await;
+    assert_eq!(code, 404);
+
+    // Valid writes pass; keys outside the prefix are not checked.
+    let (code, _) = t
+        .send(
+            t.c.put(format!("{o}/v1/kv/pay/prod/db.pool"))
+                .json(&json!({"value": {"max": 50}})),
+        )
+        .await;
+    assert_eq!(code, 200);
+    put(&t.c, o, "pay/prod/cache", json!("anything")).await;
+
+    // Removed, the schema no longer applies.
+    let (code, _) = t.send(t.c.delete(&url)).await;
+    assert_eq!(code, 200);
+    put(&t.c, o, "pay/prod/db.pool", json!({"max": 1000})).await;
+}

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use crate::core::{Command, Condition, Proposal, TxnOp};
 use crate::distributor::EdgeInfo;
 use crate::history::{MAX_ACTOR_BYTES, MAX_REASON_BYTES, WriteMeta};
-use crate::history_api;
+use crate::{history_api, schema_api};
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -64,6 +64,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/diff/{app}/{env}", get(history_api::env_diff))
         .route("/v1/rollback/{app}/{env}", post(history_api::env_rollback))
+        .route(
+            "/v1/schemas/{app}/{env}/{prefix}",
+            get(schema_api::get_schema)
+                .put(schema_api::put_schema)
+                .delete(schema_api::delete_schema),
+        )
+        .route("/v1/schemas/{app}/{env}", get(schema_api::list_schemas))
         .route("/v1/config/{app}/{env}", get(config))
         .route("/v1/txn", post(txn))
         .route("/v1/status", get(status))
@@ -209,6 +216,34 @@ pub(crate) async fn commit(
                 StatusCode::BAD_REQUEST,
                 "invalid_command",
                 why,
+            ));
+        }
+        Outcome::SchemaViolation {
+            address,
+            prefix,
+            path,
+            rule,
+            message,
+        } => {
+            let at = if path.is_empty() { "/" } else { path.as_str() };
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "schema_violation",
+                format!(
+                    "{address} violates the schema for prefix {prefix:?} at {at} (rule {rule}): {message}"
+                ),
+            ));
+        }
+        Outcome::CurrentValuesViolate { prefix, keys } => {
+            let list: Vec<String> = keys.iter().map(|(k, why)| format!("{k} ({why})")).collect();
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "current_values_violate",
+                format!(
+                    "{} current value(s) violate the schema for prefix {prefix:?}; fix them or register with \"force\": true: {}",
+                    keys.len(),
+                    list.join("; ")
+                ),
             ));
         }
         Outcome::ValueTooLarge {

@@ -9,6 +9,7 @@ use meridian_protocol::{
 use meridian_store::{Backend, SignedState, StoreError, Write};
 
 use crate::history::{self, HistoryError, Retention, WriteMeta};
+use crate::schema::{self, Registry, SchemaError};
 
 /// A write.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,6 +48,29 @@ pub enum Command {
         conditions: Vec<Condition>,
         /// Applied together; each address at most once.
         ops: Vec<TxnOp>,
+    },
+    /// Registers (or replaces) a JSON Schema for keys of `app/env` starting with `prefix`
+    /// (no revision). Refused if current values violate it, unless `force`.
+    PutSchema {
+        /// The namespace.
+        app: String,
+        /// The namespace.
+        env: String,
+        /// Keys starting with this are checked (`""`: every key).
+        prefix: String,
+        /// The schema, JSON text.
+        schema: JsonText,
+        /// Register even if current values violate it.
+        force: bool,
+    },
+    /// Removes the schema of exactly this prefix (no revision; nothing if there is none).
+    DeleteSchema {
+        /// The namespace.
+        app: String,
+        /// The namespace.
+        env: String,
+        /// The prefix it was registered for.
+        prefix: String,
     },
     /// Brings the history within `retention` as of `now_ms` (no revision).
     CompactHistory {
@@ -184,18 +208,58 @@ pub enum ApplyError {
     /// Reading history failed.
     #[error(transparent)]
     History(#[from] HistoryError),
+    /// Reading the schemas failed.
+    #[error(transparent)]
+    Schemas(#[from] SchemaError),
+    /// A value violates a registered schema.
+    #[error("{address}: {violation}")]
+    SchemaViolation {
+        /// Where the value was written.
+        address: Address,
+        /// What the schema refused.
+        violation: Box<schema::Violation>,
+    },
+    /// Current values violate a schema being registered without `force`.
+    #[error("current values violate the schema for prefix {prefix:?}")]
+    CurrentValuesViolate {
+        /// The prefix of the schema.
+        prefix: String,
+        /// Each violating key and why.
+        keys: Vec<(String, String)>,
+    },
 }
 
 /// The origin's state plus its signer.
 pub struct OriginCore<B: Backend> {
     state: SignedState<B>,
     signer: Signer,
+    /// The registered schemas, loaded from the backend on first use.
+    schemas: Option<Registry>,
 }
 
 impl<B: Backend> OriginCore<B> {
     /// Wraps a loaded state.
     pub fn new(state: SignedState<B>, signer: Signer) -> Self {
-        Self { state, signer }
+        Self {
+            state,
+            signer,
+            schemas: None,
+        }
+    }
+
+    /// The registered schemas (loaded from the backend if need be).
+    pub fn schemas(&mut self) -> Result<&mut Registry, SchemaError> {
+        if self.schemas.is_none() {
+            self.schemas = Some(Registry::load(self.state.backend())?);
+        }
+        // Just filled in above.
+        Ok(self.schemas.get_or_insert_with(Registry::default))
+    }
+
+    /// Forgets the loaded schemas (after the backend was replaced by a snapshot); they are
+    /// loaded again on next use.
+    pub fn reload_schemas(&mut self) {
+        self.schemas = None;
     }
 
     /// The signed state (for reads, catch-up and snapshots).
@@ -325,6 +389,36 @@ impl<B: Backend> OriginCore<B> {
                 }
                 writes
             }
+            Command::PutSchema {
+                app,
+                env,
+                prefix,
+                schema: text,
+                force,
+            } => {
+                let validator = schema::compile(&text).map_err(ApplyError::Invalid)?;
+                if !force {
+                    // The working state, unpublished changes included: every node decides on
+                    // the same state whatever batches its applies came in.
+                    let entries = self.state.namespace_entries(&app, &env);
+                    let live = entries
+                        .iter()
+                        .filter_map(|(k, e)| e.value.as_deref().map(|v| (k.as_str(), v)));
+                    let bad = schema::violations(&validator, &prefix, live);
+                    if !bad.is_empty() {
+                        return Err(ApplyError::CurrentValuesViolate {
+                            prefix,
+                            keys: bad.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
+                        });
+                    }
+                }
+                extra.push(self.schemas()?.put(&app, &env, &prefix, text, validator));
+                Vec::new()
+            }
+            Command::DeleteSchema { app, env, prefix } => {
+                extra.extend(self.schemas()?.remove(&app, &env, &prefix));
+                Vec::new()
+            }
             Command::CompactHistory { retention, now_ms } => {
                 extra.extend(history::compaction(
                     self.state.backend(),
@@ -334,6 +428,16 @@ impl<B: Backend> OriginCore<B> {
                 Vec::new()
             }
         };
+        for (address, value) in &writes {
+            if let Some(value) = value {
+                self.schemas()?.check(address, value).map_err(|violation| {
+                    ApplyError::SchemaViolation {
+                        address: address.clone(),
+                        violation: Box::new(violation),
+                    }
+                })?;
+            }
+        }
         if writes.is_empty() {
             // A transaction whose deletes found nothing, or a history compaction: no revision.
             self.state.write_extra(extra)?;

@@ -10,6 +10,8 @@ pub mod history;
 pub mod history_api;
 pub mod node;
 pub mod raft;
+pub mod schema;
+pub mod schema_api;
 pub mod server;
 
 pub use config::OriginConfig;

@@ -224,6 +224,26 @@ impl<B: Backend> SignedState<B> {
             .cloned()
     }
 
+    /// Every entry of `(app, env)` (tombstones included), including unpublished changes, sorted
+    /// by key.
+    pub fn namespace_entries(&self, app: &str, env: &str) -> Vec<(String, EntryState)> {
+        let mut out: std::collections::BTreeMap<String, EntryState> = {
+            let p = self.published.read().unwrap_or_else(|e| e.into_inner());
+            p.state
+                .namespace(app, env)
+                .into_iter()
+                .flatten()
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect()
+        };
+        for (a, e) in &self.overlay {
+            if a.app == app && a.env == env {
+                out.insert(a.key.clone(), e.clone());
+            }
+        }
+        out.into_iter().collect()
+    }
+
     /// The digest the working state would have after `delta`.
     pub fn digest_after(&self, delta: &Delta) -> Digest {
         let mut hash = self.hash.clone();

@@ -199,6 +199,14 @@ fn command_bytes(command: &Command) -> usize {
                     .sum::<usize>()
         }
         Command::CompactHistory { .. } => 32,
+        Command::PutSchema {
+            app,
+            env,
+            prefix,
+            schema,
+            ..
+        } => app.len() + env.len() + prefix.len() + schema.len() + 16,
+        Command::DeleteSchema { app, env, prefix } => app.len() + env.len() + prefix.len() + 16,
     }
 }
 

@@ -83,6 +83,26 @@ pub enum Outcome {
     },
     /// The command was not valid (refused identically on every node).
     Invalid(String),
+    /// A value violates a registered schema.
+    SchemaViolation {
+        /// Where it was written.
+        address: Address,
+        /// The schema's prefix.
+        prefix: String,
+        /// Where in the value (JSON Pointer).
+        path: String,
+        /// The schema rule that failed (JSON Pointer into the schema).
+        rule: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Current values violate a schema registered without `force`.
+    CurrentValuesViolate {
+        /// The schema's prefix.
+        prefix: String,
+        /// Each violating key and why.
+        keys: Vec<(String, String)>,
+    },
     /// A patched value came out larger than the limit.
     ValueTooLarge {
         /// The address.

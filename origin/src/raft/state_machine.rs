@@ -25,6 +25,7 @@ use super::{
 };
 use crate::core::{ApplyError, OriginCore};
 use crate::history::HISTORY_PREFIX;
+use crate::schema::SCHEMA_PREFIX;
 
 const APPLIED: &[u8] = &[EXTRA_PREFIX, b'r', b'a'];
 const MEMBERSHIP: &[u8] = &[EXTRA_PREFIX, b'r', b'm'];
@@ -44,8 +45,8 @@ type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>;
 struct SnapshotData {
     head: Option<SignedHead>,
     entries: Vec<(Address, EntryState)>,
-    /// The history records, raw (see [`crate::history`]): a node caught up by snapshot keeps
-    /// the same history as the others.
+    /// The history and schema records, raw (see [`crate::history`], [`crate::schema`]): a
+    /// node caught up by snapshot keeps the same history and schemas as the others.
     history: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
@@ -221,6 +222,23 @@ impl StateMachine {
                         Err(ApplyError::History(e)) => {
                             return Err(StorageIOError::apply(log_id, &e).into());
                         }
+                        Err(ApplyError::Schemas(e)) => {
+                            return Err(StorageIOError::apply(log_id, &e).into());
+                        }
+                        Err(ApplyError::SchemaViolation { address, violation }) => {
+                            write_extra(core, marker)?;
+                            Outcome::SchemaViolation {
+                                address,
+                                path: violation.path.clone(),
+                                rule: violation.rule.clone(),
+                                message: violation.message.clone(),
+                                prefix: violation.prefix.clone(),
+                            }
+                        }
+                        Err(ApplyError::CurrentValuesViolate { prefix, keys }) => {
+                            write_extra(core, marker)?;
+                            Outcome::CurrentValuesViolate { prefix, keys }
+                        }
                     };
                     outcomes.push(outcome);
                 }
@@ -237,11 +255,15 @@ impl StateMachine {
                 .flush()
                 .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
             let (head, entries) = core.state().snapshot();
-            let history = core
-                .state()
-                .backend()
-                .scan_prefix(&HISTORY_PREFIX)
-                .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+            let mut history = Vec::new();
+            for prefix in [&HISTORY_PREFIX[..], &SCHEMA_PREFIX[..]] {
+                history.extend(
+                    core.state()
+                        .backend()
+                        .scan_prefix(prefix)
+                        .map_err(|e| StorageIOError::write_snapshot(None, &e))?,
+                );
+            }
             let (applied, membership) = Self::meta_of(&core)?;
             (
                 SnapshotData {
@@ -332,12 +354,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let revision = {
             let mut core = self.lock();
             // The snapshot's history replaces this node's, in the same batch as its state.
-            let old = core
-                .state()
-                .backend()
-                .scan_prefix(&HISTORY_PREFIX)
-                .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-            extra.extend(old.into_iter().map(|(k, _)| (k, None)));
+            for prefix in [&HISTORY_PREFIX[..], &SCHEMA_PREFIX[..]] {
+                let old = core
+                    .state()
+                    .backend()
+                    .scan_prefix(prefix)
+                    .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+                extra.extend(old.into_iter().map(|(k, _)| (k, None)));
+            }
             extra.extend(data.history.into_iter().map(|(k, v)| (k, Some(v))));
             let state = core.state_mut();
             match data.head {
@@ -350,7 +374,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 None => Err(StoreError::Invalid("snapshot without a head")),
             }
             .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
-            state.revision()
+            let revision = state.revision();
+            core.reload_schemas();
+            revision
         };
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((meta.clone(), bytes));
         self.commits.send_replace(revision);

@@ -1,0 +1,172 @@
+//! The origin's schema endpoints: register, read, list and remove the JSON Schema of an
+//! address prefix. Registering is a committed command (every node validates identically);
+//! reads follow a linearizable barrier.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use meridian_net::http::ApiError;
+use meridian_protocol::addr::validate_key_prefix;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::{Shared, body_error, cluster_error, commit, count_error, write_meta};
+use crate::core::Command;
+use crate::schema;
+use meridian_net::reads::namespace as namespace_of;
+
+fn schema_path(
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<(String, String, String), ApiError> {
+    let Path((app, env, prefix)) = path.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_key",
+            format!("bad path: {e}"),
+        )
+    })?;
+    namespace_of(&app, &env)?;
+    validate_key_prefix(&prefix)?;
+    Ok((app, env, prefix))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutSchemaBody {
+    schema: Value,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `PUT /v1/schemas/{app}/{env}/{prefix}` `{"schema": {...}, "force": false}`: every later
+/// write under the prefix must validate (422 `schema_violation` otherwise). Refused with 409
+/// `current_values_violate`, naming the keys, when current values violate it and `force` is
+/// not set; 400 `invalid_schema` when it is not a JSON Schema.
+pub(crate) async fn put_schema(
+    State(state): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let (app, env, prefix) = schema_path(path)?;
+        let body = body.map_err(body_error)?;
+        let b: PutSchemaBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
+        let text = b.schema.to_string();
+        schema::compile(&text)
+            .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, "invalid_schema", why))?;
+        let meta = write_meta(&headers, b.reason)?;
+        commit(
+            &state,
+            Command::PutSchema {
+                app: app.clone(),
+                env: env.clone(),
+                prefix: prefix.clone(),
+                schema: text.into(),
+                force: b.force,
+            },
+            meta,
+        )
+        .await?;
+        Ok(axum::Json(json!({
+            "app": app, "env": env, "prefix": prefix, "schema": b.schema,
+        }))
+        .into_response())
+    };
+    inner.await.map_err(count_error)
+}
+
+/// `GET /v1/schemas/{app}/{env}/{prefix}`: the schema registered for exactly this prefix.
+pub(crate) async fn get_schema(
+    State(state): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let (app, env, prefix) = schema_path(path)?;
+        state.cluster.linearize().await.map_err(cluster_error)?;
+        let text = {
+            let mut core = state.core.lock().unwrap_or_else(|e| e.into_inner());
+            let registry = core.schemas().map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+            registry.get(&app, &env, &prefix).map(|r| r.text.clone())
+        };
+        let text = text.ok_or_else(|| {
+            ApiError::not_found(format!("a schema for {app}/{env} prefix {prefix:?}"))
+        })?;
+        let schema: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(
+            axum::Json(json!({"app": app, "env": env, "prefix": prefix, "schema": schema}))
+                .into_response(),
+        )
+    };
+    inner.await.map_err(count_error)
+}
+
+/// `GET /v1/schemas/{app}/{env}`: every schema of the namespace, by prefix.
+pub(crate) async fn list_schemas(
+    State(state): Shared,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let Path((app, env)) = path.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_key",
+                format!("bad path: {e}"),
+            )
+        })?;
+        namespace_of(&app, &env)?;
+        state.cluster.linearize().await.map_err(cluster_error)?;
+        let items: Vec<Value> = {
+            let mut core = state.core.lock().unwrap_or_else(|e| e.into_inner());
+            let registry = core.schemas().map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+            registry
+                .namespace(&app, &env)
+                .map(|(prefix, r)| {
+                    json!({
+                        "prefix": prefix,
+                        "schema": serde_json::from_str::<Value>(&r.text).unwrap_or(Value::Null),
+                    })
+                })
+                .collect()
+        };
+        Ok(axum::Json(json!({"app": app, "env": env, "items": items})).into_response())
+    };
+    inner.await.map_err(count_error)
+}
+
+/// `DELETE /v1/schemas/{app}/{env}/{prefix}`: writes under the prefix are no longer checked
+/// against it.
+pub(crate) async fn delete_schema(
+    State(state): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let (app, env, prefix) = schema_path(path)?;
+        let meta = write_meta(&headers, None)?;
+        commit(
+            &state,
+            Command::DeleteSchema {
+                app: app.clone(),
+                env: env.clone(),
+                prefix: prefix.clone(),
+            },
+            meta,
+        )
+        .await?;
+        Ok(
+            axum::Json(json!({"app": app, "env": env, "prefix": prefix, "deleted": true}))
+                .into_response(),
+        )
+    };
+    inner.await.map_err(count_error)
+}
