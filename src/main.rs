@@ -60,6 +60,35 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Read, write, list, and inspect the history of keys (`app/env/key`).
+    Kv {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        #[command(subcommand)]
+        action: meridian::cli::Kv,
+    },
+    /// Show resolved configuration.
+    Config {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        #[command(subcommand)]
+        action: meridian::cli::Config,
+    },
+    /// Register and show JSON Schemas for key prefixes.
+    Schema {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        #[command(subcommand)]
+        action: meridian::cli::Schema,
+    },
+    /// Run the transaction in FILE (the JSON body of POST /v1/txn: conditions and operations,
+    /// all or nothing).
+    Txn {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        /// The transaction file.
+        file: PathBuf,
+    },
     /// Inspect and change the origin's Raft cluster (any origin node; changes are redirected
     /// to the leader).
     Cluster {
@@ -280,6 +309,10 @@ async fn main() -> anyhow::Result<()> {
             println!("stopping…");
             cluster.shutdown().await;
         }
+        Command::Kv { client, action } => meridian::cli::kv(&client, action).await?,
+        Command::Config { client, action } => meridian::cli::config(&client, action).await?,
+        Command::Schema { client, action } => meridian::cli::schema(&client, action).await?,
+        Command::Txn { client, file } => meridian::cli::txn(&client, file).await?,
         Command::Sim(args) => {
             if !sim(args)? {
                 std::process::exit(1);

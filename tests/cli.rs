@@ -1,0 +1,194 @@
+//! The `meridian` client commands end to end: the real binary against a running dev topology,
+//! writes at the origin, reads at an edge, JSON and table output, and errors that exit
+//! non-zero with the API's code.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Runs `meridian ARGS` with the endpoints given; (exit success, stdout, stderr).
+async fn meridian(reads: &str, writes: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(args)
+        .env("MERIDIAN_ENDPOINT", reads)
+        .env("MERIDIAN_ORIGIN", writes)
+        .env("MERIDIAN_ACTOR", "cli-test")
+        .env("RUST_LOG", "error")
+        .output()
+        .await
+        .expect("the meridian binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn json_of(reads: &str, writes: &str, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let (ok, out, err) = meridian(reads, writes, &all).await;
+    assert!(ok, "meridian {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed {out:?}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_config_schema_and_txn_commands_work_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cluster, _) = cluster(dir.path(), 10_000).await;
+    let origin = base(_cluster.origin.http_addr);
+    let edge = base(_cluster.edges[2].http_addr);
+    let (o, e) = (origin.as_str(), edge.as_str());
+
+    // Writes go to the origin; a bare word is a string, JSON stays JSON.
+    let put = json_of(
+        e,
+        o,
+        &[
+            "kv",
+            "put",
+            "pay/prod/db.host",
+            "db.internal",
+            "--reason",
+            "setup",
+        ],
+    )
+    .await;
+    assert_eq!(put["value"], "db.internal");
+    json_of(e, o, &["kv", "put", "pay/prod/db.pool", r#"{"max": 10}"#]).await;
+    json_of(e, o, &["kv", "put", "pay/prod/db.pool", r#"{"max": 20}"#]).await;
+    json_of(
+        e,
+        o,
+        &["kv", "put", "pay/prod/db.url", "postgres://${db.host}/pay"],
+    )
+    .await;
+    json_of(e, o, &["kv", "put", "_/prod/log.level", "\"info\""]).await;
+    let newest = revision(&http(), o).await;
+
+    // Reads go to the edge: wait until it has everything, then read there.
+    eventually(WAIT, "the edge catches up", || async {
+        (revision(&http(), e).await >= newest).then_some(())
+    })
+    .await;
+    let got = json_of(e, o, &["kv", "get", "pay/prod/db.url"]).await;
+    assert_eq!(got["value"], "postgres://db.internal/pay");
+    let raw = json_of(e, o, &["kv", "get", "pay/prod/db.url", "--raw"]).await;
+    assert_eq!(raw["value"], "postgres://${db.host}/pay");
+    let dflt = json_of(e, o, &["kv", "get", "pay/prod/missing", "--default", "42"]).await;
+    assert_eq!(
+        (dflt["value"].clone(), dflt["default"].clone()),
+        (json!(42), json!(true))
+    );
+    let list = json_of(e, o, &["kv", "list", "pay/prod", "--prefix", "db."]).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
+
+    // Table output is for people: headers and aligned values.
+    let (ok, table, _) = meridian(e, o, &["config", "show", "pay", "prod"]).await;
+    assert!(ok);
+    assert!(table.starts_with("KEY"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("log.level") && l.contains("info") && l.ends_with("_/prod")),
+        "{table}"
+    );
+    assert!(table.contains("postgres://db.internal/pay"), "{table}");
+
+    // History, diff and rollback at the origin.
+    let history = json_of(e, o, &["kv", "history", "pay/prod/db.pool"]).await;
+    assert_eq!(history["items"][0]["version"], 2);
+    assert_eq!(history["items"][0]["actor"], "cli-test");
+    let diff = json_of(
+        e,
+        o,
+        &["kv", "diff", "pay/prod/db.pool", "--from", "1", "--to", "2"],
+    )
+    .await;
+    assert_eq!(
+        diff["changed"],
+        json!([{"path": "/max", "from": 10, "to": 20}])
+    );
+    let (ok, table, _) = meridian(e, o, &["kv", "diff", "pay/prod/db.pool", "--from", "1"]).await;
+    assert!(
+        ok && table
+            .lines()
+            .any(|l| l.starts_with('~') && l.contains("/max")),
+        "{table}"
+    );
+    let rolled = json_of(
+        e,
+        o,
+        &[
+            "kv",
+            "rollback",
+            "pay/prod/db.pool",
+            "--version",
+            "1",
+            "--reason",
+            "oops",
+        ],
+    )
+    .await;
+    assert_eq!(rolled["value"], json!({"max": 10}));
+    let env_diff = json_of(
+        e,
+        o,
+        &["kv", "diff", "pay/prod", "--from", &newest.to_string()],
+    )
+    .await;
+    assert_eq!(env_diff["changed"][0]["key"], "db.pool");
+
+    // Schemas from a file.
+    let schema_file = dir.path().join("pool.schema.json");
+    std::fs::write(&schema_file, r#"{"type": "object", "required": ["max"]}"#).unwrap();
+    let file = schema_file.to_str().unwrap();
+    let (ok, _, err) = meridian(e, o, &["schema", "put", "pay/prod/db.pool", file]).await;
+    assert!(ok, "{err}");
+    let shown = json_of(e, o, &["schema", "get", "pay/prod/db.pool"]).await;
+    assert_eq!(shown["schema"]["required"], json!(["max"]));
+    let (ok, _, err) = meridian(e, o, &["kv", "put", "pay/prod/db.pool", r#"{"min": 1}"#]).await;
+    assert!(!ok, "a write the schema refuses fails");
+    assert!(err.contains("schema_violation"), "{err}");
+
+    // A transaction from a file; a failing one exits non-zero with the condition.
+    let txn_file = dir.path().join("txn.json");
+    std::fs::write(
+        &txn_file,
+        json!({
+            "conditions": [{"address": "pay/prod/db.host", "version": 1}],
+            "ops": [
+                {"op": "put", "address": "pay/prod/db.host", "value": "db2.internal"},
+                {"op": "delete", "address": "_/prod/log.level"},
+            ],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let txn = txn_file.to_str().unwrap();
+    let done = json_of(e, o, &["txn", txn]).await;
+    assert_eq!(done["changed"].as_array().unwrap().len(), 2);
+    let (ok, _, err) = meridian(e, o, &["txn", txn]).await;
+    assert!(!ok && err.contains("condition_failed"), "{err}");
+
+    // Delete, then a read of it fails with the API's code.
+    let (ok, _, err) = meridian(
+        e,
+        o,
+        &["kv", "delete", "pay/prod/db.url", "--reason", "gone"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = meridian(o, o, &["kv", "get", "pay/prod/db.url"]).await;
+    assert!(
+        !ok && err.contains("404") && err.contains("not_found"),
+        "{err}"
+    );
+    let (ok, _, err) = meridian(o, o, &["kv", "get", "not-an-address"]).await;
+    assert!(!ok && err.contains("app/env/key"), "{err}");
+}
