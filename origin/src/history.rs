@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::core::{Command, Condition, TxnOp};
 use meridian_protocol::{Address, Change, JsonText, Revision};
 use meridian_store::{Backend, BackendError, EXTRA_PREFIX, Write};
 use serde::{Deserialize, Serialize};
@@ -225,6 +226,60 @@ pub fn namespace_at(
         }
     }
     Ok(out)
+}
+
+/// The command that rolls `a` back to `target` (one of its history records): a put of that
+/// value, or a delete if it was a deletion, refused if `a` is no longer at `current_version`
+/// (its live version; 0 when absent).
+pub fn key_rollback(a: &Address, target: &HistoryRecord, current_version: u64) -> Command {
+    match &target.value {
+        Some(value) => Command::Put {
+            address: a.clone(),
+            value: value.clone(),
+            expect_version: Some(current_version),
+        },
+        None => Command::Delete {
+            address: a.clone(),
+            expect_version: Some(current_version),
+        },
+    }
+}
+
+/// The transaction that brings `(app, env)` from `current` (its live keys: key, version,
+/// value) back to `target`: a put for each key whose value differs, a delete for each key
+/// not in `target`, each conditioned on the version it was read at. Empty if nothing differs.
+pub fn env_rollback(
+    app: &str,
+    env: &str,
+    target: &NamespaceAt,
+    current: &BTreeMap<String, (u64, JsonText)>,
+) -> Command {
+    let at = |k: &str| Address {
+        app: app.to_string(),
+        env: env.to_string(),
+        key: k.to_string(),
+    };
+    let mut conditions = Vec::new();
+    let mut ops = Vec::new();
+    for (k, r) in &target.live {
+        let (version, value) = match current.get(k) {
+            Some((v, text)) => (*v, Some(text.as_ref())),
+            None => (0, None),
+        };
+        if let Some(v) = &r.value
+            && value != Some(v.as_ref())
+        {
+            conditions.push(Condition::VersionEquals(at(k), version));
+            ops.push(TxnOp::Put(at(k), v.clone()));
+        }
+    }
+    for (k, (version, _)) in current {
+        if !target.live.contains_key(k) {
+            conditions.push(Condition::VersionEquals(at(k), *version));
+            ops.push(TxnOp::Delete(at(k)));
+        }
+    }
+    Command::Txn { conditions, ops }
 }
 
 /// The deletions that bring history within `retention` at `now_ms`.

@@ -21,7 +21,6 @@ use crate::api::{
     AppState, Shared, address, body_error, cluster_error, commit, count_error, namespace, query,
     write_meta,
 };
-use crate::core::{Command, Condition, TxnOp};
 use crate::history::{self, HistoryRecord, NamespaceAt, json_diff};
 
 /// Largest history page.
@@ -293,17 +292,7 @@ pub(crate) async fn key_rollback(
             &headers,
             rollback_reason(&format!("version {}", b.version), b.reason),
         )?;
-        let command = match target.value {
-            Some(value) => Command::Put {
-                address: a.clone(),
-                value,
-                expect_version: Some(current),
-            },
-            None => Command::Delete {
-                address: a.clone(),
-                expect_version: Some(current),
-            },
-        };
+        let command = history::key_rollback(&a, &target, current);
         let applied = commit(&state, command, meta).await?;
         let entry = applied
             .entry()
@@ -349,44 +338,22 @@ pub(crate) async fn env_rollback(
             let target = namespace_at(core, &app, &env, b.revision)?;
             let p = core.state().reader();
             let p = p.read().unwrap_or_else(|e| e.into_inner());
-            let current: BTreeMap<String, (u64, Option<std::sync::Arc<str>>)> = p
+            let current: BTreeMap<String, (u64, meridian_protocol::JsonText)> = p
                 .state
                 .namespace(&app, &env)
                 .into_iter()
                 .flatten()
-                .filter(|(_, e)| !e.is_tombstone())
-                .map(|(k, e)| (k.clone(), (e.version.0, e.value.clone())))
+                .filter_map(|(k, e)| e.value.clone().map(|v| (k.clone(), (e.version.0, v))))
                 .collect();
             Ok((target, current))
         })
         .await?;
-        let at = |k: &str| Address {
-            app: app.clone(),
-            env: env.clone(),
-            key: k.to_string(),
-        };
-        let mut conditions = Vec::new();
-        let mut ops = Vec::new();
-        for (k, r) in &target.live {
-            let (version, value) = current.get(k).cloned().unwrap_or((0, None));
-            if value.as_deref() != r.value.as_deref() {
-                conditions.push(Condition::VersionEquals(at(k), version));
-                if let Some(v) = &r.value {
-                    ops.push(TxnOp::Put(at(k), v.clone()));
-                }
-            }
-        }
-        for (k, (version, _)) in &current {
-            if !target.live.contains_key(k) {
-                conditions.push(Condition::VersionEquals(at(k), *version));
-                ops.push(TxnOp::Delete(at(k)));
-            }
-        }
         let meta = write_meta(
             &headers,
             rollback_reason(&format!("revision {}", b.revision), b.reason),
         )?;
-        let applied = commit(&state, Command::Txn { conditions, ops }, meta).await?;
+        let command = history::env_rollback(&app, &env, &target, &current);
+        let applied = commit(&state, command, meta).await?;
         let changed: Vec<_> = applied
             .entries
             .iter()
