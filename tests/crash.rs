@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,29 +13,6 @@ use serde_json::json;
 
 const REVISIONS: u64 = 300;
 const VALUE_BYTES: usize = 128 * 1024;
-
-/// Starts `meridian edge --config FILE` and returns it with its HTTP base URL.
-fn spawn_edge(config_path: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(["edge", "--config"])
-        .arg(config_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn meridian edge");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("edge prints its address");
-    let url = line
-        .trim()
-        .strip_prefix("edge: HTTP ")
-        .expect("address line")
-        .to_owned();
-    (child, url)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_catch_up_leaves_a_whole_signed_revision() {
@@ -74,15 +49,14 @@ async fn sigkill_during_catch_up_leaves_a_whole_signed_revision() {
     let config_path = dir.path().join("edge.toml");
     std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
 
-    let (mut child, url) = spawn_edge(&config_path);
+    let (mut child, url) = spawn_node("edge", &config_path);
     let started = Instant::now();
     let served = eventually(Duration::from_secs(60), "catch-up under way", || async {
         let r = revision(&c, &url).await;
         (r >= 20).then_some(r)
     })
     .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     eprintln!(
         "killed at served revision {served} of {REVISIONS} after {:?}",
         started.elapsed()
@@ -110,7 +84,7 @@ async fn sigkill_during_catch_up_leaves_a_whole_signed_revision() {
         state.revision().0
     };
 
-    let (mut child, url) = spawn_edge(&config_path);
+    let (mut child, url) = spawn_node("edge", &config_path);
     let first = revision(&c, &url).await;
     assert!(first >= revision_on_disk);
     eventually(
@@ -123,7 +97,6 @@ async fn sigkill_during_catch_up_leaves_a_whole_signed_revision() {
         status(&c, &url).await["digest"],
         status(&c, &origin_url).await["digest"]
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     origin.shutdown().await;
 }

@@ -101,11 +101,14 @@ pub fn write_origin_configs(dir: &Path, n: usize) -> Vec<PathBuf> {
     paths
 }
 
-/// A `meridian origin` process, killed when dropped (also when a test panics, so that no
-/// node outlives its test).
-pub struct OriginProcess(Child);
+/// A `meridian origin` or `meridian edge` process, killed when dropped (also when a test
+/// panics, so that no node outlives its test).
+pub struct NodeProcess(Child);
 
-impl OriginProcess {
+/// An origin node's process.
+pub type OriginProcess = NodeProcess;
+
+impl NodeProcess {
     /// Kills the process (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.0.kill();
@@ -113,33 +116,40 @@ impl OriginProcess {
     }
 }
 
-impl Drop for OriginProcess {
+impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill();
     }
 }
 
-/// Starts the process `meridian origin --config FILE`; its HTTP base URL once it listens.
-pub fn spawn_origin(config: &Path) -> (OriginProcess, String) {
+/// Starts the process `meridian ROLE --config FILE` (`origin` or `edge`); its HTTP base URL
+/// once it listens (it prints `ROLE: HTTP <url> …`).
+pub fn spawn_node(role: &str, config: &Path) -> (NodeProcess, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(["origin", "--config"])
+        .args([role, "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("spawn meridian origin");
+        .unwrap_or_else(|e| panic!("spawn meridian {role}: {e}"));
     let stdout = child.stdout.take().expect("piped stdout");
-    let process = OriginProcess(child);
-    // Log lines may come first; the address line is `origin: HTTP <url>  QUIC <addr>`.
+    let process = NodeProcess(child);
+    let prefix = format!("{role}: HTTP ");
+    // Log lines may come first.
     let url = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
         .find_map(|l| {
-            l.strip_prefix("origin: HTTP ")
+            l.strip_prefix(&prefix)
                 .and_then(|rest| rest.split_whitespace().next())
                 .map(str::to_owned)
         })
-        .expect("origin prints its address");
+        .unwrap_or_else(|| panic!("meridian {role} prints its address"));
     (process, url)
+}
+
+/// Starts `meridian origin --config FILE`; its HTTP base URL once it listens.
+pub fn spawn_origin(config: &Path) -> (OriginProcess, String) {
+    spawn_node("origin", config)
 }
