@@ -404,6 +404,16 @@ async fn a_node_that_missed_compacted_entries_catches_up_by_snapshot_and_serves_
         )
         .await;
     }
+    // A schema registered while the node is away must reach it too (it validates writes).
+    let schema_url = |base: &str| format!("{base}/v1/schemas/app/prod/k");
+    let r = c
+        .put(schema_url(&nodes[first].http))
+        .json(&json!({"schema": {"type": "integer"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    put(&c, &nodes[first].http, "app/prod/k1", json!(1)).await;
     let newest = status(&c, &nodes[first].http).await;
     let leader_view = get_json(&c, &format!("{}/v1/cluster", nodes[first].http))
         .await
@@ -421,6 +431,23 @@ async fn a_node_that_missed_compacted_entries_catches_up_by_snapshot_and_serves_
     let url = nodes[away].http.clone();
     let caught_up = status_at(&c, &url, &newest["revision"], "the node catches up").await;
     assert_eq!(caught_up["digest"], newest["digest"]);
+    // The snapshot carried the history and the schemas.
+    let history = |base: String| {
+        let c = c.clone();
+        async move {
+            get_json(&c, &format!("{base}/v1/kv/app/prod/k7/history?limit=1000"))
+                .await
+                .1
+        }
+    };
+    let here = history(url.clone()).await;
+    assert_eq!(here["items"].as_array().map(Vec::len), Some(8), "{here}");
+    assert_eq!(here, history(nodes[first].http.clone()).await);
+    let (code, schema) = get_json(&c, &schema_url(&url)).await;
+    assert_eq!(
+        (code, &schema["schema"]),
+        (200, &json!({"type": "integer"}))
+    );
 
     // An edge that knows only this node replicates from it to the same signed state.
     let opts = DevOptions::ephemeral(dir.path().to_owned());
