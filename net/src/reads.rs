@@ -191,16 +191,11 @@ pub fn list(state: &CacheState, app: &str, env: &str, q: &ListQuery) -> Result<V
             missing.push(key);
             continue;
         };
-        let text = entry.value.as_deref().unwrap_or("null");
-        let value = if q.raw {
-            std::borrow::Cow::Borrowed(text)
-        } else {
-            match renderer.render(key, text) {
-                Ok(v) => v,
-                Err(e) => {
-                    errors.push((key, e.to_string()));
-                    continue;
-                }
+        let value = match value_of(&mut renderer, q.raw, key, entry) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push((key, e.to_string()));
+                continue;
             }
         };
         if !first {
@@ -223,6 +218,21 @@ pub fn list(state: &CacheState, app: &str, env: &str, q: &ListQuery) -> Result<V
     write_errors(&mut buf, &errors);
     buf.push(b'}');
     Ok(buf)
+}
+
+/// An entry's value as answered: stored text when `raw`, references resolved otherwise.
+fn value_of<'t>(
+    renderer: &mut Renderer<'_>,
+    raw: bool,
+    key: &str,
+    entry: &'t EntryState,
+) -> Result<std::borrow::Cow<'t, str>, TemplateError> {
+    let text = entry.value.as_deref().unwrap_or("null");
+    if raw {
+        Ok(std::borrow::Cow::Borrowed(text))
+    } else {
+        renderer.render(key, text)
+    }
 }
 
 fn write_errors(buf: &mut Vec<u8>, errors: &[(&str, String)]) {
@@ -260,16 +270,11 @@ pub fn config(
     let mut errors = Vec::new();
     let mut first = true;
     for (key, r) in &resolved {
-        let text = r.entry.value.as_deref().unwrap_or("null");
-        let value = if q.raw {
-            std::borrow::Cow::Borrowed(text)
-        } else {
-            match renderer.render(key, text) {
-                Ok(v) => v,
-                Err(e) => {
-                    errors.push((*key, e.to_string()));
-                    continue;
-                }
+        let value = match value_of(&mut renderer, q.raw, key, r.entry) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push((*key, e.to_string()));
+                continue;
             }
         };
         if !first {

@@ -109,6 +109,15 @@ struct PutBody {
     expect_version: Option<u64>,
 }
 
+/// The JSON body of a request, or 400 `malformed_json` / 413 naming the problem.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(body_error)?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))
+}
+
 pub(crate) fn body_error(e: BytesRejection) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
@@ -270,9 +279,7 @@ async fn put(
 ) -> Result<Response, ApiError> {
     let inner = async {
         let address = address(path)?;
-        let body = body.map_err(body_error)?;
-        let parsed: PutBody = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
+        let parsed: PutBody = parse_body(body)?;
         let text = parsed.value.to_string();
         if text.len() > state.max_value_bytes {
             return Err(ApiError::new(
@@ -437,9 +444,7 @@ async fn patch(
 ) -> Result<Response, ApiError> {
     let inner = async {
         let address = address(path)?;
-        let body = body.map_err(body_error)?;
-        let parsed: PatchBody = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
+        let parsed: PatchBody = parse_body(body)?;
         let meta = write_meta(&headers, parsed.reason)?;
         let applied = commit(
             &state,
@@ -581,9 +586,7 @@ async fn txn(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
-        let body = body.map_err(body_error)?;
-        let parsed: TxnBody = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
+        let parsed: TxnBody = parse_body(body)?;
         let meta = write_meta(&headers, parsed.reason.clone())?;
         let command = txn_command(parsed, state.max_value_bytes)?;
         let applied = commit(&state, command, meta).await?;

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::{
-    AppState, Shared, address, body_error, cluster_error, commit, count_error, namespace, query,
+    AppState, Shared, address, cluster_error, commit, count_error, namespace, parse_body, query,
     write_meta,
 };
 use crate::history::{self, HistoryRecord, NamespaceAt, json_diff};
@@ -254,14 +254,6 @@ fn rollback_reason(to: &str, reason: Option<String>) -> Option<String> {
         Some(r) => format!("rollback to {to}: {r}"),
         None => format!("rollback to {to}"),
     })
-}
-
-fn parse_body<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let body = body.map_err(body_error)?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))
 }
 
 /// `POST /v1/kv/{app}/{env}/{key}/rollback` `{"version": V, "reason": "…"}`: the value of

@@ -12,7 +12,7 @@ use meridian_protocol::addr::validate_key_prefix;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{Shared, body_error, cluster_error, commit, count_error, write_meta};
+use crate::api::{Shared, cluster_error, commit, count_error, parse_body, write_meta};
 use crate::core::Command;
 use crate::schema;
 use meridian_net::reads::namespace as namespace_of;
@@ -54,9 +54,7 @@ pub(crate) async fn put_schema(
 ) -> Result<Response, ApiError> {
     let inner = async {
         let (app, env, prefix) = schema_path(path)?;
-        let body = body.map_err(body_error)?;
-        let b: PutSchemaBody = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
+        let b: PutSchemaBody = parse_body(body)?;
         let text = b.schema.to_string();
         schema::compile(&text)
             .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, "invalid_schema", why))?;
