@@ -73,6 +73,14 @@ pub struct ReplicatorConfig {
     /// say) backs off exponentially inside QUIC and would otherwise finish long after the path
     /// healed.
     pub connect_timeout_ms: u64,
+    /// How long after a link's handshake completes its `Hello` waits. The `Hello` must not
+    /// overtake our last handshake flight: a QUIC server drops 1-RTT packets that arrive
+    /// before its handshake completes (quinn-proto does not buffer them), and the lost `Hello`
+    /// is then only resent after loss detection, a round trip or more later. The handshake
+    /// flight and the `Hello` leave in separate datagrams (the transport sends the flight
+    /// before the application hears the handshake finished), so any jitter reorders them; a
+    /// short wait beyond the path's jitter keeps them in order.
+    pub hello_delay_ms: u64,
     /// The connect timeout of peer links. Shorter than the origin's: a peer link has many
     /// candidates, some in regions that may be cut off, and dials overlap, so moving on
     /// quickly costs little while waiting on an unreachable peer costs the SLO.
@@ -102,6 +110,7 @@ impl Default for ReplicatorConfig {
             silence_timeout_ms: 1_500,
             origin_quiet_ms: 1_200,
             connect_timeout_ms: 1_000,
+            hello_delay_ms: 20,
             peer_connect_timeout_ms: 500,
             peer_staleness_limit_ms: 1_500,
             max_pending_deltas: 4096,
@@ -192,6 +201,9 @@ enum LinkState {
     Idle { retry_at: Instant },
     /// The latest dial started at `since` (an earlier one may still run beside it).
     Connecting { since: Instant },
+    /// The handshake completed; the `Hello` leaves at `until` (see
+    /// [`ReplicatorConfig::hello_delay_ms`]).
+    Settling { until: Instant },
     /// Connected; `last_frame` is when anything last arrived.
     Connected { last_frame: Instant },
 }
@@ -438,8 +450,21 @@ impl<B: Backend> Replicator<B> {
         Duration::from_millis(self.config.heartbeat_interval_ms.max(1))
     }
 
-    /// The shell finished dialing link `link`.
+    /// The shell finished dialing link `link`: the link says `Hello` after the hello delay.
     pub fn handle_connected(&mut self, now: Instant, link: usize) {
+        let delay = Duration::from_millis(self.config.hello_delay_ms);
+        let Some(l) = self.links.get_mut(link) else {
+            return;
+        };
+        if delay.is_zero() {
+            self.say_hello(now, link);
+        } else {
+            l.state = LinkState::Settling { until: now + delay };
+        }
+    }
+
+    /// The link's connection is settled: it counts as connected and says `Hello`.
+    fn say_hello(&mut self, now: Instant, link: usize) {
         let revision = self.state.revision();
         let digest = self.state.digest();
         let interval = self.heartbeat_interval();
@@ -554,7 +579,7 @@ impl<B: Backend> Replicator<B> {
         };
         if matches!(
             l.state,
-            LinkState::Connected { .. } | LinkState::Connecting { .. }
+            LinkState::Connected { .. } | LinkState::Connecting { .. } | LinkState::Settling { .. }
         ) {
             self.out.push_back(Output::Disconnect { link });
         }
@@ -576,6 +601,14 @@ impl<B: Backend> Replicator<B> {
 
     /// A frame arrived on link `link`.
     pub fn handle_frame(&mut self, now: Instant, link: usize, frame: Frame) {
+        // The upstream spoke first: the connection is settled.
+        if self
+            .links
+            .get(link)
+            .is_some_and(|l| matches!(l.state, LinkState::Settling { .. }))
+        {
+            self.say_hello(now, link);
+        }
         let Some(l) = self.links.get_mut(link) else {
             return;
         };
@@ -746,6 +779,7 @@ impl<B: Backend> Replicator<B> {
                 // have healed since. The shell keeps the two most recent, so each dial lives two
                 // timeouts and a fresh Initial leaves at least every connect timeout.
                 LinkState::Idle { retry_at } if now >= retry_at => self.dial(now, i),
+                LinkState::Settling { until } if now >= until => self.say_hello(now, i),
                 LinkState::Connecting { since }
                     if now.saturating_duration_since(since)
                         >= if i == ORIGIN_LINK {
@@ -895,7 +929,7 @@ impl<B: Backend> Replicator<B> {
             .min_by_key(|&i| match self.links[i].state {
                 LinkState::Idle { .. } => 0,
                 LinkState::Connecting { .. } => 1,
-                LinkState::Connected { .. } => 2,
+                LinkState::Settling { .. } | LinkState::Connected { .. } => 2,
             });
         let Some(i) = pick else {
             return;
@@ -922,7 +956,9 @@ impl<B: Backend> Replicator<B> {
         let mut take = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
         for (i, l) in self.links.iter().enumerate() {
             match l.state {
-                LinkState::Idle { retry_at } => take(retry_at),
+                LinkState::Idle { retry_at } | LinkState::Settling { until: retry_at } => {
+                    take(retry_at)
+                }
                 LinkState::Connecting { since } => {
                     let ms = if i == ORIGIN_LINK {
                         self.config.connect_timeout_ms
@@ -1091,10 +1127,19 @@ mod tests {
             .collect()
     }
 
+    /// The default tuning, but saying `Hello` the moment a link connects (most tests are
+    /// about what follows; the hello delay has its own test).
+    fn config() -> ReplicatorConfig {
+        ReplicatorConfig {
+            hello_delay_ms: 0,
+            ..ReplicatorConfig::default()
+        }
+    }
+
     fn replicator(now: Instant) -> Replicator<MemBackend> {
         let state = SignedState::open(MemBackend::new(), 100).unwrap();
         Replicator::new(
-            ReplicatorConfig::default(),
+            config(),
             TrustedKeys::new([signer().verifying_key()]),
             state,
             now,
@@ -1107,7 +1152,7 @@ mod tests {
         let config = ReplicatorConfig {
             peer_count,
             peer_links,
-            ..ReplicatorConfig::default()
+            ..config()
         };
         Replicator::new(
             config,
@@ -1315,6 +1360,64 @@ mod tests {
             50,
             "reset on success"
         );
+    }
+
+    #[test]
+    fn hello_waits_out_the_hello_delay_and_nothing_goes_before_it() {
+        let t0 = Instant::now();
+        let state = SignedState::open(MemBackend::new(), 100).unwrap();
+        let mut r = Replicator::new(
+            ReplicatorConfig::default(),
+            TrustedKeys::new([signer().verifying_key()]),
+            state,
+            t0,
+        );
+        r.handle_timeout(t0);
+        assert_dials(&outputs(&mut r), ORIGIN_LINK, 0);
+        r.handle_connected(t0, ORIGIN_LINK);
+        // Nothing leaves before the delay: a Hello sent now could overtake the handshake's
+        // last flight and be dropped by the upstream.
+        assert!(outputs(&mut r).is_empty());
+        assert!(!r.link_connected(ORIGIN_LINK));
+        let delay = Duration::from_millis(ReplicatorConfig::default().hello_delay_ms);
+        assert_eq!(r.poll_timeout(), Some(t0 + delay));
+        r.handle_timeout(t0 + delay / 2);
+        assert!(outputs(&mut r).is_empty());
+        r.handle_timeout(t0 + delay);
+        let out = outputs(&mut r);
+        assert!(
+            matches!(
+                &out[..],
+                [Output::Send {
+                    link: ORIGIN_LINK,
+                    frame: Frame::V1(FrameV1::Hello { .. })
+                }]
+            ),
+            "{out:?}"
+        );
+        assert!(r.link_connected(ORIGIN_LINK));
+
+        // An upstream that speaks first settles the link at once: Hello goes before anything
+        // the frame causes.
+        let mut r = replicator(t0);
+        r.config.hello_delay_ms = 50;
+        r.handle_timeout(t0);
+        outputs(&mut r);
+        r.handle_connected(t0, ORIGIN_LINK);
+        let head = history(1)[0].head;
+        r.handle_frame(t0, ORIGIN_LINK, FrameV1::Head(head).into());
+        let out = outputs(&mut r);
+        assert!(
+            matches!(
+                out.first(),
+                Some(Output::Send {
+                    link: ORIGIN_LINK,
+                    frame: Frame::V1(FrameV1::Hello { .. })
+                })
+            ),
+            "{out:?}"
+        );
+        assert!(r.link_connected(ORIGIN_LINK));
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub struct SimReport {
     pub commit_to_apply: BTreeMap<String, Latency>,
     /// Final heal → each edge holds the newest revision committed before the heal.
     pub heal_to_converged: Option<Latency>,
+    /// What the SLO bounds by 5 s, for every delivered revision: apply time minus the later of
+    /// commit and the edge regaining a path to a holder. Its maximum is the run's margin.
+    pub slo_clock: Option<Latency>,
     /// How often each invariant was checked.
     pub invariant_checks: CheckCounts,
     /// Fault starts and ends.
@@ -84,6 +87,7 @@ pub(crate) struct Parts {
     pub trace_hash: String,
     pub latencies: Vec<Vec<Duration>>,
     pub heal_latency: Vec<Duration>,
+    pub slo_clock: Vec<Duration>,
     pub counts: CheckCounts,
     pub violations: Vec<Violation>,
     pub timeline: Vec<String>,
@@ -113,6 +117,7 @@ pub(crate) fn build(p: Parts) -> SimReport {
             .filter_map(|(r, v)| Latency::of(v).map(|l| (r.to_string(), l)))
             .collect(),
         heal_to_converged: Latency::of(p.heal_latency),
+        slo_clock: Latency::of(p.slo_clock),
         invariant_checks: p.counts,
         faults_timeline: p.timeline,
         violations: p.violations,
@@ -154,6 +159,13 @@ impl SimReport {
                 s,
                 "  heal->converged   p50 {:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms",
                 l.p50_ms, l.p99_ms, l.max_ms
+            );
+        }
+        if let Some(l) = &self.slo_clock {
+            let _ = writeln!(
+                s,
+                "  slo clock         p50 {:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms  (limit {} ms)",
+                l.p50_ms, l.p99_ms, l.max_ms, self.options.slo_ms
             );
         }
         let c = &self.invariant_checks;

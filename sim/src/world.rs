@@ -11,7 +11,7 @@
 //! elected, as the write API's clients do. Each origin node serves edges over its own QUIC
 //! endpoint, so edges fail over between nodes as in production.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -157,6 +157,9 @@ pub struct World {
     path_regained: Vec<Duration>,
     latencies: Vec<Vec<Duration>>,
     heal_latency: Vec<Duration>,
+    /// For every delivered revision: apply time minus the later of commit and regained path
+    /// (what the SLO bounds by 5 s).
+    slo_clock: Vec<Duration>,
     healed_at: Option<Duration>,
     heal_target: Revision,
     stale_copy: Option<MemBackend>,
@@ -169,8 +172,9 @@ pub struct World {
     events_processed: u64,
     datagrams: u64,
     writes_refused: u64,
-    /// A node whose events are printed to stderr (`MERIDIAN_SIM_WATCH=<node>`), for debugging.
-    watch: Option<NodeId>,
+    /// Nodes whose events are printed to stderr (`MERIDIAN_SIM_WATCH=<node>[,<node>…]`), for
+    /// debugging.
+    watch: BTreeSet<NodeId>,
     /// The origin nodes: node 0, then those after the edges.
     origins: Vec<NodeId>,
     edge_count: usize,
@@ -235,6 +239,7 @@ impl World {
             path_regained: vec![Duration::ZERO; n],
             latencies: vec![Vec::new(); REGIONS.len()],
             heal_latency: Vec::new(),
+            slo_clock: Vec::new(),
             healed_at: None,
             heal_target: Revision(0),
             stale_copy: None,
@@ -248,8 +253,8 @@ impl World {
             datagrams: 0,
             writes_refused: 0,
             watch: std::env::var("MERIDIAN_SIM_WATCH")
-                .ok()
-                .and_then(|v| v.parse().ok()),
+                .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+                .unwrap_or_default(),
             origins,
             edge_count,
             leader: Some(0),
@@ -431,7 +436,7 @@ impl World {
                         to,
                         data.len()
                     ));
-                    if self.watch == Some(to) {
+                    if self.watch.contains(&to) {
                         eprintln!(
                             "{:>10.3} node {to} datagram from {} {}B",
                             at.as_secs_f64(),
@@ -912,7 +917,7 @@ impl World {
             let mut progressed = false;
             while let Some(ev) = o.host.poll_event() {
                 progressed = true;
-                if self.watch == Some(n) {
+                if self.watch.contains(&n) {
                     eprintln!("{:>10.3} node {n} host {ev:?}", self.now.as_secs_f64());
                 }
                 match ev {
@@ -943,7 +948,7 @@ impl World {
                 let Some(&ch) = o.by_id.get(&id) else {
                     continue;
                 };
-                if self.watch == Some(n) {
+                if self.watch.contains(&n) {
                     let what = match &t {
                         Transmit::Stream(frames) => format!("stream of {} frame(s)", frames.len()),
                         other => format!("{other:?}"),
@@ -976,7 +981,7 @@ impl World {
                 let mut progressed = false;
                 while let Some(ev) = e.host.poll_event() {
                     progressed = true;
-                    if self.watch == Some(n) {
+                    if self.watch.contains(&n) {
                         eprintln!("{:>10.3} node {n} host {ev:?}", self.now.as_secs_f64());
                     }
                     match ev {
@@ -1073,7 +1078,7 @@ impl World {
                 e.dist.handle_timeout(now, &EdgeSource(&e.rep));
                 while let Some(out) = e.rep.poll_output() {
                     progressed = true;
-                    if self.watch == Some(n) {
+                    if self.watch.contains(&n) {
                         eprintln!("{:>10.3} node {n} rep {out:?}", self.now.as_secs_f64());
                     }
                     match out {
@@ -1182,6 +1187,8 @@ impl World {
             for (v, committed) in self.commit_time.range(before.next()..=revision) {
                 self.counts.slo += 1;
                 self.latencies[region].push(self.now.saturating_sub(*committed));
+                self.slo_clock
+                    .push(self.now.saturating_sub((*committed).max(regained)));
                 if let Some(late) = invariants::slo::late(self.now, *committed, regained, slo)
                     && worst.is_none_or(|(_, w)| late > w)
                 {
@@ -1233,7 +1240,7 @@ impl World {
                 continue;
             }
             let path = self.has_path(n);
-            if self.watch == Some(n) && path != self.path_since[n].is_some() {
+            if self.watch.contains(&n) && path != self.path_since[n].is_some() {
                 eprintln!(
                     "{:>10.3} node {n} path to a holder of revision {}: {path}",
                     self.now.as_secs_f64(),
@@ -1313,6 +1320,7 @@ impl World {
             trace_hash,
             latencies: self.latencies,
             heal_latency: self.heal_latency,
+            slo_clock: self.slo_clock,
             counts: self.counts,
             violations: self.violations,
             timeline: self.timeline,
