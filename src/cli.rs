@@ -1,4 +1,5 @@
-//! The client commands of the `meridian` binary: `kv`, `config`, `schema` and `txn`. Reads go
+//! The client commands of the `meridian` binary: `kv`, `config`, `schema`, `txn` and `watch`
+//! (through the `meridian-client` crate). Reads go
 //! to `--endpoint` (any edge, or an origin node), writes and history to `--origin`; answers are
 //! printed as JSON or as a table, and an error answer exits non-zero with its code and message.
 
@@ -597,4 +598,44 @@ pub async fn txn(client: &Client, file: PathBuf) -> anyhow::Result<()> {
 /// Percent-encodes a query value.
 fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// `meridian watch`: prints every event of an edge's watch as one JSON line
+/// (`{"event":"change",...}` or `{"event":"resync",...}`) until interrupted or refused.
+pub async fn watch(
+    endpoint: &str,
+    app: &str,
+    env: &str,
+    prefix: &str,
+    since: Option<String>,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use meridian_client::WatchEvent;
+    let client = meridian_client::Client::new(endpoint)?;
+    let mut events = Box::pin(client.watch(app, env, prefix, since));
+    while let Some(event) = events.next().await {
+        let line = match event? {
+            WatchEvent::Change {
+                id,
+                revision,
+                app,
+                env,
+                key,
+                value,
+                version,
+            } => json!({"event": "change", "id": id, "revision": revision, "app": app,
+                        "env": env, "key": key, "deleted": value.is_none(), "value": value,
+                        "version": version}),
+            WatchEvent::Resync {
+                id,
+                revision,
+                entries,
+            } => json!({"event": "resync", "id": id, "revision": revision,
+                        "entries": entries.into_iter().map(|(key, value, version)|
+                            json!({"key": key, "value": value, "version": version}))
+                            .collect::<Vec<_>>()}),
+        };
+        println!("{line}");
+    }
+    Ok(())
 }

@@ -136,6 +136,8 @@ pub fn edge_config(
         stall_timeout_ms: 1_000,
         silence_timeout_ms: 1_500,
         quic: QuicTuning::default(),
+        watch: Default::default(),
+        strict: Vec::new(),
     }
 }
 

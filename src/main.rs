@@ -89,6 +89,25 @@ enum Command {
         /// The transaction file.
         file: PathBuf,
     },
+    /// Follow changes under APP/ENV (keys starting with PREFIX) on an edge, one JSON line per
+    /// event, until interrupted. Reconnects by itself and resumes after the last event it
+    /// printed, so a restarting edge loses nothing.
+    Watch {
+        /// The edge to watch (watches are served by edges, not the origin).
+        #[arg(long, default_value = "http://127.0.0.1:7081", env = "MERIDIAN_EDGE")]
+        endpoint: String,
+        /// Application.
+        app: String,
+        /// Environment.
+        env: String,
+        /// Only keys starting with this.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Start after this position (an event id or revision); 0 starts with the full
+        /// current state. Without it, only changes from now on.
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Inspect and change the origin's Raft cluster (any origin node; changes are redirected
     /// to the leader).
     Cluster {
@@ -313,6 +332,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Config { client, action } => meridian::cli::config(&client, action).await?,
         Command::Schema { client, action } => meridian::cli::schema(&client, action).await?,
         Command::Txn { client, file } => meridian::cli::txn(&client, file).await?,
+        Command::Watch {
+            endpoint,
+            app,
+            env,
+            prefix,
+            since,
+        } => meridian::cli::watch(&endpoint, &app, &env, &prefix, since).await?,
         Command::Sim(args) => {
             if !sim(args)? {
                 std::process::exit(1);

@@ -192,3 +192,60 @@ async fn kv_config_schema_and_txn_commands_work_end_to_end() {
     let (ok, _, err) = meridian(o, o, &["kv", "get", "not-an-address"]).await;
     assert!(!ok && err.contains("app/env/key"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_the_full_state_then_each_change_as_json_lines() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let c = http();
+    let origin = base(cluster.origin.http_addr);
+    let edge = base(cluster.edges[0].http_addr);
+    let r = put(&c, &origin, "pay/prod/a", json!(1)).await["revision"]
+        .as_u64()
+        .unwrap();
+    eventually(WAIT, "edge at r", || async {
+        (revision(&c, &edge).await >= r).then_some(())
+    })
+    .await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["watch", "--endpoint", &edge, "pay", "prod", "--since", "0"])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the meridian binary runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .expect("still running");
+        serde_json::from_str(&line).unwrap()
+    };
+    let first = next().await;
+    assert_eq!(first["event"], "resync");
+    assert_eq!(
+        first["entries"],
+        json!([{"key": "a", "value": 1, "version": 1}])
+    );
+    put(&c, &origin, "pay/prod/b", json!({"on": true})).await;
+    let change = next().await;
+    assert_eq!(
+        (
+            &change["event"],
+            &change["key"],
+            &change["value"],
+            &change["deleted"]
+        ),
+        (
+            &json!("change"),
+            &json!("b"),
+            &json!({"on": true}),
+            &json!(false)
+        )
+    );
+    child.kill().await.unwrap();
+    cluster.shutdown().await;
+}

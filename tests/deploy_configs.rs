@@ -50,6 +50,22 @@ fn validation_names_the_key_and_the_limit() {
     let e = c.validate().unwrap_err();
     assert_eq!(e.key, "heartbeat_interval_ms");
     assert!(e.to_string().contains("between 10 and 60000"), "{e}");
+    let mut c: EdgeConfig = toml::from_str(&read("us-east.toml")).unwrap();
+    assert_eq!(c.strict.len(), 1);
+    assert!(c.strict[0].matches("payments", "prod") && !c.strict[0].matches("payments", "dev"));
+    c.strict[0].namespace = "payments".into();
+    let e = c.validate().unwrap_err();
+    assert_eq!(e.key, "strict.namespace");
+    assert!(e.to_string().contains("app/env"), "{e}");
+    c.strict[0].namespace = "*/prod".into();
+    c.strict[0].max_staleness_ms = 0;
+    assert_eq!(c.validate().unwrap_err().key, "strict.max_staleness_ms");
+    c.strict[0].max_staleness_ms = 5;
+    c.watch.subscriber_buffer_events = c.watch.ring_events + 1;
+    assert_eq!(
+        c.validate().unwrap_err().key,
+        "watch.subscriber_buffer_events"
+    );
     let bad = read("origin.toml").replace("node_id", "nodeid");
     assert!(
         toml::from_str::<OriginConfig>(&bad).is_err(),

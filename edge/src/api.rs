@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -18,7 +18,10 @@ use meridian_net::http::{
 use meridian_net::reads;
 use meridian_protocol::Address;
 
+use crate::config::StrictNamespace;
 use crate::shared::EdgeShared;
+use crate::watch;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 
 const REVISION: HeaderName = HeaderName::from_static("meridian-revision");
 const STALENESS: HeaderName = HeaderName::from_static("meridian-staleness-ms");
@@ -31,6 +34,8 @@ pub fn router(shared: Arc<EdgeShared>) -> Router {
         .route("/v1/kv/{app}/{env}/{key}", get(get_one))
         .route("/v1/kv/{app}/{env}", get(list))
         .route("/v1/config/{app}/{env}", get(config))
+        .route("/v1/watch", get(watch_sse))
+        .route("/v1/watch/ws", get(watch_ws))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics_endpoint))
         .fallback(unknown_route)
@@ -81,11 +86,68 @@ fn query<T: serde::de::DeserializeOwned + Default>(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))
 }
 
-/// Answers `read(state)` stamped with the revision it was read at.
-fn answer(
+/// Waits (bounded) until the edge has published revision `want`; the revision it is at when
+/// it gives up.
+async fn reach(shared: &EdgeShared, want: u64, wait_ms: u64) -> Result<(), u64> {
+    let mut rx = shared.watch.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    loop {
+        let have = *rx.borrow_and_update();
+        if have >= want {
+            return Ok(());
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return Err(have),
+        }
+    }
+}
+
+/// 503 `stale` when `app/env` is a strict namespace and the edge is staler than its bound.
+fn strict_check(shared: &EdgeShared, app: &str, env: &str) -> Result<(), ApiError> {
+    let Some(bound) = StrictNamespace::bound(&shared.strict, app, env) else {
+        return Ok(());
+    };
+    let staleness = shared.staleness_ms(Instant::now());
+    if staleness <= bound {
+        return Ok(());
+    }
+    metrics::counter!("meridian_edge_stale_refusals_total", "edge" => shared.edge_id.clone())
+        .increment(1);
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "stale",
+        format!(
+            "{app}/{env} is a strict namespace (at most {bound} ms stale) and this edge last \
+             confirmed the origin's newest head {staleness} ms ago; retry, or read another edge"
+        ),
+    ))
+}
+
+/// Answers `read(state)` stamped with the revision it was read at, once the edge has
+/// `min_revision` (waiting at most `wait_ms`; 504 `revision_not_reached` after that), unless
+/// `app/env` is strict and the edge too stale (503 `stale`).
+async fn answer(
     shared: &EdgeShared,
+    (app, env): (&str, &str),
+    min_revision: Option<u64>,
+    wait_ms: Option<u64>,
     read: impl FnOnce(&meridian_protocol::CacheState) -> Result<Vec<u8>, ApiError>,
 ) -> Response {
+    match reads::min_revision(min_revision, wait_ms) {
+        Err(e) => return counted(shared, e),
+        Ok(Some((want, wait_ms))) => {
+            let started = Instant::now();
+            if let Err(have) = reach(shared, want, wait_ms).await {
+                let waited = started.elapsed().as_millis() as u64;
+                return counted(shared, reads::revision_not_reached(have, want, waited));
+            }
+        }
+        Ok(None) => {}
+    }
+    if let Err(e) = strict_check(shared, app, env) {
+        return counted(shared, e);
+    }
     let p = shared.reader.read().unwrap_or_else(|e| e.into_inner());
     let revision = p.state.revision().0;
     let out = read(&p.state);
@@ -109,7 +171,11 @@ async fn get_one(
         Ok(v) => v,
         Err(e) => return counted(&shared, e),
     };
-    answer(&shared, |state| reads::entry(state, &address, &q))
+    let ns = (address.app.as_str(), address.env.as_str());
+    answer(&shared, ns, q.min_revision, q.wait_ms, |state| {
+        reads::entry(state, &address, &q)
+    })
+    .await
 }
 
 fn namespace(
@@ -129,7 +195,10 @@ async fn list(
         Ok(v) => v,
         Err(e) => return counted(&shared, e),
     };
-    answer(&shared, |state| reads::list(state, &app, &env, &q))
+    answer(&shared, (&app, &env), q.min_revision, q.wait_ms, |state| {
+        reads::list(state, &app, &env, &q)
+    })
+    .await
 }
 
 async fn config(
@@ -141,7 +210,44 @@ async fn config(
         Ok(v) => v,
         Err(e) => return counted(&shared, e),
     };
-    answer(&shared, |state| reads::config(state, &app, &env, &q))
+    answer(&shared, (&app, &env), q.min_revision, q.wait_ms, |state| {
+        reads::config(state, &app, &env, &q)
+    })
+    .await
+}
+
+async fn watch_sse(
+    State(shared): Shared,
+    headers: axum::http::HeaderMap,
+    q: Result<Query<watch::WatchQuery>, QueryRejection>,
+) -> Response {
+    let parsed = watch::query(q)
+        .and_then(|q| watch::parse_request(&shared.watch, q, watch::last_event_id(&headers)));
+    match parsed {
+        Ok((filter, at)) => watch::sse(shared.watch.clone(), filter, at),
+        Err(e) => counted(&shared, e),
+    }
+}
+
+async fn watch_ws(
+    State(shared): Shared,
+    headers: axum::http::HeaderMap,
+    q: Result<Query<watch::WatchQuery>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let parsed = watch::query(q)
+        .and_then(|q| watch::parse_request(&shared.watch, q, watch::last_event_id(&headers)));
+    let ws = ws.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_websocket",
+            format!("{e}; use GET /v1/watch for Server-Sent Events"),
+        )
+    });
+    match parsed.and_then(|p| Ok((p, ws?))) {
+        Ok(((filter, at), ws)) => watch::websocket(shared.watch.clone(), filter, at, ws),
+        Err(e) => counted(&shared, e),
+    }
 }
 
 async fn status(State(shared): Shared) -> Response {

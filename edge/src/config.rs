@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use meridian_net::{QuicTuning, TlsPaths};
 use serde::{Deserialize, Serialize};
 
+use crate::watch::WatchLimits;
+
 /// Edge node configuration (`deploy/regions/<region>.toml` documents each key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +51,68 @@ pub struct EdgeConfig {
     /// QUIC keep-alive and idle timeout.
     #[serde(default)]
     pub quic: QuicTuning,
+    /// Watch ring size, per-subscriber buffer and heartbeat interval.
+    #[serde(default)]
+    pub watch: WatchLimits,
+    /// Strict namespaces: reads there answer 503 `stale` rather than serve data older than
+    /// their bound.
+    #[serde(default)]
+    pub strict: Vec<StrictNamespace>,
+}
+
+/// A namespace pattern whose reads must not be staler than `max_staleness_ms` (`[[strict]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrictNamespace {
+    /// `app/env`; either side may be `*` (any), e.g. `payments/prod`, `*/prod`, `payments/*`.
+    pub namespace: String,
+    /// Longest time since the edge last confirmed the origin's newest head (directly or
+    /// through a peer) that reads here tolerate.
+    pub max_staleness_ms: u64,
+}
+
+impl StrictNamespace {
+    /// Whether `app/env` falls under this pattern.
+    pub fn matches(&self, app: &str, env: &str) -> bool {
+        let Some((a, e)) = self.namespace.split_once('/') else {
+            return false;
+        };
+        (a == "*" || a == app) && (e == "*" || e == env)
+    }
+
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        let valid = self.namespace.split_once('/').is_some_and(|(a, e)| {
+            (a == "*" || meridian_protocol::addr::validate_app(a).is_ok())
+                && (e == "*" || meridian_protocol::addr::validate_env(e).is_ok())
+        });
+        check(
+            valid,
+            "strict.namespace",
+            format!(
+                "(rule {}) must be app/env with either side `*`, got {:?}",
+                i + 1,
+                self.namespace
+            ),
+        )?;
+        check(
+            (1..=86_400_000).contains(&self.max_staleness_ms),
+            "strict.max_staleness_ms",
+            format!(
+                "(rule {}) must be between 1 and 86400000, got {}",
+                i + 1,
+                self.max_staleness_ms
+            ),
+        )
+    }
+
+    /// The tightest bound among `rules` that covers `app/env`, if any.
+    pub fn bound(rules: &[StrictNamespace], app: &str, env: &str) -> Option<u64> {
+        rules
+            .iter()
+            .filter(|r| r.matches(app, env))
+            .map(|r| r.max_staleness_ms)
+            .min()
+    }
 }
 
 fn default_server_name() -> String {
@@ -129,6 +193,30 @@ impl EdgeConfig {
             "silence_timeout_ms",
             "must exceed heartbeat_interval_ms",
         )?;
+        check(
+            (1..=10_000_000).contains(&self.watch.ring_events),
+            "watch.ring_events",
+            format!(
+                "must be between 1 and 10000000, got {}",
+                self.watch.ring_events
+            ),
+        )?;
+        check(
+            (1..=self.watch.ring_events).contains(&self.watch.subscriber_buffer_events),
+            "watch.subscriber_buffer_events",
+            "must be between 1 and watch.ring_events",
+        )?;
+        check(
+            (100..=600_000).contains(&self.watch.heartbeat_ms),
+            "watch.heartbeat_ms",
+            format!(
+                "must be between 100 and 600000, got {}",
+                self.watch.heartbeat_ms
+            ),
+        )?;
+        for (i, rule) in self.strict.iter().enumerate() {
+            rule.validate(i)?;
+        }
         check(
             self.quic.keep_alive_interval_ms < self.quic.max_idle_timeout_ms,
             "quic.keep_alive_interval_ms",

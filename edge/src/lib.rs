@@ -7,6 +7,7 @@ pub mod config;
 pub mod node;
 pub mod replicator;
 pub mod shared;
+pub mod watch;
 
 pub use config::EdgeConfig;
 pub use node::{EdgeHandle, StartError, start};

@@ -86,6 +86,8 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
         config.edge_id.clone(),
         config.region.clone(),
         state.reader(),
+        config.watch,
+        config.strict.clone(),
     ));
     let revision = state.revision();
     let rep = Replicator::new(
@@ -133,9 +135,11 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
     })?;
     let app = crate::api::router(shared.clone());
     let mut rx = shutdown_rx;
+    let hub = shared.watch.clone();
     let http_task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = rx.wait_for(|v| *v).await;
+            hub.close();
         });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "edge HTTP server failed");

@@ -1,13 +1,21 @@
 //! What the replicator loop publishes for the HTTP API: the readable state, connection status,
-//! staleness and counters (also exported as Prometheus metrics).
+//! staleness and counters (also exported as Prometheus metrics), and the changes of each
+//! published revision for watches.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use meridian_protocol::Revision;
 use meridian_store::{Backend, Reader};
 
+use crate::config::StrictNamespace;
 use crate::replicator::{Replicator, ReplicatorStats};
+use crate::watch::{WatchHub, WatchLimits};
+
+/// Most deltas read back from the store per published burst to feed watches; a longer jump
+/// (a long catch-up) makes watchers resync instead.
+const FEED_MAX_DELTAS: usize = 4_096;
 
 /// Shared between the replicator loop and the read API.
 pub struct EdgeShared {
@@ -23,6 +31,10 @@ pub struct EdgeShared {
     pub newest_known: AtomicU64,
     /// Milliseconds the edge has been behind the newest known head.
     pub lag_ms: AtomicU64,
+    /// Recent changes for watch subscribers.
+    pub watch: Arc<WatchHub>,
+    /// Strict namespaces (reads there refuse to be staler than their bound).
+    pub strict: Vec<StrictNamespace>,
     started: Instant,
     last_heard: Mutex<Option<Instant>>,
     stats: Mutex<ReplicatorStats>,
@@ -30,10 +42,18 @@ pub struct EdgeShared {
 
 impl EdgeShared {
     /// Fresh shared state.
-    pub fn new(edge_id: String, region: String, reader: Reader) -> Self {
+    pub fn new(
+        edge_id: String,
+        region: String,
+        reader: Reader,
+        limits: WatchLimits,
+        strict: Vec<StrictNamespace>,
+    ) -> Self {
         Self {
+            strict,
             edge_id,
             region,
+            watch: Arc::new(WatchHub::new(reader.clone(), limits)),
             reader,
             origin_connected: AtomicBool::new(false),
             newest_known: AtomicU64::new(0),
@@ -60,8 +80,43 @@ impl EdgeShared {
         self.stats.lock().map(|s| *s).unwrap_or_default()
     }
 
-    /// Copies the replicator's observable state and exports metrics.
+    /// Feeds the watch hub the revisions published since it last looked: their deltas from
+    /// the store, or a jump when they are not all there (a snapshot, a long catch-up).
+    fn feed_watches<B: Backend>(&self, rep: &Replicator<B>) {
+        let published = self
+            .reader
+            .read()
+            .map(|p| p.state.revision())
+            .unwrap_or_else(|e| e.into_inner().state.revision());
+        let fed = Revision(self.watch.revision());
+        if published <= fed {
+            return;
+        }
+        match rep.state().deltas_after(fed, FEED_MAX_DELTAS) {
+            Ok(Some(deltas))
+                if deltas
+                    .first()
+                    .is_some_and(|d| d.delta.revision == fed.next())
+                    && deltas.last().is_some_and(|d| d.delta.revision >= published) =>
+            {
+                self.watch.publish(
+                    deltas
+                        .iter()
+                        .map(|d| &d.delta)
+                        .filter(|d| d.revision <= published),
+                );
+            }
+            Ok(_) => self.watch.jump(published.0),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading deltas for watches failed; watchers resync");
+                self.watch.jump(published.0);
+            }
+        }
+    }
+
+    /// Copies the replicator's observable state, feeds watches and exports metrics.
     pub fn observe<B: Backend>(&self, rep: &Replicator<B>, now: Instant) {
+        self.feed_watches(rep);
         self.origin_connected
             .store(rep.is_connected(), Ordering::Relaxed);
         self.newest_known

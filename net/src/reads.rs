@@ -24,6 +24,12 @@ pub struct EntryQuery {
     /// JSON answered (marked `"default": true`) when the key has no value.
     #[serde(default)]
     pub default: Option<String>,
+    /// Read-your-writes: answer only once this revision is applied.
+    #[serde(default)]
+    pub min_revision: Option<u64>,
+    /// How long an edge may wait for `min_revision` (default 0, at most [`MAX_WAIT_MS`]).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
 }
 
 /// Query of `GET /v1/kv/{app}/{env}`.
@@ -39,6 +45,12 @@ pub struct ListQuery {
     /// Do not resolve references.
     #[serde(default)]
     pub raw: bool,
+    /// Read-your-writes: answer only once this revision is applied.
+    #[serde(default)]
+    pub min_revision: Option<u64>,
+    /// How long an edge may wait for `min_revision` (default 0, at most [`MAX_WAIT_MS`]).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
 }
 
 /// Query of `GET /v1/config/{app}/{env}`.
@@ -48,6 +60,46 @@ pub struct ConfigQuery {
     /// Do not resolve references.
     #[serde(default)]
     pub raw: bool,
+    /// Read-your-writes: answer only once this revision is applied.
+    #[serde(default)]
+    pub min_revision: Option<u64>,
+    /// How long an edge may wait for `min_revision` (default 0, at most [`MAX_WAIT_MS`]).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+/// Longest `wait_ms` a read may ask for.
+pub const MAX_WAIT_MS: u64 = 60_000;
+
+/// `min_revision` and `wait_ms` of a read, validated: `wait_ms` needs `min_revision` and is at
+/// most [`MAX_WAIT_MS`].
+pub fn min_revision(
+    min_revision: Option<u64>,
+    wait_ms: Option<u64>,
+) -> Result<Option<(u64, u64)>, ApiError> {
+    match (min_revision, wait_ms) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "wait_ms needs min_revision",
+        )),
+        (Some(_), Some(w)) if w > MAX_WAIT_MS => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("wait_ms must be at most {MAX_WAIT_MS}, got {w}"),
+        )),
+        (Some(r), w) => Ok(Some((r, w.unwrap_or(0)))),
+    }
+}
+
+/// 504 `revision_not_reached`: the node is at `have`, the read wanted `want`.
+pub fn revision_not_reached(have: u64, want: u64, waited_ms: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "revision_not_reached",
+        format!("at revision {have}, not yet {want} (waited {waited_ms} ms); retry or wait longer"),
+    )
 }
 
 /// Validates a namespace path.

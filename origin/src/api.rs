@@ -363,12 +363,21 @@ pub(crate) fn query<T: serde::de::DeserializeOwned>(
 }
 
 /// Answers `read(state)` after a linearizable read barrier.
+/// A linearizable read. It reflects every acknowledged write, so `min_revision` only fails
+/// (504 at once, no wait) for a revision no write has been acknowledged at yet.
 async fn linearized_read(
     state: &Arc<AppState>,
+    min: Option<(u64, u64)>,
     read: impl FnOnce(&CacheState) -> Result<Vec<u8>, ApiError>,
 ) -> Result<Response, ApiError> {
     state.cluster.linearize().await.map_err(cluster_error)?;
     let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
+    if let Some((want, _)) = min {
+        let have = p.state.revision().0;
+        if have < want {
+            return Err(reads::revision_not_reached(have, want, 0));
+        }
+    }
     read(&p.state).map(json_bytes)
 }
 
@@ -379,8 +388,9 @@ async fn get_one(
 ) -> Result<Response, ApiError> {
     let inner = async {
         let a = address(path)?;
-        let q = query(q)?;
-        linearized_read(&state, |s| reads::entry(s, &a, &q)).await
+        let q: reads::EntryQuery = query(q)?;
+        let min = reads::min_revision(q.min_revision, q.wait_ms)?;
+        linearized_read(&state, min, |s| reads::entry(s, &a, &q)).await
     };
     inner.await.map_err(count_error)
 }
@@ -406,8 +416,9 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let inner = async {
         let (app, env) = namespace(path)?;
-        let q = query(q)?;
-        linearized_read(&state, |s| reads::list(s, &app, &env, &q)).await
+        let q: reads::ListQuery = query(q)?;
+        let min = reads::min_revision(q.min_revision, q.wait_ms)?;
+        linearized_read(&state, min, |s| reads::list(s, &app, &env, &q)).await
     };
     inner.await.map_err(count_error)
 }
@@ -419,8 +430,9 @@ async fn config(
 ) -> Result<Response, ApiError> {
     let inner = async {
         let (app, env) = namespace(path)?;
-        let q = query(q)?;
-        linearized_read(&state, |s| reads::config(s, &app, &env, &q)).await
+        let q: reads::ConfigQuery = query(q)?;
+        let min = reads::min_revision(q.min_revision, q.wait_ms)?;
+        linearized_read(&state, min, |s| reads::config(s, &app, &env, &q)).await
     };
     inner.await.map_err(count_error)
 }
