@@ -639,3 +639,100 @@ pub async fn watch(
     }
     Ok(())
 }
+
+/// `meridian edges`: the drift view of every origin node the endpoint's cluster lists, merged
+/// (an edge connected to several nodes over time shows its freshest report); with `--output
+/// table`, flagged edges are marked. Exits non-zero when any edge is flagged, so scripts and
+/// alerts can use it.
+pub async fn edges(client: &Client, lag_threshold_ms: Option<u64>) -> anyhow::Result<()> {
+    let origin = client.writes();
+    let status = client.get(format!("{origin}/v1/status")).await?;
+    let mut nodes: Vec<String> = status["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["addr"].as_str())
+        .map(|a| {
+            if a.starts_with("http") {
+                a.trim_end_matches('/').to_string()
+            } else {
+                format!("http://{a}")
+            }
+        })
+        .collect();
+    if nodes.is_empty() {
+        nodes.push(origin.clone());
+    }
+    let query = lag_threshold_ms.map_or(String::new(), |t| format!("?lag_threshold_ms={t}"));
+    let mut merged: std::collections::BTreeMap<String, Value> = Default::default();
+    let mut unreachable = Vec::new();
+    for node in &nodes {
+        match client.get(format!("{node}/v1/edges{query}")).await {
+            Ok(v) => {
+                for row in v["edges"].as_array().into_iter().flatten() {
+                    let id = cell(&row["edge_id"]);
+                    let fresher = merged.get(&id).is_none_or(|old| {
+                        row["last_report_ms"].as_u64() < old["last_report_ms"].as_u64()
+                    });
+                    if fresher {
+                        merged.insert(id, row.clone());
+                    }
+                }
+            }
+            Err(e) => unreachable.push(format!("{node}: {e}")),
+        }
+    }
+    let rows: Vec<Value> = merged.into_values().collect();
+    let flagged = rows
+        .iter()
+        .filter(|r| r["flags"].as_array().is_some_and(|f| !f.is_empty()))
+        .count();
+    let body = json!({"edges": rows, "flagged": flagged, "unreachable_nodes": unreachable});
+    print(client.output, &body, |b| {
+        let rows = b["edges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let flags: Vec<String> = r["flags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(cell)
+                    .collect();
+                vec![
+                    cell(&r["edge_id"]),
+                    cell(&r["region"]),
+                    cell(&r["revision"]),
+                    match r["digest_match"].as_bool() {
+                        Some(true) => "yes".into(),
+                        Some(false) => "NO".into(),
+                        None => "?".into(),
+                    },
+                    cell(&r["behind_revisions"]),
+                    cell(&r["lag_ms"]),
+                    cell(&r["last_report_ms"]),
+                    flags.join(","),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "edge",
+                "region",
+                "revision",
+                "digest",
+                "behind",
+                "lag_ms",
+                "report_ms",
+                "flags",
+            ],
+            rows,
+        );
+        for u in b["unreachable_nodes"].as_array().into_iter().flatten() {
+            eprintln!("unreachable: {}", cell(u));
+        }
+    })?;
+    anyhow::ensure!(flagged == 0, "{flagged} edge(s) flagged");
+    Ok(())
+}

@@ -108,6 +108,17 @@ enum Command {
         #[arg(long)]
         since: Option<String>,
     },
+    /// List every edge the origin cluster has heard from: region, revision, whether its digest
+    /// matches the origin's at that revision, how far behind it is and when it last reported;
+    /// `diverged`, `lagging` and `disconnected` edges are flagged and make the exit status
+    /// non-zero. Ask any origin node (--endpoint or --origin); every member is queried.
+    Edges {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        /// Lag beyond which an edge is flagged.
+        #[arg(long, default_value_t = 10_000)]
+        lag_threshold_ms: u64,
+    },
     /// Inspect and change the origin's Raft cluster (any origin node; changes are redirected
     /// to the leader).
     Cluster {
@@ -332,6 +343,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Config { client, action } => meridian::cli::config(&client, action).await?,
         Command::Schema { client, action } => meridian::cli::schema(&client, action).await?,
         Command::Txn { client, file } => meridian::cli::txn(&client, file).await?,
+        Command::Edges {
+            client,
+            lag_threshold_ms,
+        } => meridian::cli::edges(&client, Some(lag_threshold_ms)).await?,
         Command::Watch {
             endpoint,
             app,

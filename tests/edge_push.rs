@@ -452,3 +452,120 @@ async fn the_client_resumes_its_watch_across_an_edge_restart_and_serves_its_cach
     restarted.shutdown().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drift_view_flags_a_lagging_edge_and_one_whose_digest_disagrees() {
+    use meridian_protocol::{Digest, FrameV1, Hash32, Revision};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, _) = cluster(dir.path(), 10_000).await;
+    let c = http();
+    let origin = base(cluster.origin.http_addr);
+    let r = put(&c, &origin, "pay/prod/a", json!(1)).await["revision"]
+        .as_u64()
+        .unwrap();
+    let edges_url = format!("{origin}/v1/edges?lag_threshold_ms=1000");
+    let view = eventually(WAIT, "three edges in sync", || async {
+        let (_, v) = get_json(&c, &edges_url).await;
+        let rows = v["edges"].as_array()?;
+        (rows.len() == 3
+            && rows
+                .iter()
+                .all(|e| e["revision"] == json!(r) && e["digest_match"] == json!(true)))
+        .then_some(v)
+    })
+    .await;
+    assert_eq!(view["flagged"], 0, "{view}");
+
+    // An edge stops while writes go on: it is kept, disconnected, and flagged lagging once
+    // it has been silent past the threshold.
+    let stopped = cluster.edges.remove(2);
+    let stopped_id = stopped.shared.edge_id.clone();
+    stopped.shutdown().await;
+    put(&c, &origin, "pay/prod/a", json!(2)).await;
+    let row = eventually(WAIT, "the stopped edge lags", || async {
+        let (_, v) = get_json(&c, &edges_url).await;
+        let row = v["edges"]
+            .as_array()?
+            .iter()
+            .find(|e| e["edge_id"] == json!(stopped_id))?
+            .clone();
+        (row["flags"] == json!(["lagging", "disconnected"])).then_some(row)
+    })
+    .await;
+    assert_eq!(row["behind_revisions"], 1);
+
+    // An edge that reports a digest the origin never signed at that revision (a wrong or
+    // corrupted store) is flagged diverged. It speaks real QUIC with a valid certificate.
+    let pki = &cluster.pki;
+    let tls = pki.edge(&stopped_id);
+    let endpoint = meridian_net::quic::client_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        &tls,
+        Default::default(),
+    )
+    .unwrap();
+    let conn = endpoint
+        .connect(
+            cluster.origin.quic_addr,
+            meridian_net::tls::ORIGIN_SERVER_NAME,
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let hello = FrameV1::Hello {
+        edge_id: "forged-store".into(),
+        region: "eu-west".into(),
+        revision: Revision(r),
+        digest: Digest(Hash32([7; 32])),
+    };
+    meridian_net::quic::write_frame(&mut send, &hello.into())
+        .await
+        .unwrap();
+    let row = eventually(WAIT, "the diverged edge is flagged", || async {
+        let (_, v) = get_json(&c, &edges_url).await;
+        v["edges"]
+            .as_array()?
+            .iter()
+            .find(|e| e["edge_id"] == "forged-store")
+            .cloned()
+    })
+    .await;
+    assert_eq!(row["digest_match"], false, "{row}");
+    assert!(
+        row["flags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("diverged")),
+        "{row}"
+    );
+    // The healthy edges stay unflagged, and the gauges say the same.
+    let (_, v) = get_json(&c, &edges_url).await;
+    assert_eq!(v["flagged"], 2, "{v}");
+    let metrics = metrics_text(&c, &origin).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("meridian_origin_edge_diverged{edge=\"forged-store\"} 1")),
+        "{metrics}"
+    );
+    // `meridian edges` shows the same and exits non-zero while edges are flagged.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["edges", "--endpoint", &origin, "--output", "json"])
+        .args(["--lag-threshold-ms", "1000"])
+        .env("RUST_LOG", "error")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "flagged edges fail the command");
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["flagged"], 2, "{listed}");
+    assert_eq!(
+        listed["edges"].as_array().map(Vec::len),
+        Some(4),
+        "{listed}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 edge(s) flagged"));
+    conn.close(0u32.into(), b"done");
+    cluster.shutdown().await;
+}

@@ -704,7 +704,8 @@ impl<B: Backend> Replicator<B> {
             FrameV1::Hello { .. }
             | FrameV1::Ack { .. }
             | FrameV1::Need { .. }
-            | FrameV1::Standby => {
+            | FrameV1::Standby
+            | FrameV1::Report { .. } => {
                 self.stats.rejected_unexpected += 1;
             }
         }
@@ -744,6 +745,8 @@ impl<B: Backend> Replicator<B> {
             Duration::from_millis(self.config.peer_connect_timeout_ms.max(1));
         let interval = self.heartbeat_interval();
         let revision = self.state.revision();
+        let digest = self.state.digest();
+        let report_lag_ms = self.lag(now).as_millis() as u64;
         // Peer links are kept warm: heads only while the origin link delivers, so that when
         // it stops the switch-over is one `Need`, not a dial across a possibly slow path.
         let delivering = self.origin_delivering(now);
@@ -820,6 +823,16 @@ impl<B: Backend> Replicator<B> {
                         l.next_heartbeat = Some(now + interval);
                         let frame = FrameV1::Heartbeat { revision }.into();
                         self.out.push_back(Output::Send { link: i, frame });
+                        if i == ORIGIN_LINK {
+                            // What this edge serves, for the origin's drift view.
+                            let frame = FrameV1::Report {
+                                revision,
+                                digest,
+                                lag_ms: report_lag_ms,
+                            }
+                            .into();
+                            self.out.push_back(Output::Send { link: i, frame });
+                        }
                     }
                 }
                 _ => {}
@@ -1435,15 +1448,27 @@ mod tests {
             .into(),
         );
         r.handle_timeout(due);
+        // On the origin link, a drift report goes with each heartbeat.
         assert_eq!(
             outputs(&mut r),
-            vec![Output::Send {
-                link: 0,
-                frame: FrameV1::Heartbeat {
-                    revision: Revision(0)
+            vec![
+                Output::Send {
+                    link: 0,
+                    frame: FrameV1::Heartbeat {
+                        revision: Revision(0)
+                    }
+                    .into()
+                },
+                Output::Send {
+                    link: 0,
+                    frame: FrameV1::Report {
+                        revision: Revision(0),
+                        digest: r.digest(),
+                        lag_ms: 0,
+                    }
+                    .into()
                 }
-                .into()
-            }]
+            ]
         );
     }
 

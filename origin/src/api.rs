@@ -2,6 +2,7 @@
 //! errors for every refusal.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crate::raft::Outcome;
 use crate::raft::cluster::{Cluster, ClusterError};
@@ -22,7 +23,7 @@ use meridian_store::Reader;
 use serde::Deserialize;
 
 use crate::core::{Command, Condition, Proposal, TxnOp};
-use crate::distributor::EdgeInfo;
+use crate::drift::KnownEdges;
 use crate::history::{MAX_ACTOR_BYTES, MAX_REASON_BYTES, WriteMeta};
 use crate::{history_api, schema_api};
 
@@ -36,8 +37,8 @@ pub struct AppState {
     pub reader: Reader,
     /// Largest value accepted.
     pub max_value_bytes: usize,
-    /// Connected edges as last reported by the distributor.
-    pub edges: Arc<Mutex<Vec<EdgeInfo>>>,
+    /// Edges heard from, as last reported to the distributor.
+    pub edges: Arc<Mutex<KnownEdges>>,
     /// The core, for history reads (its backend holds the history records).
     pub core: crate::raft::state_machine::SharedCore,
 }
@@ -74,6 +75,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/config/{app}/{env}", get(config))
         .route("/v1/txn", post(txn))
         .route("/v1/status", get(status))
+        .route("/v1/edges", get(edges))
         .route("/metrics", get(metrics_endpoint))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -621,6 +623,46 @@ async fn txn(
     inner.await.map_err(count_error)
 }
 
+/// Query of `GET /v1/edges`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EdgesQuery {
+    /// Lag beyond which an edge is flagged (default 10 s).
+    #[serde(default)]
+    lag_threshold_ms: Option<u64>,
+}
+
+/// `GET /v1/edges`: every edge this node has heard from, with revision, digest match, lag and
+/// last report, flagged `diverged`, `lagging` or `disconnected`.
+async fn edges(
+    State(state): Shared,
+    q: Result<Query<EdgesQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q).map_err(count_error)?;
+    let threshold = q
+        .lag_threshold_ms
+        .unwrap_or(crate::drift::DEFAULT_LAG_THRESHOLD_MS);
+    let known = state
+        .edges
+        .lock()
+        .map(|e| e.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
+    let rows = {
+        let core = state.core.lock().unwrap_or_else(|e| e.into_inner());
+        crate::drift::rows(&known, core.state(), Instant::now(), threshold)
+    };
+    crate::drift::export(&rows);
+    let flagged = rows.iter().filter(|r| !r.flags.is_empty()).count();
+    Ok(axum::Json(serde_json::json!({
+        "node_id": state.node_id,
+        "revision": state.reader.read().map(|p| p.state.revision().0).unwrap_or_else(|e| e.into_inner().state.revision().0),
+        "lag_threshold_ms": threshold,
+        "flagged": flagged,
+        "edges": rows,
+    }))
+    .into_response())
+}
+
 async fn status(State(state): Shared) -> Response {
     let metrics = state.cluster.raft().metrics().borrow().clone();
     let role = format!("{:?}", metrics.state).to_lowercase();
@@ -632,7 +674,7 @@ async fn status(State(state): Shared) -> Response {
         .edges
         .lock()
         .map(|e| {
-            e.iter()
+            e.connected()
                 .map(|i| serde_json::json!({"edge_id": i.edge_id, "region": i.region, "acked_revision": i.acked.0}))
                 .collect()
         })

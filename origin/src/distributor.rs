@@ -15,7 +15,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use meridian_protocol::{Address, EntryState, Frame, FrameV1, Revision, SignedDelta, SignedHead};
+use meridian_protocol::{
+    Address, Digest, EntryState, Frame, FrameV1, Revision, SignedDelta, SignedHead,
+};
 use meridian_store::{Backend, SignedState, StoreError};
 
 /// Identifies one connection within a distributor.
@@ -106,6 +108,12 @@ pub struct EdgeInfo {
     pub region: String,
     /// The newest revision it acknowledged.
     pub acked: Revision,
+    /// The revision it last reported serving (Hello or Report) and its digest there.
+    pub reported: (Revision, Digest),
+    /// How far behind the newest head it knows it said it was, in milliseconds.
+    pub lag_ms: u64,
+    /// When it last reported.
+    pub reported_at: Instant,
 }
 
 #[derive(Debug)]
@@ -200,12 +208,15 @@ impl Distributor {
                 edge_id,
                 region,
                 revision,
-                ..
+                digest,
             } => {
                 session.info = Some(EdgeInfo {
                     edge_id,
                     region,
                     acked: revision,
+                    reported: (revision, digest),
+                    lag_ms: 0,
+                    reported_at: now,
                 });
                 session.sent = revision;
                 session.standby = false;
@@ -244,6 +255,19 @@ impl Distributor {
                 }
             }
             FrameV1::Heartbeat { .. } => {}
+            FrameV1::Report {
+                revision,
+                digest,
+                lag_ms,
+            } => {
+                if let Some(info) = session.info.as_mut() {
+                    info.reported = (revision, digest);
+                    info.lag_ms = lag_ms;
+                    info.reported_at = now;
+                } else {
+                    self.stats.unexpected_frames += 1;
+                }
+            }
             _ => self.stats.unexpected_frames += 1,
         }
     }

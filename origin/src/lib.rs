@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod core;
 pub mod distributor;
+pub mod drift;
 pub mod history;
 pub mod history_api;
 pub mod node;

@@ -103,7 +103,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     };
     let commits_rx = sm.commits().subscribe();
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let edges = Arc::new(Mutex::new(Vec::new()));
+    let edges = Arc::new(Mutex::new(crate::drift::KnownEdges::default()));
 
     let r = &config.raft;
     let raft_config = openraft::Config {
@@ -190,7 +190,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         cluster: cluster.clone(),
         reader,
         max_value_bytes: config.max_value_bytes,
-        edges,
+        edges: edges.clone(),
         core: core.clone(),
     }))
     .merge(crate::raft::network::routes(raft.clone()))
@@ -202,6 +202,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         config.history.clone(),
         shutdown_rx.clone(),
     ));
+    let drift_task = tokio::spawn(export_drift(edges, core.clone(), shutdown_rx.clone()));
     let mut rx = shutdown_rx;
     let http_task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -217,8 +218,37 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         quic_addr,
         raft,
         shutdown,
-        tasks: vec![quic_task, http_task, compact_task],
+        tasks: vec![quic_task, http_task, compact_task, drift_task],
     })
+}
+
+/// Every few seconds, exports the drift view of every known edge as Prometheus gauges.
+async fn export_drift(
+    edges: Arc<Mutex<crate::drift::KnownEdges>>,
+    core: crate::raft::state_machine::SharedCore,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    const EVERY: Duration = Duration::from_secs(5);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+        let known = edges
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        let rows = {
+            let core = core.lock().unwrap_or_else(|e| e.into_inner());
+            crate::drift::rows(
+                &known,
+                core.state(),
+                std::time::Instant::now(),
+                crate::drift::DEFAULT_LAG_THRESHOLD_MS,
+            )
+        };
+        crate::drift::export(&rows);
+    }
 }
 
 /// While this node leads, commits a history compaction every `compact_interval_s`: every node

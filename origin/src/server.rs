@@ -13,7 +13,8 @@ use meridian_store::{Backend, SignedState};
 use tokio::sync::{mpsc, watch};
 
 use crate::core::OriginCore;
-use crate::distributor::{ConnId, Distributor, EdgeInfo, Transmit};
+use crate::distributor::{ConnId, Distributor, Transmit};
+use crate::drift::KnownEdges;
 
 /// Bound on queued transmits per connection; a connection that falls this far behind is closed
 /// (it reconnects and catches up from its own revision).
@@ -33,7 +34,7 @@ pub async fn run<B: Backend + 'static>(
     core: Arc<Mutex<OriginCore<B>>>,
     mut commits: watch::Receiver<Revision>,
     mut distributor: Distributor,
-    edges_out: Arc<Mutex<Vec<EdgeInfo>>>,
+    edges_out: Arc<Mutex<KnownEdges>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
@@ -84,7 +85,7 @@ pub async fn run<B: Backend + 'static>(
             }
         }
         if let Ok(mut e) = edges_out.lock() {
-            *e = distributor.edges().cloned().collect();
+            e.update(distributor.edges());
         }
     }
     endpoint.close(0u32.into(), b"shutdown");

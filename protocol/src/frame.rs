@@ -89,6 +89,16 @@ pub enum FrameV1 {
     /// dialer's origin link is delivering). Heads and freshness still come on heartbeats, so
     /// the dialer notices at once when it falls behind and can switch over without dialing.
     Standby,
+    /// Edge → origin, beside each heartbeat: what the edge serves, for drift detection. Not
+    /// trusted for anything but display and alerts.
+    Report {
+        /// The revision it serves.
+        revision: Revision,
+        /// Its digest at that revision.
+        digest: Digest,
+        /// Milliseconds it has been behind the newest head it knows (0 when caught up).
+        lag_ms: u64,
+    },
 }
 
 impl From<FrameV1> for Frame {
