@@ -138,6 +138,7 @@ pub fn edge_config(
         quic: QuicTuning::default(),
         watch: Default::default(),
         strict: Vec::new(),
+        redis: None,
     }
 }
 

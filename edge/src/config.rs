@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use meridian_net::{QuicTuning, TlsPaths};
 use serde::{Deserialize, Serialize};
 
+use crate::mirror::RedisMirrorConfig;
 use crate::watch::WatchLimits;
 
 /// Edge node configuration (`deploy/regions/<region>.toml` documents each key).
@@ -58,6 +59,9 @@ pub struct EdgeConfig {
     /// their bound.
     #[serde(default)]
     pub strict: Vec<StrictNamespace>,
+    /// Optional mirror of the edge's state into a regional Redis.
+    #[serde(default)]
+    pub redis: Option<RedisMirrorConfig>,
 }
 
 /// A namespace pattern whose reads must not be staler than `max_staleness_ms` (`[[strict]]`).
@@ -214,6 +218,18 @@ impl EdgeConfig {
                 self.watch.heartbeat_ms
             ),
         )?;
+        if let Some(r) = &self.redis {
+            check(
+                r.url.starts_with("redis://") || r.url.starts_with("rediss://"),
+                "redis.url",
+                format!("must be redis://host:port[/db], got {:?}", r.url),
+            )?;
+            check(
+                (10..=600_000).contains(&r.check_interval_ms),
+                "redis.check_interval_ms",
+                format!("must be between 10 and 600000, got {}", r.check_interval_ms),
+            )?;
+        }
         for (i, rule) in self.strict.iter().enumerate() {
             rule.validate(i)?;
         }

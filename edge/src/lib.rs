@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod mirror;
 pub mod node;
 pub mod replicator;
 pub mod shared;

@@ -134,6 +134,16 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
         source,
     })?;
     let app = crate::api::router(shared.clone());
+    let mut tasks = vec![rep_task];
+    if let Some(redis) = config.redis.clone() {
+        tasks.push(tokio::spawn(crate::mirror::run(
+            redis,
+            config.edge_id.clone(),
+            shared.watch.clone(),
+            shared.mirror.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     let mut rx = shutdown_rx;
     let hub = shared.watch.clone();
     let http_task = tokio::spawn(async move {
@@ -150,6 +160,9 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
         http_addr,
         shared,
         shutdown,
-        tasks: vec![rep_task, http_task],
+        tasks: {
+            tasks.push(http_task);
+            tasks
+        },
     })
 }

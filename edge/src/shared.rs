@@ -35,6 +35,8 @@ pub struct EdgeShared {
     pub watch: Arc<WatchHub>,
     /// Strict namespaces (reads there refuse to be staler than their bound).
     pub strict: Vec<StrictNamespace>,
+    /// What the Redis mirror did (all zero without one).
+    pub mirror: Arc<Mutex<crate::mirror::MirrorStats>>,
     started: Instant,
     last_heard: Mutex<Option<Instant>>,
     stats: Mutex<ReplicatorStats>,
@@ -51,6 +53,7 @@ impl EdgeShared {
     ) -> Self {
         Self {
             strict,
+            mirror: Arc::default(),
             edge_id,
             region,
             watch: Arc::new(WatchHub::new(reader.clone(), limits)),

@@ -182,8 +182,19 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Every address (the Redis mirror's view; HTTP watches always name a namespace).
+    pub fn everything() -> Self {
+        Self {
+            app: String::new(),
+            env: String::new(),
+            prefix: String::new(),
+        }
+    }
+
     fn matches(&self, a: &Address) -> bool {
-        a.app == self.app && a.env == self.env && a.key.starts_with(&self.prefix)
+        (self.app.is_empty() || a.app == self.app)
+            && (self.env.is_empty() || a.env == self.env)
+            && a.key.starts_with(&self.prefix)
     }
 }
 
@@ -251,6 +262,11 @@ impl WatchHub {
 
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// The edge's published state.
+    pub fn state(&self) -> &Reader {
+        &self.reader
     }
 
     /// The limits in force.
