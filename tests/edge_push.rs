@@ -341,6 +341,7 @@ async fn strict_namespaces_answer_503_while_cut_from_the_origin_and_recover_afte
         namespace: "pay/*".into(),
         max_staleness_ms: 1_500,
     }];
+    config.watch.heartbeat_ms = 200;
     let edge_node = meridian_edge::start(config).await.unwrap();
     let edge = base(edge_node.http_addr);
     let c = http();
@@ -385,6 +386,20 @@ async fn strict_namespaces_answer_503_while_cut_from_the_origin_and_recover_afte
     assert_eq!(r.json::<Value>().await.unwrap()["value"], json!(2));
     let (code, _) = get_json(&c, &format!("{edge}/v1/config/pay/prod")).await;
     assert_eq!(code, 503, "config reads of a strict namespace too");
+
+    // Watch streams stay up through the cut, kept alive by heartbeats while idle.
+    let mut idle = c
+        .get(format!("{edge}/v1/watch?app=pay&env=prod"))
+        .send()
+        .await
+        .unwrap();
+    let chunk = tokio::time::timeout(WAIT, idle.chunk())
+        .await
+        .expect("a heartbeat in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&chunk[..], b": heartbeat\n\n");
+    drop(idle);
 
     // Heal: the origin comes back on the same address; the strict namespace serves again.
     let origin_node = meridian_origin::start(origin_config).await.unwrap();

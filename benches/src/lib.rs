@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 pub mod cluster;
+pub mod redis_server;
 
 /// p50, p99 and max of a set of samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

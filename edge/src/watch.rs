@@ -444,12 +444,21 @@ fn bad(code: &'static str, message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
 
-/// Validates a watch request into a filter and a start position.
+/// Where a new subscriber starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// After this position (no `since`: the edge's current revision).
+    At(Position),
+    /// With the full current state (`since=0`), then what follows it.
+    Full,
+}
+
+/// Validates a watch request into a filter and a start.
 pub fn parse_request(
     hub: &WatchHub,
     q: WatchQuery,
     last_event_id: Option<&str>,
-) -> Result<(Filter, Position), ApiError> {
+) -> Result<(Filter, Start), ApiError> {
     if q.app.is_empty() || q.env.is_empty() {
         return Err(bad(
             "bad_query",
@@ -463,13 +472,17 @@ pub fn parse_request(
     }
     let since = last_event_id.map(str::to_owned).or(q.since);
     let at = match since {
-        None => hub.newest(),
-        Some(s) => Position::parse(&s).ok_or_else(|| {
-            bad(
-                "bad_since",
-                format!("since / Last-Event-ID must be R or R:i, got {s:?}"),
-            )
-        })?,
+        None => Start::At(hub.newest()),
+        Some(s) => match Position::parse(&s) {
+            Some(p) if p == Position::after(0) => Start::Full,
+            Some(p) => Start::At(p),
+            None => {
+                return Err(bad(
+                    "bad_since",
+                    format!("since / Last-Event-ID must be R or R:i, got {s:?}"),
+                ));
+            }
+        },
     };
     Ok((
         Filter {
@@ -497,18 +510,22 @@ pub struct Subscriber {
     at: Position,
     rx: watch::Receiver<u64>,
     queue: VecDeque<Outgoing>,
-    /// Started at 0: the first thing sent is the full state.
+    /// Started with [`Start::Full`]: the first thing sent is the full state.
     resync_first: bool,
 }
 
 impl Subscriber {
-    /// A subscriber at `at`; at revision 0 it starts with the full state.
-    pub fn new(hub: Arc<WatchHub>, filter: Filter, at: Position) -> Self {
+    /// A subscriber starting at `start`.
+    pub fn new(hub: Arc<WatchHub>, filter: Filter, start: Start) -> Self {
         let rx = hub.subscribe();
+        let (at, resync_first) = match start {
+            Start::At(p) => (p, false),
+            Start::Full => (Position::after(0), true),
+        };
         Self {
             hub,
             filter,
-            resync_first: at == Position::after(0),
+            resync_first,
             at,
             rx,
             queue: VecDeque::new(),
@@ -580,7 +597,7 @@ impl Drop for Open {
 
 /// `GET /v1/watch`: Server-Sent Events `change` (id `R` or `R:i`) and `resync` (id `R`), with
 /// keep-alive comments while idle.
-pub fn sse(hub: Arc<WatchHub>, filter: Filter, at: Position) -> Response {
+pub fn sse(hub: Arc<WatchHub>, filter: Filter, at: Start) -> Response {
     let heartbeat = Duration::from_millis(hub.limits().heartbeat_ms.max(1));
     let sub = Subscriber::new(hub, filter, at);
     let stream = futures_util::stream::unfold((sub, Open::new()), |(mut sub, open)| async move {
@@ -598,16 +615,11 @@ pub fn sse(hub: Arc<WatchHub>, filter: Filter, at: Position) -> Response {
 
 /// `GET /v1/watch/ws`: the same events as WebSocket text messages
 /// `{"event":"change"|"resync","id":…,"data":{…}}`, with pings while idle.
-pub fn websocket(
-    hub: Arc<WatchHub>,
-    filter: Filter,
-    at: Position,
-    ws: WebSocketUpgrade,
-) -> Response {
+pub fn websocket(hub: Arc<WatchHub>, filter: Filter, at: Start, ws: WebSocketUpgrade) -> Response {
     ws.on_upgrade(move |socket| serve_socket(socket, hub, filter, at))
 }
 
-async fn serve_socket(mut socket: WebSocket, hub: Arc<WatchHub>, filter: Filter, at: Position) {
+async fn serve_socket(mut socket: WebSocket, hub: Arc<WatchHub>, filter: Filter, at: Start) {
     let _open = Open::new();
     let heartbeat = Duration::from_millis(hub.limits().heartbeat_ms.max(1));
     let mut sub = Subscriber::new(hub, filter, at);
@@ -804,10 +816,9 @@ mod tests {
             subscriber_buffer_events: 8,
             heartbeat_ms: 1_000,
         }));
-        let mut stalled = Subscriber::new(h.clone(), filter(""), Position::after(0));
-        stalled.resync_first = false;
-        let mut keeping_up = Subscriber::new(h.clone(), filter(""), Position::after(0));
-        keeping_up.resync_first = false;
+        let start = Start::At(Position::after(0));
+        let mut stalled = Subscriber::new(h.clone(), filter(""), start);
+        let mut keeping_up = Subscriber::new(h.clone(), filter(""), start);
         for r in 1..=1_000 {
             h.publish(&[delta(r, &["a", "b"])]);
             // One subscriber reads everything as it comes; the other reads nothing.
@@ -846,8 +857,8 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_subscriber_wakes_for_the_next_revision() {
         let h = Arc::new(hub(WatchLimits::default()));
-        let mut sub = Subscriber::new(h.clone(), filter(""), Position::after(0));
-        // Starting at 0 means the full state first (empty here).
+        let mut sub = Subscriber::new(h.clone(), filter(""), Start::Full);
+        // The full state first (empty here).
         assert_eq!(
             sub.next().await,
             Some(Outgoing::Resync {

@@ -6,11 +6,9 @@
 //!
 //! `cargo run --release -p meridian-benches --bin read_throughput -- --seconds 5`
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -127,58 +125,6 @@ where
     })
 }
 
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn ping(url: &str) -> redis::RedisResult<String> {
-    let client = redis::Client::open(url)?;
-    let mut c = client.get_multiplexed_async_connection().await?;
-    redis::cmd("PING").query_async(&mut c).await
-}
-
-async fn start_redis() -> anyhow::Result<Option<(Redis, String)>> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = match Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(c) => Redis(c),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).context("starting redis-server"),
-    };
-    let url = format!("redis://127.0.0.1:{port}/");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if ping(&url).await.is_ok() {
-            return Ok(Some((child, url)));
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "redis-server did not answer within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn report(name: &str, o: &Outcome) {
     println!(
         "  {name:<22} {:>10.0} req/s  ({} ok, {} errors)",
@@ -242,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     report("meridian edge HTTP GET", &meridian);
 
-    match start_redis().await? {
+    match meridian_benches::redis_server::start().await? {
         None => println!(
             "  redis-server not found on PATH; for the side-by-side figure install it: apt-get install -y redis-server"
         ),
