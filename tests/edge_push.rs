@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{Stream, StreamExt};
-use meridian::dev::{DevOptions, REGIONS, edge_config, origin_cluster_configs, pki};
+use meridian::dev::{REGIONS, edge_config};
 use meridian_client::{Client, ReadOptions, WatchEvent};
 use meridian_edge::config::StrictNamespace;
 use serde_json::{Value, json};
@@ -323,26 +323,16 @@ async fn min_revision_waits_for_the_write_then_answers_or_times_out_with_504() {
 /// namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn strict_namespaces_answer_503_while_cut_from_the_origin_and_recover_after() {
-    init();
     let dir = tempfile::tempdir().unwrap();
-    let opts = DevOptions::ephemeral(dir.path().to_owned());
-    let pki = pki(dir.path()).unwrap();
-    let origin_config = origin_cluster_configs(&opts, &pki).remove(0);
-    let origin_node = meridian_origin::start(origin_config.clone()).await.unwrap();
+    let (origin_config, origin_node, _, edge_node) = origin_and_edge(dir.path(), |config| {
+        config.strict = vec![StrictNamespace {
+            namespace: "pay/*".into(),
+            max_staleness_ms: 1_500,
+        }];
+        config.watch.heartbeat_ms = 200;
+    })
+    .await;
     let origin = base(origin_node.http_addr);
-    let mut config = edge_config(
-        dir.path(),
-        &pki,
-        REGIONS[1],
-        "127.0.0.1:0".parse().unwrap(),
-        origin_node.quic_addr,
-    );
-    config.strict = vec![StrictNamespace {
-        namespace: "pay/*".into(),
-        max_staleness_ms: 1_500,
-    }];
-    config.watch.heartbeat_ms = 200;
-    let edge_node = meridian_edge::start(config).await.unwrap();
     let edge = base(edge_node.http_addr);
     let c = http();
     let (code, _) = eventually(WAIT, "origin elected", || async {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use meridian::dev::{DevOptions, REGIONS, edge_config, origin_cluster_configs, pki};
+use meridian::dev::REGIONS;
 use meridian_edge::mirror::RedisMirrorConfig;
 use serde_json::{Value, json};
 
@@ -132,25 +132,14 @@ async fn the_mirror_matches_the_edge_and_rebuilds_after_data_loss_and_restarts()
     .await;
 
     let dir = tempfile::tempdir().unwrap();
-    let opts = DevOptions::ephemeral(dir.path().to_owned());
-    let pki = pki(dir.path()).unwrap();
-    let origin_node = meridian_origin::start(origin_cluster_configs(&opts, &pki).remove(0))
-        .await
-        .unwrap();
+    let (_, origin_node, config, edge) = origin_and_edge(dir.path(), |config| {
+        config.redis = Some(RedisMirrorConfig {
+            url: url.clone(),
+            check_interval_ms: 100,
+        });
+    })
+    .await;
     let origin = base(origin_node.http_addr);
-    let mut config = edge_config(
-        dir.path(),
-        &pki,
-        REGIONS[1],
-        "127.0.0.1:0".parse().unwrap(),
-        origin_node.quic_addr,
-    );
-    config.redis = Some(RedisMirrorConfig {
-        url: url.clone(),
-        check_interval_ms: 100,
-    });
-    config.validate().unwrap();
-    let edge = meridian_edge::start(config.clone()).await.unwrap();
     let c = http();
     eventually(WAIT, "origin elected", || async {
         let r = c

@@ -6,6 +6,26 @@ use std::time::Duration;
 pub mod cluster;
 pub mod redis_server;
 
+/// PUTs `value` at `origin`'s `/v1/kv/{path}`; the revision the write committed at.
+pub async fn put(
+    client: &reqwest::Client,
+    origin: &str,
+    path: &str,
+    value: &serde_json::Value,
+) -> anyhow::Result<u64> {
+    let r: serde_json::Value = client
+        .put(format!("{origin}/v1/kv/{path}"))
+        .json(&serde_json::json!({ "value": value }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    r["revision"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no revision in the answer to PUT {path}: {r}"))
+}
+
 /// p50, p99 and max of a set of samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {

@@ -153,3 +153,32 @@ pub fn spawn_node(role: &str, config: &Path) -> (NodeProcess, String) {
 pub fn spawn_origin(config: &Path) -> (OriginProcess, String) {
     spawn_node("origin", config)
 }
+
+/// A one-node origin (its config kept, so it can be restarted on the same ports) and one
+/// eu-west edge of it, the edge's config changed by `tweak` before it starts.
+pub async fn origin_and_edge(
+    dir: &Path,
+    tweak: impl FnOnce(&mut meridian_edge::EdgeConfig),
+) -> (
+    meridian_origin::OriginConfig,
+    meridian_origin::OriginHandle,
+    meridian_edge::EdgeConfig,
+    meridian_edge::EdgeHandle,
+) {
+    init();
+    let opts = DevOptions::ephemeral(dir.to_owned());
+    let pki = pki(dir).unwrap();
+    let origin_config = origin_cluster_configs(&opts, &pki).remove(0);
+    let origin = meridian_origin::start(origin_config.clone()).await.unwrap();
+    let mut config = meridian::dev::edge_config(
+        dir,
+        &pki,
+        meridian::dev::REGIONS[1],
+        "127.0.0.1:0".parse().unwrap(),
+        origin.quic_addr,
+    );
+    tweak(&mut config);
+    config.validate().unwrap();
+    let edge = meridian_edge::start(config.clone()).await.unwrap();
+    (origin_config, origin, config, edge)
+}

@@ -251,15 +251,9 @@ async fn main() -> anyhow::Result<()> {
         let (c, origin, value) = (c.clone(), origin.clone(), value.clone());
         async move {
             let at = now_us();
-            let r: serde_json::Value = c
-                .put(format!("{origin}/v1/kv/bench/prod/k{i}"))
-                .json(&serde_json::json!({ "value": value }))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            let revision = r["revision"].as_u64().context("revision in the answer")?;
+            let value = serde_json::Value::String(value);
+            let revision =
+                meridian_benches::put(&c, &origin, &format!("bench/prod/k{i}"), &value).await?;
             Ok((revision, at))
         }
     })

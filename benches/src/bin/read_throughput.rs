@@ -148,16 +148,10 @@ async fn main() -> anyhow::Result<()> {
     let keys: Arc<Vec<String>> = Arc::new((0..args.keys).map(|i| format!("key{i}")).collect());
     let value = "v".repeat(args.value_bytes);
     let mut last = 0;
+    let json_value = serde_json::Value::String(value.clone());
     for k in keys.iter() {
-        let r: serde_json::Value = client
-            .put(format!("{origin}/v1/kv/bench/prod/{k}"))
-            .json(&serde_json::json!({ "value": value }))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        last = r["revision"].as_u64().unwrap_or(0);
+        let path = format!("bench/prod/{k}");
+        last = meridian_benches::put(&client, &origin, &path, &json_value).await?;
     }
     let edge = &cluster.edges[0];
     let deadline = Instant::now() + Duration::from_secs(30);
