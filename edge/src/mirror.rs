@@ -72,18 +72,10 @@ pub fn revision_ops(edge_id: &str, changes: &[Arc<WatchEvent>]) -> Vec<Op> {
     let mut revision = 0;
     for e in changes {
         revision = e.revision;
-        let v: serde_json::Value = serde_json::from_str(&e.json).unwrap_or_default();
         let key = entry_key(&e.address);
-        match (&v["deleted"], v.get("value")) {
-            (serde_json::Value::Bool(false), Some(value)) => ops.push(Op::Set(
-                key,
-                entry_json(
-                    &value.to_string(),
-                    v["version"].as_u64().unwrap_or(0),
-                    e.revision,
-                ),
-            )),
-            _ => ops.push(Op::Del(key)),
+        match e.value.as_deref() {
+            Some(value) => ops.push(Op::Set(key, entry_json(value, e.version, e.revision))),
+            None => ops.push(Op::Del(key)),
         }
         ops.push(Op::Publish(channel(&e.address), e.json.to_string()));
     }

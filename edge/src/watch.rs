@@ -62,6 +62,10 @@ pub struct WatchEvent {
     pub last: bool,
     /// What changed.
     pub address: Address,
+    /// Its new value (JSON text), `None` when deleted.
+    pub value: Option<meridian_protocol::JsonText>,
+    /// Its new version.
+    pub version: u64,
     /// `{"revision","app","env","key","value","version","deleted"}`.
     pub json: Arc<str>,
 }
@@ -85,6 +89,8 @@ impl WatchEvent {
             index: index as u32,
             last: index + 1 == delta.changes.len(),
             address: c.address.clone(),
+            value: c.value.clone(),
+            version: c.version.0,
             json: json.into(),
         })
     }
