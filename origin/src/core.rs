@@ -420,11 +420,10 @@ impl<B: Backend> OriginCore<B> {
                 Vec::new()
             }
             Command::CompactHistory { retention, now_ms } => {
-                extra.extend(history::compaction(
-                    self.state.backend(),
-                    retention,
-                    now_ms,
-                )?);
+                // What is stored plus what an open batch holds: compaction decides on the same
+                // records however the applies were grouped into batches.
+                let records = self.state.scan_prefix_staged(&history::HISTORY_PREFIX)?;
+                extra.extend(history::compaction(&records, retention, now_ms)?);
                 Vec::new()
             }
         };

@@ -282,9 +282,10 @@ pub fn env_rollback(
     Command::Txn { conditions, ops }
 }
 
-/// The deletions that bring history within `retention` at `now_ms`.
+/// The deletions that bring history within `retention` at `now_ms`, given every history record
+/// in key order (`all`, as a scan of [`HISTORY_PREFIX`] returns them).
 pub fn compaction(
-    backend: &impl Backend,
+    all: &[(Vec<u8>, Vec<u8>)],
     retention: Retention,
     now_ms: u64,
 ) -> Result<Vec<Write>, HistoryError> {
@@ -293,7 +294,6 @@ pub fn compaction(
     let mut out = Vec::new();
     // Records of one key are adjacent and in version order; the key part is everything before
     // the version.
-    let all = backend.scan_prefix(&HISTORY_PREFIX)?;
     let mut i = 0;
     while i < all.len() {
         let key_part = &all[i].0[..all[i].0.len().saturating_sub(8)];
@@ -458,7 +458,8 @@ mod tests {
             max_versions: 3,
             max_age_ms: None,
         };
-        b.apply(compaction(&b, keep3, 10_000).unwrap()).unwrap();
+        b.apply(compaction(&b.scan_prefix(&HISTORY_PREFIX).unwrap(), keep3, 10_000).unwrap())
+            .unwrap();
         let (left, _) = page(&b, &at("k"), None, 10).unwrap();
         assert_eq!(
             left.iter().map(|r| r.version).collect::<Vec<_>>(),
@@ -469,7 +470,8 @@ mod tests {
             max_versions: 100,
             max_age_ms: Some(1_500),
         };
-        b.apply(compaction(&b, young, 5_000).unwrap()).unwrap();
+        b.apply(compaction(&b.scan_prefix(&HISTORY_PREFIX).unwrap(), young, 5_000).unwrap())
+            .unwrap();
         let (left, _) = page(&b, &at("k"), None, 10).unwrap();
         assert_eq!(left.iter().map(|r| r.version).collect::<Vec<_>>(), [5, 4]);
         assert_eq!(page(&b, &at("old"), None, 10).unwrap().0.len(), 1);

@@ -15,7 +15,7 @@ use meridian_protocol::{
     Address, CacheState, Delta, Digest, EntryState, LtHash, Revision, SignedDelta, SignedHead,
 };
 
-use crate::backend::{Backend, BackendError, Write};
+use crate::backend::{Backend, BackendError, Pairs, Write};
 
 const META_REVISION: &[u8] = b"m/revision";
 const META_LTHASH: &[u8] = b"m/lthash";
@@ -133,6 +133,16 @@ pub struct SignedState<B: Backend> {
     /// How many recent deltas to keep for catch-up.
     delta_window: u64,
     oldest_delta: Revision,
+    /// Writes held back by an open batch ([`SignedState::begin_batch`]).
+    staged: Option<Staged>,
+}
+
+/// What an open batch holds: the writes in order, and whether a delta is among them (then the
+/// revision, hash and head are written when it is committed).
+#[derive(Debug, Default)]
+struct Staged {
+    writes: Vec<Write>,
+    deltas: bool,
 }
 
 impl<B: Backend> SignedState<B> {
@@ -185,6 +195,7 @@ impl<B: Backend> SignedState<B> {
             overlay: HashMap::new(),
             delta_window: delta_window.max(1),
             oldest_delta,
+            staged: None,
         })
     }
 
@@ -292,9 +303,6 @@ impl<B: Backend> SignedState<B> {
         if hash.finish() != signed.head.head.digest {
             return Err(StoreError::DigestMismatch(delta.revision));
         }
-        batch.push((META_REVISION.to_vec(), Some(encode(&delta.revision.0))));
-        batch.push((META_LTHASH.to_vec(), Some(hash.to_bytes())));
-        batch.push((META_HEAD.to_vec(), Some(encode(&signed.head))));
         batch.push((delta_key(delta.revision), Some(encode(signed))));
         batch.extend(extra);
         let mut oldest = self.oldest_delta;
@@ -302,7 +310,16 @@ impl<B: Backend> SignedState<B> {
             batch.push((delta_key(oldest), None));
             oldest = oldest.next();
         }
-        self.backend.apply(batch)?;
+        match &mut self.staged {
+            Some(staged) => {
+                staged.writes.extend(batch);
+                staged.deltas = true;
+            }
+            None => {
+                batch.extend(Self::meta_writes(delta.revision, &hash, &signed.head));
+                self.backend.apply(batch)?;
+            }
+        }
         self.oldest_delta = oldest;
         self.revision = delta.revision;
         self.hash = hash;
@@ -312,9 +329,80 @@ impl<B: Backend> SignedState<B> {
         Ok(())
     }
 
+    /// The revision, hash and head as stored beside the entries.
+    fn meta_writes(revision: Revision, hash: &LtHash, head: &SignedHead) -> [Write; 3] {
+        [
+            (META_REVISION.to_vec(), Some(encode(&revision.0))),
+            (META_LTHASH.to_vec(), Some(hash.to_bytes())),
+            (META_HEAD.to_vec(), Some(encode(head))),
+        ]
+    }
+
+    /// Opens a batch: until [`SignedState::commit_batch`], what `apply_delta_with` and
+    /// `write_extra` persist is held back and then written in one atomic backend batch (the
+    /// revision, hash and head once, not per delta). The working state moves on as usual, so
+    /// each delta builds on the one before. Nothing in a batch is published before it is
+    /// committed. A batch already open stays open.
+    pub fn begin_batch(&mut self) {
+        if self.staged.is_none() {
+            self.staged = Some(Staged::default());
+        }
+    }
+
+    /// Writes everything the open batch holds, then `extra`, in one atomic backend batch, and
+    /// closes it (with no batch open, writes `extra` alone). If the backend fails, the working
+    /// state is ahead of what is stored: the caller must stop using this state and open it
+    /// again from the backend.
+    pub fn commit_batch(&mut self, extra: Vec<Write>) -> Result<(), StoreError> {
+        let Some(staged) = self.staged.take() else {
+            return self.write_extra(extra);
+        };
+        let mut writes = staged.writes;
+        if let Some(head) = self.head.as_ref().filter(|_| staged.deltas) {
+            writes.extend(Self::meta_writes(self.revision, &self.hash, head));
+        }
+        writes.extend(extra);
+        if !writes.is_empty() {
+            self.backend.apply(writes)?;
+        }
+        Ok(())
+    }
+
+    /// The stored pairs whose keys start with `prefix`, in key order, as they will be once the
+    /// open batch (if any) is committed.
+    pub fn scan_prefix_staged(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
+        let stored = self.backend.scan_prefix(prefix)?;
+        let Some(staged) = &self.staged else {
+            return Ok(stored);
+        };
+        let mut merged: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
+        for (k, v) in staged.writes.iter().filter(|(k, _)| k.starts_with(prefix)) {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged.into_iter().collect())
+    }
+
+    /// Drops what the open batch holds, storing none of it, and closes it. The working state
+    /// is then ahead of what is stored: the caller must stop using this state and open it
+    /// again from the backend.
+    pub fn discard_batch(&mut self) {
+        self.staged = None;
+    }
+
+    fn refuse_open_batch(&self) -> Result<(), StoreError> {
+        match self.staged {
+            Some(_) => Err(StoreError::Invalid("a batch is open")),
+            None => Ok(()),
+        }
+    }
+
     /// Makes every persisted revision durable, then shows it to readers. Returns the published
-    /// revision.
+    /// revision. Refused while a batch is open.
     pub fn publish(&mut self) -> Result<Revision, StoreError> {
+        self.refuse_open_batch()?;
         if self.pending.is_empty() {
             return Ok(self.revision);
         }
@@ -326,8 +414,9 @@ impl<B: Backend> SignedState<B> {
     /// for a caller that can rebuild those revisions identically after a crash: the origin's
     /// Raft state machine, whose revisions are re-applied from the durable Raft log. An edge
     /// must use [`SignedState::publish`] (what it serves or acknowledges must survive a
-    /// crash). Returns the published revision.
+    /// crash). Returns the published revision. Refused while a batch is open.
     pub fn publish_unflushed(&mut self) -> Result<Revision, StoreError> {
+        self.refuse_open_batch()?;
         if self.pending.is_empty() {
             return Ok(self.revision);
         }
@@ -341,16 +430,20 @@ impl<B: Backend> SignedState<B> {
 
     /// Persists `extra` writes (keys starting with [`EXTRA_PREFIX`]) in one atomic batch, in
     /// order with the deltas; durable at the next [`SignedState::publish`] or
-    /// [`SignedState::flush`].
+    /// [`SignedState::flush`]. With a batch open, they join it.
     pub fn write_extra(&mut self, extra: Vec<Write>) -> Result<(), StoreError> {
-        if !extra.is_empty() {
+        if let Some(staged) = &mut self.staged {
+            staged.writes.extend(extra);
+        } else if !extra.is_empty() {
             self.backend.apply(extra)?;
         }
         Ok(())
     }
 
-    /// Makes everything persisted so far durable, published or not.
+    /// Makes everything persisted so far durable, published or not. Refused while a batch is
+    /// open.
     pub fn flush(&mut self) -> Result<(), StoreError> {
+        self.refuse_open_batch()?;
         self.backend.flush()?;
         Ok(())
     }

@@ -155,6 +155,85 @@ fn a_crash_keeps_the_last_published_revision() {
     assert_eq!(after.digest(), after.head().unwrap().head.digest);
 }
 
+#[test]
+fn a_batch_is_written_whole_or_not_at_all() {
+    let mut s = SignedState::open(MemBackend::new(), 2).unwrap();
+    let d = next(&s, &[("k", Some("0"))]);
+    s.apply_delta(&d).unwrap();
+    s.publish().unwrap();
+
+    s.begin_batch();
+    for i in 1..=3 {
+        let v = i.to_string();
+        let d = next(&s, &[("k", Some(&v)), ("other", Some(&v))]);
+        s.apply_delta_with(&d, vec![(b"xmark".to_vec(), Some(v.into_bytes()))])
+            .unwrap();
+    }
+    // Each delta built on the one before, in memory; nothing is stored or shown yet.
+    assert_eq!(s.revision(), Revision(4));
+    assert_eq!(
+        SignedState::open(s.backend().clone(), 2)
+            .unwrap()
+            .revision(),
+        Revision(1)
+    );
+    assert!(matches!(s.publish(), Err(StoreError::Invalid(_))));
+    assert!(matches!(s.flush(), Err(StoreError::Invalid(_))));
+    assert_eq!(value_of(&s, "k").as_deref(), Some("0"));
+
+    s.commit_batch(vec![(b"xdone".to_vec(), Some(b"yes".to_vec()))])
+        .unwrap();
+    assert_eq!(s.publish().unwrap(), Revision(4));
+    assert_eq!(value_of(&s, "k").as_deref(), Some("3"));
+    let reopened = SignedState::open(s.backend().crash(), 2).unwrap();
+    assert_eq!(reopened.revision(), Revision(4));
+    assert_eq!(reopened.digest(), s.digest());
+    assert_eq!(reopened.head(), s.head());
+    // The window of two deltas holds across the batch.
+    let kept = reopened.deltas_after(Revision(2), 10).unwrap().unwrap();
+    assert_eq!(kept.len(), 2);
+    assert!(reopened.deltas_after(Revision(1), 10).unwrap().is_none());
+    let backend = reopened.backend();
+    assert_eq!(backend.get(b"xmark").unwrap(), Some(b"3".to_vec()));
+    assert_eq!(backend.get(b"xdone").unwrap(), Some(b"yes".to_vec()));
+}
+
+proptest! {
+    /// However deltas are grouped into batches, the store ends up holding exactly what applying
+    /// them one at a time holds.
+    #[test]
+    fn batches_store_what_single_deltas_store(
+        ops in proptest::collection::vec(
+            (proptest::collection::vec((0u8..6, proptest::option::of(0u8..9)), 1..4), any::<bool>()),
+            1..30)
+    ) {
+        let mut single = SignedState::open(MemBackend::new(), 5).unwrap();
+        let mut batched = SignedState::open(MemBackend::new(), 5).unwrap();
+        batched.begin_batch();
+        for (i, (writes, commit_after)) in ops.iter().enumerate() {
+            let writes: BTreeMap<String, Option<String>> = writes
+                .iter()
+                .map(|(k, v)| (format!("k{k}"), v.map(|v| v.to_string())))
+                .collect();
+            let refs: Vec<(&str, Option<&str>)> =
+                writes.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+            let d = next(&single, &refs);
+            let extra = || vec![(b"xapplied".to_vec(), Some(i.to_le_bytes().to_vec()))];
+            single.apply_delta_with(&d, extra()).unwrap();
+            batched.apply_delta_with(&d, extra()).unwrap();
+            if *commit_after {
+                batched.commit_batch(Vec::new()).unwrap();
+                batched.begin_batch();
+            }
+        }
+        batched.commit_batch(Vec::new()).unwrap();
+        prop_assert_eq!(
+            batched.backend().scan_prefix(b"").unwrap(),
+            single.backend().scan_prefix(b"").unwrap()
+        );
+    }
+}
+
 proptest! {
     #[test]
     fn state_matches_a_btreemap_model(

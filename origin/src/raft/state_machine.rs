@@ -29,10 +29,6 @@ use crate::schema::SCHEMA_PREFIX;
 
 const APPLIED: &[u8] = &[EXTRA_PREFIX, b'r', b'a'];
 const MEMBERSHIP: &[u8] = &[EXTRA_PREFIX, b'r', b'm'];
-/// Progress inside an entry of several commands: `(its log id, commands applied)`, written in
-/// the same batch as each command but the last (which writes [`APPLIED`] and removes this), so
-/// that an entry interrupted by a crash resumes after its last applied command.
-const PARTIAL: &[u8] = &[EXTRA_PREFIX, b'r', b'p'];
 
 /// The origin core shared by the state machine, the write API and the edge server.
 pub type SharedCore = Arc<Mutex<OriginCore<SledBackend>>>;
@@ -142,80 +138,43 @@ impl StateMachine {
                 Ok(Response::default())
             }
             EntryPayload::Normal(request) => {
-                let n = request.commands.len();
-                if n == 0 {
-                    write_extra(core, vec![extra])?;
-                    return Ok(Response::default());
-                }
-                // Commands of this entry already applied before a crash are not applied again.
-                let done = match core.state().backend().get(PARTIAL).map_err(sm_read)? {
-                    Some(b) => match postcard::from_bytes::<(LogId, u32)>(&b) {
-                        Ok((id, done)) if id == log_id => done as usize,
-                        _ => 0,
-                    },
-                    None => 0,
-                };
-                let mut outcomes = Vec::with_capacity(n - done.min(n));
-                for (i, proposal) in request.commands.into_iter().enumerate().skip(done) {
-                    let marker = if i + 1 == n {
-                        if n > 1 {
-                            vec![extra.clone(), (PARTIAL.to_vec(), None)]
-                        } else {
-                            vec![extra.clone()]
-                        }
-                    } else {
-                        vec![(PARTIAL.to_vec(), Some(encode(&(log_id, (i + 1) as u32))?))]
-                    };
+                let mut outcomes = Vec::with_capacity(request.commands.len());
+                for proposal in request.commands {
                     let outcome = match core.apply_unpublished(
                         proposal.command,
                         Some(&proposal.meta),
-                        marker.clone(),
+                        Vec::new(),
                     ) {
                         Ok((applied, _)) => Outcome::Applied(applied),
                         Err(ApplyError::VersionConflict {
                             address,
                             expected,
                             actual,
-                        }) => {
-                            write_extra(core, marker)?;
-                            Outcome::VersionConflict {
-                                address,
-                                expected,
-                                actual,
-                            }
-                        }
-                        Err(ApplyError::NotFound(address)) => {
-                            write_extra(core, marker)?;
-                            Outcome::NotFound(address)
-                        }
+                        }) => Outcome::VersionConflict {
+                            address,
+                            expected,
+                            actual,
+                        },
+                        Err(ApplyError::NotFound(address)) => Outcome::NotFound(address),
                         Err(ApplyError::ConditionFailed {
                             index,
                             condition,
                             actual,
-                        }) => {
-                            write_extra(core, marker)?;
-                            Outcome::ConditionFailed {
-                                index,
-                                condition,
-                                actual,
-                            }
-                        }
-                        Err(ApplyError::Invalid(why)) => {
-                            write_extra(core, marker)?;
-                            Outcome::Invalid(why)
-                        }
+                        }) => Outcome::ConditionFailed {
+                            index,
+                            condition,
+                            actual,
+                        },
+                        Err(ApplyError::Invalid(why)) => Outcome::Invalid(why),
                         Err(ApplyError::ValueTooLarge {
                             address,
                             bytes,
                             limit,
-                        }) => {
-                            write_extra(core, marker)?;
-                            Outcome::ValueTooLarge {
-                                address,
-                                bytes,
-                                limit,
-                            }
-                        }
+                        }) => Outcome::ValueTooLarge {
+                            address,
+                            bytes,
+                            limit,
+                        },
                         Err(ApplyError::Store(e)) => {
                             return Err(StorageIOError::apply(log_id, &e).into());
                         }
@@ -226,7 +185,6 @@ impl StateMachine {
                             return Err(StorageIOError::apply(log_id, &e).into());
                         }
                         Err(ApplyError::SchemaViolation { address, violation }) => {
-                            write_extra(core, marker)?;
                             Outcome::SchemaViolation {
                                 address,
                                 path: violation.path.clone(),
@@ -236,12 +194,12 @@ impl StateMachine {
                             }
                         }
                         Err(ApplyError::CurrentValuesViolate { prefix, keys }) => {
-                            write_extra(core, marker)?;
                             Outcome::CurrentValuesViolate { prefix, keys }
                         }
                     };
                     outcomes.push(outcome);
                 }
+                write_extra(core, vec![extra])?;
                 Ok(Response { outcomes })
             }
         }
@@ -316,10 +274,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         let revision = {
             let mut core = self.lock();
-            for entry in entries {
-                let response = Self::apply_one(&mut core, entry)?;
-                out.push(response);
+            // Every entry handed over in this call is stored in one atomic batch: the state's
+            // revision, hash and head once, not once per write. A crash keeps all of them or
+            // none (openraft re-applies them from the log).
+            core.state_mut().begin_batch();
+            let applied = entries.into_iter().try_for_each(|entry| {
+                out.push(Self::apply_one(&mut core, entry)?);
+                Ok::<_, StorageError>(())
+            });
+            if let Err(e) = applied {
+                // Nothing of a failed call is stored; openraft stops this node on the error.
+                core.state_mut().discard_batch();
+                return Err(e);
             }
+            core.state_mut()
+                .commit_batch(Vec::new())
+                .map_err(sm_write)?;
             // Readers see the batch at once, before it is durable: the entries are durable in
             // the Raft log (committed on a quorum), and a node that crashes re-applies them
             // from there to the same revisions, digests and signatures. Snapshots and log
@@ -437,45 +407,91 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_entry_interrupted_after_some_commands_resumes_after_them() {
-        let commands = vec![put("a", "1"), put("b", "2"), put("c", "3")];
-        let log_id = LogId::new(CommittedLeaderId::new(1, 0), 1);
-        let entry = Entry {
-            log_id,
-            payload: EntryPayload::Normal(Request {
-                commands: commands.clone(),
-            }),
-        };
-        let whole = tempfile::tempdir().unwrap();
-        let mut whole = open(whole.path());
-        whole.apply(vec![entry.clone()]).await.unwrap();
+    fn entry(index: u64, commands: Vec<Proposal>) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(Request { commands }),
+        }
+    }
 
-        // What a crash after the first command leaves on disk: its revision, with the entry's
-        // progress beside it and the applied log id not yet moved.
+    fn compact() -> Proposal {
+        Proposal {
+            command: Command::CompactHistory {
+                retention: crate::history::Retention {
+                    max_versions: 1,
+                    max_age_ms: None,
+                },
+                now_ms: 2,
+            },
+            ..put("unused", "0")
+        }
+    }
+
+    /// Everything a node stores: the state, history, applied log id.
+    fn stored(sm: &StateMachine) -> Vec<(Vec<u8>, Vec<u8>)> {
+        sm.lock().state().backend().scan_prefix(b"").unwrap()
+    }
+
+    #[tokio::test]
+    async fn entries_applied_together_store_what_entries_applied_one_by_one_store() {
+        let entries = vec![
+            entry(1, vec![put("a", "1"), put("b", "2"), put("a", "3")]),
+            entry(2, vec![put("a", "4")]),
+            // A compaction sees the history written before it, in the same call or entry.
+            entry(3, vec![put("b", "5"), compact(), put("c", "6")]),
+            entry(4, vec![put("a", "7"), compact()]),
+        ];
+        let together = tempfile::tempdir().unwrap();
+        let mut together = open(together.path());
+        let out = together.apply(entries.clone()).await.unwrap();
+        assert_eq!(
+            out.iter().map(|r| r.outcomes.len()).collect::<Vec<_>>(),
+            vec![3, 1, 3, 2]
+        );
+
+        let one_by_one = tempfile::tempdir().unwrap();
+        let mut one_by_one = open(one_by_one.path());
+        for e in entries {
+            one_by_one.apply(vec![e]).await.unwrap();
+        }
+        let (a, b) = (stored(&together), stored(&one_by_one));
+        assert_eq!(a, b);
+        let state = together.lock();
+        assert_eq!(state.state().revision(), Revision(7));
+        assert_eq!(
+            StateMachine::meta_of(&state).unwrap().0.map(|l| l.index),
+            Some(4)
+        );
+        // The last compaction kept the newest version of each key, including versions written
+        // before it in the same entry.
+        let history = a
+            .iter()
+            .filter(|(k, _)| k.starts_with(&HISTORY_PREFIX))
+            .count();
+        assert_eq!(history, 3, "a@4, b@2, c@1");
+    }
+
+    #[tokio::test]
+    async fn an_apply_call_is_stored_and_published_with_its_log_id() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open(dir.path());
-        {
-            let mut core = sm.lock();
-            let progress = vec![(PARTIAL.to_vec(), Some(encode(&(log_id, 1u32)).unwrap()))];
-            let first = commands[0].clone();
-            core.apply_unpublished(first.command, Some(&first.meta), progress)
-                .unwrap();
-            core.state_mut().publish().unwrap();
-        }
-        assert_eq!(sm.applied_state().await.unwrap().0, None);
-        // openraft applies the entry again: only the two commands left are applied.
-        let out = sm.apply(vec![entry]).await.unwrap();
-        assert_eq!(out[0].outcomes.len(), 2);
-        assert!(matches!(&out[0].outcomes[0], Outcome::Applied(a) if a.revision == Revision(2)));
-        let (a, b) = (sm.lock(), whole.lock());
-        assert_eq!(a.state().revision(), Revision(3));
-        assert_eq!(a.state().head(), b.state().head());
-        assert_eq!(StateMachine::meta_of(&a).unwrap().0, Some(log_id));
+        sm.apply(vec![entry(1, vec![put("a", "1"), put("b", "2")])])
+            .await
+            .unwrap();
+        let reader = sm.lock().state().reader();
+        let published = || reader.read().unwrap().head.map(|h| h.head.revision);
+        assert_eq!(published(), Some(Revision(2)));
+        // The store holds the published revision and the applied log id with it.
+        let state = sm.lock();
+        let on_disk = SignedState::open(
+            SledBackend::from_db(state.state().backend().db().clone()).unwrap(),
+            1024,
+        )
+        .unwrap();
+        assert_eq!(on_disk.head(), state.state().head());
         assert_eq!(
-            a.state().backend().get(PARTIAL).unwrap(),
-            None,
-            "progress cleared"
+            StateMachine::meta_of(&state).unwrap().0.map(|l| l.index),
+            Some(1)
         );
     }
 }
