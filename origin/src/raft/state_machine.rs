@@ -2,8 +2,10 @@
 //! the log position and membership recorded in the same atomic batches as the data, and
 //! snapshots that are the signed state itself (its head and entries) plus the history records.
 //!
-//! The state is persistent but not flushed by `apply`: the applied log id is written in the
-//! same atomic batch as each revision, so after a crash sled recovers a consistent prefix and
+//! The state is persistent but not flushed by `apply`: the entries of one `apply` call, their
+//! revisions and the applied log id are written in one atomic batch (see
+//! [`SignedState::begin_batch`]), so after a crash sled recovers a consistent prefix of whole
+//! calls and
 //! openraft re-applies the committed entries after it, from the Raft log, deterministically
 //! (same revisions, digests and signatures); no entry is ever applied twice. A snapshot is
 //! flushed before it is handed out, so the log is never purged past what is durable here. The
