@@ -472,3 +472,75 @@ async fn a_node_that_missed_compacted_entries_catches_up_by_snapshot_and_serves_
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_at_every_node_share_entries_and_each_gets_its_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start(dir.path(), 10_000).await;
+    let c = http();
+    let first = leader(&nodes).await;
+    let log_index = |s: &Value| s["last_log_index"].as_u64().unwrap_or(0);
+    let url = format!("{}/v1/cluster", nodes[first].http);
+    let before = log_index(&get_json(&c, &url).await.1);
+
+    // 50 writes at each node at once, every tenth one conditional on a version its key does
+    // not have: followers forward theirs, and the leader commits them with its own.
+    let mut sent = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for i in 0..50 {
+            let (c, base) = (c.clone(), node.http.clone());
+            let key = format!("n{n}.k{i}");
+            let conflict = i % 10 == 0;
+            sent.push(tokio::spawn(async move {
+                let mut body = json!({ "value": i });
+                if conflict {
+                    body["expect_version"] = json!(7);
+                }
+                let r = c
+                    .put(format!("{base}/v1/kv/app/prod/{key}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let code = r.status().as_u16();
+                (key, i, conflict, code, r.json::<Value>().await.unwrap())
+            }));
+        }
+    }
+    let mut revisions = std::collections::BTreeSet::new();
+    let mut written = Vec::new();
+    for s in sent {
+        let (key, i, conflict, code, answer) = s.await.unwrap();
+        if conflict {
+            assert_eq!(code, 409, "{key}: {answer}");
+            continue;
+        }
+        assert_eq!(code, 200, "{key}: {answer}");
+        assert_eq!(answer["version"], json!(1), "{key}: {answer}");
+        let revision = answer["revision"].as_u64().unwrap();
+        assert!(
+            revisions.insert(revision),
+            "revision {revision} answered twice"
+        );
+        written.push((key, i, revision));
+    }
+    assert_eq!(written.len(), 135);
+
+    // Each answer was the writer's own: the key holds that value at that revision.
+    for (key, i, revision) in &written {
+        let (code, v) = get_json(&c, &format!("{}/v1/kv/app/prod/{key}", nodes[first].http)).await;
+        assert_eq!(code, 200, "{key}");
+        assert_eq!(
+            (&v["value"], v["revision"].as_u64()),
+            (&json!(i), Some(*revision))
+        );
+    }
+    // Writes that met in the queues shared Raft entries (150 writes, far fewer entries).
+    let entries = log_index(&get_json(&c, &url).await.1) - before;
+    assert!(entries < 75, "150 concurrent writes took {entries} entries");
+    for n in nodes.iter_mut() {
+        if let Some(h) = n.handle.take() {
+            h.shutdown().await;
+        }
+    }
+}

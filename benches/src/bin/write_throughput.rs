@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use meridian::dev::{DevOptions, origin_cluster_configs, pki};
-use meridian_benches::Summary;
+use meridian_benches::{ProcessUsage, Summary};
 
 #[derive(Parser, Clone)]
 #[command(about = "Three-node Meridian origin writes beside three-node etcd writes, same run")]
@@ -186,7 +186,12 @@ fn start_etcd(dir: &std::path::Path) -> anyhow::Result<Option<(Vec<Child>, Vec<S
     Ok(Some((children, urls)))
 }
 
-fn report(name: &str, o: &Outcome) {
+/// What the servers `pids` used since `before`, if both readings could be taken.
+fn used_since(pids: &[u32], before: Option<ProcessUsage>) -> Option<ProcessUsage> {
+    Some(ProcessUsage::of(pids)?.since(&before?))
+}
+
+fn report(name: &str, o: &Outcome, usage: Option<ProcessUsage>) {
     println!(
         "{name:<28} {:>9.0} writes/s  {:>8} ok {:>6} errors  latency {}",
         o.rate(),
@@ -196,6 +201,9 @@ fn report(name: &str, o: &Outcome) {
             .as_ref()
             .map_or_else(|| "-".to_string(), |s| s.to_string())
     );
+    if let Some(u) = usage {
+        println!("{:<28} {}", "", u.per_op(o.writes));
+    }
 }
 
 #[tokio::main]
@@ -227,10 +235,14 @@ async fn main() -> anyhow::Result<()> {
         "{} clients per system, {} s each, {}-byte values, writes spread over every node",
         args.clients, args.seconds, args.value_bytes
     );
+    let pids: Vec<u32> = nodes.iter().map(Child::id).collect();
+    let before = ProcessUsage::of(&pids);
     let meridian = load(&args, &bases, meridian_put).await;
+    let meridian_usage = used_since(&pids, before);
     report(
         &format!("meridian ({}-node origin)", args.origin_nodes),
         &meridian,
+        meridian_usage,
     );
     for mut n in nodes {
         let _ = n.kill();
@@ -257,8 +269,11 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::ensure!(Instant::now() < deadline, "etcd did not start within 30 s");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            let pids: Vec<u32> = children.iter().map(Child::id).collect();
+            let before = ProcessUsage::of(&pids);
             let etcd = load(&args, &urls, etcd_put).await;
-            report("etcd (3-node)", &etcd);
+            let etcd_usage = used_since(&pids, before);
+            report("etcd (3-node)", &etcd, etcd_usage);
             for child in &mut children {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -269,6 +284,13 @@ async fn main() -> anyhow::Result<()> {
                     meridian.rate() / etcd.rate(),
                     m.p50.as_secs_f64() / e.p50.as_secs_f64(),
                     m.p99.as_secs_f64() / e.p99.as_secs_f64()
+                );
+            }
+            if let (Some(m), Some(e)) = (meridian_usage, etcd_usage) {
+                let per = |u: ProcessUsage, o: &Outcome| u.cpu_s / o.writes.max(1) as f64;
+                println!(
+                    "ratio meridian/etcd: server CPU per write {:.2}x",
+                    per(m, &meridian) / per(e, &etcd)
                 );
             }
         }
