@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 
 use crate::core::{Command, Condition, TxnOp};
-use meridian_protocol::{Address, Change, JsonText, Revision};
-use meridian_store::{Backend, BackendError, EXTRA_PREFIX, Write};
+use meridian_protocol::{Address, Change, JsonText, Revision, Version};
+use meridian_store::{Backend, BackendError, EXTRA_PREFIX, StoreError, Write};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -142,6 +142,25 @@ pub enum HistoryError {
 
 fn decode(what: &str, bytes: &[u8]) -> Result<HistoryRecord, HistoryError> {
     postcard::from_bytes(bytes).map_err(|_| HistoryError::Corrupt(what.to_string()))
+}
+
+/// The value `a` had at `version`, from its history record: the [`meridian_store::ValueLookup`]
+/// of the Raft state machine, whose entries and deltas store references to these records
+/// rather than second and third copies of each value. `None` when the record was compacted
+/// away (never the newest of a key).
+pub fn value_at<B: Backend>(
+    backend: &B,
+    a: &Address,
+    version: Version,
+) -> Result<Option<Option<JsonText>>, StoreError> {
+    match backend.get(&record_key(a, version.0))? {
+        None => Ok(None),
+        Some(bytes) => {
+            let record = decode("value lookup", &bytes)
+                .map_err(|_| StoreError::Invalid("history record"))?;
+            Ok(Some(record.value))
+        }
+    }
 }
 
 /// A page of one key's history, newest first: versions below `before` (all when `None`), at

@@ -6,4 +6,4 @@ pub mod state;
 
 pub use backend::Write;
 pub use backend::{Backend, BackendError, MemBackend, SledBackend};
-pub use state::{EXTRA_PREFIX, Published, Reader, SignedState, StoreError};
+pub use state::{EXTRA_PREFIX, Published, Reader, SignedState, StoreError, ValueLookup};

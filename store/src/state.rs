@@ -7,13 +7,20 @@
 //! monotonic across restarts, and a crash at any moment leaves the last whole revision on disk.
 //!
 //! Key layout (one tree): `e<app>\0<env>\0<key>` → entry, `m/…` → meta, `d<be64 rev>` → delta.
+//!
+//! Values are stored in the entries and deltas themselves (an edge), or, for a state opened with
+//! a [`ValueLookup`] (the origin, which keeps every value in its change history anyway), entries
+//! and deltas store references (address, version, deleted) and values are read back through the
+//! lookup: one stored copy of each value instead of three.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use meridian_protocol::{
-    Address, CacheState, Delta, Digest, EntryState, LtHash, Revision, SignedDelta, SignedHead,
+    Address, CacheState, Change, Delta, Digest, EntryState, JsonText, LtHash, Revision,
+    SignedDelta, SignedHead, Version,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError, Pairs, Write};
 
@@ -107,6 +114,35 @@ fn delta_key(r: Revision) -> Vec<u8> {
     k
 }
 
+/// Reads the value `address` had at `version` from records kept outside the store's own keys
+/// (written in the same atomic batch as the revision that made it): `Some(Some(value))`,
+/// `Some(None)` when that version was a delete, `None` when the record is no longer kept.
+pub type ValueLookup<B> = fn(&B, &Address, Version) -> Result<Option<Option<JsonText>>, StoreError>;
+
+/// An entry stored without its value (see [`ValueLookup`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct EntryRef {
+    version: Version,
+    revision: Revision,
+    deleted: bool,
+}
+
+/// A change stored without its value (see [`ValueLookup`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct ChangeRef {
+    address: Address,
+    version: Version,
+    deleted: bool,
+}
+
+/// A signed delta stored without its values (see [`ValueLookup`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct DeltaRef {
+    head: SignedHead,
+    revision: Revision,
+    changes: Vec<ChangeRef>,
+}
+
 /// What readers see: the published state and the head that signs it.
 #[derive(Debug, Default)]
 pub struct Published {
@@ -135,6 +171,8 @@ pub struct SignedState<B: Backend> {
     oldest_delta: Revision,
     /// Writes held back by an open batch ([`SignedState::begin_batch`]).
     staged: Option<Staged>,
+    /// Where values are read from when entries and deltas store references only.
+    values: Option<ValueLookup<B>>,
 }
 
 /// What an open batch holds: the writes in order, and whether a delta is among them (then the
@@ -147,7 +185,30 @@ struct Staged {
 
 impl<B: Backend> SignedState<B> {
     /// Loads the state from `backend`, checking that it hashes to its signed head's digest.
+    /// Entries and deltas hold their values.
     pub fn open(backend: B, delta_window: u64) -> Result<Self, StoreError> {
+        Self::open_inner(backend, delta_window, None)
+    }
+
+    /// [`SignedState::open`] for a store whose entries and deltas hold references and whose
+    /// values `values` reads back. The caller must write, in the same batch as each delta (the
+    /// `extra` writes of [`SignedState::apply_delta_with`]), records `values` can find, keep the
+    /// newest record of every address for as long as the address exists, and use the same mode
+    /// for the life of the store. A delta whose values are no longer kept is not served
+    /// ([`SignedState::deltas_after`] answers `None`, as for a compacted delta).
+    pub fn open_with_values(
+        backend: B,
+        delta_window: u64,
+        values: ValueLookup<B>,
+    ) -> Result<Self, StoreError> {
+        Self::open_inner(backend, delta_window, Some(values))
+    }
+
+    fn open_inner(
+        backend: B,
+        delta_window: u64,
+        values: Option<ValueLookup<B>>,
+    ) -> Result<Self, StoreError> {
         let revision = match backend.get(META_REVISION)? {
             Some(b) => Revision(decode("revision", &b)?),
             None => Revision(0),
@@ -158,7 +219,27 @@ impl<B: Backend> SignedState<B> {
         };
         let mut entries = Vec::new();
         for (k, v) in backend.scan_prefix(&[ENTRY_PREFIX])? {
-            entries.push((parse_entry_key(&k)?, decode::<EntryState>("entry", &v)?));
+            let address = parse_entry_key(&k)?;
+            let entry = match values {
+                None => decode::<EntryState>("entry", &v)?,
+                Some(lookup) => {
+                    let r: EntryRef = decode("entry", &v)?;
+                    let value = match r.deleted {
+                        true => None,
+                        false => Some(
+                            lookup(&backend, &address, r.version)?
+                                .flatten()
+                                .ok_or(StoreError::Invalid("entry whose value is not kept"))?,
+                        ),
+                    };
+                    EntryState {
+                        version: r.version,
+                        revision: r.revision,
+                        value,
+                    }
+                }
+            };
+            entries.push((address, entry));
         }
         let state = CacheState::from_entries(revision, entries);
         if let Some(stored) = backend.get(META_LTHASH)? {
@@ -196,7 +277,74 @@ impl<B: Backend> SignedState<B> {
             delta_window: delta_window.max(1),
             oldest_delta,
             staged: None,
+            values,
         })
+    }
+
+    /// An entry as stored: whole, or a reference when values are looked up.
+    fn encode_entry(&self, entry: &EntryState) -> Vec<u8> {
+        match self.values {
+            None => encode(entry),
+            Some(_) => encode(&EntryRef {
+                version: entry.version,
+                revision: entry.revision,
+                deleted: entry.value.is_none(),
+            }),
+        }
+    }
+
+    /// A delta as stored: whole, or references when values are looked up.
+    fn encode_delta(&self, signed: &SignedDelta) -> Vec<u8> {
+        match self.values {
+            None => encode(signed),
+            Some(_) => encode(&DeltaRef {
+                head: signed.head,
+                revision: signed.delta.revision,
+                changes: signed
+                    .delta
+                    .changes
+                    .iter()
+                    .map(|c| ChangeRef {
+                        address: c.address.clone(),
+                        version: c.version,
+                        deleted: c.value.is_none(),
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    /// A stored delta read back; `None` when a value it refers to is no longer kept.
+    fn decode_delta(&self, bytes: &[u8]) -> Result<Option<SignedDelta>, StoreError> {
+        let Some(lookup) = self.values else {
+            return decode("delta", bytes).map(Some);
+        };
+        let r: DeltaRef = decode("delta", bytes)?;
+        let mut changes = Vec::with_capacity(r.changes.len());
+        for c in r.changes {
+            let value = match c.deleted {
+                true => None,
+                false => match lookup(&self.backend, &c.address, c.version)? {
+                    Some(Some(value)) => Some(value),
+                    Some(None) => {
+                        return Err(StoreError::Invalid("delta value recorded as deleted"));
+                    }
+                    None => return Ok(None),
+                },
+            };
+            changes.push(Change {
+                address: c.address,
+                version: c.version,
+                value,
+            });
+        }
+        Ok(Some(SignedDelta {
+            head: r.head,
+            delta: Delta {
+                revision: r.revision,
+                changes,
+            },
+        }))
     }
 
     /// The handle readers use.
@@ -297,13 +445,13 @@ impl<B: Backend> SignedState<B> {
                 hash.remove(&change.address, &old);
             }
             hash.insert(&change.address, &new);
-            batch.push((entry_key(&change.address), Some(encode(&new))));
+            batch.push((entry_key(&change.address), Some(self.encode_entry(&new))));
             changed.push((change.address.clone(), new));
         }
         if hash.finish() != signed.head.head.digest {
             return Err(StoreError::DigestMismatch(delta.revision));
         }
-        batch.push((delta_key(delta.revision), Some(encode(signed))));
+        batch.push((delta_key(delta.revision), Some(self.encode_delta(signed))));
         batch.extend(extra);
         let mut oldest = self.oldest_delta;
         while delta.revision.0 - oldest.0 + 1 > self.delta_window {
@@ -478,7 +626,7 @@ impl<B: Backend> SignedState<B> {
             batch.push((k, None));
         }
         for (address, entry) in state.iter() {
-            batch.push((entry_key(&address), Some(encode(entry))));
+            batch.push((entry_key(&address), Some(self.encode_entry(entry))));
         }
         batch.push((META_REVISION.to_vec(), Some(encode(&head.head.revision.0))));
         batch.push((META_LTHASH.to_vec(), Some(state.lthash().to_bytes())));
@@ -496,8 +644,9 @@ impl<B: Backend> SignedState<B> {
         Ok(())
     }
 
-    /// The deltas after `after`, at most `max`; `None` when some of them were compacted away
-    /// (the caller must send a snapshot instead).
+    /// The deltas after `after`, at most `max`; `None` when some of them were compacted away,
+    /// or (with a [`ValueLookup`]) a value one of them changed is no longer kept: the caller
+    /// must send a snapshot instead.
     pub fn deltas_after(
         &self,
         after: Revision,
@@ -516,7 +665,10 @@ impl<B: Backend> SignedState<B> {
         )?;
         let mut out = Vec::with_capacity(rows.len());
         for (_, v) in rows {
-            out.push(decode::<SignedDelta>("delta", &v)?);
+            match self.decode_delta(&v)? {
+                Some(delta) => out.push(delta),
+                None => return Ok(None),
+            }
         }
         Ok(Some(out))
     }

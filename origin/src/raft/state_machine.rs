@@ -76,7 +76,13 @@ impl StateMachine {
     /// Opens the signed state in `db` (its `state` tree) with the cluster's signer.
     pub fn open(db: &sled::Db, signer: Signer, delta_window: u64) -> Result<Self, StoreError> {
         let backend = SledBackend::from_db(db.clone())?;
-        let state = SignedState::open(backend, delta_window)?;
+        // Every value is in the history records written with its revision, so entries and
+        // deltas store references to them (one stored copy of each value, not three).
+        let state = SignedState::open_with_values(
+            backend,
+            delta_window,
+            crate::history::value_at::<SledBackend>,
+        )?;
         let (commits, _) = watch::channel(state.revision());
         Ok(Self {
             core: Arc::new(Mutex::new(OriginCore::new(state, signer))),
@@ -485,9 +491,10 @@ mod tests {
         assert_eq!(published(), Some(Revision(2)));
         // The store holds the published revision and the applied log id with it.
         let state = sm.lock();
-        let on_disk = SignedState::open(
+        let on_disk = SignedState::open_with_values(
             SledBackend::from_db(state.state().backend().db().clone()).unwrap(),
             1024,
+            crate::history::value_at::<SledBackend>,
         )
         .unwrap();
         assert_eq!(on_disk.head(), state.state().head());
