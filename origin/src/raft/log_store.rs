@@ -4,6 +4,11 @@
 //! and a flusher thread makes every append queued meanwhile durable with one flush. The vote,
 //! truncation and purging are flushed before they return and never leave a hole. The committed
 //! log id is written without a flush of its own (it is a hint: it rides on the next flush).
+//!
+//! The newest entries are also kept decoded in memory ([`RecentEntries`], bounded): openraft
+//! reads every entry back soon after appending it (the leader to replicate it to each follower,
+//! every node to apply it), and serving those reads from memory spares a sled read and a decode
+//! of each entry per reader.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -20,14 +25,106 @@ const VOTE: &[u8] = b"vote";
 const LAST_PURGED: &[u8] = b"last_purged";
 const COMMITTED: &[u8] = b"committed";
 
-/// The log store; cheap to clone (clones share the trees and the flusher), which is also its
-/// log reader.
+/// The log store; cheap to clone (clones share the trees, the flusher and the recent entries),
+/// which is also its log reader.
 #[derive(Debug, Clone)]
 pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
     flusher: Flusher,
+    recent: std::sync::Arc<std::sync::Mutex<RecentEntries>>,
+}
+
+/// Entries kept in memory at most.
+const RECENT_ENTRIES: usize = 1024;
+/// Encoded bytes of the entries kept in memory, at most (beyond it the oldest are dropped).
+const RECENT_BYTES: usize = 64 << 20;
+
+/// The newest appended entries, consecutive by index, as they are in sled: appends add to the
+/// end, truncation and purging remove what they remove from sled, so a range read from here is
+/// what sled would answer.
+#[derive(Debug, Default)]
+struct RecentEntries {
+    entries: std::collections::VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl RecentEntries {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn push(&mut self, entry: Entry, encoded_bytes: usize) {
+        let follows = match self.entries.back() {
+            Some((last, _)) => last.log_id.index + 1 == entry.log_id.index,
+            None => true,
+        };
+        if !follows {
+            self.clear();
+        }
+        self.bytes += encoded_bytes;
+        self.entries.push_back((entry, encoded_bytes));
+        while self.entries.len() > RECENT_ENTRIES || self.bytes > RECENT_BYTES {
+            match self.entries.pop_front() {
+                Some((_, b)) => self.bytes -= b,
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Drops entries from `index` on.
+    fn truncate(&mut self, index: u64) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|(e, _)| e.log_id.index >= index)
+        {
+            if let Some((_, b)) = self.entries.pop_back() {
+                self.bytes -= b;
+            }
+        }
+    }
+
+    /// Drops entries up to and including `index`.
+    fn purge(&mut self, index: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(e, _)| e.log_id.index <= index)
+        {
+            if let Some((_, b)) = self.entries.pop_front() {
+                self.bytes -= b;
+            }
+        }
+    }
+
+    /// The entries with indexes in `start..end` (`end` exclusive, `None`: through the newest),
+    /// if every one of them is held here.
+    fn range(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        let last = self.entries.back()?.0.log_id.index;
+        let end = end.unwrap_or(last + 1);
+        if start < first || end > last + 1 {
+            return None;
+        }
+        if start >= end {
+            return Some(Vec::new());
+        }
+        let from = (start - first) as usize;
+        let to = (end - first) as usize;
+        Some(
+            self.entries
+                .range(from..to)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
 }
 
 /// Appends waiting for their flush, at most. A full queue holds `append` back.
@@ -104,7 +201,12 @@ impl LogStore {
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
             flusher: Flusher::start(db.clone())?,
+            recent: Default::default(),
         })
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn get_meta<T: DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, StorageError> {
@@ -133,6 +235,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
+        let from = match range.start_bound() {
+            Bound::Included(&i) => Some(i),
+            Bound::Excluded(&i) => i.checked_add(1),
+            Bound::Unbounded => Some(0),
+        };
+        let to = match range.end_bound() {
+            Bound::Included(&i) => i.checked_add(1).map(Some),
+            Bound::Excluded(&i) => Some(Some(i)),
+            Bound::Unbounded => Some(None),
+        };
+        if let (Some(from), Some(to)) = (from, to)
+            && let Some(entries) = self.recent().range(from, to)
+        {
+            return Ok(entries);
+        }
         let start = match range.start_bound() {
             Bound::Included(&i) => Bound::Included(key(i)),
             Bound::Excluded(&i) => Bound::Excluded(key(i)),
@@ -213,10 +330,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut appended = Vec::new();
         for entry in entries {
-            batch.insert(&key(entry.log_id.index), encode(&entry)?);
+            let bytes = encode(&entry)?;
+            batch.insert(&key(entry.log_id.index), bytes.as_slice());
+            appended.push((entry, bytes.len()));
         }
-        self.log.apply_batch(batch).map_err(write_err)?;
+        {
+            // Under the lock, so that a reader sees sled and memory agree.
+            let mut recent = self.recent();
+            if let Err(e) = self.log.apply_batch(batch) {
+                recent.clear();
+                return Err(write_err(e));
+            }
+            for (entry, bytes) in appended {
+                recent.push(entry, bytes);
+            }
+        }
         // Readable now; durable when the flusher reports it.
         self.flusher.tx.send(callback).await.map_err(|_| {
             StorageIOError::write_logs(&std::io::Error::other("the log flusher stopped"))
@@ -225,6 +355,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent().truncate(log_id.index);
         let mut batch = sled::Batch::default();
         for item in self.log.range(key(log_id.index)..) {
             let (k, _) = item.map_err(read_err)?;
@@ -239,6 +370,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first: a crash half-way leaves entries that are simply
         // purged again, never a hole below the recorded point.
         self.put_meta(LAST_PURGED, &Some(log_id)).await?;
+        self.recent().purge(log_id.index);
         let mut batch = sled::Batch::default();
         for item in self.log.range(..=key(log_id.index)) {
             let (k, _) = item.map_err(read_err)?;
@@ -247,5 +379,103 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log.apply_batch(batch).map_err(write_err)?;
         self.db.flush_async().await.map_err(write_err)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        entries.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn recent_entries_answer_only_ranges_they_hold_whole() {
+        let mut r = RecentEntries::default();
+        assert_eq!(indexes(r.range(0, None)), None);
+        for i in 5..=9 {
+            r.push(blank(i), 10);
+        }
+        assert_eq!(indexes(r.range(5, Some(8))), Some(vec![5, 6, 7]));
+        assert_eq!(indexes(r.range(7, None)), Some(vec![7, 8, 9]));
+        assert_eq!(indexes(r.range(9, Some(9))), Some(vec![]));
+        // Partly outside what is held: sled must answer.
+        assert_eq!(indexes(r.range(4, Some(6))), None);
+        assert_eq!(indexes(r.range(8, Some(11))), None);
+
+        r.truncate(8);
+        assert_eq!(indexes(r.range(5, None)), Some(vec![5, 6, 7]));
+        assert_eq!(indexes(r.range(5, Some(9))), None);
+        r.purge(5);
+        assert_eq!(indexes(r.range(6, None)), Some(vec![6, 7]));
+        assert_eq!(r.bytes, 20);
+
+        // An append that does not follow (after a truncation sled answered) starts afresh.
+        r.push(blank(12), 10);
+        assert_eq!(indexes(r.range(12, None)), Some(vec![12]));
+        assert_eq!(indexes(r.range(6, None)), None);
+        assert_eq!(r.bytes, 10);
+    }
+
+    #[test]
+    fn recent_entries_stay_within_their_bounds() {
+        let mut r = RecentEntries::default();
+        for i in 1..=(RECENT_ENTRIES as u64 + 10) {
+            r.push(blank(i), 1);
+        }
+        assert_eq!(r.entries.len(), RECENT_ENTRIES);
+        assert_eq!(r.first_index(), Some(11));
+        r.push(blank(RECENT_ENTRIES as u64 + 11), RECENT_BYTES);
+        assert_eq!(
+            r.entries.len(),
+            1,
+            "one entry of the whole byte budget is kept alone"
+        );
+        r.push(blank(RECENT_ENTRIES as u64 + 12), 1);
+        assert_eq!(r.first_index(), Some(RECENT_ENTRIES as u64 + 12));
+        assert!(r.bytes <= RECENT_BYTES);
+    }
+
+    #[tokio::test]
+    async fn reads_after_appends_truncation_and_purge_match_sled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path()).expect("sled");
+        let mut store = LogStore::open(&db).expect("log store");
+        let mut batch = sled::Batch::default();
+        for i in 1..=6 {
+            batch.insert(&key(i), encode(&blank(i)).expect("encode"));
+            store.recent().push(blank(i), 1);
+        }
+        store.log.apply_batch(batch).expect("apply");
+        let all = |s: &mut LogStore| {
+            let mut s = s.clone();
+            async move { indexes(Some(s.try_get_log_entries(0..).await.expect("read"))) }
+        };
+        assert_eq!(all(&mut store).await, Some(vec![1, 2, 3, 4, 5, 6]));
+        store
+            .truncate(LogId::new(CommittedLeaderId::new(1, 0), 5))
+            .await
+            .expect("truncate");
+        store
+            .purge(LogId::new(CommittedLeaderId::new(1, 0), 2))
+            .await
+            .expect("purge");
+        assert_eq!(all(&mut store).await, Some(vec![3, 4]));
+        assert_eq!(
+            indexes(Some(store.try_get_log_entries(3..=4).await.expect("read"))),
+            Some(vec![3, 4])
+        );
+        // Memory forgotten: sled answers the same.
+        store.recent().clear();
+        assert_eq!(all(&mut store).await, Some(vec![3, 4]));
     }
 }
