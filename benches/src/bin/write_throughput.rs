@@ -10,7 +10,12 @@
 //! Needs `etcd` on PATH for the comparison (Debian: `apt-get install -y etcd-server`); without
 //! it only Meridian is measured and the harness says so.
 //!
-//! `cargo run --release -p meridian-benches --bin write_throughput -- --seconds 10`
+//! Server CPU time and bytes written to storage per write are read from `/proc` for both
+//! systems' processes. `--rounds N` runs both systems N times, alternating, on fresh clusters,
+//! and reports medians and each round's ratio: this machine's speed drifts by tens of percent
+//! between runs, so one pair of runs can mislead either way.
+//!
+//! `cargo run --release -p meridian-benches --bin write_throughput -- --seconds 10 --rounds 5`
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,6 +43,10 @@ struct Args {
     /// Skip the etcd run (Meridian alone, for profiling).
     #[arg(long)]
     no_etcd: bool,
+    /// Rounds, each running both systems back to back on fresh clusters; more than one
+    /// reports medians and each round's ratio (the machine's speed drifts between runs).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Internal: run one origin node from this config file until stdin closes.
     #[arg(long, hide = true)]
     serve_origin: Option<std::path::PathBuf>,
@@ -206,6 +215,88 @@ fn report(name: &str, o: &Outcome, usage: Option<ProcessUsage>) {
     }
 }
 
+/// One system's run: what the clients saw and what the servers used.
+struct Run {
+    outcome: Outcome,
+    usage: Option<ProcessUsage>,
+}
+
+impl Run {
+    fn cpu_ms_per_write(&self) -> Option<f64> {
+        self.usage
+            .map(|u| u.cpu_s * 1000.0 / self.outcome.writes.max(1) as f64)
+    }
+}
+
+/// Starts a fresh Meridian cluster in `dir`, loads it and stops it.
+async fn run_meridian(args: &Args, dir: &std::path::Path) -> anyhow::Result<Run> {
+    let pki = pki(dir)?;
+    let mut opts = DevOptions::ephemeral(dir.to_owned());
+    opts.origin_nodes = args.origin_nodes;
+    let mut nodes = Vec::new();
+    let mut bases = Vec::new();
+    for (i, config) in origin_cluster_configs(&opts, &pki).iter().enumerate() {
+        let path = dir.join(format!("origin-{}.toml", i + 1));
+        std::fs::write(&path, toml::to_string(config)?)?;
+        let (child, base) = meridian_benches::cluster::spawn_origin(&path)?;
+        nodes.push(child);
+        bases.push(base);
+    }
+    meridian_benches::cluster::await_leader(&bases).await?;
+    let pids: Vec<u32> = nodes.iter().map(Child::id).collect();
+    let before = ProcessUsage::of(&pids);
+    let outcome = load(args, &bases, meridian_put).await;
+    let usage = used_since(&pids, before);
+    for mut n in nodes {
+        let _ = n.kill();
+        let _ = n.wait();
+    }
+    Ok(Run { outcome, usage })
+}
+
+/// Starts a fresh etcd cluster in `dir`, loads it and stops it; `None` without etcd.
+async fn run_etcd(args: &Args, dir: &std::path::Path) -> anyhow::Result<Option<Run>> {
+    let Some((mut children, urls)) = start_etcd(dir)? else {
+        return Ok(None);
+    };
+    // Wait until the etcd cluster accepts a write.
+    let c = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = etcd_put(&c, &urls[0], 0, usize::MAX, "ready")
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "etcd did not start within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    let before = ProcessUsage::of(&pids);
+    let outcome = load(args, &urls, etcd_put).await;
+    let usage = used_since(&pids, before);
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Ok(Some(Run { outcome, usage }))
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` when empty.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    Some(match n % 2 {
+        1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -213,87 +304,107 @@ async fn main() -> anyhow::Result<()> {
     if let Some(config) = &args.serve_origin {
         return meridian_benches::cluster::serve_origin(config).await;
     }
-    let dir = tempfile::tempdir()?;
-    let pki = pki(dir.path())?;
-    let mut opts = DevOptions::ephemeral(dir.path().to_owned());
     anyhow::ensure!(
         [1, 3, 5].contains(&args.origin_nodes),
         "--origin-nodes must be 1, 3 or 5"
     );
-    opts.origin_nodes = args.origin_nodes;
-    let mut nodes = Vec::new();
-    let mut bases = Vec::new();
-    for (i, config) in origin_cluster_configs(&opts, &pki).iter().enumerate() {
-        let path = dir.path().join(format!("origin-{}.toml", i + 1));
-        std::fs::write(&path, toml::to_string(config)?)?;
-        let (child, base) = meridian_benches::cluster::spawn_origin(&path)?;
-        nodes.push(child);
-        bases.push(base);
-    }
-    meridian_benches::cluster::await_leader(&bases).await?;
+    anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     println!(
-        "{} clients per system, {} s each, {}-byte values, writes spread over every node",
-        args.clients, args.seconds, args.value_bytes
+        "{} clients per system, {} s each, {}-byte values, writes spread over every node, {} round(s)",
+        args.clients, args.seconds, args.value_bytes, args.rounds
     );
-    let pids: Vec<u32> = nodes.iter().map(Child::id).collect();
-    let before = ProcessUsage::of(&pids);
-    let meridian = load(&args, &bases, meridian_put).await;
-    let meridian_usage = used_since(&pids, before);
-    report(
-        &format!("meridian ({}-node origin)", args.origin_nodes),
-        &meridian,
-        meridian_usage,
-    );
-    for mut n in nodes {
-        let _ = n.kill();
-        let _ = n.wait();
-    }
-    if args.no_etcd {
-        return Ok(());
-    }
-
-    match start_etcd(dir.path())? {
-        None => println!("etcd not on PATH: no comparison (apt-get install -y etcd-server)"),
-        Some((mut children, urls)) => {
-            // Wait until the etcd cluster accepts a write.
-            let c = reqwest::Client::new();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let ok = etcd_put(&c, &urls[0], 0, usize::MAX, "ready")
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ok {
-                    break;
+    let meridian_name = format!("meridian ({}-node origin)", args.origin_nodes);
+    let (mut meridian, mut etcd) = (Vec::new(), Vec::new());
+    let mut have_etcd = !args.no_etcd;
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            println!("round {round}");
+        }
+        // Fresh clusters every round, in their own folders: rounds differ only in when they ran.
+        let dir = tempfile::tempdir()?;
+        let m = run_meridian(&args, &dir.path().join("meridian")).await?;
+        report(&meridian_name, &m.outcome, m.usage);
+        meridian.push(m);
+        if have_etcd {
+            match run_etcd(&args, &dir.path().join("etcd")).await? {
+                None => {
+                    println!("etcd not on PATH: no comparison (apt-get install -y etcd-server)");
+                    have_etcd = false;
                 }
-                anyhow::ensure!(Instant::now() < deadline, "etcd did not start within 30 s");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let pids: Vec<u32> = children.iter().map(Child::id).collect();
-            let before = ProcessUsage::of(&pids);
-            let etcd = load(&args, &urls, etcd_put).await;
-            let etcd_usage = used_since(&pids, before);
-            report("etcd (3-node)", &etcd, etcd_usage);
-            for child in &mut children {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            if let (Some(m), Some(e)) = (&meridian.latency, &etcd.latency) {
-                println!(
-                    "ratio meridian/etcd: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (latency: lower is better)",
-                    meridian.rate() / etcd.rate(),
-                    m.p50.as_secs_f64() / e.p50.as_secs_f64(),
-                    m.p99.as_secs_f64() / e.p99.as_secs_f64()
-                );
-            }
-            if let (Some(m), Some(e)) = (meridian_usage, etcd_usage) {
-                let per = |u: ProcessUsage, o: &Outcome| u.cpu_s / o.writes.max(1) as f64;
-                println!(
-                    "ratio meridian/etcd: server CPU per write {:.2}x",
-                    per(m, &meridian) / per(e, &etcd)
-                );
+                Some(e) => {
+                    report("etcd (3-node)", &e.outcome, e.usage);
+                    compare(&meridian[meridian.len() - 1], &e);
+                    etcd.push(e);
+                }
             }
         }
     }
+    if args.rounds > 1 {
+        summarize(&meridian_name, &meridian, &etcd);
+    }
     Ok(())
+}
+
+/// The ratios of one round.
+fn compare(m: &Run, e: &Run) {
+    if let (Some(ml), Some(el)) = (&m.outcome.latency, &e.outcome.latency) {
+        println!(
+            "ratio meridian/etcd: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (latency: lower is better)",
+            m.outcome.rate() / e.outcome.rate(),
+            ml.p50.as_secs_f64() / el.p50.as_secs_f64(),
+            ml.p99.as_secs_f64() / el.p99.as_secs_f64()
+        );
+    }
+    if let (Some(mc), Some(ec)) = (m.cpu_ms_per_write(), e.cpu_ms_per_write()) {
+        println!("ratio meridian/etcd: server CPU per write {:.2}x", mc / ec);
+    }
+}
+
+/// Medians over the rounds, and each round's throughput ratio (the machine's speed drifts
+/// between rounds; each round ran both systems back to back).
+fn summarize(meridian_name: &str, meridian: &[Run], etcd: &[Run]) {
+    let line = |name: &str, runs: &[Run]| {
+        let rate = median(runs.iter().map(|r| r.outcome.rate()).collect());
+        let p99 = median(
+            runs.iter()
+                .filter_map(|r| r.outcome.latency.map(|l| l.p99.as_secs_f64() * 1000.0))
+                .collect(),
+        );
+        let cpu = median(runs.iter().filter_map(Run::cpu_ms_per_write).collect());
+        println!(
+            "median of {} rounds, {name:<28} {:>6.0} writes/s, p99 {:.1} ms, server CPU {} ms/write",
+            runs.len(),
+            rate.unwrap_or(0.0),
+            p99.unwrap_or(0.0),
+            cpu.map_or_else(|| "-".to_string(), |c| format!("{c:.2}"))
+        );
+    };
+    line(meridian_name, meridian);
+    if etcd.is_empty() {
+        return;
+    }
+    line("etcd (3-node)", etcd);
+    let ratios: Vec<f64> = meridian
+        .iter()
+        .zip(etcd)
+        .map(|(m, e)| m.outcome.rate() / e.outcome.rate())
+        .collect();
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    println!(
+        "throughput ratio meridian/etcd per round: {}; median {:.2}x",
+        each.join(", "),
+        median(ratios.clone()).unwrap_or(0.0)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
 }
