@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the hot paths: applying a signed delta, verifying a signature,
-//! and an in-memory read lookup.
+//! an in-memory read lookup, and the origin's Raft state machine applying a batch of writes to
+//! sled on disk (what every origin node does per committed entry).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -96,9 +97,74 @@ fn benches(c: &mut Criterion) {
     });
 }
 
+/// One committed Raft entry of `WRITES_PER_ENTRY` puts of 1 KiB values to new keys, applied by
+/// the origin's state machine over sled in a temporary folder (not flushed: apply does not
+/// flush; the log does).
+fn origin_apply(c: &mut Criterion) {
+    use std::sync::Arc;
+
+    use meridian_origin::core::{Command, Proposal};
+    use meridian_origin::history::WriteMeta;
+    use meridian_origin::raft::state_machine::StateMachine;
+    use meridian_origin::raft::{Entry, Request};
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    const WRITES_PER_ENTRY: usize = 32;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = sled::open(dir.path()).expect("sled");
+    let mut sm = StateMachine::open(&db, Signer::from_bytes(&[7; 32]), 10_000).expect("open");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let value: Arc<str> = Arc::from(format!("\"{}\"", "x".repeat(1022)));
+    let mut index = 0u64;
+    let mut key = 0u64;
+    let mut group = c.benchmark_group("origin_state_machine");
+    group.throughput(criterion::Throughput::Elements(WRITES_PER_ENTRY as u64));
+    group.bench_function("apply_entry_of_32_puts_1kib_sled", |b| {
+        b.iter_batched(
+            || {
+                index += 1;
+                let commands = (0..WRITES_PER_ENTRY)
+                    .map(|_| {
+                        key += 1;
+                        Proposal {
+                            command: Command::Put {
+                                address: Address::parse("bench", "prod", &format!("k{key}"))
+                                    .expect("valid"),
+                                value: value.clone(),
+                                expect_version: None,
+                            },
+                            meta: WriteMeta {
+                                time_ms: 1,
+                                actor: "bench".into(),
+                                reason: None,
+                            },
+                        }
+                    })
+                    .collect();
+                Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+                    payload: EntryPayload::Normal(Request { commands }),
+                }
+            },
+            |entry| runtime.block_on(sm.apply([entry])).expect("apply"),
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = origin;
+    config = Criterion::default().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1)).sample_size(30);
+    targets = origin_apply
+}
+
 criterion_group! {
     name = core;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
     targets = benches
 }
-criterion_main!(core);
+criterion_main!(core, origin);
