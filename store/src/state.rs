@@ -6,7 +6,12 @@
 //! So readers never see a revision that a crash could take away, which is what keeps an edge
 //! monotonic across restarts, and a crash at any moment leaves the last whole revision on disk.
 //!
-//! Key layout (one tree): `e<app>\0<env>\0<key>` → entry, `m/…` → meta, `d<be64 rev>` → delta.
+//! Key layout (one tree): `e<app>\0<env>\0<key>` → entry, `m/…` → meta,
+//! `d<be64 last><be64 first>` → the deltas of revisions `first..=last`, stored together. A delta
+//! applied alone is a group of one; the deltas of one batch ([`SignedState::begin_batch`]) are
+//! one group, so a batch of N revisions costs one delta record, not N (the backend's cost is
+//! mostly per record). Groups are kept whole: the window trims a group once all of it is older
+//! than the window.
 //!
 //! Values are stored in the entries and deltas themselves (an edge), or, for a state opened with
 //! a [`ValueLookup`] (the origin, which keeps every value in its change history anyway), entries
@@ -108,10 +113,37 @@ fn parse_entry_key(k: &[u8]) -> Result<Address, StoreError> {
     Address::parse(app, env, key).map_err(|_| StoreError::Invalid("entry key"))
 }
 
-fn delta_key(r: Revision) -> Vec<u8> {
+/// The key of the group of deltas `first..=last`.
+fn delta_key(first: Revision, last: Revision) -> Vec<u8> {
+    let mut k = delta_bound(last);
+    k.extend_from_slice(&first.0.to_be_bytes());
+    k
+}
+
+/// A key below every group whose last revision is `r` or more, and above every group ending
+/// before `r`.
+fn delta_bound(r: Revision) -> Vec<u8> {
     let mut k = vec![DELTA_PREFIX];
     k.extend_from_slice(&r.0.to_be_bytes());
     k
+}
+
+/// The revisions `(first, last)` a group key names.
+fn parse_delta_key(k: &[u8]) -> Result<(Revision, Revision), StoreError> {
+    let be = |b: &[u8]| -> Result<Revision, StoreError> {
+        let bytes: [u8; 8] = b.try_into().map_err(|_| StoreError::Invalid("delta key"))?;
+        Ok(Revision(u64::from_be_bytes(bytes)))
+    };
+    match k {
+        [DELTA_PREFIX, rest @ ..] if rest.len() == 16 => {
+            let (last, first) = (be(&rest[..8])?, be(&rest[8..])?);
+            match first <= last {
+                true => Ok((first, last)),
+                false => Err(StoreError::Invalid("delta key")),
+            }
+        }
+        _ => Err(StoreError::Invalid("delta key")),
+    }
 }
 
 /// Reads the value `address` had at `version` from records kept outside the store's own keys
@@ -152,6 +184,12 @@ pub struct Published {
     pub head: Option<SignedHead>,
 }
 
+/// What storing a delta group writes, and how many of the oldest groups it drops.
+struct GroupWrites {
+    writes: Vec<Write>,
+    dropped: usize,
+}
+
 /// A shared handle readers hold; swapped per published revision under a short write lock.
 pub type Reader = Arc<RwLock<Published>>;
 
@@ -169,18 +207,21 @@ pub struct SignedState<B: Backend> {
     /// How many recent deltas to keep for catch-up.
     delta_window: u64,
     oldest_delta: Revision,
+    /// The stored delta groups `(first, last)`, oldest first.
+    groups: std::collections::VecDeque<(Revision, Revision)>,
     /// Writes held back by an open batch ([`SignedState::begin_batch`]).
     staged: Option<Staged>,
     /// Where values are read from when entries and deltas store references only.
     values: Option<ValueLookup<B>>,
 }
 
-/// What an open batch holds: the writes in order, and whether a delta is among them (then the
-/// revision, hash and head are written when it is committed).
+/// What an open batch holds: the writes in order, and the deltas applied in it, encoded (when
+/// there are any, they are stored as one group and the revision, hash and head are written when
+/// the batch is committed).
 #[derive(Debug, Default)]
 struct Staged {
     writes: Vec<Write>,
-    deltas: bool,
+    deltas: Vec<Vec<u8>>,
 }
 
 impl<B: Backend> SignedState<B> {
@@ -257,14 +298,12 @@ impl<B: Backend> SignedState<B> {
             }
             _ => {}
         }
-        let oldest_delta = backend
-            .range(&delta_key(Revision(0)), &delta_key(Revision(u64::MAX)), 1)?
-            .first()
-            .map_or(revision.next(), |(k, _)| {
-                let mut be = [0u8; 8];
-                be.copy_from_slice(&k[1..9.min(k.len())]);
-                Revision(u64::from_be_bytes(be))
-            });
+        let groups = backend
+            .scan_prefix(&[DELTA_PREFIX])?
+            .iter()
+            .map(|(k, _)| parse_delta_key(k))
+            .collect::<Result<std::collections::VecDeque<_>, _>>()?;
+        let oldest_delta = groups.front().map_or(revision.next(), |g| g.0);
         let hash = state.lthash().clone();
         Ok(Self {
             backend,
@@ -276,6 +315,7 @@ impl<B: Backend> SignedState<B> {
             overlay: HashMap::new(),
             delta_window: delta_window.max(1),
             oldest_delta,
+            groups,
             staged: None,
             values,
         })
@@ -451,30 +491,50 @@ impl<B: Backend> SignedState<B> {
         if hash.finish() != signed.head.head.digest {
             return Err(StoreError::DigestMismatch(delta.revision));
         }
-        batch.push((delta_key(delta.revision), Some(self.encode_delta(signed))));
         batch.extend(extra);
-        let mut oldest = self.oldest_delta;
-        while delta.revision.0 - oldest.0 + 1 > self.delta_window {
-            batch.push((delta_key(oldest), None));
-            oldest = oldest.next();
-        }
+        let encoded = self.encode_delta(signed);
         match &mut self.staged {
             Some(staged) => {
                 staged.writes.extend(batch);
-                staged.deltas = true;
+                staged.deltas.push(encoded);
             }
             None => {
+                let trimmed = self.group_writes(delta.revision, delta.revision, vec![encoded]);
+                batch.extend(trimmed.writes);
                 batch.extend(Self::meta_writes(delta.revision, &hash, &signed.head));
                 self.backend.apply(batch)?;
+                self.stored_group(delta.revision, delta.revision, trimmed.dropped);
             }
         }
-        self.oldest_delta = oldest;
         self.revision = delta.revision;
         self.hash = hash;
         self.head = Some(signed.head);
         self.overlay.extend(changed);
         self.pending.push(delta.clone());
         Ok(())
+    }
+
+    /// The writes that store the group of deltas `first..=last` (encoded, in order) and drop
+    /// every stored group wholly older than the window that then ends at `last`.
+    fn group_writes(&self, first: Revision, last: Revision, encoded: Vec<Vec<u8>>) -> GroupWrites {
+        debug_assert_eq!(last.0 - first.0 + 1, encoded.len() as u64);
+        let mut writes = vec![(delta_key(first, last), Some(encode(&encoded)))];
+        // Keep at least the newest `delta_window` deltas: revisions from `keep_from` on.
+        let keep_from = (last.0 + 1).saturating_sub(self.delta_window);
+        let dropped = self
+            .groups
+            .iter()
+            .take_while(|(_, l)| l.0 < keep_from)
+            .inspect(|(f, l)| writes.push((delta_key(*f, *l), None)))
+            .count();
+        GroupWrites { writes, dropped }
+    }
+
+    /// Records that the group `first..=last` is stored and the oldest `dropped` are gone.
+    fn stored_group(&mut self, first: Revision, last: Revision, dropped: usize) {
+        self.groups.drain(..dropped.min(self.groups.len()));
+        self.groups.push_back((first, last));
+        self.oldest_delta = self.groups.front().map_or(last.next(), |g| g.0);
     }
 
     /// The revision, hash and head as stored beside the entries.
@@ -506,12 +566,21 @@ impl<B: Backend> SignedState<B> {
             return self.write_extra(extra);
         };
         let mut writes = staged.writes;
-        if let Some(head) = self.head.as_ref().filter(|_| staged.deltas) {
-            writes.extend(Self::meta_writes(self.revision, &self.hash, head));
+        let mut group = None;
+        if let Some(head) = self.head.filter(|_| !staged.deltas.is_empty()) {
+            let last = self.revision;
+            let first = Revision(last.0 + 1 - staged.deltas.len() as u64);
+            let g = self.group_writes(first, last, staged.deltas);
+            writes.extend(g.writes);
+            writes.extend(Self::meta_writes(last, &self.hash, &head));
+            group = Some((first, last, g.dropped));
         }
         writes.extend(extra);
         if !writes.is_empty() {
             self.backend.apply(writes)?;
+        }
+        if let Some((first, last, dropped)) = group {
+            self.stored_group(first, last, dropped);
         }
         Ok(())
     }
@@ -638,6 +707,7 @@ impl<B: Backend> SignedState<B> {
         self.hash = state.lthash().clone();
         self.head = Some(head);
         self.oldest_delta = head.head.revision.next();
+        self.groups.clear();
         let mut p = self.published.write().unwrap_or_else(|e| e.into_inner());
         p.state = state;
         p.head = Some(head);
@@ -658,19 +728,36 @@ impl<B: Backend> SignedState<B> {
         if after.next() < self.oldest_delta {
             return Ok(None);
         }
-        let rows = self.backend.range(
-            &delta_key(after.next()),
-            &delta_key(self.revision.next()),
-            max,
-        )?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (_, v) in rows {
-            match self.decode_delta(&v)? {
-                Some(delta) => out.push(delta),
-                None => return Ok(None),
+        // The groups ending after `after`, oldest first; the first may start at or before it.
+        const GROUPS_PER_READ: usize = 8;
+        let mut from = delta_bound(after.next());
+        let to = delta_bound(self.revision.next());
+        let mut out = Vec::new();
+        loop {
+            let rows = self.backend.range(&from, &to, GROUPS_PER_READ)?;
+            for (k, v) in &rows {
+                let (first, _) = parse_delta_key(k)?;
+                let encoded: Vec<Vec<u8>> = decode("delta group", v)?;
+                let skip = (after.0 + 1).saturating_sub(first.0) as usize;
+                for bytes in encoded.iter().skip(skip) {
+                    if out.len() >= max {
+                        return Ok(Some(out));
+                    }
+                    match self.decode_delta(bytes)? {
+                        Some(delta) => out.push(delta),
+                        None => return Ok(None),
+                    }
+                }
+            }
+            match rows.last() {
+                Some((k, _)) if rows.len() == GROUPS_PER_READ && out.len() < max => {
+                    // The next key after `k`.
+                    from = k.clone();
+                    from.push(0);
+                }
+                _ => return Ok(Some(out)),
             }
         }
-        Ok(Some(out))
     }
 
     /// The oldest revision whose delta is still kept.

@@ -462,8 +462,26 @@ mod tests {
         for e in entries {
             one_by_one.apply(vec![e]).await.unwrap();
         }
-        let (a, b) = (stored(&together), stored(&one_by_one));
+        // The same records but for how deltas are grouped (one group per apply call), and
+        // the same deltas served for catch-up.
+        let not_deltas = |sm: &StateMachine| -> Vec<(Vec<u8>, Vec<u8>)> {
+            stored(sm)
+                .into_iter()
+                .filter(|(k, _)| k[0] != b'd')
+                .collect()
+        };
+        let (a, b) = (not_deltas(&together), not_deltas(&one_by_one));
         assert_eq!(a, b);
+        let deltas = |sm: &StateMachine, after| sm.lock().state().deltas_after(after, 100).unwrap();
+        for after in 0..7 {
+            assert_eq!(
+                deltas(&together, Revision(after)),
+                deltas(&one_by_one, Revision(after))
+            );
+        }
+        // Revision 7 (a@4) still has its value; the compacted older ones do not.
+        assert_eq!(deltas(&together, Revision(6)).map(|d| d.len()), Some(1));
+        assert_eq!(deltas(&together, Revision(0)), None);
         let state = together.lock();
         assert_eq!(state.state().revision(), Revision(7));
         assert_eq!(
