@@ -464,8 +464,8 @@ impl<B: Backend> OriginCore<B> {
             revision: self.state.revision().next(),
             changes,
         };
-        let digest = self.state.digest_after(&delta);
-        let signed = self.signer.sign_delta(delta, digest);
+        let hash = self.state.hash_after(&delta);
+        let signed = self.signer.sign_delta(delta, hash.finish());
         if let Some(meta) = meta {
             extra.extend(history::record_writes(
                 &signed.delta.changes,
@@ -473,7 +473,7 @@ impl<B: Backend> OriginCore<B> {
                 meta,
             ));
         }
-        self.state.apply_delta_with(&signed, extra)?;
+        self.state.apply_hashed_delta_with(&signed, hash, extra)?;
         let entries = signed
             .delta
             .changes

@@ -445,6 +445,12 @@ impl<B: Backend> SignedState<B> {
 
     /// The digest the working state would have after `delta`.
     pub fn digest_after(&self, delta: &Delta) -> Digest {
+        self.hash_after(delta).finish()
+    }
+
+    /// The state hash after applying `delta` to the working state (its digest is
+    /// [`SignedState::digest_after`]); what [`SignedState::apply_hashed_delta_with`] takes.
+    pub fn hash_after(&self, delta: &Delta) -> LtHash {
         let mut hash = self.hash.clone();
         for change in &delta.changes {
             if let Some(old) = self.entry(&change.address) {
@@ -452,7 +458,7 @@ impl<B: Backend> SignedState<B> {
             }
             hash.insert(&change.address, &delta.entry(change));
         }
-        hash.finish()
+        hash
     }
 
     /// Checks that `signed` follows the working revision and produces its signed digest, then
@@ -469,27 +475,54 @@ impl<B: Backend> SignedState<B> {
         signed: &SignedDelta,
         extra: Vec<Write>,
     ) -> Result<(), StoreError> {
-        let delta = &signed.delta;
-        if delta.revision != self.revision.next() {
-            return Err(StoreError::OutOfOrder {
+        self.check_follows(&signed.delta)?;
+        let hash = self.hash_after(&signed.delta);
+        if hash.finish() != signed.head.head.digest {
+            return Err(StoreError::DigestMismatch(signed.delta.revision));
+        }
+        self.store_delta(signed, hash, extra)
+    }
+
+    /// [`SignedState::apply_delta_with`] for a delta this node built and signed itself over
+    /// `hash`, which it computed with [`SignedState::hash_after`] on this working state (the
+    /// origin): the hash is not computed a second time.
+    pub fn apply_hashed_delta_with(
+        &mut self,
+        signed: &SignedDelta,
+        hash: LtHash,
+        extra: Vec<Write>,
+    ) -> Result<(), StoreError> {
+        self.check_follows(&signed.delta)?;
+        debug_assert!(hash == self.hash_after(&signed.delta));
+        debug_assert_eq!(hash.finish(), signed.head.head.digest);
+        self.store_delta(signed, hash, extra)
+    }
+
+    fn check_follows(&self, delta: &Delta) -> Result<(), StoreError> {
+        match delta.revision == self.revision.next() {
+            true => Ok(()),
+            false => Err(StoreError::OutOfOrder {
                 have: self.revision,
                 got: delta.revision,
-            });
+            }),
         }
-        let mut hash = self.hash.clone();
+    }
+
+    /// Persists `signed` (checked: it follows and hashes to `hash`) with `extra`, or stages it
+    /// in the open batch.
+    fn store_delta(
+        &mut self,
+        signed: &SignedDelta,
+        hash: LtHash,
+        extra: Vec<Write>,
+    ) -> Result<(), StoreError> {
+        let delta = &signed.delta;
         let mut batch: Vec<Write> = Vec::with_capacity(delta.changes.len() + 5);
         let mut changed = Vec::with_capacity(delta.changes.len());
         for change in &delta.changes {
             let new = delta.entry(change);
-            if let Some(old) = self.entry(&change.address) {
-                hash.remove(&change.address, &old);
-            }
-            hash.insert(&change.address, &new);
             batch.push((entry_key(&change.address), Some(self.encode_entry(&new))));
             changed.push((change.address.clone(), new));
-        }
-        if hash.finish() != signed.head.head.digest {
-            return Err(StoreError::DigestMismatch(delta.revision));
         }
         batch.extend(extra);
         let encoded = self.encode_delta(signed);
