@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use crate::core::{Command, Condition, TxnOp};
-use meridian_protocol::{Address, Change, JsonText, Revision, Version};
+use meridian_protocol::{Address, Change, EntryState, JsonText, Revision, Version};
 use meridian_store::{Backend, BackendError, EXTRA_PREFIX, StoreError, Write};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -161,6 +161,38 @@ pub fn value_at<B: Backend>(
             Ok(Some(record.value))
         }
     }
+}
+
+/// The current entry of every address, from the newest history record of each: the
+/// [`meridian_store::EntryLister`] of the Raft state machine, which stores no entry records of
+/// its own (compaction always keeps the newest record of a key, deletes included).
+pub fn current_entries<B: Backend>(backend: &B) -> Result<Vec<(Address, EntryState)>, StoreError> {
+    let invalid = || StoreError::Invalid("history record key");
+    let mut out: Vec<(Address, EntryState)> = Vec::new();
+    for (k, v) in backend.scan_prefix(&HISTORY_PREFIX)? {
+        let rest = &k[HISTORY_PREFIX.len()..];
+        let mut parts = rest.splitn(3, |b| *b == 0);
+        let (Some(app), Some(env), Some(tail)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(invalid());
+        };
+        let (name, _) = split_key(tail).ok_or_else(invalid)?;
+        let app = std::str::from_utf8(app).map_err(|_| invalid())?;
+        let env = std::str::from_utf8(env).map_err(|_| invalid())?;
+        let address = Address::parse(app, env, name).map_err(|_| invalid())?;
+        let record =
+            decode("entry listing", &v).map_err(|_| StoreError::Invalid("history record"))?;
+        let entry = EntryState {
+            version: Version(record.version),
+            revision: Revision(record.revision),
+            value: record.value,
+        };
+        // Records come in key order: a key's versions together, oldest first.
+        match out.last_mut() {
+            Some((last, e)) if *last == address => *e = entry,
+            _ => out.push((address, entry)),
+        }
+    }
+    Ok(out)
 }
 
 /// A page of one key's history, newest first: versions below `before` (all when `None`), at

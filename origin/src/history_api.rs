@@ -55,7 +55,9 @@ fn record_json(r: &HistoryRecord) -> Value {
 /// Runs `read` over the core's backend after a linearizable barrier.
 async fn with_history<T>(
     state: &Arc<AppState>,
-    read: impl FnOnce(&crate::core::OriginCore<meridian_store::SledBackend>) -> Result<T, ApiError>,
+    read: impl FnOnce(
+        &crate::core::OriginCore<crate::raft::state_machine::StateBackend>,
+    ) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
     state.cluster.linearize().await.map_err(cluster_error)?;
     let core = state.core.lock().unwrap_or_else(|e| e.into_inner());
@@ -172,7 +174,7 @@ fn compacted(what: &str, revision: u64, unknown: &[String]) -> ApiError {
 
 /// The namespace at `revision`, or 410 naming the keys history no longer covers.
 fn namespace_at(
-    core: &crate::core::OriginCore<meridian_store::SledBackend>,
+    core: &crate::core::OriginCore<crate::raft::state_machine::StateBackend>,
     app: &str,
     env: &str,
     revision: u64,

@@ -5,5 +5,7 @@ pub mod backend;
 pub mod state;
 
 pub use backend::Write;
-pub use backend::{Backend, BackendError, MemBackend, SledBackend};
-pub use state::{EXTRA_PREFIX, Published, Reader, SignedState, StoreError, ValueLookup};
+pub use backend::{Backend, BackendError, MemBackend, SledBackend, WriteBack, WriteBackLimits};
+pub use state::{
+    EXTRA_PREFIX, EntryLister, Published, Reader, SignedState, StoreError, ValueLookup,
+};

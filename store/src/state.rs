@@ -16,7 +16,10 @@
 //! Values are stored in the entries and deltas themselves (an edge), or, for a state opened with
 //! a [`ValueLookup`] (the origin, which keeps every value in its change history anyway), entries
 //! and deltas store references (address, version, deleted) and values are read back through the
-//! lookup: one stored copy of each value instead of three.
+//! lookup: one stored copy of each value instead of three. A state opened with kept entries
+//! ([`SignedState::open_with_kept_entries`], the origin again, whose history records also carry
+//! each change's version and revision) stores no entry records at all and lists its entries
+//! from those records at open: one stored record per change.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -151,6 +154,11 @@ fn parse_delta_key(k: &[u8]) -> Result<(Revision, Revision), StoreError> {
 /// `Some(None)` when that version was a delete, `None` when the record is no longer kept.
 pub type ValueLookup<B> = fn(&B, &Address, Version) -> Result<Option<Option<JsonText>>, StoreError>;
 
+/// Lists the current entry of every address (tombstones included) from records kept outside
+/// the store's own keys, for a state that stores no entry records of its own (see
+/// [`SignedState::open_with_kept_entries`]).
+pub type EntryLister<B> = fn(&B) -> Result<Vec<(Address, EntryState)>, StoreError>;
+
 /// An entry stored without its value (see [`ValueLookup`]).
 #[derive(Debug, Serialize, Deserialize)]
 struct EntryRef {
@@ -213,6 +221,8 @@ pub struct SignedState<B: Backend> {
     staged: Option<Staged>,
     /// Where values are read from when entries and deltas store references only.
     values: Option<ValueLookup<B>>,
+    /// Where entries are listed from when the store keeps no entry records.
+    entries: Option<EntryLister<B>>,
 }
 
 /// What an open batch holds: the writes in order, and the deltas applied in it, encoded (when
@@ -228,7 +238,7 @@ impl<B: Backend> SignedState<B> {
     /// Loads the state from `backend`, checking that it hashes to its signed head's digest.
     /// Entries and deltas hold their values.
     pub fn open(backend: B, delta_window: u64) -> Result<Self, StoreError> {
-        Self::open_inner(backend, delta_window, None)
+        Self::open_inner(backend, delta_window, None, None)
     }
 
     /// [`SignedState::open`] for a store whose entries and deltas hold references and whose
@@ -242,13 +252,28 @@ impl<B: Backend> SignedState<B> {
         delta_window: u64,
         values: ValueLookup<B>,
     ) -> Result<Self, StoreError> {
-        Self::open_inner(backend, delta_window, Some(values))
+        Self::open_inner(backend, delta_window, Some(values), None)
+    }
+
+    /// [`SignedState::open_with_values`] for a store that writes no entry records at all: the
+    /// records the caller keeps (the newest of every address, written in the same batch as its
+    /// delta) already say what each address holds, and `entries` lists them at open. One
+    /// stored record per change instead of two. The digest check at open still guards the
+    /// result: a listing that misses or adds anything is refused as a digest mismatch.
+    pub fn open_with_kept_entries(
+        backend: B,
+        delta_window: u64,
+        values: ValueLookup<B>,
+        entries: EntryLister<B>,
+    ) -> Result<Self, StoreError> {
+        Self::open_inner(backend, delta_window, Some(values), Some(entries))
     }
 
     fn open_inner(
         backend: B,
         delta_window: u64,
         values: Option<ValueLookup<B>>,
+        lister: Option<EntryLister<B>>,
     ) -> Result<Self, StoreError> {
         let revision = match backend.get(META_REVISION)? {
             Some(b) => Revision(decode("revision", &b)?),
@@ -258,8 +283,15 @@ impl<B: Backend> SignedState<B> {
             Some(b) => Some(decode("head", &b)?),
             None => None,
         };
-        let mut entries = Vec::new();
-        for (k, v) in backend.scan_prefix(&[ENTRY_PREFIX])? {
+        let mut entries = match lister {
+            Some(list) => list(&backend)?,
+            None => Vec::new(),
+        };
+        let stored = match lister {
+            Some(_) => Vec::new(),
+            None => backend.scan_prefix(&[ENTRY_PREFIX])?,
+        };
+        for (k, v) in stored {
             let address = parse_entry_key(&k)?;
             let entry = match values {
                 None => decode::<EntryState>("entry", &v)?,
@@ -318,6 +350,7 @@ impl<B: Backend> SignedState<B> {
             groups,
             staged: None,
             values,
+            entries: lister,
         })
     }
 
@@ -521,7 +554,9 @@ impl<B: Backend> SignedState<B> {
         let mut changed = Vec::with_capacity(delta.changes.len());
         for change in &delta.changes {
             let new = delta.entry(change);
-            batch.push((entry_key(&change.address), Some(self.encode_entry(&new))));
+            if self.entries.is_none() {
+                batch.push((entry_key(&change.address), Some(self.encode_entry(&new))));
+            }
             changed.push((change.address.clone(), new));
         }
         batch.extend(extra);
@@ -727,8 +762,10 @@ impl<B: Backend> SignedState<B> {
         for (k, _) in self.backend.scan_prefix(&[DELTA_PREFIX])? {
             batch.push((k, None));
         }
-        for (address, entry) in state.iter() {
-            batch.push((entry_key(&address), Some(self.encode_entry(entry))));
+        if self.entries.is_none() {
+            for (address, entry) in state.iter() {
+                batch.push((entry_key(&address), Some(self.encode_entry(entry))));
+            }
         }
         batch.push((META_REVISION.to_vec(), Some(encode(&head.head.revision.0))));
         batch.push((META_LTHASH.to_vec(), Some(state.lthash().to_bytes())));

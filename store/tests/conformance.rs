@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use meridian_protocol::{Address, Change, Delta, Revision, SignedDelta, Signer, Version};
-use meridian_store::{Backend, MemBackend, SignedState, SledBackend, StoreError};
+use meridian_store::{
+    Backend, MemBackend, SignedState, SledBackend, StoreError, WriteBack, WriteBackLimits,
+};
 use proptest::prelude::*;
 
 fn signer() -> Signer {
@@ -117,6 +119,24 @@ fn sled_backend_conforms() {
     suite(|| {
         let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         SledBackend::open(&dir.path().join(i.to_string())).unwrap()
+    });
+}
+
+/// Limits small enough that the suite's batches are handed on at different points.
+const SMALL_WRITE_BACK: WriteBackLimits = WriteBackLimits {
+    max_batches: 3,
+    max_bytes: 4096,
+};
+
+#[test]
+fn write_back_backends_conform() {
+    suite(|| WriteBack::new(MemBackend::new(), SMALL_WRITE_BACK));
+    let dir = tempfile::tempdir().unwrap();
+    let n = std::sync::atomic::AtomicU32::new(0);
+    suite(|| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let sled = SledBackend::open(&dir.path().join(i.to_string())).unwrap();
+        WriteBack::new(sled, SMALL_WRITE_BACK)
     });
 }
 
@@ -408,5 +428,125 @@ fn a_delta_whose_value_is_no_longer_kept_is_not_served() {
     assert!(matches!(
         SignedState::open_with_values(backend, 100, lookup),
         Err(StoreError::Invalid(_))
+    ));
+}
+
+/// Where the kept-entries test keeps its change records: `xk` + key + `\0` + version
+/// (big-endian) → postcard `(revision, value)`, as the origin's history does.
+fn change_key(key: &str, version: Version) -> Vec<u8> {
+    let mut k = b"xk".to_vec();
+    k.extend_from_slice(key.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&version.0.to_be_bytes());
+    k
+}
+
+fn change_records(d: &SignedDelta) -> Vec<meridian_store::Write> {
+    d.delta
+        .changes
+        .iter()
+        .map(|c| {
+            let record = (d.delta.revision.0, c.value.as_ref().map(|v| v.to_string()));
+            (
+                change_key(&c.address.key, c.version),
+                Some(postcard::to_allocvec(&record).unwrap()),
+            )
+        })
+        .collect()
+}
+
+fn change_at<B: Backend>(
+    backend: &B,
+    address: &Address,
+    version: Version,
+) -> Result<Option<Option<meridian_protocol::JsonText>>, StoreError> {
+    Ok(backend.get(&change_key(&address.key, version))?.map(|b| {
+        postcard::from_bytes::<(u64, Option<String>)>(&b)
+            .unwrap()
+            .1
+            .map(Into::into)
+    }))
+}
+
+/// The newest change record of each key, as entries.
+fn listed_entries<B: Backend>(
+    backend: &B,
+) -> Result<Vec<(Address, meridian_protocol::EntryState)>, StoreError> {
+    let mut out: Vec<(Address, meridian_protocol::EntryState)> = Vec::new();
+    for (k, v) in backend.scan_prefix(b"xk")? {
+        let (name, version) = k[2..].split_at(k.len() - 2 - 9);
+        let address = Address::parse("app", "prod", std::str::from_utf8(name).unwrap()).unwrap();
+        let version = Version(u64::from_be_bytes(version[1..].try_into().unwrap()));
+        let (revision, value) = postcard::from_bytes::<(u64, Option<String>)>(&v).unwrap();
+        let entry = meridian_protocol::EntryState {
+            version,
+            revision: Revision(revision),
+            value: value.map(Into::into),
+        };
+        match out.last_mut() {
+            Some((last, e)) if *last == address => *e = entry,
+            _ => out.push((address, entry)),
+        }
+    }
+    Ok(out)
+}
+
+/// A lister that forgets the last address: what a store missing a newest record would list.
+fn listed_entries_but_one<B: Backend>(
+    backend: &B,
+) -> Result<Vec<(Address, meridian_protocol::EntryState)>, StoreError> {
+    let mut all = listed_entries(backend)?;
+    all.pop();
+    Ok(all)
+}
+
+#[test]
+fn a_state_that_lists_its_entries_serves_and_reopens_as_one_that_stores_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let sled = SledBackend::open(dir.path()).unwrap();
+        SignedState::open_with_kept_entries(sled, 100, change_at, listed_entries)
+    };
+    let mut stored = SignedState::open(MemBackend::new(), 100).unwrap();
+    let mut listed = open().unwrap();
+    for i in 0..6 {
+        let v = format!("v{i}");
+        let writes = [("a", Some(v.as_str())), ("b", (i % 2 == 0).then_some("b"))];
+        let d = next(&stored, &writes);
+        stored.apply_delta(&d).unwrap();
+        listed.apply_delta_with(&d, change_records(&d)).unwrap();
+    }
+    stored.publish().unwrap();
+    listed.publish().unwrap();
+    assert_eq!(
+        listed.deltas_after(Revision(0), 100).unwrap(),
+        stored.deltas_after(Revision(0), 100).unwrap()
+    );
+    let keys: Vec<Vec<u8>> = listed
+        .backend()
+        .scan_prefix(b"")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        !keys.iter().any(|k| k[0] == b'e'),
+        "no entry records: {keys:?}"
+    );
+    drop(listed);
+
+    // Reopened, it lists the same entries (a deleted key as a tombstone) and digest.
+    let reopened = open().unwrap();
+    assert_eq!(reopened.digest(), stored.digest());
+    assert_eq!(value_of(&reopened, "a").as_deref(), Some("v5"));
+    assert_eq!(value_of(&reopened, "b"), None);
+    assert_eq!(reopened.snapshot(), stored.snapshot());
+    drop(reopened);
+
+    // A listing that misses an address does not hash to the signed digest: refused.
+    let sled = SledBackend::open(dir.path()).unwrap();
+    assert!(matches!(
+        SignedState::open_with_kept_entries(sled, 100, change_at, listed_entries_but_one),
+        Err(StoreError::DigestMismatchOnLoad { .. })
     ));
 }

@@ -3,20 +3,23 @@
 //! snapshots that are the signed state itself (its head and entries) plus the history records.
 //!
 //! The state is persistent but not flushed by `apply`: the entries of one `apply` call, their
-//! revisions and the applied log id are written in one atomic batch (see
-//! [`SignedState::begin_batch`]), so after a crash sled recovers a consistent prefix of whole
-//! calls and
-//! openraft re-applies the committed entries after it, from the Raft log, deterministically
-//! (same revisions, digests and signatures); no entry is ever applied twice. A snapshot is
-//! flushed before it is handed out, so the log is never purged past what is durable here. The
-//! current snapshot lives in memory only (the state on disk is what it was built from); after a
-//! restart the first request for one builds it afresh.
+//! revisions and the applied log id are one atomic batch (see [`SignedState::begin_batch`]),
+//! and the batches of [`WRITE_BACK`] calls reach sled together, as one sled batch, through a
+//! [`WriteBack`] (readers and the state's own reads see them at once). So after a crash sled
+//! recovers a consistent prefix of whole calls, and openraft re-applies the committed entries
+//! after it, from the Raft log, deterministically (same revisions, digests and signatures); no
+//! entry is ever applied twice. A snapshot is written back and flushed before it is handed out,
+//! so the log is never purged past what is durable here. The current snapshot lives in memory
+//! only (the state on disk is what it was built from); after a restart the first request for
+//! one builds it afresh.
 
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
 use meridian_protocol::{Address, EntryState, Revision, SignedHead, Signer};
-use meridian_store::{Backend, EXTRA_PREFIX, SignedState, SledBackend, StoreError, Write};
+use meridian_store::{
+    Backend, EXTRA_PREFIX, SignedState, SledBackend, StoreError, Write, WriteBack, WriteBackLimits,
+};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
@@ -32,8 +35,21 @@ use crate::schema::SCHEMA_PREFIX;
 const APPLIED: &[u8] = &[EXTRA_PREFIX, b'r', b'a'];
 const MEMBERSHIP: &[u8] = &[EXTRA_PREFIX, b'r', b'm'];
 
+/// Where the origin's state lives: sled, behind a [`WriteBack`] that hands it the batches of
+/// several `apply` calls at once.
+pub type StateBackend = WriteBack<SledBackend>;
+
+/// How many `apply` calls' batches the state gathers before sled gets them, as one batch: sled
+/// costs about as much per batch as for a dozen records, and a key written by several calls
+/// (the state's revision, hash and head, the applied log id) is one record instead of several.
+/// A crash loses at most these calls' writes, which openraft applies again from the Raft log.
+pub const WRITE_BACK: WriteBackLimits = WriteBackLimits {
+    max_batches: 8,
+    max_bytes: 8 << 20,
+};
+
 /// The origin core shared by the state machine, the write API and the edge server.
-pub type SharedCore = Arc<Mutex<OriginCore<SledBackend>>>;
+pub type SharedCore = Arc<Mutex<OriginCore<StateBackend>>>;
 
 /// The snapshot last built or installed, with its bytes.
 type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>;
@@ -75,13 +91,15 @@ fn applied_write(log_id: &LogId) -> Result<Write, StorageError> {
 impl StateMachine {
     /// Opens the signed state in `db` (its `state` tree) with the cluster's signer.
     pub fn open(db: &sled::Db, signer: Signer, delta_window: u64) -> Result<Self, StoreError> {
-        let backend = SledBackend::from_db(db.clone())?;
-        // Every value is in the history records written with its revision, so entries and
-        // deltas store references to them (one stored copy of each value, not three).
-        let state = SignedState::open_with_values(
+        let backend = WriteBack::new(SledBackend::from_db(db.clone())?, WRITE_BACK);
+        // Every change is a history record written with its revision (value, version and
+        // revision), so deltas store references to them and entries are not stored at all:
+        // the newest record of each key is its entry (one stored record per change, not three).
+        let state = SignedState::open_with_kept_entries(
             backend,
             delta_window,
-            crate::history::value_at::<SledBackend>,
+            crate::history::value_at::<StateBackend>,
+            crate::history::current_entries::<StateBackend>,
         )?;
         let (commits, _) = watch::channel(state.revision());
         Ok(Self {
@@ -101,13 +119,13 @@ impl StateMachine {
         self.commits.clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, OriginCore<SledBackend>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OriginCore<StateBackend>> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The log position and membership recorded with the state.
     fn meta_of(
-        core: &OriginCore<SledBackend>,
+        core: &OriginCore<StateBackend>,
     ) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let backend = core.state().backend();
         let applied = match backend.get(APPLIED).map_err(sm_read)? {
@@ -122,12 +140,12 @@ impl StateMachine {
     }
 
     fn apply_one(
-        core: &mut OriginCore<SledBackend>,
+        core: &mut OriginCore<StateBackend>,
         entry: Entry,
     ) -> Result<Response, StorageError> {
         let log_id = entry.log_id;
         let extra = applied_write(&log_id)?;
-        let write_extra = |core: &mut OriginCore<SledBackend>, writes: Vec<Write>| {
+        let write_extra = |core: &mut OriginCore<StateBackend>, writes: Vec<Write>| {
             core.state_mut()
                 .write_extra(writes)
                 .map_err(|e| StorageError::from(StorageIOError::apply(log_id, &e)))
@@ -497,28 +515,68 @@ mod tests {
         assert_eq!(history, 3, "a@4, b@2, c@1");
     }
 
-    #[tokio::test]
-    async fn an_apply_call_is_stored_and_published_with_its_log_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut sm = open(dir.path());
-        sm.apply(vec![entry(1, vec![put("a", "1"), put("b", "2")])])
-            .await
-            .unwrap();
-        let reader = sm.lock().state().reader();
-        let published = || reader.read().unwrap().head.map(|h| h.head.revision);
-        assert_eq!(published(), Some(Revision(2)));
-        // The store holds the published revision and the applied log id with it.
-        let state = sm.lock();
-        let on_disk = SignedState::open_with_values(
-            SledBackend::from_db(state.state().backend().db().clone()).unwrap(),
+    /// The state sled itself holds (not what the write-back still gathers), reopened.
+    fn on_disk(sm: &StateMachine) -> (Option<SignedHead>, Option<u64>) {
+        let db = sm.lock().state().backend().inner().db().clone();
+        let backend = SledBackend::from_db(db).unwrap();
+        let applied = backend
+            .get(APPLIED)
+            .unwrap()
+            .map(|b| postcard::from_bytes::<Option<LogId>>(&b).unwrap())
+            .and_then(|l| l.map(|l| l.index));
+        let state = SignedState::open_with_kept_entries(
+            backend,
             1024,
             crate::history::value_at::<SledBackend>,
+            crate::history::current_entries::<SledBackend>,
         )
         .unwrap();
-        assert_eq!(on_disk.head(), state.state().head());
+        (state.head(), applied)
+    }
+
+    #[tokio::test]
+    async fn apply_calls_are_published_at_once_and_stored_whole_with_their_log_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let reader = sm.lock().state().reader();
+        let published = || reader.read().unwrap().head.map(|h| h.head.revision);
+        let gathered = WRITE_BACK.max_batches as u64;
+        for index in 1..gathered {
+            sm.apply(vec![entry(index, vec![put("a", &index.to_string())])])
+                .await
+                .unwrap();
+            // Readers see each call at once; sled gets the calls together, later.
+            assert_eq!(published(), Some(Revision(index)));
+            assert_eq!(on_disk(&sm), (None, None));
+            assert_eq!(
+                StateMachine::meta_of(&sm.lock())
+                    .unwrap()
+                    .0
+                    .map(|l| l.index),
+                Some(index)
+            );
+        }
+        sm.apply(vec![entry(gathered, vec![put("a", "x"), put("b", "y")])])
+            .await
+            .unwrap();
+        assert_eq!(published(), Some(Revision(gathered + 1)));
+        // The last call of the limit hands every gathered call to sled: the published head
+        // with the log id of the entry that made it.
+        let head = sm.lock().state().head();
+        assert_eq!(on_disk(&sm), (head, Some(gathered)));
+
+        // One more call is gathered again; a snapshot stores it first (openraft may purge the
+        // log up to a snapshot, so the state it was built from must be in sled).
+        sm.apply(vec![entry(gathered + 1, vec![put("c", "z")])])
+            .await
+            .unwrap();
+        assert_eq!(on_disk(&sm).1, Some(gathered));
+        let snapshot = sm.build().unwrap();
         assert_eq!(
-            StateMachine::meta_of(&state).unwrap().0.map(|l| l.index),
-            Some(1)
+            snapshot.meta.last_log_id.map(|l| l.index),
+            Some(gathered + 1)
         );
+        let head = sm.lock().state().head();
+        assert_eq!(on_disk(&sm), (head, Some(gathered + 1)));
     }
 }
