@@ -360,6 +360,30 @@ fn value_records(d: &SignedDelta) -> Vec<meridian_store::Write> {
         .collect()
 }
 
+/// Six revisions (`a` = `{prefix}{i}` each time, `b` set and deleted in turn) applied to a
+/// state that stores everything and, with the records `records` makes in the same batch, to
+/// `other`; both published, and both serve the same deltas.
+fn apply_to_both<B: Backend, C: Backend>(
+    whole: &mut SignedState<B>,
+    other: &mut SignedState<C>,
+    prefix: &str,
+    records: fn(&SignedDelta) -> Vec<meridian_store::Write>,
+) {
+    for i in 0..6 {
+        let v = format!("{prefix}{i}");
+        let writes = [("a", Some(v.as_str())), ("b", (i % 2 == 0).then_some("b"))];
+        let d = next(whole, &writes);
+        whole.apply_delta(&d).unwrap();
+        other.apply_delta_with(&d, records(&d)).unwrap();
+    }
+    whole.publish().unwrap();
+    other.publish().unwrap();
+    assert_eq!(
+        other.deltas_after(Revision(0), 100).unwrap(),
+        whole.deltas_after(Revision(0), 100).unwrap()
+    );
+}
+
 #[test]
 fn a_state_that_looks_values_up_serves_what_a_state_that_keeps_them_serves() {
     let dir = tempfile::tempdir().unwrap();
@@ -367,19 +391,7 @@ fn a_state_that_looks_values_up_serves_what_a_state_that_keeps_them_serves() {
     let mut looked_up =
         SignedState::open_with_values(SledBackend::open(dir.path()).unwrap(), 100, lookup).unwrap();
     let long = "v".repeat(300);
-    for i in 0..6 {
-        let v = format!("{long}{i}");
-        let writes = [("a", Some(v.as_str())), ("b", (i % 2 == 0).then_some("b"))];
-        let d = next(&kept, &writes);
-        kept.apply_delta(&d).unwrap();
-        looked_up.apply_delta_with(&d, value_records(&d)).unwrap();
-    }
-    kept.publish().unwrap();
-    looked_up.publish().unwrap();
-    assert_eq!(
-        looked_up.deltas_after(Revision(0), 100).unwrap(),
-        kept.deltas_after(Revision(0), 100).unwrap()
-    );
+    apply_to_both(&mut kept, &mut looked_up, &long, value_records);
     // Entries and deltas hold references only: the one stored copy of a value is its record.
     let stored = looked_up.backend().scan_prefix(b"").unwrap();
     let copies = stored
@@ -509,19 +521,7 @@ fn a_state_that_lists_its_entries_serves_and_reopens_as_one_that_stores_them() {
     };
     let mut stored = SignedState::open(MemBackend::new(), 100).unwrap();
     let mut listed = open().unwrap();
-    for i in 0..6 {
-        let v = format!("v{i}");
-        let writes = [("a", Some(v.as_str())), ("b", (i % 2 == 0).then_some("b"))];
-        let d = next(&stored, &writes);
-        stored.apply_delta(&d).unwrap();
-        listed.apply_delta_with(&d, change_records(&d)).unwrap();
-    }
-    stored.publish().unwrap();
-    listed.publish().unwrap();
-    assert_eq!(
-        listed.deltas_after(Revision(0), 100).unwrap(),
-        stored.deltas_after(Revision(0), 100).unwrap()
-    );
+    apply_to_both(&mut stored, &mut listed, "v", change_records);
     let keys: Vec<Vec<u8>> = listed
         .backend()
         .scan_prefix(b"")
