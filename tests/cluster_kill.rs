@@ -153,3 +153,95 @@ async fn sigkill_of_the_leader_loses_no_acknowledged_write() {
         "same revision and digest everywhere: {digests:?}"
     );
 }
+
+/// The value of the counter `meridian_origin_heads_total{signed_by="…"}` in Prometheus text.
+fn heads_signed_by(metrics: &str, by: &str) -> u64 {
+    let series = format!("meridian_origin_heads_total{{signed_by=\"{by}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_take_the_leaders_signatures_instead_of_signing_again() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_origin_configs(dir.path(), 3);
+    let procs: Vec<(OriginProcess, String)> = paths.iter().map(|p| spawn_origin(p)).collect();
+    let urls: Vec<String> = procs.iter().map(|(_, u)| u.clone()).collect();
+    let c = http();
+    let leader = eventually(Duration::from_secs(30), "a leader", || {
+        let c = c.clone();
+        let urls = urls.clone();
+        async move {
+            let mut seen = BTreeSet::new();
+            for u in &urls {
+                seen.insert(status(&c, u).await["leader"].as_u64()?);
+            }
+            (seen.len() == 1).then(|| *seen.first().unwrap() as usize)
+        }
+    })
+    .await;
+    let followers: Vec<&String> = urls
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i + 1 != leader)
+        .map(|(_, u)| u)
+        .collect();
+
+    // Sequential writes through the leader until both followers have taken offered signatures
+    // (each write's entry is offered with the RPC that carries the next one).
+    let mut i = 0;
+    let newest = eventually(
+        Duration::from_secs(60),
+        "followers taking offered signatures",
+        || {
+            i += 1;
+            let (c, url, followers) = (c.clone(), urls[leader - 1].clone(), followers.clone());
+            async move {
+                let v = put(&c, &url, &format!("app/prod/k{i}"), json!(i)).await;
+                let revision = v["revision"].as_u64()?;
+                let mut all = true;
+                for f in followers {
+                    all &= heads_signed_by(&metrics_text(&c, f).await, "leader") > 0;
+                }
+                all.then_some(revision)
+            }
+        },
+    )
+    .await;
+
+    // Every node holds each revision's head once, whoever signed it, and all agree.
+    let mut digests = BTreeSet::new();
+    for u in &urls {
+        let s = eventually(
+            Duration::from_secs(30),
+            "every node at the newest revision",
+            || {
+                let c = c.clone();
+                async move {
+                    let s = status(&c, u).await;
+                    (s["revision"].as_u64()? >= newest).then_some(s)
+                }
+            },
+        )
+        .await;
+        digests.insert(format!("{}:{}", s["revision"], s["digest"]));
+        let m = metrics_text(&c, u).await;
+        let heads = heads_signed_by(&m, "leader") + heads_signed_by(&m, "this_node");
+        assert_eq!(heads, newest, "{u}: one head per revision");
+    }
+    assert_eq!(
+        digests.len(),
+        1,
+        "same revision and digest everywhere: {digests:?}"
+    );
+    let leader_metrics = metrics_text(&c, &urls[leader - 1]).await;
+    assert_eq!(
+        heads_signed_by(&leader_metrics, "leader"),
+        0,
+        "the leader is offered nothing; it signs every head"
+    );
+}

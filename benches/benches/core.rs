@@ -105,6 +105,7 @@ fn origin_apply(c: &mut Criterion) {
 
     use meridian_origin::core::{Command, Proposal};
     use meridian_origin::history::WriteMeta;
+    use meridian_origin::raft::relay::SharedRelay;
     use meridian_origin::raft::state_machine::StateMachine;
     use meridian_origin::raft::{Entry, Request};
     use openraft::storage::RaftStateMachine;
@@ -113,7 +114,13 @@ fn origin_apply(c: &mut Criterion) {
     const WRITES_PER_ENTRY: usize = 32;
     let dir = tempfile::tempdir().expect("tempdir");
     let db = sled::open(dir.path()).expect("sled");
-    let mut sm = StateMachine::open(&db, Signer::from_bytes(&[7; 32]), 10_000).expect("open");
+    let mut sm = StateMachine::open(
+        &db,
+        Signer::from_bytes(&[7; 32]),
+        10_000,
+        SharedRelay::new(),
+    )
+    .expect("open");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");

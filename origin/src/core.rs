@@ -1,10 +1,15 @@
 //! The origin's deterministic state machine: `apply(command) -> (revision, signed delta)`.
 //!
 //! Given the same state and command, every node produces the same revision, delta, digest and
-//! (Ed25519 being deterministic) signature, so the Raft cluster can drive this unchanged.
+//! (Ed25519 being deterministic) signature, so the Raft cluster can drive this unchanged. A
+//! node may be offered the signed heads another node produced for the same entry and then
+//! takes those signatures instead of signing (see [`OriginCore::begin_entry`]).
+
+use std::collections::BTreeMap;
 
 use meridian_protocol::{
-    Address, Change, Delta, EntryState, JsonText, Revision, SignedDelta, Signer, Version,
+    Address, Change, Delta, EntryState, JsonText, Revision, SignedDelta, SignedHead, Signer,
+    Version,
 };
 use meridian_store::{Backend, SignedState, StoreError, Write};
 
@@ -235,6 +240,20 @@ pub struct OriginCore<B: Backend> {
     signer: Signer,
     /// The registered schemas, loaded from the backend on first use.
     schemas: Option<Registry>,
+    /// Signatures another node made for the heads the entry being applied produces.
+    offered: BTreeMap<Revision, SignedHead>,
+    /// The heads of the entry being applied, while one is (see [`OriginCore::begin_entry`]).
+    signed: Option<EntryHeads>,
+}
+
+/// The signed heads one Raft entry produced, and how many of them were signatures another
+/// node offered rather than signed here.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EntryHeads {
+    /// Each revision's signed head, in order.
+    pub heads: Vec<SignedHead>,
+    /// How many of `heads` were offered ones.
+    pub reused: usize,
 }
 
 impl<B: Backend> OriginCore<B> {
@@ -244,7 +263,25 @@ impl<B: Backend> OriginCore<B> {
             state,
             signer,
             schemas: None,
+            offered: BTreeMap::new(),
+            signed: None,
         }
+    }
+
+    /// Starts applying one Raft entry, with the signed heads another node holding this key
+    /// produced for it (possibly none): a head this node produces that equals an offered one
+    /// takes its signature instead of being signed again (see [`Signer::sign_delta_reusing`]).
+    /// Until [`OriginCore::end_entry`] the signed heads are also collected.
+    pub fn begin_entry(&mut self, offered: Vec<SignedHead>) {
+        self.offered = offered.into_iter().map(|h| (h.head.revision, h)).collect();
+        self.signed = Some(EntryHeads::default());
+    }
+
+    /// Ends the entry [`OriginCore::begin_entry`] started: the heads it produced, to offer to
+    /// the other nodes. Offered heads it did not use are dropped.
+    pub fn end_entry(&mut self) -> EntryHeads {
+        self.offered.clear();
+        self.signed.take().unwrap_or_default()
     }
 
     /// The registered schemas (loaded from the backend if need be).
@@ -465,7 +502,14 @@ impl<B: Backend> OriginCore<B> {
             changes,
         };
         let hash = self.state.hash_after(&delta);
-        let signed = self.signer.sign_delta(delta, hash.finish());
+        let offered = self.offered.remove(&delta.revision);
+        let (signed, reused) =
+            self.signer
+                .sign_delta_reusing(delta, hash.finish(), offered.as_ref());
+        if let Some(heads) = &mut self.signed {
+            heads.heads.push(signed.head);
+            heads.reused += usize::from(reused);
+        }
         if let Some(meta) = meta {
             extra.extend(history::record_writes(
                 &signed.delta.changes,

@@ -21,6 +21,7 @@ use crate::distributor::{Distributor, DistributorConfig};
 use crate::raft::cluster::Cluster;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, Raft};
+use crate::raft::relay::SharedRelay;
 use crate::raft::state_machine::StateMachine;
 
 /// Why an origin could not start.
@@ -94,7 +95,9 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         .map_err(|e| store_err(e.into()))?
         .db()
         .clone();
-    let sm = StateMachine::open(&db, signer, config.delta_window).map_err(store_err)?;
+    let relay = SharedRelay::new();
+    let sm =
+        StateMachine::open(&db, signer, config.delta_window, relay.clone()).map_err(store_err)?;
     let log = LogStore::open(&db).map_err(|e| store_err(StoreError::Backend(e.into())))?;
     let core = sm.core();
     let (reader, revision) = {
@@ -125,7 +128,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     let raft = Raft::new(
         r.id,
         Arc::new(raft_config),
-        Network::new(client.clone()),
+        Network::new(client.clone(), relay.clone()),
         log,
         sm,
     )
@@ -193,7 +196,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         edges: edges.clone(),
         core: core.clone(),
     }))
-    .merge(crate::raft::network::routes(raft.clone()))
+    .merge(crate::raft::network::routes(raft.clone(), relay.clone()))
     .merge(crate::raft::admin::routes(raft.clone()))
     .merge(crate::raft::cluster::routes(cluster.clone()));
     let compact_task = tokio::spawn(compact_history(
@@ -203,6 +206,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         shutdown_rx.clone(),
     ));
     let drift_task = tokio::spawn(export_drift(edges, core.clone(), shutdown_rx.clone()));
+    let leader_task = tokio::spawn(track_leadership(raft.clone(), r.id, relay));
     let mut rx = shutdown_rx;
     let http_task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -218,8 +222,21 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         quic_addr,
         raft,
         shutdown,
-        tasks: vec![quic_task, http_task, compact_task, drift_task],
+        tasks: vec![quic_task, http_task, compact_task, drift_task, leader_task],
     })
+}
+
+/// Tells the head relay whether this node leads (a leader waits for no offers), for as long as
+/// Raft runs.
+async fn track_leadership(raft: Raft, id: u64, relay: Arc<SharedRelay>) {
+    let mut metrics = raft.metrics();
+    loop {
+        let leads = metrics.borrow_and_update().current_leader == Some(id);
+        relay.set_leader(leads);
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Every few seconds, exports the drift view of every known edge as Prometheus gauges.

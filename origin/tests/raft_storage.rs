@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use meridian_origin::raft::log_store::LogStore;
+use meridian_origin::raft::relay::SharedRelay;
 use meridian_origin::raft::state_machine::StateMachine;
 use meridian_origin::raft::{NodeId, TypeConfig};
 use meridian_protocol::Signer;
@@ -19,8 +20,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Arc<tempfile::TempDir>> fo
         let dir = tempfile::tempdir().expect("temp dir");
         let db = sled::open(dir.path()).expect("sled");
         let log = LogStore::open(&db).expect("log store");
-        let sm =
-            StateMachine::open(&db, Signer::from_bytes(&[7; 32]), 1024).expect("state machine");
+        let sm = StateMachine::open(&db, Signer::from_bytes(&[7; 32]), 1024, SharedRelay::new())
+            .expect("state machine");
         Ok((Arc::new(dir), log, sm))
     }
 }
@@ -37,6 +38,7 @@ mod writes {
 
     use meridian_origin::core::{Command, Proposal};
     use meridian_origin::history::WriteMeta;
+    use meridian_origin::raft::relay::SharedRelay;
     use meridian_origin::raft::state_machine::StateMachine;
     use meridian_origin::raft::{Entry, LogId, Outcome, Request};
     use meridian_protocol::{Address, Revision, Signer};
@@ -49,7 +51,8 @@ mod writes {
             .expect("sled")
             .db()
             .clone();
-        StateMachine::open(&db, Signer::from_bytes(&[7; 32]), 1024).expect("state machine")
+        StateMachine::open(&db, Signer::from_bytes(&[7; 32]), 1024, SharedRelay::new())
+            .expect("state machine")
     }
 
     fn put_command(key: &str, value: &str, expect_version: Option<u64>) -> Command {

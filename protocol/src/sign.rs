@@ -131,6 +131,40 @@ impl Signer {
             delta,
         }
     }
+
+    /// Like [`Signer::sign_delta`], but takes `offered` instead of signing when it is a
+    /// signature this key made over exactly the head this delta produces: another origin node
+    /// holding the same key already signed it, and Ed25519 is deterministic, so signing again
+    /// would give the same bytes. Anything else offered (another head, another key) is
+    /// ignored and the head is signed here. Returns whether `offered` was used.
+    ///
+    /// The offered signature itself is not verified (that would cost twice what signing does);
+    /// it must come from a node that holds this key. A wrong one is still caught by every edge,
+    /// which verifies each head before applying it.
+    pub fn sign_delta_reusing(
+        &self,
+        delta: Delta,
+        digest: Digest,
+        offered: Option<&SignedHead>,
+    ) -> (SignedDelta, bool) {
+        let head = Head {
+            revision: delta.revision,
+            digest,
+            delta_hash: delta.hash(),
+        };
+        match offered {
+            Some(o) if o.head == head && o.key_id == self.id => {
+                (SignedDelta { head: *o, delta }, true)
+            }
+            _ => (
+                SignedDelta {
+                    head: self.sign(head),
+                    delta,
+                },
+                false,
+            ),
+        }
+    }
 }
 
 /// Why received data was refused.
@@ -309,6 +343,32 @@ mod tests {
             trusted.verify_delta(&foreign),
             Err(VerifyError::UnknownKey(_))
         ));
+    }
+
+    #[test]
+    fn an_offered_signature_is_used_only_for_the_same_head_and_key() {
+        let signer = Signer::from_bytes(&[7; 32]);
+        let own = signer.sign_delta(delta(), Digest::default());
+
+        // Another node's signature of the same head: used, and identical to signing here.
+        let (reused, used) = signer.sign_delta_reusing(delta(), Digest::default(), Some(&own.head));
+        assert!(used);
+        assert_eq!(reused, own);
+
+        // A head for another digest, or the same head under another key: ignored, signed here.
+        let other_digest = signer.sign_delta(delta(), Digest(Hash32([1; 32])));
+        let stranger = Signer::from_bytes(&[8; 32]).sign_delta(delta(), Digest::default());
+        for offered in [other_digest.head, stranger.head] {
+            let (signed, used) =
+                signer.sign_delta_reusing(delta(), Digest::default(), Some(&offered));
+            assert!(!used);
+            assert_eq!(signed, own);
+        }
+        let (signed, used) = signer.sign_delta_reusing(delta(), Digest::default(), None);
+        assert!(!used);
+        assert_eq!(signed, own);
+        let trusted = TrustedKeys::new([signer.verifying_key()]);
+        assert_eq!(trusted.verify_delta(&signed), Ok(()));
     }
 
     #[test]

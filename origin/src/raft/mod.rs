@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod log_store;
 #[allow(clippy::result_large_err)]
 pub mod network;
+pub mod relay;
 #[allow(clippy::result_large_err)]
 pub mod state_machine;
 

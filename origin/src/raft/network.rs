@@ -2,6 +2,11 @@
 //! whose body is the postcard-encoded openraft request and whose answer is the postcard-encoded
 //! `Result` the receiving node's Raft returned. A node's address in the membership is its HTTP
 //! address (`host:port`), the same listener that serves the write API.
+//!
+//! An AppendEntries body also carries the signed heads the sender offers the receiver (see
+//! [`super::relay`]): `postcard(AppendBody)`.
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -21,6 +26,7 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::relay::{Offer, SharedRelay};
 use super::{NodeId, TypeConfig};
 
 /// The Raft handle the RPC routes deliver to.
@@ -33,18 +39,28 @@ pub const MAX_RPC_BYTES: usize = 64 << 20;
 #[derive(Clone)]
 pub struct Network {
     client: reqwest::Client,
+    relay: Arc<SharedRelay>,
 }
 
 impl Network {
-    /// A network whose connections are made with `client`.
-    pub fn new(client: reqwest::Client) -> Self {
-        Self { client }
+    /// A network whose connections are made with `client`, offering the heads `relay` holds.
+    pub fn new(client: reqwest::Client, relay: Arc<SharedRelay>) -> Self {
+        Self { client, relay }
     }
+}
+
+/// The body of `POST /raft/append`.
+#[derive(Serialize, serde::Deserialize)]
+struct AppendBody {
+    rpc: AppendEntriesRequest<TypeConfig>,
+    /// Signed heads of entries the sender applied, offered to the receiver.
+    offers: Vec<Offer>,
 }
 
 /// The RPC client for one target node.
 pub struct Peer {
     client: reqwest::Client,
+    relay: Arc<SharedRelay>,
     target: NodeId,
     base: String,
 }
@@ -55,6 +71,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
         Peer {
             client: self.client.clone(),
+            relay: self.relay.clone(),
             target,
             base: format!("http://{}", node.addr),
         }
@@ -118,7 +135,11 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("/raft/append", &rpc, &option).await
+        let body = AppendBody {
+            rpc,
+            offers: self.relay.to_offer(self.target),
+        };
+        self.call("/raft/append", &body, &option).await
     }
 
     async fn install_snapshot(
@@ -141,14 +162,21 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
-/// The routes that receive Raft RPCs for `raft`.
-pub fn routes(raft: Raft) -> Router {
+/// The routes that receive Raft RPCs for `raft`; offered heads go to `relay`.
+pub fn routes(raft: Raft, relay: Arc<SharedRelay>) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_RPC_BYTES))
-        .with_state(raft)
+        .with_state(Rpc { raft, relay })
+}
+
+/// What the RPC routes deliver to.
+#[derive(Clone)]
+struct Rpc {
+    raft: Raft,
+    relay: Arc<SharedRelay>,
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
@@ -165,23 +193,27 @@ fn answer<T: Serialize>(result: &T) -> Response {
     }
 }
 
-async fn append(State(raft): State<Raft>, body: Bytes) -> Response {
-    match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
-        Ok(rpc) => answer(&raft.append_entries(rpc).await),
+async fn append(State(s): State<Rpc>, body: Bytes) -> Response {
+    match decode::<AppendBody>(&body) {
+        Ok(AppendBody { rpc, offers }) => {
+            // Before the entries reach Raft: the state machine may be waiting for these.
+            s.relay.offered(offers);
+            answer(&s.raft.append_entries(rpc).await)
+        }
         Err(r) => r,
     }
 }
 
-async fn vote(State(raft): State<Raft>, body: Bytes) -> Response {
+async fn vote(State(s): State<Rpc>, body: Bytes) -> Response {
     match decode::<VoteRequest<NodeId>>(&body) {
-        Ok(rpc) => answer(&raft.vote(rpc).await),
+        Ok(rpc) => answer(&s.raft.vote(rpc).await),
         Err(r) => r,
     }
 }
 
-async fn snapshot(State(raft): State<Raft>, body: Bytes) -> Response {
+async fn snapshot(State(s): State<Rpc>, body: Bytes) -> Response {
     match decode::<InstallSnapshotRequest<TypeConfig>>(&body) {
-        Ok(rpc) => answer(&raft.install_snapshot(rpc).await),
+        Ok(rpc) => answer(&s.raft.install_snapshot(rpc).await),
         Err(r) => r,
     }
 }

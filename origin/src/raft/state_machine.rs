@@ -25,6 +25,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::relay::SharedRelay;
 use super::{
     Entry, LogId, Outcome, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -70,6 +71,7 @@ pub struct StateMachine {
     core: SharedCore,
     commits: watch::Sender<Revision>,
     current: CurrentSnapshot,
+    relay: Arc<SharedRelay>,
 }
 
 fn sm_write(e: impl std::error::Error + 'static) -> StorageError {
@@ -89,8 +91,14 @@ fn applied_write(log_id: &LogId) -> Result<Write, StorageError> {
 }
 
 impl StateMachine {
-    /// Opens the signed state in `db` (its `state` tree) with the cluster's signer.
-    pub fn open(db: &sled::Db, signer: Signer, delta_window: u64) -> Result<Self, StoreError> {
+    /// Opens the signed state in `db` (its `state` tree) with the cluster's signer; the heads
+    /// it signs and is offered go through `relay`.
+    pub fn open(
+        db: &sled::Db,
+        signer: Signer,
+        delta_window: u64,
+        relay: Arc<SharedRelay>,
+    ) -> Result<Self, StoreError> {
         let backend = WriteBack::new(SledBackend::from_db(db.clone())?, WRITE_BACK);
         // Every change is a history record written with its revision (value, version and
         // revision), so deltas store references to them and entries are not stored at all:
@@ -106,6 +114,7 @@ impl StateMachine {
             core: Arc::new(Mutex::new(OriginCore::new(state, signer))),
             commits,
             current: Arc::new(Mutex::new(None)),
+            relay,
         })
     }
 
@@ -141,6 +150,7 @@ impl StateMachine {
 
     fn apply_one(
         core: &mut OriginCore<StateBackend>,
+        relay: &SharedRelay,
         entry: Entry,
     ) -> Result<Response, StorageError> {
         let log_id = entry.log_id;
@@ -164,71 +174,86 @@ impl StateMachine {
                 Ok(Response::default())
             }
             EntryPayload::Normal(request) => {
-                let mut outcomes = Vec::with_capacity(request.commands.len());
-                for proposal in request.commands {
-                    let outcome = match core.apply_unpublished(
-                        proposal.command,
-                        Some(&proposal.meta),
-                        Vec::new(),
-                    ) {
-                        Ok((applied, _)) => Outcome::Applied(applied),
-                        Err(ApplyError::VersionConflict {
-                            address,
-                            expected,
-                            actual,
-                        }) => Outcome::VersionConflict {
-                            address,
-                            expected,
-                            actual,
-                        },
-                        Err(ApplyError::NotFound(address)) => Outcome::NotFound(address),
-                        Err(ApplyError::ConditionFailed {
-                            index,
-                            condition,
-                            actual,
-                        }) => Outcome::ConditionFailed {
-                            index,
-                            condition,
-                            actual,
-                        },
-                        Err(ApplyError::Invalid(why)) => Outcome::Invalid(why),
-                        Err(ApplyError::ValueTooLarge {
-                            address,
-                            bytes,
-                            limit,
-                        }) => Outcome::ValueTooLarge {
-                            address,
-                            bytes,
-                            limit,
-                        },
-                        Err(ApplyError::Store(e)) => {
-                            return Err(StorageIOError::apply(log_id, &e).into());
-                        }
-                        Err(ApplyError::History(e)) => {
-                            return Err(StorageIOError::apply(log_id, &e).into());
-                        }
-                        Err(ApplyError::Schemas(e)) => {
-                            return Err(StorageIOError::apply(log_id, &e).into());
-                        }
-                        Err(ApplyError::SchemaViolation { address, violation }) => {
-                            Outcome::SchemaViolation {
-                                address,
-                                path: violation.path.clone(),
-                                rule: violation.rule.clone(),
-                                message: violation.message.clone(),
-                                prefix: violation.prefix.clone(),
-                            }
-                        }
-                        Err(ApplyError::CurrentValuesViolate { prefix, keys }) => {
-                            Outcome::CurrentValuesViolate { prefix, keys }
-                        }
-                    };
-                    outcomes.push(outcome);
-                }
+                core.begin_entry(relay.take(log_id.index));
+                let outcomes = Self::apply_commands(core, log_id, request);
+                let heads = core.end_entry();
+                let outcomes = outcomes?;
+                metrics::counter!("meridian_origin_heads_total", "signed_by" => "leader")
+                    .increment(heads.reused as u64);
+                metrics::counter!("meridian_origin_heads_total", "signed_by" => "this_node")
+                    .increment((heads.heads.len() - heads.reused) as u64);
+                relay.applied(log_id.index, heads.heads);
                 write_extra(core, vec![extra])?;
                 Ok(Response { outcomes })
             }
         }
+    }
+
+    /// The outcome of each command of a normal entry, in order.
+    fn apply_commands(
+        core: &mut OriginCore<StateBackend>,
+        log_id: LogId,
+        request: super::Request,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        let mut outcomes = Vec::with_capacity(request.commands.len());
+        for proposal in request.commands {
+            let outcome =
+                match core.apply_unpublished(proposal.command, Some(&proposal.meta), Vec::new()) {
+                    Ok((applied, _)) => Outcome::Applied(applied),
+                    Err(ApplyError::VersionConflict {
+                        address,
+                        expected,
+                        actual,
+                    }) => Outcome::VersionConflict {
+                        address,
+                        expected,
+                        actual,
+                    },
+                    Err(ApplyError::NotFound(address)) => Outcome::NotFound(address),
+                    Err(ApplyError::ConditionFailed {
+                        index,
+                        condition,
+                        actual,
+                    }) => Outcome::ConditionFailed {
+                        index,
+                        condition,
+                        actual,
+                    },
+                    Err(ApplyError::Invalid(why)) => Outcome::Invalid(why),
+                    Err(ApplyError::ValueTooLarge {
+                        address,
+                        bytes,
+                        limit,
+                    }) => Outcome::ValueTooLarge {
+                        address,
+                        bytes,
+                        limit,
+                    },
+                    Err(ApplyError::Store(e)) => {
+                        return Err(StorageIOError::apply(log_id, &e).into());
+                    }
+                    Err(ApplyError::History(e)) => {
+                        return Err(StorageIOError::apply(log_id, &e).into());
+                    }
+                    Err(ApplyError::Schemas(e)) => {
+                        return Err(StorageIOError::apply(log_id, &e).into());
+                    }
+                    Err(ApplyError::SchemaViolation { address, violation }) => {
+                        Outcome::SchemaViolation {
+                            address,
+                            path: violation.path.clone(),
+                            rule: violation.rule.clone(),
+                            message: violation.message.clone(),
+                            prefix: violation.prefix.clone(),
+                        }
+                    }
+                    Err(ApplyError::CurrentValuesViolate { prefix, keys }) => {
+                        Outcome::CurrentValuesViolate { prefix, keys }
+                    }
+                };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
     }
 
     fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
@@ -297,7 +322,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut out = Vec::new();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // A follower holds back, briefly, until the leader has offered the heads it signed for
+        // these entries, so that it need not sign them too (see `relay`).
+        let last_normal = entries
+            .iter()
+            .rev()
+            .find(|e| matches!(e.payload, EntryPayload::Normal(_)))
+            .map(|e| e.log_id.index);
+        if let Some(index) = last_normal {
+            self.relay.wait_for(index).await;
+        }
+        let mut out = Vec::with_capacity(entries.len());
         let revision = {
             let mut core = self.lock();
             // Every entry handed over in this call is stored in one atomic batch: the state's
@@ -305,7 +341,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // none (openraft re-applies them from the log).
             core.state_mut().begin_batch();
             let applied = entries.into_iter().try_for_each(|entry| {
-                out.push(Self::apply_one(&mut core, entry)?);
+                out.push(Self::apply_one(&mut core, &self.relay, entry)?);
                 Ok::<_, StorageError>(())
             });
             if let Err(e) = applied {
@@ -415,7 +451,8 @@ mod tests {
 
     fn open(dir: &std::path::Path) -> StateMachine {
         let db = sled::open(dir).expect("sled");
-        StateMachine::open(&db, Signer::from_bytes(&[7; 32]), 1024).expect("state machine")
+        StateMachine::open(&db, Signer::from_bytes(&[7; 32]), 1024, SharedRelay::new())
+            .expect("state machine")
     }
 
     fn put(key: &str, value: &str) -> Proposal {
