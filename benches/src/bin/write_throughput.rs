@@ -15,6 +15,10 @@
 //! and reports medians and each round's ratio: this machine's speed drifts by tens of percent
 //! between runs, so one pair of runs can mislead either way.
 //!
+//! Before each round a disk probe (`--disk-probe-seconds`, default 5) times 16 KiB writes each
+//! followed by `fdatasync` on the same filesystem with nothing else running, and counts the
+//! syncs that alone take longer than the 20 ms p99 target: a tail the clusters inherit.
+//!
 //! `cargo run --release -p meridian-benches --bin write_throughput -- --seconds 10 --rounds 5`
 
 use std::process::{Child, Command, Stdio};
@@ -47,6 +51,11 @@ struct Args {
     /// reports medians and each round's ratio (the machine's speed drifts between runs).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Seconds of a disk probe before each round: 16 KiB writes, each followed by
+    /// `fdatasync`, on the same filesystem with nothing else running, reporting how often one
+    /// sync alone takes longer than the p99 target (0 skips it).
+    #[arg(long, default_value_t = 5)]
+    disk_probe_seconds: u64,
     /// Internal: run one origin node from this config file until stdin closes.
     #[arg(long, hide = true)]
     serve_origin: Option<std::path::PathBuf>,
@@ -57,6 +66,8 @@ struct Outcome {
     errors: u64,
     elapsed: Duration,
     latency: Option<Summary>,
+    /// Latency of the writes sent to each node, in the order of the nodes given to [`load`].
+    by_node: Vec<Option<Summary>>,
 }
 
 impl Outcome {
@@ -131,10 +142,12 @@ async fn load(args: &Args, bases: &[String], make: MakeRequest) -> Outcome {
         }));
     }
     let (mut writes, mut errors, mut samples) = (0, 0, Vec::new());
-    for t in tasks {
+    let mut per_node = vec![Vec::new(); bases.len()];
+    for (client, t) in tasks.into_iter().enumerate() {
         if let Ok((o, e, s)) = t.await {
             writes += o;
             errors += e;
+            per_node[client % bases.len()].extend_from_slice(&s);
             samples.extend(s);
         }
     }
@@ -143,6 +156,7 @@ async fn load(args: &Args, bases: &[String], make: MakeRequest) -> Outcome {
         errors,
         elapsed: started.elapsed(),
         latency: Summary::of(&mut samples),
+        by_node: per_node.iter_mut().map(|s| Summary::of(s)).collect(),
     }
 }
 
@@ -212,6 +226,11 @@ fn report(name: &str, o: &Outcome, usage: Option<ProcessUsage>) {
     );
     if let Some(u) = usage {
         println!("{:<28} {}", "", u.per_op(o.writes));
+    }
+    for (i, s) in o.by_node.iter().enumerate() {
+        if let Some(s) = s {
+            println!("{:<28} written to node {}: {s}", "", i + 1);
+        }
     }
 }
 
@@ -322,6 +341,10 @@ async fn main() -> anyhow::Result<()> {
         }
         // Fresh clusters every round, in their own folders: rounds differ only in when they ran.
         let dir = tempfile::tempdir()?;
+        if args.disk_probe_seconds > 0 {
+            let probe = disk_probe(dir.path(), Duration::from_secs(args.disk_probe_seconds))?;
+            println!("{probe}");
+        }
         let m = run_meridian(&args, &dir.path().join("meridian")).await?;
         report(&meridian_name, &m.outcome, m.usage);
         meridian.push(m);
@@ -343,6 +366,67 @@ async fn main() -> anyhow::Result<()> {
         summarize(&meridian_name, &meridian, &etcd);
     }
     Ok(())
+}
+
+/// What a disk did alone: each sync's time, and how many exceeded [`P99_TARGET`].
+struct DiskProbe {
+    elapsed: Duration,
+    syncs: Option<Summary>,
+    p999: Duration,
+    over_target: usize,
+}
+
+/// The write p99 target: a sync slower than this alone puts every write waiting on it over.
+const P99_TARGET: Duration = Duration::from_millis(20);
+
+impl std::fmt::Display for DiskProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(s) = &self.syncs else {
+            return write!(f, "disk alone: no sync completed");
+        };
+        write!(
+            f,
+            "disk alone, 16 KiB write + fdatasync for {:.0} s: {s}, p99.9 {:.3} ms; {} syncs over {} ms",
+            self.elapsed.as_secs_f64(),
+            self.p999.as_secs_f64() * 1e3,
+            self.over_target,
+            P99_TARGET.as_millis()
+        )
+    }
+}
+
+/// Writes and syncs 16 KiB at a time in `dir` for `seconds`, nothing else running: how the
+/// disk under both clusters answers a flush on its own. With C closed-loop clients every sync
+/// stall longer than the target holds up about C writes in flight on every node at once (the
+/// three nodes share the disk), so more than `writes / 100 / C` such stalls in a run put the
+/// p99 over the target whatever the servers do.
+fn disk_probe(dir: &std::path::Path, seconds: Duration) -> anyhow::Result<DiskProbe> {
+    use std::io::Write as _;
+    let path = dir.join("disk-probe");
+    let mut file = std::fs::File::create(&path).context("creating the disk probe file")?;
+    let block = vec![0x5a_u8; 16 << 10];
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while started.elapsed() < seconds {
+        let t = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        samples.push(t.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    let over_target = samples.iter().filter(|d| **d > P99_TARGET).count();
+    let syncs = Summary::of(&mut samples);
+    let p999 = samples
+        .get(((samples.len() as f64 - 1.0) * 0.999).round() as usize)
+        .copied()
+        .unwrap_or_default();
+    Ok(DiskProbe {
+        elapsed: started.elapsed(),
+        syncs,
+        p999,
+        over_target,
+    })
 }
 
 /// The ratios of one round.
