@@ -1,10 +1,11 @@
 //! The origin's Raft layer on openraft: the type configuration, what a log entry carries and
-//! what applying it answers, the log and vote in sled ([`log_store`]) and the state machine
-//! over the signed state ([`state_machine`]).
+//! what applying it answers, the log and vote in sled ([`log_store`]), the state machine over
+//! the signed state ([`state_machine`]) and the RPC between nodes ([`network`]).
 //!
 //! Every node applies the same committed entries to the same deterministic core
 //! ([`crate::core::OriginCore`]) with the cluster's signing key, so every node holds the same
-//! revisions, deltas, digests and signatures, and any node can serve edges.
+//! revisions, deltas, digests and signatures, and any node can serve edges. The followers take
+//! the signatures the leader made rather than sign each revision again ([`relay`]).
 
 use std::io::Cursor;
 

@@ -4,7 +4,8 @@
 //! address (`host:port`), the same listener that serves the write API.
 //!
 //! An AppendEntries body also carries the signed heads the sender offers the receiver (see
-//! [`super::relay`]): `postcard(AppendBody)`.
+//! [`super::relay`]): `postcard(AppendBody)`, the request first, so that a node built before
+//! offers existed reads the request and ignores the rest, and a bare request is still accepted.
 
 use std::sync::Arc;
 
@@ -193,8 +194,19 @@ fn answer<T: Serialize>(result: &T) -> Response {
     }
 }
 
+/// An AppendEntries body: with offers, or (from a node built before offers existed) the bare
+/// request. postcard ignores bytes after a value, so such a node also reads ours.
+fn decode_append(body: &[u8]) -> Result<AppendBody, Response> {
+    postcard::from_bytes::<AppendBody>(body).or_else(|_| {
+        decode::<AppendEntriesRequest<TypeConfig>>(body).map(|rpc| AppendBody {
+            rpc,
+            offers: Vec::new(),
+        })
+    })
+}
+
 async fn append(State(s): State<Rpc>, body: Bytes) -> Response {
-    match decode::<AppendBody>(&body) {
+    match decode_append(&body) {
         Ok(AppendBody { rpc, offers }) => {
             // Before the entries reach Raft: the state machine may be waiting for these.
             s.relay.offered(offers);
@@ -215,5 +227,51 @@ async fn snapshot(State(s): State<Rpc>, body: Bytes) -> Response {
     match decode::<InstallSnapshotRequest<TypeConfig>>(&body) {
         Ok(rpc) => answer(&s.raft.install_snapshot(rpc).await),
         Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Vote};
+
+    use super::*;
+
+    fn request() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: Some(openraft::LogId::new(CommittedLeaderId::new(2, 1), 7)),
+            entries: Vec::new(),
+            leader_commit: None,
+        }
+    }
+
+    /// Whether `rpc` is [`request`] (openraft's request has no `PartialEq`).
+    fn same(rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
+        format!("{rpc:?}") == format!("{:?}", request())
+    }
+
+    #[test]
+    fn append_bodies_with_and_without_offers_are_read_both_ways() {
+        let offers = vec![Offer {
+            index: 7,
+            heads: Vec::new(),
+        }];
+        let with = postcard::to_allocvec(&AppendBody {
+            rpc: request(),
+            offers: offers.clone(),
+        })
+        .expect("encode");
+        let read = decode_append(&with).map_err(|_| "refused").expect("ours");
+        assert!(same(&read.rpc) && read.offers == offers);
+
+        // A node without offers sends the bare request, and reads ours as one.
+        let bare = postcard::to_allocvec(&request()).expect("encode");
+        let read = decode_append(&bare).map_err(|_| "refused").expect("bare");
+        assert!(same(&read.rpc) && read.offers.is_empty());
+        let old_reader: AppendEntriesRequest<TypeConfig> =
+            postcard::from_bytes(&with).expect("an old node reads the request");
+        assert!(same(&old_reader));
+
+        assert!(decode_append(&[0xff; 3]).is_err());
     }
 }
