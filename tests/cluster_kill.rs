@@ -45,6 +45,32 @@ async fn writer(
     }
 }
 
+/// The leader every node in `urls` agrees on, other than `not`.
+async fn agreed_leader(c: &reqwest::Client, urls: &[String], not: Option<u64>) -> u64 {
+    eventually(Duration::from_secs(30), "an agreed leader", || async move {
+        let mut seen = BTreeSet::new();
+        for u in urls {
+            seen.insert(status(c, u).await["leader"].as_u64()?);
+        }
+        let l = *seen.first()?;
+        (seen.len() == 1 && Some(l) != not).then_some(l)
+    })
+    .await
+}
+
+/// `url`'s status once it has applied `revision`.
+async fn status_at_least(c: &reqwest::Client, url: &str, revision: u64) -> Value {
+    eventually(
+        Duration::from_secs(30),
+        "every node at the newest revision",
+        || async move {
+            let s = status(c, url).await;
+            (s["revision"].as_u64()? >= revision).then_some(s)
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_of_the_leader_loses_no_acknowledged_write() {
     init();
@@ -53,25 +79,7 @@ async fn sigkill_of_the_leader_loses_no_acknowledged_write() {
     let mut procs: Vec<(OriginProcess, String)> = paths.iter().map(|p| spawn_origin(p)).collect();
     let urls: Vec<String> = procs.iter().map(|(_, u)| u.clone()).collect();
     let c = http();
-    // The leader every node in `urls` agrees on, other than `not`.
-    let leader_of = |urls: Vec<String>, not: Option<u64>| {
-        let c = c.clone();
-        async move {
-            eventually(Duration::from_secs(30), "an agreed leader", || {
-                let (c, urls) = (c.clone(), urls.clone());
-                async move {
-                    let mut seen = BTreeSet::new();
-                    for u in &urls {
-                        seen.insert(status(&c, u).await["leader"].as_u64()?);
-                    }
-                    let l = *seen.first()?;
-                    (seen.len() == 1 && Some(l) != not).then_some(l)
-                }
-            })
-            .await
-        }
-    };
-    let leader = leader_of(urls.clone(), None).await as usize;
+    let leader = agreed_leader(&c, &urls, None).await as usize;
 
     let acked = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -96,7 +104,7 @@ async fn sigkill_of_the_leader_loses_no_acknowledged_write() {
         .filter(|(i, _)| *i != leader - 1)
         .map(|(_, u)| u.clone())
         .collect();
-    leader_of(survivors, Some(leader as u64)).await;
+    agreed_leader(&c, &survivors, Some(leader as u64)).await;
     eventually(
         Duration::from_secs(30),
         "writes resume after the kill",
@@ -131,18 +139,7 @@ async fn sigkill_of_the_leader_loses_no_acknowledged_write() {
         let mut out = BTreeSet::new();
         let newest = *revisions.last().unwrap();
         for u in &urls {
-            let s = eventually(
-                Duration::from_secs(30),
-                "every node at the newest revision",
-                || {
-                    let c = c.clone();
-                    async move {
-                        let s = status(&c, u).await;
-                        (s["revision"].as_u64()? >= newest).then_some(s)
-                    }
-                },
-            )
-            .await;
+            let s = status_at_least(&c, u, newest).await;
             out.insert(format!("{}:{}", s["revision"], s["digest"]));
         }
         out
@@ -172,18 +169,7 @@ async fn followers_take_the_leaders_signatures_instead_of_signing_again() {
     let procs: Vec<(OriginProcess, String)> = paths.iter().map(|p| spawn_origin(p)).collect();
     let urls: Vec<String> = procs.iter().map(|(_, u)| u.clone()).collect();
     let c = http();
-    let leader = eventually(Duration::from_secs(30), "a leader", || {
-        let c = c.clone();
-        let urls = urls.clone();
-        async move {
-            let mut seen = BTreeSet::new();
-            for u in &urls {
-                seen.insert(status(&c, u).await["leader"].as_u64()?);
-            }
-            (seen.len() == 1).then(|| *seen.first().unwrap() as usize)
-        }
-    })
-    .await;
+    let leader = agreed_leader(&c, &urls, None).await as usize;
     let followers: Vec<&String> = urls
         .iter()
         .enumerate()
@@ -216,18 +202,7 @@ async fn followers_take_the_leaders_signatures_instead_of_signing_again() {
     // Every node holds each revision's head once, whoever signed it, and all agree.
     let mut digests = BTreeSet::new();
     for u in &urls {
-        let s = eventually(
-            Duration::from_secs(30),
-            "every node at the newest revision",
-            || {
-                let c = c.clone();
-                async move {
-                    let s = status(&c, u).await;
-                    (s["revision"].as_u64()? >= newest).then_some(s)
-                }
-            },
-        )
-        .await;
+        let s = status_at_least(&c, u, newest).await;
         digests.insert(format!("{}:{}", s["revision"], s["digest"]));
         let m = metrics_text(&c, u).await;
         let heads = heads_signed_by(&m, "leader") + heads_signed_by(&m, "this_node");

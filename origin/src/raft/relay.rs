@@ -180,9 +180,11 @@ impl SharedRelay {
         self.leader.store(leader, Ordering::Relaxed);
     }
 
-    /// See [`Relay::applied`].
+    /// See [`Relay::applied`]; kept only while this node leads (only a leader offers).
     pub fn applied(&self, index: u64, heads: Vec<SignedHead>) {
-        self.lock().applied(index, heads);
+        if self.leader.load(Ordering::Relaxed) {
+            self.lock().applied(index, heads);
+        }
     }
 
     /// See [`Relay::to_offer`].
