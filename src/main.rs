@@ -303,6 +303,9 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .init();
+    if let Err(e) = meridian::disable_transparent_huge_pages() {
+        tracing::warn!("transparent huge pages stay on for this process: {e}");
+    }
     match Cli::parse().command {
         Command::Dev {
             data_dir,

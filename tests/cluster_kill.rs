@@ -220,3 +220,19 @@ async fn followers_take_the_leaders_signatures_instead_of_signing_again() {
         "the leader is offered nothing; it signs every head"
     );
 }
+
+/// A `meridian origin` process turns transparent huge pages off for itself (see
+/// `meridian::disable_transparent_huge_pages`): the kernel reports `THP_enabled: 0` for it.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_origin_process_runs_without_transparent_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_origin_configs(dir.path(), 1);
+    let (node, _url) = spawn_origin(&paths[0]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "THP_enabled of the origin process");
+}

@@ -9,6 +9,7 @@ use anyhow::Context;
 
 /// Runs one origin node from `config` until stdin closes (the harness holds it open).
 pub async fn serve_origin(config: &std::path::Path) -> anyhow::Result<()> {
+    crate::prepare_node_process();
     let text = std::fs::read_to_string(config)?;
     let config: meridian_origin::OriginConfig = toml::from_str(&text)?;
     let node = meridian_origin::start(config).await?;

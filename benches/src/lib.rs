@@ -6,6 +6,15 @@ use std::time::Duration;
 pub mod cluster;
 pub mod redis_server;
 
+/// What a process that runs Meridian nodes does first, as the `meridian` binary does: turn
+/// transparent huge pages off ([`meridian::disable_transparent_huge_pages`]). Only node
+/// processes call it, so that etcd, started by a harness itself, runs as the system sets it up.
+pub fn prepare_node_process() {
+    if let Err(e) = meridian::disable_transparent_huge_pages() {
+        eprintln!("warning: transparent huge pages stay on for the nodes: {e}");
+    }
+}
+
 /// PUTs `value` at `origin`'s `/v1/kv/{path}`; the revision the write committed at.
 pub async fn put(
     client: &reqwest::Client,

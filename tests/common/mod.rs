@@ -109,6 +109,11 @@ pub struct NodeProcess(Child);
 pub type OriginProcess = NodeProcess;
 
 impl NodeProcess {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Kills the process (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.0.kill();

@@ -236,6 +236,7 @@ async fn main() -> anyhow::Result<()> {
         return subscribe(spec, args.subscribers, args.writes).await;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
+    meridian_benches::prepare_node_process();
     let dir = tempfile::tempdir()?;
     let cluster = DevCluster::start(&DevOptions::ephemeral(dir.path().to_owned())).await?;
     let origin = format!("http://{}", cluster.origin.http_addr);

@@ -141,6 +141,7 @@ fn report(name: &str, o: &Outcome) {
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
+    meridian_benches::prepare_node_process();
     let dir = tempfile::tempdir()?;
     let cluster = DevCluster::start(&DevOptions::ephemeral(dir.path().to_owned())).await?;
     let origin = format!("http://{}", cluster.origin.http_addr);
