@@ -17,7 +17,9 @@
 //!
 //! Before each round a disk probe (`--disk-probe-seconds`, default 5) times 16 KiB writes each
 //! followed by `fdatasync` on the same filesystem with nothing else running, and counts the
-//! syncs that alone take longer than the 20 ms p99 target: a tail the clusters inherit.
+//! syncs that alone take longer than the 20 ms p99 target: a tail the clusters inherit. Each
+//! run also reports the leader elections during its load (the highest Raft term any node
+//! reports, before and after): an election pauses every write for as long as it takes.
 //!
 //! `cargo run --release -p meridian-benches --bin write_throughput -- --seconds 10 --rounds 5`
 
@@ -209,12 +211,48 @@ fn start_etcd(dir: &std::path::Path) -> anyhow::Result<Option<(Vec<Child>, Vec<S
     Ok(Some((children, urls)))
 }
 
+/// A node's current Raft term, read with [`meridian_term`] or [`etcd_term`].
+type ReadTerm = fn(&reqwest::Client, &str) -> reqwest::RequestBuilder;
+
+/// `GET /v1/cluster` of a Meridian origin node (its `term`).
+fn meridian_term(c: &reqwest::Client, base: &str) -> reqwest::RequestBuilder {
+    c.get(format!("{base}/v1/cluster"))
+}
+
+/// `POST /v3/maintenance/status` of an etcd member (its `raftTerm`, a decimal string).
+fn etcd_term(c: &reqwest::Client, base: &str) -> reqwest::RequestBuilder {
+    c.post(format!("{base}/v3/maintenance/status")).body("{}")
+}
+
+/// The highest Raft term any of `bases` reports (a node that does not answer is skipped).
+async fn highest_term(c: &reqwest::Client, bases: &[String], read: ReadTerm) -> Option<u64> {
+    let mut highest = None;
+    for base in bases {
+        let answer = read(c, base).timeout(Duration::from_secs(2)).send().await;
+        let Ok(r) = answer else { continue };
+        let Ok(v) = r.json::<serde_json::Value>().await else {
+            continue;
+        };
+        let term = v["term"]
+            .as_u64()
+            .or_else(|| v["raftTerm"].as_str().and_then(|t| t.parse().ok()));
+        highest = highest.max(term);
+    }
+    highest
+}
+
+/// How many terms began between two readings: each is an election, won or not.
+fn elections_since(before: Option<u64>, after: Option<u64>) -> Option<u64> {
+    Some(after?.saturating_sub(before?))
+}
+
 /// What the servers `pids` used since `before`, if both readings could be taken.
 fn used_since(pids: &[u32], before: Option<ProcessUsage>) -> Option<ProcessUsage> {
     Some(ProcessUsage::of(pids)?.since(&before?))
 }
 
-fn report(name: &str, o: &Outcome, usage: Option<ProcessUsage>) {
+fn report(name: &str, run: &Run) {
+    let (o, usage) = (&run.outcome, run.usage);
     println!(
         "{name:<28} {:>9.0} writes/s  {:>8} ok {:>6} errors  latency {}",
         o.rate(),
@@ -227,6 +265,10 @@ fn report(name: &str, o: &Outcome, usage: Option<ProcessUsage>) {
     if let Some(u) = usage {
         println!("{:<28} {}", "", u.per_op(o.writes));
     }
+    match run.elections {
+        Some(n) => println!("{:<28} leader elections during the load: {n}", ""),
+        None => println!("{:<28} leader elections during the load: unknown", ""),
+    }
     for (i, s) in o.by_node.iter().enumerate() {
         if let Some(s) = s {
             println!("{:<28} written to node {}: {s}", "", i + 1);
@@ -238,6 +280,8 @@ fn report(name: &str, o: &Outcome, usage: Option<ProcessUsage>) {
 struct Run {
     outcome: Outcome,
     usage: Option<ProcessUsage>,
+    /// Raft terms begun during the load (elections), when both readings could be taken.
+    elections: Option<u64>,
 }
 
 impl Run {
@@ -263,14 +307,21 @@ async fn run_meridian(args: &Args, dir: &std::path::Path) -> anyhow::Result<Run>
     }
     meridian_benches::cluster::await_leader(&bases).await?;
     let pids: Vec<u32> = nodes.iter().map(Child::id).collect();
+    let c = reqwest::Client::new();
+    let term_before = highest_term(&c, &bases, meridian_term).await;
     let before = ProcessUsage::of(&pids);
     let outcome = load(args, &bases, meridian_put).await;
     let usage = used_since(&pids, before);
+    let elections = elections_since(term_before, highest_term(&c, &bases, meridian_term).await);
     for mut n in nodes {
         let _ = n.kill();
         let _ = n.wait();
     }
-    Ok(Run { outcome, usage })
+    Ok(Run {
+        outcome,
+        usage,
+        elections,
+    })
 }
 
 /// Starts a fresh etcd cluster in `dir`, loads it and stops it; `None` without etcd.
@@ -293,14 +344,20 @@ async fn run_etcd(args: &Args, dir: &std::path::Path) -> anyhow::Result<Option<R
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    let term_before = highest_term(&c, &urls, etcd_term).await;
     let before = ProcessUsage::of(&pids);
     let outcome = load(args, &urls, etcd_put).await;
     let usage = used_since(&pids, before);
+    let elections = elections_since(term_before, highest_term(&c, &urls, etcd_term).await);
     for child in &mut children {
         let _ = child.kill();
         let _ = child.wait();
     }
-    Ok(Some(Run { outcome, usage }))
+    Ok(Some(Run {
+        outcome,
+        usage,
+        elections,
+    }))
 }
 
 /// The median of `values` (the mean of the middle two for an even count); `None` when empty.
@@ -346,7 +403,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{probe}");
         }
         let m = run_meridian(&args, &dir.path().join("meridian")).await?;
-        report(&meridian_name, &m.outcome, m.usage);
+        report(&meridian_name, &m);
         meridian.push(m);
         if have_etcd {
             match run_etcd(&args, &dir.path().join("etcd")).await? {
@@ -355,7 +412,7 @@ async fn main() -> anyhow::Result<()> {
                     have_etcd = false;
                 }
                 Some(e) => {
-                    report("etcd (3-node)", &e.outcome, e.usage);
+                    report("etcd (3-node)", &e);
                     compare(&meridian[meridian.len() - 1], &e);
                     etcd.push(e);
                 }
@@ -484,6 +541,15 @@ fn summarize(meridian_name: &str, meridian: &[Run], etcd: &[Run]) {
 #[cfg(test)]
 mod tests {
     use super::median;
+
+    #[test]
+    fn elections_are_the_terms_begun_between_readings() {
+        use super::elections_since;
+        assert_eq!(elections_since(Some(1), Some(1)), Some(0));
+        assert_eq!(elections_since(Some(1), Some(3)), Some(2));
+        assert_eq!(elections_since(None, Some(3)), None);
+        assert_eq!(elections_since(Some(4), None), None);
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {
