@@ -144,6 +144,14 @@ fn decode(what: &str, bytes: &[u8]) -> Result<HistoryRecord, HistoryError> {
     postcard::from_bytes(bytes).map_err(|_| HistoryError::Corrupt(what.to_string()))
 }
 
+/// The revision a stored history record was written at, read from the front of its bytes
+/// without decoding the value (a record starts with its version, then its revision).
+pub fn record_revision(bytes: &[u8]) -> Result<u64, HistoryError> {
+    postcard::take_from_bytes::<(u64, u64)>(bytes)
+        .map(|((_version, revision), _rest)| revision)
+        .map_err(|_| HistoryError::Corrupt("a record being read for a snapshot".into()))
+}
+
 /// The value `a` had at `version`, from its history record: the [`meridian_store::ValueLookup`]
 /// of the Raft state machine, whose entries and deltas store references to these records
 /// rather than second and third copies of each value. `None` when the record was compacted
@@ -476,6 +484,25 @@ mod tests {
         };
         b.apply(record_writes(&[change], Revision(revision), &meta))
             .unwrap();
+    }
+
+    #[test]
+    fn a_records_revision_is_read_without_decoding_the_rest() {
+        let meta = WriteMeta {
+            time_ms: 9,
+            actor: "a".into(),
+            reason: Some("why".into()),
+        };
+        let change = Change {
+            address: at("k"),
+            version: Version(300),
+            value: Some(std::sync::Arc::from("{\"big\": 1}")),
+        };
+        let writes = record_writes(&[change], Revision(70_000), &meta);
+        let bytes = writes[0].1.as_ref().expect("a record");
+        assert_eq!(record_revision(bytes).unwrap(), 70_000);
+        assert_eq!(decode("k", bytes).unwrap().revision, 70_000);
+        assert!(record_revision(&[0xff]).is_err());
     }
 
     #[test]

@@ -77,6 +77,12 @@ impl SledBackend {
     pub fn db(&self) -> &sled::Db {
         &self.db
     }
+
+    /// The tree every batch goes to, for a caller that reads it directly (a snapshot scan
+    /// that must not hold the state's lock).
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
 }
 
 impl Backend for SledBackend {

@@ -4,8 +4,8 @@
 pub mod backend;
 pub mod state;
 
-pub use backend::Write;
 pub use backend::{Backend, BackendError, MemBackend, SledBackend, WriteBack, WriteBackLimits};
+pub use backend::{Pairs, Write};
 pub use state::{
     EXTRA_PREFIX, EntryLister, Published, Reader, SignedState, StoreError, ValueLookup,
 };

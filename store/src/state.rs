@@ -30,7 +30,7 @@ use meridian_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, BackendError, Pairs, Write};
+use crate::backend::{Backend, BackendError, Pairs, Write, WriteBack};
 
 const META_REVISION: &[u8] = b"m/revision";
 const META_LTHASH: &[u8] = b"m/lthash";
@@ -232,6 +232,17 @@ pub struct SignedState<B: Backend> {
 struct Staged {
     writes: Vec<Write>,
     deltas: Vec<Vec<u8>>,
+}
+
+impl<B: Backend> SignedState<WriteBack<B>> {
+    /// Hands every write gathered in front of the backend to it, not flushed: afterwards the
+    /// backend behind alone holds everything persisted so far, and a reader of it (or a flush
+    /// of it) needs no lock on this state. Refused while a batch is open.
+    pub fn write_back(&mut self) -> Result<(), StoreError> {
+        self.refuse_open_batch()?;
+        self.backend.write_back()?;
+        Ok(())
+    }
 }
 
 impl<B: Backend> SignedState<B> {

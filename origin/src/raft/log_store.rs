@@ -2,8 +2,10 @@
 //! metadata (vote, last purged log id, committed log id). Appends are flushed before openraft
 //! is told they are durable, by group commit: `append` returns once the entries are readable
 //! and a flusher thread makes every append queued meanwhile durable with one flush. The vote,
-//! truncation and purging are flushed before they return and never leave a hole. The committed
-//! log id is written without a flush of its own (it is a hint: it rides on the next flush).
+//! truncation and the purge point are flushed before they return and never leave a hole; the
+//! purged entries are skipped by reads at once and deleted from sled by a blocking thread
+//! afterwards (or, after a crash, at the next open). The committed log id is written without a
+//! flush of its own (it is a hint: it rides on the next flush).
 //!
 //! The newest entries are also kept decoded in memory ([`RecentEntries`], bounded): openraft
 //! reads every entry back soon after appending it (the leader to replicate it to each follower,
@@ -34,6 +36,30 @@ pub struct LogStore {
     meta: sled::Tree,
     flusher: Flusher,
     recent: std::sync::Arc<std::sync::Mutex<RecentEntries>>,
+    /// Entries below this index are purged: never read, whether or not the background removal
+    /// (see `purge`) has deleted them from sled yet.
+    purged_below: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Purged entries deleted from sled per batch by the background removal.
+const PURGE_CHUNK: usize = 256;
+
+/// Deletes every entry of `log` below `below`, a chunk at a time, without a flush of its own
+/// (the purge point is durable already; entries left by a crash are deleted at the next open).
+fn remove_below(log: &sled::Tree, below: u64) -> Result<(), sled::Error> {
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in log.range(..key(below)).take(PURGE_CHUNK) {
+            let (k, _) = item?;
+            batch.remove(k);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        log.apply_batch(batch)?;
+    }
 }
 
 /// Entries kept in memory at most.
@@ -196,13 +222,33 @@ fn key(index: u64) -> [u8; 8] {
 impl LogStore {
     /// The log in `db`'s trees `raft_log` and `raft_meta`.
     pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
-        Ok(Self {
+        let store = Self {
             db: db.clone(),
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
             flusher: Flusher::start(db.clone())?,
             recent: Default::default(),
-        })
+            purged_below: Default::default(),
+        };
+        // A purge point that does not decode is left to `get_log_state` to report.
+        let purged = store
+            .get_meta::<Option<LogId>>(LAST_PURGED)
+            .ok()
+            .flatten()
+            .flatten();
+        if let Some(below) = purged.and_then(|l| l.index.checked_add(1)) {
+            store
+                .purged_below
+                .store(below, std::sync::atomic::Ordering::Release);
+            // What a purge interrupted by a crash left.
+            remove_below(&store.log, below)?;
+        }
+        Ok(store)
+    }
+
+    /// The first index a read may return.
+    fn first_readable(&self) -> u64 {
+        self.purged_below.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
@@ -235,25 +281,34 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
+        let first = self.first_readable();
         let from = match range.start_bound() {
             Bound::Included(&i) => Some(i),
             Bound::Excluded(&i) => i.checked_add(1),
             Bound::Unbounded => Some(0),
-        };
+        }
+        .map(|i| i.max(first));
         let to = match range.end_bound() {
             Bound::Included(&i) => i.checked_add(1).map(Some),
             Bound::Excluded(&i) => Some(Some(i)),
             Bound::Unbounded => Some(None),
         };
+        if let (Some(from), Some(Some(to))) = (from, to)
+            && from >= to
+        {
+            // Empty, or wholly purged.
+            return Ok(Vec::new());
+        }
         if let (Some(from), Some(to)) = (from, to)
             && let Some(entries) = self.recent().range(from, to)
         {
             return Ok(entries);
         }
+        // Purged entries the background removal has not deleted yet are not read.
         let start = match range.start_bound() {
-            Bound::Included(&i) => Bound::Included(key(i)),
-            Bound::Excluded(&i) => Bound::Excluded(key(i)),
-            Bound::Unbounded => Bound::Unbounded,
+            Bound::Included(&i) if i >= first => Bound::Included(key(i)),
+            Bound::Excluded(&i) if i >= first => Bound::Excluded(key(i)),
+            _ => Bound::Included(key(first)),
         };
         let end = match range.end_bound() {
             Bound::Included(&i) => Bound::Included(key(i)),
@@ -386,13 +441,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // purged again, never a hole below the recorded point.
         self.put_meta(LAST_PURGED, &Some(log_id)).await?;
         self.recent().purge(log_id.index);
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=key(log_id.index)) {
-            let (k, _) = item.map_err(read_err)?;
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(write_err)?;
-        self.db.flush_async().await.map_err(write_err)?;
+        let below = log_id.index.saturating_add(1);
+        self.purged_below
+            .fetch_max(below, std::sync::atomic::Ordering::AcqRel);
+        // From here the entries are purged (reads skip them). Deleting them from sled is left
+        // to a blocking thread: a purge after a snapshot deletes thousands of entries, which
+        // took 0.4-0.6 s, during which openraft (which awaits this in its core task) sent no
+        // heartbeats, and the followers elected another leader.
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = remove_below(&log, below) {
+                tracing::warn!("removing purged Raft log entries below {below}: {e}");
+            }
+        });
         Ok(())
     }
 }
@@ -407,6 +468,15 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
             payload: EntryPayload::Blank,
         }
+    }
+
+    /// Writes blank entries at `indexes` straight into sled (as earlier appends left them).
+    fn put_blanks(store: &LogStore, indexes: std::ops::RangeInclusive<u64>) {
+        let mut batch = sled::Batch::default();
+        for i in indexes {
+            batch.insert(&key(i), encode(&blank(i)).expect("encode"));
+        }
+        store.log.apply_batch(batch).expect("apply");
     }
 
     fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
@@ -492,5 +562,40 @@ mod tests {
         // Memory forgotten: sled answers the same.
         store.recent().clear();
         assert_eq!(all(&mut store).await, Some(vec![3, 4]));
+    }
+
+    #[tokio::test]
+    async fn purged_entries_are_never_read_and_leave_sled_in_the_background_or_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path()).expect("sled");
+        let mut store = LogStore::open(&db).expect("log store");
+        put_blanks(&store, 1..=1000);
+        store
+            .purge(LogId::new(CommittedLeaderId::new(1, 0), 600))
+            .await
+            .expect("purge");
+        // At once, whatever sled still holds: reads start after the purge point.
+        let read = store.try_get_log_entries(0..).await.expect("read");
+        assert_eq!(read.first().map(|e| e.log_id.index), Some(601));
+        assert_eq!(read.len(), 400);
+        let read = store.try_get_log_entries(590..=605).await.expect("read");
+        assert_eq!(indexes(Some(read)), Some((601..=605).collect()));
+        let read = store.try_get_log_entries(590..=595).await.expect("read");
+        assert!(read.is_empty(), "a wholly purged range reads nothing");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.log.first().expect("first").map(|(k, _)| k.to_vec()) != Some(key(601).to_vec())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "purged entries stay in sled"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Entries a crash left below the recorded purge point go when the store opens.
+        put_blanks(&store, 1..=600);
+        drop(store);
+        let store = LogStore::open(&db).expect("log store");
+        assert_eq!(store.log.len(), 400);
+        assert_eq!(store.first_readable(), 601);
     }
 }

@@ -11,7 +11,10 @@
 //! entry is ever applied twice. A snapshot is written back and flushed before it is handed out,
 //! so the log is never purged past what is durable here. The current snapshot lives in memory
 //! only (the state on disk is what it was built from); after a restart the first request for
-//! one builds it afresh.
+//! one builds it afresh. A build runs on a blocking thread and holds the core lock only to
+//! flush and take the head, entries and log position; it reads the history from sled while
+//! entries go on being applied, leaving out records of later revisions, and the few commands
+//! that delete or overwrite stored records (history compaction, schema changes) wait for it.
 
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
@@ -29,7 +32,7 @@ use super::relay::SharedRelay;
 use super::{
     Entry, LogId, Outcome, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use crate::core::{ApplyError, OriginCore};
+use crate::core::{ApplyError, Command, OriginCore};
 use crate::history::HISTORY_PREFIX;
 use crate::schema::SCHEMA_PREFIX;
 
@@ -72,6 +75,30 @@ pub struct StateMachine {
     commits: watch::Sender<Revision>,
     current: CurrentSnapshot,
     relay: Arc<SharedRelay>,
+    /// The sled tree behind the state, which a snapshot build reads outside the core lock.
+    tree: sled::Tree,
+    /// Held shared by a snapshot build while it reads history and schema records from sled
+    /// outside the core lock, and exclusively by an apply call that deletes or overwrites such
+    /// records (see [`rewrites_stored_records`]) and by a snapshot install; always taken before
+    /// the core lock.
+    record_scan: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// Whether applying `entry` may delete or overwrite history or schema records: a history
+/// compaction, a schema put or delete. Every other command only adds history records, at
+/// revisions after any snapshot being built, which the build leaves out.
+fn rewrites_stored_records(entry: &Entry) -> bool {
+    match &entry.payload {
+        EntryPayload::Normal(request) => request.commands.iter().any(|p| {
+            matches!(
+                p.command,
+                Command::CompactHistory { .. }
+                    | Command::PutSchema { .. }
+                    | Command::DeleteSchema { .. }
+            )
+        }),
+        _ => false,
+    }
 }
 
 fn sm_write(e: impl std::error::Error + 'static) -> StorageError {
@@ -100,6 +127,7 @@ impl StateMachine {
         relay: Arc<SharedRelay>,
     ) -> Result<Self, StoreError> {
         let backend = WriteBack::new(SledBackend::from_db(db.clone())?, WRITE_BACK);
+        let tree = backend.inner().tree().clone();
         // Every change is a history record written with its revision (value, version and
         // revision), so deltas store references to them and entries are not stored at all:
         // the newest record of each key is its entry (one stored record per change, not three).
@@ -115,6 +143,8 @@ impl StateMachine {
             commits,
             current: Arc::new(Mutex::new(None)),
             relay,
+            tree,
+            record_scan: Arc::new(tokio::sync::RwLock::new(())),
         })
     }
 
@@ -256,33 +286,50 @@ impl StateMachine {
         Ok(outcomes)
     }
 
+    /// Builds a snapshot on a blocking thread, so that neither the core lock nor a runtime
+    /// worker is held while the history is read and encoded: over a large history that takes
+    /// seconds, and with both of a two-worker runtime stuck (one building, one applying and
+    /// waiting for the core lock) a leader stopped sending heartbeats and lost its leadership.
+    async fn build_detached(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let scan = self.record_scan.clone().read_owned().await;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _scan = scan;
+            this.build()
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, &std::io::Error::other(e.to_string())))?
+    }
+
+    /// Builds a snapshot; the caller holds `record_scan` shared (see [`Self::build_detached`]).
+    ///
+    /// Under the core lock: everything applied is handed to sled, and the head, entries, log
+    /// position and membership are taken, all at the same applied entry. Then, with applies
+    /// going on, sled is flushed and the history and schema records are read from sled: those written since (at
+    /// later revisions) are left out, and none of those at the snapshot's revision or before
+    /// can go meanwhile, since an apply that deletes or overwrites any waits for the scan.
     fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (data, last_log_id, last_membership) = {
+        let (head, entries, last_log_id, last_membership) = {
             let mut core = self.lock();
-            // Durable before openraft may purge the log up to it (apply does not flush).
             core.state_mut()
-                .flush()
+                .write_back()
                 .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
             let (head, entries) = core.state().snapshot();
-            let mut history = Vec::new();
-            for prefix in [&HISTORY_PREFIX[..], &SCHEMA_PREFIX[..]] {
-                history.extend(
-                    core.state()
-                        .backend()
-                        .scan_prefix(prefix)
-                        .map_err(|e| StorageIOError::write_snapshot(None, &e))?,
-                );
-            }
             let (applied, membership) = Self::meta_of(&core)?;
-            (
-                SnapshotData {
-                    head,
-                    entries,
-                    history,
-                },
-                applied,
-                membership,
-            )
+            (head, entries, applied, membership)
+        };
+        // Durable before openraft may purge the log up to it (apply does not flush): sled
+        // holds it all now, and a flush also makes durable whatever was applied since.
+        self.tree
+            .flush()
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let upto = head.map_or(0, |h| h.head.revision.0);
+        let data = SnapshotData {
+            head,
+            entries,
+            history: self
+                .stored_records(upto)
+                .map_err(|e| StorageIOError::write_snapshot(None, &e))?,
         };
         let bytes =
             postcard::to_allocvec(&data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
@@ -304,9 +351,37 @@ impl StateMachine {
     }
 }
 
+/// Why stored records could not be read for a snapshot.
+#[derive(Debug, thiserror::Error)]
+enum ScanError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error(transparent)]
+    History(#[from] crate::history::HistoryError),
+}
+
+impl StateMachine {
+    /// The history records of revisions up to `upto` and every schema record, as stored in
+    /// sled (for a snapshot; see [`Self::build`]).
+    fn stored_records(&self, upto: u64) -> Result<meridian_store::Pairs, ScanError> {
+        let mut out = Vec::new();
+        for pair in self.tree.scan_prefix(HISTORY_PREFIX) {
+            let (k, v) = pair?;
+            if crate::history::record_revision(&v)? <= upto {
+                out.push((k.to_vec(), v.to_vec()));
+            }
+        }
+        for pair in self.tree.scan_prefix(SCHEMA_PREFIX) {
+            let (k, v) = pair?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        self.build()
+        self.build_detached().await
     }
 }
 
@@ -333,6 +408,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(index) = last_normal {
             self.relay.wait_for(index).await;
         }
+        // A snapshot being built reads history and schema records outside the core lock:
+        // whatever would delete or overwrite some waits until it has.
+        let _rewrite = match entries.iter().any(rewrites_stored_records) {
+            true => Some(self.record_scan.write().await),
+            false => None,
+        };
         let mut out = Vec::with_capacity(entries.len());
         let revision = {
             let mut core = self.lock();
@@ -383,6 +464,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             (APPLIED.to_vec(), Some(encode(&meta.last_log_id)?)),
             (MEMBERSHIP.to_vec(), Some(encode(&meta.last_membership)?)),
         ];
+        // Replaces every history and schema record: not while a build reads them.
+        let _rewrite = self.record_scan.write().await;
         let revision = {
             let mut core = self.lock();
             // The snapshot's history replaces this node's, in the same batch as its state.
@@ -431,7 +514,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 if applied.is_none() {
                     return Ok(None);
                 }
-                self.build().map(Some)
+                self.build_detached().await.map(Some)
             }
         }
     }
@@ -445,7 +528,7 @@ mod tests {
     use openraft::CommittedLeaderId;
 
     use super::*;
-    use crate::core::{Command, Proposal};
+    use crate::core::Proposal;
     use crate::history::WriteMeta;
     use crate::raft::Request;
 
@@ -608,12 +691,74 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(on_disk(&sm).1, Some(gathered));
-        let snapshot = sm.build().unwrap();
+        let snapshot = sm.build_detached().await.unwrap();
         assert_eq!(
             snapshot.meta.last_log_id.map(|l| l.index),
             Some(gathered + 1)
         );
         let head = sm.lock().state().head();
         assert_eq!(on_disk(&sm), (head, Some(gathered + 1)));
+    }
+
+    /// History keys of the records a snapshot of `sm` would carry up to `upto`.
+    fn records_upto(sm: &StateMachine, upto: u64) -> usize {
+        sm.stored_records(upto)
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(&HISTORY_PREFIX))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_carries_the_history_up_to_its_revision_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = open(dir.path());
+        let mut sm2 = sm.clone();
+        for index in 1..=3 {
+            sm2.apply(vec![entry(index, vec![put(&format!("k{index}"), "1")])])
+                .await
+                .unwrap();
+        }
+        // Records reach sled when a build flushes; written later, they are at later revisions.
+        sm.build_detached().await.unwrap();
+        assert_eq!(records_upto(&sm, 3), 3);
+        assert_eq!(records_upto(&sm, 2), 2);
+        assert_eq!(records_upto(&sm, 0), 0);
+        let snapshot = sm.build_detached().await.unwrap();
+        let data: SnapshotData = postcard::from_bytes(snapshot.snapshot.get_ref()).unwrap();
+        assert_eq!(data.head.map(|h| h.head.revision), Some(Revision(3)));
+        assert_eq!(data.history.len(), 3);
+        assert_eq!(data.entries.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn writes_go_on_while_a_snapshot_reads_records_and_rewrites_wait_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = open(dir.path());
+        let mut applier = sm.clone();
+        applier
+            .apply(vec![entry(1, vec![put("a", "1")])])
+            .await
+            .unwrap();
+        // As a build does while it reads history and schema records from sled.
+        let scan = sm.record_scan.clone().read_owned().await;
+        applier
+            .apply(vec![entry(2, vec![put("a", "2")])])
+            .await
+            .unwrap();
+        assert_eq!(sm.lock().state().revision(), Revision(2));
+        let mut compactor = sm.clone();
+        let compaction =
+            tokio::spawn(async move { compactor.apply(vec![entry(3, vec![compact()])]).await });
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!compaction.is_finished(), "a compaction waits for the scan");
+        let (applied, _) = StateMachine::meta_of(&sm.lock()).unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(2));
+        drop(scan);
+        compaction.await.unwrap().unwrap();
+        let (applied, _) = StateMachine::meta_of(&sm.lock()).unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(3));
     }
 }
