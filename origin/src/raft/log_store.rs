@@ -570,6 +570,8 @@ mod tests {
         let db = sled::open(dir.path()).expect("sled");
         let mut store = LogStore::open(&db).expect("log store");
         put_blanks(&store, 1..=1000);
+        // Removal goes upward, so the last purged entry leaves sled last.
+        let mut last_removed = store.log.watch_prefix(key(600));
         store
             .purge(LogId::new(CommittedLeaderId::new(1, 0), 600))
             .await
@@ -582,15 +584,12 @@ mod tests {
         assert_eq!(indexes(Some(read)), Some((601..=605).collect()));
         let read = store.try_get_log_entries(590..=595).await.expect("read");
         assert!(read.is_empty(), "a wholly purged range reads nothing");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while store.log.first().expect("first").map(|(k, _)| k.to_vec()) != Some(key(601).to_vec())
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "purged entries stay in sled"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), &mut last_removed)
+            .await
+            .expect("purged entries leave sled in time");
+        assert!(matches!(event, Some(sled::Event::Remove { .. })));
+        let first = store.log.first().expect("first").map(|(k, _)| k.to_vec());
+        assert_eq!(first, Some(key(601).to_vec()));
         // Entries a crash left below the recorded purge point go when the store opens.
         put_blanks(&store, 1..=600);
         drop(store);

@@ -12,9 +12,10 @@
 //! so the log is never purged past what is durable here. The current snapshot lives in memory
 //! only (the state on disk is what it was built from); after a restart the first request for
 //! one builds it afresh. A build runs on a blocking thread and holds the core lock only to
-//! flush and take the head, entries and log position; it reads the history from sled while
-//! entries go on being applied, leaving out records of later revisions, and the few commands
-//! that delete or overwrite stored records (history compaction, schema changes) wait for it.
+//! hand gathered writes to sled and take the head, entries and log position; it flushes and
+//! reads the history from sled while entries go on being applied, leaving out records of later
+//! revisions, and the few commands that delete or overwrite stored records (history
+//! compaction, schema changes) wait for it.
 
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
@@ -305,9 +306,10 @@ impl StateMachine {
     ///
     /// Under the core lock: everything applied is handed to sled, and the head, entries, log
     /// position and membership are taken, all at the same applied entry. Then, with applies
-    /// going on, sled is flushed and the history and schema records are read from sled: those written since (at
-    /// later revisions) are left out, and none of those at the snapshot's revision or before
-    /// can go meanwhile, since an apply that deletes or overwrites any waits for the scan.
+    /// going on, sled is flushed and the history and schema records are read from it: those
+    /// written since (at later revisions) are left out, and none of those at the snapshot's
+    /// revision or before can go meanwhile, since an apply that deletes or overwrites any
+    /// waits for the scan.
     fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (head, entries, last_log_id, last_membership) = {
             let mut core = self.lock();
