@@ -10,6 +10,14 @@ use anyhow::Context;
 /// Runs one origin node from `config` until stdin closes (the harness holds it open).
 pub async fn serve_origin(config: &std::path::Path) -> anyhow::Result<()> {
     crate::prepare_node_process();
+    // The node's log goes to the harness's stderr: warnings only, unless RUST_LOG says more.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let text = std::fs::read_to_string(config)?;
     let config: meridian_origin::OriginConfig = toml::from_str(&text)?;
     let node = meridian_origin::start(config).await?;

@@ -244,6 +244,9 @@ pub struct OriginCore<B: Backend> {
     offered: BTreeMap<Revision, SignedHead>,
     /// The heads of the entry being applied, while one is (see [`OriginCore::begin_entry`]).
     signed: Option<EntryHeads>,
+    /// While a snapshot reads stored history records outside the lock: the records history
+    /// compactions deleted meanwhile, with their values (see [`OriginCore::keep_compacted`]).
+    compacted: Option<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 /// The signed heads one Raft entry produced, and how many of them were signatures another
@@ -265,7 +268,22 @@ impl<B: Backend> OriginCore<B> {
             schemas: None,
             offered: BTreeMap::new(),
             signed: None,
+            compacted: None,
         }
+    }
+
+    /// From now on, until [`OriginCore::take_compacted`], keeps a copy of every history record
+    /// a compaction deletes. A snapshot build that reads the stored records while applies go
+    /// on calls it at its snapshot point, so a compaction need not wait for the read: what it
+    /// deletes that the snapshot should hold is handed over instead.
+    pub fn keep_compacted(&mut self) {
+        self.compacted = Some(Vec::new());
+    }
+
+    /// The records compactions deleted since [`OriginCore::keep_compacted`] (raw, in the order
+    /// deleted); stops keeping them.
+    pub fn take_compacted(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.compacted.take().unwrap_or_default()
     }
 
     /// Starts applying one Raft entry, with the signed heads another node holding this key
@@ -459,8 +477,16 @@ impl<B: Backend> OriginCore<B> {
             Command::CompactHistory { retention, now_ms } => {
                 // What is stored plus what an open batch holds: compaction decides on the same
                 // records however the applies were grouped into batches.
-                let records = self.state.scan_prefix_staged(&history::HISTORY_PREFIX)?;
-                extra.extend(history::compaction(&records, retention, now_ms)?);
+                let view = self.state.prefix_view_staged(&history::HISTORY_PREFIX)?;
+                let deletes = history::compaction(&view.keys, retention, now_ms, |k| view.get(k))?;
+                if let Some(kept) = &mut self.compacted {
+                    for (k, _) in &deletes {
+                        if let Some(v) = view.get(k)? {
+                            kept.push((k.clone(), v));
+                        }
+                    }
+                }
+                extra.extend(deletes);
                 Vec::new()
             }
         };

@@ -175,10 +175,23 @@ pub fn value_at<B: Backend>(
 /// [`meridian_store::EntryLister`] of the Raft state machine, which stores no entry records of
 /// its own (compaction always keeps the newest record of a key, deletes included).
 pub fn current_entries<B: Backend>(backend: &B) -> Result<Vec<(Address, EntryState)>, StoreError> {
+    let records = backend.scan_prefix(&HISTORY_PREFIX)?;
+    entries_of_records(records.iter().map(|(k, v)| (&k[..], &v[..])))
+}
+
+/// The entry of every address that `records` (raw `(key, value)` pairs in key order, as stored
+/// under [`HISTORY_PREFIX`]; pairs under other prefixes are skipped) hold a record of: the
+/// newest record of each. What [`current_entries`] lists from the backend, and what a node
+/// installing a snapshot lists from the snapshot's records.
+pub fn entries_of_records<'a>(
+    records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<Vec<(Address, EntryState)>, StoreError> {
     let invalid = || StoreError::Invalid("history record key");
     let mut out: Vec<(Address, EntryState)> = Vec::new();
-    for (k, v) in backend.scan_prefix(&HISTORY_PREFIX)? {
-        let rest = &k[HISTORY_PREFIX.len()..];
+    for (k, v) in records {
+        let Some(rest) = k.strip_prefix(&HISTORY_PREFIX[..]) else {
+            continue;
+        };
         let mut parts = rest.splitn(3, |b| *b == 0);
         let (Some(app), Some(env), Some(tail)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(invalid());
@@ -188,7 +201,7 @@ pub fn current_entries<B: Backend>(backend: &B) -> Result<Vec<(Address, EntrySta
         let env = std::str::from_utf8(env).map_err(|_| invalid())?;
         let address = Address::parse(app, env, name).map_err(|_| invalid())?;
         let record =
-            decode("entry listing", &v).map_err(|_| StoreError::Invalid("history record"))?;
+            decode("entry listing", v).map_err(|_| StoreError::Invalid("history record"))?;
         let entry = EntryState {
             version: Version(record.version),
             revision: Revision(record.revision),
@@ -341,12 +354,17 @@ pub fn env_rollback(
     Command::Txn { conditions, ops }
 }
 
-/// The deletions that bring history within `retention` at `now_ms`, given every history record
-/// in key order (`all`, as a scan of [`HISTORY_PREFIX`] returns them).
+/// The deletions that bring history within `retention` at `now_ms`, given the key of every
+/// history record in key order (`keys`, as a key scan of [`HISTORY_PREFIX`] returns them) and
+/// a reader of a record's value. Only the records an age limit has to look at are read (those
+/// neither the newest of their key nor beyond `max_versions` already): a compaction applied on
+/// every node under the state's lock must not copy every value (at 260,000 records that
+/// froze each node for over a second, long enough for an election).
 pub fn compaction(
-    all: &[(Vec<u8>, Vec<u8>)],
+    keys: &[Vec<u8>],
     retention: Retention,
     now_ms: u64,
+    mut value_of: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
 ) -> Result<Vec<Write>, HistoryError> {
     let keep = retention.max_versions.max(1) as usize;
     let cutoff = retention.max_age_ms.map(|age| now_ms.saturating_sub(age));
@@ -354,22 +372,25 @@ pub fn compaction(
     // Records of one key are adjacent and in version order; the key part is everything before
     // the version.
     let mut i = 0;
-    while i < all.len() {
-        let key_part = &all[i].0[..all[i].0.len().saturating_sub(8)];
+    while i < keys.len() {
+        let key_part = &keys[i][..keys[i].len().saturating_sub(8)];
         let mut j = i;
-        while j < all.len() && all[j].0.len() == all[i].0.len() && all[j].0.starts_with(key_part) {
+        while j < keys.len() && keys[j].len() == keys[i].len() && keys[j].starts_with(key_part) {
             j += 1;
         }
-        let group = &all[i..j];
+        let group = &keys[i..j];
         let newest = group.len() - 1;
-        for (n, (k, v)) in group.iter().enumerate() {
+        for (n, k) in group.iter().enumerate() {
             if n == newest {
                 break;
             }
             let too_many = newest - n >= keep;
             let too_old = match cutoff {
-                Some(cut) => decode("compaction", v)?.time_ms < cut,
-                None => false,
+                Some(cut) if !too_many => match value_of(k).map_err(store_to_history)? {
+                    Some(v) => decode("compaction", &v)?.time_ms < cut,
+                    None => false,
+                },
+                _ => false,
             };
             if too_many || too_old {
                 out.push((k.clone(), None));
@@ -378,6 +399,13 @@ pub fn compaction(
         i = j.max(i + 1);
     }
     Ok(out)
+}
+
+fn store_to_history(e: StoreError) -> HistoryError {
+    match e {
+        StoreError::Backend(b) => HistoryError::Backend(b),
+        other => HistoryError::Corrupt(other.to_string()),
+    }
 }
 
 /// One JSON path that differs between two values.
@@ -525,6 +553,35 @@ mod tests {
         assert_eq!(at_version(&b, &at("k"), 3).unwrap().unwrap().revision, 30);
     }
 
+    fn compact(b: &MemBackend, retention: Retention, now_ms: u64) -> Vec<Write> {
+        let keys = b.scan_prefix_keys(&HISTORY_PREFIX).unwrap();
+        compaction(&keys, retention, now_ms, |k| Ok(b.get(k)?)).unwrap()
+    }
+
+    #[test]
+    fn compaction_reads_only_the_records_an_age_limit_must_look_at() {
+        let mut b = MemBackend::new();
+        for v in 1..=5 {
+            record(&mut b, "k", v, v, Some("1"), v * 1000);
+        }
+        record(&mut b, "single", 1, 9, Some("1"), 1);
+        let keys = b.scan_prefix_keys(&HISTORY_PREFIX).unwrap();
+        let mut read = Vec::new();
+        let keep3_young = Retention {
+            max_versions: 3,
+            max_age_ms: Some(100_000),
+        };
+        let out = compaction(&keys, keep3_young, 10_000, |k| {
+            read.push(split_key(&k[namespace_prefix("pay", "prod").len()..]).map(|(_, v)| v));
+            Ok(b.get(k)?)
+        })
+        .unwrap();
+        assert_eq!(out.len(), 2);
+        // Versions 1 and 2 go by count, 5 is the newest, "single" has one record: only 3
+        // and 4 are read.
+        assert_eq!(read, [Some(3), Some(4)]);
+    }
+
     #[test]
     fn compaction_keeps_the_newest_versions_and_drops_old_ones() {
         let mut b = MemBackend::new();
@@ -536,8 +593,7 @@ mod tests {
             max_versions: 3,
             max_age_ms: None,
         };
-        b.apply(compaction(&b.scan_prefix(&HISTORY_PREFIX).unwrap(), keep3, 10_000).unwrap())
-            .unwrap();
+        b.apply(compact(&b, keep3, 10_000)).unwrap();
         let (left, _) = page(&b, &at("k"), None, 10).unwrap();
         assert_eq!(
             left.iter().map(|r| r.version).collect::<Vec<_>>(),
@@ -548,8 +604,7 @@ mod tests {
             max_versions: 100,
             max_age_ms: Some(1_500),
         };
-        b.apply(compaction(&b.scan_prefix(&HISTORY_PREFIX).unwrap(), young, 5_000).unwrap())
-            .unwrap();
+        b.apply(compact(&b, young, 5_000)).unwrap();
         let (left, _) = page(&b, &at("k"), None, 10).unwrap();
         assert_eq!(left.iter().map(|r| r.version).collect::<Vec<_>>(), [5, 4]);
         assert_eq!(page(&b, &at("old"), None, 10).unwrap().0.len(), 1);

@@ -27,6 +27,15 @@ pub trait Backend: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
     /// Every pair whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, BackendError>;
+    /// The keys of [`Backend::scan_prefix`], without copying the values (a scan of every
+    /// history record for a compaction need not copy a value of each).
+    fn scan_prefix_keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, BackendError> {
+        Ok(self
+            .scan_prefix(prefix)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
     /// Pairs with `from <= key < to`, in key order, at most `limit` of them.
     fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Pairs, BackendError>;
 }
@@ -117,6 +126,14 @@ impl Backend for SledBackend {
             .collect()
     }
 
+    fn scan_prefix_keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, BackendError> {
+        self.tree
+            .scan_prefix(prefix)
+            .keys()
+            .map(|r| r.map(|k| k.to_vec()).map_err(BackendError::from))
+            .collect()
+    }
+
     fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Pairs, BackendError> {
         self.tree
             .range(from..to)
@@ -186,6 +203,15 @@ impl Backend for MemBackend {
             .range(prefix.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn scan_prefix_keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, BackendError> {
+        Ok(self
+            .live
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
             .collect())
     }
 
@@ -284,6 +310,26 @@ impl<B: Backend> WriteBack<B> {
     }
 }
 
+/// `keys` (sorted) with `over` (sorted; `true`: the key is written, `false`: removed) applied.
+pub(crate) fn merged_keys<'a>(
+    keys: Vec<Vec<u8>>,
+    over: impl Iterator<Item = (&'a Vec<u8>, bool)>,
+) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(keys.len());
+    let mut keys = keys.into_iter().peekable();
+    for (k, present) in over {
+        while let Some(key) = keys.next_if(|ik| ik < k) {
+            out.push(key);
+        }
+        keys.next_if(|ik| ik == k);
+        if present {
+            out.push(k.clone());
+        }
+    }
+    out.extend(keys);
+    out
+}
+
 impl<B: Backend> Drop for WriteBack<B> {
     /// A backend closed in order hands on and flushes what it gathered, so that a clean stop
     /// needs no redo. A failure here is no worse than a crash: the batches are lost whole.
@@ -323,6 +369,15 @@ impl<B: Backend> Backend for WriteBack<B> {
             .range(prefix.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix));
         Ok(Self::merged(self.inner.scan_prefix(prefix)?, gathered))
+    }
+
+    fn scan_prefix_keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, BackendError> {
+        let gathered = self
+            .gathered
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k, v.is_some()));
+        Ok(merged_keys(self.inner.scan_prefix_keys(prefix)?, gathered))
     }
 
     fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Pairs, BackendError> {

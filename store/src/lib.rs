@@ -7,5 +7,5 @@ pub mod state;
 pub use backend::{Backend, BackendError, MemBackend, SledBackend, WriteBack, WriteBackLimits};
 pub use backend::{Pairs, Write};
 pub use state::{
-    EXTRA_PREFIX, EntryLister, Published, Reader, SignedState, StoreError, ValueLookup,
+    EXTRA_PREFIX, EntryLister, PrefixView, Published, Reader, SignedState, StoreError, ValueLookup,
 };

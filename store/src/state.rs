@@ -225,6 +225,24 @@ pub struct SignedState<B: Backend> {
     entries: Option<EntryLister<B>>,
 }
 
+/// The keys under a prefix, stored and staged (see [`SignedState::prefix_view_staged`]).
+pub struct PrefixView<'a, B> {
+    backend: &'a B,
+    staged: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Every key under the prefix, in order.
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl<B: Backend> PrefixView<'_, B> {
+    /// The value of `key` as the open batch leaves it.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.staged.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(self.backend.get(key)?),
+        }
+    }
+}
+
 /// What an open batch holds: the writes in order, and the deltas applied in it, encoded (when
 /// there are any, they are stored as one group and the revision, hash and head are written when
 /// the batch is committed).
@@ -679,6 +697,26 @@ impl<B: Backend> SignedState<B> {
             };
         }
         Ok(merged.into_iter().collect())
+    }
+
+    /// The keys [`SignedState::scan_prefix_staged`] would list, without copying any value,
+    /// and a view that reads the value of any of them: for a caller that needs the values of
+    /// a few keys under a prefix (a history compaction) and the keys of all.
+    pub fn prefix_view_staged(&self, prefix: &[u8]) -> Result<PrefixView<'_, B>, StoreError> {
+        let mut staged = std::collections::BTreeMap::new();
+        if let Some(batch) = &self.staged {
+            for (k, v) in batch.writes.iter().filter(|(k, _)| k.starts_with(prefix)) {
+                staged.insert(k.clone(), v.clone());
+            }
+        }
+        let stored = self.backend.scan_prefix_keys(prefix)?;
+        let keys =
+            crate::backend::merged_keys(stored, staged.iter().map(|(k, v)| (k, v.is_some())));
+        Ok(PrefixView {
+            backend: &self.backend,
+            staged,
+            keys,
+        })
     }
 
     /// Drops what the open batch holds, storing none of it, and closes it. The working state

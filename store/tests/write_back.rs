@@ -66,6 +66,10 @@ proptest! {
                 Op::Prefix(p) => {
                     let p = format!("k{p}").into_bytes();
                     prop_assert_eq!(wb.scan_prefix(&p).unwrap(), model.scan_prefix(&p).unwrap());
+                    let keys: Vec<Vec<u8>> =
+                        model.scan_prefix(&p).unwrap().into_iter().map(|(k, _)| k).collect();
+                    prop_assert_eq!(wb.scan_prefix_keys(&p).unwrap(), keys.clone());
+                    prop_assert_eq!(model.scan_prefix_keys(&p).unwrap(), keys);
                 }
                 Op::Range(a, b, n) => {
                     let (from, to) = (key(a), key(b));
@@ -102,4 +106,23 @@ fn batches_are_handed_on_together_once_the_limit_is_reached() {
         vec![(vec![1], vec![1]), (vec![2], vec![2])],
         "the third batch hands all three on, the later delete of key 0 included"
     );
+}
+
+#[test]
+fn sled_lists_the_keys_its_prefix_scan_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = meridian_store::SledBackend::open(dir.path()).unwrap();
+    b.apply(vec![
+        (b"ka1".to_vec(), Some(vec![1; 2000])),
+        (b"ka2".to_vec(), Some(vec![2])),
+        (b"kb1".to_vec(), Some(vec![3])),
+        (b"ka3".to_vec(), Some(vec![4])),
+    ])
+    .unwrap();
+    b.apply(vec![(b"ka2".to_vec(), None)]).unwrap();
+    assert_eq!(
+        b.scan_prefix_keys(b"ka").unwrap(),
+        [b"ka1".to_vec(), b"ka3".to_vec()]
+    );
+    assert_eq!(b.scan_prefix_keys(b"kc").unwrap(), Vec::<Vec<u8>>::new());
 }

@@ -450,8 +450,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // heartbeats, and the followers elected another leader.
         let log = self.log.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = remove_below(&log, below) {
-                tracing::warn!("removing purged Raft log entries below {below}: {e}");
+            let started = std::time::Instant::now();
+            match remove_below(&log, below) {
+                Ok(()) => tracing::debug!(
+                    below,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "purged Raft log entries removed"
+                ),
+                Err(e) => tracing::warn!("removing purged Raft log entries below {below}: {e}"),
             }
         });
         Ok(())

@@ -1,6 +1,7 @@
 //! The Raft state machine: committed entries applied to the origin's deterministic core, with
 //! the log position and membership recorded in the same atomic batches as the data, and
-//! snapshots that are the signed state itself (its head and entries) plus the history records.
+//! snapshots that are the signed state itself: its head and the history records its entries
+//! are listed from.
 //!
 //! The state is persistent but not flushed by `apply`: the entries of one `apply` call, their
 //! revisions and the applied log id are one atomic batch (see [`SignedState::begin_batch`]),
@@ -12,15 +13,15 @@
 //! so the log is never purged past what is durable here. The current snapshot lives in memory
 //! only (the state on disk is what it was built from); after a restart the first request for
 //! one builds it afresh. A build runs on a blocking thread and holds the core lock only to
-//! hand gathered writes to sled and take the head, entries and log position; it flushes and
+//! hand gathered writes to sled and take the head and log position; it flushes and
 //! reads the history from sled while entries go on being applied, leaving out records of later
-//! revisions, and the few commands that delete or overwrite stored records (history
-//! compaction, schema changes) wait for it.
+//! revisions; a history compaction meanwhile hands it the records it deletes, and schema
+//! changes (rare) wait for it.
 
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
-use meridian_protocol::{Address, EntryState, Revision, SignedHead, Signer};
+use meridian_protocol::{Revision, SignedHead, Signer};
 use meridian_store::{
     Backend, EXTRA_PREFIX, SignedState, SledBackend, StoreError, Write, WriteBack, WriteBackLimits,
 };
@@ -59,11 +60,13 @@ pub type SharedCore = Arc<Mutex<OriginCore<StateBackend>>>;
 /// The snapshot last built or installed, with its bytes.
 type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>;
 
-/// What a snapshot's bytes hold.
+/// What a snapshot's bytes hold: the signed head and the records the state is made of. The
+/// entries are not stored apart: as at open (see [`crate::history::current_entries`]), each
+/// address holds what its newest history record says, and the installing node lists them from
+/// the records, so each value travels once. The head's digest checks the listing.
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
     head: Option<SignedHead>,
-    entries: Vec<(Address, EntryState)>,
     /// The history and schema records, raw (see [`crate::history`], [`crate::schema`]): a
     /// node caught up by snapshot keeps the same history and schemas as the others.
     history: Vec<(Vec<u8>, Vec<u8>)>,
@@ -79,23 +82,26 @@ pub struct StateMachine {
     /// The sled tree behind the state, which a snapshot build reads outside the core lock.
     tree: sled::Tree,
     /// Held shared by a snapshot build while it reads history and schema records from sled
-    /// outside the core lock, and exclusively by an apply call that deletes or overwrites such
-    /// records (see [`rewrites_stored_records`]) and by a snapshot install; always taken before
-    /// the core lock.
+    /// outside the core lock, and exclusively by an apply call that overwrites or deletes
+    /// schema records (see [`rewrites_stored_records`]) and by a snapshot install; always taken
+    /// before the core lock. A history compaction does not wait: the core hands the build what
+    /// it deletes meanwhile (see [`OriginCore::keep_compacted`]).
     record_scan: Arc<tokio::sync::RwLock<()>>,
+    /// One snapshot build at a time (each keeps the records compactions delete from its own
+    /// snapshot point on).
+    building: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// Whether applying `entry` may delete or overwrite history or schema records: a history
-/// compaction, a schema put or delete. Every other command only adds history records, at
-/// revisions after any snapshot being built, which the build leaves out.
+/// Whether applying `entry` may delete or overwrite schema records: a schema put or delete.
+/// Every other command only adds history records, at revisions after any snapshot being built,
+/// which the build leaves out, or (a history compaction) deletes records, which the core hands
+/// over to the build.
 fn rewrites_stored_records(entry: &Entry) -> bool {
     match &entry.payload {
         EntryPayload::Normal(request) => request.commands.iter().any(|p| {
             matches!(
                 p.command,
-                Command::CompactHistory { .. }
-                    | Command::PutSchema { .. }
-                    | Command::DeleteSchema { .. }
+                Command::PutSchema { .. } | Command::DeleteSchema { .. }
             )
         }),
         _ => false,
@@ -146,6 +152,7 @@ impl StateMachine {
             relay,
             tree,
             record_scan: Arc::new(tokio::sync::RwLock::new(())),
+            building: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -292,49 +299,84 @@ impl StateMachine {
     /// seconds, and with both of a two-worker runtime stuck (one building, one applying and
     /// waiting for the core lock) a leader stopped sending heartbeats and lost its leadership.
     async fn build_detached(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let building = self.building.clone().lock_owned().await;
         let scan = self.record_scan.clone().read_owned().await;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let _scan = scan;
-            this.build()
+            let _building = building;
+            this.build(scan)
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, &std::io::Error::other(e.to_string())))?
     }
 
-    /// Builds a snapshot; the caller holds `record_scan` shared (see [`Self::build_detached`]).
+    /// Builds a snapshot with `record_scan` held shared (`scan`, let go once the records are
+    /// read) and no other build running (see [`Self::build_detached`]).
     ///
-    /// Under the core lock: everything applied is handed to sled, and the head, entries, log
-    /// position and membership are taken, all at the same applied entry. Then, with applies
-    /// going on, sled is flushed and the history and schema records are read from it: those
-    /// written since (at later revisions) are left out, and none of those at the snapshot's
-    /// revision or before can go meanwhile, since an apply that deletes or overwrites any
-    /// waits for the scan.
-    fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (head, entries, last_log_id, last_membership) = {
+    /// Under the core lock: everything applied is handed to sled, and the head, log position
+    /// and membership are taken, all at the same applied entry (no entry is copied: at 270,000
+    /// keys copying them held the lock 250-380 ms, long enough for a follower to miss its
+    /// leader's heartbeats). Then, with applies going on, sled is flushed and the history and
+    /// schema records are read from it: those written since (at later revisions) are left out;
+    /// those a history compaction deletes meanwhile are handed over by the core (kept from the
+    /// snapshot point on) and put back; and a schema change waits for the read.
+    fn build(
+        &self,
+        scan: tokio::sync::OwnedRwLockReadGuard<()>,
+    ) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let started = std::time::Instant::now();
+        let (head, last_log_id, last_membership) = {
             let mut core = self.lock();
             core.state_mut()
                 .write_back()
                 .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-            let (head, entries) = core.state().snapshot();
             let (applied, membership) = Self::meta_of(&core)?;
-            (head, entries, applied, membership)
+            core.keep_compacted();
+            (core.state().head(), applied, membership)
         };
+        let locked = started.elapsed();
+        let upto = head.map_or(0, |h| h.head.revision.0);
         // Durable before openraft may purge the log up to it (apply does not flush): sled
         // holds it all now, and a flush also makes durable whatever was applied since.
-        self.tree
-            .flush()
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let upto = head.map_or(0, |h| h.head.revision.0);
-        let data = SnapshotData {
-            head,
-            entries,
-            history: self
-                .stored_records(upto)
-                .map_err(|e| StorageIOError::write_snapshot(None, &e))?,
-        };
+        let flushed = self.tree.flush();
+        let flushed_at = started.elapsed();
+        let stored = flushed
+            .map_err(ScanError::from)
+            .and_then(|_| self.stored_records(upto));
+        // Taken whatever happened, so that the core stops keeping them.
+        let compacted = self.lock().take_compacted();
+        drop(scan);
+        let mut history = stored.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let mut put_back = 0;
+        for (k, v) in compacted {
+            let revision = crate::history::record_revision(&v)
+                .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+            if revision <= upto {
+                history.push((k, v));
+                put_back += 1;
+            }
+        }
+        if put_back > 0 {
+            // Read before or after its deletion: once either way, in key order.
+            history.sort_by(|a, b| a.0.cmp(&b.0));
+            history.dedup_by(|a, b| a.0 == b.0);
+        }
+        let data = SnapshotData { head, history };
+        let scanned = started.elapsed();
+        let records = data.history.len();
         let bytes =
             postcard::to_allocvec(&data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        tracing::info!(
+            revision = upto,
+            records,
+            put_back,
+            bytes = bytes.len(),
+            locked_ms = locked.as_millis() as u64,
+            flushed_ms = flushed_at.as_millis() as u64,
+            scanned_ms = scanned.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
         let snapshot_id = match last_log_id {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, bytes.len()),
             None => format!("empty-{}", bytes.len()),
@@ -462,6 +504,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let signature = Some(meta.signature());
         let data: SnapshotData = postcard::from_bytes(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        // What each address holds, from its newest record (checked against the head's digest
+        // by the install).
+        let entries =
+            crate::history::entries_of_records(data.history.iter().map(|(k, v)| (&k[..], &v[..])))
+                .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
         let mut extra = vec![
             (APPLIED.to_vec(), Some(encode(&meta.last_log_id)?)),
             (MEMBERSHIP.to_vec(), Some(encode(&meta.last_membership)?)),
@@ -482,10 +529,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             extra.extend(data.history.into_iter().map(|(k, v)| (k, Some(v))));
             let state = core.state_mut();
             match data.head {
-                Some(head) => state.install_snapshot_with(head, data.entries, extra),
+                Some(head) => state.install_snapshot_with(head, entries, extra),
                 // A snapshot taken before the first write: only a state without writes can
                 // take it.
-                None if state.revision() == Revision(0) && data.entries.is_empty() => {
+                None if state.revision() == Revision(0) && entries.is_empty() => {
                     state.write_extra(extra).and_then(|()| state.flush())
                 }
                 None => Err(StoreError::Invalid("snapshot without a head")),
@@ -552,6 +599,16 @@ mod tests {
                 actor: "test".into(),
                 reason: None,
             },
+        }
+    }
+
+    fn delete(key: &str) -> Proposal {
+        Proposal {
+            command: Command::Delete {
+                address: Address::parse("app", "prod", key).expect("address"),
+                expect_version: None,
+            },
+            ..put("unused", "0")
         }
     }
 
@@ -730,11 +787,54 @@ mod tests {
         let data: SnapshotData = postcard::from_bytes(snapshot.snapshot.get_ref()).unwrap();
         assert_eq!(data.head.map(|h| h.head.revision), Some(Revision(3)));
         assert_eq!(data.history.len(), 3);
-        assert_eq!(data.entries.len(), 3);
     }
 
     #[tokio::test]
-    async fn writes_go_on_while_a_snapshot_reads_records_and_rewrites_wait_for_it() {
+    async fn a_node_installing_a_snapshot_lists_the_same_entries_and_digest_from_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = open(dir.path());
+        let mut applier = sm.clone();
+        let entries = vec![
+            entry(1, vec![put("a", "1"), put("b", "2"), put("a", "3")]),
+            entry(2, vec![delete("b"), put("c", "4")]),
+            entry(3, vec![put("a", "5"), compact(), put("b", "6")]),
+        ];
+        applier.apply(entries).await.unwrap();
+        let revision = sm.lock().state().revision();
+        let snapshot = sm.build_detached().await.unwrap();
+        // Later writes are not in it.
+        applier
+            .apply(vec![entry(4, vec![put("a", "7")])])
+            .await
+            .unwrap();
+
+        let fresh = tempfile::tempdir().unwrap();
+        let mut fresh = open(fresh.path());
+        fresh
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        let (head, installed) = fresh.lock().state().snapshot();
+        let at_snapshot = |key: &str| {
+            installed
+                .iter()
+                .find(|(a, _)| a.key == key)
+                .map(|(_, e)| (e.version.0, e.value.as_deref().map(str::to_owned)))
+        };
+        assert_eq!(head.map(|h| h.head.revision), Some(revision));
+        assert_eq!(at_snapshot("a"), Some((3, Some("5".into()))));
+        assert_eq!(at_snapshot("b"), Some((3, Some("6".into()))));
+        assert_eq!(at_snapshot("c"), Some((1, Some("4".into()))));
+        assert_eq!(installed.len(), 3);
+        // The install checked the listing against the head's digest; the state is the head's.
+        assert_eq!(
+            head.map(|h| h.head.digest),
+            Some(fresh.lock().state().digest())
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_and_compactions_go_on_while_a_snapshot_reads_records_and_schema_changes_wait() {
         let dir = tempfile::tempdir().unwrap();
         let sm = open(dir.path());
         let mut applier = sm.clone();
@@ -742,25 +842,50 @@ mod tests {
             .apply(vec![entry(1, vec![put("a", "1")])])
             .await
             .unwrap();
-        // As a build does while it reads history and schema records from sled.
+        // As a build does at its snapshot point, then while it reads records from sled.
         let scan = sm.record_scan.clone().read_owned().await;
+        sm.lock().keep_compacted();
         applier
             .apply(vec![entry(2, vec![put("a", "2")])])
             .await
             .unwrap();
         assert_eq!(sm.lock().state().revision(), Revision(2));
-        let mut compactor = sm.clone();
-        let compaction =
-            tokio::spawn(async move { compactor.apply(vec![entry(3, vec![compact()])]).await });
+        // The compaction (one version kept) does not wait, and hands over what it deleted:
+        // version 1, written at revision 1, which a snapshot at revision 1 or later holds.
+        applier
+            .apply(vec![entry(3, vec![compact()])])
+            .await
+            .unwrap();
+        let compacted = sm.lock().take_compacted();
+        assert_eq!(compacted.len(), 1);
+        assert_eq!(crate::history::record_revision(&compacted[0].1).unwrap(), 1);
+        assert!(
+            sm.lock().take_compacted().is_empty(),
+            "kept only until taken"
+        );
+
+        let mut schema_writer = sm.clone();
+        let schema = Proposal {
+            command: Command::PutSchema {
+                app: "app".into(),
+                env: "prod".into(),
+                prefix: "".into(),
+                schema: Arc::from("{}"),
+                force: false,
+            },
+            ..put("unused", "0")
+        };
+        let change =
+            tokio::spawn(async move { schema_writer.apply(vec![entry(4, vec![schema])]).await });
         for _ in 0..50 {
             tokio::task::yield_now().await;
         }
-        assert!(!compaction.is_finished(), "a compaction waits for the scan");
-        let (applied, _) = StateMachine::meta_of(&sm.lock()).unwrap();
-        assert_eq!(applied.map(|l| l.index), Some(2));
-        drop(scan);
-        compaction.await.unwrap().unwrap();
+        assert!(!change.is_finished(), "a schema change waits for the scan");
         let (applied, _) = StateMachine::meta_of(&sm.lock()).unwrap();
         assert_eq!(applied.map(|l| l.index), Some(3));
+        drop(scan);
+        change.await.unwrap().unwrap();
+        let (applied, _) = StateMachine::meta_of(&sm.lock()).unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(4));
     }
 }
