@@ -324,16 +324,40 @@ impl StateMachine {
         &self,
         scan: tokio::sync::OwnedRwLockReadGuard<()>,
     ) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let point = self.snapshot_point()?;
+        self.finish_build(point, scan)
+    }
+
+    /// The first step of [`Self::build`], under the core lock: gathered writes handed to sled,
+    /// the head and log position taken, compacted records kept from here on.
+    fn snapshot_point(&self) -> Result<SnapshotPoint, StorageError> {
         let started = std::time::Instant::now();
-        let (head, last_log_id, last_membership) = {
-            let mut core = self.lock();
-            core.state_mut()
-                .write_back()
-                .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-            let (applied, membership) = Self::meta_of(&core)?;
-            core.keep_compacted();
-            (core.state().head(), applied, membership)
-        };
+        let mut core = self.lock();
+        core.state_mut()
+            .write_back()
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let (last_log_id, last_membership) = Self::meta_of(&core)?;
+        core.keep_compacted();
+        Ok(SnapshotPoint {
+            started,
+            head: core.state().head(),
+            last_log_id,
+            last_membership,
+        })
+    }
+
+    /// The rest of [`Self::build`], outside the core lock.
+    fn finish_build(
+        &self,
+        point: SnapshotPoint,
+        scan: tokio::sync::OwnedRwLockReadGuard<()>,
+    ) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let SnapshotPoint {
+            started,
+            head,
+            last_log_id,
+            last_membership,
+        } = point;
         let locked = started.elapsed();
         let upto = head.map_or(0, |h| h.head.revision.0);
         // Durable before openraft may purge the log up to it (apply does not flush): sled
@@ -393,6 +417,14 @@ impl StateMachine {
             snapshot: Box::new(Cursor::new(bytes)),
         })
     }
+}
+
+/// Where a snapshot is taken (see [`StateMachine::snapshot_point`]).
+struct SnapshotPoint {
+    started: std::time::Instant,
+    head: Option<SignedHead>,
+    last_log_id: Option<LogId>,
+    last_membership: StoredMembership,
 }
 
 /// Why stored records could not be read for a snapshot.
@@ -831,6 +863,51 @@ mod tests {
             head.map(|h| h.head.digest),
             Some(fresh.lock().state().digest())
         );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_keeps_the_records_a_compaction_deletes_while_it_is_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = open(dir.path());
+        let mut applier = sm.clone();
+        applier
+            .apply(vec![entry(1, vec![put("b", "1"), put("a", "1")])])
+            .await
+            .unwrap();
+        let scan = sm.record_scan.clone().read_owned().await;
+        let point = sm.snapshot_point().unwrap();
+        // After the snapshot point, before the build reads sled: b gets a version 2, and a
+        // compaction keeping one version deletes b's version 1, which the snapshot (at
+        // revision 2) must hold, or the installing node would list no entry for b.
+        applier
+            .apply(vec![entry(2, vec![put("b", "2"), compact()])])
+            .await
+            .unwrap();
+        // In sled already (as after the write-back of later applies), so the read misses it.
+        sm.lock().state_mut().write_back().unwrap();
+        let snapshot = sm.finish_build(point, scan).unwrap();
+        let data: SnapshotData = postcard::from_bytes(snapshot.snapshot.get_ref()).unwrap();
+        assert_eq!(data.head.map(|h| h.head.revision), Some(Revision(2)));
+        let versions: Vec<(u64, u64)> = data
+            .history
+            .iter()
+            .filter(|(k, _)| k.starts_with(&HISTORY_PREFIX))
+            .map(|(_, v)| {
+                let r: crate::history::HistoryRecord = postcard::from_bytes(v).unwrap();
+                (r.version, r.revision)
+            })
+            .collect();
+        // a v1 (revision 2), b v1 (revision 1); not b v2 (revision 3).
+        assert_eq!(versions, [(1, 2), (1, 1)]);
+
+        let fresh = tempfile::tempdir().unwrap();
+        let mut fresh = open(fresh.path());
+        fresh
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        let (_, installed) = fresh.lock().state().snapshot();
+        assert_eq!(installed.len(), 2);
     }
 
     #[tokio::test]
