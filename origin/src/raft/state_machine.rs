@@ -66,10 +66,55 @@ type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>;
 /// the records, so each value travels once. The head's digest checks the listing.
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
+    /// [`SNAPSHOT_FORMAT`], the first byte.
+    format: u8,
     head: Option<SignedHead>,
     /// The history and schema records, raw (see [`crate::history`], [`crate::schema`]): a
     /// node caught up by snapshot keeps the same history and schemas as the others.
     history: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The first byte of a snapshot in the format of [`SnapshotData`]. The format before it began
+/// with the head's `Option` tag (0 or 1) and also listed every entry ([`LegacySnapshotData`]);
+/// such a snapshot, from a node not yet upgraded, still installs.
+const SNAPSHOT_FORMAT: u8 = 2;
+
+/// A snapshot of the format before [`SNAPSHOT_FORMAT`]: its entries are ignored (the install
+/// lists them from the records, and the head's digest checks them either way).
+#[derive(Serialize, Deserialize)]
+struct LegacySnapshotData {
+    head: Option<SignedHead>,
+    entries: Vec<(meridian_protocol::Address, meridian_protocol::EntryState)>,
+    history: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Why a snapshot's bytes did not decode.
+#[derive(Debug, thiserror::Error)]
+enum SnapshotFormatError {
+    #[error("empty snapshot")]
+    Empty,
+    #[error("snapshot format {0} is not known to this build")]
+    Unknown(u8),
+    #[error("malformed snapshot: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+impl SnapshotData {
+    fn decode(bytes: &[u8]) -> Result<Self, SnapshotFormatError> {
+        match bytes.first() {
+            None => Err(SnapshotFormatError::Empty),
+            Some(&SNAPSHOT_FORMAT) => Ok(postcard::from_bytes(bytes)?),
+            Some(0 | 1) => {
+                let legacy: LegacySnapshotData = postcard::from_bytes(bytes)?;
+                Ok(Self {
+                    format: SNAPSHOT_FORMAT,
+                    head: legacy.head,
+                    history: legacy.history,
+                })
+            }
+            Some(&other) => Err(SnapshotFormatError::Unknown(other)),
+        }
+    }
 }
 
 /// The state machine; clones share everything (a clone is also the snapshot builder).
@@ -385,7 +430,11 @@ impl StateMachine {
             history.sort_by(|a, b| a.0.cmp(&b.0));
             history.dedup_by(|a, b| a.0 == b.0);
         }
-        let data = SnapshotData { head, history };
+        let data = SnapshotData {
+            format: SNAPSHOT_FORMAT,
+            head,
+            history,
+        };
         let scanned = started.elapsed();
         let records = data.history.len();
         let bytes =
@@ -534,7 +583,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
         let signature = Some(meta.signature());
-        let data: SnapshotData = postcard::from_bytes(&bytes)
+        let data = SnapshotData::decode(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
         // What each address holds, from its newest record (checked against the head's digest
         // by the install).
@@ -816,7 +865,7 @@ mod tests {
         assert_eq!(records_upto(&sm, 2), 2);
         assert_eq!(records_upto(&sm, 0), 0);
         let snapshot = sm.build_detached().await.unwrap();
-        let data: SnapshotData = postcard::from_bytes(snapshot.snapshot.get_ref()).unwrap();
+        let data = SnapshotData::decode(snapshot.snapshot.get_ref()).unwrap();
         assert_eq!(data.head.map(|h| h.head.revision), Some(Revision(3)));
         assert_eq!(data.history.len(), 3);
     }
@@ -866,6 +915,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_snapshot_of_the_format_before_still_installs_and_unknown_formats_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = open(dir.path());
+        let mut applier = sm.clone();
+        applier
+            .apply(vec![entry(1, vec![put("a", "1"), put("b", "2")])])
+            .await
+            .unwrap();
+        let snapshot = sm.build_detached().await.unwrap();
+        let data = SnapshotData::decode(snapshot.snapshot.get_ref()).unwrap();
+        let (_, entries) = sm.lock().state().snapshot();
+        let legacy = postcard::to_allocvec(&LegacySnapshotData {
+            head: data.head,
+            entries,
+            history: data.history,
+        })
+        .unwrap();
+        assert_eq!(
+            legacy[0], 1,
+            "the old format starts with the head's Option tag"
+        );
+
+        let fresh = tempfile::tempdir().unwrap();
+        let mut fresh = open(fresh.path());
+        fresh
+            .install_snapshot(&snapshot.meta, Box::new(Cursor::new(legacy)))
+            .await
+            .unwrap();
+        assert_eq!(fresh.lock().state().head(), data.head);
+        assert_eq!(fresh.lock().state().snapshot().1.len(), 2);
+
+        let mut unknown = snapshot.snapshot.into_inner();
+        unknown[0] = 9;
+        let refused = fresh
+            .install_snapshot(&snapshot.meta, Box::new(Cursor::new(unknown)))
+            .await;
+        assert!(
+            refused
+                .unwrap_err()
+                .to_string()
+                .contains("snapshot format 9 is not known"),
+        );
+    }
+
+    #[tokio::test]
     async fn a_snapshot_keeps_the_records_a_compaction_deletes_while_it_is_built() {
         let dir = tempfile::tempdir().unwrap();
         let sm = open(dir.path());
@@ -886,7 +980,7 @@ mod tests {
         // In sled already (as after the write-back of later applies), so the read misses it.
         sm.lock().state_mut().write_back().unwrap();
         let snapshot = sm.finish_build(point, scan).unwrap();
-        let data: SnapshotData = postcard::from_bytes(snapshot.snapshot.get_ref()).unwrap();
+        let data = SnapshotData::decode(snapshot.snapshot.get_ref()).unwrap();
         assert_eq!(data.head.map(|h| h.head.revision), Some(Revision(2)));
         let versions: Vec<(u64, u64)> = data
             .history
