@@ -553,6 +553,16 @@ mod tests {
         assert_eq!(at_version(&b, &at("k"), 3).unwrap().unwrap().revision, 30);
     }
 
+    /// Versions 1-5 of "k" (written at t = 1-5 s) and one version of `single` at t = 1 ms.
+    fn five_versions_and_one(single: &str) -> MemBackend {
+        let mut b = MemBackend::new();
+        for v in 1..=5 {
+            record(&mut b, "k", v, v, Some("1"), v * 1000);
+        }
+        record(&mut b, single, 1, 9, Some("1"), 1);
+        b
+    }
+
     fn compact(b: &MemBackend, retention: Retention, now_ms: u64) -> Vec<Write> {
         let keys = b.scan_prefix_keys(&HISTORY_PREFIX).unwrap();
         compaction(&keys, retention, now_ms, |k| Ok(b.get(k)?)).unwrap()
@@ -560,11 +570,7 @@ mod tests {
 
     #[test]
     fn compaction_reads_only_the_records_an_age_limit_must_look_at() {
-        let mut b = MemBackend::new();
-        for v in 1..=5 {
-            record(&mut b, "k", v, v, Some("1"), v * 1000);
-        }
-        record(&mut b, "single", 1, 9, Some("1"), 1);
+        let b = five_versions_and_one("single");
         let keys = b.scan_prefix_keys(&HISTORY_PREFIX).unwrap();
         let mut read = Vec::new();
         let keep3_young = Retention {
@@ -584,11 +590,7 @@ mod tests {
 
     #[test]
     fn compaction_keeps_the_newest_versions_and_drops_old_ones() {
-        let mut b = MemBackend::new();
-        for v in 1..=5 {
-            record(&mut b, "k", v, v, Some("1"), v * 1000);
-        }
-        record(&mut b, "old", 1, 9, Some("1"), 1);
+        let mut b = five_versions_and_one("old");
         let keep3 = Retention {
             max_versions: 3,
             max_age_ms: None,

@@ -30,7 +30,7 @@ use meridian_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, BackendError, Pairs, Write, WriteBack};
+use crate::backend::{Backend, BackendError, Write, WriteBack};
 
 const META_REVISION: &[u8] = b"m/revision";
 const META_LTHASH: &[u8] = b"m/lthash";
@@ -682,26 +682,10 @@ impl<B: Backend> SignedState<B> {
         Ok(())
     }
 
-    /// The stored pairs whose keys start with `prefix`, in key order, as they will be once the
-    /// open batch (if any) is committed.
-    pub fn scan_prefix_staged(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
-        let stored = self.backend.scan_prefix(prefix)?;
-        let Some(staged) = &self.staged else {
-            return Ok(stored);
-        };
-        let mut merged: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
-        for (k, v) in staged.writes.iter().filter(|(k, _)| k.starts_with(prefix)) {
-            match v {
-                Some(v) => merged.insert(k.clone(), v.clone()),
-                None => merged.remove(k),
-            };
-        }
-        Ok(merged.into_iter().collect())
-    }
-
-    /// The keys [`SignedState::scan_prefix_staged`] would list, without copying any value,
-    /// and a view that reads the value of any of them: for a caller that needs the values of
-    /// a few keys under a prefix (a history compaction) and the keys of all.
+    /// Every key under `prefix`, what is stored with what the open batch holds applied over it,
+    /// without copying any value, and a view that reads the value of any of them: for a caller
+    /// that needs the keys of all and the values of a few (a history compaction), deciding the
+    /// same however the applies were grouped into batches.
     pub fn prefix_view_staged(&self, prefix: &[u8]) -> Result<PrefixView<'_, B>, StoreError> {
         let mut staged = std::collections::BTreeMap::new();
         if let Some(batch) = &self.staged {

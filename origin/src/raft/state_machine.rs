@@ -683,6 +683,19 @@ mod tests {
         }
     }
 
+    /// A new node that took `snapshot` (with its folder, which must outlive it).
+    async fn installed(
+        meta: &SnapshotMeta,
+        bytes: Vec<u8>,
+    ) -> (tempfile::TempDir, StateMachine, Result<(), StorageError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let result = sm
+            .install_snapshot(meta, Box::new(Cursor::new(bytes)))
+            .await;
+        (dir, sm, result)
+    }
+
     fn delete(key: &str) -> Proposal {
         Proposal {
             command: Command::Delete {
@@ -889,12 +902,8 @@ mod tests {
             .await
             .unwrap();
 
-        let fresh = tempfile::tempdir().unwrap();
-        let mut fresh = open(fresh.path());
-        fresh
-            .install_snapshot(&snapshot.meta, snapshot.snapshot)
-            .await
-            .unwrap();
+        let (_dir, fresh, result) = installed(&snapshot.meta, snapshot.snapshot.into_inner()).await;
+        result.unwrap();
         let (head, installed) = fresh.lock().state().snapshot();
         let at_snapshot = |key: &str| {
             installed
@@ -937,20 +946,14 @@ mod tests {
             "the old format starts with the head's Option tag"
         );
 
-        let fresh = tempfile::tempdir().unwrap();
-        let mut fresh = open(fresh.path());
-        fresh
-            .install_snapshot(&snapshot.meta, Box::new(Cursor::new(legacy)))
-            .await
-            .unwrap();
+        let (_dir, fresh, result) = installed(&snapshot.meta, legacy).await;
+        result.unwrap();
         assert_eq!(fresh.lock().state().head(), data.head);
         assert_eq!(fresh.lock().state().snapshot().1.len(), 2);
 
         let mut unknown = snapshot.snapshot.into_inner();
         unknown[0] = 9;
-        let refused = fresh
-            .install_snapshot(&snapshot.meta, Box::new(Cursor::new(unknown)))
-            .await;
+        let (_dir, _, refused) = installed(&snapshot.meta, unknown).await;
         assert!(
             refused
                 .unwrap_err()
@@ -994,14 +997,9 @@ mod tests {
         // a v1 (revision 2), b v1 (revision 1); not b v2 (revision 3).
         assert_eq!(versions, [(1, 2), (1, 1)]);
 
-        let fresh = tempfile::tempdir().unwrap();
-        let mut fresh = open(fresh.path());
-        fresh
-            .install_snapshot(&snapshot.meta, snapshot.snapshot)
-            .await
-            .unwrap();
-        let (_, installed) = fresh.lock().state().snapshot();
-        assert_eq!(installed.len(), 2);
+        let (_dir, fresh, result) = installed(&snapshot.meta, snapshot.snapshot.into_inner()).await;
+        result.unwrap();
+        assert_eq!(fresh.lock().state().snapshot().1.len(), 2);
     }
 
     #[tokio::test]
