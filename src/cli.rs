@@ -640,54 +640,14 @@ pub async fn watch(
     Ok(())
 }
 
-/// `meridian edges`: the drift view of every origin node the endpoint's cluster lists, merged
-/// (an edge connected to several nodes over time shows its freshest report); with `--output
-/// table`, flagged edges are marked. Exits non-zero when any edge is flagged, so scripts and
-/// alerts can use it.
+/// `meridian edges`: the drift view of every edge the endpoint's cluster has heard from (the
+/// origin node asked merges every member's view); with `--output table`, flagged edges are
+/// marked. Exits non-zero when any edge is flagged, so scripts and alerts can use it.
 pub async fn edges(client: &Client, lag_threshold_ms: Option<u64>) -> anyhow::Result<()> {
     let origin = client.writes();
-    let status = client.get(format!("{origin}/v1/status")).await?;
-    let mut nodes: Vec<String> = status["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m["addr"].as_str())
-        .map(|a| {
-            if a.starts_with("http") {
-                a.trim_end_matches('/').to_string()
-            } else {
-                format!("http://{a}")
-            }
-        })
-        .collect();
-    if nodes.is_empty() {
-        nodes.push(origin.clone());
-    }
     let query = lag_threshold_ms.map_or(String::new(), |t| format!("?lag_threshold_ms={t}"));
-    let mut merged: std::collections::BTreeMap<String, Value> = Default::default();
-    let mut unreachable = Vec::new();
-    for node in &nodes {
-        match client.get(format!("{node}/v1/edges{query}")).await {
-            Ok(v) => {
-                for row in v["edges"].as_array().into_iter().flatten() {
-                    let id = cell(&row["edge_id"]);
-                    let fresher = merged.get(&id).is_none_or(|old| {
-                        row["last_report_ms"].as_u64() < old["last_report_ms"].as_u64()
-                    });
-                    if fresher {
-                        merged.insert(id, row.clone());
-                    }
-                }
-            }
-            Err(e) => unreachable.push(format!("{node}: {e}")),
-        }
-    }
-    let rows: Vec<Value> = merged.into_values().collect();
-    let flagged = rows
-        .iter()
-        .filter(|r| r["flags"].as_array().is_some_and(|f| !f.is_empty()))
-        .count();
-    let body = json!({"edges": rows, "flagged": flagged, "unreachable_nodes": unreachable});
+    let body = client.get(format!("{origin}/v1/edges{query}")).await?;
+    let flagged = body["flagged"].as_u64().unwrap_or(0);
     print(client.output, &body, |b| {
         let rows = b["edges"]
             .as_array()

@@ -23,26 +23,29 @@ pub struct DevOptions {
     pub origin_http: SocketAddr,
     /// Origin QUIC address.
     pub origin_quic: SocketAddr,
+    /// Origin Raft channel address (mutual TLS between origin nodes).
+    pub origin_raft: SocketAddr,
     /// Edge HTTP addresses, one per region in [`REGIONS`] order.
     pub edge_http: [SocketAddr; 3],
     /// Origin delta window.
     pub delta_window: u64,
     /// How many origin nodes form the Raft cluster (1, 3 or 5). Node `i` (from 0) listens on
-    /// `origin_http` and `origin_quic` plus `i` for the documented ports, on free ports when
-    /// those are 0.
+    /// `origin_http`, `origin_quic` and `origin_raft` plus `i` for the documented ports, on free
+    /// ports when those are 0.
     pub origin_nodes: usize,
     /// History retention of the origin nodes.
     pub history: meridian_origin::config::HistoryConfig,
 }
 
 impl DevOptions {
-    /// The documented ports: origin 7070 (QUIC 7443), edges 7081–7083.
+    /// The documented ports: origin 7070 (QUIC 7443, Raft 7170), edges 7081–7083.
     pub fn standard(data_dir: PathBuf) -> Self {
         let at = |p| SocketAddr::from(([127, 0, 0, 1], p));
         Self {
             data_dir,
             origin_http: at(7070),
             origin_quic: at(7443),
+            origin_raft: at(7170),
             edge_http: [at(7081), at(7082), at(7083)],
             delta_window: 10_000,
             origin_nodes: 3,
@@ -57,6 +60,7 @@ impl DevOptions {
             data_dir,
             origin_http: any,
             origin_quic: any,
+            origin_raft: any,
             edge_http: [any; 3],
             delta_window: 10_000,
             origin_nodes: 1,
@@ -64,8 +68,8 @@ impl DevOptions {
         }
     }
 
-    /// The HTTP and QUIC addresses of origin node `i` (from 0).
-    pub fn origin_addrs(&self, i: usize) -> (SocketAddr, SocketAddr) {
+    /// The HTTP, QUIC and Raft addresses of origin node `i` (from 0).
+    pub fn origin_addrs(&self, i: usize) -> (SocketAddr, SocketAddr, SocketAddr) {
         let shift = |a: SocketAddr| -> SocketAddr {
             if a.port() == 0 {
                 // A free port now, so that every node can be told the others' addresses.
@@ -76,7 +80,11 @@ impl DevOptions {
                 SocketAddr::new(a.ip(), a.port() + i as u16)
             }
         };
-        (shift(self.origin_http), shift(self.origin_quic))
+        (
+            shift(self.origin_http),
+            shift(self.origin_quic),
+            shift(self.origin_raft),
+        )
     }
 }
 
@@ -98,6 +106,7 @@ pub fn origin_config(opts: &DevOptions, pki: &DevPki) -> OriginConfig {
         node_id: "origin-1".into(),
         http_listen: opts.origin_http,
         quic_listen: opts.origin_quic,
+        raft_listen: opts.origin_raft,
         data_dir: opts.data_dir.join("origin"),
         signing_key: pki.signing_key.clone(),
         tls: pki.origin.clone(),
@@ -150,19 +159,20 @@ pub fn origin_cluster_configs(opts: &DevOptions, pki: &DevPki) -> Vec<OriginConf
     let members: Vec<Member> = addrs
         .iter()
         .enumerate()
-        .map(|(i, (http, _))| Member {
+        .map(|(i, (_, _, raft))| Member {
             id: i as u64 + 1,
-            addr: http.to_string(),
+            addr: raft.to_string(),
         })
         .collect();
     addrs
         .iter()
         .enumerate()
-        .map(|(i, (http, quic))| {
+        .map(|(i, (http, quic, raft))| {
             let mut c = origin_config(opts, pki);
             c.node_id = format!("origin-{}", i + 1);
             c.http_listen = *http;
             c.quic_listen = *quic;
+            c.raft_listen = *raft;
             c.data_dir = opts.data_dir.join(format!("origin-{}", i + 1));
             c.raft = RaftConfig {
                 id: i as u64 + 1,

@@ -119,10 +119,11 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         lag_threshold_ms: u64,
     },
-    /// Inspect and change the origin's Raft cluster (any origin node; changes are redirected
-    /// to the leader).
+    /// Inspect and change the origin's Raft cluster. Status is read from any origin node's
+    /// client API; membership changes go to the leader's private Raft channel with an origin
+    /// certificate (a follower answers with the leader's address).
     Cluster {
-        /// An origin node's HTTP address.
+        /// An origin node's HTTP address (for `status`).
         #[arg(
             long,
             global = true,
@@ -130,6 +131,23 @@ enum Command {
             env = "MERIDIAN_ENDPOINT"
         )]
         endpoint: String,
+        /// An origin node's Raft address, host:port (for changes).
+        #[arg(
+            long,
+            global = true,
+            default_value = "127.0.0.1:7170",
+            env = "MERIDIAN_RAFT_ENDPOINT"
+        )]
+        raft_endpoint: String,
+        /// Folder holding the origin identity for changes: origin.pem, origin.key, ca.pem
+        /// (as `meridian pki` writes it).
+        #[arg(
+            long,
+            global = true,
+            default_value = "./meridian-data/pki",
+            env = "MERIDIAN_PKI_DIR"
+        )]
+        pki_dir: std::path::PathBuf,
         #[command(subcommand)]
         action: ClusterAction,
     },
@@ -144,7 +162,7 @@ enum ClusterAction {
         /// The new node's `raft.id`.
         #[arg(long)]
         id: u64,
-        /// Its HTTP address, host:port (its `raft.advertise`).
+        /// Its Raft address, host:port (its `raft.advertise`).
         #[arg(long)]
         addr: String,
     },
@@ -164,28 +182,69 @@ fn origin_nodes(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Where `meridian cluster` sends its request.
+struct ClusterTarget<'a> {
+    endpoint: &'a str,
+    raft_endpoint: &'a str,
+    pki_dir: &'a std::path::Path,
+}
+
 /// Runs a `meridian cluster` action and prints the cluster as the node answers it.
-async fn cluster(endpoint: &str, action: ClusterAction) -> anyhow::Result<()> {
-    let c = reqwest::Client::new();
-    let base = endpoint.trim_end_matches('/');
-    let request = match action {
-        ClusterAction::Status => c.get(format!("{base}/v1/cluster")),
-        ClusterAction::AddNode { id, addr } => c
-            .post(format!("{base}/v1/cluster/nodes"))
-            .body(serde_json::json!({"id": id, "addr": addr}).to_string()),
-        ClusterAction::RemoveNode { id } => c.delete(format!("{base}/v1/cluster/nodes/{id}")),
+async fn cluster(target: ClusterTarget<'_>, action: ClusterAction) -> anyhow::Result<()> {
+    let (status, body) = match action {
+        ClusterAction::Status => {
+            let base = target.endpoint.trim_end_matches('/');
+            let answer = reqwest::Client::new()
+                .get(format!("{base}/v1/cluster"))
+                .send()
+                .await
+                .with_context(|| format!("contacting the origin at {base}"))?;
+            (answer.status().as_u16(), answer.bytes().await?.to_vec())
+        }
+        change => {
+            let (method, path, body) = match change {
+                ClusterAction::AddNode { id, addr } => (
+                    reqwest::Method::POST,
+                    "/v1/cluster/nodes".to_string(),
+                    serde_json::json!({"id": id, "addr": addr}).to_string(),
+                ),
+                ClusterAction::RemoveNode { id } => (
+                    reqwest::Method::DELETE,
+                    format!("/v1/cluster/nodes/{id}"),
+                    String::new(),
+                ),
+                ClusterAction::Status => unreachable!("handled above"),
+            };
+            let dir = target.pki_dir;
+            let identity = meridian_net::TlsPaths {
+                cert: dir.join("origin.pem"),
+                key: dir.join("origin.key"),
+                ca: dir.join("ca.pem"),
+            };
+            let tls = meridian_net::tls::origin_peer_client_crypto(&identity)
+                .with_context(|| format!("loading the origin identity from {}", dir.display()))?;
+            let (status, body) = meridian_net::peer::PeerClient::new(tls)
+                .request(
+                    method,
+                    target.raft_endpoint,
+                    &path,
+                    body.into_bytes(),
+                    std::time::Duration::from_secs(30),
+                )
+                .await
+                .with_context(|| {
+                    format!(
+                        "contacting the origin's Raft channel at {}",
+                        target.raft_endpoint
+                    )
+                })?;
+            (status.as_u16(), body.to_vec())
+        }
     };
-    let answer = request
-        .send()
-        .await
-        .with_context(|| format!("contacting the origin at {base}"))?;
-    let status = answer.status();
-    let body: serde_json::Value = answer
-        .json()
-        .await
-        .with_context(|| format!("reading the answer from {base}"))?;
+    let body: serde_json::Value =
+        serde_json::from_slice(&body).context("reading the origin's answer")?;
     println!("{}", serde_json::to_string_pretty(&body)?);
-    anyhow::ensure!(status.is_success(), "the origin answered {status}");
+    anyhow::ensure!((200..300).contains(&status), "the origin answered {status}");
     Ok(())
 }
 
@@ -320,10 +379,11 @@ async fn main() -> anyhow::Result<()> {
             );
             for (i, o) in cluster.origins().enumerate() {
                 println!(
-                    "  origin {}  API http://{}  QUIC {}",
+                    "  origin {}  API http://{}  QUIC {}  Raft {}",
                     i + 1,
                     o.http_addr,
-                    o.quic_addr
+                    o.quic_addr,
+                    o.raft_addr
                 );
             }
             for (region, edge) in REGIONS.iter().zip(&cluster.edges) {
@@ -386,13 +446,25 @@ async fn main() -> anyhow::Result<()> {
             let config: meridian_origin::OriginConfig = read_config(&config)?;
             let node = meridian_origin::start(config).await?;
             println!(
-                "origin: HTTP http://{}  QUIC {}",
-                node.http_addr, node.quic_addr
+                "origin: HTTP http://{}  QUIC {}  Raft {}",
+                node.http_addr, node.quic_addr, node.raft_addr
             );
             ctrl_c().await;
             node.shutdown().await;
         }
-        Command::Cluster { endpoint, action } => cluster(&endpoint, action).await?,
+        Command::Cluster {
+            endpoint,
+            raft_endpoint,
+            pki_dir,
+            action,
+        } => {
+            let target = ClusterTarget {
+                endpoint: &endpoint,
+                raft_endpoint: &raft_endpoint,
+                pki_dir: &pki_dir,
+            };
+            cluster(target, action).await?
+        }
         Command::Edge { config } => {
             let config: meridian_edge::EdgeConfig = read_config(&config)?;
             let node = meridian_edge::start(config).await?;

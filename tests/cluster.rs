@@ -12,7 +12,10 @@ use common::{base, eventually, get_json, http, init, put, status};
 use meridian::dev::{DevOptions, origin_config, pki};
 use meridian_origin::config::{Member, RaftConfig};
 use meridian_origin::{OriginConfig, OriginHandle};
+use reqwest::Method;
 use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -35,7 +38,8 @@ fn configs_of(dir: &std::path::Path, request_timeout_ms: u64, n: usize) -> Vec<O
     let opts = DevOptions::ephemeral(dir.to_owned());
     let pki = pki(dir).expect("pki");
     let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
-    let members: Vec<Member> = addrs
+    let raft_addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+    let members: Vec<Member> = raft_addrs
         .iter()
         .enumerate()
         .map(|(i, a)| Member {
@@ -48,6 +52,7 @@ fn configs_of(dir: &std::path::Path, request_timeout_ms: u64, n: usize) -> Vec<O
             let mut c = origin_config(&opts, &pki);
             c.node_id = format!("origin-{}", i + 1);
             c.http_listen = addrs[i];
+            c.raft_listen = raft_addrs[i];
             c.data_dir = dir.join(format!("origin-{}", i + 1));
             c.raft = RaftConfig {
                 id: i as u64 + 1,
@@ -243,10 +248,39 @@ async fn nodes_join_and_leave_through_the_admin_api() {
         put(&c, &nodes[first].http, &format!("app/prod/k{i}"), json!(i)).await;
     }
 
+    // Membership changes are made on the private Raft channel, with an origin certificate.
+    let admin = meridian_net::peer::PeerClient::new(
+        meridian_net::tls::origin_peer_client_crypto(&all[0].tls).unwrap(),
+    );
+    let raft_addr = |i: usize| all[i].raft_listen.to_string();
+    let change = |method: Method, node: usize, path: String, body: Value| {
+        let (admin, addr) = (admin.clone(), raft_addr(node));
+        async move {
+            let (code, body) = admin
+                .request(method, &addr, &path, body.to_string().into_bytes(), TIMEOUT)
+                .await
+                .unwrap();
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            (code.as_u16(), body)
+        }
+    };
+    // The client API does not serve them.
+    let r = c
+        .post(format!("{}/v1/cluster/nodes", nodes[first].http))
+        .body(json!({"id": 4, "addr": raft_addr(3)}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "membership changes are not on the client API"
+    );
+
     // Node 4 starts knowing the members but does not initialize a cluster of its own; asked
     // through a follower, the change is redirected to the leader.
     let joining = all[3].clone();
-    let addr = joining.http_listen.to_string();
+    let addr = raft_addr(3);
     let handle = meridian_origin::node::start(joining)
         .await
         .expect("node 4 starts");
@@ -256,34 +290,45 @@ async fn nodes_join_and_leave_through_the_admin_api() {
         handle: Some(handle),
     });
     let follower = (first + 1) % 3;
-    let r = c
-        .post(format!("{}/v1/cluster/nodes", nodes[follower].http))
-        .body(json!({"id": 4, "addr": addr}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
+    let (code, body) = change(
+        Method::POST,
+        follower,
+        "/v1/cluster/nodes".into(),
+        json!({"id": 4, "addr": addr}),
+    )
+    .await;
+    assert_eq!(code, 307, "a follower redirects to the leader: {body}");
+    let (code, body) = change(
+        Method::POST,
+        first,
+        "/v1/cluster/nodes".into(),
+        json!({"id": 4, "addr": addr}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
     assert_eq!(node_ids(&body, true), vec![1, 2, 3, 4], "{body}");
     // The new voter holds everything written before it joined.
     let (code, v) = get_json(&c, &format!("{}/v1/kv/app/prod/k9", nodes[3].http)).await;
     assert_eq!((code, v["value"].clone()), (200, json!(9)));
 
     // A node that is not a member is refused clearly; a member is removed.
-    let r = c
-        .delete(format!("{}/v1/cluster/nodes/9", nodes[first].http))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    let (code, _) = change(
+        Method::DELETE,
+        first,
+        "/v1/cluster/nodes/9".into(),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(code, 404);
     let gone = nodes[(first + 2) % 3].id;
-    let r = c
-        .delete(format!("{}/v1/cluster/nodes/{gone}", nodes[first].http))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
+    let (code, body) = change(
+        Method::DELETE,
+        first,
+        format!("/v1/cluster/nodes/{gone}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
     let ids = node_ids(&body, false);
     assert!(!ids.contains(&gone) && ids.len() == 3, "{body}");
     put(
@@ -326,6 +371,26 @@ async fn edges_fail_over_to_another_origin_node_from_their_own_revision() {
             async move { (common::revision(&c, url).await == 20).then_some(()) }
         })
         .await;
+    }
+
+    // Each edge is connected to a different node (edge r dials node r first), and any node
+    // lists all three: it merges what the others heard over the Raft channel.
+    for o in std::iter::once(&origin).chain(&more_origins) {
+        let url = format!("{}/v1/edges", base(o.http_addr));
+        let listed = eventually(Duration::from_secs(20), "every edge listed", || {
+            let (c, url) = (c.clone(), url.clone());
+            async move {
+                let (_, v) = get_json(&c, &url).await;
+                let ids: std::collections::BTreeSet<String> = v["edges"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|e| e["edge_id"].as_str().map(str::to_owned))
+                    .collect();
+                (ids.len() == 3).then_some(v)
+            }
+        })
+        .await;
+        assert_eq!(listed["unreachable_nodes"], json!([]), "{listed}");
     }
 
     // Node 1 goes away (every edge knows all three nodes; us-east dialed node 1 first).

@@ -22,14 +22,16 @@ fn origin_configs_describe_one_three_node_cluster() {
         let id = i as u64 + 1;
         assert_eq!(c.raft.id, id, "{name}");
         assert_eq!(c.http_listen.port(), 7069 + id as u16, "{name}");
+        assert_eq!(c.raft_listen.port(), 7169 + id as u16, "{name}");
         assert_eq!(c.raft.members.len(), 3, "{name}");
+        // Members reach each other on the private Raft channel, never on the client API.
         assert_eq!(
             c.raft.advertise.as_deref(),
-            Some(c.http_listen.to_string().as_str()),
+            Some(c.raft_listen.to_string().as_str()),
             "{name}"
         );
         let member = c.raft.members.iter().find(|m| m.id == id).unwrap();
-        assert_eq!(member.addr, c.http_listen.to_string(), "{name}");
+        assert_eq!(member.addr, c.raft_listen.to_string(), "{name}");
     }
 }
 

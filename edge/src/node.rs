@@ -21,6 +21,15 @@ pub enum StartError {
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The data folder could not be created or made private.
+    #[error("data folder {path}: {source}")]
+    DataDir {
+        /// The data folder.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Storage could not be opened.
     #[error("opening store in {path}: {source}")]
     Store {
@@ -80,6 +89,10 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
         path: config.data_dir.clone(),
         source,
     };
+    meridian_net::private::private_dir(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
     let backend = SledBackend::open(&config.data_dir).map_err(|e| store_err(e.into()))?;
     let state = SignedState::open(backend, config.delta_window).map_err(store_err)?;
     let shared = Arc::new(EdgeShared::new(

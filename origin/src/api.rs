@@ -2,7 +2,6 @@
 //! errors for every refusal.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use crate::raft::Outcome;
 use crate::raft::cluster::{Cluster, ClusterError};
@@ -41,13 +40,15 @@ pub struct AppState {
     pub edges: Arc<Mutex<KnownEdges>>,
     /// The core, for history reads (its backend holds the history records).
     pub core: crate::raft::state_machine::SharedCore,
+    /// The Raft channel's client, for asking the other nodes what they know.
+    pub peers: meridian_net::peer::PeerClient,
 }
 
 pub(crate) type Shared = State<Arc<AppState>>;
 
 /// Builds the router.
 pub fn router(state: Arc<AppState>) -> Router {
-    let body_limit = state.max_value_bytes + 64 * 1024;
+    let body_limit = crate::admission::body_limit(state.max_value_bytes);
     Router::new()
         .route(
             "/v1/kv/{app}/{env}/{key}",
@@ -75,7 +76,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/config/{app}/{env}", get(config))
         .route("/v1/txn", post(txn))
         .route("/v1/status", get(status))
-        .route("/v1/edges", get(edges))
+        .route("/v1/edges", get(crate::edges_api::edges))
         .route("/metrics", get(metrics_endpoint))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -147,10 +148,6 @@ pub(crate) fn cluster_error(e: ClusterError) -> ApiError {
 /// The `meridian-actor` header names who writes (until authentication exists).
 const ACTOR: &str = "meridian-actor";
 
-fn text_ok(s: &str) -> bool {
-    !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t')
-}
-
 /// Who, when and why, for the history of what this write changes.
 pub(crate) fn write_meta(
     headers: &HeaderMap,
@@ -161,7 +158,9 @@ pub(crate) fn write_meta(
         Some(v) => v
             .to_str()
             .ok()
-            .filter(|a| !a.is_empty() && a.len() <= MAX_ACTOR_BYTES && text_ok(a))
+            .filter(|a| {
+                !a.is_empty() && a.len() <= MAX_ACTOR_BYTES && crate::admission::printable(a)
+            })
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -172,7 +171,7 @@ pub(crate) fn write_meta(
             .to_string(),
     };
     if let Some(r) = &reason
-        && (r.len() > MAX_REASON_BYTES || !text_ok(r))
+        && (r.len() > MAX_REASON_BYTES || !crate::admission::printable(r))
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -180,9 +179,7 @@ pub(crate) fn write_meta(
             format!("reason must be at most {MAX_REASON_BYTES} bytes of text"),
         ));
     }
-    let time_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let time_ms = crate::history::now_ms();
     Ok(WriteMeta {
         time_ms,
         actor,
@@ -485,8 +482,7 @@ async fn patch(
     inner.await.map_err(count_error)
 }
 
-/// Most operations plus conditions in one transaction.
-pub const MAX_TXN_ITEMS: usize = 1_000;
+pub use crate::admission::MAX_TXN_ITEMS;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -621,46 +617,6 @@ async fn txn(
         )
     };
     inner.await.map_err(count_error)
-}
-
-/// Query of `GET /v1/edges`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EdgesQuery {
-    /// Lag beyond which an edge is flagged (default 10 s).
-    #[serde(default)]
-    lag_threshold_ms: Option<u64>,
-}
-
-/// `GET /v1/edges`: every edge this node has heard from, with revision, digest match, lag and
-/// last report, flagged `diverged`, `lagging` or `disconnected`.
-async fn edges(
-    State(state): Shared,
-    q: Result<Query<EdgesQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let q = query(q).map_err(count_error)?;
-    let threshold = q
-        .lag_threshold_ms
-        .unwrap_or(crate::drift::DEFAULT_LAG_THRESHOLD_MS);
-    let known = state
-        .edges
-        .lock()
-        .map(|e| e.clone())
-        .unwrap_or_else(|e| e.into_inner().clone());
-    let rows = {
-        let core = state.core.lock().unwrap_or_else(|e| e.into_inner());
-        crate::drift::rows(&known, core.state(), Instant::now(), threshold)
-    };
-    crate::drift::export(&rows);
-    let flagged = rows.iter().filter(|r| !r.flags.is_empty()).count();
-    Ok(axum::Json(serde_json::json!({
-        "node_id": state.node_id,
-        "revision": state.reader.read().map(|p| p.state.revision().0).unwrap_or_else(|e| e.into_inner().state.revision().0),
-        "lag_threshold_ms": threshold,
-        "flagged": flagged,
-        "edges": rows,
-    }))
-    .into_response())
 }
 
 async fn status(State(state): Shared) -> Response {

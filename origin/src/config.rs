@@ -20,6 +20,10 @@ pub struct OriginConfig {
     /// Where the QUIC replication server listens.
     #[serde(default = "default_quic")]
     pub quic_listen: SocketAddr,
+    /// Where the private Raft channel listens: HTTPS with mutual TLS, for origin certificates
+    /// only (Raft RPC, forwarded writes and reads, membership changes).
+    #[serde(default = "default_raft_listen")]
+    pub raft_listen: SocketAddr,
     /// Folder for the sled database.
     pub data_dir: PathBuf,
     /// Ed25519 signing key, 64 hex characters.
@@ -83,13 +87,13 @@ impl HistoryConfig {
     }
 }
 
-/// A cluster member: its number and the HTTP address other nodes reach it at.
+/// A cluster member: its number and the Raft address other nodes reach it at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Member {
     /// The member's number (at least 1).
     pub id: u64,
-    /// Its HTTP address, `host:port`.
+    /// Its Raft listener's address, `host:port`.
     pub addr: String,
 }
 
@@ -99,7 +103,7 @@ pub struct Member {
 pub struct RaftConfig {
     /// This node's number in the cluster (at least 1).
     pub id: u64,
-    /// The HTTP address other nodes reach this one at; defaults to `http_listen`.
+    /// The Raft address other nodes reach this one at; defaults to `raft_listen`.
     pub advertise: Option<String>,
     /// The members a new cluster starts with. Empty means a cluster of this node alone. Only
     /// the member with the lowest id initializes the cluster, and only while its log is empty;
@@ -121,6 +125,10 @@ pub struct RaftConfig {
     /// How long a write or a linearizable read may wait for a quorum before it is refused
     /// with 503 `no_quorum`.
     pub request_timeout_ms: u64,
+    /// The largest snapshot this node takes from a leader; a chunk beyond it is refused.
+    pub max_snapshot_bytes: u64,
+    /// Connections the Raft listener serves at once.
+    pub max_connections: usize,
 }
 
 impl Default for RaftConfig {
@@ -135,6 +143,8 @@ impl Default for RaftConfig {
             snapshot_after_logs: 10_000,
             logs_kept_after_snapshot: 1_000,
             request_timeout_ms: 5_000,
+            max_snapshot_bytes: 4 << 30,
+            max_connections: 256,
         }
     }
 }
@@ -147,6 +157,9 @@ fn default_http() -> SocketAddr {
 }
 fn default_quic() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7443))
+}
+fn default_raft_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7170))
 }
 fn default_max_value_bytes() -> usize {
     meridian_protocol::model::DEFAULT_MAX_VALUE_BYTES
@@ -270,6 +283,19 @@ impl OriginConfig {
             (1..=600_000).contains(&r.request_timeout_ms),
             "raft.request_timeout_ms",
             format!("must be between 1 and 600000, got {}", r.request_timeout_ms),
+        )?;
+        check(
+            (1 << 20..=1 << 40).contains(&r.max_snapshot_bytes),
+            "raft.max_snapshot_bytes",
+            format!(
+                "must be between 1048576 and 1099511627776, got {}",
+                r.max_snapshot_bytes
+            ),
+        )?;
+        check(
+            (4..=65_536).contains(&r.max_connections),
+            "raft.max_connections",
+            format!("must be between 4 and 65536, got {}", r.max_connections),
         )?;
         Ok(())
     }

@@ -28,6 +28,13 @@ pub const MAX_ACTOR_BYTES: usize = 128;
 /// Longest reason accepted.
 pub const MAX_REASON_BYTES: usize = 1024;
 
+/// Milliseconds since the Unix epoch on this node's clock (0 before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Who made a write, when, and why; chosen by the node that accepted it and committed with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteMeta {

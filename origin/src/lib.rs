@@ -2,11 +2,13 @@
 //! the HTTP write API, the sans-IO distributor that decides what each edge is sent, and the
 //! QUIC server shell that carries it out.
 
+pub mod admission;
 pub mod api;
 pub mod config;
 pub mod core;
 pub mod distributor;
 pub mod drift;
+pub mod edges_api;
 pub mod history;
 pub mod history_api;
 pub mod node;

@@ -1,5 +1,6 @@
-//! Starting and stopping an origin node: opens the store, binds HTTP and QUIC, and runs the
-//! distributor loop until shut down.
+//! Starting and stopping an origin node: opens the store, binds the client API (HTTP), the
+//! private Raft channel (HTTPS, mutual TLS, origin certificates only) and QUIC for edges, and
+//! runs the distributor loop until shut down.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, Raft};
 use crate::raft::relay::SharedRelay;
 use crate::raft::state_machine::StateMachine;
+use meridian_net::peer::PeerClient;
 
 /// Why an origin could not start.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,15 @@ pub enum StartError {
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The data folder could not be created or made private.
+    #[error("data folder {path}: {source}")]
+    DataDir {
+        /// The data folder.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Storage could not be opened.
     #[error("opening store in {path}: {source}")]
     Store {
@@ -48,8 +59,8 @@ pub enum StartError {
     /// Raft could not start.
     #[error("raft: {0}")]
     Raft(String),
-    /// HTTP listener.
-    #[error("bind HTTP {addr}: {source}")]
+    /// A TCP listener (client API or Raft channel).
+    #[error("bind {addr}: {source}")]
     Http {
         /// The address.
         addr: SocketAddr,
@@ -65,6 +76,8 @@ pub struct OriginHandle {
     pub http_addr: SocketAddr,
     /// Where the QUIC server listens.
     pub quic_addr: SocketAddr,
+    /// Where the private Raft channel listens.
+    pub raft_addr: SocketAddr,
     /// The Raft node.
     pub raft: Raft,
     shutdown: watch::Sender<bool>,
@@ -91,6 +104,10 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         path: config.data_dir.clone(),
         source,
     };
+    meridian_net::private::private_dir(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
     let db = SledBackend::open(&config.data_dir)
         .map_err(|e| store_err(e.into()))?
         .db()
@@ -121,10 +138,10 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     .validate()
     .map_err(|e| StartError::Raft(e.to_string()))?;
     let timeout = Duration::from_millis(r.request_timeout_ms);
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .build()
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let client = PeerClient::new(meridian_net::tls::origin_peer_client_crypto(&config.tls)?);
+    let raft_tls = Arc::new(meridian_net::tls::origin_peer_server_crypto(&config.tls)?);
+    let raft_listener = bind(config.raft_listen).await?;
+    let raft_addr = local_addr(&raft_listener, config.raft_listen)?;
     let raft = Raft::new(
         r.id,
         Arc::new(raft_config),
@@ -134,10 +151,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     )
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
-    let advertise = r
-        .advertise
-        .clone()
-        .unwrap_or_else(|| config.http_listen.to_string());
+    let advertise = r.advertise.clone().unwrap_or_else(|| raft_addr.to_string());
     let members: BTreeMap<u64, BasicNode> = if r.members.is_empty() {
         BTreeMap::from([(r.id, BasicNode::new(advertise))])
     } else {
@@ -156,7 +170,12 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
     }
-    let cluster = Cluster::new(raft.clone(), client, timeout);
+    let cluster = Cluster::new(
+        raft.clone(),
+        client.clone(),
+        timeout,
+        config.max_value_bytes,
+    );
 
     let endpoint =
         meridian_net::quic::server_endpoint(config.quic_listen, &config.tls, config.quic)?;
@@ -178,27 +197,35 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         shutdown_rx.clone(),
     ));
 
-    let listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
-        .map_err(|source| StartError::Http {
-            addr: config.http_listen,
-            source,
-        })?;
-    let http_addr = listener.local_addr().map_err(|source| StartError::Http {
-        addr: config.http_listen,
-        source,
-    })?;
-    let app = router(Arc::new(AppState {
+    let listener = bind(config.http_listen).await?;
+    let http_addr = local_addr(&listener, config.http_listen)?;
+    let state = Arc::new(AppState {
         node_id: config.node_id.clone(),
         cluster: cluster.clone(),
         reader,
         max_value_bytes: config.max_value_bytes,
         edges: edges.clone(),
         core: core.clone(),
-    }))
-    .merge(crate::raft::network::routes(raft.clone(), relay.clone()))
-    .merge(crate::raft::admin::routes(raft.clone()))
-    .merge(crate::raft::cluster::routes(cluster.clone()));
+        peers: client.clone(),
+    });
+    let app = router(state.clone()).merge(crate::raft::admin::routes(raft.clone()));
+    // The private channel: nothing here is reachable from the client API.
+    let raft_app = crate::raft::network::routes(raft.clone(), relay.clone(), r.max_snapshot_bytes)
+        .merge(crate::raft::cluster::routes(cluster.clone()))
+        .merge(crate::raft::admin::membership_routes(raft.clone()))
+        .merge(crate::edges_api::peer_routes(state))
+        .fallback(meridian_net::http::unknown_route);
+    let raft_task = tokio::spawn(meridian_net::serve::serve_tls(
+        "raft",
+        raft_listener,
+        raft_tls,
+        raft_app,
+        meridian_net::serve::ServeLimits {
+            max_connections: r.max_connections,
+            ..Default::default()
+        },
+        shutdown_rx.clone(),
+    ));
     let compact_task = tokio::spawn(compact_history(
         cluster,
         r.id,
@@ -216,14 +243,33 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
             tracing::error!(error = %e, "origin HTTP server failed");
         }
     });
-    tracing::info!(%http_addr, %quic_addr, revision = revision.0, "origin started");
+    tracing::info!(%http_addr, %quic_addr, %raft_addr, revision = revision.0, "origin started");
     Ok(OriginHandle {
         http_addr,
         quic_addr,
+        raft_addr,
         raft,
         shutdown,
-        tasks: vec![quic_task, http_task, compact_task, drift_task, leader_task],
+        tasks: vec![
+            quic_task,
+            http_task,
+            raft_task,
+            compact_task,
+            drift_task,
+            leader_task,
+        ],
     })
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Http { addr, source })
+}
+
+fn local_addr(l: &tokio::net::TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    l.local_addr()
+        .map_err(|source| StartError::Http { addr, source })
 }
 
 /// Tells the head relay whether this node leads (a leader waits for no offers), for as long as
@@ -285,9 +331,7 @@ async fn compact_history(
         if cluster.leader().await != Some(id) {
             continue;
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = crate::history::now_ms();
         let proposal = crate::core::Proposal {
             command: crate::core::Command::CompactHistory {
                 retention: history.retention(),

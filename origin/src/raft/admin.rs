@@ -1,9 +1,10 @@
 //! The membership admin API: `GET /v1/cluster` (leader, term, voters, learners, and the
-//! replication progress the leader sees), `POST /v1/cluster/nodes` `{"id", "addr"}` (joins a
-//! node: first as a learner that catches up, then as a voter), and
-//! `DELETE /v1/cluster/nodes/{id}`. Changes must be made on the leader; any other node
-//! answers `307 Temporary Redirect` to the leader's address, and `503 no_quorum` when it knows
-//! no leader.
+//! replication progress the leader sees; on the client API and the Raft channel),
+//! `POST /v1/cluster/nodes` `{"id", "addr"}` (joins a node: first as a learner that catches up,
+//! then as a voter), and `DELETE /v1/cluster/nodes/{id}`. Changes are served only on the Raft
+//! channel, to holders of an origin certificate, and must be made on the leader; any other node
+//! answers `307 Temporary Redirect` to the leader's Raft address, and `503 no_quorum` when it
+//! knows no leader. A member's `addr` is its Raft listener's address.
 
 use std::collections::BTreeSet;
 
@@ -22,8 +23,15 @@ use serde_json::json;
 use super::NodeId;
 use super::network::Raft;
 
-/// The admin routes for `raft`.
+/// The read-only cluster view for the client API.
 pub fn routes(raft: Raft) -> Router {
+    Router::new()
+        .route("/v1/cluster", get(status))
+        .with_state(raft)
+}
+
+/// The cluster view and the membership changes, for the Raft channel.
+pub fn membership_routes(raft: Raft) -> Router {
     Router::new()
         .route("/v1/cluster", get(status))
         .route("/v1/cluster/nodes", axum::routing::post(add_node))
@@ -79,11 +87,23 @@ struct AddNode {
 fn refused(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>, path: &str) -> Response {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_node {
-            Some(leader) => (
-                StatusCode::TEMPORARY_REDIRECT,
-                [(header::LOCATION, format!("http://{}{path}", leader.addr))],
-            )
-                .into_response(),
+            Some(leader) => {
+                let mut r = ApiError::new(
+                    StatusCode::TEMPORARY_REDIRECT,
+                    "not_leader",
+                    format!(
+                        "membership changes are made on the leader, whose Raft address is {}",
+                        leader.addr
+                    ),
+                )
+                .into_response();
+                if let Ok(at) =
+                    header::HeaderValue::from_str(&format!("https://{}{path}", leader.addr))
+                {
+                    r.headers_mut().insert(header::LOCATION, at);
+                }
+                r
+            }
             None => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_quorum",

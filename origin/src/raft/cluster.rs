@@ -29,6 +29,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::network::Raft;
 use super::{NodeId, Outcome, Request, Response};
 use crate::core::{Command, Proposal};
+use meridian_net::peer::{PeerClient, PeerError};
 
 /// Most writes in one Raft entry.
 pub const MAX_BATCH_COMMANDS: usize = 512;
@@ -69,8 +70,10 @@ pub struct Cluster {
 #[derive(Clone)]
 struct Inner {
     raft: Raft,
-    client: reqwest::Client,
+    client: PeerClient,
     timeout: Duration,
+    /// This node's value limit, for checking what followers forward.
+    max_value_bytes: usize,
 }
 
 /// Writes waiting for their batch: one client write, or a batch a follower forwarded (which
@@ -99,12 +102,14 @@ impl Pending {
 
 impl Cluster {
     /// The cluster of `raft`, forwarding with `client`; each write or read barrier gives up
-    /// after `timeout`. Starts the write batcher (call inside a tokio runtime).
-    pub fn new(raft: Raft, client: reqwest::Client, timeout: Duration) -> Self {
+    /// after `timeout`; writes forwarded by followers must hold values of at most
+    /// `max_value_bytes`. Starts the write batcher (call inside a tokio runtime).
+    pub fn new(raft: Raft, client: PeerClient, timeout: Duration, max_value_bytes: usize) -> Self {
         let inner = Inner {
             raft,
             client,
             timeout,
+            max_value_bytes,
         };
         let (queue, rx) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(batcher(inner.clone(), rx));
@@ -417,31 +422,14 @@ impl Inner {
     ) -> Result<Resp, ClusterError> {
         let body =
             postcard::to_allocvec(request).map_err(|e| ClusterError::Internal(e.to_string()))?;
-        let sent = self
+        let bytes = self
             .client
-            .post(format!("http://{}{path}", leader.addr))
-            .timeout(self.timeout)
-            .body(body)
-            .send()
+            .post(&leader.addr, path, body, self.timeout)
             .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    ClusterError::Unreachable(format!("leader {}: {e}", leader.addr))
-                } else {
-                    ClusterError::NoQuorum(format!("leader {}: {e}", leader.addr))
-                }
+            .map_err(|e| match e {
+                PeerError::Unreachable(_) => ClusterError::Unreachable(format!("leader {e}")),
+                _ => ClusterError::NoQuorum(format!("leader {}: {e}", leader.addr)),
             })?;
-        if !sent.status().is_success() {
-            return Err(ClusterError::NoQuorum(format!(
-                "leader {} answered {}",
-                leader.addr,
-                sent.status()
-            )));
-        }
-        let bytes = sent
-            .bytes()
-            .await
-            .map_err(|e| ClusterError::NoQuorum(format!("leader {}: {e}", leader.addr)))?;
         postcard::from_bytes::<Result<Resp, ClusterError>>(&bytes)
             .map_err(|e| ClusterError::Internal(format!("leader's answer: {e}")))?
     }
@@ -466,6 +454,11 @@ pub fn routes(cluster: Cluster) -> Router {
     Router::new()
         .route("/raft/write", post(forwarded_write))
         .route("/raft/read-index", post(forwarded_read_index))
+        // A batch may hold many writes up to the value limit each; the admission check below
+        // then holds each to this node's limits.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            super::network::MAX_RPC_BYTES,
+        ))
         .with_state(cluster)
 }
 
@@ -477,9 +470,30 @@ fn answer<T: Serialize>(result: &Result<T, ClusterError>) -> HttpResponse {
 }
 
 async fn forwarded_write(State(cluster): State<Cluster>, body: Bytes) -> HttpResponse {
-    let Ok(request) = postcard::from_bytes::<Request>(&body) else {
+    let Ok(mut request) = postcard::from_bytes::<Request>(&body) else {
         return (StatusCode::BAD_REQUEST, "malformed forwarded write").into_response();
     };
+    // A peer commits nothing a client could not; a follower checked all of it already, so
+    // a refusal here means a peer that is broken or not ours.
+    let limit = cluster.inner.max_value_bytes;
+    if let Some(e) = request
+        .commands
+        .iter()
+        .find_map(|p| crate::admission::check(p, limit).err())
+    {
+        metrics::counter!("meridian_origin_raft_rpc_rejected_total").increment(1);
+        tracing::warn!(error = %e, "refused a forwarded write");
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("refused forwarded write: {e}"),
+        )
+            .into_response();
+    }
+    // The leader's clock dates what it commits, not the forwarding node's.
+    let now_ms = crate::history::now_ms();
+    for p in &mut request.commands {
+        p.meta.time_ms = now_ms;
+    }
     // Joins this node's own batch, so that writes from every node share one entry.
     let result = cluster
         .submit(request.commands, true)

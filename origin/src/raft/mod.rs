@@ -28,7 +28,7 @@ pub mod state_machine;
 
 openraft::declare_raft_types!(
     /// Meridian's openraft types: log entries carry a [`Request`], applying one answers a
-    /// [`Response`]; nodes are numbered and addressed by their HTTP address.
+    /// [`Response`]; nodes are numbered and addressed by their Raft listener's address.
     pub TypeConfig:
         D = Request,
         R = Response,

@@ -1,7 +1,12 @@
-//! Raft RPC between origin nodes over HTTP: each RPC is a `POST /raft/{append,vote,snapshot}`
-//! whose body is the postcard-encoded openraft request and whose answer is the postcard-encoded
-//! `Result` the receiving node's Raft returned. A node's address in the membership is its HTTP
-//! address (`host:port`), the same listener that serves the write API.
+//! Raft RPC between origin nodes over the private Raft channel: each RPC is a
+//! `POST /raft/{append,vote,snapshot}` over HTTPS with mutual TLS (served by [`meridian_net::serve`], dialled by
+//! [`meridian_net::peer`]) whose body is the postcard-encoded openraft request and whose answer
+//! is the postcard-encoded `Result` the receiving node's Raft returned. A node's address in the
+//! membership is its Raft listener's address (`host:port`); the client API never serves these.
+//!
+//! What a peer sends is checked before Raft sees it: terms and indexes far beyond anything a
+//! real cluster reaches are refused (openraft adds to them, and must never wrap), and a snapshot
+//! chunk must lie inside the configured snapshot size, so a forged offset allocates nothing.
 //!
 //! An AppendEntries body also carries the signed heads the sender offers the receiver (see
 //! [`super::relay`]): `postcard(AppendBody)`, the request first, so that a node built before
@@ -15,7 +20,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -24,11 +28,13 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::{BasicNode, LogId, Vote};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::relay::{Offer, SharedRelay};
 use super::{NodeId, TypeConfig};
+use meridian_net::peer::{PeerClient, PeerError};
 
 /// The Raft handle the RPC routes deliver to.
 pub type Raft = openraft::Raft<TypeConfig>;
@@ -36,16 +42,20 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// Largest RPC body a node accepts (a snapshot chunk or a batch of entries).
 pub const MAX_RPC_BYTES: usize = 64 << 20;
 
+/// Terms and log indexes at or above this are refused from peers: a real cluster never gets
+/// near it (2^62 elections or entries), and openraft computes `term + 1` and `index + 1`.
+pub const MAX_TERM_OR_INDEX: u64 = 1 << 62;
+
 /// Dials other origin nodes; one client (and its connection pool) for all of them.
 #[derive(Clone)]
 pub struct Network {
-    client: reqwest::Client,
+    client: PeerClient,
     relay: Arc<SharedRelay>,
 }
 
 impl Network {
     /// A network whose connections are made with `client`, offering the heads `relay` holds.
-    pub fn new(client: reqwest::Client, relay: Arc<SharedRelay>) -> Self {
+    pub fn new(client: PeerClient, relay: Arc<SharedRelay>) -> Self {
         Self { client, relay }
     }
 }
@@ -60,10 +70,10 @@ struct AppendBody {
 
 /// The RPC client for one target node.
 pub struct Peer {
-    client: reqwest::Client,
+    client: PeerClient,
     relay: Arc<SharedRelay>,
     target: NodeId,
-    base: String,
+    addr: String,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -74,19 +84,15 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: self.client.clone(),
             relay: self.relay.clone(),
             target,
-            base: format!("http://{}", node.addr),
+            addr: node.addr.clone(),
         }
     }
 }
 
 /// Why an RPC's answer could not be read.
 #[derive(Debug, thiserror::Error)]
-enum RpcError {
-    #[error("HTTP {0} from the target node")]
-    Status(StatusCode),
-    #[error("undecodable answer: {0}")]
-    Decode(#[from] postcard::Error),
-}
+#[error("undecodable answer: {0}")]
+struct RpcError(#[from] postcard::Error);
 
 impl Peer {
     async fn call<Req, Resp, E>(
@@ -102,28 +108,14 @@ impl Peer {
     {
         let body =
             postcard::to_allocvec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let sent = self
+        let bytes = self
             .client
-            .post(format!("{}{path}", self.base))
-            .timeout(option.hard_ttl())
-            .body(body)
-            .send()
+            .post(&self.addr, path, body, option.hard_ttl())
             .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                } else {
-                    RPCError::Network(NetworkError::new(&e))
-                }
+            .map_err(|e| match e {
+                PeerError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
+                _ => RPCError::Network(NetworkError::new(&e)),
             })?;
-        if !sent.status().is_success() {
-            let e = RpcError::Status(sent.status());
-            return Err(RPCError::Network(NetworkError::new(&e)));
-        }
-        let bytes = sent
-            .bytes()
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let answer: Result<Resp, E> = postcard::from_bytes(&bytes)
             .map_err(|e| RPCError::Network(NetworkError::new(&RpcError::from(e))))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -163,14 +155,19 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
-/// The routes that receive Raft RPCs for `raft`; offered heads go to `relay`.
-pub fn routes(raft: Raft, relay: Arc<SharedRelay>) -> Router {
+/// The routes that receive Raft RPCs for `raft`; offered heads go to `relay`. A snapshot may
+/// total at most `max_snapshot_bytes`.
+pub fn routes(raft: Raft, relay: Arc<SharedRelay>, max_snapshot_bytes: u64) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_RPC_BYTES))
-        .with_state(Rpc { raft, relay })
+        .with_state(Rpc {
+            raft,
+            relay,
+            max_snapshot_bytes,
+        })
 }
 
 /// What the RPC routes deliver to.
@@ -178,13 +175,76 @@ pub fn routes(raft: Raft, relay: Arc<SharedRelay>) -> Router {
 struct Rpc {
     raft: Raft,
     relay: Arc<SharedRelay>,
+    max_snapshot_bytes: u64,
+}
+
+/// A 400 naming why a peer's RPC was refused, counted.
+fn refuse(why: impl std::fmt::Display) -> Response {
+    metrics::counter!("meridian_origin_raft_rpc_rejected_total").increment(1);
+    tracing::warn!(reason = %why, "refused a Raft RPC from a peer");
+    (StatusCode::BAD_REQUEST, format!("refused Raft RPC: {why}")).into_response()
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    postcard::from_bytes(body).map_err(|e| {
-        metrics::counter!("meridian_origin_raft_rpc_rejected_total").increment(1);
-        (StatusCode::BAD_REQUEST, format!("malformed Raft RPC: {e}")).into_response()
-    })
+    postcard::from_bytes(body).map_err(|e| refuse(format_args!("malformed: {e}")))
+}
+
+/// Refuses a term or index a real cluster cannot have reached.
+fn bounded(what: &str, n: u64) -> Result<(), Response> {
+    if n >= MAX_TERM_OR_INDEX {
+        return Err(refuse(format_args!(
+            "{what} {n} is beyond {MAX_TERM_OR_INDEX}"
+        )));
+    }
+    Ok(())
+}
+
+fn bounded_vote(vote: &Vote<NodeId>) -> Result<(), Response> {
+    bounded("term", vote.leader_id().term)
+}
+
+fn bounded_log_id(what: &str, id: Option<&LogId<NodeId>>) -> Result<(), Response> {
+    match id {
+        Some(id) => {
+            bounded("term", id.leader_id.term)?;
+            bounded(what, id.index)
+        }
+        None => Ok(()),
+    }
+}
+
+fn check_append(rpc: &AppendEntriesRequest<TypeConfig>) -> Result<(), Response> {
+    bounded_vote(&rpc.vote)?;
+    bounded_log_id("prev_log_id index", rpc.prev_log_id.as_ref())?;
+    bounded_log_id("leader_commit index", rpc.leader_commit.as_ref())?;
+    for e in &rpc.entries {
+        bounded_log_id("entry index", Some(&e.log_id))?;
+    }
+    Ok(())
+}
+
+fn check_vote(rpc: &VoteRequest<NodeId>) -> Result<(), Response> {
+    bounded_vote(&rpc.vote)?;
+    bounded_log_id("last_log_id index", rpc.last_log_id.as_ref())
+}
+
+/// A chunk must lie inside the largest snapshot this node takes: openraft writes it at its
+/// offset in memory, so an offset of 2^44 would otherwise ask for 16 TiB.
+fn check_snapshot(
+    rpc: &InstallSnapshotRequest<TypeConfig>,
+    max_bytes: u64,
+) -> Result<(), Response> {
+    bounded_vote(&rpc.vote)?;
+    bounded_log_id("snapshot index", rpc.meta.last_log_id.as_ref())?;
+    let end = rpc.offset.checked_add(rpc.data.len() as u64);
+    match end {
+        Some(end) if end <= max_bytes => Ok(()),
+        _ => Err(refuse(format_args!(
+            "snapshot chunk at offset {} of {} bytes ends beyond the {max_bytes}-byte snapshot limit",
+            rpc.offset,
+            rpc.data.len()
+        ))),
+    }
 }
 
 fn answer<T: Serialize>(result: &T) -> Response {
@@ -208,6 +268,9 @@ fn decode_append(body: &[u8]) -> Result<AppendBody, Response> {
 async fn append(State(s): State<Rpc>, body: Bytes) -> Response {
     match decode_append(&body) {
         Ok(AppendBody { rpc, offers }) => {
+            if let Err(r) = check_append(&rpc) {
+                return r;
+            }
             // Before the entries reach Raft: the state machine may be waiting for these.
             s.relay.offered(offers);
             answer(&s.raft.append_entries(rpc).await)
@@ -218,14 +281,20 @@ async fn append(State(s): State<Rpc>, body: Bytes) -> Response {
 
 async fn vote(State(s): State<Rpc>, body: Bytes) -> Response {
     match decode::<VoteRequest<NodeId>>(&body) {
-        Ok(rpc) => answer(&s.raft.vote(rpc).await),
+        Ok(rpc) => match check_vote(&rpc) {
+            Ok(()) => answer(&s.raft.vote(rpc).await),
+            Err(r) => r,
+        },
         Err(r) => r,
     }
 }
 
 async fn snapshot(State(s): State<Rpc>, body: Bytes) -> Response {
     match decode::<InstallSnapshotRequest<TypeConfig>>(&body) {
-        Ok(rpc) => answer(&s.raft.install_snapshot(rpc).await),
+        Ok(rpc) => match check_snapshot(&rpc, s.max_snapshot_bytes) {
+            Ok(()) => answer(&s.raft.install_snapshot(rpc).await),
+            Err(r) => r,
+        },
         Err(r) => r,
     }
 }

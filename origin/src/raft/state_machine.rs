@@ -135,6 +135,8 @@ pub struct StateMachine {
     /// One snapshot build at a time (each keeps the records compactions delete from its own
     /// snapshot point on).
     building: Arc<tokio::sync::Mutex<()>>,
+    /// The cluster's public key: a snapshot is installed only if its head verifies with it.
+    verifying_key: meridian_protocol::sign::VerifyingKey,
 }
 
 /// Whether applying `entry` may delete or overwrite schema records: a schema put or delete.
@@ -190,7 +192,9 @@ impl StateMachine {
             crate::history::current_entries::<StateBackend>,
         )?;
         let (commits, _) = watch::channel(state.revision());
+        let verifying_key = signer.verifying_key();
         Ok(Self {
+            verifying_key,
             core: Arc::new(Mutex::new(OriginCore::new(state, signer))),
             commits,
             current: Arc::new(Mutex::new(None)),
@@ -585,6 +589,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let signature = Some(meta.signature());
         let data = SnapshotData::decode(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        // Only a state the cluster signed replaces this one (its entries are then checked
+        // against the head's digest by the install).
+        if let Some(head) = &data.head {
+            meridian_protocol::TrustedKeys::new([self.verifying_key])
+                .verify_head(head)
+                .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        }
         // What each address holds, from its newest record (checked against the head's digest
         // by the install).
         let entries =
@@ -920,6 +931,53 @@ mod tests {
         assert_eq!(
             head.map(|h| h.head.digest),
             Some(fresh.lock().state().digest())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_not_signed_by_the_cluster_or_not_matching_its_head_is_refused() {
+        // A node with another signing key (a forged or foreign cluster) builds a snapshot.
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let forger =
+            StateMachine::open(&db, Signer::from_bytes(&[9; 32]), 1024, SharedRelay::new())
+                .unwrap();
+        let mut applier = forger.clone();
+        applier
+            .apply(vec![entry(1, vec![put("a", "\"forged\"")])])
+            .await
+            .unwrap();
+        let forged = forger.build_detached().await.unwrap();
+        let (_dir, fresh, result) = installed(&forged.meta, forged.snapshot.into_inner()).await;
+        let e = result.expect_err("a head signed with another key is refused");
+        assert!(format!("{e:?}").contains("unknown key"), "{e:?}");
+        assert_eq!(
+            fresh.lock().state().revision(),
+            Revision(0),
+            "nothing installed"
+        );
+
+        // Signed by the cluster, but the records were altered: the digest check refuses it.
+        let dir = tempfile::tempdir().unwrap();
+        let honest = open(dir.path());
+        let mut applier = honest.clone();
+        applier
+            .apply(vec![entry(1, vec![put("a", "1"), put("b", "2")])])
+            .await
+            .unwrap();
+        let snapshot = honest.build_detached().await.unwrap();
+        let mut data = SnapshotData::decode(snapshot.snapshot.get_ref()).unwrap();
+        data.history.pop();
+        let altered = postcard::to_allocvec(&data).unwrap();
+        let (_dir, fresh, result) = installed(&snapshot.meta, altered).await;
+        assert!(
+            result.is_err(),
+            "records that do not match the head are refused"
+        );
+        assert_eq!(
+            fresh.lock().state().revision(),
+            Revision(0),
+            "nothing installed"
         );
     }
 

@@ -1,0 +1,262 @@
+//! What a write must satisfy before it is proposed to Raft, whoever hands it over. The client
+//! API checks each part as it parses a request and answers the precise error; the Raft channel
+//! checks every proposal a peer forwards with [`check`], so that a peer can commit nothing a
+//! client could not: well-formed addresses, valid JSON within the value limit, transactions
+//! within their limits, bounded history metadata.
+
+use meridian_protocol::Address;
+use meridian_protocol::addr::{validate_app, validate_env, validate_key_prefix};
+
+use crate::core::{Command, Condition, Proposal, TxnOp};
+use crate::history::{MAX_ACTOR_BYTES, MAX_REASON_BYTES};
+
+/// Most conditions and operations in one transaction.
+pub const MAX_TXN_ITEMS: usize = 1_000;
+
+/// Why a proposal may not be proposed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Inadmissible {
+    /// An address breaks the key grammar.
+    #[error("invalid address {0:?}")]
+    Address(String),
+    /// A value, patch or schema is not JSON.
+    #[error("the {what} for {at} is not valid JSON")]
+    NotJson {
+        /// A value, a patch or a schema.
+        what: &'static str,
+        /// Where it was to be written.
+        at: String,
+    },
+    /// A value, patch or schema is over the value limit.
+    #[error("the {what} for {at} is {bytes} bytes; the limit is {limit}")]
+    TooLarge {
+        /// A value, a patch or a schema.
+        what: &'static str,
+        /// Where it was to be written.
+        at: String,
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A transaction is empty, too long, or writes an address twice.
+    #[error("transaction: {0}")]
+    Txn(String),
+    /// The actor or reason is empty, too long or holds control characters.
+    #[error("history metadata: {0}")]
+    Meta(&'static str),
+}
+
+/// Whether `text` is printable (newlines and tabs allowed).
+pub fn printable(text: &str) -> bool {
+    !text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+}
+
+fn address(a: &Address) -> Result<(), Inadmissible> {
+    if a.is_valid() {
+        Ok(())
+    } else {
+        Err(Inadmissible::Address(format!(
+            "{}/{}/{}",
+            a.app, a.env, a.key
+        )))
+    }
+}
+
+fn json(
+    what: &'static str,
+    at: &dyn std::fmt::Display,
+    text: &str,
+    limit: usize,
+) -> Result<(), Inadmissible> {
+    if text.len() > limit {
+        return Err(Inadmissible::TooLarge {
+            what,
+            at: at.to_string(),
+            bytes: text.len(),
+            limit,
+        });
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| Inadmissible::NotJson {
+        what,
+        at: at.to_string(),
+    })?;
+    Ok(())
+}
+
+fn namespace(app: &str, env: &str, prefix: &str) -> Result<(), Inadmissible> {
+    validate_app(app)
+        .and_then(|()| validate_env(env))
+        .and_then(|()| validate_key_prefix(prefix))
+        .map_err(|_| Inadmissible::Address(format!("{app}/{env}/{prefix}")))
+}
+
+/// The largest request body the client API reads: a patch or a schema is bounded by it, not by
+/// the value limit (a patch's result is checked against the value limit when applied).
+pub fn body_limit(max_value_bytes: usize) -> usize {
+    max_value_bytes + 64 * 1024
+}
+
+/// Checks `proposal` against the grammar and the limits; `max_value_bytes` is this node's value
+/// limit.
+pub fn check(proposal: &Proposal, max_value_bytes: usize) -> Result<(), Inadmissible> {
+    let meta = &proposal.meta;
+    if meta.actor.is_empty() || meta.actor.len() > MAX_ACTOR_BYTES || !printable(&meta.actor) {
+        return Err(Inadmissible::Meta("actor must be 1 to 128 printable bytes"));
+    }
+    if let Some(r) = &meta.reason
+        && (r.len() > MAX_REASON_BYTES || !printable(r))
+    {
+        return Err(Inadmissible::Meta(
+            "reason must be at most 1024 printable bytes",
+        ));
+    }
+    match &proposal.command {
+        Command::Put {
+            address: a, value, ..
+        } => {
+            address(a)?;
+            json("value", a, value, max_value_bytes)
+        }
+        Command::Patch {
+            address: a, patch, ..
+        } => {
+            address(a)?;
+            json("patch", a, patch, body_limit(max_value_bytes))
+        }
+        Command::Delete { address: a, .. } => address(a),
+        Command::Txn { conditions, ops } => {
+            let items = conditions.len() + ops.len();
+            if ops.is_empty() || items > MAX_TXN_ITEMS {
+                return Err(Inadmissible::Txn(format!(
+                    "{items} conditions and operations with {} operations; 1 to {MAX_TXN_ITEMS} items with at least one operation",
+                    ops.len()
+                )));
+            }
+            conditions
+                .iter()
+                .map(Condition::address)
+                .try_for_each(address)?;
+            // An address written twice is refused when applied, like a version conflict.
+            for op in ops {
+                address(op.address())?;
+                if let TxnOp::Put(a, value) = op {
+                    json("value", a, value, max_value_bytes)?;
+                }
+            }
+            Ok(())
+        }
+        Command::PutSchema {
+            app,
+            env,
+            prefix,
+            schema,
+            ..
+        } => {
+            namespace(app, env, prefix)?;
+            let at = format_args!("{app}/{env}/{prefix}");
+            json("schema", &at, schema, body_limit(max_value_bytes))
+        }
+        Command::DeleteSchema { app, env, prefix } => namespace(app, env, prefix),
+        Command::CompactHistory { retention, .. } => {
+            if retention.max_versions == 0 {
+                return Err(Inadmissible::Txn(
+                    "a history compaction must keep at least one version".into(),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::WriteMeta;
+
+    fn meta() -> WriteMeta {
+        WriteMeta {
+            time_ms: 1,
+            actor: "ci".into(),
+            reason: None,
+        }
+    }
+
+    fn put(app: &str, key: &str, value: &str) -> Proposal {
+        Proposal {
+            command: Command::Put {
+                address: Address {
+                    app: app.into(),
+                    env: "prod".into(),
+                    key: key.into(),
+                },
+                value: value.into(),
+                expect_version: None,
+            },
+            meta: meta(),
+        }
+    }
+
+    #[test]
+    fn a_peer_cannot_propose_what_a_client_could_not() {
+        assert_eq!(check(&put("app", "db.url", "\"x\""), 16), Ok(()));
+        assert!(matches!(
+            check(&put("App!", "db.url", "1"), 16),
+            Err(Inadmissible::Address(_))
+        ));
+        assert!(matches!(
+            check(&put("app", "../etc", "1"), 16),
+            Err(Inadmissible::Address(_))
+        ));
+        assert!(matches!(
+            check(&put("app", "k", "{not json"), 16),
+            Err(Inadmissible::NotJson { .. })
+        ));
+        assert!(matches!(
+            check(&put("app", "k", "\"0123456789abcdef\""), 16),
+            Err(Inadmissible::TooLarge {
+                bytes: 18,
+                limit: 16,
+                ..
+            })
+        ));
+        let mut p = put("app", "k", "1");
+        p.meta.actor = "x\u{7}".into();
+        assert!(matches!(check(&p, 16), Err(Inadmissible::Meta(_))));
+
+        let a = Address::parse("app", "prod", "k").unwrap();
+        let bad = Address {
+            key: "Bad Key".into(),
+            ..a.clone()
+        };
+        let txn = |ops| Proposal {
+            command: Command::Txn {
+                conditions: Vec::new(),
+                ops,
+            },
+            meta: meta(),
+        };
+        assert_eq!(
+            check(&txn(vec![TxnOp::Put(a.clone(), "1".into())]), 16),
+            Ok(())
+        );
+        assert!(matches!(
+            check(&txn(vec![TxnOp::Delete(bad)]), 16),
+            Err(Inadmissible::Address(_))
+        ));
+        let many = (0..=MAX_TXN_ITEMS)
+            .map(|_| TxnOp::Delete(a.clone()))
+            .collect();
+        assert!(matches!(check(&txn(many), 16), Err(Inadmissible::Txn(_))));
+        let empty = Proposal {
+            command: Command::Txn {
+                conditions: Vec::new(),
+                ops: Vec::new(),
+            },
+            meta: meta(),
+        };
+        assert!(matches!(check(&empty, 16), Err(Inadmissible::Txn(_))));
+    }
+}
