@@ -361,6 +361,65 @@ async fn templates_resolve_at_every_edge_and_report_what_does_not() {
     assert_eq!(raw["errors"], json!({}));
 }
 
+/// The resident memory of this process (origin nodes and edges run in it), in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_expanding_beyond_the_value_limit_is_refused_without_building_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cluster, t) = topology(dir.path()).await;
+    let o = &t.origin;
+    // Each level references the next eight times, seven levels over a ~1 MB value: 8^7 MB
+    // resolved naively.
+    put(&t.c, o, "bomb/prod/l7", json!("x".repeat(1_000_000))).await;
+    for level in (0..7).rev() {
+        let refs = format!("${{l{}}}", level + 1).repeat(8);
+        put(&t.c, o, &format!("bomb/prod/l{level}"), json!(refs)).await;
+    }
+    put(&t.c, o, "bomb/prod/plain", json!("still served")).await;
+    t.settle().await;
+
+    let before_kib = rss_kib();
+    for _ in 0..5 {
+        let (code, v) = t.everywhere("/v1/kv/bomb/prod/l0").await;
+        assert_eq!(
+            (code, v["error"]["code"].as_str()),
+            (422, Some("template_too_large")),
+            "{v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("l0 -> l1 -> l2"),
+            "the chain is named: {message}"
+        );
+        assert!(message.contains("1048576"), "the limit is named: {message}");
+    }
+    // The big value itself is served; the configuration serves the rest and names the rest.
+    let (code, v) = t.everywhere("/v1/kv/bomb/prod/l7").await;
+    assert_eq!(code, 200);
+    assert_eq!(v["value"].as_str().map(str::len), Some(1_000_000));
+    let (_, v) = t.everywhere("/v1/config/bomb/prod").await;
+    assert_eq!(v["config"]["plain"], "still served");
+    for level in 0..7 {
+        let key = format!("l{level}");
+        assert!(v["config"].get(&key).is_none(), "{key} left out");
+        let why = v["errors"][&key].as_str().unwrap_or_default();
+        assert!(why.contains("more than"), "{key}: {why}");
+    }
+    let grown_kib = rss_kib().saturating_sub(before_kib);
+    assert!(
+        grown_kib < 64 * 1024,
+        "reads grew the process by {grown_kib} KiB"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_diffs_and_rollbacks_of_a_key_and_an_environment() {
     let dir = tempfile::tempdir().unwrap();

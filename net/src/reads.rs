@@ -114,13 +114,14 @@ fn push_str(buf: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *buf, s);
 }
 
-/// 422 `unresolved_reference` for a template that does not resolve.
+/// 422 for a template that does not resolve: `template_too_large` when the result would
+/// exceed its limit, `unresolved_reference` otherwise; the message names the chain of keys.
 pub fn template_error(e: &TemplateError) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "unresolved_reference",
-        e.to_string(),
-    )
+    let code = match e {
+        TemplateError::TooLarge { .. } => "template_too_large",
+        _ => "unresolved_reference",
+    };
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
 }
 
 fn write_item(buf: &mut Vec<u8>, a: &Address, value: &str, entry: &EntryState) {

@@ -6,9 +6,12 @@
 //! read. A string that is exactly one reference becomes the referenced value, whatever its
 //! type; a reference inside a longer string is replaced by the referenced string's text, or by
 //! the JSON text of any other value. `$${` is a literal `${`. References resolve recursively,
-//! at most [`MAX_TEMPLATE_DEPTH`] deep and [`MAX_TEMPLATE_REFERENCES`] in all per read; a
-//! cycle, a missing key, or a malformed reference is an error naming the chain of keys, never
-//! an empty string.
+//! at most [`MAX_TEMPLATE_DEPTH`] deep and [`MAX_TEMPLATE_REFERENCES`] in all per read. The
+//! resolved value of one key is at most the value limit in bytes (1 MiB by default) and one read
+//! expands at most [`MAX_TEMPLATE_READ_BYTES`] in all: the size is counted as references are
+//! substituted, so a key referencing another eight times per level, seven levels deep, stops at
+//! the second substitution instead of building terabytes. A cycle, a missing key, a malformed
+//! reference or an oversize result is an error naming the chain of keys, never an empty string.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -23,6 +26,8 @@ use crate::model::EntryState;
 pub const MAX_TEMPLATE_DEPTH: usize = 8;
 /// How many references one read may expand in all (a bound on fan-out).
 pub const MAX_TEMPLATE_REFERENCES: usize = 10_000;
+/// How many bytes one read (of one key or a whole configuration) may substitute in all.
+pub const MAX_TEMPLATE_READ_BYTES: usize = 64 << 20;
 
 /// Which level of the hierarchy a resolved key came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -119,6 +124,14 @@ pub enum TemplateError {
     /// More than [`MAX_TEMPLATE_REFERENCES`] references in one read.
     #[error("more than {MAX_TEMPLATE_REFERENCES} references in one read")]
     TooMany,
+    /// A resolved value would exceed the value limit, or the read [`MAX_TEMPLATE_READ_BYTES`].
+    #[error("resolving {} gives more than {limit_bytes} bytes", .chain.join(" -> "))]
+    TooLarge {
+        /// The keys being resolved when the limit was crossed, outermost first.
+        chain: Vec<String>,
+        /// The limit crossed.
+        limit_bytes: usize,
+    },
     /// A `${` without a closing `}`, or a reference that is not a valid key.
     #[error("{key}: malformed reference `{text}`: {why}")]
     Malformed {
@@ -140,12 +153,22 @@ pub struct Renderer<'a> {
     state: &'a CacheState,
     app: &'a str,
     env: &'a str,
-    done: HashMap<String, Value>,
+    /// Rendered keys with (an upper bound of) their size in bytes of JSON text.
+    done: HashMap<String, (Value, usize)>,
     expanded: usize,
+    /// Bytes substituted so far in this read.
+    expanded_bytes: usize,
+    max_value_bytes: usize,
+}
+
+/// The size counted for one value being rendered: its own text plus what was substituted.
+struct Budget {
+    bytes: usize,
 }
 
 impl<'a> Renderer<'a> {
-    /// A renderer for reads of `(app, env)`.
+    /// A renderer for reads of `(app, env)`; a resolved value may be at most the default value
+    /// limit.
     pub fn new(state: &'a CacheState, app: &'a str, env: &'a str) -> Self {
         Self {
             state,
@@ -153,7 +176,37 @@ impl<'a> Renderer<'a> {
             env,
             done: HashMap::new(),
             expanded: 0,
+            expanded_bytes: 0,
+            max_value_bytes: crate::model::DEFAULT_MAX_VALUE_BYTES,
         }
+    }
+
+    /// Resolved values may be at most `max_value_bytes`.
+    pub fn with_max_value_bytes(mut self, max_value_bytes: usize) -> Self {
+        self.max_value_bytes = max_value_bytes;
+        self
+    }
+
+    /// Counts `bytes` substituted into the value `chain` is resolving.
+    fn spend(
+        &mut self,
+        chain: &[String],
+        budget: &mut Budget,
+        bytes: usize,
+    ) -> Result<(), TemplateError> {
+        budget.bytes = budget.bytes.saturating_add(bytes);
+        self.expanded_bytes = self.expanded_bytes.saturating_add(bytes);
+        let limit_bytes = if budget.bytes > self.max_value_bytes {
+            self.max_value_bytes
+        } else if self.expanded_bytes > MAX_TEMPLATE_READ_BYTES {
+            MAX_TEMPLATE_READ_BYTES
+        } else {
+            return Ok(());
+        };
+        Err(TemplateError::TooLarge {
+            chain: chain.to_vec(),
+            limit_bytes,
+        })
     }
 
     /// The value of `key` (JSON text `text`) with its references resolved: the text itself
@@ -163,50 +216,62 @@ impl<'a> Renderer<'a> {
             return Ok(Cow::Borrowed(text));
         }
         let mut chain = vec![key.to_string()];
-        let value = self.render_text(&mut chain, text)?;
+        let (value, _) = self.render_text(&mut chain, text)?;
         Ok(Cow::Owned(value.to_string()))
     }
 
-    fn render_text(&mut self, chain: &mut Vec<String>, text: &str) -> Result<Value, TemplateError> {
+    /// `text` rendered, with an upper bound of its size.
+    fn render_text(
+        &mut self,
+        chain: &mut Vec<String>,
+        text: &str,
+    ) -> Result<(Value, usize), TemplateError> {
         let key = chain.last().cloned().unwrap_or_default();
         let mut value: Value =
             serde_json::from_str(text).map_err(|_| TemplateError::NotJson(key))?;
+        let mut budget = Budget { bytes: text.len() };
         if text.contains("${") {
-            self.render_value(chain, &mut value)?;
+            self.render_value(chain, &mut budget, &mut value)?;
         }
-        Ok(value)
+        Ok((value, budget.bytes))
     }
 
     fn render_value(
         &mut self,
         chain: &mut Vec<String>,
+        budget: &mut Budget,
         value: &mut Value,
     ) -> Result<(), TemplateError> {
         match value {
             Value::String(s) if s.contains("${") => {
-                *value = self.render_string(chain, s)?;
+                *value = self.render_string(chain, budget, s)?;
                 Ok(())
             }
             Value::Array(items) => items
                 .iter_mut()
-                .try_for_each(|v| self.render_value(chain, v)),
+                .try_for_each(|v| self.render_value(chain, budget, v)),
             Value::Object(map) => map
                 .values_mut()
-                .try_for_each(|v| self.render_value(chain, v)),
+                .try_for_each(|v| self.render_value(chain, budget, v)),
             _ => Ok(()),
         }
     }
 
-    fn render_string(&mut self, chain: &mut Vec<String>, s: &str) -> Result<Value, TemplateError> {
+    fn render_string(
+        &mut self,
+        chain: &mut Vec<String>,
+        budget: &mut Budget,
+        s: &str,
+    ) -> Result<Value, TemplateError> {
         let parts = parse(chain.last().map_or("", |k| k.as_str()), s)?;
         if let [Part::Ref(name)] = parts.as_slice() {
-            return self.reference(chain, name);
+            return self.reference(chain, budget, name);
         }
         let mut out = String::with_capacity(s.len());
         for part in parts {
             match part {
                 Part::Text(t) => out.push_str(&t),
-                Part::Ref(name) => match self.reference(chain, &name)? {
+                Part::Ref(name) => match self.reference(chain, budget, &name)? {
                     Value::String(t) => out.push_str(&t),
                     other => out.push_str(&other.to_string()),
                 },
@@ -215,7 +280,14 @@ impl<'a> Renderer<'a> {
         Ok(Value::String(out))
     }
 
-    fn reference(&mut self, chain: &mut Vec<String>, name: &str) -> Result<Value, TemplateError> {
+    /// The value `name` resolves to; its size is counted against `budget` before it is
+    /// copied.
+    fn reference(
+        &mut self,
+        chain: &mut Vec<String>,
+        budget: &mut Budget,
+        name: &str,
+    ) -> Result<Value, TemplateError> {
         self.expanded += 1;
         if self.expanded > MAX_TEMPLATE_REFERENCES {
             return Err(TemplateError::TooMany);
@@ -225,8 +297,14 @@ impl<'a> Renderer<'a> {
             chain.push(name.to_string());
             return Err(TemplateError::Cycle { chain });
         }
-        if let Some(v) = self.done.get(name) {
-            return Ok(v.clone());
+        if let Some((_, bytes)) = self.done.get(name) {
+            let bytes = *bytes;
+            self.spend(chain, budget, bytes)?;
+            return Ok(self
+                .done
+                .get(name)
+                .map(|(v, _)| v.clone())
+                .unwrap_or_default());
         }
         if chain.len() > MAX_TEMPLATE_DEPTH {
             let mut chain = chain.clone();
@@ -243,8 +321,10 @@ impl<'a> Renderer<'a> {
         chain.push(name.to_string());
         let rendered = self.render_text(chain, text);
         chain.pop();
-        let rendered = rendered?;
-        self.done.insert(name.to_string(), rendered.clone());
+        let (rendered, bytes) = rendered?;
+        self.spend(chain, budget, bytes)?;
+        self.done
+            .insert(name.to_string(), (rendered.clone(), bytes));
         Ok(rendered)
     }
 }
@@ -447,6 +527,43 @@ mod tests {
         entries.push(("pay", "prod", names[MAX_TEMPLATE_DEPTH].as_str(), "1"));
         let s = state(&entries);
         assert_eq!(render(&s, "k0").unwrap(), "1");
+    }
+
+    #[test]
+    fn resolved_size_is_bounded_as_references_are_substituted() {
+        // Eight references per level, seven levels, over a value near the limit: 8^7 times it
+        // without a bound. The second substitution at the lowest level already crosses it.
+        let big = format!("\"{}\"", "x".repeat(1_000_000));
+        let mut entries = vec![("pay", "prod", "l7".to_string(), big)];
+        for level in 0..7 {
+            let next = format!("l{}", level + 1);
+            let refs = format!("\"{}\"", format!("${{{next}}}").repeat(8));
+            entries.push(("pay", "prod", format!("l{level}"), refs));
+        }
+        let refs: Vec<(&str, &str, &str, &str)> = entries
+            .iter()
+            .map(|(a, e, k, v)| (*a, *e, k.as_str(), v.as_str()))
+            .collect();
+        let s = state(&refs);
+        match render(&s, "l0") {
+            Err(TemplateError::TooLarge { chain, limit_bytes }) => {
+                assert_eq!(limit_bytes, crate::model::DEFAULT_MAX_VALUE_BYTES);
+                assert_eq!(chain, ["l0", "l1", "l2", "l3", "l4", "l5", "l6"]);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // One substitution of the big value fits; whole references to it are counted too.
+        assert_eq!(render(&s, "l7").unwrap().len(), 1_000_002);
+        let s = state(&[
+            ("pay", "prod", "big", refs[0].3),
+            ("pay", "prod", "one", "\"${big}\""),
+            ("pay", "prod", "two", "[\"${big}\", \"${big}\"]"),
+        ]);
+        assert_eq!(render(&s, "one").unwrap().len(), 1_000_002);
+        assert!(matches!(
+            render(&s, "two"),
+            Err(TemplateError::TooLarge { .. })
+        ));
     }
 
     #[test]
