@@ -418,3 +418,67 @@ async fn data_folders_are_private_and_an_open_key_stops_the_start() {
         "it stopped before touching its data"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_starting_one_node_at_a_time_logs_no_error() {
+    use std::io::BufRead;
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_origin_configs(dir.path(), 3);
+    let configs: Vec<OriginConfig> = paths
+        .iter()
+        .map(|p| toml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+        .collect();
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut children = Vec::new();
+    for path in &paths {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(["origin", "--config"])
+            .arg(path)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(l);
+                }
+            });
+        }
+        children.push(child);
+        // The next node starts a little later, as a person or a supervisor would start them.
+        let c = http();
+        let url = base(configs[children.len() - 1].http_listen);
+        eventually(TIMEOUT, "the node listens", || {
+            let (c, url) = (c.clone(), url.clone());
+            async move { c.get(format!("{url}/v1/cluster")).send().await.ok() }
+        })
+        .await;
+    }
+    let c = http();
+    for config in &configs {
+        let url = base(config.http_listen);
+        put(&c, &url, "app/prod/k", json!(1)).await;
+    }
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let lines = lines.lock().unwrap();
+    let errors: Vec<_> = lines.iter().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines at an ordinary start: {errors:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("origin started")),
+        "the logs were captured: {lines:#?}"
+    );
+}

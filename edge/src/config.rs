@@ -222,7 +222,10 @@ impl EdgeConfig {
             check(
                 r.url.starts_with("redis://") || r.url.starts_with("rediss://"),
                 "redis.url",
-                format!("must be redis://host:port[/db], got {:?}", r.url),
+                format!(
+                    "must be redis://host:port[/db], got {:?}",
+                    crate::mirror::redacted(&r.url)
+                ),
             )?;
             check(
                 (10..=600_000).contains(&r.check_interval_ms),

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 
 use crate::watch::{Filter, Position, Step, WatchEvent, WatchHub};
 
-/// `[redis]` in the edge's configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `[redis]` in the edge's configuration. Its `Debug` hides the URL's password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisMirrorConfig {
     /// `redis://host:port[/db]`.
@@ -34,6 +34,31 @@ pub struct RedisMirrorConfig {
 
 fn default_check_interval_ms() -> u64 {
     1_000
+}
+
+impl std::fmt::Debug for RedisMirrorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisMirrorConfig")
+            .field("url", &redacted(&self.url))
+            .field("check_interval_ms", &self.check_interval_ms)
+            .finish()
+    }
+}
+
+/// `url` with the password of its user information, if any, replaced by `***`: what logs and
+/// errors may show of a Redis URL.
+pub fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_string();
+    };
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    let sep = if scheme.is_empty() { "" } else { "://" };
+    format!("{scheme}{sep}{user}:***@{host}{path}")
 }
 
 /// The Redis key of an entry.
@@ -183,7 +208,7 @@ pub async fn run(
     let client = match redis::Client::open(config.url.as_str()) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(url = %config.url, error = %e, "bad redis url; mirror disabled");
+            tracing::error!(url = %redacted(&config.url), error = %e, "bad redis url; mirror disabled");
             return;
         }
     };
@@ -292,6 +317,24 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_never_leave_a_redis_url() {
+        assert_eq!(
+            redacted("redis://:s3cret@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+        assert_eq!(
+            redacted("rediss://app:s3cret@cache:6380"),
+            "rediss://app:***@cache:6380"
+        );
+        assert_eq!(redacted("redis://cache:6379"), "redis://cache:6379");
+        let config = RedisMirrorConfig {
+            url: "redis://u:s3cret@h:1/2".into(),
+            check_interval_ms: 10,
+        };
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
     use meridian_protocol::{EntryState, Revision, Version};
 
     #[test]

@@ -77,6 +77,9 @@ pub async fn serve_tls(
                 .await
             {
                 Ok(Ok(tls)) => tls,
+                // A connection closed before it said anything (a port probe) is not worth a
+                // line.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
                 Ok(Err(e)) => {
                     metrics::counter!("meridian_tls_handshake_failures_total", "listener" => name)
                         .increment(1);

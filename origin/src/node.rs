@@ -165,10 +165,21 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         .is_initialized()
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
+    let mut init_task = None;
     if !initialized && first == Some(r.id) {
-        raft.initialize(members)
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if members.len() == 1 {
+            raft.initialize(members)
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+        } else {
+            // The others may not listen yet: wait until a quorum does, so that the first
+            // election is not a burst of unreachable peers.
+            init_task = Some(tokio::spawn(initialize_when_quorum_listens(
+                raft.clone(),
+                members,
+                shutdown_rx.clone(),
+            )));
+        }
     }
     let cluster = Cluster::new(
         raft.clone(),
@@ -250,14 +261,17 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         raft_addr,
         raft,
         shutdown,
-        tasks: vec![
-            quic_task,
-            http_task,
-            raft_task,
-            compact_task,
-            drift_task,
-            leader_task,
-        ],
+        tasks: init_task
+            .into_iter()
+            .chain([
+                quic_task,
+                http_task,
+                raft_task,
+                compact_task,
+                drift_task,
+                leader_task,
+            ])
+            .collect(),
     })
 }
 
@@ -270,6 +284,49 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
 fn local_addr(l: &tokio::net::TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
     l.local_addr()
         .map_err(|source| StartError::Http { addr, source })
+}
+
+/// Initializes a new cluster of `members` once all of them accept connections on their Raft
+/// addresses (this node's listener is bound already), or once a majority does after
+/// [`ALL_MEMBERS_WAIT`]; gives up at shutdown. Waiting for all keeps the first election free of
+/// unreachable peers when the nodes are started one after another.
+const ALL_MEMBERS_WAIT: Duration = Duration::from_secs(10);
+
+/// See [`ALL_MEMBERS_WAIT`].
+async fn initialize_when_quorum_listens(
+    raft: Raft,
+    members: BTreeMap<u64, BasicNode>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    const PROBE_EVERY: Duration = Duration::from_millis(50);
+    let quorum = members.len() / 2 + 1;
+    let mut waited = Duration::ZERO;
+    loop {
+        let mut listening = 0;
+        for node in members.values() {
+            let probe = tokio::net::TcpStream::connect(node.addr.as_str());
+            if let Ok(Ok(_)) = tokio::time::timeout(PROBE_EVERY, probe).await {
+                listening += 1;
+            }
+        }
+        if listening == members.len() || (listening >= quorum && waited >= ALL_MEMBERS_WAIT) {
+            break;
+        }
+        if waited.as_secs() > 0 && waited.as_millis() % 10_000 < PROBE_EVERY.as_millis() {
+            tracing::info!(
+                listening,
+                quorum,
+                "waiting for a quorum of members to listen"
+            );
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => return,
+            _ = tokio::time::sleep(PROBE_EVERY) => waited += PROBE_EVERY,
+        }
+    }
+    if let Err(e) = raft.initialize(members).await {
+        tracing::error!(error = %e, "initializing the cluster failed");
+    }
 }
 
 /// Tells the head relay whether this node leads (a leader waits for no offers), for as long as
