@@ -6,6 +6,7 @@
 
 use meridian_protocol::Address;
 use meridian_protocol::addr::{validate_app, validate_env, validate_key_prefix};
+use meridian_protocol::frame::{MAX_REVISION_BYTES, change_bytes};
 
 use crate::core::{Command, Condition, Proposal, TxnOp};
 use crate::history::{MAX_ACTOR_BYTES, MAX_REASON_BYTES};
@@ -37,6 +38,18 @@ pub enum Inadmissible {
         /// Its size.
         bytes: usize,
         /// The limit.
+        limit: usize,
+    },
+    /// The changes of one revision would not fit a frame edges accept.
+    #[error(
+        "{what} would change {bytes} bytes in one revision; the limit is {limit} (split it into smaller transactions)"
+    )]
+    RevisionTooLarge {
+        /// A transaction, a rollback, …
+        what: &'static str,
+        /// Its size as counted.
+        bytes: usize,
+        /// [`MAX_REVISION_BYTES`].
         limit: usize,
     },
     /// A transaction is empty, too long, or writes an address twice.
@@ -99,6 +112,56 @@ pub fn body_limit(max_value_bytes: usize) -> usize {
     max_value_bytes + 64 * 1024
 }
 
+/// About how many bytes `command` adds to a Raft entry (batching counts with it).
+pub fn command_bytes(command: &Command) -> usize {
+    match command {
+        Command::Put { address, value, .. } => change_bytes(address, value.len()),
+        Command::Patch { address, patch, .. } => change_bytes(address, patch.len()),
+        Command::Delete { address, .. } => change_bytes(address, 0),
+        Command::Txn { conditions, ops } => {
+            conditions
+                .iter()
+                .map(|c| change_bytes(c.address(), 0))
+                .sum::<usize>()
+                + ops.iter().map(op_bytes).sum::<usize>()
+        }
+        Command::CompactHistory { .. } => 32,
+        Command::PutSchema {
+            app,
+            env,
+            prefix,
+            schema,
+            ..
+        } => app.len() + env.len() + prefix.len() + schema.len() + 16,
+        Command::DeleteSchema { app, env, prefix } => app.len() + env.len() + prefix.len() + 16,
+    }
+}
+
+fn op_bytes(op: &TxnOp) -> usize {
+    match op {
+        TxnOp::Put(a, v) => change_bytes(a, v.len()),
+        TxnOp::Delete(a) => change_bytes(a, 0),
+    }
+}
+
+/// Refuses a transaction (`what` names where it came from: a transaction, a rollback) whose
+/// changes would not fit one frame. A single put is bounded by the value limit, which the
+/// origin's configuration keeps below the frame.
+pub fn check_revision_size(command: &Command, what: &'static str) -> Result<(), Inadmissible> {
+    let Command::Txn { ops, .. } = command else {
+        return Ok(());
+    };
+    let bytes: usize = ops.iter().map(op_bytes).sum();
+    if bytes > MAX_REVISION_BYTES {
+        return Err(Inadmissible::RevisionTooLarge {
+            what,
+            bytes,
+            limit: MAX_REVISION_BYTES,
+        });
+    }
+    Ok(())
+}
+
 /// Checks `proposal` against the grammar and the limits; `max_value_bytes` is this node's value
 /// limit.
 pub fn check(proposal: &Proposal, max_value_bytes: usize) -> Result<(), Inadmissible> {
@@ -146,7 +209,7 @@ pub fn check(proposal: &Proposal, max_value_bytes: usize) -> Result<(), Inadmiss
                     json("value", a, value, max_value_bytes)?;
                 }
             }
-            Ok(())
+            check_revision_size(&proposal.command, "the transaction")
         }
         Command::PutSchema {
             app,

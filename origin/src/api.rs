@@ -187,12 +187,25 @@ pub(crate) fn write_meta(
     })
 }
 
+/// 413 `revision_too_large` when the changes `command` makes in one revision (`what`: the
+/// transaction, the rollback) would not fit the frame every edge accepts.
+pub(crate) fn check_revision_size(command: &Command, what: &'static str) -> Result<(), ApiError> {
+    crate::admission::check_revision_size(command, what).map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "revision_too_large",
+            e.to_string(),
+        )
+    })
+}
+
 /// Commits a write through Raft; acknowledged only once committed and applied.
 pub(crate) async fn commit(
     state: &Arc<AppState>,
     command: Command,
     meta: WriteMeta,
 ) -> Result<crate::core::Applied, ApiError> {
+    check_revision_size(&command, "the write")?;
     let proposal = Proposal { command, meta };
     let applied = match state.cluster.write(proposal).await.map_err(cluster_error)? {
         Outcome::Applied(a) => a,
@@ -599,6 +612,7 @@ async fn txn(
         let parsed: TxnBody = parse_body(body)?;
         let meta = write_meta(&headers, parsed.reason.clone())?;
         let command = txn_command(parsed, state.max_value_bytes)?;
+        check_revision_size(&command, "the transaction")?;
         let applied = commit(&state, command, meta).await?;
         let changed: Vec<_> = applied
             .entries

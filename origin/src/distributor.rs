@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use meridian_protocol::frame::{DEFAULT_SNAPSHOT_CHUNK_BYTES, change_bytes};
 use meridian_protocol::{
     Address, Digest, EntryState, Frame, FrameV1, Revision, SignedDelta, SignedHead,
 };
@@ -32,8 +33,11 @@ pub struct DistributorConfig {
     pub max_inflight_deltas: u64,
     /// Most deltas carried by one catch-up stream.
     pub max_deltas_per_stream: usize,
-    /// Entries per snapshot chunk.
+    /// Entries per snapshot chunk, at most.
     pub snapshot_chunk_entries: usize,
+    /// Bytes of entries per snapshot chunk, at most (as [`change_bytes`] counts them; a larger
+    /// single entry goes alone), well below the frame limit edges enforce.
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl Default for DistributorConfig {
@@ -43,6 +47,7 @@ impl Default for DistributorConfig {
             max_inflight_deltas: 1024,
             max_deltas_per_stream: 64,
             snapshot_chunk_entries: 1024,
+            snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
         }
     }
 }
@@ -375,8 +380,12 @@ impl Distributor {
                     let Some(snap_head) = snap_head else { return };
                     session.sent = snap_head.head.revision;
                     self.stats.snapshots_sent += 1;
-                    let frames =
-                        snapshot_frames(snap_head, entries, self.config.snapshot_chunk_entries);
+                    let frames = snapshot_frames(
+                        snap_head,
+                        entries,
+                        self.config.snapshot_chunk_entries,
+                        self.config.snapshot_chunk_bytes,
+                    );
                     self.out.push_back((conn, Transmit::Stream(frames)));
                     return;
                 }
@@ -399,11 +408,14 @@ pub fn stream_priority(frames: &[Frame]) -> i32 {
     }
 }
 
-/// Splits a snapshot into Begin, Chunk… and End frames.
+/// Splits a snapshot into Begin, Chunk… and End frames: each chunk holds at most `per_chunk`
+/// entries and `chunk_bytes` bytes of them (one larger entry goes alone), so that a state of
+/// large values never makes a frame an edge refuses.
 pub fn snapshot_frames(
     head: SignedHead,
     entries: Vec<(Address, EntryState)>,
     per_chunk: usize,
+    chunk_bytes: usize,
 ) -> Vec<Frame> {
     let per_chunk = per_chunk.max(1);
     let mut frames = Vec::with_capacity(entries.len() / per_chunk + 3);
@@ -415,17 +427,29 @@ pub fn snapshot_frames(
         .into(),
     );
     let mut seq = 0u32;
-    let mut it = entries.into_iter().peekable();
-    while it.peek().is_some() {
-        let chunk: Vec<_> = it.by_ref().take(per_chunk).collect();
+    let mut chunk: Vec<(Address, EntryState)> = Vec::new();
+    let mut bytes = 0usize;
+    let mut flush = |chunk: &mut Vec<_>, frames: &mut Vec<Frame>| {
         frames.push(
             FrameV1::SnapshotChunk {
                 seq,
-                entries: chunk,
+                entries: std::mem::take(chunk),
             }
             .into(),
         );
         seq += 1;
+    };
+    for (address, entry) in entries {
+        let size = change_bytes(&address, entry.value.as_ref().map_or(0, |v| v.len()));
+        if !chunk.is_empty() && (chunk.len() >= per_chunk || bytes + size > chunk_bytes) {
+            flush(&mut chunk, &mut frames);
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push((address, entry));
+    }
+    if !chunk.is_empty() {
+        flush(&mut chunk, &mut frames);
     }
     frames.push(FrameV1::SnapshotEnd { chunks: seq }.into());
     frames
@@ -523,6 +547,53 @@ mod tests {
             Frame::V1(FrameV1::SnapshotBegin { entries: 7, .. })
         ));
         assert_eq!(d.stats().snapshots_sent, 1);
+    }
+
+    #[test]
+    fn snapshot_chunks_are_bounded_in_bytes_whatever_the_value_sizes() {
+        let signer = Signer::from_bytes(&[3; 32]);
+        let value: meridian_protocol::JsonText = format!("\"{}\"", "v".repeat(900 * 1024)).into();
+        let entries: Vec<_> = (0..40)
+            .map(|i| {
+                let address = Address::parse("app", "prod", &format!("k{i:02}")).unwrap();
+                let entry = EntryState {
+                    revision: Revision(i + 1),
+                    version: Version(1),
+                    value: Some(value.clone()),
+                };
+                (address, entry)
+            })
+            .collect();
+        let state = meridian_protocol::CacheState::from_entries(Revision(40), entries.clone());
+        let head = signer.sign(meridian_protocol::Head {
+            revision: Revision(40),
+            digest: state.digest(),
+            delta_hash: Default::default(),
+        });
+        // 1,024 entries per chunk would be 36 MB here; 4 MB of bytes keeps each chunk small.
+        let frames = snapshot_frames(head, entries, 1024, 4 << 20);
+        let mut chunks = 0;
+        for f in &frames {
+            let encoded = postcard::to_allocvec(f).unwrap();
+            assert!(
+                encoded.len() <= 4 << 20,
+                "a frame of {} bytes",
+                encoded.len()
+            );
+            if let Frame::V1(FrameV1::SnapshotChunk { entries, .. }) = f {
+                assert_eq!(entries.len(), 4, "four 900 KiB entries fit in 4 MiB");
+                chunks += 1;
+            }
+        }
+        assert_eq!(chunks, 10);
+        // One entry larger than the chunk goes alone.
+        let frames = snapshot_frames(
+            head,
+            state.iter().map(|(a, e)| (a, e.clone())).take(2).collect(),
+            1024,
+            1024,
+        );
+        assert_eq!(frames.len(), 4, "begin, two single-entry chunks, end");
     }
 
     #[test]

@@ -347,6 +347,7 @@ pub(crate) async fn env_rollback(
             rollback_reason(&format!("revision {}", b.revision), b.reason),
         )?;
         let command = history::env_rollback(&app, &env, &target, &current);
+        crate::api::check_revision_size(&command, "the rollback")?;
         let applied = commit(&state, command, meta).await?;
         let changed: Vec<_> = applied
             .entries

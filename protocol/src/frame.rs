@@ -16,6 +16,19 @@ use crate::sign::{SignedDelta, SignedHead};
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 /// Bytes in the length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
+/// The most bytes of changes one revision may carry (keys, values and a little per change, see
+/// [`change_bytes`]): its delta must fit one frame, with room left for the signed head and the
+/// encoding, or no edge could ever take it. A write or transaction beyond it is refused before
+/// it is proposed.
+pub const MAX_REVISION_BYTES: usize = DEFAULT_MAX_FRAME_BYTES - 16 * 1024;
+/// The most bytes of entries in one snapshot chunk (a single larger entry goes alone).
+pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// What one change (or snapshot entry) at `address` holding `value_bytes` of JSON counts for
+/// towards [`MAX_REVISION_BYTES`] and chunk sizes: an upper bound of its encoded size.
+pub fn change_bytes(address: &Address, value_bytes: usize) -> usize {
+    address.app.len() + address.env.len() + address.key.len() + value_bytes + 32
+}
 
 /// The versioned envelope. New versions are added as new variants; old ones stay decodable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,7 +28,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::network::Raft;
 use super::{NodeId, Outcome, Request, Response};
-use crate::core::{Command, Proposal};
+use crate::core::Proposal;
 use meridian_net::peer::{PeerClient, PeerError};
 
 /// Most writes in one Raft entry.
@@ -91,7 +91,7 @@ impl Pending {
     fn bytes(&self) -> usize {
         self.commands
             .iter()
-            .map(|p| command_bytes(&p.command) + meta_bytes(p))
+            .map(|p| crate::admission::command_bytes(&p.command) + meta_bytes(p))
             .sum()
     }
 
@@ -264,35 +264,6 @@ fn answer_all(batch: Vec<Pending>, result: Result<Response, ClusterError>) {
 /// About how many bytes the history metadata of `p` adds to an entry.
 fn meta_bytes(p: &Proposal) -> usize {
     16 + p.meta.actor.len() + p.meta.reason.as_ref().map_or(0, |r| r.len())
-}
-
-/// About how many bytes `command` adds to an entry.
-fn command_bytes(command: &Command) -> usize {
-    let at = |a: &meridian_protocol::Address| a.app.len() + a.env.len() + a.key.len() + 16;
-    match command {
-        Command::Put { address, value, .. } => at(address) + value.len(),
-        Command::Patch { address, patch, .. } => at(address) + patch.len(),
-        Command::Delete { address, .. } => at(address),
-        Command::Txn { conditions, ops } => {
-            conditions.iter().map(|c| at(c.address())).sum::<usize>()
-                + ops
-                    .iter()
-                    .map(|o| match o {
-                        crate::core::TxnOp::Put(a, v) => at(a) + v.len(),
-                        crate::core::TxnOp::Delete(a) => at(a),
-                    })
-                    .sum::<usize>()
-        }
-        Command::CompactHistory { .. } => 32,
-        Command::PutSchema {
-            app,
-            env,
-            prefix,
-            schema,
-            ..
-        } => app.len() + env.len() + prefix.len() + schema.len() + 16,
-        Command::DeleteSchema { app, env, prefix } => app.len() + env.len() + prefix.len() + 16,
-    }
 }
 
 impl Inner {
