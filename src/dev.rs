@@ -115,6 +115,7 @@ pub fn origin_config(opts: &DevOptions, pki: &DevPki) -> OriginConfig {
         heartbeat_interval_ms: 500,
         max_inflight_deltas: 1024,
         quic: QuicTuning::default(),
+        http: Default::default(),
         raft: meridian_origin::config::RaftConfig::default(),
         history: opts.history.clone(),
     }
@@ -145,6 +146,7 @@ pub fn edge_config(
         stall_timeout_ms: 1_000,
         silence_timeout_ms: 1_500,
         quic: QuicTuning::default(),
+        http: Default::default(),
         watch: Default::default(),
         strict: Vec::new(),
         redis: None,

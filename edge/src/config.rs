@@ -52,6 +52,9 @@ pub struct EdgeConfig {
     /// QUIC keep-alive and idle timeout.
     #[serde(default)]
     pub quic: QuicTuning,
+    /// Connection limits and deadlines of the read API.
+    #[serde(default)]
+    pub http: meridian_net::serve::ServeLimits,
     /// Watch ring size, per-subscriber buffer and heartbeat interval.
     #[serde(default)]
     pub watch: WatchLimits,
@@ -147,6 +150,7 @@ use meridian_net::config::check;
 impl EdgeConfig {
     /// Checks every value against its limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.http.validate()?;
         check(
             meridian_protocol::addr::validate_app(&self.edge_id).is_ok() && self.edge_id != "_",
             "edge_id",

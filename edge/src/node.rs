@@ -157,17 +157,20 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
             shutdown_rx.clone(),
         )));
     }
-    let mut rx = shutdown_rx;
-    let hub = shared.watch.clone();
-    let http_task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = rx.wait_for(|v| *v).await;
-            hub.close();
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "edge HTTP server failed");
-        }
-    });
+    // Watch streams end when the server stops, so that the grace period is not spent on them.
+    let (mut rx, hub) = (shutdown_rx.clone(), shared.watch.clone());
+    tasks.push(tokio::spawn(async move {
+        let _ = rx.wait_for(|v| *v).await;
+        hub.close();
+    }));
+    let http_task = tokio::spawn(meridian_net::serve::serve(
+        "api",
+        listener,
+        None,
+        app,
+        config.http,
+        shutdown_rx,
+    ));
     tracing::info!(edge = %config.edge_id, region = %config.region, %http_addr, revision = revision.0, "edge started");
     Ok(EdgeHandle {
         http_addr,

@@ -1,51 +1,140 @@
-//! Serving an axum router over mutual TLS on a TCP listener, with the limits a listener that
-//! faces a network needs: a cap on concurrent connections, a deadline for the TLS handshake and
-//! for each request's headers (a client that trickles bytes is cut off), and every connection
-//! closed when the server stops. The origin's Raft channel is served this way.
+//! Serving an axum router on a TCP listener, over mutual TLS or plain HTTP, with the limits a
+//! listener that faces a network needs: a cap on concurrent connections in all and from one
+//! client address (one more is closed as soon as it is accepted, while the others keep being
+//! served), a deadline for the TLS handshake and for each request's headers (a client that
+//! trickles bytes, slowloris, is cut off), and on shutdown a grace period for open requests
+//! before every connection is closed. The origin's client API and Raft channel and the edge's
+//! read API are served this way.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
 
-/// The limits of one listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::config::{ConfigError, check};
+
+/// The limits of one listener (`[http]` in a node's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ServeLimits {
-    /// Connections served at once; one more is closed as soon as it is accepted.
+    /// Connections served at once.
     pub max_connections: usize,
-    /// Time a client has to complete the TLS handshake.
-    pub handshake_timeout: Duration,
+    /// Connections served at once from one client address.
+    pub max_connections_per_client: usize,
+    /// Time a client has to complete the TLS handshake (TLS listeners).
+    pub handshake_timeout_ms: u64,
     /// Time a client has to send a request's headers once it started one.
-    pub header_read_timeout: Duration,
+    pub header_read_timeout_ms: u64,
+    /// At shutdown, how long open requests (watch streams included) may take to end.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServeLimits {
     fn default() -> Self {
         Self {
-            max_connections: 256,
-            handshake_timeout: Duration::from_secs(5),
-            header_read_timeout: Duration::from_secs(5),
+            max_connections: 4096,
+            max_connections_per_client: 1024,
+            handshake_timeout_ms: 5_000,
+            header_read_timeout_ms: 10_000,
+            shutdown_grace_ms: 5_000,
         }
     }
 }
 
-/// Serves `app` over TLS (`tls` decides who may connect) on `listener` until `shutdown` turns
-/// true; then closes every connection. `name` labels the log lines and metrics.
-pub async fn serve_tls(
+impl ServeLimits {
+    /// Checks every value against its limits (keys named under `http.`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            (1..=1_000_000).contains(&self.max_connections),
+            "http.max_connections",
+            format!(
+                "must be between 1 and 1000000, got {}",
+                self.max_connections
+            ),
+        )?;
+        check(
+            (1..=self.max_connections).contains(&self.max_connections_per_client),
+            "http.max_connections_per_client",
+            format!(
+                "must be between 1 and http.max_connections ({}), got {}",
+                self.max_connections, self.max_connections_per_client
+            ),
+        )?;
+        for (key, ms) in [
+            ("http.handshake_timeout_ms", self.handshake_timeout_ms),
+            ("http.header_read_timeout_ms", self.header_read_timeout_ms),
+            ("http.shutdown_grace_ms", self.shutdown_grace_ms),
+        ] {
+            check(
+                (1..=600_000).contains(&ms),
+                key,
+                format!("must be between 1 and 600000, got {ms}"),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Open connections per client address; a slot is given back when its guard drops.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+struct ClientSlot {
+    table: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` turns true: over TLS when `tls` is given (it
+/// decides who may connect), plain HTTP otherwise. Then stops accepting, lets open requests end
+/// within the grace period and closes every connection. `name` labels log lines and metrics.
+pub async fn serve(
     name: &'static str,
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     app: axum::Router,
     limits: ServeLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let mut connections = JoinSet::new();
+    let per_client = Arc::new(PerClient::default());
+    let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|v| *v) => break,
@@ -61,47 +150,67 @@ pub async fn serve_tls(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let slot = per_client.take(peer.ip(), limits.max_connections_per_client);
+        let (Ok(permit), Some(slot)) = (permits.clone().try_acquire_owned(), slot) else {
             metrics::counter!("meridian_connections_refused_total", "listener" => name)
                 .increment(1);
-            tracing::warn!(listener = name, %peer, limit = limits.max_connections,
-                "connection limit reached; closing a new connection");
+            tracing::debug!(listener = name, %peer, "connection limit reached; closing a new connection");
             drop(stream);
             continue;
         };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
+        let _ = stream.set_nodelay(true);
+        let (acceptor, app, watcher) = (acceptor.clone(), app.clone(), graceful.watcher());
         connections.spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
+            let _held = (permit, slot);
+            let Some(acceptor) = acceptor else {
+                return serve_connection(name, stream, app, &limits, watcher).await;
+            };
+            let handshake = Duration::from_millis(limits.handshake_timeout_ms);
+            match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_connection(name, tls, app, &limits, watcher).await,
                 // A connection closed before it said anything (a port probe) is not worth a
                 // line.
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
                 Ok(Err(e)) => {
                     metrics::counter!("meridian_tls_handshake_failures_total", "listener" => name)
                         .increment(1);
                     tracing::info!(listener = name, %peer, error = %e, "TLS handshake refused");
-                    return;
                 }
                 Err(_) => {
                     metrics::counter!("meridian_tls_handshake_failures_total", "listener" => name)
                         .increment(1);
                     tracing::info!(listener = name, %peer, "TLS handshake timed out");
-                    return;
                 }
-            };
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(listener = name, %peer, error = %e, "connection ended");
             }
         });
     }
+    drop(listener);
+    // Open connections finish their requests (a handshake under way gets no new request),
+    // within the grace period; then everything still open is closed.
+    let grace = Duration::from_millis(limits.shutdown_grace_ms);
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
     connections.shutdown().await;
+}
+
+async fn serve_connection<S>(
+    name: &'static str,
+    stream: S,
+    app: axum::Router,
+    limits: &ServeLimits,
+    watcher: Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
+    let builder = builder.http1_only();
+    let connection =
+        builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app));
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(listener = name, error = %e, "connection ended");
+    }
 }

@@ -45,6 +45,9 @@ pub struct OriginConfig {
     /// QUIC keep-alive and idle timeout.
     #[serde(default)]
     pub quic: QuicTuning,
+    /// Connection limits and deadlines of the client API (and the Raft channel's deadlines).
+    #[serde(default)]
+    pub http: meridian_net::serve::ServeLimits,
     /// This node's place in the Raft cluster.
     #[serde(default)]
     pub raft: RaftConfig,
@@ -181,6 +184,7 @@ impl OriginConfig {
     /// Checks every value against its limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check(!self.node_id.is_empty(), "node_id", "must not be empty")?;
+        self.http.validate()?;
         check(
             (1..=64 * 1024 * 1024).contains(&self.max_value_bytes),
             "max_value_bytes",

@@ -226,14 +226,15 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         .merge(crate::raft::admin::membership_routes(raft.clone()))
         .merge(crate::edges_api::peer_routes(state))
         .fallback(meridian_net::http::unknown_route);
-    let raft_task = tokio::spawn(meridian_net::serve::serve_tls(
+    let raft_task = tokio::spawn(meridian_net::serve::serve(
         "raft",
         raft_listener,
-        raft_tls,
+        Some(raft_tls),
         raft_app,
         meridian_net::serve::ServeLimits {
             max_connections: r.max_connections,
-            ..Default::default()
+            max_connections_per_client: r.max_connections,
+            ..config.http
         },
         shutdown_rx.clone(),
     ));
@@ -245,15 +246,14 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     ));
     let drift_task = tokio::spawn(export_drift(edges, core.clone(), shutdown_rx.clone()));
     let leader_task = tokio::spawn(track_leadership(raft.clone(), r.id, relay));
-    let mut rx = shutdown_rx;
-    let http_task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = rx.wait_for(|v| *v).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "origin HTTP server failed");
-        }
-    });
+    let http_task = tokio::spawn(meridian_net::serve::serve(
+        "api",
+        listener,
+        None,
+        app,
+        config.http,
+        shutdown_rx,
+    ));
     tracing::info!(%http_addr, %quic_addr, %raft_addr, revision = revision.0, "origin started");
     Ok(OriginHandle {
         http_addr,
