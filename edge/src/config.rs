@@ -210,6 +210,14 @@ impl EdgeConfig {
             ),
         )?;
         check(
+            (1024..=1 << 34).contains(&self.watch.ring_bytes),
+            "watch.ring_bytes",
+            format!(
+                "must be between 1024 and 17179869184, got {}",
+                self.watch.ring_bytes
+            ),
+        )?;
+        check(
             (1..=self.watch.ring_events).contains(&self.watch.subscriber_buffer_events),
             "watch.subscriber_buffer_events",
             "must be between 1 and watch.ring_events",

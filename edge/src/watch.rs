@@ -35,6 +35,9 @@ use tokio::sync::watch;
 pub struct WatchLimits {
     /// Most changes the ring keeps (whole revisions are dropped from its front beyond this).
     pub ring_events: usize,
+    /// Most bytes of event JSON the ring keeps (whole revisions are dropped beyond this; the
+    /// newest revision stays whatever its size).
+    pub ring_bytes: usize,
     /// Most changes a subscriber may be behind before it is resynced instead.
     pub subscriber_buffer_events: usize,
     /// Interval of the keep-alive comments on idle streams.
@@ -45,6 +48,7 @@ impl Default for WatchLimits {
     fn default() -> Self {
         Self {
             ring_events: 65_536,
+            ring_bytes: 64 << 20,
             subscriber_buffer_events: 4_096,
             heartbeat_ms: 15_000,
         }
@@ -207,6 +211,8 @@ impl Filter {
 #[derive(Debug, Default)]
 struct Ring {
     events: VecDeque<Arc<WatchEvent>>,
+    /// Bytes of event JSON in `events`.
+    bytes: usize,
     /// The ring holds every change after this revision (up to `revision`).
     floor: u64,
     /// The newest revision fed.
@@ -249,6 +255,7 @@ impl WatchHub {
         Self {
             ring: RwLock::new(Ring {
                 events: VecDeque::new(),
+                bytes: 0,
                 floor: revision,
                 revision,
             }),
@@ -301,18 +308,26 @@ impl WatchHub {
                 }
                 if d.revision.0 != ring.revision + 1 {
                     ring.events.clear();
+                    ring.bytes = 0;
                     ring.floor = d.revision.0 - 1;
                 }
-                ring.events.extend(
-                    (0..d.changes.len()).filter_map(|i| WatchEvent::of(d, i).map(Arc::new)),
-                );
+                for event in (0..d.changes.len()).filter_map(|i| WatchEvent::of(d, i)) {
+                    ring.bytes += event.json.len();
+                    ring.events.push_back(Arc::new(event));
+                }
                 ring.revision = d.revision.0;
             }
-            while ring.events.len() > self.limits.ring_events {
+            while ring.events.len() > self.limits.ring_events || ring.bytes > self.limits.ring_bytes
+            {
                 let Some(oldest) = ring.events.front().map(|e| e.revision) else {
                     break;
                 };
-                while ring.events.front().is_some_and(|e| e.revision == oldest) {
+                if oldest == ring.revision && ring.events.len() <= self.limits.ring_events {
+                    // The newest revision alone is over the bytes: it stays.
+                    break;
+                }
+                while let Some(e) = ring.events.front().filter(|e| e.revision == oldest) {
+                    ring.bytes -= e.json.len();
                     ring.events.pop_front();
                 }
                 ring.floor = oldest;
@@ -335,6 +350,7 @@ impl WatchHub {
                 return;
             }
             ring.events.clear();
+            ring.bytes = 0;
             ring.floor = revision;
             ring.revision = revision;
         }
@@ -771,9 +787,45 @@ mod tests {
     }
 
     #[test]
+    fn the_ring_is_bounded_in_bytes_as_well_as_events() {
+        let h = hub(WatchLimits {
+            ring_events: 1_000,
+            ring_bytes: 600,
+            subscriber_buffer_events: 1_000,
+            heartbeat_ms: 1_000,
+        });
+        // Each event's JSON is about 100 bytes: six revisions of two events exceed 600 bytes.
+        let deltas: Vec<_> = (1..=6).map(|r| delta(r, &["a", "b"])).collect();
+        h.publish(&deltas);
+        let ring = h.ring.read().unwrap();
+        assert!(ring.bytes <= 600, "{} bytes kept", ring.bytes);
+        assert_eq!(
+            ring.bytes,
+            ring.events.iter().map(|e| e.json.len()).sum::<usize>()
+        );
+        assert!(ring.floor >= 1, "the oldest revisions were dropped whole");
+        assert_eq!(ring.events.back().map(|e| e.revision), Some(6));
+        drop(ring);
+        assert!(matches!(
+            h.step(Position::after(0), &filter("")),
+            Step::Resync
+        ));
+        // One revision alone over the bytes stays (its subscribers are not all resynced).
+        let big = hub(WatchLimits {
+            ring_events: 1_000,
+            ring_bytes: 10,
+            subscriber_buffer_events: 1_000,
+            heartbeat_ms: 1_000,
+        });
+        big.publish(&[delta(1, &["a", "b"])]);
+        assert_eq!(big.ring.read().unwrap().events.len(), 2);
+    }
+
+    #[test]
     fn falling_out_of_the_ring_or_behind_the_buffer_means_resync() {
         let h = hub(WatchLimits {
             ring_events: 4,
+            ring_bytes: 1 << 20,
             subscriber_buffer_events: 2,
             heartbeat_ms: 1_000,
         });
@@ -819,6 +871,7 @@ mod tests {
     async fn a_stalled_subscriber_gets_one_resync_and_memory_stays_bounded() {
         let h = Arc::new(hub(WatchLimits {
             ring_events: 64,
+            ring_bytes: 1 << 20,
             subscriber_buffer_events: 8,
             heartbeat_ms: 1_000,
         }));
