@@ -266,6 +266,8 @@ async fn status(State(shared): Shared) -> Response {
         "newest_known_revision": shared.newest_known.load(Ordering::Relaxed),
         "deltas_applied": stats.deltas_applied,
         "snapshots_installed": stats.snapshots_installed,
+        "staleness_ms": shared.staleness_ms(std::time::Instant::now()),
+        "store_errors": stats.store_errors,
         "rejected": {
             "bad_signature": stats.rejected_bad_signature,
             "unknown_key": stats.rejected_unknown_key,

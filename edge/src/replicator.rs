@@ -307,7 +307,14 @@ pub struct Replicator<B: Backend> {
     /// The origin link is up but stopped delivering while a newer head is known (a one-way
     /// partition, say): the peer link is used until the origin link delivers again.
     origin_suspect: bool,
-    last_heard: Option<Instant>,
+    /// The last moment this edge knew that what it has published (applied and persisted) was
+    /// the newest the cluster had signed: a head no newer arrived then, or the newest head
+    /// heard was published. What staleness is measured from.
+    current_as_of: Option<Instant>,
+    /// When the newest head known was heard.
+    newest_heard_at: Option<Instant>,
+    /// The revision last published by [`Replicator::flush`].
+    published: Revision,
     /// When the origin link last delivered a verified head or delta.
     origin_heard: Option<Instant>,
     /// The best recent offer from a peer that dialed us holding more than we do.
@@ -373,7 +380,9 @@ impl<B: Backend> Replicator<B> {
             newest_known: revision,
             newest_head,
             origin_suspect: false,
-            last_heard: None,
+            current_as_of: None,
+            newest_heard_at: None,
+            published: revision,
             origin_heard: None,
             offer: None,
             started: now,
@@ -436,8 +445,8 @@ impl<B: Backend> Replicator<B> {
     }
 
     /// When a verified head or delta last arrived.
-    pub fn last_heard(&self) -> Option<Instant> {
-        self.last_heard
+    pub fn current_as_of(&self) -> Option<Instant> {
+        self.current_as_of
     }
 
     /// How long the edge has been behind the newest known head (zero when current).
@@ -719,9 +728,16 @@ impl<B: Backend> Replicator<B> {
             Ok(r) => r,
             Err(_) => {
                 self.stats.store_errors += 1;
-                return self.state.revision();
+                return self.published;
             }
         };
+        self.published = revision;
+        if revision >= self.newest_known
+            && let Some(heard) = self.newest_heard_at
+        {
+            // Published up to the newest head: current as of the moment that head was heard.
+            self.current_as_of = Some(self.current_as_of.map_or(heard, |c| c.max(heard)));
+        }
         for (i, l) in self.links.iter_mut().enumerate() {
             // A standby upstream pushes nothing, so there is nothing to acknowledge to it; the
             // `Need` that wakes it says where to start.
@@ -1010,10 +1026,17 @@ impl<B: Backend> Replicator<B> {
     }
 
     fn heard(&mut self, now: Instant, head: &SignedHead) {
-        self.last_heard = Some(now);
+        if head.head.revision >= self.newest_known {
+            self.newest_heard_at = Some(now);
+        }
         if head.head.revision > self.newest_known {
             self.newest_known = head.head.revision;
             self.newest_head = Some(*head);
+        }
+        // Only a head no newer than what is published confirms it; a newer one merely heard
+        // of (not yet applied, or not persistable) does not make this edge fresh.
+        if head.head.revision <= self.published {
+            self.current_as_of = Some(now);
         }
     }
 
@@ -1232,6 +1255,38 @@ mod tests {
             }]
         ));
         r
+    }
+
+    #[test]
+    fn staleness_counts_from_what_is_published_not_from_heads_merely_heard() {
+        let t0 = Instant::now();
+        let d = history(3);
+        let mut r = connected(t0);
+        assert_eq!(r.current_as_of(), None);
+        // A head newer than anything published is heard: the edge is not fresh for it.
+        let t1 = t0 + Duration::from_millis(100);
+        r.handle_frame(t1, 0, FrameV1::Head(d[2].head).into());
+        r.flush(t1);
+        assert_eq!(r.current_as_of(), None, "heard of 3, holds 0");
+        // Deltas 1 and 2 are applied and published: still behind the head heard.
+        let t2 = t1 + Duration::from_millis(100);
+        for delta in &d[..2] {
+            r.handle_frame(t2, 0, FrameV1::Delta(delta.clone()).into());
+        }
+        r.flush(t2);
+        assert_eq!(r.current_as_of(), None, "holds 2 of 3");
+        // Delta 3 applied but not yet published: still not fresh.
+        let t3 = t2 + Duration::from_millis(100);
+        r.handle_frame(t3, 0, FrameV1::Delta(d[2].clone()).into());
+        assert_eq!(r.current_as_of(), None, "applied but not published");
+        // Published: current as of the moment the newest head was last heard (with delta 3,
+        // at t3), not from the flush.
+        r.flush(t3 + Duration::from_millis(50));
+        assert_eq!(r.current_as_of(), Some(t3));
+        // The same head heard again later confirms it.
+        let t4 = t3 + Duration::from_millis(100);
+        r.handle_frame(t4, 0, FrameV1::Head(d[2].head).into());
+        assert_eq!(r.current_as_of(), Some(t4));
     }
 
     #[test]

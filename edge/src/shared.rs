@@ -38,7 +38,7 @@ pub struct EdgeShared {
     /// What the Redis mirror did (all zero without one).
     pub mirror: Arc<Mutex<crate::mirror::MirrorStats>>,
     started: Instant,
-    last_heard: Mutex<Option<Instant>>,
+    current_as_of: Mutex<Option<Instant>>,
     stats: Mutex<ReplicatorStats>,
 }
 
@@ -62,15 +62,17 @@ impl EdgeShared {
             newest_known: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
             started: Instant::now(),
-            last_heard: Mutex::new(None),
+            current_as_of: Mutex::new(None),
             stats: Mutex::new(ReplicatorStats::default()),
         }
     }
 
-    /// Milliseconds since a verified head last arrived (since start if none has).
+    /// Milliseconds since this edge last knew that what it published was the newest the
+    /// cluster signed (since start if never): a head merely heard of, not yet applied and
+    /// persisted, does not count.
     pub fn staleness_ms(&self, now: Instant) -> u64 {
         let since = self
-            .last_heard
+            .current_as_of
             .lock()
             .ok()
             .and_then(|g| *g)
@@ -126,8 +128,8 @@ impl EdgeShared {
             .store(rep.newest_known().0, Ordering::Relaxed);
         self.lag_ms
             .store(rep.lag(now).as_millis() as u64, Ordering::Relaxed);
-        if let Ok(mut g) = self.last_heard.lock() {
-            *g = rep.last_heard();
+        if let Ok(mut g) = self.current_as_of.lock() {
+            *g = rep.current_as_of();
         }
         let stats = rep.stats();
         if let Ok(mut g) = self.stats.lock() {
@@ -140,6 +142,10 @@ impl EdgeShared {
             .absolute(stats.deltas_applied);
         metrics::counter!("meridian_edge_snapshots_installed_total", "edge" => edge.clone())
             .absolute(stats.snapshots_installed);
+        metrics::counter!("meridian_edge_store_errors_total", "edge" => edge.clone())
+            .absolute(stats.store_errors);
+        metrics::gauge!("meridian_edge_staleness_ms", "edge" => edge.clone())
+            .set(self.staleness_ms(now) as f64);
         for (reason, v) in [
             ("bad_signature", stats.rejected_bad_signature),
             ("unknown_key", stats.rejected_unknown_key),
