@@ -357,7 +357,9 @@ impl Distributor {
         let target = head.head.revision;
         while session.sent < target {
             let budget =
-                (info.acked.0 + self.config.max_inflight_deltas).saturating_sub(session.sent.0);
+                // The acknowledgement comes from the wire: it may be anything.
+                (info.acked.0.saturating_add(self.config.max_inflight_deltas))
+                    .saturating_sub(session.sent.0);
             if budget == 0 {
                 return;
             }
@@ -594,6 +596,37 @@ mod tests {
             1024,
         );
         assert_eq!(frames.len(), 4, "begin, two single-entry chunks, end");
+    }
+
+    #[test]
+    fn revisions_near_the_top_of_u64_from_an_edge_are_harmless() {
+        let src = source(50, 100);
+        let mut d = Distributor::new(DistributorConfig::default());
+        let now = Instant::now();
+        d.handle_connect(now, 1);
+        for frame in [
+            hello(u64::MAX - 1),
+            FrameV1::Ack {
+                revision: Revision(u64::MAX),
+            }
+            .into(),
+            FrameV1::Need {
+                from: Revision(u64::MAX),
+            }
+            .into(),
+        ] {
+            d.handle_frame(now, 1, frame, &src);
+        }
+        d.handle_timeout(now + Duration::from_secs(5), &src);
+        // Nothing is sent for revisions the origin does not have; nothing panicked.
+        assert!(
+            drain(&mut d)
+                .iter()
+                .all(|(_, t)| matches!(t, Transmit::Control(_))),
+            "only heads and heartbeats"
+        );
+        assert_eq!(d.stats().deltas_sent, 0);
+        assert_eq!(d.stats().snapshots_sent, 0);
     }
 
     #[test]
