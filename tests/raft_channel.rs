@@ -31,6 +31,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The origin configs `write_origin_configs` wrote.
+fn read_configs(paths: &[std::path::PathBuf]) -> Vec<OriginConfig> {
+    paths
+        .iter()
+        .map(|p| toml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+        .collect()
+}
+
 /// Three origin processes that agree on a leader.
 struct Cluster {
     _dir: tempfile::TempDir,
@@ -44,10 +52,7 @@ impl Cluster {
         init();
         let dir = tempfile::tempdir().unwrap();
         let paths = write_origin_configs(dir.path(), 3);
-        let configs: Vec<OriginConfig> = paths
-            .iter()
-            .map(|p| toml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
-            .collect();
+        let configs = read_configs(&paths);
         let (processes, urls): (Vec<_>, Vec<_>) = paths.iter().map(|p| spawn_origin(p)).unzip();
         let cluster = Self {
             _dir: dir,
@@ -425,10 +430,7 @@ async fn a_cluster_starting_one_node_at_a_time_logs_no_error() {
     init();
     let dir = tempfile::tempdir().unwrap();
     let paths = write_origin_configs(dir.path(), 3);
-    let configs: Vec<OriginConfig> = paths
-        .iter()
-        .map(|p| toml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
-        .collect();
+    let configs = read_configs(&paths);
     let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut children = Vec::new();
     for path in &paths {
