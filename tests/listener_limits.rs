@@ -96,3 +96,48 @@ async fn slow_headers_and_connections_beyond_the_limit_are_cut_off_while_others_
     edge.shutdown().await;
     origin.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_client_cannot_hold_streams_beyond_its_control_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (oc, origin, _ec, edge) = origin_and_edge(dir.path(), |_| {}).await;
+    let pki = meridian::dev::pki(dir.path()).unwrap();
+    // A holder of a real edge certificate opens streams and never finishes them.
+    let endpoint = meridian_net::quic::client_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        &pki.edge(&meridian::dev::edge_id("us-east")),
+        Default::default(),
+    )
+    .unwrap();
+    let conn = endpoint
+        .connect(origin.quic_addr, meridian_net::tls::ORIGIN_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..meridian_net::quic::EDGE_BIDI_STREAMS {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[0, 0]).await.unwrap(); // half a length prefix, then nothing
+        held.push((send, recv));
+    }
+    let more_bidi = tokio::time::timeout(Duration::from_secs(1), conn.open_bi()).await;
+    assert!(more_bidi.is_err(), "a third stream was granted");
+    let uni = tokio::time::timeout(Duration::from_secs(1), conn.open_uni()).await;
+    assert!(uni.is_err(), "a unidirectional stream was granted");
+
+    // The real edge is served meanwhile.
+    let c = http();
+    let origin_url = base(origin.http_addr);
+    let r = put(&c, &origin_url, "app/prod/k", serde_json::json!(1)).await;
+    let edge_url = base(edge.http_addr);
+    eventually(DEADLINE, "the edge applies the write", || {
+        let (c, edge_url, want) = (c.clone(), edge_url.clone(), r["revision"].as_u64());
+        async move { (Some(revision(&c, &edge_url).await) == want).then_some(()) }
+    })
+    .await;
+    drop(held);
+    conn.close(0u32.into(), b"done");
+    drop(oc);
+    edge.shutdown().await;
+    origin.shutdown().await;
+}

@@ -60,6 +60,10 @@ pub enum NetError {
 }
 
 fn transport(tuning: QuicTuning) -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config(tuning))
+}
+
+fn transport_config(tuning: QuicTuning) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_millis(tuning.keep_alive_interval_ms)));
     // The idle timeout is a VarInt of milliseconds; values beyond its range are clamped.
@@ -73,6 +77,21 @@ fn transport(tuning: QuicTuning) -> Arc<quinn::TransportConfig> {
     let mut cubic = quinn::congestion::CubicConfig::default();
     cubic.initial_window(64 * 1200);
     t.congestion_controller_factory(Arc::new(cubic));
+    t
+}
+
+/// Most streams an edge may open to the origin at once: its control stream, and one more
+/// while a reconnect races the old one. It opens no unidirectional stream; the origin sends on
+/// those.
+pub const EDGE_BIDI_STREAMS: u32 = 2;
+
+/// The server's transport: as [`transport`], but a client may open only
+/// [`EDGE_BIDI_STREAMS`] bidirectional streams and no unidirectional one, so a client that
+/// opens streams and never finishes them holds nothing beyond its control stream.
+fn server_transport(tuning: QuicTuning) -> Arc<quinn::TransportConfig> {
+    let mut t = transport_config(tuning);
+    t.max_concurrent_uni_streams(0u32.into());
+    t.max_concurrent_bidi_streams(EDGE_BIDI_STREAMS.into());
     Arc::new(t)
 }
 
@@ -85,7 +104,7 @@ pub fn server_endpoint(
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_crypto(paths)?)
         .map_err(TlsError::from)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport(tuning));
+    config.transport_config(server_transport(tuning));
     quinn::Endpoint::server(config, addr).map_err(|source| NetError::Bind { addr, source })
 }
 
