@@ -116,6 +116,7 @@ pub fn origin_config(opts: &DevOptions, pki: &DevPki) -> OriginConfig {
         max_inflight_deltas: 1024,
         quic: QuicTuning::default(),
         http: Default::default(),
+        storage: Default::default(),
         raft: meridian_origin::config::RaftConfig::default(),
         history: opts.history.clone(),
     }
@@ -147,6 +148,7 @@ pub fn edge_config(
         silence_timeout_ms: 1_500,
         quic: QuicTuning::default(),
         http: Default::default(),
+        storage: Default::default(),
         watch: Default::default(),
         strict: Vec::new(),
         redis: None,

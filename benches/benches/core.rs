@@ -113,7 +113,7 @@ fn origin_apply(c: &mut Criterion) {
 
     const WRITES_PER_ENTRY: usize = 32;
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = sled::open(dir.path()).expect("sled");
+    let db = meridian_store::DurableDb::open(dir.path()).expect("sled");
     let mut sm = StateMachine::open(
         &db,
         Signer::from_bytes(&[7; 32]),

@@ -268,6 +268,9 @@ async fn status(State(shared): Shared) -> Response {
         "snapshots_installed": stats.snapshots_installed,
         "staleness_ms": shared.staleness_ms(std::time::Instant::now()),
         "store_errors": stats.store_errors,
+        "disk_full": shared.space.is_full(),
+        "disk_free_bytes": shared.space.free_bytes_seen(),
+        "dropped_disk_full": stats.dropped_disk_full,
         "rejected": {
             "bad_signature": stats.rejected_bad_signature,
             "unknown_key": stats.rejected_unknown_key,

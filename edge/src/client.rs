@@ -23,6 +23,9 @@ const EVENT_QUEUE: usize = 8192;
 const CONTROL_QUEUE: usize = 1024;
 /// Most events handled before the applied revisions are flushed and published.
 const BURST: usize = 512;
+/// How often the data folder's free space is looked at (before a burst, at most this often;
+/// heartbeats wake the loop at least every heartbeat interval).
+const SPACE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 enum Event {
     Connected(quinn::Connection, mpsc::Sender<Frame>),
@@ -67,7 +70,22 @@ pub async fn run<B: Backend>(
     let (events_tx, mut events_rx) = mpsc::channel::<(LinkGen, Event)>(EVENT_QUEUE);
     let mut slots: Vec<LinkSlot> = (0..rep.link_count()).map(|_| LinkSlot::default()).collect();
     let mut next_dial = 0u64;
+    let mut space_checked: Option<Instant> = None;
     loop {
+        // Before taking on more frames: is there room to persist them?
+        let now = Instant::now();
+        if space_checked.is_none_or(|t| now.duration_since(t) >= SPACE_CHECK_EVERY) {
+            space_checked = Some(now);
+            let checked = shared.space.check();
+            if let Err(e) = &checked
+                && !rep.storage_full()
+            {
+                tracing::error!(error = %e, "disk full: serving what is stored, applying nothing until space returns");
+            } else if checked.is_ok() && rep.storage_full() {
+                tracing::info!("disk space is back: catching up");
+            }
+            rep.handle_storage(now, checked.is_err());
+        }
         while let Some(output) = rep.poll_output() {
             match output {
                 Output::Connect { link, upstream } => {

@@ -65,6 +65,10 @@ pub struct EdgeConfig {
     /// Optional mirror of the edge's state into a regional Redis.
     #[serde(default)]
     pub redis: Option<RedisMirrorConfig>,
+    /// The free space kept on the data folder's filesystem: below it the edge applies nothing
+    /// more (it serves what it has) until space returns.
+    #[serde(default)]
+    pub storage: meridian_store::StorageConfig,
 }
 
 /// A namespace pattern whose reads must not be staler than `max_staleness_ms` (`[[strict]]`).

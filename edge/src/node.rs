@@ -101,6 +101,7 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
         state.reader(),
         config.watch,
         config.strict.clone(),
+        meridian_store::SpaceGuard::new(&config.data_dir, config.storage),
     ));
     let revision = state.revision();
     let rep = Replicator::new(

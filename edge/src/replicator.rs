@@ -179,6 +179,8 @@ pub struct ReplicatorStats {
     pub duplicates: u64,
     /// Storage failures.
     pub store_errors: u64,
+    /// Deltas and snapshot frames dropped unapplied because the disk was full.
+    pub dropped_disk_full: u64,
     /// Connections established.
     pub connects: u64,
 }
@@ -327,6 +329,9 @@ pub struct Replicator<B: Backend> {
     behind_since: Option<Instant>,
     out: VecDeque<Output>,
     stats: ReplicatorStats,
+    /// The shell found too little free space to persist anything: deltas and snapshots are
+    /// dropped unapplied (what is published keeps being served) until it finds room again.
+    storage_full: bool,
 }
 
 impl<B: Backend> Replicator<B> {
@@ -391,6 +396,38 @@ impl<B: Backend> Replicator<B> {
             behind_since: None,
             out: VecDeque::new(),
             stats: ReplicatorStats::default(),
+            storage_full: false,
+        }
+    }
+
+    /// Whether the disk was last reported full (see [`Replicator::handle_storage`]).
+    pub fn storage_full(&self) -> bool {
+        self.storage_full
+    }
+
+    /// The shell looked at the free space: `full` when it is below the reserve. While full,
+    /// nothing is applied (an edge applies nothing it cannot persist) and nothing is asked
+    /// for; when room returns, every connected upstream is asked for what came meanwhile.
+    pub fn handle_storage(&mut self, now: Instant, full: bool) {
+        if full == self.storage_full {
+            return;
+        }
+        self.storage_full = full;
+        if full {
+            self.pending.clear();
+            for l in &mut self.links {
+                l.snapshot = None;
+            }
+            return;
+        }
+        self.last_progress = now;
+        let from = self.state.revision();
+        for (i, l) in self.links.iter_mut().enumerate() {
+            if matches!(l.state, LinkState::Connected { .. }) {
+                l.standby = false;
+                let frame = FrameV1::Need { from }.into();
+                self.out.push_back(Output::Send { link: i, frame });
+            }
         }
     }
 
@@ -629,6 +666,18 @@ impl<B: Backend> Replicator<B> {
             }
         }
         let Frame::V1(frame) = frame;
+        if self.storage_full
+            && matches!(
+                frame,
+                FrameV1::Delta(_)
+                    | FrameV1::SnapshotBegin { .. }
+                    | FrameV1::SnapshotChunk { .. }
+                    | FrameV1::SnapshotEnd { .. }
+            )
+        {
+            self.stats.dropped_disk_full += 1;
+            return;
+        }
         match frame {
             FrameV1::Head(head) => {
                 if self.verify_head(&head) {
@@ -856,7 +905,10 @@ impl<B: Backend> Replicator<B> {
         }
         let stall = Duration::from_millis(self.config.stall_timeout_ms);
         let quiet_since = self.last_progress.max(self.last_delta);
-        if self.newest_known > revision && now.saturating_duration_since(quiet_since) >= stall {
+        if self.newest_known > revision
+            && !self.storage_full
+            && now.saturating_duration_since(quiet_since) >= stall
+        {
             self.last_progress = now;
             // Ask every connected upstream again. A slow peer is kept (a latency spike is not
             // a reason to churn); a peer that has lost the origin says so in its freshness
@@ -1316,6 +1368,46 @@ mod tests {
             }]
         );
         assert_eq!(r.state().digest(), h[4].head.head.digest);
+    }
+
+    #[test]
+    fn a_full_disk_applies_and_asks_nothing_and_room_asks_for_what_came_meanwhile() {
+        let now = Instant::now();
+        let mut r = connected(now);
+        let h = history(3);
+        r.handle_frame(now, 0, FrameV1::Delta(h[0].clone()).into());
+        r.flush(now);
+        outputs(&mut r);
+        r.handle_storage(now, true);
+        assert!(r.storage_full());
+        r.handle_frame(now, 0, FrameV1::Delta(h[1].clone()).into());
+        r.handle_frame(now, 0, FrameV1::Delta(h[2].clone()).into());
+        assert_eq!(r.state().revision(), Revision(1), "nothing applied");
+        assert_eq!(r.stats().dropped_disk_full, 2);
+        // Heads are still heard: the edge knows it is behind.
+        r.handle_frame(now, 0, FrameV1::Head(h[2].head).into());
+        assert_eq!(r.newest_known(), Revision(3));
+        assert_eq!(r.flush(now), Revision(1));
+        // No stall re-asks while full (past the stall timeout, within the silence timeout):
+        // what arrives would only be dropped.
+        let later = now + Duration::from_millis(1_200);
+        r.handle_timeout(later);
+        let out = outputs(&mut r);
+        assert!(
+            !out.iter().any(|o| matches!(
+                o,
+                Output::Send {
+                    frame: Frame::V1(FrameV1::Need { .. }),
+                    ..
+                }
+            )),
+            "{out:?}"
+        );
+        r.handle_storage(later, false);
+        assert_needs(&outputs(&mut r), 0, Revision(1));
+        r.handle_frame(later, 0, FrameV1::Delta(h[1].clone()).into());
+        r.handle_frame(later, 0, FrameV1::Delta(h[2].clone()).into());
+        assert_eq!(r.flush(later), Revision(3));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use meridian_protocol::Revision;
-use meridian_store::{Backend, Reader};
+use meridian_store::{Backend, Reader, SpaceGuard};
 
 use crate::config::StrictNamespace;
 use crate::replicator::{Replicator, ReplicatorStats};
@@ -37,6 +37,8 @@ pub struct EdgeShared {
     pub strict: Vec<StrictNamespace>,
     /// What the Redis mirror did (all zero without one).
     pub mirror: Arc<Mutex<crate::mirror::MirrorStats>>,
+    /// The data folder's free space, as the replicator loop last looked at it.
+    pub space: SpaceGuard,
     started: Instant,
     current_as_of: Mutex<Option<Instant>>,
     stats: Mutex<ReplicatorStats>,
@@ -50,9 +52,11 @@ impl EdgeShared {
         reader: Reader,
         limits: WatchLimits,
         strict: Vec<StrictNamespace>,
+        space: SpaceGuard,
     ) -> Self {
         Self {
             strict,
+            space,
             mirror: Arc::default(),
             edge_id,
             region,
@@ -146,6 +150,12 @@ impl EdgeShared {
             .absolute(stats.store_errors);
         metrics::gauge!("meridian_edge_staleness_ms", "edge" => edge.clone())
             .set(self.staleness_ms(now) as f64);
+        metrics::gauge!("meridian_edge_disk_full", "edge" => edge.clone())
+            .set(if rep.storage_full() { 1.0 } else { 0.0 });
+        metrics::gauge!("meridian_edge_disk_free_bytes", "edge" => edge.clone())
+            .set(self.space.free_bytes_seen() as f64);
+        metrics::counter!("meridian_edge_dropped_disk_full_total", "edge" => edge.clone())
+            .absolute(stats.dropped_disk_full);
         for (reason, v) in [
             ("bad_signature", stats.rejected_bad_signature),
             ("unknown_key", stats.rejected_unknown_key),

@@ -42,6 +42,8 @@ pub struct AppState {
     pub core: crate::raft::state_machine::SharedCore,
     /// The Raft channel's client, for asking the other nodes what they know.
     pub peers: meridian_net::peer::PeerClient,
+    /// The data folder's free space, checked before every write.
+    pub space: meridian_store::SpaceGuard,
 }
 
 pub(crate) type Shared = State<Arc<AppState>>;
@@ -206,6 +208,10 @@ pub(crate) async fn commit(
     meta: WriteMeta,
 ) -> Result<crate::core::Applied, ApiError> {
     check_revision_size(&command, "the write")?;
+    state
+        .space
+        .check()
+        .map_err(crate::disk::insufficient_storage)?;
     let proposal = Proposal { command, meta };
     let applied = match state.cluster.write(proposal).await.map_err(cluster_error)? {
         Outcome::Applied(a) => a,
@@ -659,6 +665,8 @@ async fn status(State(state): Shared) -> Response {
         "revision": revision,
         "digest": digest,
         "connected_edges": edges,
+        "disk_full": state.space.is_full(),
+        "disk_free_bytes": state.space.free_bytes_seen(),
     }))
     .into_response()
 }

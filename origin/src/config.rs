@@ -54,6 +54,10 @@ pub struct OriginConfig {
     /// How much per-key history is kept.
     #[serde(default)]
     pub history: HistoryConfig,
+    /// The free space kept on the data folder's filesystem: below it the node refuses writes
+    /// with 507 and leaves the Raft quorum to the others.
+    #[serde(default)]
+    pub storage: meridian_store::StorageConfig,
 }
 
 /// History retention (`[history]` in the origin's TOML). The leader commits a compaction every

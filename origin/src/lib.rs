@@ -6,6 +6,7 @@ pub mod admission;
 pub mod api;
 pub mod config;
 pub mod core;
+pub mod disk;
 pub mod distributor;
 pub mod drift;
 pub mod edges_api;

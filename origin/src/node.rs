@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use meridian_net::{NetError, TlsError};
 use meridian_protocol::Signer;
-use meridian_store::{SledBackend, StoreError};
+use meridian_store::{DurableDb, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -108,10 +108,8 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         path: config.data_dir.clone(),
         source,
     })?;
-    let db = SledBackend::open(&config.data_dir)
-        .map_err(|e| store_err(e.into()))?
-        .db()
-        .clone();
+    let db =
+        DurableDb::open(&config.data_dir).map_err(|e| store_err(StoreError::Backend(e.into())))?;
     let relay = SharedRelay::new();
     let sm =
         StateMachine::open(&db, signer, config.delta_window, relay.clone()).map_err(store_err)?;
@@ -208,6 +206,12 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         shutdown_rx.clone(),
     ));
 
+    let space = meridian_store::SpaceGuard::new(&config.data_dir, config.storage);
+    let space_task = tokio::spawn(crate::disk::watch_space(
+        space.clone(),
+        raft.clone(),
+        shutdown_rx.clone(),
+    ));
     let listener = bind(config.http_listen).await?;
     let http_addr = local_addr(&listener, config.http_listen)?;
     let state = Arc::new(AppState {
@@ -218,6 +222,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         edges: edges.clone(),
         core: core.clone(),
         peers: client.clone(),
+        space: space.clone(),
     });
     let app = router(state.clone()).merge(crate::raft::admin::routes(raft.clone()));
     // The private channel: nothing here is reachable from the client API.
@@ -270,6 +275,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
                 compact_task,
                 drift_task,
                 leader_task,
+                space_task,
             ])
             .collect(),
     })

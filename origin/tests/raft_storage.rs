@@ -18,7 +18,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Arc<tempfile::TempDir>> fo
     ) -> Result<(Arc<tempfile::TempDir>, LogStore, StateMachine), openraft::StorageError<NodeId>>
     {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = sled::open(dir.path()).expect("sled");
+        let db = meridian_store::DurableDb::open(dir.path()).expect("sled");
         let log = LogStore::open(&db).expect("log store");
         let sm = StateMachine::open(&db, Signer::from_bytes(&[7; 32]), 1024, SharedRelay::new())
             .expect("state machine");
@@ -47,10 +47,7 @@ mod writes {
 
     fn open(dir: &tempfile::TempDir) -> StateMachine {
         // Through SledBackend::open, which waits for the previous handle's flusher to let go.
-        let db = meridian_store::SledBackend::open(dir.path())
-            .expect("sled")
-            .db()
-            .clone();
+        let db = meridian_store::DurableDb::open(dir.path()).expect("sled");
         StateMachine::open(&db, Signer::from_bytes(&[7; 32]), 1024, SharedRelay::new())
             .expect("state machine")
     }

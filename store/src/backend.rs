@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::durable::DurableDb;
+
 /// One write in a batch: `Some(value)` inserts, `None` removes.
 pub type Write = (Vec<u8>, Option<Vec<u8>>);
 /// Key-value pairs read back, in key order.
@@ -40,51 +42,33 @@ pub trait Backend: Send + Sync {
     fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Pairs, BackendError>;
 }
 
-/// How long [`SledBackend::open`] waits for another handle in this process to release the
-/// database folder.
-pub const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// sled, with everything in one tree so that a batch is atomic.
+/// sled, with everything in one tree so that a batch is atomic; a flush syncs the disk
+/// ([`DurableDb`]).
 pub struct SledBackend {
-    db: sled::Db,
+    db: DurableDb,
     tree: sled::Tree,
 }
 
 impl SledBackend {
-    /// Opens (or creates) the database in `dir`.
-    ///
-    /// sled locks the folder for as long as its database is open, and its background flusher
-    /// may hold a just-dropped database for a moment; a reopen in the same process (a restart
-    /// in a test, a node restarted in place) waits up to [`REOPEN_WAIT`] for the lock.
+    /// Opens (or creates) the database in `dir` (see [`DurableDb::open`]).
     pub fn open(dir: &std::path::Path) -> Result<Self, BackendError> {
-        let started = std::time::Instant::now();
-        loop {
-            let opened = sled::Config::new()
-                .path(dir)
-                .mode(sled::Mode::HighThroughput)
-                .open();
-            match opened {
-                Ok(db) => return Self::from_db(db),
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && started.elapsed() < REOPEN_WAIT =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        Self::from_db(DurableDb::open(dir)?)
     }
 
     /// The state tree of an open database (whose other trees the caller may use).
-    pub fn from_db(db: sled::Db) -> Result<Self, BackendError> {
-        let tree = db.open_tree("state")?;
+    pub fn from_db(db: DurableDb) -> Result<Self, BackendError> {
+        let tree = db.db().open_tree("state")?;
         Ok(Self { db, tree })
+    }
+
+    /// The database, with the handle that syncs it.
+    pub fn durable(&self) -> &DurableDb {
+        &self.db
     }
 
     /// The database, to open further trees in it.
     pub fn db(&self) -> &sled::Db {
-        &self.db
+        self.db.db()
     }
 
     /// The tree every batch goes to, for a caller that reads it directly (a snapshot scan
@@ -108,7 +92,7 @@ impl Backend for SledBackend {
     }
 
     fn flush(&mut self) -> Result<(), BackendError> {
-        self.db.flush()?;
+        self.db.sync()?;
         Ok(())
     }
 

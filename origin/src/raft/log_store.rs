@@ -15,6 +15,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 
+use meridian_store::DurableDb;
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, StorageIOError, Vote};
 use serde::Serialize;
@@ -31,7 +32,7 @@ const COMMITTED: &[u8] = b"committed";
 /// which is also its log reader.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    db: DurableDb,
     log: sled::Tree,
     meta: sled::Tree,
     flusher: Flusher,
@@ -173,7 +174,7 @@ impl Debug for Flusher {
 }
 
 impl Flusher {
-    fn start(db: sled::Db) -> std::io::Result<Self> {
+    fn start(db: DurableDb) -> std::io::Result<Self> {
         let (tx, mut rx) = mpsc::channel::<LogFlushed<TypeConfig>>(FLUSH_QUEUE);
         std::thread::Builder::new()
             .name("raft-log-flush".into())
@@ -184,7 +185,7 @@ impl Flusher {
                     while let Ok(more) = rx.try_recv() {
                         batch.push(more);
                     }
-                    let flushed = db.flush().map(|_| ());
+                    let flushed = db.sync();
                     for callback in batch.drain(..) {
                         callback.log_io_completed(
                             flushed
@@ -221,11 +222,11 @@ fn key(index: u64) -> [u8; 8] {
 
 impl LogStore {
     /// The log in `db`'s trees `raft_log` and `raft_meta`.
-    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+    pub fn open(db: &DurableDb) -> Result<Self, sled::Error> {
         let store = Self {
             db: db.clone(),
-            log: db.open_tree("raft_log")?,
-            meta: db.open_tree("raft_meta")?,
+            log: db.db().open_tree("raft_log")?,
+            meta: db.db().open_tree("raft_meta")?,
             flusher: Flusher::start(db.clone())?,
             recent: Default::default(),
             purged_below: Default::default(),
@@ -264,8 +265,16 @@ impl LogStore {
 
     async fn put_meta<T: Serialize>(&self, k: &[u8], value: &T) -> Result<(), StorageError> {
         self.meta.insert(k, encode(value)?).map_err(write_err)?;
-        self.db.flush_async().await.map_err(write_err)?;
+        self.sync().await.map_err(write_err)?;
         Ok(())
+    }
+
+    /// [`DurableDb::sync`] on a blocking thread.
+    async fn sync(&self) -> Result<(), sled::Error> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.sync())
+            .await
+            .map_err(|e| sled::Error::Io(std::io::Error::other(e.to_string())))?
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
@@ -344,8 +353,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta
             .insert(VOTE, encode(vote)?)
             .map_err(|e| StorageIOError::write_vote(&e))?;
-        self.db
-            .flush_async()
+        self.sync()
             .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
@@ -432,7 +440,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.remove(k);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
-        self.db.flush_async().await.map_err(write_err)?;
+        self.sync().await.map_err(write_err)?;
         Ok(())
     }
 
@@ -539,7 +547,7 @@ mod tests {
     #[tokio::test]
     async fn reads_after_appends_truncation_and_purge_match_sled() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::open(dir.path()).expect("sled");
+        let db = DurableDb::open(dir.path()).expect("sled");
         let mut store = LogStore::open(&db).expect("log store");
         let mut batch = sled::Batch::default();
         for i in 1..=6 {
@@ -573,7 +581,7 @@ mod tests {
     #[tokio::test]
     async fn purged_entries_are_never_read_and_leave_sled_in_the_background_or_at_open() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::open(dir.path()).expect("sled");
+        let db = DurableDb::open(dir.path()).expect("sled");
         let mut store = LogStore::open(&db).expect("log store");
         put_blanks(&store, 1..=1000);
         // Removal goes upward, so the last purged entry leaves sled last.

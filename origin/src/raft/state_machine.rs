@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 
 use meridian_protocol::{Revision, SignedHead, Signer};
 use meridian_store::{
-    Backend, EXTRA_PREFIX, SignedState, SledBackend, StoreError, Write, WriteBack, WriteBackLimits,
+    Backend, DurableDb, EXTRA_PREFIX, SignedState, SledBackend, StoreError, Write, WriteBack,
+    WriteBackLimits,
 };
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
@@ -126,6 +127,8 @@ pub struct StateMachine {
     relay: Arc<SharedRelay>,
     /// The sled tree behind the state, which a snapshot build reads outside the core lock.
     tree: sled::Tree,
+    /// The database behind it, synced before a snapshot lets the log be purged.
+    db: DurableDb,
     /// Held shared by a snapshot build while it reads history and schema records from sled
     /// outside the core lock, and exclusively by an apply call that overwrites or deletes
     /// schema records (see [`rewrites_stored_records`]) and by a snapshot install; always taken
@@ -175,7 +178,7 @@ impl StateMachine {
     /// Opens the signed state in `db` (its `state` tree) with the cluster's signer; the heads
     /// it signs and is offered go through `relay`.
     pub fn open(
-        db: &sled::Db,
+        db: &DurableDb,
         signer: Signer,
         delta_window: u64,
         relay: Arc<SharedRelay>,
@@ -200,6 +203,7 @@ impl StateMachine {
             current: Arc::new(Mutex::new(None)),
             relay,
             tree,
+            db: db.clone(),
             record_scan: Arc::new(tokio::sync::RwLock::new(())),
             building: Arc::new(tokio::sync::Mutex::new(())),
         })
@@ -411,7 +415,7 @@ impl StateMachine {
         let upto = head.map_or(0, |h| h.head.revision.0);
         // Durable before openraft may purge the log up to it (apply does not flush): sled
         // holds it all now, and a flush also makes durable whatever was applied since.
-        let flushed = self.tree.flush();
+        let flushed = self.db.sync();
         let flushed_at = started.elapsed();
         let stored = flushed
             .map_err(ScanError::from)
@@ -674,7 +678,7 @@ mod tests {
     use crate::raft::Request;
 
     fn open(dir: &std::path::Path) -> StateMachine {
-        let db = sled::open(dir).expect("sled");
+        let db = DurableDb::open(dir).expect("sled");
         StateMachine::open(&db, Signer::from_bytes(&[7; 32]), 1024, SharedRelay::new())
             .expect("state machine")
     }
@@ -801,7 +805,7 @@ mod tests {
 
     /// The state sled itself holds (not what the write-back still gathers), reopened.
     fn on_disk(sm: &StateMachine) -> (Option<SignedHead>, Option<u64>) {
-        let db = sm.lock().state().backend().inner().db().clone();
+        let db = sm.lock().state().backend().inner().durable().clone();
         let backend = SledBackend::from_db(db).unwrap();
         let applied = backend
             .get(APPLIED)
@@ -938,7 +942,7 @@ mod tests {
     async fn a_snapshot_not_signed_by_the_cluster_or_not_matching_its_head_is_refused() {
         // A node with another signing key (a forged or foreign cluster) builds a snapshot.
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = DurableDb::open(dir.path()).unwrap();
         let forger =
             StateMachine::open(&db, Signer::from_bytes(&[9; 32]), 1024, SharedRelay::new())
                 .unwrap();
