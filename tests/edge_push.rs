@@ -574,3 +574,67 @@ async fn drift_view_flags_a_lagging_edge_and_one_whose_digest_disagrees() {
     conn.close(0u32.into(), b"done");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_on_app_env_gets_the_changes_of_the_levels_it_inherits_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let c = http();
+    let origin = base(cluster.origin.http_addr);
+    let edge = base(cluster.edges[1].http_addr);
+    let start = put(&c, &origin, "pay/prod/seed", json!(0)).await["revision"]
+        .as_u64()
+        .unwrap();
+    eventually(WAIT, "edge has the seed", || async {
+        (revision(&c, &edge).await >= start).then_some(())
+    })
+    .await;
+    let url = format!("{edge}/v1/watch?app=pay&env=prod&prefix=db.&since={start}");
+    let watching = tokio::spawn(async move { raw_sse(&url, None, 4).await });
+    // Writes that change pay/prod's resolved configuration, and two that do not.
+    for (ns, v) in [
+        ("_/_", 1),
+        ("web/prod", 2),
+        ("_/prod", 3),
+        ("pay/dev", 4),
+        ("pay/_", 5),
+        ("pay/prod", 6),
+    ] {
+        put(&c, &origin, &format!("{ns}/db.pool"), json!(v)).await;
+    }
+    let got: Vec<(String, i64)> = watching
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, data)| {
+            let v: Value = serde_json::from_str(data).unwrap();
+            (
+                v["level"].as_str().unwrap().to_owned(),
+                v["value"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [("_/_", 1), ("_/prod", 3), ("pay/_", 5), ("pay/prod", 6)];
+    assert_eq!(
+        got,
+        expected.map(|(l, v)| (l.to_owned(), v)),
+        "each inherited change once, with its level; nothing from web/prod or pay/dev"
+    );
+    // The full state (since=0) lists every level, least specific first, so that folding it in
+    // order gives the resolved configuration.
+    let url = format!("{edge}/v1/watch?app=pay&env=prod&prefix=db.&since=0");
+    let resync = raw_sse(&url, None, 1).await;
+    let state: Value = serde_json::from_str(&resync[0].1).unwrap();
+    let levels: Vec<&str> = state["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["level"].as_str().unwrap())
+        .collect();
+    assert_eq!(levels, ["_/_", "_/prod", "pay/_", "pay/prod"], "{state}");
+    // inherit=false: only what is stored under pay/prod.
+    let url = format!("{edge}/v1/watch?app=pay&env=prod&prefix=db.&since=0&inherit=false");
+    let own = raw_sse(&url, None, 1).await;
+    let state: Value = serde_json::from_str(&own[0].1).unwrap();
+    assert_eq!(state["entries"].as_array().unwrap().len(), 1, "{state}");
+}

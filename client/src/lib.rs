@@ -125,7 +125,8 @@ pub enum WatchEvent {
         id: String,
         /// Revision of the state.
         revision: u64,
-        /// `(key, value, version)` of every live key watched.
+        /// `(key, value, version)` of every live key watched, least specific level first (so
+        /// that inserting them in order into a map gives the resolved configuration).
         entries: Vec<(String, Value, u64)>,
     },
 }
@@ -287,7 +288,8 @@ impl Client {
         })
     }
 
-    /// Watches `app/env` (keys starting with `prefix`) from `since` (a position or revision;
+    /// Watches `app/env` (keys starting with `prefix`), and the levels it inherits from
+    /// (`_/_`, `_/env`, `app/_`: each change names its `app` and `env`), from `since` (a position or revision;
     /// `Some("0")` starts with a resync holding the full state; `None` starts now). The stream
     /// reconnects by itself, resuming after the last event it delivered, with backoff from
     /// 100 ms to 5 s; it ends only on an error the edge will not change its mind about (a bad

@@ -23,7 +23,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use meridian_net::http::ApiError;
+use meridian_protocol::addr::WILDCARD;
 use meridian_protocol::addr::{validate_app, validate_env, validate_key_prefix};
+use meridian_protocol::view::Level;
 use meridian_protocol::{Address, CacheState, Delta};
 use meridian_store::Reader;
 use serde::{Deserialize, Serialize};
@@ -87,6 +89,7 @@ impl WatchEvent {
         json.push_str(&c.version.0.to_string());
         json.push_str(",\"deleted\":");
         json.push_str(if c.value.is_none() { "true" } else { "false" });
+        push_level(&mut json, &c.address.app, &c.address.env);
         json.push('}');
         Some(Self {
             revision: delta.revision.0,
@@ -106,6 +109,13 @@ impl WatchEvent {
             index: (!self.last).then_some(self.index),
         }
     }
+}
+
+/// `,"level":"app/env"`: the level of the hierarchy a change or entry is stored at (`_/_`,
+/// `_/env`, `app/_` or `app/env`), which is its namespace.
+fn push_level(json: &mut String, app: &str, env: &str) {
+    json.push_str(",\"level\":");
+    json.push_str(&serde_json::to_string(&format!("{app}/{env}")).unwrap_or_default());
 }
 
 fn push_address(json: &mut String, a: &Address) {
@@ -180,7 +190,9 @@ impl Position {
     }
 }
 
-/// What a subscriber watches: one namespace, optionally narrowed to a key prefix.
+/// What a subscriber watches: one namespace, optionally narrowed to a key prefix, and (unless
+/// `inherit` is off) the levels it inherits from: `_/_`, `_/env` and `app/_`, whose changes
+/// change its resolved configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
     /// Application.
@@ -189,6 +201,8 @@ pub struct Filter {
     pub env: String,
     /// Key prefix (empty: every key).
     pub prefix: String,
+    /// Whether the inherited levels are watched too.
+    pub inherit: bool,
 }
 
 impl Filter {
@@ -198,13 +212,30 @@ impl Filter {
             app: String::new(),
             env: String::new(),
             prefix: String::new(),
+            inherit: false,
         }
     }
 
     fn matches(&self, a: &Address) -> bool {
-        (self.app.is_empty() || a.app == self.app)
-            && (self.env.is_empty() || a.env == self.env)
-            && a.key.starts_with(&self.prefix)
+        let level = |mine: &str, theirs: &str| {
+            mine.is_empty() || theirs == mine || (self.inherit && theirs == WILDCARD)
+        };
+        level(&self.app, &a.app) && level(&self.env, &a.env) && a.key.starts_with(&self.prefix)
+    }
+
+    /// The namespaces watched, least specific first, each once.
+    fn namespaces(&self) -> Vec<(&str, &str)> {
+        if !self.inherit {
+            return vec![(self.app.as_str(), self.env.as_str())];
+        }
+        let mut out: Vec<(&str, &str)> = Vec::with_capacity(4);
+        for level in Level::ALL.into_iter().rev() {
+            let ns = level.namespace(&self.app, &self.env);
+            if !out.contains(&ns) {
+                out.push(ns);
+            }
+        }
+        out
     }
 }
 
@@ -412,7 +443,10 @@ fn resync_json(state: &CacheState, filter: &Filter) -> String {
     json.push_str(&state.revision().0.to_string());
     json.push_str(",\"entries\":[");
     let mut first = true;
-    if let Some(ns) = state.namespace(&filter.app, &filter.env) {
+    for (app, env) in filter.namespaces() {
+        let Some(ns) = state.namespace(app, env) else {
+            continue;
+        };
         for (key, e) in ns.range(filter.prefix.clone()..) {
             if !key.starts_with(&filter.prefix) {
                 break;
@@ -427,8 +461,8 @@ fn resync_json(state: &CacheState, filter: &Filter) -> String {
             json.push_str("{\"revision\":");
             json.push_str(&e.revision.0.to_string());
             let a = Address {
-                app: filter.app.clone(),
-                env: filter.env.clone(),
+                app: app.to_owned(),
+                env: env.to_owned(),
                 key: key.clone(),
             };
             push_address(&mut json, &a);
@@ -436,6 +470,7 @@ fn resync_json(state: &CacheState, filter: &Filter) -> String {
             json.push_str(value);
             json.push_str(",\"version\":");
             json.push_str(&e.version.0.to_string());
+            push_level(&mut json, app, env);
             json.push('}');
         }
     }
@@ -460,6 +495,14 @@ pub struct WatchQuery {
     /// the stream starts at the edge's current revision. `Last-Event-ID` takes precedence.
     #[serde(default)]
     pub since: Option<String>,
+    /// Also the levels `app/env` inherits from (`_/_`, `_/env`, `app/_`); on by default,
+    /// `false` watches only the keys stored under `app/env`.
+    #[serde(default = "inherit_by_default")]
+    pub inherit: bool,
+}
+
+fn inherit_by_default() -> bool {
+    true
 }
 
 fn bad(code: &'static str, message: String) -> ApiError {
@@ -511,6 +554,7 @@ pub fn parse_request(
             app: q.app,
             env: q.env,
             prefix: q.prefix,
+            inherit: q.inherit,
         },
         at,
     ))
@@ -724,7 +768,48 @@ mod tests {
             app: "pay".into(),
             env: "prod".into(),
             prefix: prefix.into(),
+            inherit: true,
         }
+    }
+
+    #[test]
+    fn a_watch_gets_the_changes_of_the_levels_it_inherits_from_with_their_level() {
+        let h = hub(WatchLimits::default());
+        h.publish(&[delta(
+            1,
+            &[
+                "_/_:db.url",
+                "_/prod:db.url",
+                "pay/_:db.url",
+                "pay/prod:db.url",
+                "_/dev:db.url",
+                "web/_:db.url",
+                "web/prod:db.url",
+                "pay/prod:cache.ttl",
+            ],
+        )]);
+        let Step::Events(events, _) = h.step(Position::after(0), &filter("db.")) else {
+            panic!("events expected");
+        };
+        let levels: Vec<String> = events
+            .iter()
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_str(&e.json).unwrap();
+                v["level"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(levels, ["_/_", "_/prod", "pay/_", "pay/prod"]);
+        // Without inheritance: only what is stored under pay/prod.
+        let own = Filter {
+            inherit: false,
+            ..filter("db.")
+        };
+        let Step::Events(events, _) = h.step(Position::after(0), &own) else {
+            panic!("events expected");
+        };
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].address.app, "pay");
+        assert_eq!(events[0].address.env, "prod");
     }
 
     fn ids(step: Step) -> (Vec<String>, Position) {
