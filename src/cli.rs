@@ -86,6 +86,10 @@ pub enum Kv {
         /// Only these keys (comma-separated).
         #[arg(long)]
         keys: Option<String>,
+        /// Keys asked for per page of a prefix list (every page is fetched); the server's
+        /// default (1,000) when not given.
+        #[arg(long)]
+        page_size: Option<usize>,
     },
     /// A key's history, newest first.
     History {
@@ -360,14 +364,38 @@ pub async fn kv(client: &Client, command: Kv) -> anyhow::Result<()> {
             namespace,
             prefix,
             keys,
+            page_size,
         } => {
             split(&namespace, 2, "app/env")?;
-            let mut url = format!("{}/v1/kv/{namespace}", client.reads());
-            match keys {
-                Some(k) => url.push_str(&format!("?keys={}", urlencode(&k))),
-                None => url.push_str(&format!("?prefix={}", urlencode(&prefix))),
-            }
-            let body = client.get(url).await?;
+            let base = format!("{}/v1/kv/{namespace}", client.reads());
+            let body = match keys {
+                Some(k) => client.get(format!("{base}?keys={}", urlencode(&k))).await?,
+                None => {
+                    // Every page, each read at least at the first page's revision.
+                    let mut first = format!("{base}?prefix={}", urlencode(&prefix));
+                    if let Some(n) = page_size {
+                        first.push_str(&format!("&limit={n}"));
+                    }
+                    let mut body = client.get(first.clone()).await?;
+                    let min = body["revision"].as_u64().unwrap_or(0);
+                    while let Some(cursor) = body["next_cursor"].as_str().map(str::to_owned) {
+                        let url =
+                            format!("{first}&cursor={}&min_revision={min}", urlencode(&cursor));
+                        let mut page = client.get(url).await?;
+                        let items = page["items"].as_array_mut().map(std::mem::take);
+                        if let (Some(all), Some(items)) = (body["items"].as_array_mut(), items) {
+                            all.extend(items);
+                        }
+                        if let (Some(all), Some(errors)) =
+                            (body["errors"].as_object_mut(), page["errors"].as_object())
+                        {
+                            all.extend(errors.clone());
+                        }
+                        body["next_cursor"] = page["next_cursor"].take();
+                    }
+                    body
+                }
+            };
             print(out, &body, |b| {
                 table(
                     &["key", "value", "version", "revision"],

@@ -141,3 +141,259 @@ async fn a_quic_client_cannot_hold_streams_beyond_its_control_stream() {
     edge.shutdown().await;
     origin.shutdown().await;
 }
+
+/// Sends `request` on a new connection and reads the answer until the server closes or the
+/// answer's body is complete (`connection: close` is asked for).
+async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    until_closed(&mut s).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_outlives_its_deadline_gets_503_while_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_oc, origin, _ec, edge) = origin_and_edge(dir.path(), |c| {
+        c.http.request_timeout_ms = 500;
+    })
+    .await;
+    let addr = edge.http_addr;
+    // A read waiting for a revision no write will reach, longer than the deadline.
+    let waiting = tokio::spawn(exchange(
+        addr,
+        b"GET /v1/kv/app/prod/k?min_revision=1000000&wait_ms=60000 HTTP/1.1\r\nhost: edge\r\nconnection: close\r\n\r\n",
+    ));
+    assert!(served(addr).await, "others are served meanwhile");
+    let answer = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("the waiting read is answered")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert!(answer.contains("http.request_timeout_ms"), "{answer}");
+
+    // A write whose body trickles in a byte at a time, at an origin node with the same
+    // deadline: 503, nothing committed, others served.
+    let other = tempfile::tempdir().unwrap();
+    let opts = meridian::dev::DevOptions::ephemeral(other.path().to_owned());
+    let pki = meridian::dev::pki(other.path()).unwrap();
+    let mut config = meridian::dev::origin_cluster_configs(&opts, &pki).remove(0);
+    config.http.request_timeout_ms = 500;
+    let strict = meridian_origin::start(config).await.unwrap();
+    let mut trickle = TcpStream::connect(strict.http_addr).await.unwrap();
+    trickle
+        .write_all(b"PUT /v1/kv/app/prod/trickled HTTP/1.1\r\nhost: origin\r\ncontent-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{")
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(DEADLINE, async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            // One more byte of the body now and then, never enough to finish it.
+            let _ = trickle.write_all(b" ").await;
+            tokio::select! {
+                n = trickle.read(&mut buf) => {
+                    let n = n.unwrap_or(0);
+                    if n == 0 { break; }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    })
+    .await
+    .expect("the trickled write is answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert!(served(strict.http_addr).await);
+    let (code, _) = get_json(
+        &http(),
+        &format!("{}/v1/kv/app/prod/trickled", base(strict.http_addr)),
+    )
+    .await;
+    assert_eq!(code, 404, "nothing committed");
+    strict.shutdown().await;
+
+    // A watch stream is timed only until it starts: it outlives the deadline.
+    let mut watch = TcpStream::connect(addr).await.unwrap();
+    watch
+        .write_all(b"GET /v1/watch?app=app&env=prod HTTP/1.1\r\nhost: edge\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    watch.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    put(
+        &http(),
+        &base(origin.http_addr),
+        "app/prod/after",
+        serde_json::json!(1),
+    )
+    .await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(DEADLINE, async {
+        while !String::from_utf8_lossy(&got).contains("\"after\"") {
+            let n = watch.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the change arrives on the stream");
+    edge.shutdown().await;
+    origin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_beyond_the_limit_per_client_get_429_while_others_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_oc, origin, _ec, edge) = origin_and_edge(dir.path(), |c| {
+        c.watch.max_subscribers_per_client = 3;
+        c.watch.max_subscribers = 5;
+    })
+    .await;
+    let url = format!("{}/v1/watch?app=app&env=prod", base(edge.http_addr));
+    let c = http();
+    let open = || async {
+        c.get(&url)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap()
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let r = open().await;
+        assert_eq!(r.status(), 200);
+        held.push(r);
+    }
+    let r = open().await;
+    assert_eq!(r.status(), 429);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_watches", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("watch.max_subscribers_per_client"),
+        "{body}"
+    );
+    // Reads are still served, and a stream given back frees its place.
+    assert!(served(edge.http_addr).await);
+    drop(held.pop());
+    eventually(DEADLINE, "the freed place is taken", || async {
+        let r = open().await;
+        (r.status() == 200).then_some(r)
+    })
+    .await;
+    edge.shutdown().await;
+    origin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_lists_are_paged_by_limit_and_cursor_and_the_cli_follows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_oc, origin, _ec, edge) = origin_and_edge(dir.path(), |_| {}).await;
+    let c = http();
+    let origin_url = base(origin.http_addr);
+    let txn = serde_json::json!({"ops": (0..25)
+        .map(|i| serde_json::json!({"op": "put", "address": format!("app/prod/k{i:02}"), "value": i}))
+        .collect::<Vec<_>>()});
+    let r = c
+        .post(format!("{origin_url}/v1/txn"))
+        .json(&txn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    put(&c, &origin_url, "app/prod/other", serde_json::json!(0)).await;
+    let edge_url = base(edge.http_addr);
+    let written = revision(&c, &origin_url).await;
+    eventually(DEADLINE, "the edge has them", || async {
+        (revision(&c, &edge_url).await >= written).then_some(())
+    })
+    .await;
+    for node in [&origin_url, &edge_url] {
+        let mut keys = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let mut url = format!("{node}/v1/kv/app/prod?prefix=k&limit=10");
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let (code, page) = get_json(&c, &url).await;
+            assert_eq!(code, 200, "{page}");
+            pages += 1;
+            let items = page["items"].as_array().unwrap();
+            assert!(items.len() <= 10);
+            keys.extend(items.iter().map(|i| i["key"].as_str().unwrap().to_owned()));
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3, "{node}");
+        let expected: Vec<String> = (0..25).map(|i| format!("k{i:02}")).collect();
+        assert_eq!(keys, expected, "{node}");
+        // Limits out of range and cursors from another prefix are refused.
+        for bad in [
+            "prefix=k&limit=0",
+            "prefix=k&limit=10001",
+            "prefix=k&cursor=other",
+            "keys=k01&limit=5",
+        ] {
+            let (code, body) = get_json(&c, &format!("{node}/v1/kv/app/prod?{bad}")).await;
+            assert_eq!(
+                (code, body["error"]["code"].as_str()),
+                (400, Some("bad_query")),
+                "{bad}"
+            );
+        }
+    }
+    let (code, body) = get_json(
+        &c,
+        &format!(
+            "{edge_url}/v1/kv/app/prod?keys={}",
+            (0..1001)
+                .map(|i| format!("x{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 1000")
+    );
+    // The CLI fetches every page.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([
+            "kv",
+            "list",
+            "app/prod",
+            "--prefix",
+            "k",
+            "--page-size",
+            "10",
+        ])
+        .args(["--output", "json", "--endpoint", &edge_url])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 25, "{listed}");
+    assert_eq!(listed["next_cursor"], serde_json::Value::Null);
+    edge.shutdown().await;
+    origin.shutdown().await;
+}

@@ -216,21 +216,31 @@ async fn config(
     .await
 }
 
+/// The client's address, as the listener saw it.
+type Client = Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>;
+
+fn client_ip(client: Client) -> Option<std::net::IpAddr> {
+    client.map(|axum::Extension(axum::extract::ConnectInfo(a))| a.ip())
+}
+
 async fn watch_sse(
     State(shared): Shared,
+    client: Client,
     headers: axum::http::HeaderMap,
     q: Result<Query<watch::WatchQuery>, QueryRejection>,
 ) -> Response {
     let parsed = watch::query(q)
-        .and_then(|q| watch::parse_request(&shared.watch, q, watch::last_event_id(&headers)));
+        .and_then(|q| watch::parse_request(&shared.watch, q, watch::last_event_id(&headers)))
+        .and_then(|p| Ok((p, shared.watch.admit(client_ip(client))?)));
     match parsed {
-        Ok((filter, at)) => watch::sse(shared.watch.clone(), filter, at),
+        Ok(((filter, at), slot)) => watch::sse(slot, filter, at),
         Err(e) => counted(&shared, e),
     }
 }
 
 async fn watch_ws(
     State(shared): Shared,
+    client: Client,
     headers: axum::http::HeaderMap,
     q: Result<Query<watch::WatchQuery>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -244,8 +254,11 @@ async fn watch_ws(
             format!("{e}; use GET /v1/watch for Server-Sent Events"),
         )
     });
-    match parsed.and_then(|p| Ok((p, ws?))) {
-        Ok(((filter, at), ws)) => watch::websocket(shared.watch.clone(), filter, at, ws),
+    let admitted = parsed
+        .and_then(|p| Ok((p, ws?)))
+        .and_then(|p| Ok((p, shared.watch.admit(client_ip(client))?)));
+    match admitted {
+        Ok((((filter, at), ws), slot)) => watch::websocket(slot, filter, at, ws),
         Err(e) => counted(&shared, e),
     }
 }

@@ -206,6 +206,22 @@ impl EdgeConfig {
             "must exceed heartbeat_interval_ms",
         )?;
         check(
+            (1..=1_000_000).contains(&self.watch.max_subscribers),
+            "watch.max_subscribers",
+            format!(
+                "must be between 1 and 1000000, got {}",
+                self.watch.max_subscribers
+            ),
+        )?;
+        check(
+            (1..=self.watch.max_subscribers).contains(&self.watch.max_subscribers_per_client),
+            "watch.max_subscribers_per_client",
+            format!(
+                "must be between 1 and watch.max_subscribers ({}), got {}",
+                self.watch.max_subscribers, self.watch.max_subscribers_per_client
+            ),
+        )?;
+        check(
             (1..=10_000_000).contains(&self.watch.ring_events),
             "watch.ring_events",
             format!(

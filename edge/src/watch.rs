@@ -11,10 +11,11 @@
 //! and continues from there. Event ids are positions, so `Last-Event-ID` or `since` resume
 //! exactly after the last event received.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -44,6 +45,10 @@ pub struct WatchLimits {
     pub subscriber_buffer_events: usize,
     /// Interval of the keep-alive comments on idle streams.
     pub heartbeat_ms: u64,
+    /// Watch streams (SSE and WebSocket) open at once; one more answers 429.
+    pub max_subscribers: usize,
+    /// Watch streams open at once from one client address; one more answers 429.
+    pub max_subscribers_per_client: usize,
 }
 
 impl Default for WatchLimits {
@@ -53,6 +58,8 @@ impl Default for WatchLimits {
             ring_bytes: 64 << 20,
             subscriber_buffer_events: 4_096,
             heartbeat_ms: 15_000,
+            max_subscribers: 2_048,
+            max_subscribers_per_client: 256,
         }
     }
 }
@@ -263,8 +270,38 @@ pub enum Step {
     Wait,
 }
 
+/// Open watch streams, in all and per client address.
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+/// One open watch stream's place under the limits; given back when dropped.
+pub struct WatchSlot {
+    hub: Arc<WatchHub>,
+    client: Option<IpAddr>,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.hub.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(ip) = self.client
+            && let Some(n) = open.per_client.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.per_client.remove(&ip);
+            }
+        }
+        metrics::gauge!("meridian_edge_watch_subscribers").decrement(1.0);
+    }
+}
+
 /// The ring of recent changes and the notification of new revisions.
 pub struct WatchHub {
+    open: Mutex<Open>,
     ring: RwLock<Ring>,
     closed: AtomicBool,
     revision_tx: watch::Sender<u64>,
@@ -284,6 +321,7 @@ impl WatchHub {
             .unwrap_or_else(|e| e.into_inner().state.revision().0);
         let (revision_tx, _) = watch::channel(revision);
         Self {
+            open: Mutex::default(),
             ring: RwLock::new(Ring {
                 events: VecDeque::new(),
                 bytes: 0,
@@ -316,6 +354,42 @@ impl WatchHub {
     /// The limits in force.
     pub fn limits(&self) -> WatchLimits {
         self.limits
+    }
+
+    /// A place for one more watch stream from `client`, or 429 `too_many_watches` naming the
+    /// limit it would cross.
+    pub fn admit(self: &Arc<Self>, client: Option<IpAddr>) -> Result<WatchSlot, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let refuse = |what: String| {
+            metrics::counter!("meridian_edge_watch_refused_total").increment(1);
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_watches",
+                what,
+            ))
+        };
+        if open.total >= self.limits.max_subscribers {
+            return refuse(format!(
+                "this edge serves {} watch streams, its limit (watch.max_subscribers)",
+                open.total
+            ));
+        }
+        if let Some(ip) = client {
+            let n = open.per_client.entry(ip).or_insert(0);
+            if *n >= self.limits.max_subscribers_per_client {
+                return refuse(format!(
+                    "{ip} has {n} watch streams open, the limit per client address \
+                     (watch.max_subscribers_per_client)"
+                ));
+            }
+            *n += 1;
+        }
+        open.total += 1;
+        metrics::gauge!("meridian_edge_watch_subscribers").increment(1.0);
+        Ok(WatchSlot {
+            hub: self.clone(),
+            client,
+        })
     }
 
     /// The newest revision the hub was fed.
@@ -645,28 +719,13 @@ impl Subscriber {
     }
 }
 
-/// A gauge of open watch streams, decremented when the stream is dropped.
-struct Open;
-
-impl Open {
-    fn new() -> Self {
-        metrics::gauge!("meridian_edge_watch_subscribers").increment(1.0);
-        Self
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        metrics::gauge!("meridian_edge_watch_subscribers").decrement(1.0);
-    }
-}
-
 /// `GET /v1/watch`: Server-Sent Events `change` (id `R` or `R:i`) and `resync` (id `R`), with
 /// keep-alive comments while idle.
-pub fn sse(hub: Arc<WatchHub>, filter: Filter, at: Start) -> Response {
+pub fn sse(slot: WatchSlot, filter: Filter, at: Start) -> Response {
+    let hub = slot.hub.clone();
     let heartbeat = Duration::from_millis(hub.limits().heartbeat_ms.max(1));
     let sub = Subscriber::new(hub, filter, at);
-    let stream = futures_util::stream::unfold((sub, Open::new()), |(mut sub, open)| async move {
+    let stream = futures_util::stream::unfold((sub, slot), |(mut sub, open)| async move {
         let o = sub.next().await?;
         let event = match o {
             Outgoing::Change { id, json } => Event::default().event("change").id(id).data(&*json),
@@ -681,12 +740,12 @@ pub fn sse(hub: Arc<WatchHub>, filter: Filter, at: Start) -> Response {
 
 /// `GET /v1/watch/ws`: the same events as WebSocket text messages
 /// `{"event":"change"|"resync","id":…,"data":{…}}`, with pings while idle.
-pub fn websocket(hub: Arc<WatchHub>, filter: Filter, at: Start, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| serve_socket(socket, hub, filter, at))
+pub fn websocket(slot: WatchSlot, filter: Filter, at: Start, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| serve_socket(socket, slot, filter, at))
 }
 
-async fn serve_socket(mut socket: WebSocket, hub: Arc<WatchHub>, filter: Filter, at: Start) {
-    let _open = Open::new();
+async fn serve_socket(mut socket: WebSocket, slot: WatchSlot, filter: Filter, at: Start) {
+    let hub = slot.hub.clone();
     let heartbeat = Duration::from_millis(hub.limits().heartbeat_ms.max(1));
     let mut sub = Subscriber::new(hub, filter, at);
     loop {
@@ -878,6 +937,7 @@ mod tests {
             ring_bytes: 600,
             subscriber_buffer_events: 1_000,
             heartbeat_ms: 1_000,
+            ..WatchLimits::default()
         });
         // Each event's JSON is about 100 bytes: six revisions of two events exceed 600 bytes.
         let deltas: Vec<_> = (1..=6).map(|r| delta(r, &["a", "b"])).collect();
@@ -901,6 +961,7 @@ mod tests {
             ring_bytes: 10,
             subscriber_buffer_events: 1_000,
             heartbeat_ms: 1_000,
+            ..WatchLimits::default()
         });
         big.publish(&[delta(1, &["a", "b"])]);
         assert_eq!(big.ring.read().unwrap().events.len(), 2);
@@ -913,6 +974,7 @@ mod tests {
             ring_bytes: 1 << 20,
             subscriber_buffer_events: 2,
             heartbeat_ms: 1_000,
+            ..WatchLimits::default()
         });
         h.publish(&[
             delta(1, &["a", "b"]),
@@ -959,6 +1021,7 @@ mod tests {
             ring_bytes: 1 << 20,
             subscriber_buffer_events: 8,
             heartbeat_ms: 1_000,
+            ..WatchLimits::default()
         }));
         let start = Start::At(Position::after(0));
         let mut stalled = Subscriber::new(h.clone(), filter(""), start);

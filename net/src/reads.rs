@@ -13,6 +13,10 @@ use crate::http::ApiError;
 
 /// Most keys one bulk read may name.
 pub const MAX_BULK_KEYS: usize = 1_000;
+/// Keys one page of a prefix list holds unless `limit` says otherwise.
+pub const DEFAULT_LIST_LIMIT: usize = 1_000;
+/// Most keys one page of a prefix list may hold.
+pub const MAX_LIST_LIMIT: usize = 10_000;
 
 /// Query of `GET /v1/kv/{app}/{env}/{key}`.
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +46,13 @@ pub struct ListQuery {
     /// Only these keys, comma-separated (instead of a prefix).
     #[serde(default)]
     pub keys: Option<String>,
+    /// Most keys in this page of a prefix list ([`DEFAULT_LIST_LIMIT`], at most
+    /// [`MAX_LIST_LIMIT`]).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Where this page starts: the `next_cursor` of the page before.
+    #[serde(default)]
+    pub cursor: Option<String>,
     /// Do not resolve references.
     #[serde(default)]
     pub raw: bool,
@@ -181,27 +192,33 @@ pub fn entry(state: &CacheState, a: &Address, q: &EntryQuery) -> Result<Vec<u8>,
     Ok(buf)
 }
 
-/// `GET /v1/kv/{app}/{env}?prefix=p` or `?keys=a,b`: `{"revision", "items", "missing",
-/// "errors"}`. `missing` lists named keys without a value; `errors` maps each key whose
+fn bad_query(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message)
+}
+
+/// `GET /v1/kv/{app}/{env}?prefix=p[&limit=N][&cursor=c]` or `?keys=a,b`: `{"revision",
+/// "items", "missing", "errors", "next_cursor"}`. A prefix list is paged: at most `limit` keys
+/// (items and errors together) in key order, and `next_cursor` (else `null`) is where the next
+/// page starts. `missing` lists named keys without a value; `errors` maps each key whose
 /// references do not resolve to why (it is left out of `items`).
 pub fn list(state: &CacheState, app: &str, env: &str, q: &ListQuery) -> Result<Vec<u8>, ApiError> {
     namespace(app, env)?;
     let named: Option<Vec<&str>> = match &q.keys {
         Some(keys) => {
             if !q.prefix.is_empty() {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_query",
-                    "give either prefix or keys, not both",
+                return Err(bad_query("give either prefix or keys, not both"));
+            }
+            if q.limit.is_some() || q.cursor.is_some() {
+                return Err(bad_query(
+                    "limit and cursor page a prefix list; keys names them all at once",
                 ));
             }
             let mut list: Vec<&str> = keys.split(',').filter(|k| !k.is_empty()).collect();
             if list.len() > MAX_BULK_KEYS {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_query",
-                    format!("{} keys named; at most {MAX_BULK_KEYS}", list.len()),
-                ));
+                return Err(bad_query(format!(
+                    "{} keys named; at most {MAX_BULK_KEYS}",
+                    list.len()
+                )));
             }
             for k in &list {
                 validate_key(k)?;
@@ -215,21 +232,47 @@ pub fn list(state: &CacheState, app: &str, env: &str, q: &ListQuery) -> Result<V
             None
         }
     };
+    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(bad_query(format!(
+            "limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}"
+        )));
+    }
+    if let Some(c) = &q.cursor
+        && !c.starts_with(&q.prefix)
+    {
+        return Err(bad_query(format!(
+            "cursor {c:?} is not from a list of prefix {:?}",
+            q.prefix
+        )));
+    }
     let ns = state.namespace(app, env);
+    let mut next_cursor = None;
     let entries: Vec<(&str, Option<&EntryState>)> = match &named {
         Some(keys) => keys
             .iter()
             .map(|k| (*k, ns.and_then(|n| n.get(*k)).filter(|e| !e.is_tombstone())))
             .collect(),
-        None => ns
-            .into_iter()
-            .flat_map(|n| {
-                n.range(q.prefix.clone()..)
-                    .take_while(|(k, _)| k.starts_with(&q.prefix))
-            })
-            .filter(|(_, e)| !e.is_tombstone())
-            .map(|(k, e)| (k.as_str(), Some(e)))
-            .collect(),
+        None => {
+            use std::ops::Bound;
+            let from = match &q.cursor {
+                Some(c) => Bound::Excluded(c.clone()),
+                None => Bound::Included(q.prefix.clone()),
+            };
+            let mut live = ns
+                .into_iter()
+                .flat_map(|n| {
+                    n.range((from.clone(), Bound::Unbounded))
+                        .take_while(|(k, _)| k.starts_with(&q.prefix))
+                })
+                .filter(|(_, e)| !e.is_tombstone())
+                .map(|(k, e)| (k.as_str(), Some(e)));
+            let page: Vec<_> = live.by_ref().take(limit).collect();
+            if live.next().is_some() {
+                next_cursor = page.last().map(|(k, _)| *k);
+            }
+            page
+        }
     };
     let mut renderer = Renderer::new(state, app, env);
     let mut buf = Vec::with_capacity(256);
@@ -269,6 +312,11 @@ pub fn list(state: &CacheState, app: &str, env: &str, q: &ListQuery) -> Result<V
             .as_bytes(),
     );
     write_errors(&mut buf, &errors);
+    buf.extend_from_slice(b",\"next_cursor\":");
+    match next_cursor {
+        Some(c) => push_str(&mut buf, c),
+        None => buf.extend_from_slice(b"null"),
+    }
     buf.push(b'}');
     Ok(buf)
 }

@@ -33,6 +33,10 @@ pub struct ServeLimits {
     pub handshake_timeout_ms: u64,
     /// Time a client has to send a request's headers once it started one.
     pub header_read_timeout_ms: u64,
+    /// Time a request has from its headers to its response's headers, its body read included:
+    /// beyond it the answer is 503 `request_timeout`. A stream (a watch) is timed only until
+    /// it starts. Longer than the longest wait a read may ask for (`wait_ms`, 60 s).
+    pub request_timeout_ms: u64,
     /// At shutdown, how long open requests (watch streams included) may take to end.
     pub shutdown_grace_ms: u64,
 }
@@ -44,6 +48,7 @@ impl Default for ServeLimits {
             max_connections_per_client: 1024,
             handshake_timeout_ms: 5_000,
             header_read_timeout_ms: 10_000,
+            request_timeout_ms: 75_000,
             shutdown_grace_ms: 5_000,
         }
     }
@@ -71,6 +76,7 @@ impl ServeLimits {
         for (key, ms) in [
             ("http.handshake_timeout_ms", self.handshake_timeout_ms),
             ("http.header_read_timeout_ms", self.header_read_timeout_ms),
+            ("http.request_timeout_ms", self.request_timeout_ms),
             ("http.shutdown_grace_ms", self.shutdown_grace_ms),
         ] {
             check(
@@ -131,6 +137,10 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        Duration::from_millis(limits.request_timeout_ms),
+        request_deadline,
+    ));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let per_client = Arc::new(PerClient::default());
     let graceful = GracefulShutdown::new();
@@ -163,11 +173,11 @@ pub async fn serve(
         connections.spawn(async move {
             let _held = (permit, slot);
             let Some(acceptor) = acceptor else {
-                return serve_connection(name, stream, app, &limits, watcher).await;
+                return serve_connection(name, stream, peer, app, &limits, watcher).await;
             };
             let handshake = Duration::from_millis(limits.handshake_timeout_ms);
             match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_connection(name, tls, app, &limits, watcher).await,
+                Ok(Ok(tls)) => serve_connection(name, tls, peer, app, &limits, watcher).await,
                 // A connection closed before it said anything (a port probe) is not worth a
                 // line.
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
@@ -192,9 +202,36 @@ pub async fn serve(
     connections.shutdown().await;
 }
 
+/// Answers 503 `request_timeout` when the request has not produced its response's headers
+/// within the deadline (its body read included), so a client trickling a body or a handler
+/// stuck waiting holds nothing past it.
+async fn request_deadline(
+    axum::extract::State(deadline): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("meridian_request_timeouts_total").increment(1);
+            crate::http::ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                format!(
+                    "the request took longer than http.request_timeout_ms ({} ms)",
+                    deadline.as_millis()
+                ),
+            )
+            .into_response()
+        }
+    }
+}
+
 async fn serve_connection<S>(
     name: &'static str,
     stream: S,
+    peer: std::net::SocketAddr,
     app: axum::Router,
     limits: &ServeLimits,
     watcher: Watcher,
@@ -208,6 +245,13 @@ async fn serve_connection<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
     let builder = builder.http1_only();
+    // Handlers that bound something per client read its address as
+    // `Extension<ConnectInfo<SocketAddr>>`.
+    let app =
+        tower::ServiceExt::map_request(app, move |mut r: hyper::Request<hyper::body::Incoming>| {
+            r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            r
+        });
     let connection =
         builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app));
     if let Err(e) = watcher.watch(connection).await {
