@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use meridian_net::http::{ApiError, json_bytes, write_entry};
 use meridian_protocol::Address;
+use meridian_store::DetachedView;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -52,16 +53,27 @@ fn record_json(r: &HistoryRecord) -> Value {
     })
 }
 
-/// Runs `read` over the core's backend after a linearizable barrier.
-async fn with_history<T>(
+type Core = crate::core::OriginCore<crate::raft::state_machine::StateBackend>;
+
+/// After a linearizable barrier, what `snap` reads from the core and a [`DetachedView`] of the
+/// history records under `prefix`, holding the core's lock (which every Raft apply takes) only
+/// for that: the history itself is read from the view afterwards, off the lock.
+async fn history_view<L>(
     state: &Arc<AppState>,
-    read: impl FnOnce(
-        &crate::core::OriginCore<crate::raft::state_machine::StateBackend>,
-    ) -> Result<T, ApiError>,
-) -> Result<T, ApiError> {
+    prefix: &[u8],
+    snap: impl FnOnce(&Core) -> L,
+) -> Result<(DetachedView, L), ApiError> {
     state.cluster.linearize().await.map_err(cluster_error)?;
     let core = state.core.lock().unwrap_or_else(|e| e.into_inner());
-    read(&core)
+    let taken = snap(&core);
+    Ok((core.state().backend().detached_view(prefix), taken))
+}
+
+/// Runs a history read on a blocking thread (sled reads block; a namespace scan is long).
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(read).await.map_err(internal)?
 }
 
 #[derive(Deserialize)]
@@ -86,10 +98,10 @@ pub(crate) async fn history(
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(bad_query(format!("limit must be between 1 and {MAX_PAGE}")));
         }
-        let (records, next) = with_history(&state, |core| {
-            history::page(core.state().backend(), &a, q.before, limit).map_err(internal)
-        })
-        .await?;
+        let (view, ()) = history_view(&state, &history::key_prefix(&a), |_| ()).await?;
+        let at = a.clone();
+        let (records, next) =
+            blocking(move || history::page(&view, &at, q.before, limit).map_err(internal)).await?;
         if records.is_empty() && q.before.is_none() {
             return Err(ApiError::not_found(format!("history of {a}")));
         }
@@ -128,18 +140,18 @@ pub(crate) async fn key_diff(
     let inner = async {
         let a = address(path)?;
         let q = query(q)?;
-        let (from, to) = with_history(&state, |core| {
-            let backend = core.state().backend();
-            let to = match q.to {
-                Some(v) => v,
-                None => core.state().entry(&a).map_or(0, |e| e.version.0),
-            };
+        let (view, newest) = history_view(&state, &history::key_prefix(&a), |core| {
+            core.state().entry(&a).map_or(0, |e| e.version.0)
+        })
+        .await?;
+        let at = a.clone();
+        let (from, to) = blocking(move || {
             let get = |v: u64| {
-                history::at_version(backend, &a, v)
+                history::at_version(&view, &at, v)
                     .map_err(internal)?
-                    .ok_or_else(|| version_not_found(&a, v))
+                    .ok_or_else(|| version_not_found(&at, v))
             };
-            Ok((get(q.from)?, get(to)?))
+            Ok((get(q.from)?, get(q.to.unwrap_or(newest))?))
         })
         .await?;
         let d = json_diff(parse_value(&from).as_ref(), parse_value(&to).as_ref());
@@ -172,20 +184,21 @@ fn compacted(what: &str, revision: u64, unknown: &[String]) -> ApiError {
     )
 }
 
-/// The namespace at `revision`, or 410 naming the keys history no longer covers.
+/// The namespace at `revision` (not newer than `current`), or 410 naming the keys history no
+/// longer covers.
 fn namespace_at(
-    core: &crate::core::OriginCore<crate::raft::state_machine::StateBackend>,
+    view: &DetachedView,
+    current: u64,
     app: &str,
     env: &str,
     revision: u64,
 ) -> Result<NamespaceAt, ApiError> {
-    let current = core.state().revision().0;
     if revision > current {
         return Err(bad_query(format!(
             "revision {revision} is newer than the current revision {current}"
         )));
     }
-    let at = history::namespace_at(core.state().backend(), app, env, revision).map_err(internal)?;
+    let at = history::namespace_at(view, app, env, revision).map_err(internal)?;
     if !at.unknown.is_empty() {
         return Err(compacted(&format!("{app}/{env}"), revision, &at.unknown));
     }
@@ -202,12 +215,15 @@ pub(crate) async fn env_diff(
     let inner = async {
         let (app, env) = namespace(path)?;
         let q = query(q)?;
-        let (to_rev, from, to) = with_history(&state, |core| {
-            let to_rev = q.to.unwrap_or(core.state().revision().0);
+        let prefix = history::namespace_prefix(&app, &env);
+        let (view, current) =
+            history_view(&state, &prefix, |core| core.state().revision().0).await?;
+        let to_rev = q.to.unwrap_or(current);
+        let (a, e) = (app.clone(), env.clone());
+        let (from, to) = blocking(move || {
             Ok((
-                to_rev,
-                namespace_at(core, &app, &env, q.from)?,
-                namespace_at(core, &app, &env, to_rev)?,
+                namespace_at(&view, current, &a, &e, q.from)?,
+                namespace_at(&view, current, &a, &e, to_rev)?,
             ))
         })
         .await?;
@@ -270,16 +286,18 @@ pub(crate) async fn key_rollback(
     let inner = async {
         let a = address(path)?;
         let b: KeyRollbackBody = parse_body(body)?;
-        let (target, current) = with_history(&state, |core| {
-            let target = history::at_version(core.state().backend(), &a, b.version)
-                .map_err(internal)?
-                .ok_or_else(|| version_not_found(&a, b.version))?;
-            let current = core
-                .state()
+        let (view, current) = history_view(&state, &history::key_prefix(&a), |core| {
+            core.state()
                 .entry(&a)
                 .filter(|e| !e.is_tombstone())
-                .map_or(0, |e| e.version.0);
-            Ok((target, current))
+                .map_or(0, |e| e.version.0)
+        })
+        .await?;
+        let (at, version) = (a.clone(), b.version);
+        let target = blocking(move || {
+            history::at_version(&view, &at, version)
+                .map_err(internal)?
+                .ok_or_else(|| version_not_found(&at, version))
         })
         .await?;
         let meta = write_meta(
@@ -328,20 +346,22 @@ pub(crate) async fn env_rollback(
     let inner = async {
         let (app, env) = namespace(path)?;
         let b: EnvRollbackBody = parse_body(body)?;
-        let (target, current) = with_history(&state, |core| {
-            let target = namespace_at(core, &app, &env, b.revision)?;
-            let p = core.state().reader();
-            let p = p.read().unwrap_or_else(|e| e.into_inner());
-            let current: BTreeMap<String, (u64, meridian_protocol::JsonText)> = p
-                .state
+        let prefix = history::namespace_prefix(&app, &env);
+        let (view, revision) =
+            history_view(&state, &prefix, |core| core.state().revision().0).await?;
+        let (a, e, to) = (app.clone(), env.clone(), b.revision);
+        let target = blocking(move || namespace_at(&view, revision, &a, &e, to)).await?;
+        // What the namespace holds now, from the published state (a rollback is refused with
+        // 409 if any of these versions changes before it commits).
+        let current: BTreeMap<String, (u64, meridian_protocol::JsonText)> = {
+            let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
+            p.state
                 .namespace(&app, &env)
                 .into_iter()
                 .flatten()
                 .filter_map(|(k, e)| e.value.clone().map(|v| (k.clone(), (e.version.0, v))))
-                .collect();
-            Ok((target, current))
-        })
-        .await?;
+                .collect()
+        };
         let meta = write_meta(
             &headers,
             rollback_reason(&format!("revision {}", b.revision), b.reason),

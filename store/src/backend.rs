@@ -17,6 +17,9 @@ pub enum BackendError {
     /// sled reported an error.
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// A write to a read-only view.
+    #[error("a read-only view refuses writes")]
+    ReadOnly,
 }
 
 /// An ordered key-value store with atomic batches.
@@ -278,20 +281,111 @@ impl<B: Backend> WriteBack<B> {
         inner: Pairs,
         gathered: impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)>,
     ) -> Pairs {
-        let mut out = Vec::with_capacity(inner.len());
-        let mut inner = inner.into_iter().peekable();
-        for (k, v) in gathered {
-            while let Some(pair) = inner.next_if(|(ik, _)| ik < k) {
-                out.push(pair);
-            }
-            inner.next_if(|(ik, _)| ik == k);
-            if let Some(v) = v {
-                out.push((k.clone(), v.clone()));
-            }
-        }
-        out.extend(inner);
-        out
+        merge_pairs(inner, gathered)
     }
+}
+
+impl WriteBack<SledBackend> {
+    /// A [`DetachedView`] of the keys under `prefix`: what is gathered under it, copied, in
+    /// front of a handle on the sled tree. Costs a copy of the gathered writes under the prefix
+    /// (bounded by the write-back limits), not of what sled holds.
+    pub fn detached_view(&self, prefix: &[u8]) -> DetachedView {
+        let gathered = self
+            .gathered
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        DetachedView {
+            gathered,
+            tree: self.inner.tree().clone(),
+        }
+    }
+}
+
+/// A read-only view of one key prefix of a [`WriteBack`] over sled that needs no lock on the
+/// backend once taken (history reads run on it while writes go on): the writes gathered
+/// under the prefix when it was taken, in front of the sled tree, read live. A write handed
+/// back to sled meanwhile is found in either; later writes may or may not show. Reads outside
+/// the prefix see only sled. Writes are refused.
+pub struct DetachedView {
+    gathered: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    tree: sled::Tree,
+}
+
+impl Backend for DetachedView {
+    fn apply(&mut self, _: Vec<Write>) -> Result<(), BackendError> {
+        Err(BackendError::ReadOnly)
+    }
+
+    fn flush(&mut self) -> Result<(), BackendError> {
+        Err(BackendError::ReadOnly)
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        match self.gathered.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(self.tree.get(key)?.map(|v| v.to_vec())),
+        }
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, BackendError> {
+        let inner = self
+            .tree
+            .scan_prefix(prefix)
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(BackendError::from)
+            })
+            .collect::<Result<Pairs, _>>()?;
+        let gathered = self
+            .gathered
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix));
+        Ok(merge_pairs(inner, gathered))
+    }
+
+    fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Pairs, BackendError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let in_range = || self.gathered.range(from.to_vec()..to.to_vec());
+        // As in WriteBack::range: enough inner pairs that the first `limit` merged are right.
+        let ask = limit.saturating_add(in_range().count());
+        let inner = self
+            .tree
+            .range(from..to)
+            .take(ask)
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(BackendError::from)
+            })
+            .collect::<Result<Pairs, _>>()?;
+        let mut merged = merge_pairs(inner, in_range());
+        merged.truncate(limit);
+        Ok(merged)
+    }
+}
+
+/// `inner`'s pairs merged with `gathered` writes (both in key order): a gathered write
+/// replaces or removes the inner pair of its key.
+fn merge_pairs<'a>(
+    inner: Pairs,
+    gathered: impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)>,
+) -> Pairs {
+    let mut out = Vec::with_capacity(inner.len());
+    let mut inner = inner.into_iter().peekable();
+    for (k, v) in gathered {
+        while let Some(pair) = inner.next_if(|(ik, _)| ik < k) {
+            out.push(pair);
+        }
+        inner.next_if(|(ik, _)| ik == k);
+        if let Some(v) = v {
+            out.push((k.clone(), v.clone()));
+        }
+    }
+    out.extend(inner);
+    out
 }
 
 /// `keys` (sorted) with `over` (sorted; `true`: the key is written, `false`: removed) applied.

@@ -6,7 +6,9 @@ pub mod durable;
 pub mod space;
 pub mod state;
 
-pub use backend::{Backend, BackendError, MemBackend, SledBackend, WriteBack, WriteBackLimits};
+pub use backend::{
+    Backend, BackendError, DetachedView, MemBackend, SledBackend, WriteBack, WriteBackLimits,
+};
 pub use backend::{Pairs, Write};
 pub use durable::DurableDb;
 pub use space::{DiskFull, SpaceGuard, StorageConfig};

@@ -126,3 +126,63 @@ fn sled_lists_the_keys_its_prefix_scan_returns() {
     );
     assert_eq!(b.scan_prefix_keys(b"kc").unwrap(), Vec::<Vec<u8>>::new());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A detached view of a prefix answers, for every read within the prefix, what the
+    /// write-back answered when the view was taken, however its gathered writes are handed to
+    /// sled afterwards (a history read keeps going while applies move writes on).
+    #[test]
+    fn a_detached_view_reads_its_prefix_as_it_was_whatever_is_handed_on_after(
+        before in proptest::collection::vec(
+            proptest::collection::vec((0u8..40, proptest::option::of(0u8..4)), 0..6), 0..20),
+        handed_on in 0usize..20,
+        prefix in 0u8..5,
+        from in 0u8..40,
+        to in 0u8..40,
+        limit in 0usize..8,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = meridian_store::SledBackend::open(dir.path()).unwrap();
+        let limits = WriteBackLimits { max_batches: 1_000, max_bytes: 1 << 20 };
+        let mut wb = WriteBack::new(sled, limits);
+        for (i, writes) in before.iter().enumerate() {
+            let batch: Vec<Write> =
+                writes.iter().map(|(k, v)| (key(*k), v.map(|v| vec![v]))).collect();
+            wb.apply(batch).unwrap();
+            if i == handed_on {
+                wb.write_back().unwrap();
+            }
+        }
+        let p = format!("k{prefix}").into_bytes();
+        let view = wb.detached_view(&p);
+        let scan = wb.scan_prefix(&p).unwrap();
+        let (from, to) = (key(from), key(to));
+        let in_prefix = |k: &Vec<u8>| k.starts_with(&p);
+        let range: Vec<_> = wb
+            .range(&from, &to, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| in_prefix(k))
+            .take(limit)
+            .collect();
+        let gets: Vec<_> = (0..40u8).map(key).filter(in_prefix).map(|k| wb.get(&k).unwrap()).collect();
+        // The gathered writes move to sled; the view answers the same.
+        wb.write_back().unwrap();
+        prop_assert_eq!(view.scan_prefix(&p).unwrap(), scan);
+        let view_range: Vec<_> = view
+            .range(&from, &to, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| in_prefix(k))
+            .take(limit)
+            .collect();
+        prop_assert_eq!(view_range, range);
+        let view_gets: Vec<_> =
+            (0..40u8).map(key).filter(in_prefix).map(|k| view.get(&k).unwrap()).collect();
+        prop_assert_eq!(view_gets, gets);
+        let mut view = view;
+        prop_assert!(view.apply(vec![(p.clone(), None)]).is_err(), "read-only");
+    }
+}
