@@ -13,6 +13,7 @@
 //! delivers) gets only those heartbeat heads until its next `Need`.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_protocol::frame::{DEFAULT_SNAPSHOT_CHUNK_BYTES, change_bytes};
@@ -38,6 +39,11 @@ pub struct DistributorConfig {
     /// Bytes of entries per snapshot chunk, at most (as [`change_bytes`] counts them; a larger
     /// single entry goes alone), well below the frame limit edges enforce.
     pub snapshot_chunk_bytes: usize,
+    /// One connection is sent at most one snapshot per this interval, and the state is copied
+    /// for a snapshot at most once per it: a snapshot taken earlier serves every connection
+    /// for as long as the deltas after it are kept. An edge that asks again and again
+    /// (`Need { from: 0 }` in a loop) waits instead of costing a copy of the state each time.
+    pub snapshot_min_interval_ms: u64,
 }
 
 impl Default for DistributorConfig {
@@ -48,6 +54,7 @@ impl Default for DistributorConfig {
             max_deltas_per_stream: 64,
             snapshot_chunk_entries: 1024,
             snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
+            snapshot_min_interval_ms: 1_000,
         }
     }
 }
@@ -128,6 +135,19 @@ struct Session {
     /// The edge asked for heads only (a peer link kept warm while its origin link delivers):
     /// nothing is pushed until its next `Need`.
     standby: bool,
+    /// When this connection was last sent a snapshot.
+    last_snapshot: Option<Instant>,
+    /// It needs a snapshot that the interval holds back: sent from `handle_timeout`.
+    snapshot_waiting: bool,
+}
+
+/// The last snapshot taken, shared by every connection that needs one while the deltas after
+/// it are kept.
+#[derive(Debug)]
+struct CachedSnapshot {
+    head: SignedHead,
+    entries: Arc<Vec<(Address, EntryState)>>,
+    taken_at: Instant,
 }
 
 /// Counters kept by the distributor.
@@ -141,6 +161,10 @@ pub struct DistributorStats {
     pub unexpected_frames: u64,
     /// Reads of the change source that failed.
     pub source_errors: u64,
+    /// Snapshots held back by `snapshot_min_interval_ms` (sent later).
+    pub snapshots_deferred: u64,
+    /// Copies of the state taken for snapshots.
+    pub snapshots_taken: u64,
 }
 
 /// The sans-IO distributor.
@@ -151,6 +175,7 @@ pub struct Distributor {
     out: VecDeque<(ConnId, Transmit)>,
     next_heartbeat: Option<Instant>,
     stats: DistributorStats,
+    snapshot: Option<CachedSnapshot>,
 }
 
 impl Distributor {
@@ -162,6 +187,7 @@ impl Distributor {
             out: VecDeque::new(),
             next_heartbeat: None,
             stats: DistributorStats::default(),
+            snapshot: None,
         }
     }
 
@@ -183,6 +209,8 @@ impl Distributor {
                 info: None,
                 sent: Revision(0),
                 standby: false,
+                last_snapshot: None,
+                snapshot_waiting: false,
             },
         );
         if self.next_heartbeat.is_none() {
@@ -229,13 +257,13 @@ impl Distributor {
                 // dialed a relay which lost the origin can move on without waiting for the
                 // next heartbeat.
                 self.announce(now, conn, src);
-                self.pump(conn, src);
+                self.pump(now, conn, src);
             }
             FrameV1::Ack { revision } => {
                 if let Some(info) = session.info.as_mut() {
                     info.acked = info.acked.max(revision);
                     session.sent = session.sent.max(revision);
-                    self.pump(conn, src);
+                    self.pump(now, conn, src);
                 } else {
                     self.stats.unexpected_frames += 1;
                 }
@@ -247,7 +275,7 @@ impl Distributor {
                     info.acked = from;
                     session.sent = from;
                     session.standby = false;
-                    self.pump(conn, src);
+                    self.pump(now, conn, src);
                 } else {
                     self.stats.unexpected_frames += 1;
                 }
@@ -278,10 +306,10 @@ impl Distributor {
     }
 
     /// A new revision was committed.
-    pub fn handle_commit(&mut self, _now: Instant, src: &impl ChangeSource) {
+    pub fn handle_commit(&mut self, now: Instant, src: &impl ChangeSource) {
         let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
         for conn in conns {
-            self.pump(conn, src);
+            self.pump(now, conn, src);
         }
     }
 
@@ -301,6 +329,15 @@ impl Distributor {
             .collect();
         for conn in conns {
             self.announce(now, conn, src);
+        }
+        let waiting: Vec<ConnId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.snapshot_waiting)
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in waiting {
+            self.pump(now, conn, src);
         }
         self.next_heartbeat = if self.sessions.is_empty() {
             None
@@ -343,7 +380,7 @@ impl Distributor {
     }
 
     /// Sends a connection whatever it lacks, within the in-flight bound.
-    fn pump(&mut self, conn: ConnId, src: &impl ChangeSource) {
+    fn pump(&mut self, now: Instant, conn: ConnId, src: &impl ChangeSource) {
         let Some(head) = src.head() else { return };
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
@@ -378,13 +415,50 @@ impl Distributor {
                 }
                 Ok(Some(_)) => return,
                 Ok(None) => {
-                    let (snap_head, entries) = src.snapshot();
-                    let Some(snap_head) = snap_head else { return };
-                    session.sent = snap_head.head.revision;
+                    let interval = Duration::from_millis(self.config.snapshot_min_interval_ms);
+                    let recent = |t: Option<Instant>| {
+                        t.is_some_and(|t| now.saturating_duration_since(t) < interval)
+                    };
+                    if recent(session.last_snapshot) {
+                        if !session.snapshot_waiting {
+                            session.snapshot_waiting = true;
+                            self.stats.snapshots_deferred += 1;
+                        }
+                        return;
+                    }
+                    // The snapshot taken last serves while it is newer than what the edge
+                    // has and the deltas after it are kept.
+                    let reusable = self.snapshot.as_ref().is_some_and(|c| {
+                        c.head.head.revision > session.sent
+                            && matches!(src.deltas_after(c.head.head.revision, 1), Ok(Some(_)))
+                    });
+                    if !reusable {
+                        if recent(self.snapshot.as_ref().map(|c| c.taken_at)) {
+                            if !session.snapshot_waiting {
+                                session.snapshot_waiting = true;
+                                self.stats.snapshots_deferred += 1;
+                            }
+                            return;
+                        }
+                        let (snap_head, entries) = src.snapshot();
+                        let Some(snap_head) = snap_head else { return };
+                        self.stats.snapshots_taken += 1;
+                        self.snapshot = Some(CachedSnapshot {
+                            head: snap_head,
+                            entries: Arc::new(entries),
+                            taken_at: now,
+                        });
+                    }
+                    let Some(cached) = self.snapshot.as_ref() else {
+                        return;
+                    };
+                    session.sent = cached.head.head.revision;
+                    session.last_snapshot = Some(now);
+                    session.snapshot_waiting = false;
                     self.stats.snapshots_sent += 1;
                     let frames = snapshot_frames(
-                        snap_head,
-                        entries,
+                        cached.head,
+                        cached.entries.as_ref().clone(),
                         self.config.snapshot_chunk_entries,
                         self.config.snapshot_chunk_bytes,
                     );
@@ -549,6 +623,61 @@ mod tests {
             Frame::V1(FrameV1::SnapshotBegin { entries: 7, .. })
         ));
         assert_eq!(d.stats().snapshots_sent, 1);
+    }
+
+    /// Snapshot streams among the transmits.
+    fn snapshots(out: &[(ConnId, Transmit)]) -> Vec<ConnId> {
+        out.iter()
+            .filter(|(_, t)| {
+                matches!(t, Transmit::Stream(f)
+                    if matches!(f.first(), Some(Frame::V1(FrameV1::SnapshotBegin { .. }))))
+            })
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    #[test]
+    fn an_edge_asking_for_everything_again_and_again_costs_one_snapshot_per_interval() {
+        let src = source(50, 10);
+        let mut d = Distributor::new(DistributorConfig::default());
+        let now = Instant::now();
+        for conn in [1, 2] {
+            d.handle_connect(now, conn);
+            d.handle_frame(now, conn, hello(0), &src);
+        }
+        // Both get a snapshot; the state is copied once for both.
+        assert_eq!(snapshots(&drain(&mut d)), vec![1, 2]);
+        assert_eq!(d.stats().snapshots_taken, 1);
+        // Edge 1 asks for everything 1,000 times at once: nothing more is copied or sent.
+        for _ in 0..1_000 {
+            d.handle_frame(now, 1, FrameV1::Need { from: Revision(0) }.into(), &src);
+        }
+        assert!(snapshots(&drain(&mut d)).is_empty());
+        assert_eq!(d.stats().snapshots_taken, 1);
+        assert_eq!(d.stats().snapshots_sent, 2);
+        assert_eq!(
+            d.stats().snapshots_deferred,
+            1,
+            "one deferral, however often it asks"
+        );
+        // Edge 2 is not held back by edge 1: its own Need is served at once from the copy.
+        d.handle_frame(
+            now + Duration::from_millis(10),
+            2,
+            FrameV1::Need { from: Revision(0) }.into(),
+            &src,
+        );
+        assert!(
+            snapshots(&drain(&mut d)).is_empty(),
+            "edge 2 had one just now too"
+        );
+        // Once the interval has passed, the waiting edge gets its snapshot from the heartbeat,
+        // still from the one copy (its deltas are kept).
+        let later = now + Duration::from_millis(1_100);
+        d.handle_timeout(later, &src);
+        let sent = snapshots(&drain(&mut d));
+        assert_eq!(sent, vec![1, 2]);
+        assert_eq!(d.stats().snapshots_taken, 1);
     }
 
     #[test]
