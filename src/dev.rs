@@ -73,9 +73,7 @@ impl DevOptions {
         let shift = |a: SocketAddr| -> SocketAddr {
             if a.port() == 0 {
                 // A free port now, so that every node can be told the others' addresses.
-                std::net::TcpListener::bind(SocketAddr::new(a.ip(), 0))
-                    .and_then(|l| l.local_addr())
-                    .unwrap_or(a)
+                SocketAddr::new(a.ip(), free_port(a.ip()))
             } else {
                 SocketAddr::new(a.ip(), a.port() + i as u16)
             }
@@ -86,6 +84,30 @@ impl DevOptions {
             shift(self.origin_raft),
         )
     }
+}
+
+/// A port free for both TCP and UDP on `ip`, chosen below Linux's ephemeral range
+/// (32768–60999): a port the kernel handed out for port 0 could be handed out again, to
+/// another socket of the same tests, before the node that was told it binds it. Ports are
+/// taken in turn from a start that depends on the process id, so that test processes running
+/// side by side rarely try the same ones.
+pub fn free_port(ip: std::net::IpAddr) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 40) * 300;
+    for _ in 0..COUNT {
+        let port = (FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT) as u16;
+        let a = SocketAddr::new(ip, port);
+        if std::net::TcpListener::bind(a).is_ok() && std::net::UdpSocket::bind(a).is_ok() {
+            return port;
+        }
+    }
+    // Everything below the ephemeral range is taken: let the kernel choose.
+    std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+        .and_then(|l| l.local_addr())
+        .map_or(0, |a| a.port())
 }
 
 /// The edge id used for a region in the dev topology.

@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    SocketAddr::new(ip, meridian::dev::free_port(ip))
 }
 
 struct Node {

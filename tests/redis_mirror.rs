@@ -52,11 +52,7 @@ impl Drop for RedisServer {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    meridian::dev::free_port(std::net::IpAddr::from([127, 0, 0, 1]))
 }
 
 async fn connection(url: &str) -> Option<redis::aio::MultiplexedConnection> {

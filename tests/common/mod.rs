@@ -130,12 +130,15 @@ impl Drop for NodeProcess {
 /// Starts the process `meridian ROLE --config FILE` (`origin` or `edge`); its HTTP base URL
 /// once it listens (it prints `ROLE: HTTP <url> …`).
 pub fn spawn_node(role: &str, config: &Path) -> (NodeProcess, String) {
+    // What it says on stderr goes beside its config, to say why if it does not start.
+    let log = config.with_extension("stderr");
+    let stderr = std::fs::File::create(&log).expect("stderr file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args([role, "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap_or_else(|e| panic!("spawn meridian {role}: {e}"));
     let stdout = child.stdout.take().expect("piped stdout");
@@ -150,7 +153,13 @@ pub fn spawn_node(role: &str, config: &Path) -> (NodeProcess, String) {
                 .and_then(|rest| rest.split_whitespace().next())
                 .map(str::to_owned)
         })
-        .unwrap_or_else(|| panic!("meridian {role} prints its address"));
+        .unwrap_or_else(|| {
+            panic!(
+                "meridian {role} --config {} did not print its address; it said: {}",
+                config.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
     (process, url)
 }
 
