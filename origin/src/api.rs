@@ -114,6 +114,66 @@ struct PutBody {
     expect_version: Option<u64>,
 }
 
+/// The command a `PUT /v1/kv/{address}` body `{"value", "reason"?, "expect_version"?}` asks
+/// for, and its reason; 400 `malformed_json` or 413 `value_too_large` naming the problem.
+pub fn put_command(
+    address: Address,
+    body: &[u8],
+    max_value_bytes: usize,
+) -> Result<(Command, Option<String>), ApiError> {
+    let parsed: PutBody = json_body(body)?;
+    let text = parsed.value.to_string();
+    if text.len() > max_value_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            format!(
+                "value is {} bytes; the limit is {max_value_bytes}",
+                text.len()
+            ),
+        ));
+    }
+    let command = Command::Put {
+        address,
+        value: text.into(),
+        expect_version: parsed.expect_version,
+    };
+    Ok((command, parsed.reason))
+}
+
+/// The command a `PATCH /v1/kv/{address}` body `{"patch", "reason"?, "expect_version"?}` asks
+/// for (a JSON Merge Patch whose result may be at most `max_value_bytes`), and its reason.
+pub fn patch_command(
+    address: Address,
+    body: &[u8],
+    max_value_bytes: usize,
+) -> Result<(Command, Option<String>), ApiError> {
+    let parsed: PatchBody = json_body(body)?;
+    let command = Command::Patch {
+        address,
+        patch: parsed.patch.to_string().into(),
+        expect_version: parsed.expect_version,
+        max_value_bytes: max_value_bytes as u64,
+    };
+    Ok((command, parsed.reason))
+}
+
+/// The command a `POST /v1/txn` body asks for, and its reason.
+pub fn txn_body_command(
+    body: &[u8],
+    max_value_bytes: usize,
+) -> Result<(Command, Option<String>), ApiError> {
+    let parsed: TxnBody = json_body(body)?;
+    let reason = parsed.reason.clone();
+    Ok((txn_command(parsed, max_value_bytes)?, reason))
+}
+
+/// A JSON body, or 400 `malformed_json` naming the problem.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))
+}
+
 /// The JSON body of a request, or 400 `malformed_json` / 413 naming the problem.
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
@@ -297,30 +357,10 @@ async fn put(
 ) -> Result<Response, ApiError> {
     let inner = async {
         let address = address(path)?;
-        let parsed: PutBody = parse_body(body)?;
-        let text = parsed.value.to_string();
-        if text.len() > state.max_value_bytes {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "value_too_large",
-                format!(
-                    "value is {} bytes; the limit is {}",
-                    text.len(),
-                    state.max_value_bytes
-                ),
-            ));
-        }
-        let meta = write_meta(&headers, parsed.reason)?;
-        let applied = commit(
-            &state,
-            Command::Put {
-                address: address.clone(),
-                value: text.into(),
-                expect_version: parsed.expect_version,
-            },
-            meta,
-        )
-        .await?;
+        let body = body.map_err(body_error)?;
+        let (command, reason) = put_command(address.clone(), &body, state.max_value_bytes)?;
+        let meta = write_meta(&headers, reason)?;
+        let applied = commit(&state, command, meta).await?;
         let mut buf = Vec::with_capacity(128);
         write_entry(
             &mut buf,
@@ -474,19 +514,10 @@ async fn patch(
 ) -> Result<Response, ApiError> {
     let inner = async {
         let address = address(path)?;
-        let parsed: PatchBody = parse_body(body)?;
-        let meta = write_meta(&headers, parsed.reason)?;
-        let applied = commit(
-            &state,
-            Command::Patch {
-                address: address.clone(),
-                patch: parsed.patch.to_string().into(),
-                expect_version: parsed.expect_version,
-                max_value_bytes: state.max_value_bytes as u64,
-            },
-            meta,
-        )
-        .await?;
+        let body = body.map_err(body_error)?;
+        let (command, reason) = patch_command(address.clone(), &body, state.max_value_bytes)?;
+        let meta = write_meta(&headers, reason)?;
+        let applied = commit(&state, command, meta).await?;
         let entry = applied.entry().ok_or_else(|| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -615,9 +646,9 @@ async fn txn(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
-        let parsed: TxnBody = parse_body(body)?;
-        let meta = write_meta(&headers, parsed.reason.clone())?;
-        let command = txn_command(parsed, state.max_value_bytes)?;
+        let body = body.map_err(body_error)?;
+        let (command, reason) = txn_body_command(&body, state.max_value_bytes)?;
+        let meta = write_meta(&headers, reason)?;
         check_revision_size(&command, "the transaction")?;
         let applied = commit(&state, command, meta).await?;
         let changed: Vec<_> = applied

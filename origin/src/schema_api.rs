@@ -12,7 +12,7 @@ use meridian_protocol::addr::validate_key_prefix;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{Shared, cluster_error, commit, count_error, parse_body, write_meta};
+use crate::api::{Shared, cluster_error, commit, count_error, write_meta};
 use crate::core::Command;
 use crate::schema;
 use meridian_net::reads::namespace as namespace_of;
@@ -42,6 +42,28 @@ struct PutSchemaBody {
     reason: Option<String>,
 }
 
+/// The command a `PUT /v1/schemas/{app}/{env}/{prefix}` body asks for, its reason and the
+/// schema; 400 `malformed_json` or `invalid_schema` (not a JSON Schema) naming the problem.
+pub fn put_schema_command(
+    app: &str,
+    env: &str,
+    prefix: &str,
+    body: &[u8],
+) -> Result<(Command, Option<String>, Value), ApiError> {
+    let b: PutSchemaBody = crate::api::json_body(body)?;
+    let text = b.schema.to_string();
+    schema::compile(&text)
+        .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, "invalid_schema", why))?;
+    let command = Command::PutSchema {
+        app: app.to_owned(),
+        env: env.to_owned(),
+        prefix: prefix.to_owned(),
+        schema: text.into(),
+        force: b.force,
+    };
+    Ok((command, b.reason, b.schema))
+}
+
 /// `PUT /v1/schemas/{app}/{env}/{prefix}` `{"schema": {...}, "force": false}`: every later
 /// write under the prefix must validate (422 `schema_violation` otherwise). Refused with 409
 /// `current_values_violate`, naming the keys, when current values violate it and `force` is
@@ -54,25 +76,12 @@ pub(crate) async fn put_schema(
 ) -> Result<Response, ApiError> {
     let inner = async {
         let (app, env, prefix) = schema_path(path)?;
-        let b: PutSchemaBody = parse_body(body)?;
-        let text = b.schema.to_string();
-        schema::compile(&text)
-            .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, "invalid_schema", why))?;
-        let meta = write_meta(&headers, b.reason)?;
-        commit(
-            &state,
-            Command::PutSchema {
-                app: app.clone(),
-                env: env.clone(),
-                prefix: prefix.clone(),
-                schema: text.into(),
-                force: b.force,
-            },
-            meta,
-        )
-        .await?;
+        let body = body.map_err(crate::api::body_error)?;
+        let (command, reason, schema) = put_schema_command(&app, &env, &prefix, &body)?;
+        let meta = write_meta(&headers, reason)?;
+        commit(&state, command, meta).await?;
         Ok(axum::Json(json!({
-            "app": app, "env": env, "prefix": prefix, "schema": b.schema,
+            "app": app, "env": env, "prefix": prefix, "schema": schema,
         }))
         .into_response())
     };
