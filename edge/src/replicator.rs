@@ -729,7 +729,12 @@ impl<B: Backend> Replicator<B> {
                     }
                     _ => false,
                 };
-                if !ok {
+                if ok {
+                    // A snapshot still arriving is slow, not stalled: asking again would throw
+                    // away what came and start over, forever for a snapshot that takes longer
+                    // than the stall timeout to arrive.
+                    self.last_delta = now;
+                } else {
                     *slot = None;
                     self.stats.rejected_unexpected += 1;
                 }
@@ -1617,6 +1622,66 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn a_snapshot_arriving_for_longer_than_the_stall_timeout_is_not_asked_for_again() {
+        let start = Instant::now();
+        let mut r = connected(start);
+        let h = history(4);
+        let mut full = meridian_protocol::CacheState::new();
+        for d in &h {
+            full.apply_delta(&d.delta);
+        }
+        let entries: Vec<_> = full.iter().map(|(a, e)| (a, e.clone())).collect();
+        r.handle_frame(
+            start,
+            0,
+            FrameV1::SnapshotBegin {
+                head: h[3].head,
+                entries: entries.len() as u64,
+            }
+            .into(),
+        );
+        outputs(&mut r);
+        // One chunk every 600 ms, for three stall timeouts (1 s) in all; heartbeats from the
+        // origin keep the link from going silent.
+        let mut now = start;
+        for (seq, entry) in entries.iter().enumerate() {
+            now += Duration::from_millis(600);
+            r.handle_frame(now, 0, FrameV1::Head(h[3].head).into());
+            r.handle_timeout(now);
+            r.handle_frame(
+                now,
+                0,
+                FrameV1::SnapshotChunk {
+                    seq: seq as u32,
+                    entries: vec![entry.clone()],
+                }
+                .into(),
+            );
+            let out = outputs(&mut r);
+            assert!(
+                !out.iter().any(|o| matches!(
+                    o,
+                    Output::Send {
+                        frame: Frame::V1(FrameV1::Need { .. }),
+                        ..
+                    }
+                )),
+                "asked again while chunks arrive: {out:?}"
+            );
+        }
+        r.handle_frame(
+            now,
+            0,
+            FrameV1::SnapshotEnd {
+                chunks: entries.len() as u32,
+            }
+            .into(),
+        );
+        assert_eq!(r.state().revision(), Revision(4));
+        assert_eq!(r.stats().snapshots_installed, 1);
     }
 
     #[test]
