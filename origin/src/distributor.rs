@@ -141,8 +141,11 @@ struct Session {
     snapshot_waiting: bool,
 }
 
+/// How many snapshot intervals the last snapshot taken is kept for.
+const SNAPSHOT_KEPT_INTERVALS: u32 = 10;
+
 /// The last snapshot taken, shared by every connection that needs one while the deltas after
-/// it are kept.
+/// it are kept, for [`SNAPSHOT_KEPT_INTERVALS`] snapshot intervals at most.
 #[derive(Debug)]
 struct CachedSnapshot {
     head: SignedHead,
@@ -329,6 +332,17 @@ impl Distributor {
             .collect();
         for conn in conns {
             self.announce(now, conn, src);
+        }
+        // The copy is a whole state held in memory: kept only while it is likely to be asked
+        // for again.
+        let keep =
+            Duration::from_millis(self.config.snapshot_min_interval_ms) * SNAPSHOT_KEPT_INTERVALS;
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|c| now.saturating_duration_since(c.taken_at) >= keep)
+        {
+            self.snapshot = None;
         }
         let waiting: Vec<ConnId> = self
             .sessions
@@ -678,6 +692,17 @@ mod tests {
         let sent = snapshots(&drain(&mut d));
         assert_eq!(sent, vec![1, 2]);
         assert_eq!(d.stats().snapshots_taken, 1);
+        // The copy is dropped after ten intervals; the next snapshot is a fresh one.
+        let much_later = now + Duration::from_secs(11);
+        d.handle_timeout(much_later, &src);
+        d.handle_frame(
+            much_later,
+            1,
+            FrameV1::Need { from: Revision(0) }.into(),
+            &src,
+        );
+        assert_eq!(snapshots(&drain(&mut d)), vec![1]);
+        assert_eq!(d.stats().snapshots_taken, 2);
     }
 
     #[test]
