@@ -77,8 +77,16 @@ fuzz_target!(|data: &[u8]| {
                     d.handle_commit(now, origin.state());
                 }
             }
-            2 => d.handle_connect(now, conn),
-            3 => d.handle_disconnect(conn),
+            // A connection id reused is a new connection (as a reconnecting edge is): the
+            // interval holds per connection.
+            2 => {
+                d.handle_connect(now, conn);
+                last_snapshot.remove(&conn);
+            }
+            3 => {
+                d.handle_disconnect(conn);
+                last_snapshot.remove(&conn);
+            }
             4 => {
                 let revision = input.revision(head);
                 let hello = FrameV1::Hello {
