@@ -397,3 +397,67 @@ async fn prefix_lists_are_paged_by_limit_and_cursor_and_the_cli_follows_them() {
     edge.shutdown().await;
     origin.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_connections_beyond_the_limit_per_client_are_refused_while_edges_are_served() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = meridian::dev::DevOptions::ephemeral(dir.path().to_owned());
+    let pki = meridian::dev::pki(dir.path()).unwrap();
+    let mut config = meridian::dev::origin_cluster_configs(&opts, &pki).remove(0);
+    config.quic.max_connections_per_client = 2;
+    let origin = meridian_origin::start(config).await.unwrap();
+    // The attacker holds a real edge certificate and dials from 127.0.0.2.
+    let attacker = meridian_net::quic::client_endpoint(
+        "127.0.0.2:0".parse().unwrap(),
+        &pki.edge(&meridian::dev::edge_id("us-east")),
+        Default::default(),
+    )
+    .unwrap();
+    let dial = || async {
+        let connecting = attacker
+            .connect(origin.quic_addr, meridian_net::tls::ORIGIN_SERVER_NAME)
+            .unwrap();
+        tokio::time::timeout(DEADLINE, connecting)
+            .await
+            .expect("the handshake ends one way or the other")
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(dial().await.expect("within the limit"));
+    }
+    assert!(dial().await.is_err(), "a third connection was accepted");
+
+    // An edge from another address connects and replicates meanwhile.
+    let edge = meridian_edge::start(meridian::dev::edge_config(
+        dir.path(),
+        &pki,
+        meridian::dev::REGIONS[1],
+        "127.0.0.1:0".parse().unwrap(),
+        origin.quic_addr,
+    ))
+    .await
+    .unwrap();
+    let c = http();
+    let r = put(
+        &c,
+        &base(origin.http_addr),
+        "app/prod/k",
+        serde_json::json!(1),
+    )
+    .await;
+    let edge_url = base(edge.http_addr);
+    eventually(DEADLINE, "the edge applies the write", || {
+        let (c, edge_url, want) = (c.clone(), edge_url.clone(), r["revision"].as_u64());
+        async move { (Some(revision(&c, &edge_url).await) == want).then_some(()) }
+    })
+    .await;
+    // A connection given back frees its place.
+    held.pop().unwrap().close(0u32.into(), b"done");
+    eventually(DEADLINE, "the freed place is taken", || async {
+        dial().await.ok()
+    })
+    .await;
+    edge.shutdown().await;
+    origin.shutdown().await;
+}

@@ -155,6 +155,7 @@ impl EdgeConfig {
     /// Checks every value against its limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
+        self.quic.validate()?;
         check(
             meridian_protocol::addr::validate_app(&self.edge_id).is_ok() && self.edge_id != "_",
             "edge_id",

@@ -19,6 +19,11 @@ pub struct QuicTuning {
     pub keep_alive_interval_ms: u64,
     /// A connection silent this long is closed.
     pub max_idle_timeout_ms: u64,
+    /// Where this node accepts QUIC connections (an origin from edges): connections open at
+    /// once, handshakes included; one more is refused.
+    pub max_connections: usize,
+    /// The same from one client address.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for QuicTuning {
@@ -26,7 +31,32 @@ impl Default for QuicTuning {
         Self {
             keep_alive_interval_ms: 1_000,
             max_idle_timeout_ms: 4_000,
+            max_connections: 4_096,
+            max_connections_per_client: 64,
         }
+    }
+}
+
+impl QuicTuning {
+    /// Checks every value against its limits (keys named under `quic.`).
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        use crate::config::check;
+        check(
+            (1..=1_000_000).contains(&self.max_connections),
+            "quic.max_connections",
+            format!(
+                "must be between 1 and 1000000, got {}",
+                self.max_connections
+            ),
+        )?;
+        check(
+            (1..=self.max_connections).contains(&self.max_connections_per_client),
+            "quic.max_connections_per_client",
+            format!(
+                "must be between 1 and quic.max_connections ({}), got {}",
+                self.max_connections, self.max_connections_per_client
+            ),
+        )
     }
 }
 

@@ -189,6 +189,7 @@ impl OriginConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check(!self.node_id.is_empty(), "node_id", "must not be empty")?;
         self.http.validate()?;
+        self.quic.validate()?;
         check(
             (1..=64 * 1024 * 1024).contains(&self.max_value_bytes),
             "max_value_bytes",

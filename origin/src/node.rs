@@ -203,6 +203,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         commits_rx,
         distributor,
         edges.clone(),
+        config.quic,
         shutdown_rx.clone(),
     ));
 
