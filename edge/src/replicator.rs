@@ -1624,16 +1624,21 @@ mod tests {
         );
     }
 
+    /// The entries of the state `h` leads to.
+    fn entries_after(h: &[SignedDelta]) -> Vec<(Address, EntryState)> {
+        let mut full = meridian_protocol::CacheState::new();
+        for d in h {
+            full.apply_delta(&d.delta);
+        }
+        full.iter().map(|(a, e)| (a, e.clone())).collect()
+    }
+
     #[test]
     fn a_snapshot_arriving_for_longer_than_the_stall_timeout_is_not_asked_for_again() {
         let start = Instant::now();
         let mut r = connected(start);
         let h = history(4);
-        let mut full = meridian_protocol::CacheState::new();
-        for d in &h {
-            full.apply_delta(&d.delta);
-        }
-        let entries: Vec<_> = full.iter().map(|(a, e)| (a, e.clone())).collect();
+        let entries = entries_after(&h);
         r.handle_frame(
             start,
             0,
@@ -1689,11 +1694,7 @@ mod tests {
         let now = Instant::now();
         let mut r = connected(now);
         let h = history(4);
-        let mut full = meridian_protocol::CacheState::new();
-        for d in &h {
-            full.apply_delta(&d.delta);
-        }
-        let entries: Vec<_> = full.iter().map(|(a, e)| (a, e.clone())).collect();
+        let entries = entries_after(&h);
         r.handle_frame(
             now,
             0,

@@ -11,11 +11,11 @@
 //! and continues from there. Event ids are positions, so `Last-Event-ID` or `since` resume
 //! exactly after the last event received.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -24,6 +24,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use meridian_net::http::ApiError;
+use meridian_net::slots::{Full, Slot, Slots};
 use meridian_protocol::addr::WILDCARD;
 use meridian_protocol::addr::{validate_app, validate_env, validate_key_prefix};
 use meridian_protocol::view::Level;
@@ -270,38 +271,21 @@ pub enum Step {
     Wait,
 }
 
-/// Open watch streams, in all and per client address.
-#[derive(Debug, Default)]
-struct Open {
-    total: usize,
-    per_client: HashMap<IpAddr, usize>,
-}
-
 /// One open watch stream's place under the limits; given back when dropped.
 pub struct WatchSlot {
     hub: Arc<WatchHub>,
-    client: Option<IpAddr>,
+    _slot: Slot,
 }
 
 impl Drop for WatchSlot {
     fn drop(&mut self) {
-        let mut open = self.hub.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.total = open.total.saturating_sub(1);
-        if let Some(ip) = self.client
-            && let Some(n) = open.per_client.get_mut(&ip)
-        {
-            *n -= 1;
-            if *n == 0 {
-                open.per_client.remove(&ip);
-            }
-        }
         metrics::gauge!("meridian_edge_watch_subscribers").decrement(1.0);
     }
 }
 
 /// The ring of recent changes and the notification of new revisions.
 pub struct WatchHub {
-    open: Mutex<Open>,
+    open: Slots,
     ring: RwLock<Ring>,
     closed: AtomicBool,
     revision_tx: watch::Sender<u64>,
@@ -321,7 +305,7 @@ impl WatchHub {
             .unwrap_or_else(|e| e.into_inner().state.revision().0);
         let (revision_tx, _) = watch::channel(revision);
         Self {
-            open: Mutex::default(),
+            open: Slots::new(limits.max_subscribers, limits.max_subscribers_per_client),
             ring: RwLock::new(Ring {
                 events: VecDeque::new(),
                 bytes: 0,
@@ -359,36 +343,23 @@ impl WatchHub {
     /// A place for one more watch stream from `client`, or 429 `too_many_watches` naming the
     /// limit it would cross.
     pub fn admit(self: &Arc<Self>, client: Option<IpAddr>) -> Result<WatchSlot, ApiError> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let refuse = |what: String| {
+        let slot = self.open.take(client).map_err(|full| {
             metrics::counter!("meridian_edge_watch_refused_total").increment(1);
-            Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_watches",
-                what,
-            ))
-        };
-        if open.total >= self.limits.max_subscribers {
-            return refuse(format!(
-                "this edge serves {} watch streams, its limit (watch.max_subscribers)",
-                open.total
-            ));
-        }
-        if let Some(ip) = client {
-            let n = open.per_client.entry(ip).or_insert(0);
-            if *n >= self.limits.max_subscribers_per_client {
-                return refuse(format!(
+            let what = match full {
+                Full::Total(n) => {
+                    format!("this edge serves {n} watch streams, its limit (watch.max_subscribers)")
+                }
+                Full::Client(ip, n) => format!(
                     "{ip} has {n} watch streams open, the limit per client address \
                      (watch.max_subscribers_per_client)"
-                ));
-            }
-            *n += 1;
-        }
-        open.total += 1;
+                ),
+            };
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_watches", what)
+        })?;
         metrics::gauge!("meridian_edge_watch_subscribers").increment(1.0);
         Ok(WatchSlot {
             hub: self.clone(),
-            client,
+            _slot: slot,
         })
     }
 

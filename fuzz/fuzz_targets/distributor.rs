@@ -16,32 +16,19 @@ use meridian_protocol::frame::decode_one;
 use meridian_protocol::{Address, Digest, Frame, FrameV1, Revision, Signer};
 use meridian_store::{MemBackend, SignedState};
 
-struct Input<'a>(&'a [u8]);
+#[path = "input.rs"]
+mod input;
+use input::Input;
 
-impl Input<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.0.len());
-        let (taken, rest) = self.0.split_at(n);
-        self.0 = rest;
-        taken
-    }
-
-    /// A revision: small, near the head, or extreme.
-    fn revision(&mut self, head: u64) -> Revision {
-        let b = self.byte().unwrap_or(0);
-        Revision(match b % 4 {
-            0 => (b / 4) as u64,
-            1 => head.saturating_sub((b / 4) as u64),
-            2 => head.saturating_add((b / 4) as u64),
-            _ => u64::MAX - (b / 4) as u64,
-        })
-    }
+/// A revision: small, near the head, or extreme.
+fn revision(input: &mut Input<'_>, head: u64) -> Revision {
+    let b = input.byte().unwrap_or(0);
+    Revision(match b % 4 {
+        0 => (b / 4) as u64,
+        1 => head.saturating_sub((b / 4) as u64),
+        2 => head.saturating_add((b / 4) as u64),
+        _ => u64::MAX - (b / 4) as u64,
+    })
 }
 
 const INTERVAL_MS: u64 = 1_000;
@@ -88,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
                 last_snapshot.remove(&conn);
             }
             4 => {
-                let revision = input.revision(head);
+                let revision = revision(&mut input, head);
                 let hello = FrameV1::Hello {
                     edge_id: "e".into(),
                     region: "r".into(),
@@ -98,18 +85,18 @@ fuzz_target!(|data: &[u8]| {
                 d.handle_frame(now, conn, hello.into(), origin.state());
             }
             5 => {
-                let revision = input.revision(head);
+                let revision = revision(&mut input, head);
                 d.handle_frame(now, conn, FrameV1::Ack { revision }.into(), origin.state());
             }
             6 => {
-                let from = input.revision(head);
+                let from = revision(&mut input, head);
                 d.handle_frame(now, conn, FrameV1::Need { from }.into(), origin.state());
             }
             7 => {
                 let frame: Frame = match input.byte().unwrap_or(0) % 2 {
                     0 => FrameV1::Standby.into(),
                     _ => FrameV1::Report {
-                        revision: input.revision(head),
+                        revision: revision(&mut input, head),
                         digest: Digest::default(),
                         lag_ms: u64::MAX,
                     }

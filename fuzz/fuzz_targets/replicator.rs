@@ -17,23 +17,9 @@ use meridian_protocol::{Address, Digest, FrameV1, Revision, SignedDelta, Signer}
 use meridian_protocol::{SignedHead, TrustedKeys};
 use meridian_store::{MemBackend, SignedState};
 
-/// A cursor over the fuzz input.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.0.len());
-        let (taken, rest) = self.0.split_at(n);
-        self.0 = rest;
-        taken
-    }
-}
+#[path = "input.rs"]
+mod input;
+use input::Input;
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);

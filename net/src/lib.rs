@@ -9,6 +9,7 @@ pub mod private;
 pub mod quic;
 pub mod reads;
 pub mod serve;
+pub mod slots;
 pub mod tls;
 
 pub use quic::{NetError, QuicTuning};

@@ -6,9 +6,7 @@
 //! before every connection is closed. The origin's client API and Raft channel and the edge's
 //! read API are served this way.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,7 +15,7 @@ use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::config::{ConfigError, check};
 
@@ -89,42 +87,6 @@ impl ServeLimits {
     }
 }
 
-/// Open connections per client address; a slot is given back when its guard drops.
-#[derive(Default)]
-struct PerClient(Mutex<HashMap<IpAddr, usize>>);
-
-struct ClientSlot {
-    table: Arc<PerClient>,
-    ip: IpAddr,
-}
-
-impl PerClient {
-    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
-        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot {
-            table: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Serves `app` on `listener` until `shutdown` turns true: over TLS when `tls` is given (it
 /// decides who may connect), plain HTTP otherwise. Then stops accepting, lets open requests end
 /// within the grace period and closes every connection. `name` labels log lines and metrics.
@@ -141,8 +103,7 @@ pub async fn serve(
         Duration::from_millis(limits.request_timeout_ms),
         request_deadline,
     ));
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let per_client = Arc::new(PerClient::default());
+    let slots = crate::slots::Slots::new(limits.max_connections, limits.max_connections_per_client);
     let graceful = GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -160,8 +121,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let slot = per_client.take(peer.ip(), limits.max_connections_per_client);
-        let (Ok(permit), Some(slot)) = (permits.clone().try_acquire_owned(), slot) else {
+        let Ok(slot) = slots.take(Some(peer.ip())) else {
             metrics::counter!("meridian_connections_refused_total", "listener" => name)
                 .increment(1);
             tracing::debug!(listener = name, %peer, "connection limit reached; closing a new connection");
@@ -171,7 +131,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (acceptor, app, watcher) = (acceptor.clone(), app.clone(), graceful.watcher());
         connections.spawn(async move {
-            let _held = (permit, slot);
+            let _held = slot;
             let Some(acceptor) = acceptor else {
                 return serve_connection(name, stream, peer, app, &limits, watcher).await;
             };

@@ -2,13 +2,13 @@
 //! their control stream into the distributor, and carries out what it says to transmit.
 //! It decides nothing itself.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use meridian_net::QuicTuning;
 use meridian_net::quic::{read_frame, send_uni, write_frame};
+use meridian_net::slots::{Slot, Slots};
 use meridian_protocol::frame::DEFAULT_MAX_FRAME_BYTES;
 use meridian_protocol::{Frame, FrameDecoder, Revision};
 use meridian_store::{Backend, SignedState};
@@ -43,7 +43,7 @@ pub async fn run<B: Backend + 'static>(
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut writers: BTreeMap<ConnId, mpsc::Sender<Transmit>> = BTreeMap::new();
     let mut next_conn: ConnId = 1;
-    let open = Arc::new(OpenConnections::default());
+    let slots = Slots::new(limits.max_connections, limits.max_connections_per_client);
     loop {
         let timeout = distributor.poll_timeout();
         tokio::select! {
@@ -51,7 +51,7 @@ pub async fn run<B: Backend + 'static>(
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let ip = incoming.remote_address().ip();
-                let Some(slot) = open.take(ip, limits) else {
+                let Ok(slot) = slots.take(Some(ip)) else {
                     metrics::counter!("meridian_connections_refused_total", "listener" => "quic")
                         .increment(1);
                     tracing::debug!(%ip, "QUIC connection limit reached; refusing a connection");
@@ -107,50 +107,6 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Connections open (handshakes included), in all and per client address.
-#[derive(Default)]
-struct OpenConnections(Mutex<(usize, HashMap<IpAddr, usize>)>);
-
-/// One connection's place under the limits; given back when dropped.
-struct Slot {
-    table: Arc<OpenConnections>,
-    ip: IpAddr,
-}
-
-impl OpenConnections {
-    fn take(self: &Arc<Self>, ip: IpAddr, limits: QuicTuning) -> Option<Slot> {
-        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (total, per_client) = &mut *open;
-        let n = per_client.entry(ip).or_insert(0);
-        if *total >= limits.max_connections || *n >= limits.max_connections_per_client {
-            if *n == 0 {
-                per_client.remove(&ip);
-            }
-            return None;
-        }
-        *n += 1;
-        *total += 1;
-        Some(Slot {
-            table: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (total, per_client) = &mut *open;
-        *total = total.saturating_sub(1);
-        if let Some(n) = per_client.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_client.remove(&self.ip);
-            }
-        }
     }
 }
 
