@@ -206,20 +206,11 @@ impl EdgeConfig {
             "silence_timeout_ms",
             "must exceed heartbeat_interval_ms",
         )?;
-        check(
-            (1..=1_000_000).contains(&self.watch.max_subscribers),
-            "watch.max_subscribers",
-            format!(
-                "must be between 1 and 1000000, got {}",
-                self.watch.max_subscribers
-            ),
-        )?;
-        check(
-            (1..=self.watch.max_subscribers).contains(&self.watch.max_subscribers_per_client),
-            "watch.max_subscribers_per_client",
-            format!(
-                "must be between 1 and watch.max_subscribers ({}), got {}",
-                self.watch.max_subscribers, self.watch.max_subscribers_per_client
+        meridian_net::config::check_places(
+            ("watch.max_subscribers", self.watch.max_subscribers),
+            (
+                "watch.max_subscribers_per_client",
+                self.watch.max_subscribers_per_client,
             ),
         )?;
         check(

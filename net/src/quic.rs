@@ -40,21 +40,11 @@ impl Default for QuicTuning {
 impl QuicTuning {
     /// Checks every value against its limits (keys named under `quic.`).
     pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
-        use crate::config::check;
-        check(
-            (1..=1_000_000).contains(&self.max_connections),
-            "quic.max_connections",
-            format!(
-                "must be between 1 and 1000000, got {}",
-                self.max_connections
-            ),
-        )?;
-        check(
-            (1..=self.max_connections).contains(&self.max_connections_per_client),
-            "quic.max_connections_per_client",
-            format!(
-                "must be between 1 and quic.max_connections ({}), got {}",
-                self.max_connections, self.max_connections_per_client
+        crate::config::check_places(
+            ("quic.max_connections", self.max_connections),
+            (
+                "quic.max_connections_per_client",
+                self.max_connections_per_client,
             ),
         )
     }

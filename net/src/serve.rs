@@ -55,20 +55,11 @@ impl Default for ServeLimits {
 impl ServeLimits {
     /// Checks every value against its limits (keys named under `http.`).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check(
-            (1..=1_000_000).contains(&self.max_connections),
-            "http.max_connections",
-            format!(
-                "must be between 1 and 1000000, got {}",
-                self.max_connections
-            ),
-        )?;
-        check(
-            (1..=self.max_connections).contains(&self.max_connections_per_client),
-            "http.max_connections_per_client",
-            format!(
-                "must be between 1 and http.max_connections ({}), got {}",
-                self.max_connections, self.max_connections_per_client
+        crate::config::check_places(
+            ("http.max_connections", self.max_connections),
+            (
+                "http.max_connections_per_client",
+                self.max_connections_per_client,
             ),
         )?;
         for (key, ms) in [
