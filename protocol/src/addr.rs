@@ -52,11 +52,33 @@ impl Address {
         })
     }
 
-    /// Whether all three parts are well formed (used to check data read back from disk or wire).
+    /// Whether all three parts are well formed (used to check data read back from disk or
+    /// wire): a client address, or a record of one of the system namespaces
+    /// ([`crate::auth::SYSTEM_APP`]), which [`Address::parse`] never yields.
     pub fn is_valid(&self) -> bool {
-        validate_app(&self.app).is_ok()
+        (validate_app(&self.app).is_ok() || self.is_system())
             && validate_env(&self.env).is_ok()
             && validate_key(&self.key).is_ok()
+    }
+
+    /// An address of one of the system namespaces (tokens, policies).
+    pub fn system(env: &str, key: &str) -> Result<Self, AddressError> {
+        validate_key(key)?;
+        let address = Self {
+            app: crate::auth::SYSTEM_APP.to_owned(),
+            env: env.to_owned(),
+            key: key.to_owned(),
+        };
+        if address.is_system() {
+            Ok(address)
+        } else {
+            Err(AddressError::InvalidEnv(env.to_owned()))
+        }
+    }
+
+    /// Whether this is a record of one of the system namespaces.
+    pub fn is_system(&self) -> bool {
+        crate::auth::is_system_namespace(&self.app, &self.env)
     }
 }
 
