@@ -27,9 +27,10 @@ pub struct Client {
     /// How answers are printed.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
-    /// Who is writing, recorded in the history (the `meridian-actor` header).
-    #[arg(long, global = true, env = "MERIDIAN_ACTOR")]
-    pub actor: Option<String>,
+    /// The API token to present (`meridian dev` prints one; `meridian token create` makes
+    /// more). Sent as `Authorization: Bearer`.
+    #[arg(long, global = true, env = "MERIDIAN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Output format.
@@ -178,7 +179,7 @@ impl Client {
         self.endpoint.trim_end_matches('/').to_string()
     }
 
-    fn writes(&self) -> String {
+    pub(crate) fn writes(&self) -> String {
         self.origin
             .as_deref()
             .unwrap_or(&self.endpoint)
@@ -186,9 +187,13 @@ impl Client {
             .to_string()
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> anyhow::Result<Value> {
-        let req = match &self.actor {
-            Some(a) => req.header("meridian-actor", a),
+    pub(crate) async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> anyhow::Result<Value> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
             None => req,
         };
         let answer = req
@@ -208,12 +213,12 @@ impl Client {
         Ok(body)
     }
 
-    async fn get(&self, url: String) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, url: String) -> anyhow::Result<Value> {
         let c = reqwest::Client::new();
         self.send(c.get(&url), &url).await
     }
 
-    async fn with_body(
+    pub(crate) async fn with_body(
         &self,
         method: reqwest::Method,
         url: String,
@@ -225,7 +230,7 @@ impl Client {
 }
 
 /// A JSON value on one line, strings without quotes.
-fn cell(v: &Value) -> String {
+pub(crate) fn cell(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -234,7 +239,7 @@ fn cell(v: &Value) -> String {
 }
 
 /// Prints rows as aligned columns under a header.
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -258,7 +263,11 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-fn print(output: Output, body: &Value, as_table: impl FnOnce(&Value)) -> anyhow::Result<()> {
+pub(crate) fn print(
+    output: Output,
+    body: &Value,
+    as_table: impl FnOnce(&Value),
+) -> anyhow::Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(body)?),
         Output::Table => as_table(body),
@@ -632,6 +641,7 @@ fn urlencode(s: &str) -> String {
 /// (`{"event":"change",...}` or `{"event":"resync",...}`) until interrupted or refused.
 pub async fn watch(
     endpoint: &str,
+    token: Option<&str>,
     app: &str,
     env: &str,
     prefix: &str,
@@ -639,7 +649,7 @@ pub async fn watch(
 ) -> anyhow::Result<()> {
     use futures_util::StreamExt;
     use meridian_client::WatchEvent;
-    let client = meridian_client::Client::new(endpoint)?;
+    let client = meridian_client::Client::with_token(endpoint, token)?;
     let mut events = Box::pin(client.watch(app, env, prefix, since));
     while let Some(event) = events.next().await {
         let line = match event? {

@@ -35,6 +35,10 @@ pub struct DevOptions {
     pub origin_nodes: usize,
     /// History retention of the origin nodes.
     pub history: meridian_origin::config::HistoryConfig,
+    /// The admin token written to `DATA_DIR/admin.token` (mode 0600) for the origins to
+    /// bootstrap with, unless that file exists already (then it is kept, so a restarted dev
+    /// topology keeps its token).
+    pub admin_token: String,
 }
 
 impl DevOptions {
@@ -50,6 +54,7 @@ impl DevOptions {
             delta_window: 10_000,
             origin_nodes: 3,
             history: Default::default(),
+            admin_token: meridian_net::auth::new_token(),
         }
     }
 
@@ -65,6 +70,7 @@ impl DevOptions {
             delta_window: 10_000,
             origin_nodes: 1,
             history: Default::default(),
+            admin_token: meridian_net::auth::new_token(),
         }
     }
 
@@ -122,7 +128,33 @@ pub fn pki(data_dir: &Path) -> anyhow::Result<DevPki> {
     ensure_dev_pki(&data_dir.join("pki"), &refs).context("creating the development PKI")
 }
 
-/// The origin's config in the dev topology.
+/// Where the dev topology keeps its admin token.
+pub fn admin_token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.token")
+}
+
+/// The dev topology's admin token: the one in `DATA_DIR/admin.token` if that file exists,
+/// else `opts.admin_token`, written there (mode 0600).
+pub fn ensure_admin_token(opts: &DevOptions) -> anyhow::Result<String> {
+    let path = admin_token_path(&opts.data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            meridian_net::private::private_dir(&opts.data_dir)
+                .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+            meridian_net::private::write_private(
+                &path,
+                format!("{}\n", opts.admin_token).as_bytes(),
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
+            Ok(opts.admin_token.clone())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The origin's config in the dev topology (its bootstrap token file is
+/// [`admin_token_path`]; see [`ensure_admin_token`]).
 pub fn origin_config(opts: &DevOptions, pki: &DevPki) -> OriginConfig {
     OriginConfig {
         node_id: "origin-1".into(),
@@ -141,6 +173,10 @@ pub fn origin_config(opts: &DevOptions, pki: &DevPki) -> OriginConfig {
         storage: Default::default(),
         raft: meridian_origin::config::RaftConfig::default(),
         history: opts.history.clone(),
+        auth: meridian_net::auth::AuthConfig {
+            bootstrap_token_file: Some(admin_token_path(&opts.data_dir)),
+            ..Default::default()
+        },
     }
 }
 
@@ -174,11 +210,12 @@ pub fn edge_config(
         watch: Default::default(),
         strict: Vec::new(),
         redis: None,
+        auth: Default::default(),
     }
 }
 
 /// The configs of a dev origin cluster of `opts.origin_nodes` nodes (data in
-/// `DATA_DIR/origin-N`).
+/// `DATA_DIR/origin-N`). Call [`ensure_admin_token`] before starting them.
 pub fn origin_cluster_configs(opts: &DevOptions, pki: &DevPki) -> Vec<OriginConfig> {
     let n = opts.origin_nodes.max(1);
     let addrs: Vec<_> = (0..n).map(|i| opts.origin_addrs(i)).collect();
@@ -210,6 +247,31 @@ pub fn origin_cluster_configs(opts: &DevOptions, pki: &DevPki) -> Vec<OriginConf
         .collect()
 }
 
+/// Waits (at most 30 s) until every edge holds the record of `token`: the bootstrap revision
+/// has committed and reached them, so the token works everywhere.
+pub async fn wait_for_token(edges: &[EdgeHandle], token: &str) -> anyhow::Result<()> {
+    let hash = meridian_protocol::auth::parse_token(token).context("the admin token")?;
+    let id = meridian_protocol::auth::TokenId::of(&hash);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for e in edges {
+        let reader = e.shared.reader.clone();
+        while !reader
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .auth
+            .has_record(id)
+        {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "edge {} did not receive the admin token's record within 30 s",
+                e.shared.edge_id
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    Ok(())
+}
+
 /// A running dev topology.
 pub struct DevCluster {
     /// The PKI in use.
@@ -227,6 +289,7 @@ impl DevCluster {
     /// each knowing every origin node (edge `r` tries node `r` first).
     pub async fn start(opts: &DevOptions) -> anyhow::Result<Self> {
         let pki = pki(&opts.data_dir)?;
+        ensure_admin_token(opts)?;
         let mut origins = Vec::new();
         for config in origin_cluster_configs(opts, &pki) {
             let id = config.raft.id;
@@ -256,6 +319,8 @@ impl DevCluster {
                     .with_context(|| format!("starting edge {region}"))?,
             );
         }
+        let token = ensure_admin_token(opts)?;
+        wait_for_token(&edges, &token).await?;
         let mut origins = origins.into_iter();
         let origin = origins.next().context("no origin node")?;
         Ok(Self {

@@ -3,6 +3,7 @@
 //! `txn`). It also owns how a node process uses memory: the allocator (mimalloc) of every
 //! program that links it, and [`disable_transparent_huge_pages`] for the programs that run nodes.
 
+pub mod access;
 pub mod cli;
 pub mod dev;
 

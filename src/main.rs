@@ -89,6 +89,20 @@ enum Command {
         /// The transaction file.
         file: PathBuf,
     },
+    /// Make, list and revoke API tokens (admin).
+    Token {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        #[command(subcommand)]
+        action: meridian::access::Token,
+    },
+    /// Bind tokens and groups to roles on resources (admin).
+    Policy {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        #[command(subcommand)]
+        action: meridian::access::Policy,
+    },
     /// Follow changes under APP/ENV (keys starting with PREFIX) on an edge, one JSON line per
     /// event, until interrupted. Reconnects by itself and resumes after the last event it
     /// printed, so a restarting edge loses nothing.
@@ -96,6 +110,9 @@ enum Command {
         /// The edge to watch (watches are served by edges, not the origin).
         #[arg(long, default_value = "http://127.0.0.1:7081", env = "MERIDIAN_EDGE")]
         endpoint: String,
+        /// The API token to present.
+        #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Application.
         app: String,
         /// Environment.
@@ -389,12 +406,18 @@ async fn main() -> anyhow::Result<()> {
             for (region, edge) in REGIONS.iter().zip(&cluster.edges) {
                 println!("  edge    {region:<9}  http://{}", edge.http_addr);
             }
+            let token = meridian::dev::ensure_admin_token(&opts)?;
             println!(
-                "Try: curl -X PUT http://{}/v1/kv/myapp/prod/greeting -d '{{\"value\":\"hello\"}}'",
+                "The admin token is in {} (mode 0600). To use it:",
+                meridian::dev::admin_token_path(&opts.data_dir).display()
+            );
+            println!("  export MERIDIAN_TOKEN={token}");
+            println!(
+                "Try: curl -X PUT http://{}/v1/kv/myapp/prod/greeting -H \"Authorization: Bearer $MERIDIAN_TOKEN\" -H 'Content-Type: application/json' -d '{{\"value\":\"hello\"}}'",
                 cluster.origin.http_addr
             );
             println!(
-                "     curl http://{}/v1/kv/myapp/prod/greeting",
+                "     curl http://{}/v1/kv/myapp/prod/greeting -H \"Authorization: Bearer $MERIDIAN_TOKEN\"",
                 cluster.edges[2].http_addr
             );
             println!("Ctrl-C to stop.");
@@ -412,11 +435,14 @@ async fn main() -> anyhow::Result<()> {
         } => meridian::cli::edges(&client, Some(lag_threshold_ms)).await?,
         Command::Watch {
             endpoint,
+            token,
             app,
             env,
             prefix,
             since,
-        } => meridian::cli::watch(&endpoint, &app, &env, &prefix, since).await?,
+        } => meridian::cli::watch(&endpoint, token.as_deref(), &app, &env, &prefix, since).await?,
+        Command::Token { client, action } => meridian::access::token(&client, action).await?,
+        Command::Policy { client, action } => meridian::access::policy(&client, action).await?,
         Command::Sim(args) => {
             if !sim(args)? {
                 std::process::exit(1);

@@ -17,7 +17,7 @@ async fn meridian(reads: &str, writes: &str, args: &[&str]) -> (bool, String, St
         .args(args)
         .env("MERIDIAN_ENDPOINT", reads)
         .env("MERIDIAN_ORIGIN", writes)
-        .env("MERIDIAN_ACTOR", "cli-test")
+        .env("MERIDIAN_TOKEN", TOKEN.as_str())
         .env("RUST_LOG", "error")
         .output()
         .await
@@ -103,7 +103,12 @@ async fn kv_config_schema_and_txn_commands_work_end_to_end() {
     // History, diff and rollback at the origin.
     let history = json_of(e, o, &["kv", "history", "pay/prod/db.pool"]).await;
     assert_eq!(history["items"][0]["version"], 2);
-    assert_eq!(history["items"][0]["actor"], "cli-test");
+    assert!(
+        history["items"][0]["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("bootstrap-admin#")
+    );
     let diff = json_of(
         e,
         o,
@@ -210,6 +215,7 @@ async fn watch_prints_the_full_state_then_each_change_as_json_lines() {
     .await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(["watch", "--endpoint", &edge, "pay", "prod", "--since", "0"])
+        .env("MERIDIAN_TOKEN", TOKEN.as_str())
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{base, eventually, get_json, http, init, put, status};
-use meridian::dev::{DevOptions, origin_config, pki};
+use meridian::dev::{origin_config, pki};
 use meridian_origin::config::{Member, RaftConfig};
 use meridian_origin::{OriginConfig, OriginHandle};
 use reqwest::Method;
@@ -35,7 +35,7 @@ fn configs(dir: &std::path::Path, request_timeout_ms: u64) -> Vec<OriginConfig> 
 /// Configs for `n` nodes that all list the same `n` members (the first three start the
 /// cluster; a later one joins through the admin API).
 fn configs_of(dir: &std::path::Path, request_timeout_ms: u64, n: usize) -> Vec<OriginConfig> {
-    let opts = DevOptions::ephemeral(dir.to_owned());
+    let opts = common::options(dir);
     let pki = pki(dir).expect("pki");
     let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
     let raft_addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
@@ -349,7 +349,7 @@ async fn nodes_join_and_leave_through_the_admin_api() {
 async fn edges_fail_over_to_another_origin_node_from_their_own_revision() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = DevOptions::ephemeral(dir.path().to_owned());
+    let mut opts = common::options(dir.path());
     opts.origin_nodes = 3;
     let meridian::dev::DevCluster {
         origin,
@@ -368,7 +368,7 @@ async fn edges_fail_over_to_another_origin_node_from_their_own_revision() {
     for url in &edge_urls {
         eventually(Duration::from_secs(20), "edges at revision 20", || {
             let c = c.clone();
-            async move { (common::revision(&c, url).await == 20).then_some(()) }
+            async move { (common::revision(&c, url).await == common::BOOT + 20).then_some(()) }
         })
         .await;
     }
@@ -402,7 +402,7 @@ async fn edges_fail_over_to_another_origin_node_from_their_own_revision() {
     for url in &edge_urls {
         eventually(Duration::from_secs(20), "edges at revision 30", || {
             let c = c.clone();
-            async move { (common::revision(&c, url).await == 30).then_some(()) }
+            async move { (common::revision(&c, url).await == common::BOOT + 30).then_some(()) }
         })
         .await;
         let (code, v) = get_json(&c, &format!("{url}/v1/kv/app/prod/k29")).await;
@@ -515,7 +515,7 @@ async fn a_node_that_missed_compacted_entries_catches_up_by_snapshot_and_serves_
     );
 
     // An edge that knows only this node replicates from it to the same signed state.
-    let opts = DevOptions::ephemeral(dir.path().to_owned());
+    let opts = common::options(dir.path());
     let pki = pki(dir.path()).unwrap();
     let quic = nodes[away].handle.as_ref().unwrap().quic_addr;
     let edge = meridian_edge::start(meridian::dev::edge_config(

@@ -21,6 +21,7 @@ async fn writer(
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let c = reqwest::Client::builder()
+        .default_headers(common::auth_headers(&common::TOKEN))
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();

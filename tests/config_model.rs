@@ -425,9 +425,17 @@ async fn history_pages_diffs_and_rollbacks_of_a_key_and_an_environment() {
     let dir = tempfile::tempdir().unwrap();
     let (_cluster, t) = topology(dir.path()).await;
     let o = &t.origin;
+    // History names the authenticated token, whatever a client claims.
+    let mut people = std::collections::BTreeMap::new();
+    for name in ["alice", "bob", "carol"] {
+        let body = json!({"name": name, "role": "editor", "resources": ["pay/*/*"]});
+        people.insert(name, common::create_token(&t.c, o, body).await);
+    }
+    let (alice, bob, carol) = (&people["alice"], &people["bob"], &people["carol"]);
     let write = |path: &'static str, value: Value, reason: &'static str| {
-        t.c.put(format!("{o}/v1/kv/{path}"))
-            .header("meridian-actor", "alice")
+        common::http_with(&alice.0)
+            .put(format!("{o}/v1/kv/{path}"))
+            .header("meridian-actor", "mallory")
             .json(&json!({"value": value, "reason": reason}))
     };
     for i in 1..=5 {
@@ -446,8 +454,8 @@ async fn history_pages_diffs_and_rollbacks_of_a_key_and_an_environment() {
         .await;
     let (code, _) = t
         .send(
-            t.c.delete(format!("{o}/v1/kv/pay/prod/flag?reason=rollout%20done"))
-                .header("meridian-actor", "bob"),
+            common::http_with(&bob.0)
+                .delete(format!("{o}/v1/kv/pay/prod/flag?reason=rollout%20done")),
         )
         .await;
     assert_eq!(code, 200);
@@ -464,7 +472,7 @@ async fn history_pages_diffs_and_rollbacks_of_a_key_and_an_environment() {
             .collect::<Vec<_>>()
     };
     assert_eq!(versions(&p1), [5, 4]);
-    assert_eq!(p1["items"][0]["actor"], "alice");
+    assert_eq!(p1["items"][0]["actor"], format!("alice#{}", alice.1));
     assert_eq!(p1["items"][0]["reason"], "resize");
     assert_eq!(p1["items"][0]["value"], json!({"max": 50, "min": 1}));
     assert!(p1["items"][0]["time_ms"].as_u64().unwrap() > 1_700_000_000_000);
@@ -487,7 +495,7 @@ async fn history_pages_diffs_and_rollbacks_of_a_key_and_an_environment() {
     assert!(p3["next_before"].is_null());
     let (_, flag) = get_json(&t.c, &format!("{o}/v1/kv/pay/prod/flag/history")).await;
     assert_eq!(flag["items"][0]["deleted"], true);
-    assert_eq!(flag["items"][0]["actor"], "bob");
+    assert_eq!(flag["items"][0]["actor"], format!("bob#{}", bob.1));
     assert_eq!(flag["items"][0]["reason"], "rollout done");
 
     // Diff of a key between versions: JSON paths.
@@ -514,8 +522,8 @@ async fn history_pages_diffs_and_rollbacks_of_a_key_and_an_environment() {
     // Roll the key back to version 2: a new version 6 with version 2's value, at every edge.
     let (code, v) = t
         .send(
-            t.c.post(format!("{o}/v1/kv/pay/prod/pool/rollback"))
-                .header("meridian-actor", "carol")
+            common::http_with(&carol.0)
+                .post(format!("{o}/v1/kv/pay/prod/pool/rollback"))
                 .json(&json!({"version": 2, "reason": "too big"})),
         )
         .await;
@@ -527,7 +535,7 @@ async fn history_pages_diffs_and_rollbacks_of_a_key_and_an_environment() {
     assert_eq!(at_edges["value"], json!({"max": 20, "min": 1}));
     let (_, h) = get_json(&t.c, &format!("{o}/v1/kv/pay/prod/pool/history?limit=1")).await;
     assert_eq!(h["items"][0]["reason"], "rollback to version 2: too big");
-    assert_eq!(h["items"][0]["actor"], "carol");
+    assert_eq!(h["items"][0]["actor"], format!("carol#{}", carol.1));
     let (_, all) = get_json(&t.c, &format!("{o}/v1/kv/pay/prod/pool/history")).await;
     assert_eq!(
         versions(&all),
@@ -577,7 +585,7 @@ async fn history_pages_diffs_and_rollbacks_of_a_key_and_an_environment() {
 async fn history_retention_is_enforced_by_compaction() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = meridian::dev::DevOptions::ephemeral(dir.path().to_owned());
+    let mut opts = common::options(dir.path());
     opts.history.max_versions = 3;
     opts.history.compact_interval_s = 1;
     let cluster = meridian::dev::DevCluster::start(&opts).await.unwrap();

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use meridian::dev::{DevOptions, REGIONS, edge_config, origin_config, pki};
+use meridian::dev::{REGIONS, edge_config, origin_config, pki};
 use meridian_protocol::{Revision, TrustedKeys};
 use meridian_store::{SignedState, SledBackend};
 use serde_json::json;
@@ -19,7 +19,7 @@ async fn sigkill_during_catch_up_leaves_a_whole_signed_revision() {
     init();
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path()).unwrap();
-    let opts = DevOptions::ephemeral(dir.path().to_owned());
+    let opts = common::options(dir.path());
     // One revision in flight at a time makes the catch-up a long series of small durable steps,
     // so the kill reliably lands in the middle of it.
     let mut origin_cfg = origin_config(&opts, &pki);
@@ -90,7 +90,7 @@ async fn sigkill_during_catch_up_leaves_a_whole_signed_revision() {
     eventually(
         Duration::from_secs(60),
         "restarted edge converges",
-        || async { (revision(&c, &url).await == REVISIONS).then_some(()) },
+        || async { (revision(&c, &url).await == REVISIONS + BOOT).then_some(()) },
     )
     .await;
     assert_eq!(

@@ -94,7 +94,7 @@ async fn watch_delivers_every_change_in_order_and_resumes_exactly() {
     })
     .await;
 
-    let client = Client::new(&edge).unwrap();
+    let client = Client::with_token(&edge, Some(&TOKEN)).unwrap();
     let mut all = Box::pin(client.watch("pay", "prod", "", Some(start.to_string())));
     let mut db = Box::pin(client.watch("pay", "prod", "db.", Some(start.to_string())));
 
@@ -171,13 +171,21 @@ async fn watch_delivers_every_change_in_order_and_resumes_exactly() {
     assert!(between[0].1.contains(last_key.as_str()), "{between:?}");
 
     // The same over WebSocket.
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!(
         "ws{}/v1/watch/ws?app=pay&env=prod&since={}",
         edge.trim_start_matches("http"),
         got[9].id()
-    ))
-    .await
-    .expect("websocket upgrade");
+    )
+    .into_client_request()
+    .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", *TOKEN).parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket upgrade");
     let mut ws_ids = Vec::new();
     while ws_ids.len() < rest.len() {
         let msg = tokio::time::timeout(WAIT, ws.next())
@@ -290,7 +298,7 @@ async fn min_revision_waits_for_the_write_then_answers_or_times_out_with_504() {
     assert_eq!(code, 400, "wait_ms without min_revision");
 
     // The client does the same.
-    let client = Client::new(&edge).unwrap();
+    let client = Client::with_token(&edge, Some(&TOKEN)).unwrap();
     let got = client
         .get_with(
             "pay",
@@ -417,7 +425,7 @@ async fn the_client_resumes_its_watch_across_an_edge_restart_and_serves_its_cach
         (revision(&c, &edge).await >= first).then_some(())
     })
     .await;
-    let client = Client::new(&edge).unwrap();
+    let client = Client::with_token(&edge, Some(&TOKEN)).unwrap();
     let before = client.get("pay", "prod", "a").await.unwrap();
     assert!(!before.from_cache);
     let mut watch = Box::pin(client.watch("pay", "prod", "", Some(first.to_string())));

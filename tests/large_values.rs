@@ -13,7 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use meridian::dev::{DevOptions, REGIONS, edge_config, origin_cluster_configs, pki};
+use meridian::dev::{REGIONS, edge_config, origin_cluster_configs, pki};
 use serde_json::{Value, json};
 
 const VALUE_BYTES: usize = 900 * 1024;
@@ -26,7 +26,7 @@ async fn a_new_edge_converges_on_large_values_and_an_oversize_rollback_is_refuse
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = DevOptions::ephemeral(dir.path().to_owned());
+    let mut opts = common::options(dir.path());
     // A short window: the new edge gets a snapshot, not deltas.
     opts.delta_window = 16;
     let pki = pki(dir.path()).unwrap();
@@ -51,7 +51,7 @@ async fn a_new_edge_converges_on_large_values_and_an_oversize_rollback_is_refuse
         done.unwrap();
     }
     let written = revision(&c, &url).await;
-    assert_eq!(written, keys as u64);
+    assert_eq!(written, BOOT + keys as u64);
 
     // A new edge joins and converges to the same revision and digest.
     let config = edge_config(

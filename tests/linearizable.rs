@@ -107,6 +107,7 @@ async fn call(
 /// One client: random calls on random keys at random nodes until `stop`.
 async fn client(id: usize, urls: Vec<String>, h: Arc<History>, stop: Arc<AtomicBool>) {
     let c = reqwest::Client::builder()
+        .default_headers(common::auth_headers(&common::TOKEN))
         .timeout(Duration::from_secs(3))
         .connect_timeout(Duration::from_millis(500))
         .build()

@@ -55,7 +55,7 @@ async fn slow_headers_and_connections_beyond_the_limit_are_cut_off_while_others_
     let mut held = Vec::new();
     for _ in 0..4 {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /v1/watch?app=app&env=prod HTTP/1.1\r\nhost: edge\r\naccept: text/event-stream\r\n\r\n")
+        s.write_all(&authed("GET /v1/watch?app=app&env=prod HTTP/1.1\r\nhost: edge\r\naccept: text/event-stream\r\n\r\n"))
             .await
             .unwrap();
         let mut head = [0u8; 12];
@@ -144,9 +144,9 @@ async fn a_quic_client_cannot_hold_streams_beyond_its_control_stream() {
 
 /// Sends `request` on a new connection and reads the answer until the server closes or the
 /// answer's body is complete (`connection: close` is asked for).
-async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+async fn exchange(addr: SocketAddr, request: Vec<u8>) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
+    s.write_all(&request).await.unwrap();
     until_closed(&mut s).await
 }
 
@@ -161,7 +161,9 @@ async fn a_request_that_outlives_its_deadline_gets_503_while_others_are_served()
     // A read waiting for a revision no write will reach, longer than the deadline.
     let waiting = tokio::spawn(exchange(
         addr,
-        b"GET /v1/kv/app/prod/k?min_revision=1000000&wait_ms=60000 HTTP/1.1\r\nhost: edge\r\nconnection: close\r\n\r\n",
+        authed(
+            "GET /v1/kv/app/prod/k?min_revision=1000000&wait_ms=60000 HTTP/1.1\r\nhost: edge\r\nconnection: close\r\n\r\n",
+        ),
     ));
     assert!(served(addr).await, "others are served meanwhile");
     let answer = tokio::time::timeout(DEADLINE, waiting)
@@ -175,14 +177,14 @@ async fn a_request_that_outlives_its_deadline_gets_503_while_others_are_served()
     // A write whose body trickles in a byte at a time, at an origin node with the same
     // deadline: 503, nothing committed, others served.
     let other = tempfile::tempdir().unwrap();
-    let opts = meridian::dev::DevOptions::ephemeral(other.path().to_owned());
+    let opts = common::options(other.path());
     let pki = meridian::dev::pki(other.path()).unwrap();
     let mut config = meridian::dev::origin_cluster_configs(&opts, &pki).remove(0);
     config.http.request_timeout_ms = 500;
     let strict = meridian_origin::start(config).await.unwrap();
     let mut trickle = TcpStream::connect(strict.http_addr).await.unwrap();
     trickle
-        .write_all(b"PUT /v1/kv/app/prod/trickled HTTP/1.1\r\nhost: origin\r\ncontent-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{")
+        .write_all(&authed("PUT /v1/kv/app/prod/trickled HTTP/1.1\r\nhost: origin\r\ncontent-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{"))
         .await
         .unwrap();
     let answer = tokio::time::timeout(DEADLINE, async {
@@ -218,7 +220,9 @@ async fn a_request_that_outlives_its_deadline_gets_503_while_others_are_served()
     // A watch stream is timed only until it starts: it outlives the deadline.
     let mut watch = TcpStream::connect(addr).await.unwrap();
     watch
-        .write_all(b"GET /v1/watch?app=app&env=prod HTTP/1.1\r\nhost: edge\r\n\r\n")
+        .write_all(&authed(
+            "GET /v1/watch?app=app&env=prod HTTP/1.1\r\nhost: edge\r\n\r\n",
+        ))
         .await
         .unwrap();
     let mut head = [0u8; 12];
@@ -383,6 +387,7 @@ async fn prefix_lists_are_paged_by_limit_and_cursor_and_the_cli_follows_them() {
             "10",
         ])
         .args(["--output", "json", "--endpoint", &edge_url])
+        .env("MERIDIAN_TOKEN", TOKEN.as_str())
         .output()
         .await
         .unwrap();
@@ -402,7 +407,7 @@ async fn prefix_lists_are_paged_by_limit_and_cursor_and_the_cli_follows_them() {
 async fn quic_connections_beyond_the_limit_per_client_are_refused_while_edges_are_served() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let opts = meridian::dev::DevOptions::ephemeral(dir.path().to_owned());
+    let opts = common::options(dir.path());
     let pki = meridian::dev::pki(dir.path()).unwrap();
     let mut config = meridian::dev::origin_cluster_configs(&opts, &pki).remove(0);
     config.quic.max_connections_per_client = 2;
@@ -460,4 +465,10 @@ async fn quic_connections_beyond_the_limit_per_client_are_refused_while_edges_ar
     .await;
     edge.shutdown().await;
     origin.shutdown().await;
+}
+
+/// `request` with the admin token's `authorization` header after its request line.
+fn authed(request: &str) -> Vec<u8> {
+    let (line, rest) = request.split_once("\r\n").unwrap();
+    format!("{line}\r\nauthorization: Bearer {}\r\n{rest}", *TOKEN).into_bytes()
 }

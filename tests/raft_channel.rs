@@ -61,6 +61,13 @@ impl Cluster {
             configs,
         };
         cluster.leader().await;
+        // The bootstrap token's record is committed before the tests count revisions.
+        eventually(
+            Duration::from_secs(30),
+            "the bootstrap revision",
+            || async { (cluster.revision().await >= BOOT).then_some(()) },
+        )
+        .await;
         cluster
     }
 

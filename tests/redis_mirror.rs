@@ -91,7 +91,8 @@ async fn mirror(url: &str) -> Option<(BTreeMap<String, Value>, Option<String>)> 
 fn expected(edge: &meridian_edge::EdgeHandle) -> (BTreeMap<String, Value>, Option<String>) {
     let p = edge.shared.reader.read().unwrap();
     let mut out = BTreeMap::new();
-    for (a, e) in p.state.iter() {
+    // Everything but the token and policy records.
+    for (a, e) in p.state.iter().filter(|(a, _)| !a.is_system()) {
         if let Some(v) = e.value.as_deref() {
             out.insert(
                 format!("config:{}:{}:{}", a.app, a.env, a.key),

@@ -17,13 +17,28 @@ use meridian_protocol::{
 const WAIT: Duration = Duration::from_secs(20);
 
 fn delta(revision: u64, value: &str) -> Delta {
+    let mut changes = vec![Change {
+        address: Address::parse("app", "prod", "flag").unwrap(),
+        version: Version(revision),
+        value: Some(value.into()),
+    }];
+    if revision == 1 {
+        // Readers without a token may read app/prod (this origin issues no tokens).
+        changes.insert(
+            0,
+            Change {
+                address: Address::system("policies", "public").unwrap(),
+                version: Version(1),
+                value: Some(
+                    r#"{"subjects":["anonymous"],"role":"viewer","resources":["app/prod/*"]}"#
+                        .into(),
+                ),
+            },
+        );
+    }
     Delta {
         revision: Revision(revision),
-        changes: vec![Change {
-            address: Address::parse("app", "prod", "flag").unwrap(),
-            version: Version(revision),
-            value: Some(value.into()),
-        }],
+        changes,
     }
 }
 
@@ -48,7 +63,7 @@ async fn forged_tampered_and_garbage_deltas_are_rejected_and_counted() {
         rogue.local_addr().unwrap(),
     );
     let edge = meridian_edge::start(config).await.unwrap();
-    let c = http();
+    let c = http_anonymous();
     let url = base(edge.http_addr);
 
     let conn = rogue.accept().await.unwrap().await.unwrap();

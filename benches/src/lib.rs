@@ -15,6 +15,18 @@ pub fn prepare_node_process() {
     }
 }
 
+/// An HTTP client that presents `token` (`Authorization: Bearer`).
+pub fn client(token: &str) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
+}
+
 /// PUTs `value` at `origin`'s `/v1/kv/{path}`; the revision the write committed at.
 pub async fn put(
     client: &reqwest::Client,

@@ -175,14 +175,30 @@ fn form_urlencoded_component(s: &str) -> String {
 }
 
 impl Client {
-    /// A client of the edge at `endpoint` (e.g. `http://127.0.0.1:7101`).
+    /// A client of the edge at `endpoint` (e.g. `http://127.0.0.1:7101`) that presents no
+    /// token (it reads only what policies grant `anonymous`).
     pub fn new(endpoint: &str) -> Result<Self, ClientError> {
+        Self::with_token(endpoint, None)
+    }
+
+    /// A client of the edge at `endpoint` presenting `token` (a read token scoped to the
+    /// service's namespaces, usually from `MERIDIAN_TOKEN`) as `Authorization: Bearer`.
+    pub fn with_token(endpoint: &str, token: Option<&str>) -> Result<Self, ClientError> {
         let endpoint = endpoint.trim_end_matches('/').to_owned();
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             return Err(ClientError::Endpoint(endpoint));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Endpoint("the token is not header text".into()))?;
+            // Kept out of debug output.
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
+            .default_headers(headers)
             .build()
             .map_err(|e| ClientError::Endpoint(e.to_string()))?;
         Ok(Self {

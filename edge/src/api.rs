@@ -6,17 +6,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::Method;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use meridian_net::auth::{Gate, RouteTable, Rule, authorize, bearer, readable};
 use meridian_net::http::{
     ApiError, json_bytes, method_not_allowed, metrics_endpoint, unknown_route,
 };
 use meridian_net::reads;
 use meridian_protocol::Address;
+use meridian_protocol::auth::{Action, Principal, Resource};
 
 use crate::config::StrictNamespace;
 use crate::shared::EdgeShared;
@@ -28,16 +31,58 @@ const STALENESS: HeaderName = HeaderName::from_static("meridian-staleness-ms");
 
 type Shared = State<Arc<EdgeShared>>;
 
-/// Builds the router.
+/// Every route of the edge's read API and the rule that authorizes it.
+pub fn routes() -> RouteTable<Arc<EdgeShared>> {
+    use Action::Read;
+    use Rule::{Filtered, Key, Observe};
+    RouteTable::new()
+        .route(Method::GET, "/v1/kv/{app}/{env}/{key}", Key(Read), get_one)
+        .route(Method::GET, "/v1/kv/{app}/{env}", Filtered(Read), list)
+        .route(
+            Method::GET,
+            "/v1/config/{app}/{env}",
+            Filtered(Read),
+            config,
+        )
+        .route(Method::GET, "/v1/watch", Filtered(Read), watch_sse)
+        .route(Method::GET, "/v1/watch/ws", Filtered(Read), watch_ws)
+        .route(Method::GET, "/v1/whoami", Rule::Identify, whoami)
+        .route(Method::GET, "/v1/status", Observe, status)
+        .route(Method::GET, "/metrics", Observe, metrics)
+}
+
+/// `GET /v1/whoami`: who this edge takes the presented token for.
+async fn whoami(Extension(principal): Extension<Arc<Principal>>) -> Response {
+    axum::Json(serde_json::json!({
+        "actor": principal.actor(),
+        "id": principal.id.map(|i| i.to_string()),
+        "name": principal.name,
+        "anonymous": principal.is_anonymous(),
+    }))
+    .into_response()
+}
+
+async fn metrics() -> Response {
+    metrics_endpoint().await
+}
+
+/// Builds the router: every route behind the authorization layer, which decides from the
+/// tokens and policies this edge replicated, without asking the origin.
 pub fn router(shared: Arc<EdgeShared>) -> Router {
-    Router::new()
-        .route("/v1/kv/{app}/{env}/{key}", get(get_one))
-        .route("/v1/kv/{app}/{env}", get(list))
-        .route("/v1/config/{app}/{env}", get(config))
-        .route("/v1/watch", get(watch_sse))
-        .route("/v1/watch/ws", get(watch_ws))
-        .route("/v1/status", get(status))
-        .route("/metrics", get(metrics_endpoint))
+    let reader = shared.reader.clone();
+    let gate = Gate {
+        index: Arc::new(move || {
+            reader
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .auth
+                .clone()
+        }),
+        public_observe: shared.public_status,
+        on_refusal: None,
+    };
+    routes()
+        .finish(gate)
         .fallback(unknown_route)
         .method_not_allowed_fallback(read_only)
         .with_state(shared)
@@ -160,6 +205,7 @@ async fn answer(
 
 async fn get_one(
     State(shared): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<reads::EntryQuery>, QueryRejection>,
 ) -> Response {
@@ -173,7 +219,7 @@ async fn get_one(
     };
     let ns = (address.app.as_str(), address.env.as_str());
     answer(&shared, ns, q.min_revision, q.wait_ms, |state| {
-        reads::entry(state, &address, &q)
+        reads::entry(state, &address, &q, &readable(&principal))
     })
     .await
 }
@@ -188,6 +234,7 @@ fn namespace(
 
 async fn list(
     State(shared): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
     path: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<reads::ListQuery>, QueryRejection>,
 ) -> Response {
@@ -196,13 +243,14 @@ async fn list(
         Err(e) => return counted(&shared, e),
     };
     answer(&shared, (&app, &env), q.min_revision, q.wait_ms, |state| {
-        reads::list(state, &app, &env, &q)
+        reads::list(state, &app, &env, &q, &readable(&principal))
     })
     .await
 }
 
 async fn config(
     State(shared): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
     path: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<reads::ConfigQuery>, QueryRejection>,
 ) -> Response {
@@ -211,7 +259,7 @@ async fn config(
         Err(e) => return counted(&shared, e),
     };
     answer(&shared, (&app, &env), q.min_revision, q.wait_ms, |state| {
-        reads::config(state, &app, &env, &q)
+        reads::config(state, &app, &env, &q, &readable(&principal))
     })
     .await
 }
@@ -223,14 +271,37 @@ fn client_ip(client: Client) -> Option<std::net::IpAddr> {
     client.map(|axum::Extension(axum::extract::ConnectInfo(a))| a.ip())
 }
 
+/// Gives a watch its watcher: 401/403 unless they may read some key of the namespace.
+fn watcher(
+    principal: Arc<Principal>,
+    headers: &axum::http::HeaderMap,
+    (mut filter, at): (watch::Filter, watch::Start),
+) -> Result<(watch::Filter, watch::Start), ApiError> {
+    if !principal.may_act_in(Action::Read, &filter.app, &filter.env) {
+        let resource = Resource::Prefix {
+            app: &filter.app,
+            env: &filter.env,
+            prefix: &filter.prefix,
+        };
+        authorize(&principal, Action::Read, &resource)?;
+    }
+    filter.access = Some(watch::Access {
+        principal,
+        bearer: bearer(headers)?.map(str::to_owned),
+    });
+    Ok((filter, at))
+}
+
 async fn watch_sse(
     State(shared): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
     client: Client,
     headers: axum::http::HeaderMap,
     q: Result<Query<watch::WatchQuery>, QueryRejection>,
 ) -> Response {
     let parsed = watch::query(q)
         .and_then(|q| watch::parse_request(&shared.watch, q, watch::last_event_id(&headers)))
+        .and_then(|p| watcher(principal, &headers, p))
         .and_then(|p| Ok((p, shared.watch.admit(client_ip(client))?)));
     match parsed {
         Ok(((filter, at), slot)) => watch::sse(slot, filter, at),
@@ -240,13 +311,15 @@ async fn watch_sse(
 
 async fn watch_ws(
     State(shared): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
     client: Client,
     headers: axum::http::HeaderMap,
     q: Result<Query<watch::WatchQuery>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let parsed = watch::query(q)
-        .and_then(|q| watch::parse_request(&shared.watch, q, watch::last_event_id(&headers)));
+        .and_then(|q| watch::parse_request(&shared.watch, q, watch::last_event_id(&headers)))
+        .and_then(|p| watcher(principal, &headers, p));
     let ws = ws.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -294,4 +367,27 @@ async fn status(State(shared): Shared) -> Response {
         },
     });
     stamp(axum::Json(body).into_response(), &shared, revision)
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_net::auth::Rule;
+
+    /// The edge serves reads only, each behind a read decision, but status, metrics and whoami.
+    #[test]
+    fn every_route_passes_a_read_decision() {
+        for (method, path, rule) in super::routes().rules() {
+            assert_eq!(method, axum::http::Method::GET, "{path}");
+            match rule {
+                Rule::Key(a) | Rule::Filtered(a) => {
+                    assert_eq!(a, meridian_protocol::auth::Action::Read, "{path}")
+                }
+                Rule::Observe | Rule::Identify => assert!(
+                    ["/v1/status", "/metrics", "/v1/whoami"].contains(&path),
+                    "{path}"
+                ),
+                other => panic!("{path} under {other:?}"),
+            }
+        }
+    }
 }

@@ -69,6 +69,10 @@ pub struct EdgeConfig {
     /// more (it serves what it has) until space returns.
     #[serde(default)]
     pub storage: meridian_store::StorageConfig,
+    /// Authentication: whether status and metrics are public (tokens and policies come from
+    /// the origin, replicated).
+    #[serde(default)]
+    pub auth: meridian_net::auth::AuthConfig,
 }
 
 /// A namespace pattern whose reads must not be staler than `max_staleness_ms` (`[[strict]]`).
@@ -154,6 +158,11 @@ use meridian_net::config::check;
 impl EdgeConfig {
     /// Checks every value against its limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            self.auth.bootstrap_token_file.is_none(),
+            "auth.bootstrap_token_file",
+            "only an origin takes a bootstrap token; edges replicate the origin's tokens",
+        )?;
         self.http.validate()?;
         self.quic.validate()?;
         check(

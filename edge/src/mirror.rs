@@ -97,6 +97,10 @@ pub fn revision_ops(edge_id: &str, changes: &[Arc<WatchEvent>]) -> Vec<Op> {
     let mut revision = 0;
     for e in changes {
         revision = e.revision;
+        // Token and policy records are nobody's configuration.
+        if e.address.is_system() {
+            continue;
+        }
         let key = entry_key(&e.address);
         match e.value.as_deref() {
             Some(value) => ops.push(Op::Set(key, entry_json(value, e.version, e.revision))),
@@ -114,7 +118,7 @@ pub fn rebuild_ops(edge_id: &str, state: &CacheState, existing: &BTreeSet<String
     let mut ops = Vec::new();
     let mut live = BTreeSet::new();
     for (a, e) in state.iter() {
-        let Some(value) = e.value.as_deref() else {
+        let Some(value) = e.value.as_deref().filter(|_| !a.is_system()) else {
             continue;
         };
         let key = entry_key(&a);

@@ -95,14 +95,16 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
     })?;
     let backend = SledBackend::open(&config.data_dir).map_err(|e| store_err(e.into()))?;
     let state = SignedState::open(backend, config.delta_window).map_err(store_err)?;
-    let shared = Arc::new(EdgeShared::new(
+    let mut shared = EdgeShared::new(
         config.edge_id.clone(),
         config.region.clone(),
         state.reader(),
         config.watch,
         config.strict.clone(),
         meridian_store::SpaceGuard::new(&config.data_dir, config.storage),
-    ));
+    );
+    shared.public_status = config.auth.public_status;
+    let shared = Arc::new(shared);
     let revision = state.revision();
     let rep = Replicator::new(
         ReplicatorConfig {

@@ -39,6 +39,8 @@ pub struct EdgeShared {
     pub mirror: Arc<Mutex<crate::mirror::MirrorStats>>,
     /// The data folder's free space, as the replicator loop last looked at it.
     pub space: SpaceGuard,
+    /// Whether status and metrics answer without a token.
+    pub public_status: bool,
     started: Instant,
     current_as_of: Mutex<Option<Instant>>,
     stats: Mutex<ReplicatorStats>,
@@ -57,6 +59,7 @@ impl EdgeShared {
         Self {
             strict,
             space,
+            public_status: true,
             mirror: Arc::default(),
             edge_id,
             region,

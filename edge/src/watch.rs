@@ -27,6 +27,7 @@ use meridian_net::http::ApiError;
 use meridian_net::slots::{Full, Slot, Slots};
 use meridian_protocol::addr::WILDCARD;
 use meridian_protocol::addr::{validate_app, validate_env, validate_key_prefix};
+use meridian_protocol::auth::{Action, Principal, Resource};
 use meridian_protocol::view::Level;
 use meridian_protocol::{Address, CacheState, Delta};
 use meridian_store::Reader;
@@ -211,24 +212,51 @@ pub struct Filter {
     pub prefix: String,
     /// Whether the inherited levels are watched too.
     pub inherit: bool,
+    /// Who watches: only the keys they may read are sent, and the stream ends when their token
+    /// stops working (`None`: everything, for the Redis mirror).
+    pub access: Option<Access>,
+}
+
+/// The watcher of a stream and the token it presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// Who, as of the last revision.
+    pub principal: Arc<Principal>,
+    /// The bearer token, checked again at every revision (`None`: anonymous).
+    pub bearer: Option<String>,
 }
 
 impl Filter {
-    /// Every address (the Redis mirror's view; HTTP watches always name a namespace).
+    /// Every address (the Redis mirror's view, which skips the system records itself; HTTP
+    /// watches always name a namespace).
     pub fn everything() -> Self {
         Self {
             app: String::new(),
             env: String::new(),
             prefix: String::new(),
             inherit: false,
+            access: None,
         }
+    }
+
+    /// Whether the watcher may read `app/env/key`.
+    fn visible(&self, app: &str, env: &str, key: &str) -> bool {
+        self.access.as_ref().is_none_or(|a| {
+            a.principal
+                .allows(Action::Read, &Resource::Key { app, env, key })
+        })
     }
 
     fn matches(&self, a: &Address) -> bool {
         let level = |mine: &str, theirs: &str| {
             mine.is_empty() || theirs == mine || (self.inherit && theirs == WILDCARD)
         };
-        level(&self.app, &a.app) && level(&self.env, &a.env) && a.key.starts_with(&self.prefix)
+        // Token and policy records never match a watch (whose app is a client app name); the
+        // mirror sees them, to keep the revision boundaries, and skips them.
+        level(&self.app, &a.app)
+            && level(&self.env, &a.env)
+            && a.key.starts_with(&self.prefix)
+            && self.visible(&a.app, &a.env, &a.key)
     }
 
     /// The namespaces watched, least specific first, each once.
@@ -496,7 +524,7 @@ fn resync_json(state: &CacheState, filter: &Filter) -> String {
             if !key.starts_with(&filter.prefix) {
                 break;
             }
-            let Some(value) = e.value.as_deref() else {
+            let Some(value) = e.value.as_deref().filter(|_| filter.visible(app, env, key)) else {
                 continue;
             };
             if !first {
@@ -600,6 +628,7 @@ pub fn parse_request(
             env: q.env,
             prefix: q.prefix,
             inherit: q.inherit,
+            access: None,
         },
         at,
     ))
@@ -656,6 +685,10 @@ impl Subscriber {
             // Mark the current revision seen before looking, so a revision fed meanwhile
             // wakes the wait below.
             self.rx.borrow_and_update();
+            if !self.still_authorized() {
+                metrics::counter!("meridian_edge_watch_revoked_total").increment(1);
+                return None;
+            }
             let step = if std::mem::take(&mut self.resync_first) {
                 Step::Resync
             } else {
@@ -686,6 +719,31 @@ impl Subscriber {
             if self.rx.changed().await.is_err() {
                 return None;
             }
+        }
+    }
+}
+
+impl Subscriber {
+    /// Checks the watcher's token against the current tokens and policies (a revocation or a
+    /// changed policy is itself a revision, which wakes every subscriber): `false` ends the
+    /// stream.
+    fn still_authorized(&mut self) -> bool {
+        let Some(access) = &mut self.filter.access else {
+            return true;
+        };
+        let index = self
+            .hub
+            .state()
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .auth
+            .clone();
+        match index.authenticate(access.bearer.as_deref(), meridian_net::auth::now_ms()) {
+            Ok(p) => {
+                access.principal = p;
+                true
+            }
+            Err(_) => false,
         }
     }
 }
@@ -799,6 +857,7 @@ mod tests {
             env: "prod".into(),
             prefix: prefix.into(),
             inherit: true,
+            access: None,
         }
     }
 
@@ -832,6 +891,7 @@ mod tests {
         // Without inheritance: only what is stored under pay/prod.
         let own = Filter {
             inherit: false,
+            access: None,
             ..filter("db.")
         };
         let Step::Events(events, _) = h.step(Position::after(0), &own) else {

@@ -5,7 +5,7 @@
 
 use axum::http::StatusCode;
 use meridian_protocol::addr::{validate_app, validate_env, validate_key, validate_key_prefix};
-use meridian_protocol::view::{Renderer, TemplateError, resolve};
+use meridian_protocol::view::{Renderer, TemplateError, Visible, resolve};
 use meridian_protocol::{Address, CacheState, EntryState};
 use serde::Deserialize;
 
@@ -154,7 +154,12 @@ fn write_item(buf: &mut Vec<u8>, a: &Address, value: &str, entry: &EntryState) {
 /// `GET /v1/kv/{app}/{env}/{key}`: the live entry with references resolved (unless raw), or
 /// the default, or 404 `not_found`; 422 `unresolved_reference` when a reference does not
 /// resolve.
-pub fn entry(state: &CacheState, a: &Address, q: &EntryQuery) -> Result<Vec<u8>, ApiError> {
+pub fn entry(
+    state: &CacheState,
+    a: &Address,
+    q: &EntryQuery,
+    visible: Visible<'_>,
+) -> Result<Vec<u8>, ApiError> {
     let mut buf = Vec::with_capacity(128);
     match state.get_live(&a.app, &a.env, &a.key) {
         Some(entry) => {
@@ -163,6 +168,7 @@ pub fn entry(state: &CacheState, a: &Address, q: &EntryQuery) -> Result<Vec<u8>,
                 write_item(&mut buf, a, text, entry);
             } else {
                 let rendered = Renderer::new(state, &a.app, &a.env)
+                    .with_visibility(visible)
                     .render(&a.key, text)
                     .map_err(|e| template_error(&e))?;
                 write_item(&mut buf, a, &rendered, entry);
@@ -201,7 +207,13 @@ fn bad_query(message: impl Into<String>) -> ApiError {
 /// (items and errors together) in key order, and `next_cursor` (else `null`) is where the next
 /// page starts. `missing` lists named keys without a value; `errors` maps each key whose
 /// references do not resolve to why (it is left out of `items`).
-pub fn list(state: &CacheState, app: &str, env: &str, q: &ListQuery) -> Result<Vec<u8>, ApiError> {
+pub fn list(
+    state: &CacheState,
+    app: &str,
+    env: &str,
+    q: &ListQuery,
+    visible: Visible<'_>,
+) -> Result<Vec<u8>, ApiError> {
     namespace(app, env)?;
     let named: Option<Vec<&str>> = match &q.keys {
         Some(keys) => {
@@ -251,7 +263,11 @@ pub fn list(state: &CacheState, app: &str, env: &str, q: &ListQuery) -> Result<V
     let entries: Vec<(&str, Option<&EntryState>)> = match &named {
         Some(keys) => keys
             .iter()
-            .map(|k| (*k, ns.and_then(|n| n.get(*k)).filter(|e| !e.is_tombstone())))
+            .map(|k| {
+                let live = ns.and_then(|n| n.get(*k)).filter(|e| !e.is_tombstone());
+                // What the reader may not read is as good as absent.
+                (*k, live.filter(|_| visible(app, env, k)))
+            })
             .collect(),
         None => {
             use std::ops::Bound;
@@ -265,7 +281,7 @@ pub fn list(state: &CacheState, app: &str, env: &str, q: &ListQuery) -> Result<V
                     n.range((from.clone(), Bound::Unbounded))
                         .take_while(|(k, _)| k.starts_with(&q.prefix))
                 })
-                .filter(|(_, e)| !e.is_tombstone())
+                .filter(|(k, e)| !e.is_tombstone() && visible(app, env, k))
                 .map(|(k, e)| (k.as_str(), Some(e)));
             let page: Vec<_> = live.by_ref().take(limit).collect();
             if live.next().is_some() {
@@ -274,7 +290,7 @@ pub fn list(state: &CacheState, app: &str, env: &str, q: &ListQuery) -> Result<V
             page
         }
     };
-    let mut renderer = Renderer::new(state, app, env);
+    let mut renderer = Renderer::new(state, app, env).with_visibility(visible);
     let mut buf = Vec::with_capacity(256);
     buf.extend_from_slice(b"{\"revision\":");
     buf.extend_from_slice(state.revision().0.to_string().as_bytes());
@@ -358,10 +374,15 @@ pub fn config(
     app: &str,
     env: &str,
     q: &ConfigQuery,
+    visible: Visible<'_>,
 ) -> Result<Vec<u8>, ApiError> {
     namespace(app, env)?;
-    let resolved = resolve(state, app, env);
-    let mut renderer = Renderer::new(state, app, env);
+    let mut resolved = resolve(state, app, env);
+    resolved.retain(|key, r| {
+        let (a, e) = r.level.namespace(app, env);
+        visible(a, e, key)
+    });
+    let mut renderer = Renderer::new(state, app, env).with_visibility(visible);
     let mut buf = Vec::with_capacity(256);
     buf.extend_from_slice(b"{\"app\":");
     push_str(&mut buf, app);

@@ -6,17 +6,20 @@ use std::sync::{Arc, Mutex};
 use crate::raft::Outcome;
 use crate::raft::cluster::{Cluster, ClusterError};
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::Method;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use meridian_net::auth::{Gate, RouteTable, Rule, authorize, readable};
 use meridian_net::http::{
     ApiError, json_bytes, method_not_allowed, metrics_endpoint, unknown_route, write_entry,
 };
 use meridian_net::reads;
+use meridian_protocol::auth::{Action, Principal, Resource};
 use meridian_protocol::{Address, CacheState};
 use meridian_store::Reader;
 use serde::Deserialize;
@@ -24,7 +27,7 @@ use serde::Deserialize;
 use crate::core::{Command, Condition, Proposal, TxnOp};
 use crate::drift::KnownEdges;
 use crate::history::{MAX_ACTOR_BYTES, MAX_REASON_BYTES, WriteMeta};
-use crate::{history_api, schema_api};
+use crate::{history_api, schema_api, tokens_api};
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -44,46 +47,135 @@ pub struct AppState {
     pub peers: meridian_net::peer::PeerClient,
     /// The data folder's free space, checked before every write.
     pub space: meridian_store::SpaceGuard,
+    /// Where the authorization layer finds tokens and policies.
+    pub gate: Gate,
 }
 
 pub(crate) type Shared = State<Arc<AppState>>;
 
-/// Builds the router.
+/// Every route of the client API and the rule that authorizes it.
+pub fn routes() -> RouteTable<Arc<AppState>> {
+    use Action::{Admin, Delete, Read, Rollback, Schema, Write};
+    use Method as M;
+    use Rule::{Everything, Filtered, Key, Namespace, Observe};
+    RouteTable::new()
+        .route(M::GET, "/v1/kv/{app}/{env}/{key}", Key(Read), get_one)
+        .route(M::PUT, "/v1/kv/{app}/{env}/{key}", Key(Write), put)
+        .route(M::PATCH, "/v1/kv/{app}/{env}/{key}", Key(Write), patch)
+        .route(M::DELETE, "/v1/kv/{app}/{env}/{key}", Key(Delete), delete)
+        .route(M::GET, "/v1/kv/{app}/{env}", Filtered(Read), list)
+        .route(
+            M::GET,
+            "/v1/kv/{app}/{env}/{key}/history",
+            Key(Read),
+            history_api::history,
+        )
+        .route(
+            M::GET,
+            "/v1/kv/{app}/{env}/{key}/diff",
+            Key(Read),
+            history_api::key_diff,
+        )
+        .route(
+            M::POST,
+            "/v1/kv/{app}/{env}/{key}/rollback",
+            Key(Rollback),
+            history_api::key_rollback,
+        )
+        .route(
+            M::GET,
+            "/v1/diff/{app}/{env}",
+            Filtered(Read),
+            history_api::env_diff,
+        )
+        .route(
+            M::POST,
+            "/v1/rollback/{app}/{env}",
+            Namespace(Rollback),
+            history_api::env_rollback,
+        )
+        .route(
+            M::GET,
+            "/v1/schemas/{app}/{env}/{prefix}",
+            Namespace(Read),
+            schema_api::get_schema,
+        )
+        .route(
+            M::PUT,
+            "/v1/schemas/{app}/{env}/{prefix}",
+            Namespace(Schema),
+            schema_api::put_schema,
+        )
+        .route(
+            M::DELETE,
+            "/v1/schemas/{app}/{env}/{prefix}",
+            Namespace(Schema),
+            schema_api::delete_schema,
+        )
+        .route(
+            M::GET,
+            "/v1/schemas/{app}/{env}",
+            Filtered(Read),
+            schema_api::list_schemas,
+        )
+        .route(M::GET, "/v1/config/{app}/{env}", Filtered(Read), config)
+        .route(M::POST, "/v1/txn", Filtered(Write), txn)
+        .route(M::POST, "/v1/tokens", Everything(Admin), tokens_api::create)
+        .route(M::GET, "/v1/tokens", Everything(Admin), tokens_api::list)
+        .route(
+            M::DELETE,
+            "/v1/tokens/{id}",
+            Everything(Admin),
+            tokens_api::revoke,
+        )
+        .route(
+            M::GET,
+            "/v1/policies",
+            Everything(Admin),
+            tokens_api::list_policies,
+        )
+        .route(
+            M::GET,
+            "/v1/policies/{name}",
+            Everything(Admin),
+            tokens_api::get_policy,
+        )
+        .route(
+            M::PUT,
+            "/v1/policies/{name}",
+            Everything(Admin),
+            tokens_api::put_policy,
+        )
+        .route(
+            M::DELETE,
+            "/v1/policies/{name}",
+            Everything(Admin),
+            tokens_api::delete_policy,
+        )
+        .route(M::GET, "/v1/whoami", Rule::Identify, tokens_api::whoami)
+        .route(M::GET, "/v1/status", Observe, status)
+        .route(M::GET, "/v1/cluster", Observe, cluster_status)
+        .route(M::GET, "/v1/edges", Observe, crate::edges_api::edges)
+        .route(M::GET, "/metrics", Observe, metrics)
+}
+
+/// Builds the router: every route behind the authorization layer.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = crate::admission::body_limit(state.max_value_bytes);
-    Router::new()
-        .route(
-            "/v1/kv/{app}/{env}/{key}",
-            get(get_one).put(put).delete(delete).patch(patch),
-        )
-        .route("/v1/kv/{app}/{env}", get(list))
-        .route(
-            "/v1/kv/{app}/{env}/{key}/history",
-            get(history_api::history),
-        )
-        .route("/v1/kv/{app}/{env}/{key}/diff", get(history_api::key_diff))
-        .route(
-            "/v1/kv/{app}/{env}/{key}/rollback",
-            post(history_api::key_rollback),
-        )
-        .route("/v1/diff/{app}/{env}", get(history_api::env_diff))
-        .route("/v1/rollback/{app}/{env}", post(history_api::env_rollback))
-        .route(
-            "/v1/schemas/{app}/{env}/{prefix}",
-            get(schema_api::get_schema)
-                .put(schema_api::put_schema)
-                .delete(schema_api::delete_schema),
-        )
-        .route("/v1/schemas/{app}/{env}", get(schema_api::list_schemas))
-        .route("/v1/config/{app}/{env}", get(config))
-        .route("/v1/txn", post(txn))
-        .route("/v1/status", get(status))
-        .route("/v1/edges", get(crate::edges_api::edges))
-        .route("/metrics", get(metrics_endpoint))
+    routes()
+        .finish(state.gate.clone())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+async fn metrics() -> Response {
+    metrics_endpoint().await
+}
+
+async fn cluster_status(State(state): Shared) -> Response {
+    axum::Json(crate::raft::admin::describe(state.cluster.raft())).into_response()
 }
 
 pub(crate) fn count_error(e: ApiError) -> ApiError {
@@ -207,31 +299,14 @@ pub(crate) fn cluster_error(e: ClusterError) -> ApiError {
     }
 }
 
-/// The `meridian-actor` header names who writes (until authentication exists).
-const ACTOR: &str = "meridian-actor";
-
-/// Who, when and why, for the history of what this write changes.
+/// Who, when and why, for the history of what this write changes: the authenticated
+/// principal, never a name the client supplies.
 pub(crate) fn write_meta(
-    headers: &HeaderMap,
+    principal: &Principal,
     reason: Option<String>,
 ) -> Result<WriteMeta, ApiError> {
-    let actor = match headers.get(ACTOR) {
-        None => "anonymous".to_string(),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .filter(|a| {
-                !a.is_empty() && a.len() <= MAX_ACTOR_BYTES && crate::admission::printable(a)
-            })
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_actor",
-                    format!("the {ACTOR} header must be 1 to {MAX_ACTOR_BYTES} printable bytes"),
-                )
-            })?
-            .to_string(),
-    };
+    let mut actor = principal.actor();
+    actor.truncate(MAX_ACTOR_BYTES);
     if let Some(r) = &reason
         && (r.len() > MAX_REASON_BYTES || !crate::admission::printable(r))
     {
@@ -352,14 +427,14 @@ pub(crate) async fn commit(
 async fn put(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Arc<Principal>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let address = address(path)?;
         let body = body.map_err(body_error)?;
         let (command, reason) = put_command(address.clone(), &body, state.max_value_bytes)?;
-        let meta = write_meta(&headers, reason)?;
+        let meta = write_meta(&principal, reason)?;
         let applied = commit(&state, command, meta).await?;
         let mut buf = Vec::with_capacity(128);
         write_entry(
@@ -393,12 +468,12 @@ async fn delete(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<DeleteQuery>, QueryRejection>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Arc<Principal>>,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let address = address(path)?;
         let q = query(q)?;
-        let meta = write_meta(&headers, q.reason)?;
+        let meta = write_meta(&principal, q.reason)?;
         let applied = commit(
             &state,
             Command::Delete {
@@ -441,6 +516,7 @@ async fn linearized_read(
 
 async fn get_one(
     State(state): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<reads::EntryQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -448,7 +524,10 @@ async fn get_one(
         let a = address(path)?;
         let q: reads::EntryQuery = query(q)?;
         let min = reads::min_revision(q.min_revision, q.wait_ms)?;
-        linearized_read(&state, min, |s| reads::entry(s, &a, &q)).await
+        linearized_read(&state, min, |s| {
+            reads::entry(s, &a, &q, &readable(&principal))
+        })
+        .await
     };
     inner.await.map_err(count_error)
 }
@@ -469,6 +548,7 @@ pub(crate) fn namespace(
 
 async fn list(
     State(state): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
     path: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<reads::ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -476,13 +556,17 @@ async fn list(
         let (app, env) = namespace(path)?;
         let q: reads::ListQuery = query(q)?;
         let min = reads::min_revision(q.min_revision, q.wait_ms)?;
-        linearized_read(&state, min, |s| reads::list(s, &app, &env, &q)).await
+        linearized_read(&state, min, |s| {
+            reads::list(s, &app, &env, &q, &readable(&principal))
+        })
+        .await
     };
     inner.await.map_err(count_error)
 }
 
 async fn config(
     State(state): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
     path: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<reads::ConfigQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -490,7 +574,10 @@ async fn config(
         let (app, env) = namespace(path)?;
         let q: reads::ConfigQuery = query(q)?;
         let min = reads::min_revision(q.min_revision, q.wait_ms)?;
-        linearized_read(&state, min, |s| reads::config(s, &app, &env, &q)).await
+        linearized_read(&state, min, |s| {
+            reads::config(s, &app, &env, &q, &readable(&principal))
+        })
+        .await
     };
     inner.await.map_err(count_error)
 }
@@ -509,14 +596,14 @@ struct PatchBody {
 async fn patch(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Arc<Principal>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let address = address(path)?;
         let body = body.map_err(body_error)?;
         let (command, reason) = patch_command(address.clone(), &body, state.max_value_bytes)?;
-        let meta = write_meta(&headers, reason)?;
+        let meta = write_meta(&principal, reason)?;
         let applied = commit(&state, command, meta).await?;
         let entry = applied.entry().ok_or_else(|| {
             ApiError::new(
@@ -640,15 +727,42 @@ fn txn_command(body: TxnBody, max_value_bytes: usize) -> Result<Command, ApiErro
     Ok(Command::Txn { conditions, ops })
 }
 
+/// Every operation of a transaction needs its own permission (write or delete on its key) and
+/// every condition read permission on its key: one refusal refuses the whole transaction.
+fn authorize_txn(principal: &Principal, command: &Command) -> Result<(), ApiError> {
+    let Command::Txn { conditions, ops } = command else {
+        return Ok(());
+    };
+    fn key(a: &Address) -> Resource<'_> {
+        Resource::Key {
+            app: &a.app,
+            env: &a.env,
+            key: &a.key,
+        }
+    }
+    for c in conditions {
+        authorize(principal, Action::Read, &key(c.address()))?;
+    }
+    for op in ops {
+        let action = match op {
+            TxnOp::Put(..) => Action::Write,
+            TxnOp::Delete(_) => Action::Delete,
+        };
+        authorize(principal, action, &key(op.address()))?;
+    }
+    Ok(())
+}
+
 async fn txn(
     State(state): Shared,
-    headers: HeaderMap,
+    Extension(principal): Extension<Arc<Principal>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let body = body.map_err(body_error)?;
         let (command, reason) = txn_body_command(&body, state.max_value_bytes)?;
-        let meta = write_meta(&headers, reason)?;
+        authorize_txn(&principal, &command)?;
+        let meta = write_meta(&principal, reason)?;
         check_revision_size(&command, "the transaction")?;
         let applied = commit(&state, command, meta).await?;
         let changed: Vec<_> = applied
@@ -700,4 +814,48 @@ async fn status(State(state): Shared) -> Response {
         "disk_free_bytes": state.space.free_bytes_seen(),
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_net::auth::Rule;
+    use meridian_protocol::auth::Action;
+
+    /// Every route of the client API is registered with its rule (the table is the only way to
+    /// add one); none is public, mutations need more than read, and the token and policy
+    /// routes need admin on everything.
+    #[test]
+    fn every_route_passes_an_authorization_decision() {
+        let rules = super::routes().rules();
+        assert!(rules.len() >= 25, "{} routes", rules.len());
+        for (method, path, rule) in rules {
+            assert_ne!(rule, Rule::Public, "{method} {path} is public");
+            let mutating = method != axum::http::Method::GET;
+            if mutating {
+                let action = match rule {
+                    Rule::Key(a) | Rule::Namespace(a) | Rule::Filtered(a) | Rule::Everything(a) => {
+                        a
+                    }
+                    other => panic!("{method} {path} mutates under {other:?}"),
+                };
+                assert_ne!(action, Action::Read, "{method} {path} mutates with read");
+            }
+            if path.starts_with("/v1/tokens") || path.starts_with("/v1/policies") {
+                assert_eq!(rule, Rule::Everything(Action::Admin), "{method} {path}");
+            }
+            if matches!(rule, Rule::Observe | Rule::Identify) {
+                assert!(
+                    [
+                        "/v1/status",
+                        "/v1/cluster",
+                        "/v1/edges",
+                        "/metrics",
+                        "/v1/whoami"
+                    ]
+                    .contains(&path),
+                    "{method} {path} is open to every valid caller"
+                );
+            }
+        }
+    }
 }

@@ -58,6 +58,9 @@ pub struct OriginConfig {
     /// with 507 and leaves the Raft quorum to the others.
     #[serde(default)]
     pub storage: meridian_store::StorageConfig,
+    /// Authentication: the bootstrap admin token, and whether status and metrics are public.
+    #[serde(default)]
+    pub auth: meridian_net::auth::AuthConfig,
 }
 
 /// History retention (`[history]` in the origin's TOML). The leader commits a compaction every

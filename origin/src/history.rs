@@ -206,7 +206,15 @@ pub fn entries_of_records<'a>(
         let (name, _) = split_key(tail).ok_or_else(invalid)?;
         let app = std::str::from_utf8(app).map_err(|_| invalid())?;
         let env = std::str::from_utf8(env).map_err(|_| invalid())?;
-        let address = Address::parse(app, env, name).map_err(|_| invalid())?;
+        let address = Address {
+            app: app.to_owned(),
+            env: env.to_owned(),
+            key: name.to_owned(),
+        };
+        // A client address, or a token or policy record.
+        if !address.is_valid() {
+            return Err(invalid());
+        }
         let record =
             decode("entry listing", v).map_err(|_| StoreError::Invalid("history record"))?;
         let entry = EntryState {

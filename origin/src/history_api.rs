@@ -7,13 +7,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use meridian_net::auth::readable;
 use meridian_net::http::{ApiError, json_bytes, write_entry};
 use meridian_protocol::Address;
+use meridian_protocol::auth::Principal;
 use meridian_store::DetachedView;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -209,6 +212,7 @@ fn namespace_at(
 /// added, removed and changed (with the JSON paths that changed).
 pub(crate) async fn env_diff(
     State(state): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
     path: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<EnvDiffQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -230,7 +234,10 @@ pub(crate) async fn env_diff(
         let mut added = Vec::new();
         let mut removed = Vec::new();
         let mut changed = Vec::new();
-        for (k, r) in &to.live {
+        // Only the keys the caller may read.
+        let visible = readable(&principal);
+        let visible = |k: &String| visible(&app, &env, k);
+        for (k, r) in to.live.iter().filter(|(k, _)| visible(k)) {
             match from.live.get(k) {
                 None => {
                     added.push(json!({"key": k, "version": r.version, "value": parse_value(r)}))
@@ -245,7 +252,7 @@ pub(crate) async fn env_diff(
                 Some(_) => {}
             }
         }
-        for (k, f) in &from.live {
+        for (k, f) in from.live.iter().filter(|(k, _)| visible(k)) {
             if !to.live.contains_key(k) {
                 removed.push(json!({"key": k, "version": f.version, "value": parse_value(f)}));
             }
@@ -280,7 +287,7 @@ fn rollback_reason(to: &str, reason: Option<String>) -> Option<String> {
 pub(crate) async fn key_rollback(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Arc<Principal>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
@@ -301,7 +308,7 @@ pub(crate) async fn key_rollback(
         })
         .await?;
         let meta = write_meta(
-            &headers,
+            &principal,
             rollback_reason(&format!("version {}", b.version), b.reason),
         )?;
         let command = history::key_rollback(&a, &target, current);
@@ -340,7 +347,7 @@ struct EnvRollbackBody {
 pub(crate) async fn env_rollback(
     State(state): Shared,
     path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Arc<Principal>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
@@ -363,7 +370,7 @@ pub(crate) async fn env_rollback(
                 .collect()
         };
         let meta = write_meta(
-            &headers,
+            &principal,
             rollback_reason(&format!("revision {}", b.revision), b.reason),
         )?;
         let command = history::env_rollback(&app, &env, &target, &current);

@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod bootstrap;
 pub mod config;
 pub mod core;
 pub mod disk;
@@ -17,6 +18,7 @@ pub mod raft;
 pub mod schema;
 pub mod schema_api;
 pub mod server;
+pub mod tokens_api;
 
 pub use config::OriginConfig;
 pub use node::{OriginHandle, StartError, start};

@@ -59,6 +59,9 @@ pub enum StartError {
     /// Raft could not start.
     #[error("raft: {0}")]
     Raft(String),
+    /// The bootstrap token file.
+    #[error(transparent)]
+    Bootstrap(#[from] meridian_net::auth::BootstrapFileError),
     /// A TCP listener (client API or Raft channel).
     #[error("bind {addr}: {source}")]
     Http {
@@ -98,6 +101,12 @@ impl OriginHandle {
 /// Starts an origin node.
 pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     config.validate()?;
+    let bootstrap = config
+        .auth
+        .bootstrap_token_file
+        .as_deref()
+        .map(meridian_net::auth::read_bootstrap_token)
+        .transpose()?;
     meridian_net::http::metrics_handle();
     let signer = Signer::new(meridian_net::tls::load_signing_key(&config.signing_key)?);
     let store_err = |source| StartError::Store {
@@ -215,9 +224,23 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     ));
     let listener = bind(config.http_listen).await?;
     let http_addr = local_addr(&listener, config.http_listen)?;
+    let gate = meridian_net::auth::Gate {
+        index: crate::bootstrap::index_source(reader.clone(), bootstrap),
+        public_observe: config.auth.public_status,
+        on_refusal: None,
+    };
+    let bootstrap_task = bootstrap.map(|hash| {
+        tokio::spawn(crate::bootstrap::commit_record(
+            cluster.clone(),
+            reader.clone(),
+            hash,
+            shutdown_rx.clone(),
+        ))
+    });
     let state = Arc::new(AppState {
         node_id: config.node_id.clone(),
         cluster: cluster.clone(),
+        gate,
         reader,
         max_value_bytes: config.max_value_bytes,
         edges: edges.clone(),
@@ -225,7 +248,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         peers: client.clone(),
         space: space.clone(),
     });
-    let app = router(state.clone()).merge(crate::raft::admin::routes(raft.clone()));
+    let app = router(state.clone());
     // The private channel: nothing here is reachable from the client API.
     let raft_app = crate::raft::network::routes(raft.clone(), relay.clone(), r.max_snapshot_bytes)
         .merge(crate::raft::cluster::routes(cluster.clone()))
@@ -269,6 +292,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         shutdown,
         tasks: init_task
             .into_iter()
+            .chain(bootstrap_task)
             .chain([
                 quic_task,
                 http_task,

@@ -5,10 +5,14 @@
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use meridian_net::http::ApiError;
 use meridian_protocol::addr::validate_key_prefix;
+use meridian_protocol::auth::Principal;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -71,14 +75,14 @@ pub fn put_schema_command(
 pub(crate) async fn put_schema(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Arc<Principal>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let (app, env, prefix) = schema_path(path)?;
         let body = body.map_err(crate::api::body_error)?;
         let (command, reason, schema) = put_schema_command(&app, &env, &prefix, &body)?;
-        let meta = write_meta(&headers, reason)?;
+        let meta = write_meta(&principal, reason)?;
         commit(&state, command, meta).await?;
         Ok(axum::Json(json!({
             "app": app, "env": env, "prefix": prefix, "schema": schema,
@@ -155,11 +159,11 @@ pub(crate) async fn list_schemas(
 pub(crate) async fn delete_schema(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Arc<Principal>>,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let (app, env, prefix) = schema_path(path)?;
-        let meta = write_meta(&headers, None)?;
+        let meta = write_meta(&principal, None)?;
         commit(
             &state,
             Command::DeleteSchema {

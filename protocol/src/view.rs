@@ -132,6 +132,14 @@ pub enum TemplateError {
         /// The limit crossed.
         limit_bytes: usize,
     },
+    /// A referenced key the reader may not read.
+    #[error("`${{{key}}}` (referenced by {}) is not readable with this token", .chain.join(" -> "))]
+    NotReadable {
+        /// The keys being resolved, outermost first.
+        chain: Vec<String>,
+        /// The key the reader may not read.
+        key: String,
+    },
     /// A `${` without a closing `}`, or a reference that is not a valid key.
     #[error("{key}: malformed reference `{text}`: {why}")]
     Malformed {
@@ -159,7 +167,12 @@ pub struct Renderer<'a> {
     /// Bytes substituted so far in this read.
     expanded_bytes: usize,
     max_value_bytes: usize,
+    visible: Option<Visible<'a>>,
 }
+
+/// Whether the reader may read the key `(app, env, key)`; a reference to a key it may not read
+/// is an error, so that a template never reveals what the reader's token does not cover.
+pub type Visible<'a> = &'a (dyn Fn(&str, &str, &str) -> bool + Sync);
 
 /// The size counted for one value being rendered: its own text plus what was substituted.
 struct Budget {
@@ -178,7 +191,14 @@ impl<'a> Renderer<'a> {
             expanded: 0,
             expanded_bytes: 0,
             max_value_bytes: crate::model::DEFAULT_MAX_VALUE_BYTES,
+            visible: None,
         }
+    }
+
+    /// References resolve only to keys `visible` accepts.
+    pub fn with_visibility(mut self, visible: Visible<'a>) -> Self {
+        self.visible = Some(visible);
+        self
     }
 
     /// Resolved values may be at most `max_value_bytes`.
@@ -317,6 +337,15 @@ impl<'a> Renderer<'a> {
                 missing: name.to_string(),
             });
         };
+        if let Some(visible) = self.visible {
+            let (app, env) = found.level.namespace(self.app, self.env);
+            if !visible(app, env, name) {
+                return Err(TemplateError::NotReadable {
+                    chain: chain.clone(),
+                    key: name.to_string(),
+                });
+            }
+        }
         let text = found.entry.value.as_deref().unwrap_or("null");
         chain.push(name.to_string());
         let rendered = self.render_text(chain, text);

@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use meridian_protocol::auth::AuthIndex;
 use meridian_protocol::{
     Address, CacheState, Change, Delta, Digest, EntryState, JsonText, LtHash, Revision,
     SignedDelta, SignedHead, Version,
@@ -113,7 +114,17 @@ fn parse_entry_key(k: &[u8]) -> Result<Address, StoreError> {
             .ok_or(StoreError::Invalid("entry key"))
     };
     let (app, env, key) = (next()?, next()?, next()?);
-    Address::parse(app, env, key).map_err(|_| StoreError::Invalid("entry key"))
+    let address = Address {
+        app: app.to_owned(),
+        env: env.to_owned(),
+        key: key.to_owned(),
+    };
+    // A client address, or a token or policy record.
+    if address.is_valid() {
+        Ok(address)
+    } else {
+        Err(StoreError::Invalid("entry key"))
+    }
 }
 
 /// The key of the group of deltas `first..=last`.
@@ -183,13 +194,23 @@ struct DeltaRef {
     changes: Vec<ChangeRef>,
 }
 
-/// What readers see: the published state and the head that signs it.
+/// What readers see: the published state, the head that signs it, and the token and policy
+/// index built from it.
 #[derive(Debug, Default)]
 pub struct Published {
     /// The state at `head`'s revision.
     pub state: CacheState,
     /// The signed head of that revision (`None` at revision 0).
     pub head: Option<SignedHead>,
+    /// Tokens and policies of `state`, rebuilt whenever a published delta changes them.
+    pub auth: Arc<AuthIndex>,
+}
+
+impl Published {
+    fn new(state: CacheState, head: Option<SignedHead>) -> Self {
+        let auth = Arc::new(AuthIndex::from_state(&state));
+        Self { state, head, auth }
+    }
 }
 
 /// What storing a delta group writes, and how many of the oldest groups it drops.
@@ -368,7 +389,7 @@ impl<B: Backend> SignedState<B> {
         let hash = state.lthash().clone();
         Ok(Self {
             backend,
-            published: Arc::new(RwLock::new(Published { state, head })),
+            published: Arc::new(RwLock::new(Published::new(state, head))),
             revision,
             hash,
             head,
@@ -738,10 +759,19 @@ impl<B: Backend> SignedState<B> {
         if self.pending.is_empty() {
             return Ok(self.revision);
         }
+        let auth_changed = self
+            .pending
+            .iter()
+            .any(|d| d.changes.iter().any(|c| c.address.is_system()));
         let mut p = self.published.write().unwrap_or_else(|e| e.into_inner());
         p.state.apply_deltas_hashed(self.pending.iter(), &self.hash);
         self.pending.clear();
         p.head = self.head;
+        if auth_changed {
+            // Tokens and policies are few; rebuilding under the lock keeps the index and the
+            // state it was built from one published unit.
+            p.auth = Arc::new(AuthIndex::from_state(&p.state));
+        }
         self.overlay.clear();
         Ok(self.revision)
     }
@@ -811,9 +841,11 @@ impl<B: Backend> SignedState<B> {
         self.head = Some(head);
         self.oldest_delta = head.head.revision.next();
         self.groups.clear();
+        let auth = Arc::new(AuthIndex::from_state(&state));
         let mut p = self.published.write().unwrap_or_else(|e| e.into_inner());
         p.state = state;
         p.head = Some(head);
+        p.auth = auth;
         Ok(())
     }
 

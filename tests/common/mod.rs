@@ -16,9 +16,27 @@ pub fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The revisions a dev topology has committed when it is up: the bootstrap admin token's
+/// record.
+pub const BOOT: u64 = 1;
+
+/// The admin token of every dev topology this test process starts (see [`options`]).
+pub static TOKEN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(meridian_net::auth::new_token);
+
+/// Dev options on ephemeral ports whose admin token is [`TOKEN`], already written to
+/// `dir/admin.token` for the origins to bootstrap with.
+pub fn options(dir: &Path) -> DevOptions {
+    let mut opts = DevOptions::ephemeral(dir.to_owned());
+    opts.admin_token = TOKEN.clone();
+    let token = meridian::dev::ensure_admin_token(&opts).expect("admin token file");
+    assert_eq!(token, *TOKEN, "{} holds another token", dir.display());
+    opts
+}
+
 pub async fn cluster(dir: &std::path::Path, delta_window: u64) -> (DevCluster, DevOptions) {
     init();
-    let mut opts = DevOptions::ephemeral(dir.to_owned());
+    let mut opts = options(dir);
     opts.delta_window = delta_window;
     (
         DevCluster::start(&opts).await.expect("dev cluster starts"),
@@ -42,7 +60,31 @@ where
     }
 }
 
+/// A client that presents the admin token [`TOKEN`].
 pub fn http() -> reqwest::Client {
+    http_with(&TOKEN)
+}
+
+/// A client that presents `token`.
+pub fn http_with(token: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .default_headers(auth_headers(token))
+        .build()
+        .unwrap()
+}
+
+/// `Authorization: Bearer <token>`, for clients built with other options.
+pub fn auth_headers(token: &str) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    headers
+}
+
+/// A client that presents no token.
+pub fn http_anonymous() -> reqwest::Client {
     reqwest::Client::new()
 }
 
@@ -90,7 +132,7 @@ pub fn base(addr: std::net::SocketAddr) -> String {
 /// (`origin-1.toml`, ...), with its PKI; their paths, node 1 first.
 pub fn write_origin_configs(dir: &Path, n: usize) -> Vec<PathBuf> {
     let pki = pki(dir).unwrap();
-    let mut opts = DevOptions::ephemeral(dir.to_owned());
+    let mut opts = options(dir);
     opts.origin_nodes = n;
     let mut paths = Vec::new();
     for (i, config) in origin_cluster_configs(&opts, &pki).iter().enumerate() {
@@ -180,7 +222,7 @@ pub async fn origin_and_edge(
     meridian_edge::EdgeHandle,
 ) {
     init();
-    let opts = DevOptions::ephemeral(dir.to_owned());
+    let opts = options(dir);
     let pki = pki(dir).unwrap();
     let origin_config = origin_cluster_configs(&opts, &pki).remove(0);
     let origin = meridian_origin::start(origin_config.clone()).await.unwrap();
@@ -194,5 +236,25 @@ pub async fn origin_and_edge(
     tweak(&mut config);
     config.validate().unwrap();
     let edge = meridian_edge::start(config.clone()).await.unwrap();
+    meridian::dev::wait_for_token(std::slice::from_ref(&edge), &TOKEN)
+        .await
+        .unwrap();
     (origin_config, origin, config, edge)
+}
+
+/// Makes a token through `origin`'s API with the admin client `c`: `body` is the
+/// `POST /v1/tokens` body (`{"name", "role", "resources", ...}`); its text and id.
+pub async fn create_token(c: &reqwest::Client, origin: &str, body: Value) -> (String, String) {
+    let r = c
+        .post(format!("{origin}/v1/tokens"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "POST /v1/tokens {body}");
+    let v: Value = r.json().await.unwrap();
+    (
+        v["token"].as_str().unwrap().to_owned(),
+        v["id"].as_str().unwrap().to_owned(),
+    )
 }

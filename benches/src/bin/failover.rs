@@ -34,10 +34,17 @@ struct Args {
 async fn writer(
     id: usize,
     bases: Vec<String>,
+    token: String,
     acks: Arc<Mutex<Vec<Instant>>>,
     stop: Arc<AtomicBool>,
 ) {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header"),
+    );
     let c = reqwest::Client::builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(5))
         .connect_timeout(Duration::from_millis(200))
         .build()
@@ -69,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
     let pki = pki(dir.path())?;
     let mut opts = DevOptions::ephemeral(dir.path().to_owned());
     opts.origin_nodes = 3;
+    let token = meridian::dev::ensure_admin_token(&opts)?;
     let mut paths = Vec::new();
     let mut nodes = Vec::new();
     let mut bases = Vec::new();
@@ -84,7 +92,15 @@ async fn main() -> anyhow::Result<()> {
     let acks = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..args.clients)
-        .map(|id| tokio::spawn(writer(id, bases.clone(), acks.clone(), stop.clone())))
+        .map(|id| {
+            tokio::spawn(writer(
+                id,
+                bases.clone(),
+                token.clone(),
+                acks.clone(),
+                stop.clone(),
+            ))
+        })
         .collect();
     let c = reqwest::Client::new();
     let acked = || acks.lock().expect("acks").len();

@@ -238,10 +238,17 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     meridian_benches::prepare_node_process();
     let dir = tempfile::tempdir()?;
-    let cluster = DevCluster::start(&DevOptions::ephemeral(dir.path().to_owned())).await?;
+    let opts = DevOptions::ephemeral(dir.path().to_owned());
+    let cluster = DevCluster::start(&opts).await?;
     let origin = format!("http://{}", cluster.origin.http_addr);
     let edge = cluster.edges[0].http_addr;
-    let c = reqwest::Client::new();
+    let c = meridian_benches::client(&opts.admin_token)?;
+    // The subscribers watch without a token: the namespace is public to readers.
+    c.put(format!("{origin}/v1/policies/public-bench"))
+        .json(&serde_json::json!({"subjects": ["anonymous"], "role": "viewer", "resources": ["bench/prod/*"]}))
+        .send()
+        .await?
+        .error_for_status()?;
     let value = "x".repeat(args.value_bytes);
     println!(
         "fan-out of one write to {} subscribers, {} writes, {}-byte values",

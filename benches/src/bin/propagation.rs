@@ -28,9 +28,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     meridian_benches::prepare_node_process();
     let dir = tempfile::tempdir()?;
-    let cluster = DevCluster::start(&DevOptions::ephemeral(dir.path().to_owned())).await?;
+    let opts = DevOptions::ephemeral(dir.path().to_owned());
+    let cluster = DevCluster::start(&opts).await?;
     let origin = format!("http://{}", cluster.origin.http_addr);
-    let client = reqwest::Client::new();
+    let client = meridian_benches::client(&opts.admin_token)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cluster.edges.iter().all(|e| {
         e.shared

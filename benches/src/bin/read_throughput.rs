@@ -1,5 +1,8 @@
 //! Read throughput of one edge over HTTP/1.1 keep-alive on loopback, side by side in the same
 //! run with `redis-server` GET of the same keys and values, reporting both rates and the ratio.
+//! The edge is read twice: with a read token (authenticated and authorized per request) and
+//! without one, through a policy that makes the namespace public to anonymous readers, so the
+//! cost of authentication shows as the ratio of the two.
 //!
 //! Needs `redis-server` on PATH for the comparison (Debian: `apt-get install -y redis-server`);
 //! without it only Meridian is measured and the harness says so.
@@ -47,6 +50,7 @@ impl Outcome {
 
 async fn http_worker(
     addr: std::net::SocketAddr,
+    token: Option<Arc<str>>,
     keys: Arc<Vec<String>>,
     offset: usize,
     until: Instant,
@@ -60,9 +64,12 @@ async fn http_worker(
     let mut i = offset;
     while Instant::now() < until {
         i = (i + 1) % keys.len();
-        let req = hyper::Request::get(format!("/v1/kv/bench/prod/{}", keys[i]))
-            .header(hyper::header::HOST, "edge")
-            .body(Empty::<Bytes>::new())?;
+        let mut req = hyper::Request::get(format!("/v1/kv/bench/prod/{}", keys[i]))
+            .header(hyper::header::HOST, "edge");
+        if let Some(t) = &token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req.body(Empty::<Bytes>::new())?;
         let t = Instant::now();
         let resp = sender.send_request(req).await?;
         let status = resp.status();
@@ -143,9 +150,26 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     meridian_benches::prepare_node_process();
     let dir = tempfile::tempdir()?;
-    let cluster = DevCluster::start(&DevOptions::ephemeral(dir.path().to_owned())).await?;
+    let opts = DevOptions::ephemeral(dir.path().to_owned());
+    let cluster = DevCluster::start(&opts).await?;
     let origin = format!("http://{}", cluster.origin.http_addr);
-    let client = reqwest::Client::new();
+    let client = meridian_benches::client(&opts.admin_token)?;
+    // A service's read token, and a policy that makes the namespace public.
+    let answer: serde_json::Value = client
+        .post(format!("{origin}/v1/tokens"))
+        .json(&serde_json::json!({"name": "bench-reader", "role": "viewer", "resources": ["bench/prod/*"]}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token: Arc<str> = answer["token"].as_str().unwrap_or_default().into();
+    client
+        .put(format!("{origin}/v1/policies/public-bench"))
+        .json(&serde_json::json!({"subjects": ["anonymous"], "role": "viewer", "resources": ["bench/prod/*"]}))
+        .send()
+        .await?
+        .error_for_status()?;
     let keys: Arc<Vec<String>> = Arc::new((0..args.keys).map(|i| format!("key{i}")).collect());
     let value = "v".repeat(args.value_bytes);
     let mut last = 0;
@@ -177,11 +201,20 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let addr = edge.http_addr;
-    let meridian = run(&args, |offset, until| {
-        http_worker(addr, keys.clone(), offset, until)
+    let anonymous = run(&args, |offset, until| {
+        http_worker(addr, None, keys.clone(), offset, until)
     })
     .await?;
-    report("meridian edge HTTP GET", &meridian);
+    report("edge GET, no token", &anonymous);
+    let meridian = run(&args, |offset, until| {
+        http_worker(addr, Some(token.clone()), keys.clone(), offset, until)
+    })
+    .await?;
+    report("edge GET, read token", &meridian);
+    println!(
+        "  ratio token/no token     {:.2}",
+        meridian.rate() / anonymous.rate()
+    );
 
     match meridian_benches::redis_server::start().await? {
         None => println!(

@@ -112,15 +112,18 @@ fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
 
-async fn load(args: &Args, bases: &[String], make: MakeRequest) -> Outcome {
+async fn load(args: &Args, bases: &[String], make: MakeRequest, token: Option<&str>) -> Outcome {
     let value = "x".repeat(args.value_bytes);
     let started = Instant::now();
     let until = started + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
     for client in 0..args.clients {
         let (bases, value) = (bases.to_vec(), value.clone());
+        let c = match token {
+            Some(t) => meridian_benches::client(t).expect("http client"),
+            None => reqwest::Client::new(),
+        };
         tasks.push(tokio::spawn(async move {
-            let c = reqwest::Client::new();
             let base = &bases[client % bases.len()];
             let (mut ok, mut errors, mut samples) = (0u64, 0u64, Vec::new());
             let mut i = 0;
@@ -296,6 +299,7 @@ async fn run_meridian(args: &Args, dir: &std::path::Path) -> anyhow::Result<Run>
     let pki = pki(dir)?;
     let mut opts = DevOptions::ephemeral(dir.to_owned());
     opts.origin_nodes = args.origin_nodes;
+    let token = meridian::dev::ensure_admin_token(&opts)?;
     let mut nodes = Vec::new();
     let mut bases = Vec::new();
     for (i, config) in origin_cluster_configs(&opts, &pki).iter().enumerate() {
@@ -310,7 +314,7 @@ async fn run_meridian(args: &Args, dir: &std::path::Path) -> anyhow::Result<Run>
     let c = reqwest::Client::new();
     let term_before = highest_term(&c, &bases, meridian_term).await;
     let before = ProcessUsage::of(&pids);
-    let outcome = load(args, &bases, meridian_put).await;
+    let outcome = load(args, &bases, meridian_put, Some(&token)).await;
     let usage = used_since(&pids, before);
     let elections = elections_since(term_before, highest_term(&c, &bases, meridian_term).await);
     for mut n in nodes {
@@ -346,7 +350,7 @@ async fn run_etcd(args: &Args, dir: &std::path::Path) -> anyhow::Result<Option<R
     let pids: Vec<u32> = children.iter().map(Child::id).collect();
     let term_before = highest_term(&c, &urls, etcd_term).await;
     let before = ProcessUsage::of(&pids);
-    let outcome = load(args, &urls, etcd_put).await;
+    let outcome = load(args, &urls, etcd_put, None).await;
     let usage = used_since(&pids, before);
     let elections = elections_since(term_before, highest_term(&c, &urls, etcd_term).await);
     for child in &mut children {

@@ -23,13 +23,6 @@ use serde_json::json;
 use super::NodeId;
 use super::network::Raft;
 
-/// The read-only cluster view for the client API.
-pub fn routes(raft: Raft) -> Router {
-    Router::new()
-        .route("/v1/cluster", get(status))
-        .with_state(raft)
-}
-
 /// The cluster view and the membership changes, for the Raft channel.
 pub fn membership_routes(raft: Raft) -> Router {
     Router::new()

@@ -95,12 +95,17 @@ impl Principal {
         })
     }
 
-    /// Whether the principal could read some key of `app/env` (a cheap pre-filter; each key is
-    /// still checked with [`Principal::allows`]).
-    pub fn may_read_in(&self, app: &str, env: &str) -> bool {
-        self.grants.iter().any(|g| {
-            g.has(Action::Read) && g.resources().iter().any(|p| p.matches_namespace(app, env))
-        })
+    /// Whether the principal may perform `action` on some key of `app/env` (a pre-filter; each
+    /// key is still checked with [`Principal::allows`]).
+    pub fn may_act_in(&self, action: Action, app: &str, env: &str) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.has(action) && g.resources().iter().any(|p| p.matches_namespace(app, env)))
+    }
+
+    /// Whether the principal holds any grant at all.
+    pub fn has_grants(&self) -> bool {
+        !self.grants.is_empty()
     }
 }
 
@@ -118,7 +123,7 @@ pub enum AuthError {
     Expired(TokenId),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct TokenEntry {
     hash: [u8; 32],
     expires_ms: Option<u64>,
@@ -126,7 +131,7 @@ struct TokenEntry {
 }
 
 /// Tokens and policies of one state, indexed for per-request decisions.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AuthIndex {
     tokens: HashMap<TokenId, TokenEntry>,
     /// Ids with a record, revoked ones included.

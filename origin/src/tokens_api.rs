@@ -1,0 +1,371 @@
+//! Tokens and policies over HTTP: `POST/GET /v1/tokens`, `DELETE /v1/tokens/{id}`,
+//! `GET /v1/policies`, `GET/PUT/DELETE /v1/policies/{name}`, and `GET /v1/whoami`.
+//!
+//! A token's text is answered once, when it is made; only its hash is committed. Records are
+//! written through Raft like any write, into the system namespaces every edge replicates, so a
+//! revocation reaches every edge with the next revision.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use meridian_net::auth::new_token;
+use meridian_net::http::ApiError;
+use meridian_protocol::auth::{
+    GrantBody, POLICIES_ENV, Pattern, PolicyRecord, Principal, Role, SYSTEM_APP, TOKENS_ENV,
+    TokenId, TokenRecord, parse_token, valid_policy_name,
+};
+use meridian_protocol::{Address, EntryState};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::{Shared, body_error, cluster_error, commit, count_error, json_body, write_meta};
+use crate::core::Command;
+
+/// Longest lifetime a token may be given at creation, in seconds (ten years).
+pub const MAX_TOKEN_TTL_S: u64 = 10 * 365 * 24 * 3600;
+
+fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, code, message)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    #[serde(default)]
+    owner: Option<String>,
+    /// Seconds from now until the token stops working (none: never).
+    #[serde(default)]
+    expires_in_s: Option<u64>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    grants: Vec<GrantBody>,
+    /// Shorthand for one grant: a role on `resources`.
+    #[serde(default)]
+    role: Option<Role>,
+    #[serde(default)]
+    resources: Vec<Pattern>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The record and text of a new token for a `POST /v1/tokens` body made by `principal`.
+pub fn token_command(
+    principal: &Principal,
+    body: &[u8],
+    now_ms: u64,
+) -> Result<(Command, TokenRecord, String, Option<String>), ApiError> {
+    let b: CreateBody = json_body(body)?;
+    let mut grants = b.grants;
+    match (b.role, b.resources.is_empty()) {
+        (Some(role), false) => grants.push(GrantBody {
+            role: Some(role),
+            actions: Vec::new(),
+            resources: b.resources,
+        }),
+        (None, true) => {}
+        _ => {
+            return Err(bad(
+                "invalid_token_request",
+                "role and resources go together (or use grants)",
+            ));
+        }
+    }
+    let expires_ms = match b.expires_in_s {
+        Some(0) => {
+            return Err(bad(
+                "invalid_token_request",
+                "expires_in_s must be positive",
+            ));
+        }
+        Some(s) if s > MAX_TOKEN_TTL_S => {
+            return Err(bad(
+                "invalid_token_request",
+                format!("expires_in_s is at most {MAX_TOKEN_TTL_S} (ten years)"),
+            ));
+        }
+        Some(s) => Some(now_ms.saturating_add(s * 1000)),
+        None => None,
+    };
+    let text = new_token();
+    let hash = parse_token(&text).map_err(|e| internal(&e))?;
+    let record = TokenRecord {
+        hash: hex::encode(hash),
+        name: b.name,
+        owner: b.owner.unwrap_or_else(|| principal.actor()),
+        created_ms: now_ms,
+        expires_ms,
+        groups: b.groups,
+        grants,
+    };
+    record
+        .validate()
+        .map_err(|e| bad("invalid_token_request", e.to_string()))?;
+    let command = Command::Put {
+        address: token_address(TokenId::of(&hash)),
+        value: serde_json::to_string(&record)
+            .map_err(|e| internal(&e))?
+            .into(),
+        // A fresh random id: never overwrite a record.
+        expect_version: Some(0),
+    };
+    Ok((command, record, text, b.reason))
+}
+
+fn internal(e: &dyn std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+}
+
+/// Where the record of token `id` lives.
+pub fn token_address(id: TokenId) -> Address {
+    Address {
+        app: SYSTEM_APP.to_owned(),
+        env: TOKENS_ENV.to_owned(),
+        key: id.to_string(),
+    }
+}
+
+fn policy_address(name: &str) -> Address {
+    Address {
+        app: SYSTEM_APP.to_owned(),
+        env: POLICIES_ENV.to_owned(),
+        key: name.to_owned(),
+    }
+}
+
+fn describe(id: &str, record: &TokenRecord, now_ms: u64) -> Value {
+    json!({
+        "id": id,
+        "name": record.name,
+        "owner": record.owner,
+        "created_ms": record.created_ms,
+        "expires_ms": record.expires_ms,
+        "expired": record.expires_ms.is_some_and(|at| now_ms >= at),
+        "groups": record.groups,
+        "grants": record.grants,
+    })
+}
+
+/// `POST /v1/tokens`: 201 with the token's text (shown this once) and its record.
+pub(crate) async fn create(
+    State(state): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let body = body.map_err(body_error)?;
+        let now = meridian_net::auth::now_ms();
+        let (command, record, text, reason) = token_command(&principal, &body, now)?;
+        let id = TokenId::of(&record.hash_bytes().unwrap_or_default()).to_string();
+        let meta = write_meta(
+            &principal,
+            reason.or_else(|| Some(format!("token {id} created"))),
+        )?;
+        let applied = commit(&state, command, meta).await?;
+        let mut answer = describe(&id, &record, now);
+        answer["token"] = text.into();
+        answer["revision"] = applied.revision.0.into();
+        Ok((StatusCode::CREATED, axum::Json(answer)).into_response())
+    };
+    inner.await.map_err(count_error)
+}
+
+/// Reads `app/env` of the system namespaces after a linearizable barrier.
+async fn system_namespace(
+    state: &Arc<crate::api::AppState>,
+    env: &str,
+) -> Result<(u64, Vec<(String, EntryState)>), ApiError> {
+    state.cluster.linearize().await.map_err(cluster_error)?;
+    let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
+    let items = p
+        .state
+        .namespace(SYSTEM_APP, env)
+        .into_iter()
+        .flatten()
+        .filter(|(_, e)| !e.is_tombstone())
+        .map(|(k, e)| (k.clone(), e.clone()))
+        .collect();
+    Ok((p.state.revision().0, items))
+}
+
+/// `GET /v1/tokens`: every live token's record, without hashes.
+pub(crate) async fn list(State(state): Shared) -> Result<Response, ApiError> {
+    let inner = async {
+        let (revision, items) = system_namespace(&state, TOKENS_ENV).await?;
+        let now = meridian_net::auth::now_ms();
+        let tokens: Vec<Value> = items
+            .iter()
+            .filter_map(|(id, e)| {
+                let record: TokenRecord = serde_json::from_str(e.value.as_deref()?).ok()?;
+                Some(describe(id, &record, now))
+            })
+            .collect();
+        Ok(axum::Json(json!({"revision": revision, "tokens": tokens})).into_response())
+    };
+    inner.await.map_err(count_error)
+}
+
+fn token_id(path: Result<Path<String>, PathRejection>) -> Result<TokenId, ApiError> {
+    let Path(id) = path.map_err(|e| bad("invalid_token_id", e.body_text()))?;
+    TokenId::parse(&id).ok_or_else(|| {
+        bad(
+            "invalid_token_id",
+            format!("{id:?} is not a token id (16 hex digits)"),
+        )
+    })
+}
+
+/// `DELETE /v1/tokens/{id}`: the token stops working at every node with this revision.
+pub(crate) async fn revoke(
+    State(state): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let id = token_id(path)?;
+        let meta = write_meta(&principal, Some(format!("token {id} revoked")))?;
+        let command = Command::Delete {
+            address: token_address(id),
+            expect_version: None,
+        };
+        let applied = commit(&state, command, meta)
+            .await
+            .map_err(|e| match e.status {
+                StatusCode::NOT_FOUND => ApiError::not_found(format!("token {id}")),
+                _ => e,
+            })?;
+        Ok(
+            axum::Json(json!({"revoked": id.to_string(), "revision": applied.revision.0}))
+                .into_response(),
+        )
+    };
+    inner.await.map_err(count_error)
+}
+
+fn policy_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(name) = path.map_err(|e| bad("invalid_policy", e.body_text()))?;
+    if !valid_policy_name(&name) {
+        return Err(bad(
+            "invalid_policy",
+            format!("policy name {name:?} must match [a-z0-9][a-z0-9_-]*, at most 64 bytes"),
+        ));
+    }
+    Ok(name)
+}
+
+/// `GET /v1/policies`: every policy, by name.
+pub(crate) async fn list_policies(State(state): Shared) -> Result<Response, ApiError> {
+    let inner = async {
+        let (revision, items) = system_namespace(&state, POLICIES_ENV).await?;
+        let policies: Vec<Value> = items
+            .iter()
+            .filter_map(|(name, e)| {
+                let mut v: Value = serde_json::from_str(e.value.as_deref()?).ok()?;
+                v["name"] = name.clone().into();
+                v["version"] = e.version.0.into();
+                Some(v)
+            })
+            .collect();
+        Ok(axum::Json(json!({"revision": revision, "policies": policies})).into_response())
+    };
+    inner.await.map_err(count_error)
+}
+
+/// `GET /v1/policies/{name}`.
+pub(crate) async fn get_policy(
+    State(state): Shared,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let name = policy_name(path)?;
+        let (_, items) = system_namespace(&state, POLICIES_ENV).await?;
+        let (_, e) = items
+            .iter()
+            .find(|(k, _)| *k == name)
+            .ok_or_else(|| ApiError::not_found(format!("policy {name}")))?;
+        let mut v: Value =
+            serde_json::from_str(e.value.as_deref().unwrap_or("null")).map_err(|e| internal(&e))?;
+        v["name"] = name.into();
+        v["version"] = e.version.0.into();
+        Ok(axum::Json(v).into_response())
+    };
+    inner.await.map_err(count_error)
+}
+
+/// The command of a `PUT /v1/policies/{name}` body (a policy record, checked).
+pub fn policy_command(name: &str, body: &[u8]) -> Result<Command, ApiError> {
+    let record: PolicyRecord = json_body(body)?;
+    record
+        .compile()
+        .map_err(|e| bad("invalid_policy", e.to_string()))?;
+    Ok(Command::Put {
+        address: policy_address(name),
+        value: serde_json::to_string(&record)
+            .map_err(|e| internal(&e))?
+            .into(),
+        expect_version: None,
+    })
+}
+
+/// `PUT /v1/policies/{name}`: creates or replaces a policy.
+pub(crate) async fn put_policy(
+    State(state): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let name = policy_name(path)?;
+        let body = body.map_err(body_error)?;
+        let command = policy_command(&name, &body)?;
+        let meta = write_meta(&principal, Some(format!("policy {name} set")))?;
+        let applied = commit(&state, command, meta).await?;
+        let version = applied.entry().map_or(0, |e| e.version.0);
+        Ok(
+            axum::Json(json!({"name": name, "version": version, "revision": applied.revision.0}))
+                .into_response(),
+        )
+    };
+    inner.await.map_err(count_error)
+}
+
+/// `DELETE /v1/policies/{name}`.
+pub(crate) async fn delete_policy(
+    State(state): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let name = policy_name(path)?;
+        let meta = write_meta(&principal, Some(format!("policy {name} deleted")))?;
+        let command = Command::Delete {
+            address: policy_address(&name),
+            expect_version: None,
+        };
+        let applied = commit(&state, command, meta)
+            .await
+            .map_err(|e| match e.status {
+                StatusCode::NOT_FOUND => ApiError::not_found(format!("policy {name}")),
+                _ => e,
+            })?;
+        Ok(axum::Json(json!({"deleted": name, "revision": applied.revision.0})).into_response())
+    };
+    inner.await.map_err(count_error)
+}
+
+/// `GET /v1/whoami`: who the presented token is.
+pub(crate) async fn whoami(Extension(principal): Extension<Arc<Principal>>) -> Response {
+    axum::Json(json!({
+        "actor": principal.actor(),
+        "id": principal.id.map(|i| i.to_string()),
+        "name": principal.name,
+        "anonymous": principal.is_anonymous(),
+    }))
+    .into_response()
+}
