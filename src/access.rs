@@ -39,6 +39,13 @@ pub enum Token {
     },
     /// Show who the presented token is.
     Whoami,
+    /// Write a new random token to FILE (mode 0600) without asking any node: the bootstrap
+    /// token of a new cluster (`[auth] bootstrap_token_file`).
+    Generate {
+        /// Where to write it; refused if it exists.
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
 }
 
 /// `meridian policy …`
@@ -136,11 +143,18 @@ pub async fn token(client: &Client, command: Token) -> anyhow::Result<()> {
         }
         Token::Revoke { id } => {
             let url = format!("{base}/{id}");
-            let c = reqwest::Client::new();
+            let c = client.http()?;
             let answer = client.send(c.delete(&url), &url).await?;
             print(out, &answer, |b| {
                 println!("token {id} revoked at revision {}", b["revision"])
             })
+        }
+        Token::Generate { file } => {
+            anyhow::ensure!(!file.exists(), "{} exists; not overwritten", file.display());
+            let token = meridian_net::auth::new_token();
+            meridian_net::private::write_private(&file, format!("{token}\n").as_bytes())?;
+            println!("wrote a new token to {} (mode 0600)", file.display());
+            Ok(())
         }
         Token::Whoami => {
             let answer = client.get(format!("{}/v1/whoami", client.writes())).await?;
@@ -205,7 +219,7 @@ pub async fn policy(client: &Client, command: Policy) -> anyhow::Result<()> {
         }
         Policy::Delete { name } => {
             let url = format!("{base}/{name}");
-            let c = reqwest::Client::new();
+            let c = client.http()?;
             let answer = client.send(c.delete(&url), &url).await?;
             print(out, &answer, |b| {
                 println!("policy {name} deleted at revision {}", b["revision"])

@@ -31,6 +31,10 @@ pub struct Client {
     /// more). Sent as `Authorization: Bearer`.
     #[arg(long, global = true, env = "MERIDIAN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA certificate that `https://` nodes' certificates must chain to (the system's
+    /// roots without it).
+    #[arg(long, global = true, env = "MERIDIAN_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Output format.
@@ -213,8 +217,13 @@ impl Client {
         Ok(body)
     }
 
+    /// An HTTP client verifying `https://` nodes against `--ca-file`.
+    pub(crate) fn http(&self) -> anyhow::Result<reqwest::Client> {
+        Ok(meridian_client::http_builder(self.ca_file.as_deref())?.build()?)
+    }
+
     pub(crate) async fn get(&self, url: String) -> anyhow::Result<Value> {
-        let c = reqwest::Client::new();
+        let c = self.http()?;
         self.send(c.get(&url), &url).await
     }
 
@@ -224,7 +233,7 @@ impl Client {
         url: String,
         body: Value,
     ) -> anyhow::Result<Value> {
-        let c = reqwest::Client::new();
+        let c = self.http()?;
         self.send(c.request(method, &url).json(&body), &url).await
     }
 }
@@ -363,7 +372,7 @@ pub async fn kv(client: &Client, command: Kv) -> anyhow::Result<()> {
             if let Some(r) = reason {
                 url.push_str(&format!("?reason={}", urlencode(&r)));
             }
-            let c = reqwest::Client::new();
+            let c = client.http()?;
             let answer = client.send(c.delete(&url), &url).await?;
             print(out, &answer, |b| {
                 println!("deleted at revision {}", b["revision"])
@@ -642,6 +651,7 @@ fn urlencode(s: &str) -> String {
 pub async fn watch(
     endpoint: &str,
     token: Option<&str>,
+    ca_file: Option<&std::path::Path>,
     app: &str,
     env: &str,
     prefix: &str,
@@ -649,7 +659,7 @@ pub async fn watch(
 ) -> anyhow::Result<()> {
     use futures_util::StreamExt;
     use meridian_client::WatchEvent;
-    let client = meridian_client::Client::with_token(endpoint, token)?;
+    let client = meridian_client::Client::with_options(endpoint, token, ca_file)?;
     let mut events = Box::pin(client.watch(app, env, prefix, since));
     while let Some(event) = events.next().await {
         let line = match event? {

@@ -177,6 +177,7 @@ pub fn origin_config(opts: &DevOptions, pki: &DevPki) -> OriginConfig {
             bootstrap_token_file: Some(admin_token_path(&opts.data_dir)),
             ..Default::default()
         },
+        https: None,
     }
 }
 
@@ -211,6 +212,7 @@ pub fn edge_config(
         strict: Vec::new(),
         redis: None,
         auth: Default::default(),
+        https: None,
     }
 }
 

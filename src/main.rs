@@ -113,6 +113,9 @@ enum Command {
         /// The API token to present.
         #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// PEM CA certificate an `https://` edge's certificate must chain to.
+        #[arg(long, env = "MERIDIAN_CA_FILE")]
+        ca_file: Option<PathBuf>,
         /// Application.
         app: String,
         /// Environment.
@@ -436,11 +439,23 @@ async fn main() -> anyhow::Result<()> {
         Command::Watch {
             endpoint,
             token,
+            ca_file,
             app,
             env,
             prefix,
             since,
-        } => meridian::cli::watch(&endpoint, token.as_deref(), &app, &env, &prefix, since).await?,
+        } => {
+            meridian::cli::watch(
+                &endpoint,
+                token.as_deref(),
+                ca_file.as_deref(),
+                &app,
+                &env,
+                &prefix,
+                since,
+            )
+            .await?
+        }
         Command::Token { client, action } => meridian::access::token(&client, action).await?,
         Command::Policy { client, action } => meridian::access::policy(&client, action).await?,
         Command::Sim(args) => {
@@ -470,9 +485,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Origin { config } => {
             let config: meridian_origin::OriginConfig = read_config(&config)?;
+            let scheme = if config.https.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let node = meridian_origin::start(config).await?;
             println!(
-                "origin: HTTP http://{}  QUIC {}  Raft {}",
+                "origin: HTTP {scheme}://{}  QUIC {}  Raft {}",
                 node.http_addr, node.quic_addr, node.raft_addr
             );
             ctrl_c().await;
@@ -493,8 +513,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Edge { config } => {
             let config: meridian_edge::EdgeConfig = read_config(&config)?;
+            let scheme = if config.https.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let node = meridian_edge::start(config).await?;
-            println!("edge: HTTP http://{}", node.http_addr);
+            println!("edge: HTTP {scheme}://{}", node.http_addr);
             ctrl_c().await;
             node.shutdown().await;
         }

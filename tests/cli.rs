@@ -255,3 +255,111 @@ async fn watch_prints_the_full_state_then_each_change_as_json_lines() {
     child.kill().await.unwrap();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_and_policy_commands_manage_access() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let origin = base(cluster.origin.http_addr);
+    let edge = base(cluster.edges[0].http_addr);
+    let (o, e) = (origin.as_str(), edge.as_str());
+
+    // A bootstrap token file for a new cluster, private, never overwritten.
+    let file = dir.path().join("new.token");
+    let file_arg = file.to_str().unwrap();
+    let (ok, _, err) = meridian(e, o, &["token", "generate", "--file", file_arg]).await;
+    assert!(ok, "{err}");
+    meridian_net::auth::read_bootstrap_token(&file).expect("a private token file");
+    let (ok, _, _) = meridian(e, o, &["token", "generate", "--file", file_arg]).await;
+    assert!(!ok, "an existing file is kept");
+
+    let made = json_of(
+        e,
+        o,
+        &[
+            "token",
+            "create",
+            "--name",
+            "ci",
+            "--role",
+            "editor",
+            "--resource",
+            "pay/*/*",
+        ],
+    )
+    .await;
+    let (token, id) = (
+        made["token"].as_str().unwrap(),
+        made["id"].as_str().unwrap(),
+    );
+    assert!(token.starts_with("mrdn_"));
+    let listed = json_of(e, o, &["token", "list"]).await;
+    assert!(
+        listed["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == id && t.get("hash").is_none()),
+        "{listed}"
+    );
+    // The new token writes under pay and nowhere else.
+    let as_ci = |args: &'static [&'static str]| {
+        let token = token.to_owned();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+                .args(args)
+                .env("MERIDIAN_ENDPOINT", e)
+                .env("MERIDIAN_ORIGIN", o)
+                .env("MERIDIAN_TOKEN", token)
+                .env("RUST_LOG", "error")
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    assert!(as_ci(&["kv", "put", "pay/prod/x", "1"]).await.0);
+    let (ok, err) = as_ci(&["kv", "put", "shop/prod/x", "1"]).await;
+    assert!(!ok && err.contains("403 Forbidden forbidden"), "{err}");
+    let who = json_of(e, o, &["token", "whoami"]).await;
+    assert!(
+        who["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("bootstrap-admin#"),
+        "{who}"
+    );
+
+    // A policy gives the token's group more.
+    let policy = json_of(
+        e,
+        o,
+        &[
+            "policy",
+            "put",
+            "shop-ed",
+            "--subject",
+            &format!("token:{id}"),
+            "--role",
+            "editor",
+            "--resource",
+            "shop/*/*",
+        ],
+    )
+    .await;
+    assert_eq!(policy["version"], 1, "{policy}");
+    assert!(as_ci(&["kv", "put", "shop/prod/x", "1"]).await.0);
+    let policies = json_of(e, o, &["policy", "list"]).await;
+    assert_eq!(policies["policies"][0]["name"], "shop-ed", "{policies}");
+    assert!(meridian(e, o, &["policy", "delete", "shop-ed"]).await.0);
+    assert!(!as_ci(&["kv", "put", "shop/prod/x", "2"]).await.0);
+
+    // Revoked: refused.
+    assert!(meridian(e, o, &["token", "revoke", id]).await.0);
+    let (ok, err) = as_ci(&["kv", "put", "pay/prod/x", "2"]).await;
+    assert!(!ok && err.contains("401"), "{err}");
+    cluster.shutdown().await;
+}

@@ -507,24 +507,47 @@ async fn drift_view_flags_a_lagging_edge_and_one_whose_digest_disagrees() {
     .await;
     assert_eq!(row["behind_revisions"], 1);
 
-    // An edge that reports a digest the origin never signed at that revision (a wrong or
-    // corrupted store) is flagged diverged. It speaks real QUIC with a valid certificate.
-    let pki = &cluster.pki;
-    let tls = pki.edge(&stopped_id);
-    let endpoint = meridian_net::quic::client_endpoint(
-        "127.0.0.1:0".parse().unwrap(),
-        &tls,
-        Default::default(),
-    )
-    .unwrap();
-    let conn = endpoint
-        .connect(
-            cluster.origin.quic_addr,
-            meridian_net::tls::ORIGIN_SERVER_NAME,
+    // An edge speaks only for itself: a valid edge certificate claiming another edge's id is
+    // cut off.
+    let connect = |tls: meridian_net::TlsPaths| async move {
+        let endpoint = meridian_net::quic::client_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            &tls,
+            Default::default(),
         )
-        .unwrap()
+        .unwrap();
+        endpoint
+            .connect(
+                cluster.origin.quic_addr,
+                meridian_net::tls::ORIGIN_SERVER_NAME,
+            )
+            .unwrap()
+            .await
+            .unwrap()
+    };
+    let impostor = connect(cluster.pki.edge(&stopped_id)).await;
+    let (mut send, _recv) = impostor.open_bi().await.unwrap();
+    let claim = FrameV1::Hello {
+        edge_id: "someone-else".into(),
+        region: "eu-west".into(),
+        revision: Revision(r),
+        digest: Digest(Hash32([7; 32])),
+    };
+    meridian_net::quic::write_frame(&mut send, &claim.into())
         .await
         .unwrap();
+    let closed = tokio::time::timeout(WAIT, impostor.closed()).await.unwrap();
+    assert!(
+        closed
+            .to_string()
+            .contains("does not match the certificate"),
+        "{closed}"
+    );
+
+    // An edge that reports a digest the origin never signed at that revision (a wrong or
+    // corrupted store) is flagged diverged. It speaks real QUIC with its own valid certificate.
+    let pki = meridian_net::tls::ensure_dev_pki(&cluster.pki.dir, &["forged-store"]).unwrap();
+    let conn = connect(pki.edge("forged-store")).await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     let hello = FrameV1::Hello {
         edge_id: "forged-store".into(),

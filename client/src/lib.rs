@@ -174,6 +174,39 @@ fn form_urlencoded_component(s: &str) -> String {
     out
 }
 
+/// A reqwest client builder whose TLS is rustls with the ring provider, verifying servers
+/// against the PEM CA certificates in `ca_file`, or the platform's roots without one.
+pub fn http_builder(
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::ClientBuilder, ClientError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Endpoint(e.to_string()))?;
+    let tls = match ca_file {
+        Some(path) => {
+            let bad = |e: &dyn std::fmt::Display| {
+                ClientError::Endpoint(format!("CA file {}: {e}", path.display()))
+            };
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => {
+            use rustls_platform_verifier::BuilderVerifierExt;
+            builder
+                .with_platform_verifier()
+                .map_err(|e| ClientError::Endpoint(e.to_string()))?
+                .with_no_client_auth()
+        }
+    };
+    Ok(reqwest::Client::builder().tls_backend_preconfigured(tls))
+}
+
 impl Client {
     /// A client of the edge at `endpoint` (e.g. `http://127.0.0.1:7101`) that presents no
     /// token (it reads only what policies grant `anonymous`).
@@ -184,6 +217,16 @@ impl Client {
     /// A client of the edge at `endpoint` presenting `token` (a read token scoped to the
     /// service's namespaces, usually from `MERIDIAN_TOKEN`) as `Authorization: Bearer`.
     pub fn with_token(endpoint: &str, token: Option<&str>) -> Result<Self, ClientError> {
+        Self::with_options(endpoint, token, None)
+    }
+
+    /// A client of the edge at `endpoint` presenting `token`, which verifies an `https://`
+    /// endpoint's certificate against the PEM CA in `ca_file` (`None`: the platform's roots).
+    pub fn with_options(
+        endpoint: &str,
+        token: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
         let endpoint = endpoint.trim_end_matches('/').to_owned();
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             return Err(ClientError::Endpoint(endpoint));
@@ -196,7 +239,7 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let http = http_builder(ca_file)?
             .connect_timeout(Duration::from_secs(2))
             .default_headers(headers)
             .build()

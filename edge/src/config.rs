@@ -73,6 +73,9 @@ pub struct EdgeConfig {
     /// the origin, replicated).
     #[serde(default)]
     pub auth: meridian_net::auth::AuthConfig,
+    /// Serve the client API over HTTPS with this certificate (plain HTTP without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<meridian_net::tls::HttpsPaths>,
 }
 
 /// A namespace pattern whose reads must not be staler than `max_staleness_ms` (`[[strict]]`).

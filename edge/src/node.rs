@@ -166,10 +166,16 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
         let _ = rx.wait_for(|v| *v).await;
         hub.close();
     }));
+    let https = config
+        .https
+        .as_ref()
+        .map(meridian_net::tls::https_server_crypto)
+        .transpose()?
+        .map(Arc::new);
     let http_task = tokio::spawn(meridian_net::serve::serve(
         "api",
         listener,
-        None,
+        https,
         app,
         config.http,
         shutdown_rx,

@@ -359,7 +359,7 @@ pub fn ensure_dev_pki(dir: &Path, edge_ids: &[&str]) -> Result<DevPki, TlsError>
         leaf(
             &paths.cert,
             &paths.key,
-            vec![format!("{id}.edge.meridian"), "localhost".into()],
+            vec![edge_certificate_name(id), "localhost".into()],
         )?;
     }
 
@@ -435,4 +435,49 @@ mod tests {
         assert_eq!(mode(&pki.origin.key), 0o600);
         assert_eq!(mode(&pki.signing_key), 0o600);
     }
+}
+
+/// The name an edge's certificate is issued for: `<edge_id>.edge.meridian`.
+pub fn edge_certificate_name(edge_id: &str) -> String {
+    format!("{edge_id}.edge.meridian")
+}
+
+/// Whether the client certificate of `conn` (already verified against the CA by the handshake)
+/// was issued for the edge `edge_id`: an edge may only speak for itself.
+pub fn is_certified_edge(conn: &quinn::Connection, edge_id: &str) -> bool {
+    let Some(chain) = conn
+        .peer_identity()
+        .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
+    else {
+        return false;
+    };
+    let Some(leaf) = chain.first() else {
+        return false;
+    };
+    let Ok(name) = rustls::pki_types::ServerName::try_from(edge_certificate_name(edge_id)) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(leaf)
+        .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+}
+
+/// The certificate and key an HTTP listener serves HTTPS with (`[https]` of a node's config).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsPaths {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key (mode 0600).
+    pub key: PathBuf,
+}
+
+/// A rustls server config for a client API: TLS 1.2 and 1.3, no client certificate (callers
+/// present bearer tokens), HTTP/1.1.
+pub fn https_server_crypto(paths: &HttpsPaths) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(&paths.cert)?, load_key(&paths.key)?)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }

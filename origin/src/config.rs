@@ -61,6 +61,9 @@ pub struct OriginConfig {
     /// Authentication: the bootstrap admin token, and whether status and metrics are public.
     #[serde(default)]
     pub auth: meridian_net::auth::AuthConfig,
+    /// Serve the client API over HTTPS with this certificate (plain HTTP without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<meridian_net::tls::HttpsPaths>,
 }
 
 /// History retention (`[history]` in the origin's TOML). The leader commits a compaction every

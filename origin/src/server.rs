@@ -166,6 +166,16 @@ async fn connection(
     loop {
         match read_frame(&mut recv, &mut decoder).await {
             Ok(Some(frame)) => {
+                if let Frame::V1(meridian_protocol::FrameV1::Hello { edge_id, .. }) = &frame
+                    && !meridian_net::tls::is_certified_edge(&conn, edge_id)
+                {
+                    // An edge speaks only for itself: its drift reports and acknowledgements
+                    // are trusted as the certificate's edge.
+                    metrics::counter!("meridian_origin_impersonation_refusals_total").increment(1);
+                    tracing::warn!(conn = id, claimed = %edge_id, "edge id does not match its certificate");
+                    conn.close(3u32.into(), b"edge_id does not match the certificate");
+                    break;
+                }
                 if events.send(Event::Frame(id, frame)).await.is_err() {
                     break;
                 }
