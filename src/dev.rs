@@ -178,6 +178,7 @@ pub fn origin_config(opts: &DevOptions, pki: &DevPki) -> OriginConfig {
             ..Default::default()
         },
         https: None,
+        audit: Default::default(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! program that links it, and [`disable_transparent_huge_pages`] for the programs that run nodes.
 
 pub mod access;
+pub mod audit_cli;
 pub mod cli;
 pub mod dev;
 

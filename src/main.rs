@@ -96,6 +96,13 @@ enum Command {
         #[command(subcommand)]
         action: meridian::access::Token,
     },
+    /// List, export and verify the audit log (audit-read).
+    Audit {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        #[command(subcommand)]
+        action: meridian::audit_cli::Audit,
+    },
     /// Bind tokens and groups to roles on resources (admin).
     Policy {
         #[command(flatten)]
@@ -458,6 +465,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Token { client, action } => meridian::access::token(&client, action).await?,
         Command::Policy { client, action } => meridian::access::policy(&client, action).await?,
+        Command::Audit { client, action } => meridian::audit_cli::audit(&client, action).await?,
         Command::Sim(args) => {
             if !sim(args)? {
                 std::process::exit(1);

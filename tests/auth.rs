@@ -279,6 +279,8 @@ fn origin_cases() -> Vec<Case> {
         case(Method::GET, "/v1/policies/p-{who}", None, [U, F, F, O]),
         case(Method::GET, "/v1/policies", None, [U, F, F, O]),
         case(Method::DELETE, "/v1/policies/p-{who}", None, [U, F, F, O]),
+        case(Method::GET, "/v1/audit", None, [U, F, F, O]),
+        case(Method::GET, "/v1/audit/head", None, [U, F, F, O]),
         case(Method::GET, "/v1/whoami", None, [O, O, O, O]),
         case(Method::GET, "/v1/status", None, [O, O, O, O]),
         case(Method::GET, "/v1/cluster", None, [O, O, O, O]),

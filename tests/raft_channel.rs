@@ -148,6 +148,7 @@ fn forwarded_put(key: &str, value: &str) -> Vec<u8> {
             time_ms: 1,
             actor: "attacker".into(),
             reason: None,
+            ..Default::default()
         },
     };
     postcard::to_allocvec(&Request {

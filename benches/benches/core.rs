@@ -147,6 +147,7 @@ fn origin_apply(c: &mut Criterion) {
                                 time_ms: 1,
                                 actor: "bench".into(),
                                 reason: None,
+                                ..Default::default()
                             },
                         }
                     })

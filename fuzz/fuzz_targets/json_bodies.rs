@@ -61,6 +61,7 @@ fuzz_target!(|data: &[u8]| {
                 time_ms: 1,
                 actor: "fuzz".into(),
                 reason,
+                ..Default::default()
             },
         };
         if meridian_origin::admission::check(&proposal, MAX_VALUE_BYTES).is_err() {

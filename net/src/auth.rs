@@ -141,6 +141,43 @@ pub struct Refusal {
     pub request_id: Option<String>,
 }
 
+/// Who sent a request and under which id, for the audit log (a request extension on every
+/// route the layer decides).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestMeta {
+    /// The `x-request-id` the client sent (1 to 128 visible ASCII bytes), or one made here;
+    /// answered in the response's `x-request-id`.
+    pub request_id: String,
+    /// The client's address as the listener saw it.
+    pub source: Option<std::net::SocketAddr>,
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+fn request_meta(req: &Request) -> RequestMeta {
+    let given = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
+    let request_id = match given {
+        Some(id) => id.to_owned(),
+        None => {
+            use rand_core::RngCore;
+            let mut id = [0u8; 8];
+            rand_core::OsRng.fill_bytes(&mut id);
+            hex::encode(id)
+        }
+    };
+    RequestMeta {
+        request_id,
+        source: req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0),
+    }
+}
+
 struct GateState {
     gate: Gate,
     rules: Arc<HashMap<(Method, String), Rule>>,
@@ -280,11 +317,14 @@ async fn check(State(gs): State<Arc<GateState>>, req: Request, next: Next) -> Re
         })
     };
     let presented = req.headers().contains_key(header::AUTHORIZATION);
+    let meta = request_meta(&req);
+    let id_header = HeaderValue::from_str(&meta.request_id).ok();
     let decision = decide(&gs.gate, rule, &req, &param);
-    match decision {
+    let mut response = match decision {
         Ok(principal) => {
             let mut req = req;
             req.extensions_mut().insert(principal);
+            req.extensions_mut().insert(meta);
             next.run(req).await
         }
         Err((e, actor)) => {
@@ -296,20 +336,17 @@ async fn check(State(gs): State<Arc<GateState>>, req: Request, next: Next) -> Re
                     actor,
                     status: e.status,
                     message: e.message.clone(),
-                    client: req
-                        .extensions()
-                        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                        .map(|c| c.0),
-                    request_id: req
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned),
+                    client: meta.source,
+                    request_id: Some(meta.request_id),
                 });
             }
             refusal_response(e, presented)
         }
+    };
+    if let Some(id) = id_header {
+        response.headers_mut().insert(REQUEST_ID, id);
     }
+    response
 }
 
 type Refused = (ApiError, Option<String>);

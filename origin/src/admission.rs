@@ -125,7 +125,19 @@ pub fn command_bytes(command: &Command) -> usize {
                 .sum::<usize>()
                 + ops.iter().map(op_bytes).sum::<usize>()
         }
-        Command::CompactHistory { .. } => 32,
+        Command::CompactHistory { .. } | Command::CompactAudit { .. } => 32,
+        Command::Audit(events) => events
+            .iter()
+            .map(|e| {
+                64 + e.actor.len()
+                    + e.action.len()
+                    + e.resource.len()
+                    + e.outcome.len()
+                    + e.request_id.as_ref().map_or(0, String::len)
+                    + e.source.as_ref().map_or(0, String::len)
+                    + e.reason.as_ref().map_or(0, String::len)
+            })
+            .sum(),
         Command::PutSchema {
             app,
             env,
@@ -176,6 +188,12 @@ pub fn check(proposal: &Proposal, max_value_bytes: usize) -> Result<(), Inadmiss
             "reason must be at most 1024 printable bytes",
         ));
     }
+    let short = |t: &Option<String>| t.as_ref().is_none_or(|t| t.len() <= 128 && printable(t));
+    if !(short(&meta.request_id) && short(&meta.source) && short(&meta.action)) {
+        return Err(Inadmissible::Meta(
+            "request id, source and action are at most 128 printable bytes",
+        ));
+    }
     match &proposal.command {
         Command::Put {
             address: a, value, ..
@@ -223,6 +241,29 @@ pub fn check(proposal: &Proposal, max_value_bytes: usize) -> Result<(), Inadmiss
             json("schema", &at, schema, body_limit(max_value_bytes))
         }
         Command::DeleteSchema { app, env, prefix } => namespace(app, env, prefix),
+        Command::CompactAudit { .. } => Ok(()),
+        Command::Audit(events) => {
+            use crate::audit::{MAX_AUDIT_EVENTS, MAX_EVENT_FIELD_BYTES};
+            if events.is_empty() || events.len() > MAX_AUDIT_EVENTS {
+                return Err(Inadmissible::Meta("an audit command holds 1 to 256 events"));
+            }
+            let fits = |t: &str| t.len() <= MAX_EVENT_FIELD_BYTES && printable(t);
+            let all_fit = events.iter().all(|e| {
+                [&e.actor, &e.action, &e.resource, &e.outcome]
+                    .into_iter()
+                    .chain(&e.request_id)
+                    .chain(&e.source)
+                    .chain(&e.reason)
+                    .all(|t| fits(t))
+            });
+            if all_fit {
+                Ok(())
+            } else {
+                Err(Inadmissible::Meta(
+                    "audit event fields are at most 1024 printable bytes",
+                ))
+            }
+        }
         Command::CompactHistory { retention, .. } => {
             if retention.max_versions == 0 {
                 return Err(Inadmissible::Txn(
@@ -244,6 +285,7 @@ mod tests {
             time_ms: 1,
             actor: "ci".into(),
             reason: None,
+            ..Default::default()
         }
     }
 

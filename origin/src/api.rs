@@ -14,7 +14,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use meridian_net::auth::{Gate, RouteTable, Rule, authorize, readable};
+use meridian_net::auth::{Gate, RequestMeta, RouteTable, Rule, authorize, readable};
 use meridian_net::http::{
     ApiError, json_bytes, method_not_allowed, metrics_endpoint, unknown_route, write_entry,
 };
@@ -27,7 +27,7 @@ use serde::Deserialize;
 use crate::core::{Command, Condition, Proposal, TxnOp};
 use crate::drift::KnownEdges;
 use crate::history::{MAX_ACTOR_BYTES, MAX_REASON_BYTES, WriteMeta};
-use crate::{history_api, schema_api, tokens_api};
+use crate::{audit_api, history_api, schema_api, tokens_api};
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -55,7 +55,7 @@ pub(crate) type Shared = State<Arc<AppState>>;
 
 /// Every route of the client API and the rule that authorizes it.
 pub fn routes() -> RouteTable<Arc<AppState>> {
-    use Action::{Admin, Delete, Read, Rollback, Schema, Write};
+    use Action::{Admin, AuditRead, Delete, Read, Rollback, Schema, Write};
     use Method as M;
     use Rule::{Everything, Filtered, Key, Namespace, Observe};
     RouteTable::new()
@@ -153,6 +153,13 @@ pub fn routes() -> RouteTable<Arc<AppState>> {
             tokens_api::delete_policy,
         )
         .route(M::GET, "/v1/whoami", Rule::Identify, tokens_api::whoami)
+        .route(M::GET, "/v1/audit", Everything(AuditRead), audit_api::list)
+        .route(
+            M::GET,
+            "/v1/audit/head",
+            Everything(AuditRead),
+            audit_api::head,
+        )
         .route(M::GET, "/v1/status", Observe, status)
         .route(M::GET, "/v1/cluster", Observe, cluster_status)
         .route(M::GET, "/v1/edges", Observe, crate::edges_api::edges)
@@ -303,6 +310,7 @@ pub(crate) fn cluster_error(e: ClusterError) -> ApiError {
 /// principal, never a name the client supplies.
 pub(crate) fn write_meta(
     principal: &Principal,
+    request: &RequestMeta,
     reason: Option<String>,
 ) -> Result<WriteMeta, ApiError> {
     let mut actor = principal.actor();
@@ -321,6 +329,9 @@ pub(crate) fn write_meta(
         time_ms,
         actor,
         reason,
+        request_id: Some(request.request_id.clone()),
+        source: request.source.map(|s| s.to_string()),
+        action: None,
     })
 }
 
@@ -428,13 +439,14 @@ async fn put(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let address = address(path)?;
         let body = body.map_err(body_error)?;
         let (command, reason) = put_command(address.clone(), &body, state.max_value_bytes)?;
-        let meta = write_meta(&principal, reason)?;
+        let meta = write_meta(&principal, &request, reason)?;
         let applied = commit(&state, command, meta).await?;
         let mut buf = Vec::with_capacity(128);
         write_entry(
@@ -469,11 +481,12 @@ async fn delete(
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<DeleteQuery>, QueryRejection>,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let address = address(path)?;
         let q = query(q)?;
-        let meta = write_meta(&principal, q.reason)?;
+        let meta = write_meta(&principal, &request, q.reason)?;
         let applied = commit(
             &state,
             Command::Delete {
@@ -597,13 +610,14 @@ async fn patch(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let address = address(path)?;
         let body = body.map_err(body_error)?;
         let (command, reason) = patch_command(address.clone(), &body, state.max_value_bytes)?;
-        let meta = write_meta(&principal, reason)?;
+        let meta = write_meta(&principal, &request, reason)?;
         let applied = commit(&state, command, meta).await?;
         let entry = applied.entry().ok_or_else(|| {
             ApiError::new(
@@ -756,13 +770,14 @@ fn authorize_txn(principal: &Principal, command: &Command) -> Result<(), ApiErro
 async fn txn(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let body = body.map_err(body_error)?;
         let (command, reason) = txn_body_command(&body, state.max_value_bytes)?;
         authorize_txn(&principal, &command)?;
-        let meta = write_meta(&principal, reason)?;
+        let meta = write_meta(&principal, &request, reason)?;
         check_revision_size(&command, "the transaction")?;
         let applied = commit(&state, command, meta).await?;
         let changed: Vec<_> = applied

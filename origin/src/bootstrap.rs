@@ -96,6 +96,7 @@ pub async fn commit_record(
                 time_ms: now_ms(),
                 actor: "bootstrap".into(),
                 reason: Some(format!("bootstrap admin token {id}")),
+                ..Default::default()
             },
         };
         match cluster.write(proposal).await {

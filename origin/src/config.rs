@@ -61,9 +61,29 @@ pub struct OriginConfig {
     /// Authentication: the bootstrap admin token, and whether status and metrics are public.
     #[serde(default)]
     pub auth: meridian_net::auth::AuthConfig,
+    /// How long audit records are kept.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Serve the client API over HTTPS with this certificate (plain HTTP without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https: Option<meridian_net::tls::HttpsPaths>,
+}
+
+/// Audit log retention (`[audit]` in the origin's TOML), independent of the history's: the
+/// leader drops older records at each compaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Days a record is kept.
+    pub retention_days: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 365,
+        }
+    }
 }
 
 /// History retention (`[history]` in the origin's TOML). The leader commits a compaction every
@@ -249,6 +269,14 @@ impl OriginConfig {
             format!(
                 "must be between 1 and 86400, got {}",
                 self.history.compact_interval_s
+            ),
+        )?;
+        check(
+            (1..=36_500).contains(&self.audit.retention_days),
+            "audit.retention_days",
+            format!(
+                "must be between 1 and 36500, got {}",
+                self.audit.retention_days
             ),
         )?;
         let r = &self.raft;

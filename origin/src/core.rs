@@ -77,6 +77,13 @@ pub enum Command {
         /// The prefix it was registered for.
         prefix: String,
     },
+    /// Records refused requests in the audit log (no revision).
+    Audit(Vec<crate::audit::AuditEvent>),
+    /// Drops audit records older than `before_ms`, oldest first, at most 10,000 (no revision).
+    CompactAudit {
+        /// The cut-off, ms since the Unix epoch (the proposing node's clock, committed).
+        before_ms: u64,
+    },
     /// Brings the history within `retention` as of `now_ms` (no revision).
     CompactHistory {
         /// How much to keep.
@@ -240,6 +247,8 @@ pub struct OriginCore<B: Backend> {
     signer: Signer,
     /// The registered schemas, loaded from the backend on first use.
     schemas: Option<Registry>,
+    /// The audit chain's newest record, loaded from the backend on first use.
+    audit_tip: Option<crate::audit::ChainTip>,
     /// Signatures another node made for the heads the entry being applied produces.
     offered: BTreeMap<Revision, SignedHead>,
     /// The heads of the entry being applied, while one is (see [`OriginCore::begin_entry`]).
@@ -266,6 +275,7 @@ impl<B: Backend> OriginCore<B> {
             state,
             signer,
             schemas: None,
+            audit_tip: None,
             offered: BTreeMap::new(),
             signed: None,
             compacted: None,
@@ -315,6 +325,42 @@ impl<B: Backend> OriginCore<B> {
     /// loaded again on next use.
     pub fn reload_schemas(&mut self) {
         self.schemas = None;
+    }
+
+    /// Appends `event` to the audit chain as written by log position `at` (nothing if the
+    /// chain already holds that position: an entry applied again after a crash).
+    pub fn record_audit(
+        &mut self,
+        at: (u64, u32),
+        event: crate::audit::AuditEvent,
+    ) -> Result<(), StoreError> {
+        let tip = self.audit_tip()?;
+        if let Some((writes, next)) = crate::audit::append(&tip, at, self.state.revision().0, event)
+        {
+            self.state.write_extra(writes)?;
+            self.audit_tip = Some(next);
+        }
+        Ok(())
+    }
+
+    /// The audit chain's newest record (loaded from the backend if need be).
+    pub fn audit_tip(&mut self) -> Result<crate::audit::ChainTip, StoreError> {
+        if let Some(tip) = &self.audit_tip {
+            return Ok(tip.clone());
+        }
+        let tip = crate::audit::load_tip(self.state.backend())?;
+        self.audit_tip = Some(tip.clone());
+        Ok(tip)
+    }
+
+    /// Forgets the loaded audit tip (after a snapshot replaced the records).
+    pub fn reload_audit(&mut self) {
+        self.audit_tip = None;
+    }
+
+    /// The signer (the audit head is signed when it is read).
+    pub fn signer(&self) -> &Signer {
+        &self.signer
     }
 
     /// The signed state (for reads, catch-up and snapshots).
@@ -472,6 +518,21 @@ impl<B: Backend> OriginCore<B> {
             }
             Command::DeleteSchema { app, env, prefix } => {
                 extra.extend(self.schemas()?.remove(&app, &env, &prefix));
+                Vec::new()
+            }
+            // Recorded by the state machine, which knows the log position.
+            Command::Audit(_) => Vec::new(),
+            Command::CompactAudit { before_ms } => {
+                let upper = [
+                    crate::audit::AUDIT_PREFIX[0],
+                    crate::audit::AUDIT_PREFIX[1] + 1,
+                ];
+                let oldest = self
+                    .state
+                    .backend()
+                    .range(&crate::audit::AUDIT_PREFIX, &upper, 10_000)
+                    .map_err(StoreError::from)?;
+                extra.extend(crate::audit::expired(&oldest, before_ms, 10_000));
                 Vec::new()
             }
             Command::CompactHistory { retention, now_ms } => {

@@ -35,15 +35,22 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Who made a write, when, and why; chosen by the node that accepted it and committed with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Who made a write, when, and why; chosen by the node that accepted it and committed with it
+/// (in the key's history and the audit log).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteMeta {
     /// Milliseconds since the Unix epoch, on the accepting node's clock.
     pub time_ms: u64,
-    /// Who (the `meridian-actor` header; `anonymous` without it).
+    /// Who: the authenticated principal (`name#id`).
     pub actor: String,
     /// Why, if given.
     pub reason: Option<String>,
+    /// The request's id (`x-request-id`), for the audit log.
+    pub request_id: Option<String>,
+    /// The client's address, for the audit log.
+    pub source: Option<String>,
+    /// What the audit log calls the write when the command alone does not say (`rollback`).
+    pub action: Option<String>,
 }
 
 /// One change of one key.
@@ -524,6 +531,7 @@ mod tests {
             time_ms,
             actor: "ops".into(),
             reason: Some(format!("v{version}")),
+            ..Default::default()
         };
         b.apply(record_writes(&[change], Revision(revision), &meta))
             .unwrap();
@@ -535,6 +543,7 @@ mod tests {
             time_ms: 9,
             actor: "a".into(),
             reason: Some("why".into()),
+            ..Default::default()
         };
         let change = Change {
             address: at("k"),

@@ -13,6 +13,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use meridian_net::auth::RequestMeta;
 use meridian_net::auth::readable;
 use meridian_net::http::{ApiError, json_bytes, write_entry};
 use meridian_protocol::Address;
@@ -288,6 +289,7 @@ pub(crate) async fn key_rollback(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
@@ -307,10 +309,12 @@ pub(crate) async fn key_rollback(
                 .ok_or_else(|| version_not_found(&at, version))
         })
         .await?;
-        let meta = write_meta(
+        let mut meta = write_meta(
             &principal,
+            &request,
             rollback_reason(&format!("version {}", b.version), b.reason),
         )?;
+        meta.action = Some("rollback".into());
         let command = history::key_rollback(&a, &target, current);
         let applied = commit(&state, command, meta).await?;
         let entry = applied
@@ -348,6 +352,7 @@ pub(crate) async fn env_rollback(
     State(state): Shared,
     path: Result<Path<(String, String)>, PathRejection>,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
@@ -369,10 +374,12 @@ pub(crate) async fn env_rollback(
                 .filter_map(|(k, e)| e.value.clone().map(|v| (k.clone(), (e.version.0, v))))
                 .collect()
         };
-        let meta = write_meta(
+        let mut meta = write_meta(
             &principal,
+            &request,
             rollback_reason(&format!("revision {}", b.revision), b.reason),
         )?;
+        meta.action = Some("rollback".into());
         let command = history::env_rollback(&app, &env, &target, &current);
         crate::api::check_revision_size(&command, "the rollback")?;
         let applied = commit(&state, command, meta).await?;

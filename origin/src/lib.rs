@@ -4,6 +4,8 @@
 
 pub mod admission;
 pub mod api;
+pub mod audit;
+pub mod audit_api;
 pub mod bootstrap;
 pub mod config;
 pub mod core;

@@ -224,10 +224,14 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     ));
     let listener = bind(config.http_listen).await?;
     let http_addr = local_addr(&listener, config.http_listen)?;
+    let refusals = crate::audit_api::RefusalQueue::default();
+    let queue = refusals.clone();
     let gate = meridian_net::auth::Gate {
         index: crate::bootstrap::index_source(reader.clone(), bootstrap),
         public_observe: config.auth.public_status,
-        on_refusal: None,
+        on_refusal: Some(Arc::new(move |r: &meridian_net::auth::Refusal| {
+            queue.push(r)
+        })),
     };
     let bootstrap_task = bootstrap.map(|hash| {
         tokio::spawn(crate::bootstrap::commit_record(
@@ -268,9 +272,16 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         shutdown_rx.clone(),
     ));
     let compact_task = tokio::spawn(compact_history(
-        cluster,
+        cluster.clone(),
         r.id,
         config.history.clone(),
+        config.audit.retention_days,
+        shutdown_rx.clone(),
+    ));
+    let refusal_task = tokio::spawn(crate::audit_api::record_refusals(
+        refusals,
+        cluster,
+        Duration::from_millis(250),
         shutdown_rx.clone(),
     ));
     let drift_task = tokio::spawn(export_drift(edges, core.clone(), shutdown_rx.clone()));
@@ -304,6 +315,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
                 http_task,
                 raft_task,
                 compact_task,
+                refusal_task,
                 drift_task,
                 leader_task,
                 space_task,
@@ -414,6 +426,7 @@ async fn compact_history(
     cluster: Cluster,
     id: u64,
     history: crate::config::HistoryConfig,
+    audit_retention_days: u64,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let every = Duration::from_secs(history.compact_interval_s.max(1));
@@ -435,10 +448,25 @@ async fn compact_history(
                 time_ms: now_ms,
                 actor: "meridian".into(),
                 reason: Some("history compaction".into()),
+                ..Default::default()
             },
         };
         if let Err(e) = cluster.write(proposal).await {
             tracing::debug!(error = %e, "history compaction not committed; next time");
+        }
+        // The audit log keeps its own retention, independent of the history's.
+        let before_ms = now_ms.saturating_sub(audit_retention_days.saturating_mul(86_400_000));
+        let proposal = crate::core::Proposal {
+            command: crate::core::Command::CompactAudit { before_ms },
+            meta: crate::history::WriteMeta {
+                time_ms: now_ms,
+                actor: "meridian".into(),
+                reason: Some("audit retention".into()),
+                ..Default::default()
+            },
+        };
+        if let Err(e) = cluster.write(proposal).await {
+            tracing::debug!(error = %e, "audit retention not committed; next time");
         }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use meridian_net::auth::RequestMeta;
 use meridian_net::http::ApiError;
 use meridian_protocol::addr::validate_key_prefix;
 use meridian_protocol::auth::Principal;
@@ -76,13 +77,14 @@ pub(crate) async fn put_schema(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let (app, env, prefix) = schema_path(path)?;
         let body = body.map_err(crate::api::body_error)?;
         let (command, reason, schema) = put_schema_command(&app, &env, &prefix, &body)?;
-        let meta = write_meta(&principal, reason)?;
+        let meta = write_meta(&principal, &request, reason)?;
         commit(&state, command, meta).await?;
         Ok(axum::Json(json!({
             "app": app, "env": env, "prefix": prefix, "schema": schema,
@@ -160,10 +162,11 @@ pub(crate) async fn delete_schema(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let (app, env, prefix) = schema_path(path)?;
-        let meta = write_meta(&principal, None)?;
+        let meta = write_meta(&principal, &request, None)?;
         commit(
             &state,
             Command::DeleteSchema {

@@ -13,7 +13,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use meridian_net::auth::new_token;
+use meridian_net::auth::{RequestMeta, new_token};
 use meridian_net::http::ApiError;
 use meridian_protocol::auth::{
     GrantBody, POLICIES_ENV, Pattern, PolicyRecord, Principal, Role, SYSTEM_APP, TOKENS_ENV,
@@ -156,6 +156,7 @@ fn describe(id: &str, record: &TokenRecord, now_ms: u64) -> Value {
 pub(crate) async fn create(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
@@ -165,6 +166,7 @@ pub(crate) async fn create(
         let id = TokenId::of(&record.hash_bytes().unwrap_or_default()).to_string();
         let meta = write_meta(
             &principal,
+            &request,
             reason.or_else(|| Some(format!("token {id} created"))),
         )?;
         let applied = commit(&state, command, meta).await?;
@@ -225,11 +227,12 @@ fn token_id(path: Result<Path<String>, PathRejection>) -> Result<TokenId, ApiErr
 pub(crate) async fn revoke(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let id = token_id(path)?;
-        let meta = write_meta(&principal, Some(format!("token {id} revoked")))?;
+        let meta = write_meta(&principal, &request, Some(format!("token {id} revoked")))?;
         let command = Command::Delete {
             address: token_address(id),
             expect_version: None,
@@ -317,6 +320,7 @@ pub fn policy_command(name: &str, body: &[u8]) -> Result<Command, ApiError> {
 pub(crate) async fn put_policy(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -324,7 +328,7 @@ pub(crate) async fn put_policy(
         let name = policy_name(path)?;
         let body = body.map_err(body_error)?;
         let command = policy_command(&name, &body)?;
-        let meta = write_meta(&principal, Some(format!("policy {name} set")))?;
+        let meta = write_meta(&principal, &request, Some(format!("policy {name} set")))?;
         let applied = commit(&state, command, meta).await?;
         let version = applied.entry().map_or(0, |e| e.version.0);
         Ok(
@@ -339,11 +343,12 @@ pub(crate) async fn put_policy(
 pub(crate) async fn delete_policy(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let inner = async {
         let name = policy_name(path)?;
-        let meta = write_meta(&principal, Some(format!("policy {name} deleted")))?;
+        let meta = write_meta(&principal, &request, Some(format!("policy {name} deleted")))?;
         let command = Command::Delete {
             address: policy_address(&name),
             expect_version: None,

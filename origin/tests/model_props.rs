@@ -132,7 +132,7 @@ proptest! {
         let trusted = TrustedKeys::new([Signer::from_bytes(&[9; 32]).verifying_key()]);
         let mut edge = SignedState::open(MemBackend::new(), 10_000).expect("edge");
         let mut late: Option<SignedState<MemBackend>> = None;
-        let meta = WriteMeta { time_ms: 1, actor: "prop".into(), reason: None };
+        let meta = WriteMeta { time_ms: 1, actor: "prop".into(), reason: None, ..Default::default() };
         for (i, op) in ops.iter().enumerate() {
             if i == join_at {
                 // A new edge joins from a snapshot of the origin's state.

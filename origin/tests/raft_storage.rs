@@ -72,6 +72,7 @@ mod writes {
                             time_ms: index,
                             actor: "test".into(),
                             reason: None,
+                            ..Default::default()
                         },
                     })
                     .collect(),

@@ -109,6 +109,11 @@ impl Signer {
         self.id
     }
 
+    /// Signs `message` (which starts with its own domain tag, as the audit head's does).
+    pub fn sign_bytes(&self, message: &[u8]) -> ed25519_dalek::Signature {
+        self.key.sign(message)
+    }
+
     /// Signs a head. Ed25519 is deterministic, so every origin node holding the key produces
     /// the same signature for the same head.
     pub fn sign(&self, head: Head) -> SignedHead {

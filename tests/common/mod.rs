@@ -156,6 +156,11 @@ impl NodeProcess {
         self.0.id()
     }
 
+    /// Waits for the process to exit by itself.
+    pub fn wait(&mut self) {
+        let _ = self.0.wait();
+    }
+
     /// Kills the process (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.0.kill();

@@ -147,8 +147,43 @@ async fn add_node(State(raft): State<Raft>, body: Bytes) -> Response {
         .change_membership(ChangeMembers::AddVoterIds(ids), false)
         .await
     {
-        Ok(_) => axum::Json(describe(&raft)).into_response(),
+        Ok(_) => {
+            audit_membership(
+                &raft,
+                "membership-add",
+                format!("node:{}@{}", add.id, add.addr),
+            )
+            .await;
+            axum::Json(describe(&raft)).into_response()
+        }
         Err(e) => refused(e, "/v1/cluster/nodes"),
+    }
+}
+
+/// Records a membership change made on the Raft channel (by a holder of an origin
+/// certificate) in the audit log. The change has happened: a failure to record it is logged.
+async fn audit_membership(raft: &Raft, action: &str, resource: String) {
+    let event = crate::audit::AuditEvent {
+        time_ms: meridian_net::auth::now_ms(),
+        actor: "origin-certificate".into(),
+        action: action.into(),
+        resource,
+        outcome: "ok".into(),
+        ..Default::default()
+    };
+    let proposal = crate::core::Proposal {
+        command: crate::core::Command::Audit(vec![event]),
+        meta: crate::history::WriteMeta {
+            time_ms: meridian_net::auth::now_ms(),
+            actor: "audit".into(),
+            ..Default::default()
+        },
+    };
+    let request = super::Request {
+        commands: vec![proposal],
+    };
+    if let Err(e) = raft.client_write(request).await {
+        tracing::error!(error = %e, action, "a membership change was not recorded in the audit log");
     }
 }
 
@@ -189,7 +224,10 @@ async fn remove_node(State(raft): State<Raft>, Path(id): Path<String>) -> Respon
         .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
         .await
     {
-        Ok(_) => axum::Json(describe(&raft)).into_response(),
+        Ok(_) => {
+            audit_membership(&raft, "membership-remove", format!("node:{id}")).await;
+            axum::Json(describe(&raft)).into_response()
+        }
         Err(e) => refused(e, &path),
     }
 }

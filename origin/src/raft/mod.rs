@@ -116,6 +116,22 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The outcome as the audit log and the API's error codes name it (`ok` when applied).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Applied(_) => "ok",
+            Self::VersionConflict { .. } => "version_conflict",
+            Self::NotFound(_) => "not_found",
+            Self::ConditionFailed { .. } => "condition_failed",
+            Self::Invalid(_) => "invalid_command",
+            Self::SchemaViolation { .. } => "schema_violation",
+            Self::CurrentValuesViolate { .. } => "current_values_violate",
+            Self::ValueTooLarge { .. } => "value_too_large",
+        }
+    }
+}
+
 /// Raft errors as the node uses them.
 pub type StorageError = openraft::StorageError<NodeId>;
 /// A log position.

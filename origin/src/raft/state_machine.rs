@@ -151,7 +151,9 @@ fn rewrites_stored_records(entry: &Entry) -> bool {
         EntryPayload::Normal(request) => request.commands.iter().any(|p| {
             matches!(
                 p.command,
-                Command::PutSchema { .. } | Command::DeleteSchema { .. }
+                Command::PutSchema { .. }
+                    | Command::DeleteSchema { .. }
+                    | Command::CompactAudit { .. }
             )
         }),
         _ => false,
@@ -287,7 +289,15 @@ impl StateMachine {
         request: super::Request,
     ) -> Result<Vec<Outcome>, StorageError> {
         let mut outcomes = Vec::with_capacity(request.commands.len());
+        // Each audit record's place in the entry, so that applying it again adds nothing.
+        let mut position = 0u32;
         for proposal in request.commands {
+            let described = crate::audit::describe(&proposal.command, &proposal.meta);
+            let events = match &proposal.command {
+                Command::Audit(events) => events.clone(),
+                _ => Vec::new(),
+            };
+            let meta = proposal.meta.clone();
             let outcome =
                 match core.apply_unpublished(proposal.command, Some(&proposal.meta), Vec::new()) {
                     Ok((applied, _)) => Outcome::Applied(applied),
@@ -342,6 +352,21 @@ impl StateMachine {
                         Outcome::CurrentValuesViolate { prefix, keys }
                     }
                 };
+            let recorded = described.map(|(action, resource)| crate::audit::AuditEvent {
+                time_ms: meta.time_ms,
+                actor: meta.actor,
+                action,
+                resource,
+                outcome: outcome.code().to_owned(),
+                request_id: meta.request_id,
+                source: meta.source,
+                reason: meta.reason,
+            });
+            for event in recorded.into_iter().chain(events) {
+                core.record_audit((log_id.index, position), event)
+                    .map_err(|e| StorageIOError::apply(log_id, &e))?;
+                position += 1;
+            }
             outcomes.push(outcome);
         }
         Ok(outcomes)
@@ -419,7 +444,7 @@ impl StateMachine {
         let flushed_at = started.elapsed();
         let stored = flushed
             .map_err(ScanError::from)
-            .and_then(|_| self.stored_records(upto));
+            .and_then(|_| self.stored_records(upto, last_log_id.map_or(0, |l| l.index)));
         // Taken whatever happened, so that the core stops keeping them.
         let compacted = self.lock().take_compacted();
         drop(scan);
@@ -491,13 +516,26 @@ enum ScanError {
     Sled(#[from] sled::Error),
     #[error(transparent)]
     History(#[from] crate::history::HistoryError),
+    #[error(transparent)]
+    Audit(#[from] StoreError),
 }
 
 impl StateMachine {
-    /// The history records of revisions up to `upto` and every schema record, as stored in
-    /// sled (for a snapshot; see [`Self::build`]).
-    fn stored_records(&self, upto: u64) -> Result<meridian_store::Pairs, ScanError> {
+    /// The history records of revisions up to `upto`, every schema record, and the audit
+    /// records of log entries up to `upto_index`, as stored in sled (for a snapshot; see
+    /// [`Self::build`]).
+    fn stored_records(
+        &self,
+        upto: u64,
+        upto_index: u64,
+    ) -> Result<meridian_store::Pairs, ScanError> {
         let mut out = Vec::new();
+        for pair in self.tree.scan_prefix(crate::audit::AUDIT_PREFIX) {
+            let (k, v) = pair?;
+            if crate::audit::record_log_index(&v)? <= upto_index {
+                out.push((k.to_vec(), v.to_vec()));
+            }
+        }
         for pair in self.tree.scan_prefix(HISTORY_PREFIX) {
             let (k, v) = pair?;
             if crate::history::record_revision(&v)? <= upto {
@@ -614,7 +652,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let revision = {
             let mut core = self.lock();
             // The snapshot's history replaces this node's, in the same batch as its state.
-            for prefix in [&HISTORY_PREFIX[..], &SCHEMA_PREFIX[..]] {
+            for prefix in [
+                &HISTORY_PREFIX[..],
+                &SCHEMA_PREFIX[..],
+                &crate::audit::AUDIT_PREFIX[..],
+            ] {
                 let old = core
                     .state()
                     .backend()
@@ -622,6 +664,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
                 extra.extend(old.into_iter().map(|(k, _)| (k, None)));
             }
+            // The chain continues from the snapshot's newest record.
+            let tip = crate::audit::tip_of(&data.history)
+                .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+            extra.push((
+                crate::audit::AUDIT_TIP.to_vec(),
+                Some(serde_json::to_vec(&tip).unwrap_or_default()),
+            ));
             extra.extend(data.history.into_iter().map(|(k, v)| (k, Some(v))));
             let state = core.state_mut();
             match data.head {
@@ -636,6 +685,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
             let revision = state.revision();
             core.reload_schemas();
+            core.reload_audit();
             revision
         };
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((meta.clone(), bytes));
@@ -694,6 +744,7 @@ mod tests {
                 time_ms: 1,
                 actor: "test".into(),
                 reason: None,
+                ..Default::default()
             },
         }
     }
@@ -870,7 +921,7 @@ mod tests {
 
     /// History keys of the records a snapshot of `sm` would carry up to `upto`.
     fn records_upto(sm: &StateMachine, upto: u64) -> usize {
-        sm.stored_records(upto)
+        sm.stored_records(upto, u64::MAX)
             .unwrap()
             .iter()
             .filter(|(k, _)| k.starts_with(&HISTORY_PREFIX))
@@ -895,7 +946,18 @@ mod tests {
         let snapshot = sm.build_detached().await.unwrap();
         let data = SnapshotData::decode(snapshot.snapshot.get_ref()).unwrap();
         assert_eq!(data.head.map(|h| h.head.revision), Some(Revision(3)));
-        assert_eq!(data.history.len(), 3);
+        let with = |prefix: &[u8]| {
+            data.history
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .count()
+        };
+        assert_eq!(with(&HISTORY_PREFIX), 3);
+        assert_eq!(
+            with(&crate::audit::AUDIT_PREFIX),
+            3,
+            "one audit record per write"
+        );
     }
 
     #[tokio::test]
@@ -936,6 +998,19 @@ mod tests {
             head.map(|h| h.head.digest),
             Some(fresh.lock().state().digest())
         );
+        // The audit chain up to the snapshot's entry came along (seven audited writes; a
+        // compaction is not audited), and the installed node continues it from there exactly
+        // as the node that applied everything did.
+        let tip = fresh.lock().audit_tip().unwrap();
+        assert_eq!((tip.seq, tip.at.0), (7, 3));
+        let mut fresh_applier = fresh.clone();
+        fresh_applier
+            .apply(vec![entry(4, vec![put("a", "7")])])
+            .await
+            .unwrap();
+        let continued = fresh.lock().audit_tip().unwrap();
+        let original = sm.lock().audit_tip().unwrap();
+        assert_eq!((continued.seq, &continued.hash), (8, &original.hash));
     }
 
     #[tokio::test]
