@@ -608,3 +608,50 @@ async fn an_attacker_at_the_port_is_refused_and_nothing_is_written() {
     assert_eq!(code, 400);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_list_says_when_each_token_was_last_used() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path());
+    let pki = meridian::dev::pki(dir.path()).unwrap();
+    let mut config = meridian::dev::origin_cluster_configs(&opts, &pki).remove(0);
+    config.auth.last_used_interval_ms = 100;
+    let origin = meridian_origin::start(config).await.unwrap();
+    let o = base(origin.http_addr);
+    let admin = http();
+    eventually(WAIT, "the bootstrap revision", || async {
+        (revision(&admin, &o).await >= BOOT).then_some(())
+    })
+    .await;
+    let (token, id) = create_token(
+        &admin,
+        &o,
+        json!({"name": "svc", "role": "viewer", "resources": ["*/*/*"]}),
+    )
+    .await;
+    let listed = |admin: reqwest::Client, o: String, id: String| async move {
+        let (_, v) = get_json(&admin, &format!("{o}/v1/tokens")).await;
+        v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id.as_str())
+            .cloned()
+            .unwrap()
+    };
+    assert!(
+        listed(admin.clone(), o.clone(), id.clone()).await["last_used_ms"].is_null(),
+        "never used yet"
+    );
+    let before = meridian_net::auth::now_ms();
+    let (code, _) = get_json(&http_with(&token), &format!("{o}/v1/whoami")).await;
+    assert_eq!(code, 200);
+    let used = eventually(WAIT, "the use is committed", || {
+        let (admin, o, id) = (admin.clone(), o.clone(), id.clone());
+        async move { listed(admin, o, id).await["last_used_ms"].as_u64() }
+    })
+    .await;
+    assert!(used >= before, "{used} >= {before}");
+    origin.shutdown().await;
+}

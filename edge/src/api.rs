@@ -80,6 +80,7 @@ pub fn router(shared: Arc<EdgeShared>) -> Router {
         }),
         public_observe: shared.public_status,
         on_refusal: None,
+        on_accept: None,
     };
     routes()
         .finish(gate)

@@ -111,6 +111,9 @@ pub type IndexSource = Arc<dyn Fn() -> Arc<AuthIndex> + Send + Sync>;
 /// Told of each refused request.
 pub type RefusalHook = Arc<dyn Fn(&Refusal) + Send + Sync>;
 
+/// Told of each accepted principal.
+pub type AcceptHook = Arc<dyn Fn(&Principal) + Send + Sync>;
+
 /// Where the layer finds the current index, and the node's choices.
 #[derive(Clone)]
 pub struct Gate {
@@ -120,6 +123,8 @@ pub struct Gate {
     pub public_observe: bool,
     /// Told of every refused request (the origin records mutating ones in the audit log).
     pub on_refusal: Option<RefusalHook>,
+    /// Told of every accepted principal (the origin notes when each token was last used).
+    pub on_accept: Option<AcceptHook>,
 }
 
 /// A refused request, as the refusal hook is told of it.
@@ -322,6 +327,9 @@ async fn check(State(gs): State<Arc<GateState>>, req: Request, next: Next) -> Re
     let decision = decide(&gs.gate, rule, &req, &param);
     let mut response = match decision {
         Ok(principal) => {
+            if let Some(hook) = &gs.gate.on_accept {
+                hook(&principal);
+            }
             let mut req = req;
             req.extensions_mut().insert(principal);
             req.extensions_mut().insert(meta);
@@ -469,6 +477,8 @@ pub struct AuthConfig {
     /// committed as an admin token at the first start and accepted until then.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap_token_file: Option<std::path::PathBuf>,
+    /// Origin only: how often the times tokens were last used are committed.
+    pub last_used_interval_ms: u64,
 }
 
 impl Default for AuthConfig {
@@ -476,7 +486,22 @@ impl Default for AuthConfig {
         Self {
             public_status: true,
             bootstrap_token_file: None,
+            last_used_interval_ms: 60_000,
         }
+    }
+}
+
+impl AuthConfig {
+    /// Checks the values against their limits.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        crate::config::check(
+            (100..=3_600_000).contains(&self.last_used_interval_ms),
+            "auth.last_used_interval_ms",
+            format!(
+                "must be between 100 and 3600000, got {}",
+                self.last_used_interval_ms
+            ),
+        )
     }
 }
 

@@ -126,6 +126,7 @@ pub fn command_bytes(command: &Command) -> usize {
                 + ops.iter().map(op_bytes).sum::<usize>()
         }
         Command::CompactHistory { .. } | Command::CompactAudit { .. } => 32,
+        Command::TouchTokens(uses) => 16 * uses.len() + 8,
         Command::Audit(events) => events
             .iter()
             .map(|e| {
@@ -242,6 +243,12 @@ pub fn check(proposal: &Proposal, max_value_bytes: usize) -> Result<(), Inadmiss
         }
         Command::DeleteSchema { app, env, prefix } => namespace(app, env, prefix),
         Command::CompactAudit { .. } => Ok(()),
+        Command::TouchTokens(uses) => {
+            if uses.is_empty() || uses.len() > crate::tokens_api::MAX_TOUCHES {
+                return Err(Inadmissible::Meta("a token touch holds 1 to 1000 tokens"));
+            }
+            Ok(())
+        }
         Command::Audit(events) => {
             use crate::audit::{MAX_AUDIT_EVENTS, MAX_EVENT_FIELD_BYTES};
             if events.is_empty() || events.len() > MAX_AUDIT_EVENTS {

@@ -201,7 +201,10 @@ pub fn describe(command: &Command, meta: &WriteMeta) -> Option<(String, String)>
         | Command::DeleteSchema { app, env, prefix } => {
             ("schema".into(), format!("{app}/{env}/{prefix}*"))
         }
-        Command::CompactHistory { .. } | Command::CompactAudit { .. } | Command::Audit(_) => {
+        Command::CompactHistory { .. }
+        | Command::CompactAudit { .. }
+        | Command::Audit(_)
+        | Command::TouchTokens(_) => {
             return None;
         }
     };

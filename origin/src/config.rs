@@ -271,6 +271,7 @@ impl OriginConfig {
                 self.history.compact_interval_s
             ),
         )?;
+        self.auth.validate()?;
         check(
             (1..=36_500).contains(&self.audit.retention_days),
             "audit.retention_days",

@@ -79,6 +79,9 @@ pub enum Command {
     },
     /// Records refused requests in the audit log (no revision).
     Audit(Vec<crate::audit::AuditEvent>),
+    /// Records when tokens were last used, `(id, ms since the Unix epoch)` (no revision; a
+    /// later time replaces an earlier one).
+    TouchTokens(Vec<(u64, u64)>),
     /// Drops audit records older than `before_ms`, oldest first, at most 10,000 (no revision).
     CompactAudit {
         /// The cut-off, ms since the Unix epoch (the proposing node's clock, committed).
@@ -522,6 +525,22 @@ impl<B: Backend> OriginCore<B> {
             }
             // Recorded by the state machine, which knows the log position.
             Command::Audit(_) => Vec::new(),
+            Command::TouchTokens(uses) => {
+                for (id, ms) in uses {
+                    let key = crate::tokens_api::last_used_key(id);
+                    let stored = self
+                        .state
+                        .backend()
+                        .get(&key)
+                        .map_err(StoreError::from)?
+                        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                        .map_or(0, u64::from_be_bytes);
+                    if ms > stored {
+                        extra.push((key, Some(ms.to_be_bytes().to_vec())));
+                    }
+                }
+                Vec::new()
+            }
             Command::CompactAudit { before_ms } => {
                 let upper = [
                     crate::audit::AUDIT_PREFIX[0],

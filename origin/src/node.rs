@@ -83,18 +83,35 @@ pub struct OriginHandle {
     pub raft_addr: SocketAddr,
     /// The Raft node.
     pub raft: Raft,
+    core: crate::raft::state_machine::SharedCore,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Ends when Raft stops.
+    leader_task: JoinHandle<()>,
 }
 
 impl OriginHandle {
     /// Stops serving and waits for the tasks to end.
+    /// Stops serving, hands what the state machine gathered to disk (a clean stop needs no
+    /// redo from the Raft log), stops Raft, and waits for the tasks to end.
     pub async fn shutdown(self) {
-        let _ = self.raft.shutdown().await;
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
+        // Before Raft stops, on this task alone: sled must not be written while the state
+        // machine's worker tears its handles down.
+        if let Err(e) = self
+            .core
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .state_mut()
+            .flush()
+        {
+            tracing::warn!(error = %e, "state not flushed at shutdown; it is redone from the log");
+        }
+        let _ = self.raft.shutdown().await;
+        let _ = self.leader_task.await;
     }
 }
 
@@ -225,12 +242,19 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     let listener = bind(config.http_listen).await?;
     let http_addr = local_addr(&listener, config.http_listen)?;
     let refusals = crate::audit_api::RefusalQueue::default();
+    let last_used = crate::tokens_api::LastUsed::default();
+    let uses = last_used.clone();
     let queue = refusals.clone();
     let gate = meridian_net::auth::Gate {
         index: crate::bootstrap::index_source(reader.clone(), bootstrap),
         public_observe: config.auth.public_status,
         on_refusal: Some(Arc::new(move |r: &meridian_net::auth::Refusal| {
             queue.push(r)
+        })),
+        on_accept: Some(Arc::new(move |p: &meridian_protocol::auth::Principal| {
+            if let Some(id) = p.id {
+                uses.touch(id, meridian_net::auth::now_ms());
+            }
         })),
     };
     let bootstrap_task = bootstrap.map(|hash| {
@@ -280,8 +304,14 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     ));
     let refusal_task = tokio::spawn(crate::audit_api::record_refusals(
         refusals,
-        cluster,
+        cluster.clone(),
         Duration::from_millis(250),
+        shutdown_rx.clone(),
+    ));
+    let last_used_task = tokio::spawn(crate::tokens_api::commit_last_used(
+        last_used,
+        cluster,
+        Duration::from_millis(config.auth.last_used_interval_ms),
         shutdown_rx.clone(),
     ));
     let drift_task = tokio::spawn(export_drift(edges, core.clone(), shutdown_rx.clone()));
@@ -306,7 +336,9 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         quic_addr,
         raft_addr,
         raft,
+        core,
         shutdown,
+        leader_task,
         tasks: init_task
             .into_iter()
             .chain(bootstrap_task)
@@ -316,8 +348,8 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
                 raft_task,
                 compact_task,
                 refusal_task,
+                last_used_task,
                 drift_task,
-                leader_task,
                 space_task,
             ])
             .collect(),

@@ -26,6 +26,76 @@ use serde_json::{Value, json};
 use crate::api::{Shared, body_error, cluster_error, commit, count_error, json_body, write_meta};
 use crate::core::Command;
 
+/// Where the time a token was last used (at an origin node) is kept: this prefix and its id.
+pub const LAST_USED_PREFIX: [u8; 2] = [meridian_store::EXTRA_PREFIX, b't'];
+/// Most tokens one [`Command::TouchTokens`] names.
+pub const MAX_TOUCHES: usize = 1000;
+
+/// The key of token `id`'s last use.
+pub fn last_used_key(id: u64) -> Vec<u8> {
+    let mut k = LAST_USED_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// Uses of tokens at this node since they were last committed: at most one entry per token.
+#[derive(Clone, Default)]
+pub struct LastUsed {
+    seen: Arc<std::sync::Mutex<std::collections::HashMap<u64, u64>>>,
+}
+
+impl LastUsed {
+    /// Notes that token `id` was used at `ms`.
+    pub fn touch(&self, id: TokenId, ms: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let at = seen.entry(id.0).or_default();
+        *at = (*at).max(ms);
+    }
+
+    fn take(&self) -> Vec<(u64, u64)> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let n = seen.len().min(MAX_TOUCHES);
+        let keys: Vec<u64> = seen.keys().take(n).copied().collect();
+        keys.into_iter()
+            .filter_map(|k| seen.remove(&k).map(|ms| (k, ms)))
+            .collect()
+    }
+}
+
+/// Commits the uses noted in `uses` every `interval` (minutes are precise enough for a
+/// last-used time, and cost one small entry per interval), until shutdown.
+pub async fn commit_last_used(
+    uses: LastUsed,
+    cluster: crate::raft::cluster::Cluster,
+    interval: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        loop {
+            let batch = uses.take();
+            if batch.is_empty() {
+                break;
+            }
+            let proposal = crate::core::Proposal {
+                command: Command::TouchTokens(batch),
+                meta: crate::history::WriteMeta {
+                    time_ms: meridian_net::auth::now_ms(),
+                    actor: "meridian".into(),
+                    ..Default::default()
+                },
+            };
+            if let Err(e) = cluster.write(proposal).await {
+                tracing::debug!(error = %e, "token uses not recorded; next time");
+                break;
+            }
+        }
+    }
+}
+
 /// Longest lifetime a token may be given at creation, in seconds (ten years).
 pub const MAX_TOKEN_TTL_S: u64 = 10 * 365 * 24 * 3600;
 
@@ -196,16 +266,35 @@ async fn system_namespace(
     Ok((p.state.revision().0, items))
 }
 
-/// `GET /v1/tokens`: every live token's record, without hashes.
+/// `GET /v1/tokens`: every live token's record, without hashes, with the time it was last
+/// used at an origin node (committed once a minute).
 pub(crate) async fn list(State(state): Shared) -> Result<Response, ApiError> {
     let inner = async {
         let (revision, items) = system_namespace(&state, TOKENS_ENV).await?;
         let now = meridian_net::auth::now_ms();
+        let last_used = {
+            use meridian_store::Backend;
+            let core = state.core.lock().unwrap_or_else(|e| e.into_inner());
+            core.state()
+                .backend()
+                .scan_prefix(&LAST_USED_PREFIX)
+                .map_err(|e| internal(&e))?
+        };
+        let used = |id: &str| {
+            let id = TokenId::parse(id)?;
+            last_used
+                .iter()
+                .find(|(k, _)| *k == last_used_key(id.0))
+                .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map(u64::from_be_bytes)
+        };
         let tokens: Vec<Value> = items
             .iter()
             .filter_map(|(id, e)| {
                 let record: TokenRecord = serde_json::from_str(e.value.as_deref()?).ok()?;
-                Some(describe(id, &record, now))
+                let mut d = describe(id, &record, now);
+                d["last_used_ms"] = used(id).into();
+                Some(d)
             })
             .collect();
         Ok(axum::Json(json!({"revision": revision, "tokens": tokens})).into_response())

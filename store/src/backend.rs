@@ -230,7 +230,9 @@ pub struct WriteBackLimits {
 /// handed on together cost it one batch, and a key written by several of them one record.
 ///
 /// A crash loses the batches still gathered, never part of one: what survives is a prefix of
-/// the batches applied, as with any backend between flushes. Only for a caller that can redo
+/// the batches applied, as with any backend between flushes. Dropping it is a crash too: an
+/// owner that stops cleanly calls [`Backend::flush`] first (a flush in `Drop` raced sled's own
+/// teardown on another thread when a runtime dropped its tasks, and deadlocked). Only for a caller that can redo
 /// lost batches (the origin's Raft state machine, which re-applies them from the Raft log). If
 /// handing on fails, the error surfaces from the `apply` or `flush` that triggered it and the
 /// gathered batches are lost; as after any backend failure, the caller must reopen its state.
@@ -406,14 +408,6 @@ pub(crate) fn merged_keys<'a>(
     }
     out.extend(keys);
     out
-}
-
-impl<B: Backend> Drop for WriteBack<B> {
-    /// A backend closed in order hands on and flushes what it gathered, so that a clean stop
-    /// needs no redo. A failure here is no worse than a crash: the batches are lost whole.
-    fn drop(&mut self) {
-        let _ = self.flush();
-    }
 }
 
 impl<B: Backend> Backend for WriteBack<B> {

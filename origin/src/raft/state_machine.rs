@@ -530,6 +530,10 @@ impl StateMachine {
         upto_index: u64,
     ) -> Result<meridian_store::Pairs, ScanError> {
         let mut out = Vec::new();
+        for pair in self.tree.scan_prefix(crate::tokens_api::LAST_USED_PREFIX) {
+            let (k, v) = pair?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
         for pair in self.tree.scan_prefix(crate::audit::AUDIT_PREFIX) {
             let (k, v) = pair?;
             if crate::audit::record_log_index(&v)? <= upto_index {
@@ -656,6 +660,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 &HISTORY_PREFIX[..],
                 &SCHEMA_PREFIX[..],
                 &crate::audit::AUDIT_PREFIX[..],
+                &crate::tokens_api::LAST_USED_PREFIX[..],
             ] {
                 let old = core
                     .state()
