@@ -244,7 +244,7 @@ pub fn check(proposal: &Proposal, max_value_bytes: usize) -> Result<(), Inadmiss
         Command::DeleteSchema { app, env, prefix } => namespace(app, env, prefix),
         Command::CompactAudit { .. } => Ok(()),
         Command::TouchTokens(uses) => {
-            if uses.is_empty() || uses.len() > crate::tokens_api::MAX_TOUCHES {
+            if uses.is_empty() || uses.len() > crate::http::tokens::MAX_TOUCHES {
                 return Err(Inadmissible::Meta("a token touch holds 1 to 1000 tokens"));
             }
             Ok(())

@@ -88,7 +88,7 @@ pub async fn commit_record(
         };
         let proposal = Proposal {
             command: Command::Put {
-                address: crate::tokens_api::token_address(id),
+                address: crate::http::tokens::token_address(id),
                 value: value.into(),
                 expect_version: Some(0),
             },

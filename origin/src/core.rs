@@ -527,7 +527,7 @@ impl<B: Backend> OriginCore<B> {
             Command::Audit(_) => Vec::new(),
             Command::TouchTokens(uses) => {
                 for (id, ms) in uses {
-                    let key = crate::tokens_api::last_used_key(id);
+                    let key = crate::http::tokens::last_used_key(id);
                     let stored = self
                         .state
                         .backend()

@@ -3,24 +3,19 @@
 //! QUIC server shell that carries it out.
 
 pub mod admission;
-pub mod api;
 pub mod audit;
-pub mod audit_api;
 pub mod bootstrap;
 pub mod config;
 pub mod core;
 pub mod disk;
 pub mod distributor;
 pub mod drift;
-pub mod edges_api;
 pub mod history;
-pub mod history_api;
+pub mod http;
 pub mod node;
 pub mod raft;
 pub mod schema;
-pub mod schema_api;
 pub mod server;
-pub mod tokens_api;
 
 pub use config::OriginConfig;
 pub use node::{OriginHandle, StartError, start};

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use openraft::BasicNode;
 
-use crate::api::{AppState, router};
 use crate::config::{ConfigError, OriginConfig};
 use crate::distributor::{Distributor, DistributorConfig};
+use crate::http::{AppState, router};
 use crate::raft::cluster::Cluster;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, Raft};
@@ -241,8 +241,8 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     ));
     let listener = bind(config.http_listen).await?;
     let http_addr = local_addr(&listener, config.http_listen)?;
-    let refusals = crate::audit_api::RefusalQueue::default();
-    let last_used = crate::tokens_api::LastUsed::default();
+    let refusals = crate::http::audit::RefusalQueue::default();
+    let last_used = crate::http::tokens::LastUsed::default();
     let uses = last_used.clone();
     let queue = refusals.clone();
     let gate = meridian_net::auth::Gate {
@@ -281,7 +281,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     let raft_app = crate::raft::network::routes(raft.clone(), relay.clone(), r.max_snapshot_bytes)
         .merge(crate::raft::cluster::routes(cluster.clone()))
         .merge(crate::raft::admin::membership_routes(raft.clone()))
-        .merge(crate::edges_api::peer_routes(state))
+        .merge(crate::http::edges::peer_routes(state))
         .fallback(meridian_net::http::unknown_route);
     let raft_task = tokio::spawn(meridian_net::serve::serve(
         "raft",
@@ -302,13 +302,13 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         config.audit.retention_days,
         shutdown_rx.clone(),
     ));
-    let refusal_task = tokio::spawn(crate::audit_api::record_refusals(
+    let refusal_task = tokio::spawn(crate::http::audit::record_refusals(
         refusals,
         cluster.clone(),
         Duration::from_millis(250),
         shutdown_rx.clone(),
     ));
-    let last_used_task = tokio::spawn(crate::tokens_api::commit_last_used(
+    let last_used_task = tokio::spawn(crate::http::tokens::commit_last_used(
         last_used,
         cluster,
         Duration::from_millis(config.auth.last_used_interval_ms),

@@ -157,7 +157,9 @@ mod writes {
         let (applied, _) = a.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(3));
 
-        // Reopened, the state machine resumes where it was and does not apply anything twice.
+        // Closed cleanly (flushed, as an origin's shutdown does) and reopened, the state
+        // machine resumes where it was and does not apply anything twice.
+        a.core().lock().unwrap().state_mut().flush().unwrap();
         drop(a);
         let mut a = open(&a_dir);
         let (applied, _) = a.applied_state().await.unwrap();

@@ -530,7 +530,7 @@ impl StateMachine {
         upto_index: u64,
     ) -> Result<meridian_store::Pairs, ScanError> {
         let mut out = Vec::new();
-        for pair in self.tree.scan_prefix(crate::tokens_api::LAST_USED_PREFIX) {
+        for pair in self.tree.scan_prefix(crate::http::tokens::LAST_USED_PREFIX) {
             let (k, v) = pair?;
             out.push((k.to_vec(), v.to_vec()));
         }
@@ -660,7 +660,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 &HISTORY_PREFIX[..],
                 &SCHEMA_PREFIX[..],
                 &crate::audit::AUDIT_PREFIX[..],
-                &crate::tokens_api::LAST_USED_PREFIX[..],
+                &crate::http::tokens::LAST_USED_PREFIX[..],
             ] {
                 let old = core
                     .state()

@@ -23,8 +23,8 @@ use meridian_protocol::{Address, EntryState};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{Shared, body_error, cluster_error, commit, count_error, json_body, write_meta};
 use crate::core::Command;
+use crate::http::{Shared, body_error, cluster_error, commit, count_error, json_body, write_meta};
 
 /// Where the time a token was last used (at an origin node) is kept: this prefix and its id.
 pub const LAST_USED_PREFIX: [u8; 2] = [meridian_store::EXTRA_PREFIX, b't'];
@@ -250,7 +250,7 @@ pub(crate) async fn create(
 
 /// Reads `app/env` of the system namespaces after a linearizable barrier.
 async fn system_namespace(
-    state: &Arc<crate::api::AppState>,
+    state: &Arc<crate::http::AppState>,
     env: &str,
 ) -> Result<(u64, Vec<(String, EntryState)>), ApiError> {
     state.cluster.linearize().await.map_err(cluster_error)?;

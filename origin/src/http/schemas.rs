@@ -17,8 +17,8 @@ use meridian_protocol::auth::Principal;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{Shared, cluster_error, commit, count_error, write_meta};
 use crate::core::Command;
+use crate::http::{Shared, cluster_error, commit, count_error, write_meta};
 use crate::schema;
 use meridian_net::reads::namespace as namespace_of;
 
@@ -55,7 +55,7 @@ pub fn put_schema_command(
     prefix: &str,
     body: &[u8],
 ) -> Result<(Command, Option<String>, Value), ApiError> {
-    let b: PutSchemaBody = crate::api::json_body(body)?;
+    let b: PutSchemaBody = crate::http::json_body(body)?;
     let text = b.schema.to_string();
     schema::compile(&text)
         .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, "invalid_schema", why))?;
@@ -82,7 +82,7 @@ pub(crate) async fn put_schema(
 ) -> Result<Response, ApiError> {
     let inner = async {
         let (app, env, prefix) = schema_path(path)?;
-        let body = body.map_err(crate::api::body_error)?;
+        let body = body.map_err(crate::http::body_error)?;
         let (command, reason, schema) = put_schema_command(&app, &env, &prefix, &body)?;
         let meta = write_meta(&principal, &request, reason)?;
         commit(&state, command, meta).await?;

@@ -21,10 +21,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::api::{Shared, cluster_error, count_error, query};
 use crate::audit::{AUDIT_PREFIX, AuditEvent, MAX_AUDIT_EVENTS, record_key};
 use crate::core::{Command, Proposal};
 use crate::history::WriteMeta;
+use crate::http::{Shared, cluster_error, count_error, query};
 use crate::raft::cluster::Cluster;
 
 /// Most records one page answers.

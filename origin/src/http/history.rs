@@ -22,11 +22,11 @@ use meridian_store::DetachedView;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{
+use crate::history::{self, HistoryRecord, NamespaceAt, json_diff};
+use crate::http::{
     AppState, Shared, address, cluster_error, commit, count_error, namespace, parse_body, query,
     write_meta,
 };
-use crate::history::{self, HistoryRecord, NamespaceAt, json_diff};
 
 /// Largest history page.
 pub const MAX_PAGE: usize = 1_000;
@@ -381,7 +381,7 @@ pub(crate) async fn env_rollback(
         )?;
         meta.action = Some("rollback".into());
         let command = history::env_rollback(&app, &env, &target, &current);
-        crate::api::check_revision_size(&command, "the rollback")?;
+        crate::http::check_revision_size(&command, "the rollback")?;
         let applied = commit(&state, command, meta).await?;
         let changed: Vec<_> = applied
             .entries

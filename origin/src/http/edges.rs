@@ -16,7 +16,7 @@ use meridian_net::http::ApiError;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{AppState, Shared, count_error, query};
+use crate::http::{AppState, Shared, count_error, query};
 
 /// How long the node asked waits for each other member's view.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);

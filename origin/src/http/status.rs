@@ -1,0 +1,47 @@
+//! The node's own state: `GET /v1/status`, `GET /v1/cluster` and `GET /metrics`.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use meridian_net::http::metrics_endpoint;
+
+use super::Shared;
+
+pub(crate) async fn metrics() -> Response {
+    metrics_endpoint().await
+}
+
+pub(crate) async fn cluster_status(State(state): Shared) -> Response {
+    axum::Json(crate::raft::admin::describe(state.cluster.raft())).into_response()
+}
+
+pub(crate) async fn status(State(state): Shared) -> Response {
+    let metrics = state.cluster.raft().metrics().borrow().clone();
+    let role = format!("{:?}", metrics.state).to_lowercase();
+    let (revision, digest) = {
+        let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
+        (p.state.revision().0, p.state.digest().to_string())
+    };
+    let edges: Vec<_> = state
+        .edges
+        .lock()
+        .map(|e| {
+            e.connected()
+                .map(|i| serde_json::json!({"edge_id": i.edge_id, "region": i.region, "acked_revision": i.acked.0}))
+                .collect()
+        })
+        .unwrap_or_default();
+    axum::Json(serde_json::json!({
+        "node_id": state.node_id,
+        "raft_id": metrics.id,
+        "role": role,
+        "leader": metrics.current_leader,
+        "term": metrics.current_term,
+        "members": metrics.membership_config.membership().nodes().map(|(id, n)| serde_json::json!({"id": id, "addr": n.addr})).collect::<Vec<_>>(),
+        "revision": revision,
+        "digest": digest,
+        "connected_edges": edges,
+        "disk_full": state.space.is_full(),
+        "disk_free_bytes": state.space.free_bytes_seen(),
+    }))
+    .into_response()
+}
