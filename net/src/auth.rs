@@ -93,12 +93,10 @@ impl<S: Clone + Send + Sync + 'static> RouteTable<S> {
 
     /// The router, every route behind the authorization layer of `gate`.
     pub fn finish(self, gate: Gate) -> Router<S> {
-        let rules = Arc::new(
-            self.rules
-                .into_iter()
-                .map(|((m, p), r)| ((m, p.to_owned()), r))
-                .collect(),
-        );
+        let mut rules: HashMap<&'static str, Vec<(Method, Rule)>> = HashMap::new();
+        for ((method, path), rule) in self.rules {
+            rules.entry(path).or_default().push((method, rule));
+        }
         let gate = Arc::new(GateState { gate, rules });
         self.router
             .route_layer(axum::middleware::from_fn_with_state(gate, check))
@@ -159,6 +157,20 @@ pub struct RequestMeta {
 
 const REQUEST_ID: &str = "x-request-id";
 
+/// A request id unique to this process: a random prefix drawn once, and a counter (no system
+/// call per request).
+fn next_request_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        use rand_core::RngCore;
+        rand_core::OsRng.next_u32()
+    });
+    format!("{prefix:08x}{:08x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 fn request_meta(req: &Request) -> RequestMeta {
     let given = req
         .headers()
@@ -167,12 +179,7 @@ fn request_meta(req: &Request) -> RequestMeta {
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
     let request_id = match given {
         Some(id) => id.to_owned(),
-        None => {
-            use rand_core::RngCore;
-            let mut id = [0u8; 8];
-            rand_core::OsRng.fill_bytes(&mut id);
-            hex::encode(id)
-        }
+        None => next_request_id(),
     };
     RequestMeta {
         request_id,
@@ -185,7 +192,8 @@ fn request_meta(req: &Request) -> RequestMeta {
 
 struct GateState {
     gate: Gate,
-    rules: Arc<HashMap<(Method, String), Rule>>,
+    /// Each route's path, and its rule per method.
+    rules: HashMap<&'static str, Vec<(Method, Rule)>>,
 }
 
 /// The milliseconds since the Unix epoch now (token expiry is checked against it).
@@ -301,7 +309,11 @@ async fn check(State(gs): State<Arc<GateState>>, req: Request, next: Next) -> Re
         req.method().clone()
     };
     // A method the path does not route goes on to the 405 answer.
-    let Some(rule) = gs.rules.get(&(method, path.as_str().to_owned())).copied() else {
+    let rule = gs
+        .rules
+        .get(path.as_str())
+        .and_then(|m| m.iter().find(|(at, _)| *at == method).map(|(_, r)| *r));
+    let Some(rule) = rule else {
         return next.run(req).await;
     };
     // Public routes look at no token: a health check with a stale token still works.

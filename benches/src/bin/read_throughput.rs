@@ -33,6 +33,10 @@ struct Args {
     /// Value size in bytes.
     #[arg(long, default_value_t = 64)]
     value_bytes: usize,
+    /// Rounds of the token / no-token pair, alternating which goes first (the machine's speed
+    /// drifts; the median ratio is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 struct Outcome {
@@ -201,20 +205,36 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let addr = edge.http_addr;
-    let anonymous = run(&args, |offset, until| {
-        http_worker(addr, None, keys.clone(), offset, until)
-    })
-    .await?;
-    report("edge GET, no token", &anonymous);
-    let meridian = run(&args, |offset, until| {
-        http_worker(addr, Some(token.clone()), keys.clone(), offset, until)
-    })
-    .await?;
-    report("edge GET, read token", &meridian);
+    let mut ratios = Vec::new();
+    let mut meridian = None;
+    for round in 0..args.rounds.max(1) {
+        let mut pair = [None, None];
+        for which in [round % 2, 1 - round % 2] {
+            let bearer = (which == 1).then(|| token.clone());
+            let o = run(&args, |offset, until| {
+                http_worker(addr, bearer.clone(), keys.clone(), offset, until)
+            })
+            .await?;
+            pair[which] = Some(o);
+        }
+        let [Some(anonymous), Some(with_token)] = pair else {
+            anyhow::bail!("a round did not run");
+        };
+        println!("round {}", round + 1);
+        report("edge GET, no token", &anonymous);
+        report("edge GET, read token", &with_token);
+        let ratio = with_token.rate() / anonymous.rate();
+        println!("  ratio token/no token     {ratio:.2}");
+        ratios.push(ratio);
+        meridian = Some(with_token);
+    }
+    ratios.sort_by(f64::total_cmp);
     println!(
-        "  ratio token/no token     {:.2}",
-        meridian.rate() / anonymous.rate()
+        "  median ratio token/no token over {} rounds: {:.2}",
+        ratios.len(),
+        ratios[ratios.len() / 2]
     );
+    let meridian = meridian.ok_or_else(|| anyhow::anyhow!("no round ran"))?;
 
     match meridian_benches::redis_server::start().await? {
         None => println!(
