@@ -655,3 +655,38 @@ async fn the_token_list_says_when_each_token_was_last_used() {
     assert!(used >= before, "{used} >= {before}");
     origin.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_can_be_restricted_to_token_holders() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path());
+    let pki = meridian::dev::pki(dir.path()).unwrap();
+    let mut config = meridian::dev::origin_cluster_configs(&opts, &pki).remove(0);
+    config.auth.public_status = false;
+    let origin = meridian_origin::start(config).await.unwrap();
+    let mut config = meridian::dev::edge_config(
+        dir.path(),
+        &pki,
+        meridian::dev::REGIONS[0],
+        "127.0.0.1:0".parse().unwrap(),
+        origin.quic_addr,
+    );
+    config.auth.public_status = false;
+    let edge = meridian_edge::start(config).await.unwrap();
+    meridian::dev::wait_for_token(std::slice::from_ref(&edge), &TOKEN)
+        .await
+        .unwrap();
+    for at in [base(origin.http_addr), base(edge.http_addr)] {
+        for path in ["/v1/status", "/metrics"] {
+            let url = format!("{at}{path}");
+            let r = http_anonymous().get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 401, "{url} without a token");
+            assert!(r.headers().contains_key("www-authenticate"));
+            let r = http().get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{url} with a token");
+        }
+    }
+    edge.shutdown().await;
+    origin.shutdown().await;
+}

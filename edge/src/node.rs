@@ -166,12 +166,7 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
         let _ = rx.wait_for(|v| *v).await;
         hub.close();
     }));
-    let https = config
-        .https
-        .as_ref()
-        .map(meridian_net::tls::https_server_crypto)
-        .transpose()?
-        .map(Arc::new);
+    let https = meridian_net::tls::https_acceptor(config.https.as_ref())?;
     let http_task = tokio::spawn(meridian_net::serve::serve(
         "api",
         listener,

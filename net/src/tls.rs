@@ -471,6 +471,16 @@ pub struct HttpsPaths {
     pub key: PathBuf,
 }
 
+/// The TLS config a client API is served with: `paths`' certificate, or plain HTTP without.
+pub fn https_acceptor(
+    paths: Option<&HttpsPaths>,
+) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+    paths
+        .map(https_server_crypto)
+        .transpose()
+        .map(|c| c.map(Arc::new))
+}
+
 /// A rustls server config for a client API: TLS 1.2 and 1.3, no client certificate (callers
 /// present bearer tokens), HTTP/1.1.
 pub fn https_server_crypto(paths: &HttpsPaths) -> Result<rustls::ServerConfig, TlsError> {

@@ -316,12 +316,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     ));
     let drift_task = tokio::spawn(export_drift(edges, core.clone(), shutdown_rx.clone()));
     let leader_task = tokio::spawn(track_leadership(raft.clone(), r.id, relay));
-    let https = config
-        .https
-        .as_ref()
-        .map(meridian_net::tls::https_server_crypto)
-        .transpose()?
-        .map(Arc::new);
+    let https = meridian_net::tls::https_acceptor(config.https.as_ref())?;
     let http_task = tokio::spawn(meridian_net::serve::serve(
         "api",
         listener,

@@ -312,6 +312,25 @@ fn token_id(path: Result<Path<String>, PathRejection>) -> Result<TokenId, ApiErr
     })
 }
 
+/// Deletes a token or policy record (404 naming `what` when there is none).
+async fn delete_record(
+    state: &Arc<crate::http::AppState>,
+    address: Address,
+    meta: crate::history::WriteMeta,
+    what: &str,
+) -> Result<crate::core::Applied, ApiError> {
+    let command = Command::Delete {
+        address,
+        expect_version: None,
+    };
+    commit(state, command, meta)
+        .await
+        .map_err(|e| match e.status {
+            StatusCode::NOT_FOUND => ApiError::not_found(what),
+            _ => e,
+        })
+}
+
 /// `DELETE /v1/tokens/{id}`: the token stops working at every node with this revision.
 pub(crate) async fn revoke(
     State(state): Shared,
@@ -322,16 +341,8 @@ pub(crate) async fn revoke(
     let inner = async {
         let id = token_id(path)?;
         let meta = write_meta(&principal, &request, Some(format!("token {id} revoked")))?;
-        let command = Command::Delete {
-            address: token_address(id),
-            expect_version: None,
-        };
-        let applied = commit(&state, command, meta)
-            .await
-            .map_err(|e| match e.status {
-                StatusCode::NOT_FOUND => ApiError::not_found(format!("token {id}")),
-                _ => e,
-            })?;
+        let what = format!("token {id}");
+        let applied = delete_record(&state, token_address(id), meta, &what).await?;
         Ok(
             axum::Json(json!({"revoked": id.to_string(), "revision": applied.revision.0}))
                 .into_response(),
@@ -438,16 +449,8 @@ pub(crate) async fn delete_policy(
     let inner = async {
         let name = policy_name(path)?;
         let meta = write_meta(&principal, &request, Some(format!("policy {name} deleted")))?;
-        let command = Command::Delete {
-            address: policy_address(&name),
-            expect_version: None,
-        };
-        let applied = commit(&state, command, meta)
-            .await
-            .map_err(|e| match e.status {
-                StatusCode::NOT_FOUND => ApiError::not_found(format!("policy {name}")),
-                _ => e,
-            })?;
+        let what = format!("policy {name}");
+        let applied = delete_record(&state, policy_address(&name), meta, &what).await?;
         Ok(axum::Json(json!({"deleted": name, "revision": applied.revision.0})).into_response())
     };
     inner.await.map_err(count_error)
