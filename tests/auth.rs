@@ -61,6 +61,7 @@ fn code(status: u16) -> Exp {
 
 struct Callers {
     clients: BTreeMap<&'static str, reqwest::Client>,
+    tokens: BTreeMap<&'static str, String>,
 }
 
 async fn call(
@@ -166,7 +167,14 @@ async fn setup(
         ("revoked", http_with(&revoked)),
         ("expired", expired_client),
     ]);
-    (cluster, o, Callers { clients }, victims)
+    let tokens = BTreeMap::from([
+        ("viewer", viewer),
+        ("editor", editor),
+        ("admin", admin2),
+        ("revoked", revoked),
+        ("expired", expired),
+    ]);
+    (cluster, o, Callers { clients, tokens }, victims)
 }
 
 fn origin_cases() -> Vec<Case> {
@@ -417,6 +425,31 @@ async fn every_route_of_origin_and_edge_answers_each_kind_of_caller() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403, "the editor of pay watching shop");
+    // The same over WebSocket: the upgrade happens only for those who may read.
+    for (who, want) in WHO
+        .iter()
+        .zip([U, O, O, O])
+        .chain([(&"revoked", U), (&"expired", U)])
+    {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!(
+            "ws{}/v1/watch/ws?app=pay&env=prod",
+            edge.trim_start_matches("http")
+        )
+        .into_client_request()
+        .unwrap();
+        if let Some(token) = callers.tokens.get(who) {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let got = match tokio_tungstenite::connect_async(request).await {
+            Ok(_) => O,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => code(r.status().as_u16()),
+            Err(e) => panic!("websocket as {who}: {e}"),
+        };
+        assert_eq!(got, want, "websocket watch as {who}");
+    }
     cluster.shutdown().await;
 }
 
