@@ -651,41 +651,60 @@ async fn the_token_list_says_when_each_token_was_last_used() {
     let mut config = meridian::dev::origin_cluster_configs(&opts, &pki).remove(0);
     config.auth.last_used_interval_ms = 100;
     let origin = meridian_origin::start(config).await.unwrap();
-    let o = base(origin.http_addr);
+    let edge = meridian_edge::start(meridian::dev::edge_config(
+        dir.path(),
+        &pki,
+        meridian::dev::REGIONS[0],
+        "127.0.0.1:0".parse().unwrap(),
+        origin.quic_addr,
+    ))
+    .await
+    .unwrap();
+    meridian::dev::wait_for_token(std::slice::from_ref(&edge), &TOKEN)
+        .await
+        .unwrap();
+    let (o, e) = (base(origin.http_addr), base(edge.http_addr));
     let admin = http();
-    eventually(WAIT, "the bootstrap revision", || async {
-        (revision(&admin, &o).await >= BOOT).then_some(())
+    let viewer = json!({"name": "svc", "role": "viewer", "resources": ["*/*/*"]});
+    let (at_origin, origin_id) = create_token(&admin, &o, viewer.clone()).await;
+    let (at_edge, edge_id) = create_token(&admin, &o, viewer).await;
+    let newest = revision(&admin, &o).await;
+    eventually(WAIT, "the edge has both tokens", || async {
+        (revision(&admin, &e).await >= newest).then_some(())
     })
     .await;
-    let (token, id) = create_token(
-        &admin,
-        &o,
-        json!({"name": "svc", "role": "viewer", "resources": ["*/*/*"]}),
-    )
-    .await;
-    let listed = |admin: reqwest::Client, o: String, id: String| async move {
-        let (_, v) = get_json(&admin, &format!("{o}/v1/tokens")).await;
-        v["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["id"] == id.as_str())
-            .cloned()
-            .unwrap()
+    let last_used = |id: String| {
+        let (admin, o) = (admin.clone(), o.clone());
+        async move {
+            let (_, v) = get_json(&admin, &format!("{o}/v1/tokens")).await;
+            let token = v["tokens"]
+                .as_array()?
+                .iter()
+                .find(|t| t["id"] == id.as_str())?
+                .clone();
+            Some(token["last_used_ms"].clone())
+        }
     };
-    assert!(
-        listed(admin.clone(), o.clone(), id.clone()).await["last_used_ms"].is_null(),
+    assert_eq!(
+        last_used(origin_id.clone()).await,
+        Some(Value::Null),
         "never used yet"
     );
     let before = meridian_net::auth::now_ms();
-    let (code, _) = get_json(&http_with(&token), &format!("{o}/v1/whoami")).await;
+    // One token reads at the origin, the other only at the edge, which reports its use.
+    let (code, _) = get_json(&http_with(&at_origin), &format!("{o}/v1/whoami")).await;
     assert_eq!(code, 200);
-    let used = eventually(WAIT, "the use is committed", || {
-        let (admin, o, id) = (admin.clone(), o.clone(), id.clone());
-        async move { listed(admin, o, id).await["last_used_ms"].as_u64() }
-    })
-    .await;
-    assert!(used >= before, "{used} >= {before}");
+    let (code, _) = get_json(&http_with(&at_edge), &format!("{e}/v1/whoami")).await;
+    assert_eq!(code, 200);
+    for id in [origin_id, edge_id] {
+        let used = eventually(WAIT, "the use is committed", || {
+            let id = id.clone();
+            async move { last_used(id).await?.as_u64() }
+        })
+        .await;
+        assert!(used >= before, "{id}: {used} >= {before}");
+    }
+    edge.shutdown().await;
     origin.shutdown().await;
 }
 

@@ -70,6 +70,7 @@ async fn metrics() -> Response {
 /// tokens and policies this edge replicated, without asking the origin.
 pub fn router(shared: Arc<EdgeShared>) -> Router {
     let reader = shared.reader.clone();
+    let uses = shared.clone();
     let gate = Gate {
         index: Arc::new(move || {
             reader
@@ -80,7 +81,11 @@ pub fn router(shared: Arc<EdgeShared>) -> Router {
         }),
         public_observe: shared.public_status,
         on_refusal: None,
-        on_accept: None,
+        on_accept: Some(Arc::new(move |p: &Principal| {
+            if let Some(id) = p.id {
+                uses.token_uses.touch(id.0, meridian_net::auth::now_ms());
+            }
+        })),
     };
     routes()
         .finish(gate)

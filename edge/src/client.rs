@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use meridian_net::quic::{read_frame, write_frame};
-use meridian_protocol::frame::DEFAULT_MAX_FRAME_BYTES;
-use meridian_protocol::{Frame, FrameDecoder};
+use meridian_protocol::frame::{DEFAULT_MAX_FRAME_BYTES, MAX_TOKEN_USES};
+use meridian_protocol::{Frame, FrameDecoder, FrameV1};
 use meridian_store::Backend;
 use tokio::sync::{mpsc, watch};
 
@@ -128,9 +128,19 @@ pub async fn run<B: Backend>(
                 }
                 Output::Send { link, frame } => {
                     if let Some((_, tx, _)) = slots.get(link).and_then(|s| s.control.as_ref()) {
+                        // Beside each report to the origin: the tokens read with here.
+                        let report = matches!(frame, Frame::V1(FrameV1::Report { .. }));
                         // A full control queue means the link is stuck; the replicator's
                         // silence timeout will replace it.
                         let _ = tx.try_send(frame);
+                        let uses = if report {
+                            shared.token_uses.take(MAX_TOKEN_USES)
+                        } else {
+                            Vec::new()
+                        };
+                        if !uses.is_empty() {
+                            let _ = tx.try_send(FrameV1::TokenUses { uses }.into());
+                        }
                     }
                 }
             }

@@ -768,7 +768,8 @@ impl<B: Backend> Replicator<B> {
             | FrameV1::Ack { .. }
             | FrameV1::Need { .. }
             | FrameV1::Standby
-            | FrameV1::Report { .. } => {
+            | FrameV1::Report { .. }
+            | FrameV1::TokenUses { .. } => {
                 self.stats.rejected_unexpected += 1;
             }
         }

@@ -41,6 +41,8 @@ pub struct EdgeShared {
     pub space: SpaceGuard,
     /// Whether status and metrics answer without a token.
     pub public_status: bool,
+    /// Tokens used to read here since they were last reported to the origin.
+    pub token_uses: TokenUses,
     started: Instant,
     current_as_of: Mutex<Option<Instant>>,
     stats: Mutex<ReplicatorStats>,
@@ -60,6 +62,7 @@ impl EdgeShared {
             strict,
             space,
             public_status: true,
+            token_uses: TokenUses::default(),
             mirror: Arc::default(),
             edge_id,
             region,
@@ -170,5 +173,37 @@ impl EdgeShared {
             metrics::counter!("meridian_edge_rejected_total", "edge" => edge.clone(), "reason" => reason)
                 .absolute(v);
         }
+    }
+}
+
+/// When tokens were last used at this edge, until the next report to the origin takes them:
+/// one entry per token, at most [`TokenUses::MAX_TOKENS`] (more are not counted until the
+/// next report).
+#[derive(Debug, Default)]
+pub struct TokenUses {
+    seen: Mutex<std::collections::HashMap<u64, u64>>,
+}
+
+impl TokenUses {
+    /// Most distinct tokens held between two reports.
+    pub const MAX_TOKENS: usize = 10_000;
+
+    /// Notes that token `id` was used at `ms`.
+    pub fn touch(&self, id: u64, ms: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= Self::MAX_TOKENS && !seen.contains_key(&id) {
+            return;
+        }
+        let at = seen.entry(id).or_default();
+        *at = (*at).max(ms);
+    }
+
+    /// Takes at most `max` of the uses noted.
+    pub fn take(&self, max: usize) -> Vec<(u64, u64)> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<u64> = seen.keys().take(max).copied().collect();
+        keys.into_iter()
+            .filter_map(|k| seen.remove(&k).map(|ms| (k, ms)))
+            .collect()
     }
 }

@@ -223,12 +223,16 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         max_inflight_deltas: config.max_inflight_deltas,
         ..DistributorConfig::default()
     });
+    let last_used = crate::http::tokens::LastUsed::default();
     let quic_task = tokio::spawn(crate::server::run(
         endpoint,
         core.clone(),
         commits_rx,
         distributor,
-        edges.clone(),
+        crate::server::EdgeReports {
+            edges: edges.clone(),
+            last_used: last_used.clone(),
+        },
         config.quic,
         shutdown_rx.clone(),
     ));
@@ -242,7 +246,6 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     let listener = bind(config.http_listen).await?;
     let http_addr = local_addr(&listener, config.http_listen)?;
     let refusals = crate::http::audit::RefusalQueue::default();
-    let last_used = crate::http::tokens::LastUsed::default();
     let uses = last_used.clone();
     let queue = refusals.clone();
     let gate = meridian_net::auth::Gate {

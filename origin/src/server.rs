@@ -9,8 +9,8 @@ use std::time::Instant;
 use meridian_net::QuicTuning;
 use meridian_net::quic::{read_frame, send_uni, write_frame};
 use meridian_net::slots::{Slot, Slots};
-use meridian_protocol::frame::DEFAULT_MAX_FRAME_BYTES;
-use meridian_protocol::{Frame, FrameDecoder, Revision};
+use meridian_protocol::frame::{DEFAULT_MAX_FRAME_BYTES, MAX_TOKEN_USES};
+use meridian_protocol::{Frame, FrameDecoder, FrameV1, Revision};
 use meridian_store::{Backend, SignedState};
 use tokio::sync::{mpsc, watch};
 
@@ -30,16 +30,28 @@ enum Event {
     Disconnected(ConnId),
 }
 
+/// Where what edges tell the origin goes: their drift reports, and the tokens read with.
+pub struct EdgeReports {
+    /// Edges heard from, as the distributor last saw them.
+    pub edges: Arc<Mutex<KnownEdges>>,
+    /// When tokens were last used.
+    pub last_used: crate::http::tokens::LastUsed,
+}
+
 /// Runs until `shutdown` turns true.
 pub async fn run<B: Backend + 'static>(
     endpoint: quinn::Endpoint,
     core: Arc<Mutex<OriginCore<B>>>,
     mut commits: watch::Receiver<Revision>,
     mut distributor: Distributor,
-    edges_out: Arc<Mutex<KnownEdges>>,
+    reports: EdgeReports,
     limits: QuicTuning,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let EdgeReports {
+        edges: edges_out,
+        last_used,
+    } = reports;
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut writers: BTreeMap<ConnId, mpsc::Sender<Transmit>> = BTreeMap::new();
     let mut next_conn: ConnId = 1;
@@ -70,6 +82,17 @@ pub async fn run<B: Backend + 'static>(
                     Event::Connected(id, tx) => {
                         writers.insert(id, tx);
                         distributor.handle_connect(now, id);
+                    }
+                    // Reads at the edge, for the tokens' last-used time: only tokens this
+                    // node holds a record of, so a report cannot grow the table.
+                    Event::Frame(_, Frame::V1(FrameV1::TokenUses { uses })) => {
+                        let index = src.reader().read().unwrap_or_else(|e| e.into_inner()).auth.clone();
+                        for (id, ms) in uses.into_iter().take(MAX_TOKEN_USES) {
+                            let id = meridian_protocol::auth::TokenId(id);
+                            if index.has_record(id) {
+                                last_used.touch(id, ms.min(meridian_net::auth::now_ms()));
+                            }
+                        }
                     }
                     Event::Frame(id, frame) => distributor.handle_frame(now, id, frame, src),
                     Event::Disconnected(id) => {

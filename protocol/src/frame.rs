@@ -112,7 +112,17 @@ pub enum FrameV1 {
         /// Milliseconds it has been behind the newest head it knows (0 when caught up).
         lag_ms: u64,
     },
+    /// Edge → origin, beside a report: when tokens were last used to read at this edge,
+    /// `(token id, ms since the Unix epoch)`, at most [`MAX_TOKEN_USES`]. Only for the tokens'
+    /// last-used time; the origin ignores ids it holds no record of.
+    TokenUses {
+        /// Token ids and times.
+        uses: Vec<(u64, u64)>,
+    },
 }
+
+/// Most token uses one [`FrameV1::TokenUses`] carries.
+pub const MAX_TOKEN_USES: usize = 1000;
 
 impl From<FrameV1> for Frame {
     fn from(f: FrameV1) -> Self {
