@@ -636,6 +636,76 @@ async fn an_attacker_at_the_port_is_refused_and_nothing_is_written() {
         before + 1,
         "only the authenticated write committed"
     );
+    // The admin routes answer bad input with 400 naming the problem, and commit nothing.
+    let before = revision(&admin, &o).await;
+    for (method, path, body, code) in [
+        (
+            "POST",
+            "/v1/tokens",
+            json!({"name": ""}),
+            "invalid_token_request",
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            json!({"name": "x", "role": "root", "resources": ["*/*/*"]}),
+            "malformed_json",
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            json!({"name": "x", "role": "viewer", "resources": ["a/b"]}),
+            "malformed_json",
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            json!({"name": "x", "role": "viewer"}),
+            "invalid_token_request",
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            json!({"name": "x", "expires_in_s": 0}),
+            "invalid_token_request",
+        ),
+        (
+            "PUT",
+            "/v1/policies/p",
+            json!({"subjects": ["user:x"], "role": "viewer", "resources": ["*/*/*"]}),
+            "invalid_policy",
+        ),
+        (
+            "PUT",
+            "/v1/policies/p",
+            json!({"subjects": [], "role": "viewer", "resources": ["*/*/*"]}),
+            "invalid_policy",
+        ),
+        (
+            "PUT",
+            "/v1/policies/Bad.Name",
+            json!({"subjects": ["anonymous"], "role": "viewer", "resources": ["*/*/*"]}),
+            "invalid_policy",
+        ),
+        (
+            "DELETE",
+            "/v1/tokens/not-an-id",
+            Value::Null,
+            "invalid_token_id",
+        ),
+        ("GET", "/v1/audit?limit=0", Value::Null, "bad_query"),
+        ("GET", "/v1/audit?since=yesterday", Value::Null, "bad_query"),
+    ] {
+        let mut req = admin.request(method.parse().unwrap(), format!("{o}{path}"));
+        if !body.is_null() {
+            req = req.json(&body);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 400, "{method} {path} {body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], code, "{method} {path}: {v}");
+    }
+    assert_eq!(revision(&admin, &o).await, before, "nothing was committed");
     // System records cannot be addressed as configuration.
     let (code, _) = get_json(&admin, &format!("{o}/v1/kv/_meridian/tokens")).await;
     assert_eq!(code, 400);

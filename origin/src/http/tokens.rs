@@ -280,13 +280,13 @@ pub(crate) async fn list(State(state): Shared) -> Result<Response, ApiError> {
                 .scan_prefix(&LAST_USED_PREFIX)
                 .map_err(|e| internal(&e))?
         };
+        let last_used: std::collections::HashMap<Vec<u8>, u64> = last_used
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, u64::from_be_bytes(v.as_slice().try_into().ok()?))))
+            .collect();
         let used = |id: &str| {
             let id = TokenId::parse(id)?;
-            last_used
-                .iter()
-                .find(|(k, _)| *k == last_used_key(id.0))
-                .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
-                .map(u64::from_be_bytes)
+            last_used.get(&last_used_key(id.0)).copied()
         };
         let tokens: Vec<Value> = items
             .iter()
@@ -362,18 +362,21 @@ fn policy_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiE
     Ok(name)
 }
 
+/// A stored policy as answered: its record with its name and version.
+fn policy_json(name: &str, e: &EntryState) -> Option<Value> {
+    let mut v: Value = serde_json::from_str(e.value.as_deref()?).ok()?;
+    v["name"] = name.into();
+    v["version"] = e.version.0.into();
+    Some(v)
+}
+
 /// `GET /v1/policies`: every policy, by name.
 pub(crate) async fn list_policies(State(state): Shared) -> Result<Response, ApiError> {
     let inner = async {
         let (revision, items) = system_namespace(&state, POLICIES_ENV).await?;
         let policies: Vec<Value> = items
             .iter()
-            .filter_map(|(name, e)| {
-                let mut v: Value = serde_json::from_str(e.value.as_deref()?).ok()?;
-                v["name"] = name.clone().into();
-                v["version"] = e.version.0.into();
-                Some(v)
-            })
+            .filter_map(|(name, e)| policy_json(name, e))
             .collect();
         Ok(axum::Json(json!({"revision": revision, "policies": policies})).into_response())
     };
@@ -392,10 +395,8 @@ pub(crate) async fn get_policy(
             .iter()
             .find(|(k, _)| *k == name)
             .ok_or_else(|| ApiError::not_found(format!("policy {name}")))?;
-        let mut v: Value =
-            serde_json::from_str(e.value.as_deref().unwrap_or("null")).map_err(|e| internal(&e))?;
-        v["name"] = name.into();
-        v["version"] = e.version.0.into();
+        let v = policy_json(&name, e)
+            .ok_or_else(|| internal(&format!("policy {name} is not stored as JSON")))?;
         Ok(axum::Json(v).into_response())
     };
     inner.await.map_err(count_error)
