@@ -606,6 +606,15 @@ async fn an_attacker_at_the_port_is_refused_and_nothing_is_written() {
     assert_eq!(r.status(), 415);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "unsupported_media_type");
+    // Without a token, the same post is told it needs one first.
+    let r = anon
+        .put(format!("{o}/v1/kv/pay/prod/x"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("value=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     let r = admin
         .post(format!("{o}/v1/tokens"))
         .header("content-type", "text/plain")

@@ -388,7 +388,6 @@ fn decide(
             )
         })?;
     let actor = || (!principal.is_anonymous()).then(|| principal.actor());
-    json_content(req).map_err(|e| (e, actor()))?;
     let ns = || param("app").zip(param("env"));
     let allowed = |action: Action, resource: &Resource<'_>| {
         authorize(&principal, action, resource).map_err(|e| (e, actor()))
@@ -454,6 +453,8 @@ fn decide(
         }
         Rule::Everything(action) => allowed(action, &Resource::Everything)?,
     }
+    // Who may not act is told so first; who may is told the body must be JSON.
+    json_content(req).map_err(|e| (e, actor()))?;
     Ok(principal)
 }
 
