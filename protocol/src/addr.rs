@@ -58,7 +58,7 @@ impl Address {
     pub fn is_valid(&self) -> bool {
         (validate_app(&self.app).is_ok() || self.is_system())
             && validate_env(&self.env).is_ok()
-            && validate_key(&self.key).is_ok()
+            && (validate_key(&self.key).is_ok() || crate::flags::is_flag_record(&self.key))
     }
 
     /// An address of one of the system namespaces (tokens, policies).
@@ -74,6 +74,24 @@ impl Address {
         } else {
             Err(AddressError::InvalidEnv(env.to_owned()))
         }
+    }
+
+    /// The record of flag `flag` of `app/env` ([`crate::flags`]); the parts are checked.
+    pub fn flag(app: &str, env: &str, flag: &str) -> Result<Self, AddressError> {
+        validate_app(app)?;
+        validate_env(env)?;
+        crate::flags::validate_flag_key(flag)
+            .map_err(|_| AddressError::InvalidKey(flag.to_owned()))?;
+        Ok(Self {
+            app: app.to_owned(),
+            env: env.to_owned(),
+            key: crate::flags::record_key(flag),
+        })
+    }
+
+    /// Whether this is a record of a flag set rather than a configuration key.
+    pub fn is_flag(&self) -> bool {
+        crate::flags::is_flag_record(&self.key)
     }
 
     /// Whether this is a record of one of the system namespaces.
