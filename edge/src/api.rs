@@ -34,7 +34,7 @@ type Shared = State<Arc<EdgeShared>>;
 /// Every route of the edge's read API and the rule that authorizes it.
 pub fn routes() -> RouteTable<Arc<EdgeShared>> {
     use Action::Read;
-    use Rule::{Filtered, Key, Observe};
+    use Rule::{Filtered, Key, Namespace, Observe};
     RouteTable::new()
         .route(Method::GET, "/v1/kv/{app}/{env}/{key}", Key(Read), get_one)
         .route(Method::GET, "/v1/kv/{app}/{env}", Filtered(Read), list)
@@ -43,6 +43,31 @@ pub fn routes() -> RouteTable<Arc<EdgeShared>> {
             "/v1/config/{app}/{env}",
             Filtered(Read),
             config,
+        )
+        .route(
+            Method::POST,
+            "/v1/flags/{app}/{env}/ofrep/v1/evaluate/flags",
+            Namespace(Read),
+            crate::ofrep::bulk,
+        )
+        .route(
+            Method::POST,
+            "/v1/flags/{app}/{env}/ofrep/v1/evaluate/flags/{flag}",
+            Namespace(Read),
+            crate::ofrep::one,
+        )
+        // The token names the app/env: the handler authorizes the read there.
+        .route(
+            Method::POST,
+            "/ofrep/v1/evaluate/flags",
+            Rule::Identify,
+            crate::ofrep::scoped_bulk,
+        )
+        .route(
+            Method::POST,
+            "/ofrep/v1/evaluate/flags/{flag}",
+            Rule::Identify,
+            crate::ofrep::scoped_one,
         )
         .route(Method::GET, "/v1/watch", Filtered(Read), watch_sse)
         .route(Method::GET, "/v1/watch/ws", Filtered(Read), watch_ws)
@@ -101,7 +126,7 @@ async fn read_only(method: axum::http::Method) -> ApiError {
     e
 }
 
-fn stamp(mut r: Response, shared: &EdgeShared, revision: u64) -> Response {
+pub(crate) fn stamp(mut r: Response, shared: &EdgeShared, revision: u64) -> Response {
     let h = r.headers_mut();
     h.insert(REVISION, HeaderValue::from(revision));
     h.insert(
@@ -111,7 +136,7 @@ fn stamp(mut r: Response, shared: &EdgeShared, revision: u64) -> Response {
     r
 }
 
-fn counted(shared: &EdgeShared, e: ApiError) -> Response {
+pub(crate) fn counted(shared: &EdgeShared, e: ApiError) -> Response {
     metrics::counter!("meridian_edge_rejected_requests_total", "edge" => shared.edge_id.clone(), "code" => e.code)
         .increment(1);
     let revision = shared
@@ -379,17 +404,27 @@ async fn status(State(shared): Shared) -> Response {
 mod tests {
     use meridian_net::auth::Rule;
 
-    /// The edge serves reads only, each behind a read decision, but status, metrics and whoami.
+    /// The edge serves reads only, each behind a read decision, but status, metrics and whoami
+    /// (and the bare OFREP routes, whose handlers decide the read on the token's namespace).
     #[test]
     fn every_route_passes_a_read_decision() {
         for (method, path, rule) in super::routes().rules() {
-            assert_eq!(method, axum::http::Method::GET, "{path}");
+            // OFREP evaluation is a read that POSTs its context.
+            let method_ok = method == axum::http::Method::GET || path.contains("/ofrep/v1/");
+            assert!(method_ok, "{method} {path}");
             match rule {
-                Rule::Key(a) | Rule::Filtered(a) => {
+                Rule::Key(a) | Rule::Filtered(a) | Rule::Namespace(a) => {
                     assert_eq!(a, meridian_protocol::auth::Action::Read, "{path}")
                 }
                 Rule::Observe | Rule::Identify => assert!(
-                    ["/v1/status", "/metrics", "/v1/whoami"].contains(&path),
+                    [
+                        "/v1/status",
+                        "/metrics",
+                        "/v1/whoami",
+                        "/ofrep/v1/evaluate/flags",
+                        "/ofrep/v1/evaluate/flags/{flag}"
+                    ]
+                    .contains(&path),
                     "{path}"
                 ),
                 other => panic!("{path} under {other:?}"),

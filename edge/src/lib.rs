@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod mirror;
 pub mod node;
+pub mod ofrep;
 pub mod replicator;
 pub mod shared;
 pub mod watch;

@@ -98,7 +98,7 @@ pub fn revision_ops(edge_id: &str, changes: &[Arc<WatchEvent>]) -> Vec<Op> {
     for e in changes {
         revision = e.revision;
         // Token and policy records are nobody's configuration.
-        if e.address.is_system() {
+        if e.address.is_system() || e.address.is_flag() {
             continue;
         }
         let key = entry_key(&e.address);
@@ -118,7 +118,11 @@ pub fn rebuild_ops(edge_id: &str, state: &CacheState, existing: &BTreeSet<String
     let mut ops = Vec::new();
     let mut live = BTreeSet::new();
     for (a, e) in state.iter() {
-        let Some(value) = e.value.as_deref().filter(|_| !a.is_system()) else {
+        let Some(value) = e
+            .value
+            .as_deref()
+            .filter(|_| !a.is_system() && !a.is_flag())
+        else {
             continue;
         };
         let key = entry_key(&a);

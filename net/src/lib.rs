@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod ofrep;
 pub mod peer;
 pub mod private;
 pub mod quic;

@@ -5,6 +5,7 @@
 
 use axum::http::StatusCode;
 use meridian_protocol::addr::{validate_app, validate_env, validate_key, validate_key_prefix};
+use meridian_protocol::flags::is_flag_record;
 use meridian_protocol::view::{Renderer, TemplateError, Visible, resolve};
 use meridian_protocol::{Address, CacheState, EntryState};
 use serde::Deserialize;
@@ -281,7 +282,7 @@ pub fn list(
                     n.range((from.clone(), Bound::Unbounded))
                         .take_while(|(k, _)| k.starts_with(&q.prefix))
                 })
-                .filter(|(k, e)| !e.is_tombstone() && visible(app, env, k))
+                .filter(|(k, e)| !e.is_tombstone() && !is_flag_record(k) && visible(app, env, k))
                 .map(|(k, e)| (k.as_str(), Some(e)));
             let page: Vec<_> = live.by_ref().take(limit).collect();
             if live.next().is_some() {

@@ -90,7 +90,11 @@ pub fn resolve<'a>(state: &'a CacheState, app: &str, env: &str) -> BTreeMap<&'a 
         let (a, e) = level.namespace(app, env);
         // `_/_` is visited once even when app or env is itself `_`.
         if let Some(ns) = state.namespace(a, e) {
-            for (k, entry) in ns.iter().filter(|(_, e)| !e.is_tombstone()) {
+            // Flag records belong to the flag set, not to the configuration.
+            let live = ns
+                .iter()
+                .filter(|(k, e)| !e.is_tombstone() && !crate::flags::is_flag_record(k));
+            for (k, entry) in live {
                 out.insert(k.as_str(), Resolved { entry, level });
             }
         }

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use meridian_protocol::auth::AuthIndex;
+use meridian_protocol::flags::FlagIndex;
 use meridian_protocol::{
     Address, CacheState, Change, Delta, Digest, EntryState, JsonText, LtHash, Revision,
     SignedDelta, SignedHead, Version,
@@ -204,12 +205,21 @@ pub struct Published {
     pub head: Option<SignedHead>,
     /// Tokens and policies of `state`, rebuilt whenever a published delta changes them.
     pub auth: Arc<AuthIndex>,
+    /// The compiled flag sets of `state`, recompiled per namespace whose flags a published
+    /// delta changes.
+    pub flags: Arc<FlagIndex>,
 }
 
 impl Published {
     fn new(state: CacheState, head: Option<SignedHead>) -> Self {
         let auth = Arc::new(AuthIndex::from_state(&state));
-        Self { state, head, auth }
+        let flags = Arc::new(FlagIndex::from_state(&state));
+        Self {
+            state,
+            head,
+            auth,
+            flags,
+        }
     }
 }
 
@@ -763,6 +773,7 @@ impl<B: Backend> SignedState<B> {
             .pending
             .iter()
             .any(|d| d.changes.iter().any(|c| c.address.is_system()));
+        let flags_changed = FlagIndex::touched(self.pending.iter());
         let mut p = self.published.write().unwrap_or_else(|e| e.into_inner());
         p.state.apply_deltas_hashed(self.pending.iter(), &self.hash);
         self.pending.clear();
@@ -771,6 +782,12 @@ impl<B: Backend> SignedState<B> {
             // Tokens and policies are few; rebuilding under the lock keeps the index and the
             // state it was built from one published unit.
             p.auth = Arc::new(AuthIndex::from_state(&p.state));
+        }
+        if !flags_changed.is_empty() {
+            // Compiled under the lock for the same reason; only the changed namespaces.
+            let mut flags = FlagIndex::clone(&p.flags);
+            flags.rebuild(&p.state, flags_changed);
+            p.flags = Arc::new(flags);
         }
         self.overlay.clear();
         Ok(self.revision)
@@ -842,10 +859,12 @@ impl<B: Backend> SignedState<B> {
         self.oldest_delta = head.head.revision.next();
         self.groups.clear();
         let auth = Arc::new(AuthIndex::from_state(&state));
+        let flags = Arc::new(FlagIndex::from_state(&state));
         let mut p = self.published.write().unwrap_or_else(|e| e.into_inner());
         p.state = state;
         p.head = Some(head);
         p.auth = auth;
+        p.flags = flags;
         Ok(())
     }
 

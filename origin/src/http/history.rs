@@ -97,26 +97,34 @@ pub(crate) async fn history(
 ) -> Result<Response, ApiError> {
     let inner = async {
         let a = address(path)?;
-        let q = query(q)?;
-        let limit = q.limit.unwrap_or(100);
-        if !(1..=MAX_PAGE).contains(&limit) {
-            return Err(bad_query(format!("limit must be between 1 and {MAX_PAGE}")));
-        }
-        let (view, ()) = history_view(&state, &history::key_prefix(&a), |_| ()).await?;
-        let at = a.clone();
-        let (records, next) =
-            blocking(move || history::page(&view, &at, q.before, limit).map_err(internal)).await?;
-        if records.is_empty() && q.before.is_none() {
-            return Err(ApiError::not_found(format!("history of {a}")));
-        }
-        Ok(axum::Json(json!({
-            "app": a.app, "env": a.env, "key": a.key,
-            "items": records.iter().map(record_json).collect::<Vec<_>>(),
-            "next_before": next,
-        }))
-        .into_response())
+        history_of(&state, a, query(q)?).await
     };
     inner.await.map_err(count_error)
+}
+
+/// The history of one record (a key, or a flag's record).
+pub(crate) async fn history_of(
+    state: &Arc<AppState>,
+    a: Address,
+    q: HistoryQuery,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(bad_query(format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    let (view, ()) = history_view(state, &history::key_prefix(&a), |_| ()).await?;
+    let at = a.clone();
+    let (records, next) =
+        blocking(move || history::page(&view, &at, q.before, limit).map_err(internal)).await?;
+    if records.is_empty() && q.before.is_none() {
+        return Err(ApiError::not_found(format!("history of {a}")));
+    }
+    Ok(axum::Json(json!({
+        "app": a.app, "env": a.env, "key": a.key,
+        "items": records.iter().map(record_json).collect::<Vec<_>>(),
+        "next_before": next,
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -269,7 +277,7 @@ pub(crate) async fn env_diff(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeyRollbackBody {
+pub(crate) struct KeyRollbackBody {
     version: u64,
     #[serde(default)]
     reason: Option<String>,
@@ -295,46 +303,59 @@ pub(crate) async fn key_rollback(
     let inner = async {
         let a = address(path)?;
         let b: KeyRollbackBody = parse_body(body)?;
-        let (view, current) = history_view(&state, &history::key_prefix(&a), |core| {
-            core.state()
-                .entry(&a)
-                .filter(|e| !e.is_tombstone())
-                .map_or(0, |e| e.version.0)
-        })
-        .await?;
-        let (at, version) = (a.clone(), b.version);
-        let target = blocking(move || {
-            history::at_version(&view, &at, version)
-                .map_err(internal)?
-                .ok_or_else(|| version_not_found(&at, version))
-        })
-        .await?;
-        let mut meta = write_meta(
-            &principal,
-            &request,
-            rollback_reason(&format!("version {}", b.version), b.reason),
-        )?;
-        meta.action = Some("rollback".into());
-        let command = history::key_rollback(&a, &target, current);
-        let applied = commit(&state, command, meta).await?;
-        let entry = applied
-            .entry()
-            .ok_or_else(|| internal("the rollback changed nothing"))?;
-        let mut buf = Vec::with_capacity(128);
-        write_entry(&mut buf, &a.app, &a.env, &a.key, entry);
-        // `{"app",…,"revision":R}` plus what it rolled back to.
-        buf.pop();
-        buf.extend_from_slice(
-            format!(
-                ",\"rolled_back_to\":{},\"deleted\":{}}}",
-                b.version,
-                entry.is_tombstone()
-            )
-            .as_bytes(),
-        );
-        Ok(json_bytes(buf))
+        rollback_of(&state, &principal, &request, a, b, |_| Ok(())).await
     };
     inner.await.map_err(count_error)
+}
+
+/// Rolls one record back to version `b.version`, once `check` accepts the version found.
+pub(crate) async fn rollback_of(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    request: &RequestMeta,
+    a: Address,
+    b: KeyRollbackBody,
+    check: impl FnOnce(&HistoryRecord) -> Result<(), ApiError>,
+) -> Result<Response, ApiError> {
+    let (view, current) = history_view(state, &history::key_prefix(&a), |core| {
+        core.state()
+            .entry(&a)
+            .filter(|e| !e.is_tombstone())
+            .map_or(0, |e| e.version.0)
+    })
+    .await?;
+    let (at, version) = (a.clone(), b.version);
+    let target = blocking(move || {
+        history::at_version(&view, &at, version)
+            .map_err(internal)?
+            .ok_or_else(|| version_not_found(&at, version))
+    })
+    .await?;
+    check(&target)?;
+    let mut meta = write_meta(
+        principal,
+        request,
+        rollback_reason(&format!("version {}", b.version), b.reason),
+    )?;
+    meta.action = Some("rollback".into());
+    let command = history::key_rollback(&a, &target, current);
+    let applied = commit(state, command, meta).await?;
+    let entry = applied
+        .entry()
+        .ok_or_else(|| internal("the rollback changed nothing"))?;
+    let mut buf = Vec::with_capacity(128);
+    write_entry(&mut buf, &a.app, &a.env, &a.key, entry);
+    // `{"app",…,"revision":R}` plus what it rolled back to.
+    buf.pop();
+    buf.extend_from_slice(
+        format!(
+            ",\"rolled_back_to\":{},\"deleted\":{}}}",
+            b.version,
+            entry.is_tombstone()
+        )
+        .as_bytes(),
+    );
+    Ok(json_bytes(buf))
 }
 
 #[derive(Deserialize)]

@@ -155,7 +155,7 @@ pub(crate) async fn delete(
 /// Answers `read(state)` after a linearizable read barrier.
 /// A linearizable read. It reflects every acknowledged write, so `min_revision` only fails
 /// (504 at once, no wait) for a revision no write has been acknowledged at yet.
-async fn linearized_read(
+pub(crate) async fn linearized_read(
     state: &Arc<AppState>,
     min: Option<(u64, u64)>,
     read: impl FnOnce(&CacheState) -> Result<Vec<u8>, ApiError>,

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod edges;
+pub mod flags;
 pub mod history;
 pub mod kv;
 pub mod schemas;
@@ -59,7 +60,7 @@ pub(crate) type Shared = State<Arc<AppState>>;
 
 /// Every route of the client API and the rule that authorizes it.
 pub fn routes() -> RouteTable<Arc<AppState>> {
-    use Action::{Admin, AuditRead, Delete, Read, Rollback, Schema, Write};
+    use Action::{Admin, AuditRead, Delete, Flag, Read, Rollback, Schema, Write};
     use Method as M;
     use Rule::{Everything, Filtered, Key, Namespace, Observe};
     RouteTable::new()
@@ -128,6 +129,73 @@ pub fn routes() -> RouteTable<Arc<AppState>> {
             schemas::list_schemas,
         )
         .route(M::GET, "/v1/config/{app}/{env}", Filtered(Read), kv::config)
+        .route(
+            M::GET,
+            "/v1/flags/{app}/{env}",
+            Namespace(Read),
+            flags::get_document,
+        )
+        .route(
+            M::PUT,
+            "/v1/flags/{app}/{env}",
+            Namespace(Flag),
+            flags::put_document,
+        )
+        .route(
+            M::GET,
+            "/v1/flags/{app}/{env}/{flag}",
+            Namespace(Read),
+            flags::get_flag,
+        )
+        .route(
+            M::PUT,
+            "/v1/flags/{app}/{env}/{flag}",
+            Namespace(Flag),
+            flags::put_flag,
+        )
+        .route(
+            M::DELETE,
+            "/v1/flags/{app}/{env}/{flag}",
+            Namespace(Flag),
+            flags::delete_flag,
+        )
+        .route(
+            M::GET,
+            "/v1/flags/{app}/{env}/{flag}/history",
+            Namespace(Read),
+            flags::history,
+        )
+        .route(
+            M::POST,
+            "/v1/flags/{app}/{env}/{flag}/rollback",
+            Namespace(Flag),
+            flags::rollback,
+        )
+        .route(
+            M::POST,
+            "/v1/flags/{app}/{env}/ofrep/v1/evaluate/flags",
+            Namespace(Read),
+            flags::ofrep_bulk,
+        )
+        .route(
+            M::POST,
+            "/v1/flags/{app}/{env}/ofrep/v1/evaluate/flags/{flag}",
+            Namespace(Read),
+            flags::ofrep_one,
+        )
+        // The token names the app/env: the handler authorizes the read there.
+        .route(
+            M::POST,
+            "/ofrep/v1/evaluate/flags",
+            Rule::Identify,
+            flags::scoped_bulk,
+        )
+        .route(
+            M::POST,
+            "/ofrep/v1/evaluate/flags/{flag}",
+            Rule::Identify,
+            flags::scoped_one,
+        )
         .route(M::POST, "/v1/txn", Filtered(Write), kv::txn)
         .route(M::POST, "/v1/tokens", Everything(Admin), tokens::create)
         .route(M::GET, "/v1/tokens", Everything(Admin), tokens::list)
@@ -402,7 +470,14 @@ mod tests {
         assert!(rules.len() >= 25, "{} routes", rules.len());
         for (method, path, rule) in rules {
             assert_ne!(rule, Rule::Public, "{method} {path} is public");
-            let mutating = method != axum::http::Method::GET;
+            // OFREP evaluation is a read that POSTs its context.
+            let mutating = method != axum::http::Method::GET && !path.contains("/ofrep/");
+            if path.starts_with("/v1/flags/") && path.contains("/ofrep/") {
+                assert_eq!(rule, Rule::Namespace(Action::Read), "{method} {path}");
+            }
+            if mutating && path.starts_with("/v1/flags/") {
+                assert_eq!(rule, Rule::Namespace(Action::Flag), "{method} {path}");
+            }
             if mutating {
                 let action = match rule {
                     Rule::Key(a) | Rule::Namespace(a) | Rule::Filtered(a) | Rule::Everything(a) => {
@@ -422,7 +497,9 @@ mod tests {
                         "/v1/cluster",
                         "/v1/edges",
                         "/metrics",
-                        "/v1/whoami"
+                        "/v1/whoami",
+                        "/ofrep/v1/evaluate/flags",
+                        "/ofrep/v1/evaluate/flags/{flag}"
                     ]
                     .contains(&path),
                     "{method} {path} is open to every valid caller"

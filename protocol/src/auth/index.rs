@@ -103,6 +103,23 @@ impl Principal {
             .any(|g| g.has(action) && g.resources().iter().any(|p| p.matches_namespace(app, env)))
     }
 
+    /// The one app/env in which every grant of `action` lies, if there is exactly one: how a
+    /// service token scoped to one namespace is served on routes that name none (OFREP's bare
+    /// `/ofrep/v1/...`).
+    pub fn only_namespace(&self, action: Action) -> Option<(&str, &str)> {
+        let mut only = None;
+        for g in self.grants.iter().filter(|g| g.has(action)) {
+            for p in g.resources() {
+                let ns = p.exact_namespace()?;
+                if only.is_some_and(|o| o != ns) {
+                    return None;
+                }
+                only = Some(ns);
+            }
+        }
+        only
+    }
+
     /// Whether the principal holds any grant at all.
     pub fn has_grants(&self) -> bool {
         !self.grants.is_empty()

@@ -150,6 +150,14 @@ impl Pattern {
             }
     }
 
+    /// The one app/env the pattern names, if it names both exactly.
+    pub fn exact_namespace(&self) -> Option<(&str, &str)> {
+        match (&self.app, &self.env) {
+            (Name::Exact(a), Name::Exact(e)) => Some((a, e)),
+            _ => None,
+        }
+    }
+
     /// Whether the pattern covers every key everywhere (`*/*/*`).
     pub fn is_everything(&self) -> bool {
         matches!(

@@ -89,6 +89,22 @@ pub struct FlagSet {
     pub uses_time: bool,
 }
 
+impl FlagSet {
+    /// The entity tag of a bulk evaluation of this set for request `body` at `now_s`: it
+    /// changes when any flag record changes, when the context changes, and (only for sets
+    /// whose rules read `$flagd.timestamp`) every second.
+    pub fn etag(&self, body: &[u8], now_s: i64) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.revision.0.to_le_bytes());
+        if self.uses_time {
+            h.update(&now_s.to_le_bytes());
+        }
+        h.update(body);
+        let hash = h.finalize();
+        format!("\"{}\"", hex::encode(&hash.as_bytes()[..12]))
+    }
+}
+
 /// Checks and compiles a whole document, refusing it at its first error: what the origin
 /// runs before it accepts a write.
 pub fn compile_document(document: &FlagDocument) -> Result<FlagSet, CompileError> {

@@ -27,6 +27,9 @@ pub use document::{
 pub use eval::{ContextError, ErrorCode, EvalContext, Outcome, Reason, Resolution};
 pub use index::FlagIndex;
 
+/// The arena an evaluation's context and intermediate values live in (reset per request).
+pub use datalogic_rs::bumpalo::Bump;
+
 /// The deepest a targeting rule may nest after `$ref` expansion (refused at write time).
 pub const MAX_RULE_DEPTH: usize = 32;
 /// The most JSON nodes a targeting rule may have after `$ref` expansion (refused at write

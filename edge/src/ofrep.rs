@@ -1,0 +1,142 @@
+//! OFREP at the edge: flags evaluated from this edge's published, verified state with the
+//! flag sets compiled once per revision (`meridian_protocol::flags`), so an evaluation never
+//! leaves the region. Routes: `POST /v1/flags/{app}/{env}/ofrep/v1/evaluate/flags[/{flag}]`,
+//! and the bare `POST /ofrep/v1/evaluate/flags[/{flag}]` for a token scoped to one app/env.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use meridian_net::http::ApiError;
+use meridian_net::{ofrep, reads};
+use meridian_protocol::auth::Principal;
+use meridian_protocol::flags::validate_flag_key;
+
+use crate::shared::EdgeShared;
+
+type Shared = State<Arc<EdgeShared>>;
+
+fn unreadable(key: Option<&str>, e: BytesRejection) -> Response {
+    let too_large = e.status() == StatusCode::PAYLOAD_TOO_LARGE;
+    ofrep::unreadable_body(key, too_large, &e.body_text())
+}
+
+fn bad_path(e: PathRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_key",
+        format!("bad path: {e}"),
+    )
+}
+
+fn flag_key(flag: &str) -> Result<(), ApiError> {
+    validate_flag_key(flag)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_flag", e.to_string()))
+}
+
+enum Ask<'a> {
+    One(&'a str),
+    Bulk(&'a HeaderMap),
+}
+
+fn answer(shared: &EdgeShared, app: &str, env: &str, ask: Ask<'_>, body: &[u8]) -> Response {
+    let (set, revision) = {
+        let p = shared.reader.read().unwrap_or_else(|e| e.into_inner());
+        (p.flags.get(app, env).cloned(), p.state.revision().0)
+    };
+    let r = match ask {
+        Ask::One(flag) => ofrep::evaluate_one(set.as_ref(), flag, body, ofrep::now_s()),
+        Ask::Bulk(headers) => ofrep::evaluate_bulk(set.as_ref(), headers, body, ofrep::now_s()),
+    };
+    metrics::counter!("meridian_edge_flag_evaluations_total").increment(1);
+    crate::api::stamp(r, shared, revision)
+}
+
+fn refused(shared: &EdgeShared, e: ApiError) -> Response {
+    crate::api::counted(shared, e)
+}
+
+/// `POST /v1/flags/{app}/{env}/ofrep/v1/evaluate/flags/{flag}`.
+pub(crate) async fn one(
+    State(shared): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let checked = path.map_err(bad_path).and_then(|Path((app, env, flag))| {
+        reads::namespace(&app, &env)?;
+        flag_key(&flag)?;
+        Ok((app, env, flag))
+    });
+    let (app, env, flag) = match checked {
+        Ok(p) => p,
+        Err(e) => return refused(&shared, e),
+    };
+    match body {
+        Ok(body) => answer(&shared, &app, &env, Ask::One(&flag), &body),
+        Err(e) => unreadable(Some(&flag), e),
+    }
+}
+
+/// `POST /v1/flags/{app}/{env}/ofrep/v1/evaluate/flags`.
+pub(crate) async fn bulk(
+    State(shared): Shared,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let checked = path.map_err(bad_path).and_then(|Path((app, env))| {
+        reads::namespace(&app, &env)?;
+        Ok((app, env))
+    });
+    let (app, env) = match checked {
+        Ok(p) => p,
+        Err(e) => return refused(&shared, e),
+    };
+    match body {
+        Ok(body) => answer(&shared, &app, &env, Ask::Bulk(&headers), &body),
+        Err(e) => unreadable(None, e),
+    }
+}
+
+/// `POST /ofrep/v1/evaluate/flags/{flag}` for a token scoped to one app/env.
+pub(crate) async fn scoped_one(
+    State(shared): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let checked = path.map_err(bad_path).and_then(|Path(flag)| {
+        flag_key(&flag)?;
+        let (app, env) = ofrep::scoped_namespace(&principal)?;
+        Ok((app, env, flag))
+    });
+    let (app, env, flag) = match checked {
+        Ok(p) => p,
+        Err(e) => return refused(&shared, e),
+    };
+    match body {
+        Ok(body) => answer(&shared, &app, &env, Ask::One(&flag), &body),
+        Err(e) => unreadable(Some(&flag), e),
+    }
+}
+
+/// `POST /ofrep/v1/evaluate/flags` for a token scoped to one app/env.
+pub(crate) async fn scoped_bulk(
+    State(shared): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (app, env) = match ofrep::scoped_namespace(&principal) {
+        Ok(ns) => ns,
+        Err(e) => return refused(&shared, e),
+    };
+    match body {
+        Ok(body) => answer(&shared, &app, &env, Ask::Bulk(&headers), &body),
+        Err(e) => unreadable(None, e),
+    }
+}

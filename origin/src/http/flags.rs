@@ -1,0 +1,393 @@
+//! Flags: `PUT/GET /v1/flags/{app}/{env}` (a whole flagd document), `PUT/GET/DELETE
+//! /v1/flags/{app}/{env}/{flag}` (one flag), its history and rollback, and OFREP evaluation
+//! from this node's published state (`POST /v1/flags/{app}/{env}/ofrep/v1/evaluate/flags[/{flag}]`).
+//!
+//! Writes are checked by [`crate::flagset`] and committed as one transaction; reads are
+//! linearizable like key reads.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use meridian_net::auth::RequestMeta;
+use meridian_net::http::ApiError;
+use meridian_net::{ofrep, reads};
+use meridian_protocol::Address;
+use meridian_protocol::auth::Principal;
+use meridian_protocol::flags::{FlagDocument, record_key, validate_flag_key};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::history::{HistoryQuery, KeyRollbackBody, history_of, rollback_of};
+use super::{
+    AppState, Shared, body_error, cluster_error, commit, count_error, json_body, query, write_meta,
+};
+use crate::core::Command;
+use crate::flagset::{self, Refusal};
+
+const REVISION: HeaderName = HeaderName::from_static("meridian-revision");
+const VERSION: HeaderName = HeaderName::from_static("meridian-version");
+
+fn invalid(e: Refusal) -> ApiError {
+    let at = if e.path.is_empty() {
+        "/"
+    } else {
+        e.path.as_str()
+    };
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_flags",
+        format!("at {at}: {}", e.message),
+    )
+}
+
+fn ns_path(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), ApiError> {
+    super::namespace(path)
+}
+
+/// `app`, `env` and a flag key, or 400 naming the part that is wrong.
+fn flag_path(
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<(String, String, String), ApiError> {
+    let Path((app, env, flag)) = path.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_key",
+            format!("bad path: {e}"),
+        )
+    })?;
+    reads::namespace(&app, &env)?;
+    validate_flag_key(&flag)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_flag", e.to_string()))?;
+    Ok((app, env, flag))
+}
+
+fn flag_address(app: &str, env: &str, flag: &str) -> Address {
+    Address {
+        app: app.to_owned(),
+        env: env.to_owned(),
+        key: record_key(flag),
+    }
+}
+
+/// Runs `read` on the published state after a linearizable barrier, with its revision.
+async fn linearized<T>(
+    state: &Arc<AppState>,
+    read: impl FnOnce(&meridian_protocol::CacheState) -> T,
+) -> Result<(T, u64), ApiError> {
+    state.cluster.linearize().await.map_err(cluster_error)?;
+    let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
+    Ok((read(&p.state), p.state.revision().0))
+}
+
+fn unreadable(key: Option<&str>, e: BytesRejection) -> Response {
+    let too_large = e.status() == StatusCode::PAYLOAD_TOO_LARGE;
+    ofrep::unreadable_body(key, too_large, &e.body_text())
+}
+
+fn with_revision(mut r: Response, revision: u64) -> Response {
+    r.headers_mut()
+        .insert(REVISION, HeaderValue::from(revision));
+    r
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WriteQuery {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    expect_version: Option<u64>,
+}
+
+/// `PUT /v1/flags/{app}/{env}`: the body is a flagd document, exactly as flagd reads it.
+pub(crate) async fn put_document(
+    State(state): Shared,
+    path: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<WriteQuery>, QueryRejection>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let (app, env) = ns_path(path)?;
+        let q: WriteQuery = query(q)?;
+        let body = body.map_err(body_error)?;
+        let value: Value = json_body(&body)?;
+        let document = flagset::check_document(&value).map_err(invalid)?;
+        let meta = write_meta(&principal, &request, q.reason)?;
+        let (command, revision) = linearized(&state, |s| {
+            flagset::document_command(s.namespace(&app, &env), &app, &env, &document)
+        })
+        .await?;
+        let revision = match command {
+            Some(command) => commit(&state, command, meta).await?.revision.0,
+            None => revision,
+        };
+        let answer =
+            json!({"app": app, "env": env, "revision": revision, "flags": document.flags.len()});
+        Ok(with_revision(axum::Json(answer).into_response(), revision))
+    };
+    inner.await.map_err(count_error)
+}
+
+/// `GET /v1/flags/{app}/{env}`: the flagd document the namespace holds (`{"flags": {}}` when
+/// it has none), ready to hand to flagd.
+pub(crate) async fn get_document(
+    State(state): Shared,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let (app, env) = ns_path(path)?;
+        let (document, revision) = linearized(&state, |s| {
+            s.namespace(&app, &env)
+                .map(FlagDocument::from_namespace)
+                .unwrap_or_default()
+        })
+        .await?;
+        Ok(with_revision(
+            axum::Json(document).into_response(),
+            revision,
+        ))
+    };
+    inner.await.map_err(count_error)
+}
+
+/// `PUT /v1/flags/{app}/{env}/{flag}`: the body is one flagd flag definition; checked with
+/// the rest of the set. `?expect_version=n` (0: must not exist) for compare-and-set.
+pub(crate) async fn put_flag(
+    State(state): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<WriteQuery>, QueryRejection>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let (app, env, flag) = flag_path(path)?;
+        let q: WriteQuery = query(q)?;
+        let body = body.map_err(body_error)?;
+        let definition: Value = json_body(&body)?;
+        let meta = write_meta(&principal, &request, q.reason)?;
+        let ((checked, command), revision) = linearized(&state, |s| {
+            let ns = s.namespace(&app, &env);
+            let checked = flagset::with_flag(ns, &flag, definition.clone());
+            let command =
+                flagset::flag_command(ns, &app, &env, &flag, &definition, q.expect_version);
+            (checked, command)
+        })
+        .await?;
+        checked.map_err(invalid)?;
+        let a = flag_address(&app, &env, &flag);
+        let (revision, version) = match command {
+            Some(command) => {
+                let applied = commit(&state, command, meta).await?;
+                let version = applied
+                    .entries
+                    .iter()
+                    .find(|(at, _)| *at == a)
+                    .map_or(0, |(_, e)| e.version.0);
+                (applied.revision.0, version)
+            }
+            None => {
+                let version = state
+                    .reader
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .state
+                    .get_live(&app, &env, &a.key)
+                    .map_or(0, |e| e.version.0);
+                (revision, version)
+            }
+        };
+        let answer =
+            json!({"app": app, "env": env, "flag": flag, "version": version, "revision": revision});
+        Ok(with_revision(axum::Json(answer).into_response(), revision))
+    };
+    inner.await.map_err(count_error)
+}
+
+/// `GET /v1/flags/{app}/{env}/{flag}`: the flag's definition; `meridian-version` says which.
+pub(crate) async fn get_flag(
+    State(state): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let (app, env, flag) = flag_path(path)?;
+        let key = record_key(&flag);
+        let (found, revision) = linearized(&state, |s| {
+            s.get_live(&app, &env, &key)
+                .map(|e| (e.version.0, e.value.clone()))
+        })
+        .await?;
+        let Some((version, Some(text))) = found else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "flag_not_found",
+                format!("{app}/{env} has no flag {flag:?}"),
+            ));
+        };
+        let mut r = meridian_net::http::json_bytes(text.as_bytes().to_vec());
+        r.headers_mut().insert(VERSION, HeaderValue::from(version));
+        Ok(with_revision(r, revision))
+    };
+    inner.await.map_err(count_error)
+}
+
+/// `DELETE /v1/flags/{app}/{env}/{flag}` (`?expect_version=n`).
+pub(crate) async fn delete_flag(
+    State(state): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<WriteQuery>, QueryRejection>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let (app, env, flag) = flag_path(path)?;
+        let q: WriteQuery = query(q)?;
+        let meta = write_meta(&principal, &request, q.reason)?;
+        let command = Command::Delete {
+            address: flag_address(&app, &env, &flag),
+            expect_version: q.expect_version,
+        };
+        let applied = commit(&state, command, meta).await.map_err(|e| {
+            if e.status == StatusCode::NOT_FOUND {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "flag_not_found",
+                    format!("{app}/{env} has no flag {flag:?}"),
+                )
+            } else {
+                e
+            }
+        })?;
+        let revision = applied.revision.0;
+        Ok(with_revision(
+            axum::Json(json!({"revision": revision})).into_response(),
+            revision,
+        ))
+    };
+    inner.await.map_err(count_error)
+}
+
+/// `GET /v1/flags/{app}/{env}/{flag}/history`: every retained version of the definition.
+pub(crate) async fn history(
+    State(state): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let (app, env, flag) = flag_path(path)?;
+        history_of(&state, flag_address(&app, &env, &flag), query(q)?).await
+    };
+    inner.await.map_err(count_error)
+}
+
+/// `POST /v1/flags/{app}/{env}/{flag}/rollback` `{"version": n, "reason"?}`: the definition
+/// of version n again (checked with today's evaluators), or the flag deleted if n was a delete.
+pub(crate) async fn rollback(
+    State(state): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let (app, env, flag) = flag_path(path)?;
+        let b: KeyRollbackBody = super::parse_body(body)?;
+        let reader = state.reader.clone();
+        let check = |target: &crate::history::HistoryRecord| {
+            let Some(text) = &target.value else {
+                return Ok(());
+            };
+            let definition: Value = serde_json::from_str(text).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+            let p = reader.read().unwrap_or_else(|e| e.into_inner());
+            flagset::with_flag(p.state.namespace(&app, &env), &flag, definition)
+                .map(|_| ())
+                .map_err(invalid)
+        };
+        rollback_of(
+            &state,
+            &principal,
+            &request,
+            flag_address(&app, &env, &flag),
+            b,
+            check,
+        )
+        .await
+    };
+    inner.await.map_err(count_error)
+}
+
+/// `POST /v1/flags/{app}/{env}/ofrep/v1/evaluate/flags/{flag}`: OFREP single evaluation.
+pub(crate) async fn ofrep_one(
+    State(state): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (app, env, flag) = flag_path(path).map_err(count_error)?;
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return Ok(unreadable(Some(&flag), e)),
+    };
+    let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
+    let set = p.flags.get(&app, &env).cloned();
+    let revision = p.state.revision().0;
+    drop(p);
+    Ok(with_revision(
+        ofrep::evaluate_one(set.as_ref(), &flag, &body, ofrep::now_s()),
+        revision,
+    ))
+}
+
+/// `POST /v1/flags/{app}/{env}/ofrep/v1/evaluate/flags`: OFREP bulk evaluation.
+pub(crate) async fn ofrep_bulk(
+    State(state): Shared,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (app, env) = ns_path(path).map_err(count_error)?;
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return Ok(unreadable(None, e)),
+    };
+    let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
+    let set = p.flags.get(&app, &env).cloned();
+    let revision = p.state.revision().0;
+    drop(p);
+    Ok(with_revision(
+        ofrep::evaluate_bulk(set.as_ref(), &headers, &body, ofrep::now_s()),
+        revision,
+    ))
+}
+
+/// `POST /ofrep/v1/evaluate/flags/{flag}` for a token scoped to one app/env.
+pub(crate) async fn scoped_one(
+    State(state): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(flag): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (app, env) = ofrep::scoped_namespace(&principal).map_err(count_error)?;
+    ofrep_one(State(state), Ok(Path((app, env, flag))), body).await
+}
+
+/// `POST /ofrep/v1/evaluate/flags` for a token scoped to one app/env.
+pub(crate) async fn scoped_bulk(
+    State(state): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (app, env) = ofrep::scoped_namespace(&principal).map_err(count_error)?;
+    ofrep_bulk(State(state), Ok(Path((app, env))), headers, body).await
+}

@@ -1,0 +1,493 @@
+//! Feature flags against a running dev topology: a flagd document written at the origin,
+//! checked (422 naming the path, nothing committed), read back, evaluated over OFREP at every
+//! edge and at the origin; one-flag writes, history, rollback and delete reaching the edges;
+//! bulk evaluation with ETag and 304; bad contexts; who may write, evaluate, and use the bare
+//! `/ofrep/v1/...` routes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn document() -> Value {
+    json!({
+        "$schema": "https://flagd.dev/schema/v0/flags.json",
+        "flags": {
+            "new-checkout": {
+                "state": "ENABLED",
+                "variants": {"on": true, "off": false},
+                "defaultVariant": "off",
+                "targeting": {"if": [{"$ref": "staff"}, "on", {"fractional": [["on", 50], ["off", 50]]}]},
+                "metadata": {"owner": "checkout"}
+            },
+            "banner-color": {
+                "state": "ENABLED",
+                "variants": {"red": "#f00", "blue": "#00f"},
+                "defaultVariant": "red",
+                "targeting": {"if": [{"sem_ver": [{"var": "app_version"}, ">=", "2.0.0"]}, "blue", null]}
+            },
+            "old-thing": {"state": "DISABLED", "variants": {"on": true}, "defaultVariant": "on"}
+        },
+        "$evaluators": {"staff": {"ends_with": [{"var": "email"}, "@shop.example"]}},
+        "metadata": {"flagSetId": "shop-prod"}
+    })
+}
+
+async fn post(
+    c: &reqwest::Client,
+    url: &str,
+    body: &str,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let r = c
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        headers,
+    )
+}
+
+fn ofrep_one(base: &str, flag: &str) -> String {
+    format!("{base}/v1/flags/shop/prod/ofrep/v1/evaluate/flags/{flag}")
+}
+
+/// Waits until `base` evaluates `flag` for `context` with `want(body)`.
+async fn until_evaluates(
+    c: &reqwest::Client,
+    base: &str,
+    flag: &str,
+    context: Value,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    let body = json!({ "context": context }).to_string();
+    eventually(WAIT, &format!("{base} evaluates {flag}"), || async {
+        let (_, v, _) = post(c, &ofrep_one(base, flag), &body).await;
+        want(&v).then_some(v)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_are_checked_replicated_and_evaluated_at_every_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let admin = http();
+    let o = base(cluster.origin.http_addr);
+    put(&admin, &o, "shop/prod/db.pool", json!(5)).await;
+
+    // The whole document in, the same document out.
+    let r = admin
+        .put(format!("{o}/v1/flags/shop/prod"))
+        .json(&document())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let written: Value = r.json().await.unwrap();
+    assert_eq!(written["flags"], 3);
+    let (status, stored) = get_json(&admin, &format!("{o}/v1/flags/shop/prod")).await;
+    assert_eq!(status, 200);
+    let mut expected = document();
+    expected.as_object_mut().unwrap().remove("$schema");
+    assert_eq!(stored, expected);
+    // Writing the same document again commits nothing.
+    let before = revision(&admin, &o).await;
+    let r = admin
+        .put(format!("{o}/v1/flags/shop/prod"))
+        .json(&document())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(revision(&admin, &o).await, before);
+
+    // Flag records are not configuration keys.
+    let (_, list) = get_json(&admin, &format!("{o}/v1/kv/shop/prod")).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+    let (_, config) = get_json(&admin, &format!("{o}/v1/config/shop/prod")).await;
+    assert_eq!(config["config"], json!({"db.pool": 5}));
+
+    // Every edge evaluates every flag with flagd's semantics.
+    let mut bases: Vec<String> = cluster.edges.iter().map(|e| base(e.http_addr)).collect();
+    bases.push(o.clone());
+    for b in &bases {
+        let v = until_evaluates(
+            &admin,
+            b,
+            "new-checkout",
+            json!({"targetingKey": "u1", "email": "a@shop.example"}),
+            |v| v["reason"] == "TARGETING_MATCH",
+        )
+        .await;
+        assert_eq!(
+            v,
+            json!({"key": "new-checkout", "reason": "TARGETING_MATCH", "variant": "on", "value": true,
+            "metadata": {"owner": "checkout", "flagSetId": "shop-prod"}})
+        );
+        let body = json!({"context": {"app_version": "v1.9"}}).to_string();
+        let (status, v, _) = post(&admin, &ofrep_one(b, "banner-color"), &body).await;
+        assert_eq!(
+            (status, &v["reason"], &v["value"]),
+            (200, &json!("DEFAULT"), &json!("#f00"))
+        );
+        let (_, v, _) = post(&admin, &ofrep_one(b, "old-thing"), "{\"context\":{}}").await;
+        assert_eq!(v["reason"], "DISABLED");
+        assert!(v.get("value").is_none(), "{v}");
+        // Bucketing needs a targeting key.
+        let (status, v, _) = post(&admin, &ofrep_one(b, "new-checkout"), "{\"context\":{}}").await;
+        assert_eq!(
+            (status, v["errorCode"].as_str()),
+            (400, Some("TARGETING_KEY_MISSING"))
+        );
+        let (status, v, _) = post(&admin, &ofrep_one(b, "nope"), "{\"context\":{}}").await;
+        assert_eq!(
+            (status, v["errorCode"].as_str()),
+            (404, Some("FLAG_NOT_FOUND"))
+        );
+    }
+
+    // The same subject lands in the same bucket at every edge.
+    let mut seen = Vec::new();
+    for b in &bases {
+        let body = json!({"context": {"targetingKey": "user-4711"}}).to_string();
+        let (_, v, _) = post(&admin, &ofrep_one(b, "new-checkout"), &body).await;
+        seen.push(v["variant"].clone());
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+
+    // Bulk evaluation: every flag, an ETag, 304 while nothing changes.
+    let edge = &bases[0];
+    let bulk = format!("{edge}/v1/flags/shop/prod/ofrep/v1/evaluate/flags");
+    let ctx = json!({"context": {"targetingKey": "u9", "app_version": "2.1.0"}}).to_string();
+    let (status, v, headers) = post(&admin, &bulk, &ctx).await;
+    assert_eq!(status, 200);
+    let keys: Vec<&str> = v["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["banner-color", "new-checkout", "old-thing"]);
+    assert_eq!(v["metadata"], json!({"flagSetId": "shop-prod"}));
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    let r = admin
+        .post(&bulk)
+        .header("content-type", "application/json")
+        .header("if-none-match", &etag)
+        .body(ctx.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+
+    // One flag changed at the origin: history, new bulk answer, rollback, delete.
+    let mut blue = document()["flags"]["banner-color"].clone();
+    blue["defaultVariant"] = json!("blue");
+    let r = admin
+        .put(format!("{o}/v1/flags/shop/prod/banner-color"))
+        .json(&blue)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let put: Value = r.json().await.unwrap();
+    assert_eq!(put["version"], 2);
+    let r = admin
+        .get(format!("{o}/v1/flags/shop/prod/banner-color"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["meridian-version"], "2");
+    assert_eq!(r.json::<Value>().await.unwrap(), blue);
+    until_evaluates(&admin, edge, "banner-color", json!({}), |v| {
+        v["value"] == "#00f"
+    })
+    .await;
+    let r = admin
+        .post(&bulk)
+        .header("content-type", "application/json")
+        .header("if-none-match", &etag)
+        .body(ctx.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the set changed, so the ETag did");
+    let (_, history) = get_json(
+        &admin,
+        &format!("{o}/v1/flags/shop/prod/banner-color/history"),
+    )
+    .await;
+    assert_eq!(history["items"].as_array().unwrap().len(), 2, "{history}");
+    let r = admin
+        .post(format!("{o}/v1/flags/shop/prod/banner-color/rollback"))
+        .json(&json!({"version": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    until_evaluates(&admin, edge, "banner-color", json!({}), |v| {
+        v["value"] == "#f00"
+    })
+    .await;
+    let r = admin
+        .delete(format!("{o}/v1/flags/shop/prod/banner-color"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    until_evaluates(&admin, edge, "banner-color", json!({}), |v| {
+        v["errorCode"] == "FLAG_NOT_FOUND"
+    })
+    .await;
+    let r = admin
+        .delete(format!("{o}/v1/flags/shop/prod/banner-color"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_flags_and_bad_contexts_get_clear_errors_and_commit_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let admin = http();
+    let o = base(cluster.origin.http_addr);
+    let r = admin
+        .put(format!("{o}/v1/flags/shop/prod"))
+        .json(&document())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let before = revision(&admin, &o).await;
+
+    let flag = |f: Value| json!({"flags": {"f": f}});
+    let mut deep = json!("on");
+    for _ in 0..40 {
+        deep = json!({"if": [true, deep, null]});
+    }
+    for (body, path) in [
+        (
+            flag(json!({"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "gone"})),
+            "/flags/f/defaultVariant",
+        ),
+        (
+            flag(
+                json!({"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on",
+            "targeting": {"if": [{"$ref": "missing"}, "on", null]}}),
+            ),
+            "/flags/f/targeting/if/0/$ref",
+        ),
+        (
+            flag(
+                json!({"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on",
+            "targeting": {"if": [true, "off", null]}}),
+            ),
+            "/flags/f/targeting/if/1",
+        ),
+        (
+            flag(
+                json!({"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on", "targeting": deep}),
+            ),
+            "/flags/f/targeting",
+        ),
+        (
+            flag(
+                json!({"state": "ENABLED", "variants": {"on": true, "x": "text"}, "defaultVariant": "on"}),
+            ),
+            "/flags/f",
+        ),
+        (
+            json!({"flags": {"f": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on",
+            "targeting": {"explode": [1]}}}}),
+            "/flags/f/targeting",
+        ),
+    ] {
+        let r = admin
+            .put(format!("{o}/v1/flags/shop/prod"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "invalid_flags");
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("at {path}")),
+            "{message} (wanted {path})"
+        );
+    }
+    // One flag that names an evaluator the set does not have.
+    let r = admin
+        .put(format!("{o}/v1/flags/shop/prod/x"))
+        .json(
+            &json!({"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on",
+            "targeting": {"if": [{"$ref": "nobody"}, "on", null]}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    for (path, code) in [
+        ("/v1/flags/shop/prod/bad%20key", "invalid_flag"),
+        ("/v1/flags/Shop/prod/x", "invalid_key"),
+    ] {
+        let r = admin
+            .put(format!("{o}{path}"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], code, "{path}");
+    }
+    let r = admin
+        .put(format!("{o}/v1/flags/shop/prod"))
+        .header("content-type", "application/json")
+        .body("{\"flags\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(revision(&admin, &o).await, before, "nothing was committed");
+
+    // Contexts: not an object, a bad targeting key, not JSON, too large.
+    let url = ofrep_one(&o, "new-checkout");
+    for body in [
+        "{\"context\": [1]}",
+        "{\"context\": {\"targetingKey\": 7}}",
+        "{nope",
+        "[]",
+    ] {
+        let (status, v, _) = post(&admin, &url, body).await;
+        assert_eq!(
+            (status, v["errorCode"].as_str()),
+            (400, Some("INVALID_CONTEXT")),
+            "{body}"
+        );
+    }
+    let big = json!({"context": {"targetingKey": "u", "blob": "x".repeat(70 * 1024)}}).to_string();
+    let (status, v, _) = post(&admin, &url, &big).await;
+    assert_eq!(
+        (status, v["errorCode"].as_str()),
+        (413, Some("INVALID_CONTEXT"))
+    );
+    // The node goes on answering.
+    let (status, _, _) = post(&admin, &url, "{\"context\":{\"targetingKey\":\"u\"}}").await;
+    assert_eq!(status, 200);
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_may_write_evaluate_and_use_the_bare_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let admin = http();
+    let o = base(cluster.origin.http_addr);
+    let r = admin
+        .put(format!("{o}/v1/flags/shop/prod"))
+        .json(&document())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (svc, _) = create_token(
+        &admin,
+        &o,
+        json!({"name": "shop-svc", "role": "viewer", "resources": ["shop/prod/*"]}),
+    )
+    .await;
+    let (wide, _) = create_token(
+        &admin,
+        &o,
+        json!({"name": "reader", "role": "viewer", "resources": ["*/*/*"]}),
+    )
+    .await;
+    let (other, _) = create_token(
+        &admin,
+        &o,
+        json!({"name": "pay-svc", "role": "viewer", "resources": ["pay/prod/*"]}),
+    )
+    .await;
+    let edge = base(cluster.edges[0].http_addr);
+    let ctx = "{\"context\":{\"targetingKey\":\"u1\",\"email\":\"x@shop.example\"}}";
+
+    // The scoped service token evaluates at the edge, by the full and by the bare route.
+    let svc = http_with(&svc);
+    until_evaluates(
+        &svc,
+        &edge,
+        "new-checkout",
+        json!({"targetingKey": "u1", "email": "x@shop.example"}),
+        |v| v["variant"] == "on",
+    )
+    .await;
+    let (status, v, _) = post(
+        &svc,
+        &format!("{edge}/ofrep/v1/evaluate/flags/new-checkout"),
+        ctx,
+    )
+    .await;
+    assert_eq!((status, &v["variant"]), (200, &json!("on")), "{v}");
+    let (status, v, _) = post(&svc, &format!("{edge}/ofrep/v1/evaluate/flags"), ctx).await;
+    assert_eq!(
+        (status, v["flags"].as_array().map(Vec::len)),
+        (200, Some(3))
+    );
+    // ... and may not change flags.
+    let r = svc
+        .put(format!("{o}/v1/flags/shop/prod"))
+        .json(&document())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // A token of another namespace, no token, a token for everything on the bare route.
+    let (status, _, _) = post(&http_with(&other), &ofrep_one(&edge, "new-checkout"), ctx).await;
+    assert_eq!(status, 403);
+    let (status, _, _) = post(&http_anonymous(), &ofrep_one(&edge, "new-checkout"), ctx).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = post(
+        &http_anonymous(),
+        &format!("{edge}/ofrep/v1/evaluate/flags"),
+        ctx,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, v, _) = post(
+        &http_with(&wide),
+        &format!("{edge}/ofrep/v1/evaluate/flags/new-checkout"),
+        ctx,
+    )
+    .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("ambiguous_namespace"))
+    );
+    // The edge is read-only for flags too.
+    let r = admin
+        .put(format!("{edge}/v1/flags/shop/prod"))
+        .json(&document())
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(r.status().as_u16(), 404 | 405), "{}", r.status());
+    drop(cluster);
+}
