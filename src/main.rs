@@ -103,6 +103,14 @@ enum Command {
         #[command(subcommand)]
         action: meridian::audit_cli::Audit,
     },
+    /// Feature flags in flagd's format: write, read, list, delete, evaluate (OFREP at an
+    /// edge), history and rollback.
+    Flag {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        #[command(subcommand)]
+        action: meridian::flag_cli::Flag,
+    },
     /// Bind tokens and groups to roles on resources (admin).
     Policy {
         #[command(flatten)]
@@ -464,6 +472,7 @@ async fn main() -> anyhow::Result<()> {
             .await?
         }
         Command::Token { client, action } => meridian::access::token(&client, action).await?,
+        Command::Flag { client, action } => meridian::flag_cli::flag(&client, action).await?,
         Command::Policy { client, action } => meridian::access::policy(&client, action).await?,
         Command::Audit { client, action } => meridian::audit_cli::audit(&client, action).await?,
         Command::Sim(args) => {

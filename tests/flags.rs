@@ -491,3 +491,86 @@ async fn who_may_write_evaluate_and_use_the_bare_routes() {
     assert!(matches!(r.status().as_u16(), 404 | 405), "{}", r.status());
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exposures_count_every_evaluation_once_per_variant_and_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let admin = http();
+    let o = base(cluster.origin.http_addr);
+    let r = admin
+        .put(format!("{o}/v1/flags/shop/prod"))
+        .json(&document())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let staff = "{\"context\":{\"targetingKey\":\"u\",\"email\":\"s@shop.example\"}}";
+    let guest = "{\"context\":{\"targetingKey\":\"u\",\"app_version\":\"1.0\"}}";
+    let mut expected_regions = serde_json::Map::new();
+    for (i, e) in cluster.edges.iter().enumerate() {
+        let b = base(e.http_addr);
+        until_evaluates(
+            &admin,
+            &b,
+            "new-checkout",
+            json!({"targetingKey": "u", "email": "s@shop.example"}),
+            |v| v["variant"] == "on",
+        )
+        .await;
+        // The wait above evaluated once; `i` more single evaluations, and two bulk ones.
+        for _ in 0..i {
+            let (status, _, _) = post(&admin, &ofrep_one(&b, "new-checkout"), staff).await;
+            assert_eq!(status, 200);
+        }
+        for _ in 0..2 {
+            let bulk = format!("{b}/v1/flags/shop/prod/ofrep/v1/evaluate/flags");
+            let (status, _, _) = post(&admin, &bulk, guest).await;
+            assert_eq!(status, 200);
+        }
+        let region = meridian::dev::REGIONS[i].to_owned();
+        expected_regions.insert(region, json!({"on": 1 + i as u64}));
+    }
+    let url = format!("{o}/v1/flags/shop/prod/new-checkout/exposures");
+    // Staff evaluations counted "on"; guest bulk evaluations bucket by targeting key "u".
+    let (_, guest_answer, _) = post(&admin, &ofrep_one(&o, "new-checkout"), guest).await;
+    let guest_variant = guest_answer["variant"].as_str().unwrap().to_owned();
+    let total_single: u64 = (1..=cluster.edges.len() as u64).sum();
+    let guests = 2 * cluster.edges.len() as u64;
+    let got = eventually(
+        WAIT,
+        "every evaluation is counted at the origin",
+        || async {
+            let (_, v) = get_json(&admin, &url).await;
+            (v["total"] == total_single + guests).then_some(v)
+        },
+    )
+    .await;
+    let mut variants = serde_json::Map::new();
+    variants.insert("on".into(), json!(total_single));
+    *variants.entry(guest_variant.clone()).or_insert(json!(0)) = json!(
+        variants
+            .get(&guest_variant)
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            + guests
+    );
+    assert_eq!(got["variants"], Value::Object(variants), "{got}");
+    for (region, counts) in &expected_regions {
+        let on = counts["on"].as_u64().unwrap() + if guest_variant == "on" { 2 } else { 0 };
+        assert_eq!(got["regions"][region]["on"], on, "{got}");
+    }
+    // Every node answers the same totals (they are committed through Raft).
+    for other in &cluster.more_origins {
+        let (_, v) = get_json(
+            &admin,
+            &format!(
+                "{}/v1/flags/shop/prod/new-checkout/exposures",
+                base(other.http_addr)
+            ),
+        )
+        .await;
+        assert_eq!(v["total"], got["total"]);
+    }
+    drop(cluster);
+}

@@ -141,6 +141,11 @@ pub async fn run<B: Backend>(
                         if !uses.is_empty() {
                             let _ = tx.try_send(FrameV1::TokenUses { uses }.into());
                         }
+                        // And the flag exposure counts (cumulative: a lost one is made good
+                        // by the next).
+                        if report && let Some(frame) = shared.exposure_report() {
+                            let _ = tx.try_send(frame.into());
+                        }
                     }
                 }
             }

@@ -48,11 +48,15 @@ fn answer(shared: &EdgeShared, app: &str, env: &str, ask: Ask<'_>, body: &[u8]) 
         let p = shared.reader.read().unwrap_or_else(|e| e.into_inner());
         (p.flags.get(app, env).cloned(), p.state.revision().0)
     };
+    let mut served = |flag: &str, variant: &str| shared.count_exposure(app, env, flag, variant);
     let r = match ask {
-        Ask::One(flag) => ofrep::evaluate_one(set.as_ref(), flag, body, ofrep::now_s()),
-        Ask::Bulk(headers) => ofrep::evaluate_bulk(set.as_ref(), headers, body, ofrep::now_s()),
+        Ask::One(flag) => {
+            ofrep::evaluate_one(set.as_ref(), flag, body, ofrep::now_s(), &mut served)
+        }
+        Ask::Bulk(headers) => {
+            ofrep::evaluate_bulk(set.as_ref(), headers, body, ofrep::now_s(), &mut served)
+        }
     };
-    metrics::counter!("meridian_edge_flag_evaluations_total").increment(1);
     crate::api::stamp(r, shared, revision)
 }
 

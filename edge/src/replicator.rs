@@ -769,7 +769,8 @@ impl<B: Backend> Replicator<B> {
             | FrameV1::Need { .. }
             | FrameV1::Standby
             | FrameV1::Report { .. }
-            | FrameV1::TokenUses { .. } => {
+            | FrameV1::TokenUses { .. }
+            | FrameV1::Exposures { .. } => {
                 self.stats.rejected_unexpected += 1;
             }
         }

@@ -2,6 +2,7 @@
 //! staleness and counters (also exported as Prometheus metrics), and the changes of each
 //! published revision for watches.
 
+use meridian_protocol::flags::exposure::ExposureCounter;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -43,12 +44,49 @@ pub struct EdgeShared {
     pub public_status: bool,
     /// Tokens used to read here since they were last reported to the origin.
     pub token_uses: TokenUses,
+    /// Flag evaluations served here since this process started (reported, cumulative, beside
+    /// each report to the origin under [`EdgeShared::boot`]).
+    pub exposures: Mutex<ExposureCounter>,
+    /// Drawn at start: the counter's identity at the origin.
+    pub boot: u64,
     started: Instant,
     current_as_of: Mutex<Option<Instant>>,
     stats: Mutex<ReplicatorStats>,
 }
 
+/// A boot id no earlier start of any edge is likely to have drawn: the clock in nanoseconds
+/// and the process id, hashed.
+fn boot_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&(nanos, std::process::id()), &mut h);
+    std::hash::Hasher::finish(&h)
+}
+
 impl EdgeShared {
+    /// Counts one flag evaluation served here.
+    pub fn count_exposure(&self, app: &str, env: &str, flag: &str, variant: &str) {
+        let mut c = self.exposures.lock().unwrap_or_else(|e| e.into_inner());
+        if !c.record(app, env, flag, variant, 1) {
+            metrics::counter!("meridian_edge_exposures_dropped_total").increment(1);
+        }
+    }
+
+    /// The frame that reports the exposure counts, if there are any.
+    pub fn exposure_report(&self) -> Option<meridian_protocol::FrameV1> {
+        let counts = self
+            .exposures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .report();
+        (!counts.is_empty()).then_some(meridian_protocol::FrameV1::Exposures {
+            boot: self.boot,
+            counts,
+        })
+    }
+
     /// Fresh shared state.
     pub fn new(
         edge_id: String,
@@ -63,6 +101,8 @@ impl EdgeShared {
             space,
             public_status: true,
             token_uses: TokenUses::default(),
+            exposures: Mutex::default(),
+            boot: boot_id(),
             mirror: Arc::default(),
             edge_id,
             region,

@@ -75,7 +75,16 @@ pub fn unreadable_body(key: Option<&str>, too_large: bool, details: &str) -> Res
 /// `POST …/ofrep/v1/evaluate/flags/{key}`: 200 with the evaluation, 404 FLAG_NOT_FOUND, 400
 /// with an evaluation failure (INVALID_CONTEXT, TARGETING_KEY_MISSING, PARSE_ERROR, GENERAL),
 /// 413 for a context over 64 KiB.
-pub fn evaluate_one(set: Option<&Arc<FlagSet>>, key: &str, body: &[u8], now_s: i64) -> Response {
+///
+/// `served(flag, variant)` is told of every evaluation of an existing flag (variant empty
+/// when the caller's code default was served), for exposure counts.
+pub fn evaluate_one(
+    set: Option<&Arc<FlagSet>>,
+    key: &str,
+    body: &[u8],
+    now_s: i64,
+    served: &mut dyn FnMut(&str, &str),
+) -> Response {
     let arena = Bump::new();
     let ctx = match context(Some(key), body, &arena, now_s) {
         Ok(c) => c,
@@ -84,6 +93,9 @@ pub fn evaluate_one(set: Option<&Arc<FlagSet>>, key: &str, body: &[u8], now_s: i
     let empty = FlagSet::default();
     let set = set.map_or(&empty, |s| s.as_ref());
     let resolution = ctx.evaluate(set, key);
+    if resolution.flag.is_some() {
+        served(key, resolution.variant().unwrap_or(""));
+    }
     let status = match resolution.error() {
         None => StatusCode::OK,
         Some(ErrorCode::FlagNotFound) => StatusCode::NOT_FOUND,
@@ -95,12 +107,14 @@ pub fn evaluate_one(set: Option<&Arc<FlagSet>>, key: &str, body: &[u8], now_s: i
 }
 
 /// `POST …/ofrep/v1/evaluate/flags`: every flag of the set evaluated against one context,
-/// failures in place; `ETag` on the answer, 304 when `If-None-Match` names it.
+/// failures in place; `ETag` on the answer, 304 when `If-None-Match` names it. `served` as
+/// for [`evaluate_one`] (a 304 evaluates nothing).
 pub fn evaluate_bulk(
     set: Option<&Arc<FlagSet>>,
     headers: &HeaderMap,
     body: &[u8],
     now_s: i64,
+    served: &mut dyn FnMut(&str, &str),
 ) -> Response {
     let arena = Bump::new();
     let ctx = match context(None, body, &arena, now_s) {
@@ -131,7 +145,9 @@ pub fn evaluate_bulk(
         if i > 0 {
             out.push(',');
         }
-        ctx.evaluate_flag(flag).write_ofrep(&mut out);
+        let resolution = ctx.evaluate_flag(flag);
+        served(&flag.key, resolution.variant().unwrap_or(""));
+        resolution.write_ofrep(&mut out);
     }
     out.push(']');
     if !set.metadata.is_empty() {

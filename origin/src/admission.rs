@@ -127,6 +127,18 @@ pub fn command_bytes(command: &Command) -> usize {
         }
         Command::CompactHistory { .. } | Command::CompactAudit { .. } => 32,
         Command::TouchTokens(uses) => 16 * uses.len() + 8,
+        Command::Exposures(entries) => entries
+            .iter()
+            .map(|e| {
+                let k = &e.count.key;
+                32 + k.app.len()
+                    + k.env.len()
+                    + k.flag.len()
+                    + k.variant.len()
+                    + e.source.edge.len()
+                    + e.region.len()
+            })
+            .sum(),
         Command::Audit(events) => events
             .iter()
             .map(|e| {
@@ -243,6 +255,17 @@ pub fn check(proposal: &Proposal, max_value_bytes: usize) -> Result<(), Inadmiss
         }
         Command::DeleteSchema { app, env, prefix } => namespace(app, env, prefix),
         Command::CompactAudit { .. } => Ok(()),
+        Command::Exposures(entries) => {
+            if entries.is_empty()
+                || entries.len() > crate::exposures::MAX_EXPOSURES_PER_COMMAND
+                || !entries.iter().all(|e| e.is_admissible())
+            {
+                return Err(Inadmissible::Meta(
+                    "exposure counts: 1 to 1000, names at most 128 bytes",
+                ));
+            }
+            Ok(())
+        }
         Command::TouchTokens(uses) => {
             if uses.is_empty() || uses.len() > crate::http::tokens::MAX_TOUCHES {
                 return Err(Inadmissible::Meta("a token touch holds 1 to 1000 tokens"));

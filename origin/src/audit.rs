@@ -204,7 +204,8 @@ pub fn describe(command: &Command, meta: &WriteMeta) -> Option<(String, String)>
         Command::CompactHistory { .. }
         | Command::CompactAudit { .. }
         | Command::Audit(_)
-        | Command::TouchTokens(_) => {
+        | Command::TouchTokens(_)
+        | Command::Exposures(_) => {
             return None;
         }
     };

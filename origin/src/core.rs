@@ -94,6 +94,9 @@ pub enum Command {
         /// The time ages are measured from (the proposing node's clock, committed).
         now_ms: u64,
     },
+    /// Raises flag exposure counts to the values given, per edge boot (no revision; a
+    /// smaller count than the stored one changes nothing).
+    Exposures(Vec<crate::exposures::ExposureEntry>),
 }
 
 /// A write as committed: the command and who made it, when and why.
@@ -537,6 +540,21 @@ impl<B: Backend> OriginCore<B> {
                         .map_or(0, u64::from_be_bytes);
                     if ms > stored {
                         extra.push((key, Some(ms.to_be_bytes().to_vec())));
+                    }
+                }
+                Vec::new()
+            }
+            Command::Exposures(entries) => {
+                for e in entries {
+                    let key = e.store_key();
+                    let stored = self
+                        .state
+                        .backend()
+                        .get(&key)
+                        .map_err(StoreError::from)?
+                        .map_or(0, |v| crate::exposures::stored_count(&v));
+                    if e.count.count > stored {
+                        extra.push((key, Some(e.store_value())));
                     }
                 }
                 Vec::new()

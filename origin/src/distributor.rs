@@ -199,7 +199,12 @@ impl Distributor {
         self.stats
     }
 
-    /// The edges that said Hello, by connection.
+    /// What the edge on connection `conn` said in its Hello, if it said one.
+    pub fn edge(&self, conn: ConnId) -> Option<&EdgeInfo> {
+        self.sessions.get(&conn).and_then(|s| s.info.as_ref())
+    }
+
+    /// Every edge connected, as far as its Hello told.
     pub fn edges(&self) -> impl Iterator<Item = &EdgeInfo> {
         self.sessions.values().filter_map(|s| s.info.as_ref())
     }

@@ -10,6 +10,7 @@ pub mod core;
 pub mod disk;
 pub mod distributor;
 pub mod drift;
+pub mod exposures;
 pub mod flagset;
 pub mod history;
 pub mod http;

@@ -224,6 +224,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         ..DistributorConfig::default()
     });
     let last_used = crate::http::tokens::LastUsed::default();
+    let exposures = crate::exposures::Pending::default();
     let quic_task = tokio::spawn(crate::server::run(
         endpoint,
         core.clone(),
@@ -232,6 +233,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         crate::server::EdgeReports {
             edges: edges.clone(),
             last_used: last_used.clone(),
+            exposures: exposures.clone(),
         },
         config.quic,
         shutdown_rx.clone(),
@@ -311,6 +313,12 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         Duration::from_millis(250),
         shutdown_rx.clone(),
     ));
+    let exposures_task = tokio::spawn(crate::exposures::commit_exposures(
+        exposures,
+        cluster.clone(),
+        crate::exposures::COMMIT_INTERVAL,
+        shutdown_rx.clone(),
+    ));
     let last_used_task = tokio::spawn(crate::http::tokens::commit_last_used(
         last_used,
         cluster,
@@ -347,6 +355,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
                 compact_task,
                 refusal_task,
                 last_used_task,
+                exposures_task,
                 drift_task,
                 space_task,
             ])

@@ -36,6 +36,8 @@ pub struct EdgeReports {
     pub edges: Arc<Mutex<KnownEdges>>,
     /// When tokens were last used.
     pub last_used: crate::http::tokens::LastUsed,
+    /// Flag exposure counts heard, until committed.
+    pub exposures: crate::exposures::Pending,
 }
 
 /// Runs until `shutdown` turns true.
@@ -51,6 +53,7 @@ pub async fn run<B: Backend + 'static>(
     let EdgeReports {
         edges: edges_out,
         last_used,
+        exposures,
     } = reports;
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut writers: BTreeMap<ConnId, mpsc::Sender<Transmit>> = BTreeMap::new();
@@ -92,6 +95,18 @@ pub async fn run<B: Backend + 'static>(
                             if index.has_record(id) {
                                 last_used.touch(id, ms.min(meridian_net::auth::now_ms()));
                             }
+                        }
+                    }
+                    // Exposure counts, under the edge id and region its Hello gave (an
+                    // edge can only ever raise its own counters).
+                    Event::Frame(id, Frame::V1(FrameV1::Exposures { boot, mut counts })) => {
+                        if let Some(edge) = distributor.edge(id) {
+                            counts.truncate(meridian_protocol::flags::exposure::MAX_EXPOSURE_ENTRIES);
+                            let source = meridian_protocol::flags::exposure::Source {
+                                edge: edge.edge_id.clone(),
+                                boot,
+                            };
+                            exposures.merge(source, &edge.region, counts);
                         }
                     }
                     Event::Frame(id, frame) => distributor.handle_frame(now, id, frame, src),

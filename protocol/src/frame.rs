@@ -119,6 +119,15 @@ pub enum FrameV1 {
         /// Token ids and times.
         uses: Vec<(u64, u64)>,
     },
+    /// Edge → origin, beside a report: the edge's cumulative flag exposure counts since its
+    /// boot (a grow-only counter, merged by maximum: `crate::flags::exposure`), at most
+    /// [`crate::flags::exposure::MAX_EXPOSURE_ENTRIES`].
+    Exposures {
+        /// Drawn at the edge's start: a restarted edge counts anew under a new boot.
+        boot: u64,
+        /// Counts since that boot.
+        counts: Vec<crate::flags::exposure::ExposureCount>,
+    },
 }
 
 /// Most token uses one [`FrameV1::TokenUses`] carries.

@@ -171,8 +171,8 @@ impl SimReport {
         let c = &self.invariant_checks;
         let _ = writeln!(
             s,
-            "  checks: signatures {} monotonic {} digests {} committed {} convergence {} slo {}",
-            c.signatures, c.monotonic, c.digests, c.committed, c.convergence, c.slo
+            "  checks: signatures {} monotonic {} digests {} committed {} convergence {} slo {} exposures {}",
+            c.signatures, c.monotonic, c.digests, c.committed, c.convergence, c.slo, c.exposures
         );
         if self.passed() {
             let _ = writeln!(s, "PASS");

@@ -21,6 +21,7 @@ use meridian_origin::core::{Command, OriginCore};
 use meridian_origin::distributor::{
     ChangeSource, ConnId, Distributor, DistributorConfig, Transmit,
 };
+use meridian_protocol::flags::exposure::{ExposureCounter, ExposureKey, ExposureLedger, Source};
 use meridian_protocol::{
     Address, Change, Delta, Digest, Frame, FrameV1, Revision, Signer, TrustedKeys, VerifiedHeads,
     Version,
@@ -90,6 +91,10 @@ struct EdgeNode {
     by_id: BTreeMap<ConnId, ConnectionHandle>,
     next_conn: ConnId,
     published: Revision,
+    /// Flag evaluations this boot of the edge served (reported beside each report).
+    counter: ExposureCounter,
+    /// Which boot of the edge this is.
+    boot: u64,
 }
 
 enum Node {
@@ -114,6 +119,8 @@ enum Ev {
     FaultEnd(u64),
     FinalHeal,
     Inject(NodeId),
+    /// Some edge serves flag evaluations.
+    Evaluate,
 }
 
 /// How to break the replicator on purpose, to prove the invariants catch it.
@@ -186,6 +193,12 @@ pub struct World {
     log: Vec<Command>,
     /// Writes made during an election, committed when it ends.
     held_writes: Vec<Command>,
+    /// Draws for flag evaluations (apart from `rng`, so they do not move the fault plan).
+    eval_rng: Xoshiro256PlusPlus,
+    /// Every evaluation served, by the edge boot that served it: the truth.
+    evaluated: BTreeMap<Source, BTreeMap<ExposureKey, u64>>,
+    /// What the origin merged from the edges' reports (its Raft commit taken as immediate).
+    exposures: ExposureLedger,
 }
 
 impl World {
@@ -216,6 +229,9 @@ impl World {
         let mut world = Self {
             net,
             rng,
+            eval_rng: Xoshiro256PlusPlus::seed_from_u64(opts.seed ^ 0x6578_706f_7375_7265),
+            evaluated: BTreeMap::new(),
+            exposures: ExposureLedger::default(),
             now: Duration::ZERO,
             base: Instant::now(),
             queue: BTreeMap::new(),
@@ -392,6 +408,8 @@ impl World {
             by_id: BTreeMap::new(),
             next_conn: 1,
             published,
+            counter: ExposureCounter::default(),
+            boot: self.incarnation[n],
         })))
     }
 
@@ -402,6 +420,7 @@ impl World {
         let heal = end.mul_f64(self.opts.heal_at_fraction);
         let writes_end = end.saturating_sub(Duration::from_secs(10));
         self.schedule(Duration::ZERO, Ev::Write);
+        self.schedule(Duration::ZERO, Ev::Evaluate);
         if self.opts.faults {
             self.plan_faults(heal);
         }
@@ -463,6 +482,13 @@ impl World {
                         self.write();
                         let gap = self.rng.random_range(0.0..2.0) / self.opts.write_rate_per_s;
                         self.schedule(at + Duration::from_secs_f64(gap), Ev::Write);
+                    }
+                }
+                Ev::Evaluate => {
+                    if at < writes_end {
+                        self.evaluate();
+                        let gap = self.eval_rng.random_range(0.0..0.2);
+                        self.schedule(at + Duration::from_secs_f64(gap), Ev::Evaluate);
                     }
                 }
                 Ev::Elected => self.elected(),
@@ -936,7 +962,17 @@ impl World {
                     }
                     HostEvent::Frame(ch, f) => {
                         if let Some(id) = o.conns.get(&ch).copied() {
-                            o.dist.handle_frame(now, id, f, o.core.state());
+                            if let Frame::V1(FrameV1::Exposures { boot, counts }) = f {
+                                if let Some(edge) = o.dist.edge(id) {
+                                    let source = Source {
+                                        edge: edge.edge_id.clone(),
+                                        boot,
+                                    };
+                                    self.exposures.merge(&source, &edge.region, counts);
+                                }
+                            } else {
+                                o.dist.handle_frame(now, id, f, o.core.state());
+                            }
                         }
                     }
                     HostEvent::Malformed(_) => {}
@@ -1099,6 +1135,16 @@ impl World {
                         Output::Send { link, frame } => {
                             if let Some(ch) = e.links[link] {
                                 e.host.send_control(ch, &frame);
+                                // Beside each report, the cumulative exposure counts (as the
+                                // edge binary does).
+                                if matches!(frame, Frame::V1(FrameV1::Report { .. })) {
+                                    let counts = e.counter.report();
+                                    if !counts.is_empty() {
+                                        let boot = e.boot;
+                                        let f = FrameV1::Exposures { boot, counts }.into();
+                                        e.host.send_control(ch, &f);
+                                    }
+                                }
                             }
                         }
                     }
@@ -1296,8 +1342,57 @@ impl World {
         });
     }
 
+    /// One live edge serves 1 to 3 evaluations of one of four flags, one of three variants.
+    fn evaluate(&mut self) {
+        let live: Vec<NodeId> = self
+            .edges()
+            .filter(|n| matches!(self.nodes[*n], Node::Edge(_)))
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let n = live[self.eval_rng.random_range(0..live.len())];
+        let flag = format!("f{}", self.eval_rng.random_range(0..4u32));
+        let variant = format!("v{}", self.eval_rng.random_range(0..3u32));
+        let times = self.eval_rng.random_range(1..=3u64);
+        let Node::Edge(e) = &mut self.nodes[n] else {
+            return;
+        };
+        e.counter.record("shop", "prod", &flag, &variant, times);
+        let source = Source {
+            edge: format!("edge-{n}"),
+            boot: e.boot,
+        };
+        let key = ExposureKey {
+            app: "shop".into(),
+            env: "prod".into(),
+            flag,
+            variant,
+        };
+        *self
+            .evaluated
+            .entry(source)
+            .or_default()
+            .entry(key)
+            .or_default() += times;
+    }
+
     fn finish(mut self, wall: Duration) -> SimReport {
         self.check_pending_slo();
+        let live: BTreeSet<Source> = self
+            .edges()
+            .filter_map(|n| match &self.nodes[n] {
+                Node::Edge(e) => Some(Source {
+                    edge: format!("edge-{n}"),
+                    boot: e.boot,
+                }),
+                _ => None,
+            })
+            .collect();
+        self.counts.exposures += self.evaluated.len() as u64;
+        if let Err(e) = invariants::exposures::check(&self.evaluated, &self.exposures, &live) {
+            self.violation("exposures", e);
+        }
         let newest = (
             self.newest,
             self.commits.get(&self.newest).copied().unwrap_or_default(),

@@ -343,7 +343,7 @@ pub(crate) async fn ofrep_one(
     let revision = p.state.revision().0;
     drop(p);
     Ok(with_revision(
-        ofrep::evaluate_one(set.as_ref(), &flag, &body, ofrep::now_s()),
+        ofrep::evaluate_one(set.as_ref(), &flag, &body, ofrep::now_s(), &mut |_, _| {}),
         revision,
     ))
 }
@@ -365,7 +365,13 @@ pub(crate) async fn ofrep_bulk(
     let revision = p.state.revision().0;
     drop(p);
     Ok(with_revision(
-        ofrep::evaluate_bulk(set.as_ref(), &headers, &body, ofrep::now_s()),
+        ofrep::evaluate_bulk(
+            set.as_ref(),
+            &headers,
+            &body,
+            ofrep::now_s(),
+            &mut |_, _| {},
+        ),
         revision,
     ))
 }
@@ -390,4 +396,36 @@ pub(crate) async fn scoped_bulk(
 ) -> Result<Response, ApiError> {
     let (app, env) = ofrep::scoped_namespace(&principal).map_err(count_error)?;
     ofrep_bulk(State(state), Ok(Path((app, env))), headers, body).await
+}
+
+/// `GET /v1/flags/{app}/{env}/{flag}/exposures`: how often each variant was served, in total
+/// and per region, as committed from the edges' counters (each edge reports every heartbeat;
+/// nodes commit every [`crate::exposures::COMMIT_INTERVAL`]).
+pub(crate) async fn exposures(
+    State(state): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let (app, env, flag) = flag_path(path)?;
+        state.cluster.linearize().await.map_err(cluster_error)?;
+        let prefix = crate::exposures::flag_prefix(&app, &env, &flag);
+        let view = {
+            let core = state.core.lock().unwrap_or_else(|e| e.into_inner());
+            core.state().backend().detached_view(&prefix)
+        };
+        let records = tokio::task::spawn_blocking(move || {
+            use meridian_store::Backend;
+            view.scan_prefix(&prefix)
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        let t = crate::exposures::totals(&app, &env, &flag, &records);
+        Ok(axum::Json(json!({
+            "app": app, "env": env, "flag": flag,
+            "total": t.total, "variants": t.variants, "regions": t.regions,
+        }))
+        .into_response())
+    };
+    inner.await.map_err(count_error)
 }

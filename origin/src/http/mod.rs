@@ -166,6 +166,12 @@ pub fn routes() -> RouteTable<Arc<AppState>> {
             flags::history,
         )
         .route(
+            M::GET,
+            "/v1/flags/{app}/{env}/{flag}/exposures",
+            Namespace(Read),
+            flags::exposures,
+        )
+        .route(
             M::POST,
             "/v1/flags/{app}/{env}/{flag}/rollback",
             Namespace(Flag),

@@ -112,6 +112,14 @@ impl Resolution<'_> {
         }
     }
 
+    /// The variant served, if any.
+    pub fn variant(&self) -> Option<&str> {
+        match &self.outcome {
+            Outcome::Resolved { variant, .. } => *variant,
+            Outcome::Failed { .. } => None,
+        }
+    }
+
     /// The error code, if the evaluation failed.
     pub fn error(&self) -> Option<ErrorCode> {
         match &self.outcome {

@@ -17,6 +17,7 @@
 pub mod compile;
 pub mod document;
 pub mod eval;
+pub mod exposure;
 pub mod index;
 
 pub use compile::{CompileError, CompiledFlag, FlagSet, compile_document, compile_namespace};

@@ -4,6 +4,7 @@
 pub mod committed;
 pub mod convergence;
 pub mod digests;
+pub mod exposures;
 pub mod monotonic;
 pub mod signatures;
 pub mod slo;
@@ -42,4 +43,6 @@ pub struct CheckCounts {
     pub convergence: u64,
     /// SLO checks (one per edge and revision applied, plus pending checks).
     pub slo: u64,
+    /// Exposure-count checks (one per edge boot that served evaluations).
+    pub exposures: u64,
 }
