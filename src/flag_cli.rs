@@ -56,6 +56,27 @@ pub enum Flag {
         /// `app/env/flag`.
         address: String,
     },
+    /// Show a flag's rollout, or start, pause, resume or abort one. A plan is given as steps in
+    /// order, each `variant=weight,...:hold_s` (`--step on=10,off=90:600 --step on=100,off=0:0`).
+    Rollout {
+        /// `app/env/flag`.
+        address: String,
+        /// Start a rollout with these steps (repeatable, in order).
+        #[arg(long = "step", conflicts_with_all = ["pause", "resume", "abort"])]
+        steps: Vec<String>,
+        /// Hold the rollout at its step.
+        #[arg(long, conflicts_with_all = ["resume", "abort"])]
+        pause: bool,
+        /// Go on from where it was paused.
+        #[arg(long, conflicts_with = "abort")]
+        resume: bool,
+        /// Stop it and put back the definition from before it started.
+        #[arg(long)]
+        abort: bool,
+        /// Why, for history and the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Put one flag's definition back to an earlier version.
     Rollback {
         /// `app/env/flag`.
@@ -106,6 +127,58 @@ fn with_reason(url: String, reason: Option<String>) -> String {
         ),
         None => url,
     }
+}
+
+/// `on=10,off=90:600` → `{"weights": {"on": 10, "off": 90}, "hold_s": 600}`.
+fn parse_step(s: &str) -> anyhow::Result<Value> {
+    let (weights, hold) = s.rsplit_once(':').unwrap_or((s, "0"));
+    let hold_s: u64 = hold
+        .parse()
+        .with_context(|| format!("{s:?}: the hold after ':' is seconds"))?;
+    let mut map = serde_json::Map::new();
+    for pair in weights.split(',') {
+        let (variant, weight) = pair
+            .split_once('=')
+            .with_context(|| format!("{s:?}: weights are variant=weight"))?;
+        let weight: u32 = weight
+            .parse()
+            .with_context(|| format!("{s:?}: weight {weight:?} is not a whole number"))?;
+        map.insert(variant.to_owned(), weight.into());
+    }
+    Ok(json!({"weights": map, "hold_s": hold_s}))
+}
+
+/// One line on a rollout: its state, step, weights and when the next step is due.
+fn progress(flag: &str, r: &Value) -> String {
+    let total = r["steps"].as_array().map_or(0, Vec::len);
+    let step = r["step"].as_u64().unwrap_or(0) + 1;
+    let weights: Vec<String> = r["weights"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(v, w)| format!("{v} {w}"))
+        .collect();
+    let mut line = format!(
+        "{flag}: {}, step {step} of {total} ({})",
+        cell(&r["state"]),
+        weights.join(", ")
+    );
+    if r["state"] == "running" {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let next = r["next_at_ms"].as_u64().unwrap_or(0);
+        line.push_str(&format!(
+            ", next step in {} s",
+            next.saturating_sub(now).div_ceil(1000)
+        ));
+    } else if r["state"] == "paused" {
+        line.push_str(&format!(
+            ", {} s of the step left",
+            r["remaining_ms"].as_u64().unwrap_or(0).div_ceil(1000)
+        ));
+    }
+    line
 }
 
 /// Runs `meridian flag …`.
@@ -273,6 +346,40 @@ pub async fn flag(client: &Client, command: Flag) -> anyhow::Result<()> {
                     .collect();
                 table(&["version", "revision", "actor", "reason", "default"], rows);
             })
+        }
+        Flag::Rollout {
+            address,
+            steps,
+            pause,
+            resume,
+            abort,
+            reason,
+        } => {
+            let (app, env, flag) = one_flag(&address)?;
+            let url = format!("{origin}/v1/flags/{app}/{env}/{flag}/rollout");
+            let answer = if !steps.is_empty() {
+                let steps = steps
+                    .iter()
+                    .map(|s| parse_step(s))
+                    .collect::<anyhow::Result<Vec<Value>>>()?;
+                let body = json!({"steps": steps, "reason": reason});
+                client.with_body(reqwest::Method::POST, url, body).await?
+            } else if pause || resume || abort {
+                let action = if pause {
+                    "pause"
+                } else if resume {
+                    "resume"
+                } else {
+                    "abort"
+                };
+                let body = json!({"reason": reason});
+                client
+                    .with_body(reqwest::Method::POST, format!("{url}/{action}"), body)
+                    .await?
+            } else {
+                client.get(url).await?
+            };
+            print(out, &answer, |b| println!("{}", progress(&flag, b)))
         }
         Flag::Rollback {
             address,

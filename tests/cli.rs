@@ -363,3 +363,125 @@ async fn token_and_policy_commands_manage_access() {
     assert!(!ok && err.contains("401"), "{err}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flag_commands_write_evaluate_and_roll_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let origin = base(cluster.origin.http_addr);
+    let edge = base(cluster.edges[0].http_addr);
+    let (o, e) = (origin.as_str(), edge.as_str());
+    let file = dir.path().join("flags.json");
+    std::fs::write(
+        &file,
+        json!({"flags": {
+            "beta": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                     "targeting": {"if": [{"ends_with": [{"var": "email"}, "@corp.example"]}, "on", null]}},
+            "limit": {"state": "ENABLED", "variants": {"low": 10, "high": 100}, "defaultVariant": "low"}
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let put = json_of(
+        e,
+        o,
+        &["flag", "put", "web/prod", "--file", file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(put["flags"], 2);
+    let (ok, out, err) = meridian(e, o, &["flag", "list", "web/prod"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("beta") && out.contains("limit") && out.contains("yes"),
+        "{out}"
+    );
+
+    // Evaluation at the edge, once it has the flags.
+    let ctx = r#"{"targetingKey":"u1","email":"a@corp.example"}"#;
+    let v = eventually(WAIT, "the edge evaluates beta", || async {
+        let (ok, out, _) = meridian(
+            e,
+            o,
+            &[
+                "flag",
+                "eval",
+                "web/prod/beta",
+                "--context",
+                ctx,
+                "--output",
+                "json",
+            ],
+        )
+        .await;
+        ok.then(|| serde_json::from_str::<Value>(&out).unwrap())
+    })
+    .await;
+    assert_eq!(
+        (&v["value"], &v["reason"]),
+        (&json!(true), &json!("TARGETING_MATCH"))
+    );
+    let all = json_of(e, o, &["flag", "eval", "web/prod", "--context", ctx]).await;
+    assert_eq!(all["flags"].as_array().unwrap().len(), 2);
+    let (ok, _, err) = meridian(e, o, &["flag", "eval", "web/prod/nope"]).await;
+    assert!(!ok && err.contains("404"), "{err}");
+
+    // One flag, its history, a rollout shown and aborted, a delete.
+    let one = dir.path().join("limit.json");
+    std::fs::write(
+        &one,
+        json!({"state": "ENABLED", "variants": {"low": 10, "high": 100}, "defaultVariant": "high"})
+            .to_string(),
+    )
+    .unwrap();
+    let v = json_of(
+        e,
+        o,
+        &[
+            "flag",
+            "put",
+            "web/prod/limit",
+            "--file",
+            one.to_str().unwrap(),
+            "--reason",
+            "more",
+        ],
+    )
+    .await;
+    assert_eq!(v["version"], 2);
+    let (ok, out, err) = meridian(e, o, &["flag", "history", "web/prod/limit"]).await;
+    assert!(ok && out.contains("more"), "{out}{err}");
+    let (ok, out, err) = meridian(
+        e,
+        o,
+        &[
+            "flag",
+            "rollout",
+            "web/prod/beta",
+            "--step",
+            "on=10,off=90:600",
+            "--step",
+            "on=100,off=0:0",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("beta: running, step 1 of 2 (off 90, on 10), next step in"),
+        "{out}"
+    );
+    let (ok, out, err) = meridian(e, o, &["flag", "rollout", "web/prod/beta", "--pause"]).await;
+    assert!(ok && out.contains("paused"), "{out}{err}");
+    let (ok, out, err) = meridian(e, o, &["flag", "rollout", "web/prod/beta", "--abort"]).await;
+    assert!(ok && out.contains("aborted"), "{out}{err}");
+    let (ok, _, err) = meridian(
+        e,
+        o,
+        &["flag", "rollout", "web/prod/beta", "--step", "maybe=1:0"],
+    )
+    .await;
+    assert!(!ok && err.contains("invalid_rollout"), "{err}");
+    let (ok, _, err) = meridian(e, o, &["flag", "delete", "web/prod/limit"]).await;
+    assert!(ok, "{err}");
+    let doc = json_of(e, o, &["flag", "get", "web/prod"]).await;
+    assert!(doc["flags"].get("limit").is_none(), "{doc}");
+}

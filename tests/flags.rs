@@ -560,7 +560,8 @@ async fn exposures_count_every_evaluation_once_per_variant_and_region() {
         let on = counts["on"].as_u64().unwrap() + if guest_variant == "on" { 2 } else { 0 };
         assert_eq!(got["regions"][region]["on"], on, "{got}");
     }
-    // Every node answers the same totals (they are committed through Raft).
+    // Every node answers the same totals (they are committed through Raft; this cluster
+    // has one node: the rollout test below runs three).
     for other in &cluster.more_origins {
         let (_, v) = get_json(
             &admin,
@@ -573,4 +574,183 @@ async fn exposures_count_every_evaluation_once_per_variant_and_region() {
         assert_eq!(v["total"], got["total"]);
     }
     drop(cluster);
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_advance_on_the_leader_survive_failover_and_abort_in_one_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    init();
+    let mut opts = options(dir.path());
+    opts.origin_nodes = 3;
+    let cluster = meridian::dev::DevCluster::start(&opts).await.unwrap();
+    let admin = http();
+    let meridian::dev::DevCluster {
+        origin,
+        more_origins,
+        edges,
+        ..
+    } = cluster;
+    let mut origins: Vec<Option<meridian_origin::OriginHandle>> = std::iter::once(origin)
+        .chain(more_origins)
+        .map(Some)
+        .collect();
+    let bases: Vec<String> = origins
+        .iter()
+        .map(|o| base(o.as_ref().unwrap().http_addr))
+        .collect();
+    let o = bases[0].clone();
+    let edge = base(edges[1].http_addr);
+    let r = admin
+        .put(format!("{o}/v1/flags/shop/prod"))
+        .json(&document())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A scheduled change takes effect at its time, and is then gone.
+    let mut blue = document()["flags"]["banner-color"].clone();
+    blue["defaultVariant"] = json!("blue");
+    let r = admin
+        .put(format!("{o}/v1/flags/shop/prod/banner-color/schedule"))
+        .json(&json!({"at_ms": now_ms() + 500, "definition": blue, "reason": "launch"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    until_evaluates(&admin, &edge, "banner-color", json!({}), |v| {
+        v["value"] == "#00f"
+    })
+    .await;
+    let (status, _) = get_json(
+        &admin,
+        &format!("{o}/v1/flags/shop/prod/banner-color/schedule"),
+    )
+    .await;
+    assert_eq!(status, 404);
+    // A scheduled definition that does not check is refused at once.
+    let r = admin
+        .put(format!("{o}/v1/flags/shop/prod/banner-color/schedule"))
+        .json(&json!({"at_ms": now_ms(), "definition": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "b"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+
+    // A rollout: 0% on for a second, 50% for two, then everyone.
+    let rollout = format!("{o}/v1/flags/shop/prod/new-checkout/rollout");
+    let plan = json!({"steps": [
+        {"weights": {"on": 0, "off": 100}, "hold_s": 1},
+        {"weights": {"on": 50, "off": 50}, "hold_s": 2},
+        {"weights": {"on": 100, "off": 0}, "hold_s": 0}
+    ], "reason": "gradual launch"});
+    let r = admin.post(&rollout).json(&plan).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let started: Value = r.json().await.unwrap();
+    assert_eq!(
+        (&started["state"], &started["step"]),
+        (&json!("running"), &json!(0))
+    );
+    let r = admin.post(&rollout).json(&plan).send().await.unwrap();
+    assert_eq!(r.status(), 409, "one rollout at a time");
+    until_evaluates(
+        &admin,
+        &edge,
+        "new-checkout",
+        json!({"targetingKey": "u1", "email": "a@shop.example"}),
+        |v| v["variant"] == "off",
+    )
+    .await;
+
+    // The leader goes away mid-rollout; the new leader carries it on.
+    let (_, s) = get_json(&admin, &format!("{o}/v1/status")).await;
+    let leader = s["leader"].as_u64().unwrap() as usize;
+    origins[leader - 1].take().unwrap().shutdown().await;
+    let survivor = bases[if leader == 1 { 1 } else { 0 }].clone();
+    let done = eventually(
+        Duration::from_secs(30),
+        "the rollout finishes under the new leader",
+        || async {
+            let (_, v) = get_json(
+                &admin,
+                &format!("{survivor}/v1/flags/shop/prod/new-checkout/rollout"),
+            )
+            .await;
+            (v["state"] == "done").then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(done["step"], 2);
+    for i in 0..20 {
+        until_evaluates(
+            &admin,
+            &edge,
+            "new-checkout",
+            json!({"targetingKey": format!("user-{i}")}),
+            |v| v["variant"] == "on",
+        )
+        .await;
+    }
+
+    // Abort puts the definition from before back, in one revision.
+    let r = admin
+        .post(format!(
+            "{survivor}/v1/flags/shop/prod/new-checkout/rollout/abort"
+        ))
+        .json(&json!({"reason": "enough"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let aborted: Value = r.json().await.unwrap();
+    assert_eq!(aborted["state"], "aborted");
+    let (_, history) = get_json(
+        &admin,
+        &format!("{survivor}/v1/flags/shop/prod/new-checkout/history"),
+    )
+    .await;
+    assert_eq!(
+        history["items"][0]["revision"], aborted["revision"],
+        "{history}"
+    );
+    let (_, now) = get_json(
+        &admin,
+        &format!("{survivor}/v1/flags/shop/prod/new-checkout"),
+    )
+    .await;
+    assert_eq!(now, document()["flags"]["new-checkout"]);
+    let r = admin
+        .post(format!(
+            "{survivor}/v1/flags/shop/prod/new-checkout/rollout/abort"
+        ))
+        .json(&json!({"reason": "enough"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    // A plan naming a variant the flag lacks.
+    let bad = json!({"steps": [{"weights": {"maybe": 1}, "hold_s": 1}]});
+    let r = admin
+        .post(format!(
+            "{survivor}/v1/flags/shop/prod/new-checkout/rollout"
+        ))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "invalid_rollout");
+
+    for o in origins.into_iter().flatten() {
+        o.shutdown().await;
+    }
+    drop(edges);
 }

@@ -16,6 +16,7 @@ pub mod history;
 pub mod http;
 pub mod node;
 pub mod raft;
+pub mod rollout;
 pub mod schema;
 pub mod server;
 

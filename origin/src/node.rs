@@ -270,6 +270,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
             shutdown_rx.clone(),
         ))
     });
+    let rollout_reader = reader.clone();
     let state = Arc::new(AppState {
         node_id: config.node_id.clone(),
         cluster: cluster.clone(),
@@ -319,6 +320,13 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         crate::exposures::COMMIT_INTERVAL,
         shutdown_rx.clone(),
     ));
+    let (leader_raft, node) = (raft.clone(), r.id);
+    let rollout_task = tokio::spawn(crate::rollout::advance(
+        rollout_reader,
+        cluster.clone(),
+        move || leader_raft.metrics().borrow().current_leader == Some(node),
+        shutdown_rx.clone(),
+    ));
     let last_used_task = tokio::spawn(crate::http::tokens::commit_last_used(
         last_used,
         cluster,
@@ -356,6 +364,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
                 refusal_task,
                 last_used_task,
                 exposures_task,
+                rollout_task,
                 drift_task,
                 space_task,
             ])

@@ -32,7 +32,7 @@ use crate::flagset::{self, Refusal};
 const REVISION: HeaderName = HeaderName::from_static("meridian-revision");
 const VERSION: HeaderName = HeaderName::from_static("meridian-version");
 
-fn invalid(e: Refusal) -> ApiError {
+pub(crate) fn invalid(e: Refusal) -> ApiError {
     let at = if e.path.is_empty() {
         "/"
     } else {
@@ -52,7 +52,7 @@ fn ns_path(
 }
 
 /// `app`, `env` and a flag key, or 400 naming the part that is wrong.
-fn flag_path(
+pub(crate) fn flag_path(
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Result<(String, String, String), ApiError> {
     let Path((app, env, flag)) = path.map_err(|e| {

@@ -8,6 +8,7 @@ pub mod edges;
 pub mod flags;
 pub mod history;
 pub mod kv;
+pub mod rollouts;
 pub mod schemas;
 pub mod status;
 pub mod tokens;
@@ -164,6 +165,42 @@ pub fn routes() -> RouteTable<Arc<AppState>> {
             "/v1/flags/{app}/{env}/{flag}/history",
             Namespace(Read),
             flags::history,
+        )
+        .route(
+            M::POST,
+            "/v1/flags/{app}/{env}/{flag}/rollout",
+            Namespace(Flag),
+            rollouts::start,
+        )
+        .route(
+            M::GET,
+            "/v1/flags/{app}/{env}/{flag}/rollout",
+            Namespace(Read),
+            rollouts::get,
+        )
+        .route(
+            M::POST,
+            "/v1/flags/{app}/{env}/{flag}/rollout/{action}",
+            Namespace(Flag),
+            rollouts::steer,
+        )
+        .route(
+            M::PUT,
+            "/v1/flags/{app}/{env}/{flag}/schedule",
+            Namespace(Flag),
+            rollouts::put_schedule,
+        )
+        .route(
+            M::GET,
+            "/v1/flags/{app}/{env}/{flag}/schedule",
+            Namespace(Read),
+            rollouts::get_schedule,
+        )
+        .route(
+            M::DELETE,
+            "/v1/flags/{app}/{env}/{flag}/schedule",
+            Namespace(Flag),
+            rollouts::delete_schedule,
         )
         .route(
             M::GET,

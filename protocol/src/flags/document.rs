@@ -52,9 +52,20 @@ pub fn flag_of_record(key: &str) -> Option<&str> {
         .filter(|flag| validate_flag_key(flag).is_ok())
 }
 
-/// Whether `key` is one of a flag set's records (a flag or the set's evaluators and metadata).
+/// Whether `key` is one of a flag set's records: a flag, the set's evaluators and metadata,
+/// or a flag's rollout or scheduled change ([`super::rollout`]).
 pub fn is_flag_record(key: &str) -> bool {
-    key == FLAGSET_KEY || flag_of_record(key).is_some()
+    key == FLAGSET_KEY
+        || flag_of_record(key).is_some()
+        || [
+            super::rollout::ROLLOUT_PREFIX,
+            super::rollout::SCHEDULE_PREFIX,
+        ]
+        .iter()
+        .any(|p| {
+            key.strip_prefix(p)
+                .is_some_and(|f| validate_flag_key(f).is_ok())
+        })
 }
 
 /// A flagd flag definition document, as flagd reads it from a file.

@@ -19,6 +19,7 @@ pub mod document;
 pub mod eval;
 pub mod exposure;
 pub mod index;
+pub mod rollout;
 
 pub use compile::{CompileError, CompiledFlag, FlagSet, compile_document, compile_namespace};
 pub use document::{
