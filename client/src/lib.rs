@@ -6,8 +6,11 @@
 //! changes and resumes by itself after the last event it delivered; and a local cache of the
 //! last good answer to every read, served (marked `from_cache`) while the edge is unreachable.
 //! Answers from the edge that are errors (404, 422, 503 `stale`, 504) are never papered over
-//! with the cache.
+//! with the cache. Flags are evaluated locally from a watched copy of the flag set
+//! ([`flags::LocalFlags`]), also through an OpenFeature provider ([`openfeature`]).
 
+pub mod flags;
+pub mod openfeature;
 pub mod sse;
 
 use std::collections::HashMap;

@@ -45,6 +45,12 @@ pub fn routes() -> RouteTable<Arc<EdgeShared>> {
             config,
         )
         .route(
+            Method::GET,
+            "/v1/flags/{app}/{env}",
+            Namespace(Read),
+            crate::ofrep::document,
+        )
+        .route(
             Method::POST,
             "/v1/flags/{app}/{env}/ofrep/v1/evaluate/flags",
             Namespace(Read),

@@ -1,7 +1,8 @@
 //! OFREP at the edge: flags evaluated from this edge's published, verified state with the
 //! flag sets compiled once per revision (`meridian_protocol::flags`), so an evaluation never
 //! leaves the region. Routes: `POST /v1/flags/{app}/{env}/ofrep/v1/evaluate/flags[/{flag}]`,
-//! and the bare `POST /ofrep/v1/evaluate/flags[/{flag}]` for a token scoped to one app/env.
+//! and the bare `POST /ofrep/v1/evaluate/flags[/{flag}]` for a token scoped to one app/env;
+//! `GET /v1/flags/{app}/{env}` hands the document to local evaluators.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use meridian_net::http::ApiError;
 use meridian_net::{ofrep, reads};
 use meridian_protocol::auth::Principal;
@@ -143,4 +144,30 @@ pub(crate) async fn scoped_bulk(
         Ok(body) => answer(&shared, &app, &env, Ask::Bulk(&headers), &body),
         Err(e) => unreadable(None, e),
     }
+}
+
+/// `GET /v1/flags/{app}/{env}`: the flagd document this edge holds for `app/env` (`{"flags":
+/// {}}` when none), what local evaluators (`meridian-client`, flagd in file mode) load.
+pub(crate) async fn document(
+    State(shared): Shared,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let checked = path.map_err(bad_path).and_then(|Path((app, env))| {
+        reads::namespace(&app, &env)?;
+        Ok((app, env))
+    });
+    let (app, env) = match checked {
+        Ok(p) => p,
+        Err(e) => return refused(&shared, e),
+    };
+    let (document, revision) = {
+        let p = shared.reader.read().unwrap_or_else(|e| e.into_inner());
+        let document = p
+            .state
+            .namespace(&app, &env)
+            .map(meridian_protocol::flags::FlagDocument::from_namespace)
+            .unwrap_or_default();
+        (document, p.state.revision().0)
+    };
+    crate::api::stamp(axum::Json(document).into_response(), &shared, revision)
 }
