@@ -63,6 +63,23 @@ fn ofrep_one(base: &str, flag: &str) -> String {
     format!("{base}/v1/flags/shop/prod/ofrep/v1/evaluate/flags/{flag}")
 }
 
+/// A dev topology holding [`document`] in `shop/prod`; its admin client and origin URL.
+async fn with_document(
+    dir: &std::path::Path,
+) -> (meridian::dev::DevCluster, reqwest::Client, String) {
+    let (cluster, _) = cluster(dir, 10_000).await;
+    let admin = http();
+    let o = base(cluster.origin.http_addr);
+    let r = admin
+        .put(format!("{o}/v1/flags/shop/prod"))
+        .json(&document())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    (cluster, admin, o)
+}
+
 /// Waits until `base` evaluates `flag` for `context` with `want(body)`.
 async fn until_evaluates(
     c: &reqwest::Client,
@@ -264,16 +281,7 @@ async fn flags_are_checked_replicated_and_evaluated_at_every_edge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_flags_and_bad_contexts_get_clear_errors_and_commit_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, _) = cluster(dir.path(), 10_000).await;
-    let admin = http();
-    let o = base(cluster.origin.http_addr);
-    let r = admin
-        .put(format!("{o}/v1/flags/shop/prod"))
-        .json(&document())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (cluster, admin, o) = with_document(dir.path()).await;
     let before = revision(&admin, &o).await;
 
     let flag = |f: Value| json!({"flags": {"f": f}});
@@ -398,16 +406,7 @@ async fn bad_flags_and_bad_contexts_get_clear_errors_and_commit_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn who_may_write_evaluate_and_use_the_bare_routes() {
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, _) = cluster(dir.path(), 10_000).await;
-    let admin = http();
-    let o = base(cluster.origin.http_addr);
-    let r = admin
-        .put(format!("{o}/v1/flags/shop/prod"))
-        .json(&document())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (cluster, admin, o) = with_document(dir.path()).await;
     let (svc, _) = create_token(
         &admin,
         &o,
@@ -495,16 +494,7 @@ async fn who_may_write_evaluate_and_use_the_bare_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exposures_count_every_evaluation_once_per_variant_and_region() {
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, _) = cluster(dir.path(), 10_000).await;
-    let admin = http();
-    let o = base(cluster.origin.http_addr);
-    let r = admin
-        .put(format!("{o}/v1/flags/shop/prod"))
-        .json(&document())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (cluster, admin, o) = with_document(dir.path()).await;
     let staff = "{\"context\":{\"targetingKey\":\"u\",\"email\":\"s@shop.example\"}}";
     let guest = "{\"context\":{\"targetingKey\":\"u\",\"app_version\":\"1.0\"}}";
     let mut expected_regions = serde_json::Map::new();

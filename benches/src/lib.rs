@@ -28,6 +28,48 @@ pub fn client(token: &str) -> anyhow::Result<reqwest::Client> {
 }
 
 /// PUTs `value` at `origin`'s `/v1/kv/{path}`; the revision the write committed at.
+/// Makes a read token (`viewer` on `resources`) through the origin's API with the admin
+/// `client`; its text.
+pub async fn read_token(
+    client: &reqwest::Client,
+    origin: &str,
+    name: &str,
+    resources: &[&str],
+) -> anyhow::Result<std::sync::Arc<str>> {
+    let answer: serde_json::Value = client
+        .post(format!("{origin}/v1/tokens"))
+        .json(&serde_json::json!({"name": name, "role": "viewer", "resources": resources}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(answer["token"].as_str().unwrap_or_default().into())
+}
+
+/// Waits (at most 30 s) until `edge` has published `revision`.
+pub async fn wait_for_revision(
+    edge: &meridian_edge::EdgeHandle,
+    revision: u64,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while edge
+        .shared
+        .reader
+        .read()
+        .map(|p| p.state.revision().0)
+        .unwrap_or(0)
+        < revision
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "edge did not catch up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 pub async fn put(
     client: &reqwest::Client,
     origin: &str,

@@ -153,15 +153,8 @@ async fn main() -> anyhow::Result<()> {
     let cluster = DevCluster::start(&opts).await?;
     let origin = format!("http://{}", cluster.origin.http_addr);
     let client = meridian_benches::client(&opts.admin_token)?;
-    let answer: serde_json::Value = client
-        .post(format!("{origin}/v1/tokens"))
-        .json(&serde_json::json!({"name": "bench-reader", "role": "viewer", "resources": ["bench/prod/*"]}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token: Arc<str> = answer["token"].as_str().unwrap_or_default().into();
+    let token =
+        meridian_benches::read_token(&client, &origin, "bench-reader", &["bench/prod/*"]).await?;
     let value = serde_json::Value::String("v".repeat(64));
     for i in 0..1000 {
         meridian_benches::put(&client, &origin, &format!("bench/prod/key{i}"), &value).await?;
@@ -192,18 +185,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let last = answer["revision"].as_u64().unwrap_or(0);
     let edge = &cluster.edges[0];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while edge
-        .shared
-        .reader
-        .read()
-        .map(|p| p.state.revision().0)
-        .unwrap_or(0)
-        < last
-    {
-        anyhow::ensure!(Instant::now() < deadline, "edge did not catch up");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    meridian_benches::wait_for_revision(edge, last).await?;
     println!(
         "OFREP beside GET at one edge on loopback, {} keep-alive connections, {} s each, read token, {} cores",
         args.connections,

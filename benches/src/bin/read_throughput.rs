@@ -159,15 +159,8 @@ async fn main() -> anyhow::Result<()> {
     let origin = format!("http://{}", cluster.origin.http_addr);
     let client = meridian_benches::client(&opts.admin_token)?;
     // A service's read token, and a policy that makes the namespace public.
-    let answer: serde_json::Value = client
-        .post(format!("{origin}/v1/tokens"))
-        .json(&serde_json::json!({"name": "bench-reader", "role": "viewer", "resources": ["bench/prod/*"]}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token: Arc<str> = answer["token"].as_str().unwrap_or_default().into();
+    let token =
+        meridian_benches::read_token(&client, &origin, "bench-reader", &["bench/prod/*"]).await?;
     client
         .put(format!("{origin}/v1/policies/public-bench"))
         .json(&serde_json::json!({"subjects": ["anonymous"], "role": "viewer", "resources": ["bench/prod/*"]}))
@@ -183,18 +176,7 @@ async fn main() -> anyhow::Result<()> {
         last = meridian_benches::put(&client, &origin, &path, &json_value).await?;
     }
     let edge = &cluster.edges[0];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while edge
-        .shared
-        .reader
-        .read()
-        .map(|p| p.state.revision().0)
-        .unwrap_or(0)
-        < last
-    {
-        anyhow::ensure!(Instant::now() < deadline, "edge did not catch up");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    meridian_benches::wait_for_revision(edge, last).await?;
 
     println!(
         "read throughput on loopback, {} keep-alive connections, {} s each, {} keys of {} B, {} cores",
