@@ -744,3 +744,82 @@ async fn rollouts_advance_on_the_leader_survive_failover_and_abort_in_one_revisi
     }
     drop(edges);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_join_transactions_with_keys_and_diff_between_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, admin, o) = with_document(dir.path()).await;
+    let blue = {
+        let mut f = document()["flags"]["banner-color"].clone();
+        f["defaultVariant"] = json!("blue");
+        f
+    };
+    // A key and a flag change in one revision; a flag deleted in the same transaction.
+    let r = admin
+        .post(format!("{o}/v1/txn"))
+        .json(&json!({"ops": [
+            {"op": "put", "address": "shop/prod/theme.name", "value": "ocean"},
+            {"op": "put_flag", "address": "shop/prod/banner-color", "definition": blue},
+            {"op": "delete_flag", "address": "shop/prod/old-thing"}
+        ], "reason": "launch"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    let revision = t["revision"].clone();
+    let (_, flag) = get_json(&admin, &format!("{o}/v1/flags/shop/prod/banner-color")).await;
+    assert_eq!(flag, blue);
+    let (_, history) = get_json(
+        &admin,
+        &format!("{o}/v1/flags/shop/prod/banner-color/history"),
+    )
+    .await;
+    assert_eq!(history["items"][0]["revision"], revision);
+    let (status, _) = get_json(&admin, &format!("{o}/v1/flags/shop/prod/old-thing")).await;
+    assert_eq!(status, 404);
+    let (_, diff) = get_json(
+        &admin,
+        &format!("{o}/v1/flags/shop/prod/banner-color/diff?from=1"),
+    )
+    .await;
+    assert_eq!(
+        diff["changed"],
+        json!([{"from": "red", "path": "/defaultVariant", "to": "blue"}]),
+        "{diff}"
+    );
+
+    // A transaction whose flag does not check commits nothing, its key included.
+    let before = revision.as_u64().unwrap();
+    let r = admin
+        .post(format!("{o}/v1/txn"))
+        .json(&json!({"ops": [
+            {"op": "put", "address": "shop/prod/theme.name", "value": "forest"},
+            {"op": "put_flag", "address": "shop/prod/x", "definition":
+                {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "b"}}
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let (_, theme) = get_json(&admin, &format!("{o}/v1/kv/shop/prod/theme.name")).await;
+    assert_eq!(
+        (theme["value"].clone(), theme["revision"].as_u64()),
+        (json!("ocean"), Some(before))
+    );
+    // Flags in a transaction need the flag action.
+    let (writer, _) = create_token(
+        &admin,
+        &o,
+        json!({"name": "w", "role": "viewer", "resources": ["shop/prod/*"]}),
+    )
+    .await;
+    let r = http_with(&writer)
+        .post(format!("{o}/v1/txn"))
+        .json(&json!({"ops": [{"op": "delete_flag", "address": "shop/prod/new-checkout"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    drop(cluster);
+}

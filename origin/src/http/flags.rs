@@ -289,6 +289,20 @@ pub(crate) async fn history(
     inner.await.map_err(count_error)
 }
 
+/// `GET /v1/flags/{app}/{env}/{flag}/diff?from=V1[&to=V2]`: what changed in the definition
+/// (JSON pointers added, removed, changed; `to` defaults to the newest version).
+pub(crate) async fn diff(
+    State(state): Shared,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<super::history::KeyDiffQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let inner = async {
+        let (app, env, flag) = flag_path(path)?;
+        super::history::diff_of(&state, flag_address(&app, &env, &flag), query(q)?).await
+    };
+    inner.await.map_err(count_error)
+}
+
 /// `POST /v1/flags/{app}/{env}/{flag}/rollback` `{"version": n, "reason"?}`: the definition
 /// of version n again (checked with today's evaluators), or the flag deleted if n was a delete.
 pub(crate) async fn rollback(

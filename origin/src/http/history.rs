@@ -151,30 +151,38 @@ pub(crate) async fn key_diff(
 ) -> Result<Response, ApiError> {
     let inner = async {
         let a = address(path)?;
-        let q = query(q)?;
-        let (view, newest) = history_view(&state, &history::key_prefix(&a), |core| {
-            core.state().entry(&a).map_or(0, |e| e.version.0)
-        })
-        .await?;
-        let at = a.clone();
-        let (from, to) = blocking(move || {
-            let get = |v: u64| {
-                history::at_version(&view, &at, v)
-                    .map_err(internal)?
-                    .ok_or_else(|| version_not_found(&at, v))
-            };
-            Ok((get(q.from)?, get(q.to.unwrap_or(newest))?))
-        })
-        .await?;
-        let d = json_diff(parse_value(&from).as_ref(), parse_value(&to).as_ref());
-        Ok(axum::Json(json!({
-            "app": a.app, "env": a.env, "key": a.key,
-            "from": from.version, "to": to.version,
-            "added": d.added, "removed": d.removed, "changed": d.changed,
-        }))
-        .into_response())
+        diff_of(&state, a, query(q)?).await
     };
     inner.await.map_err(count_error)
+}
+
+/// The diff of one record (a key, or a flag's record) between two of its versions.
+pub(crate) async fn diff_of(
+    state: &Arc<AppState>,
+    a: Address,
+    q: KeyDiffQuery,
+) -> Result<Response, ApiError> {
+    let (view, newest) = history_view(state, &history::key_prefix(&a), |core| {
+        core.state().entry(&a).map_or(0, |e| e.version.0)
+    })
+    .await?;
+    let at = a.clone();
+    let (from, to) = blocking(move || {
+        let get = |v: u64| {
+            history::at_version(&view, &at, v)
+                .map_err(internal)?
+                .ok_or_else(|| version_not_found(&at, v))
+        };
+        Ok((get(q.from)?, get(q.to.unwrap_or(newest))?))
+    })
+    .await?;
+    let d = json_diff(parse_value(&from).as_ref(), parse_value(&to).as_ref());
+    Ok(axum::Json(json!({
+        "app": a.app, "env": a.env, "key": a.key,
+        "from": from.version, "to": to.version,
+        "added": d.added, "removed": d.removed, "changed": d.changed,
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]

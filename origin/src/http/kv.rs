@@ -298,6 +298,31 @@ enum TxnOpBody {
     Delete {
         address: String,
     },
+    /// A flag's definition (`address`: `app/env/flag`), checked with the rest of its set.
+    #[serde(rename = "put_flag")]
+    PutFlag {
+        address: String,
+        definition: serde_json::Value,
+    },
+    /// Deletes a flag (`address`: `app/env/flag`).
+    #[serde(rename = "delete_flag")]
+    DeleteFlag {
+        address: String,
+    },
+}
+
+/// Parses `app/env/flag` into the flag's record address.
+fn parse_flag_address(s: &str) -> Result<Address, ApiError> {
+    let mut parts = s.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(app), Some(env), Some(flag)) => Address::flag(app, env, flag)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_flag", e.to_string())),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_flag",
+            format!("flag address {s:?} is not app/env/flag"),
+        )),
+    }
 }
 
 /// Parses `app/env/key`.
@@ -366,6 +391,24 @@ fn txn_command(body: TxnBody, max_value_bytes: usize) -> Result<Command, ApiErro
                 TxnOp::Put(parse_address(&address)?, text.into())
             }
             TxnOpBody::Delete { address } => TxnOp::Delete(parse_address(&address)?),
+            TxnOpBody::PutFlag {
+                address,
+                definition,
+            } => {
+                let text = definition.to_string();
+                if text.len() > max_value_bytes {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "value_too_large",
+                        format!(
+                            "definition of {address} is {} bytes; the limit is {max_value_bytes}",
+                            text.len()
+                        ),
+                    ));
+                }
+                TxnOp::Put(parse_flag_address(&address)?, text.into())
+            }
+            TxnOpBody::DeleteFlag { address } => TxnOp::Delete(parse_flag_address(&address)?),
         });
     }
     Ok(Command::Txn { conditions, ops })
@@ -388,11 +431,84 @@ fn authorize_txn(principal: &Principal, command: &Command) -> Result<(), ApiErro
         authorize(principal, Action::Read, &key(c.address()))?;
     }
     for op in ops {
+        let a = op.address();
+        if a.is_flag() {
+            // Flags are written per app/env, as on the flag routes.
+            let ns = Resource::Prefix {
+                app: &a.app,
+                env: &a.env,
+                prefix: "",
+            };
+            authorize(principal, Action::Flag, &ns)?;
+            continue;
+        }
         let action = match op {
             TxnOp::Put(..) => Action::Write,
             TxnOp::Delete(_) => Action::Delete,
         };
-        authorize(principal, action, &key(op.address()))?;
+        authorize(principal, action, &key(a))?;
+    }
+    Ok(())
+}
+
+/// Checks the flag operations of a transaction against the flag sets they change (each set
+/// as a whole, after all its operations), and conditions the transaction on the version of
+/// every such set's `_flagset` record: 422 `invalid_flags` naming the path.
+async fn check_flag_ops(state: &Arc<AppState>, command: &mut Command) -> Result<(), ApiError> {
+    let Command::Txn { conditions, ops } = command else {
+        return Ok(());
+    };
+    let mut touched: std::collections::BTreeMap<(String, String), Vec<&TxnOp>> =
+        std::collections::BTreeMap::new();
+    for op in ops.iter().filter(|op| op.address().is_flag()) {
+        let a = op.address();
+        touched
+            .entry((a.app.clone(), a.env.clone()))
+            .or_default()
+            .push(op);
+    }
+    if touched.is_empty() {
+        return Ok(());
+    }
+    state.cluster.linearize().await.map_err(cluster_error)?;
+    let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
+    for ((app, env), flag_ops) in touched {
+        let ns = p.state.namespace(&app, &env);
+        let mut document = crate::flagset::current(ns);
+        for op in flag_ops {
+            let Some(flag) = meridian_protocol::flags::flag_of_record(&op.address().key) else {
+                continue;
+            };
+            match op {
+                TxnOp::Put(_, text) => {
+                    let definition = serde_json::from_str(text).map_err(|e| {
+                        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
+                    })?;
+                    document.flags.insert(flag.to_owned(), definition);
+                }
+                TxnOp::Delete(_) => {
+                    document.flags.remove(flag);
+                }
+            }
+        }
+        let value = serde_json::to_value(&document).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
+        crate::flagset::check_document(&value).map_err(super::flags::invalid)?;
+        let set = Address {
+            app: app.clone(),
+            env: env.clone(),
+            key: meridian_protocol::flags::FLAGSET_KEY.to_owned(),
+        };
+        conditions.push(
+            match ns
+                .and_then(|n| n.get(&set.key))
+                .filter(|e| !e.is_tombstone())
+            {
+                Some(e) => Condition::VersionEquals(set, e.version.0),
+                None => Condition::Absent(set),
+            },
+        );
     }
     Ok(())
 }
@@ -405,8 +521,9 @@ pub(crate) async fn txn(
 ) -> Result<Response, ApiError> {
     let inner = async {
         let body = body.map_err(body_error)?;
-        let (command, reason) = txn_body_command(&body, state.max_value_bytes)?;
+        let (mut command, reason) = txn_body_command(&body, state.max_value_bytes)?;
         authorize_txn(&principal, &command)?;
+        check_flag_ops(&state, &mut command).await?;
         let meta = write_meta(&principal, &request, reason)?;
         check_revision_size(&command, "the transaction")?;
         let applied = commit(&state, command, meta).await?;

@@ -209,6 +209,12 @@ pub fn routes() -> RouteTable<Arc<AppState>> {
             flags::exposures,
         )
         .route(
+            M::GET,
+            "/v1/flags/{app}/{env}/{flag}/diff",
+            Namespace(Read),
+            flags::diff,
+        )
+        .route(
             M::POST,
             "/v1/flags/{app}/{env}/{flag}/rollback",
             Namespace(Flag),
