@@ -11,6 +11,7 @@ pub mod digest;
 pub mod flags;
 pub mod frame;
 pub mod model;
+pub mod secrets;
 pub mod sign;
 pub mod view;
 
