@@ -125,7 +125,14 @@ pub fn edge_id(region: &str) -> String {
 pub fn pki(data_dir: &Path) -> anyhow::Result<DevPki> {
     let ids: Vec<String> = REGIONS.iter().map(|r| edge_id(r)).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    ensure_dev_pki(&data_dir.join("pki"), &refs).context("creating the development PKI")
+    let pki =
+        ensure_dev_pki(&data_dir.join("pki"), &refs).context("creating the development PKI")?;
+    let kek = kek_path(data_dir);
+    if !kek.exists() {
+        meridian_origin::secrets::kek_file::create(&kek)
+            .context("creating the development key-encryption key")?;
+    }
+    Ok(pki)
 }
 
 /// Where the dev topology keeps its admin token.
@@ -179,7 +186,15 @@ pub fn origin_config(opts: &DevOptions, pki: &DevPki) -> OriginConfig {
         },
         https: None,
         audit: Default::default(),
+        secrets: meridian_origin::config::SecretsConfig {
+            kek_file: Some(kek_path(&opts.data_dir)),
+        },
     }
+}
+
+/// The dev topology's key-encryption key file (shared by its origin nodes).
+pub fn kek_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("pki").join("kek.json")
 }
 
 /// An edge's config in the dev topology.

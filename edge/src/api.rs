@@ -13,11 +13,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::Method;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use meridian_net::auth::{Gate, RouteTable, Rule, authorize, bearer, readable};
+use meridian_net::auth::{Gate, RequestMeta, RouteTable, Rule, authorize, bearer, readable};
 use meridian_net::http::{
     ApiError, json_bytes, method_not_allowed, metrics_endpoint, unknown_route,
 };
 use meridian_net::reads;
+use meridian_net::secrets::Revealer;
 use meridian_protocol::Address;
 use meridian_protocol::auth::{Action, Principal, Resource};
 
@@ -38,6 +39,18 @@ pub fn routes() -> RouteTable<Arc<EdgeShared>> {
     RouteTable::new()
         .route(Method::GET, "/v1/kv/{app}/{env}/{key}", Key(Read), get_one)
         .route(Method::GET, "/v1/kv/{app}/{env}", Filtered(Read), list)
+        .route(
+            Method::GET,
+            "/v1/secrets/{app}/{env}/{key}",
+            Key(Read),
+            get_secret,
+        )
+        .route(
+            Method::GET,
+            "/v1/secrets/{app}/{env}",
+            Filtered(Read),
+            list_secrets,
+        )
         .route(
             Method::GET,
             "/v1/config/{app}/{env}",
@@ -214,7 +227,8 @@ async fn answer(
     (app, env): (&str, &str),
     min_revision: Option<u64>,
     wait_ms: Option<u64>,
-    read: impl FnOnce(&meridian_protocol::CacheState) -> Result<Vec<u8>, ApiError>,
+    who: (&Principal, &RequestMeta),
+    read: impl FnOnce(&meridian_protocol::CacheState, reads::Access<'_>) -> Result<Vec<u8>, ApiError>,
 ) -> Response {
     match reads::min_revision(min_revision, wait_ms) {
         Err(e) => return counted(shared, e),
@@ -230,19 +244,69 @@ async fn answer(
     if let Err(e) = strict_check(shared, app, env) {
         return counted(shared, e);
     }
+    let (principal, request) = who;
     let p = shared.reader.read().unwrap_or_else(|e| e.into_inner());
     let revision = p.state.revision().0;
-    let out = read(&p.state);
+    let keys = |app: &str, env: &str, g: u32| shared.keys.get(app, env, g);
+    let revealer = Revealer::new(principal, &keys, meridian_net::auth::now_ms());
+    let out = {
+        let visible = readable(principal);
+        let opener = |app: &str, env: &str, key: &str, e: &meridian_protocol::EntryState| {
+            revealer.open(app, env, key, e)
+        };
+        read(
+            &p.state,
+            reads::Access {
+                visible: &visible,
+                secrets: Some(&opener),
+            },
+        )
+    };
     drop(p);
+    let out = out.and_then(|body| {
+        log_reveals(shared, &revealer.into_reveals(), request)?;
+        Ok(body)
+    });
     match out {
         Ok(body) => stamp(json_bytes(body), shared, revision),
         Err(e) => counted(shared, e),
     }
 }
 
+/// Logs reveals on disk before they are answered; a reveal that cannot be logged is not
+/// answered (503).
+pub(crate) fn log_reveals(
+    shared: &EdgeShared,
+    reveals: &[meridian_net::secrets::Reveal],
+    request: &RequestMeta,
+) -> Result<(), ApiError> {
+    if reveals.is_empty() {
+        return Ok(());
+    }
+    let unavailable =
+        |why: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", why);
+    let log = shared
+        .reveals
+        .as_ref()
+        .ok_or_else(|| unavailable("this edge keeps no reveal log".into()))?;
+    let now = meridian_net::auth::now_ms();
+    for r in reveals {
+        log.record(r, now, Some(request.request_id.clone()))
+            .map_err(|e| {
+                unavailable(format!(
+                    "the reveal could not be logged, so it is not answered: {e}"
+                ))
+            })?;
+    }
+    metrics::counter!("meridian_edge_secret_reveals_total", "edge" => shared.edge_id.clone())
+        .increment(reveals.len() as u64);
+    Ok(())
+}
+
 async fn get_one(
     State(shared): Shared,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<reads::EntryQuery>, QueryRejection>,
 ) -> Response {
@@ -255,8 +319,76 @@ async fn get_one(
         Err(e) => return counted(&shared, e),
     };
     let ns = (address.app.as_str(), address.env.as_str());
-    answer(&shared, ns, q.min_revision, q.wait_ms, |state| {
-        reads::entry(state, &address, &q, &readable(&principal))
+    let who = (principal.as_ref(), &request);
+    answer(
+        &shared,
+        ns,
+        q.min_revision,
+        q.wait_ms,
+        who,
+        |state, access| reads::entry(state, &address, &q, access),
+    )
+    .await
+}
+
+/// `GET /v1/secrets/{app}/{env}/{key}?reveal=&versions=`: masked, or revealed with this edge's
+/// data keys (403 `secret_unavailable` without them), the reveal logged before it is answered.
+async fn get_secret(
+    State(shared): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<meridian_net::secrets::SecretQuery>, QueryRejection>,
+) -> Response {
+    let parsed = path
+        .map_err(bad_path)
+        .and_then(|Path((a, e, k))| Ok(Address::parse(&a, &e, &k)?))
+        .and_then(|a| Ok((a, query(q)?)));
+    let (address, q) = match parsed {
+        Ok(v) => v,
+        Err(e) => return counted(&shared, e),
+    };
+    let ns = (address.app.as_str(), address.env.as_str());
+    let who = (principal.as_ref(), &request);
+    let (min, wait) = (q.min_revision, q.wait_ms);
+    answer(&shared, ns, min, wait, who, |state, _| {
+        let keys = |app: &str, env: &str, g: u32| shared.keys.get(app, env, g);
+        let (body, reveal) = meridian_net::secrets::secret(
+            state,
+            &address,
+            &q,
+            &principal,
+            &keys,
+            meridian_net::auth::now_ms(),
+        )?;
+        if let Some(r) = reveal {
+            log_reveals(&shared, &[r], &request)?;
+        }
+        Ok(body)
+    })
+    .await
+}
+
+/// `GET /v1/secrets/{app}/{env}`: the namespace's secrets the caller may read, masked.
+async fn list_secrets(
+    State(shared): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let (app, env) = match namespace(path) {
+        Ok(v) => v,
+        Err(e) => return counted(&shared, e),
+    };
+    let who = (principal.as_ref(), &request);
+    answer(&shared, (&app, &env), None, None, who, |state, _| {
+        Ok(meridian_net::secrets::list(
+            state,
+            &app,
+            &env,
+            &principal,
+            meridian_net::auth::now_ms(),
+        ))
     })
     .await
 }
@@ -272,6 +404,7 @@ fn namespace(
 async fn list(
     State(shared): Shared,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     path: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<reads::ListQuery>, QueryRejection>,
 ) -> Response {
@@ -279,15 +412,22 @@ async fn list(
         Ok(v) => v,
         Err(e) => return counted(&shared, e),
     };
-    answer(&shared, (&app, &env), q.min_revision, q.wait_ms, |state| {
-        reads::list(state, &app, &env, &q, &readable(&principal))
-    })
+    let who = (principal.as_ref(), &request);
+    answer(
+        &shared,
+        (&app, &env),
+        q.min_revision,
+        q.wait_ms,
+        who,
+        |state, access| reads::list(state, &app, &env, &q, access),
+    )
     .await
 }
 
 async fn config(
     State(shared): Shared,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     path: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<reads::ConfigQuery>, QueryRejection>,
 ) -> Response {
@@ -295,9 +435,15 @@ async fn config(
         Ok(v) => v,
         Err(e) => return counted(&shared, e),
     };
-    answer(&shared, (&app, &env), q.min_revision, q.wait_ms, |state| {
-        reads::config(state, &app, &env, &q, &readable(&principal))
-    })
+    let who = (principal.as_ref(), &request);
+    answer(
+        &shared,
+        (&app, &env),
+        q.min_revision,
+        q.wait_ms,
+        who,
+        |state, access| reads::config(state, &app, &env, &q, access),
+    )
     .await
 }
 

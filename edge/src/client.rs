@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use meridian_net::quic::{read_frame, write_frame};
-use meridian_protocol::frame::{DEFAULT_MAX_FRAME_BYTES, MAX_TOKEN_USES};
+use meridian_protocol::frame::{DEFAULT_MAX_FRAME_BYTES, MAX_REVEALS_PER_FRAME, MAX_TOKEN_USES};
 use meridian_protocol::{Frame, FrameDecoder, FrameV1};
 use meridian_store::Backend;
 use tokio::sync::{mpsc, watch};
@@ -146,6 +146,14 @@ pub async fn run<B: Backend>(
                         if report && let Some(frame) = shared.exposure_report() {
                             let _ = tx.try_send(frame.into());
                         }
+                        // And the reveals not yet in the audit log (sent again until the
+                        // origin acknowledges them).
+                        if report && let Some(log) = &shared.reveals {
+                            let records = log.pending(MAX_REVEALS_PER_FRAME);
+                            if !records.is_empty() {
+                                let _ = tx.try_send(FrameV1::Reveals { records }.into());
+                            }
+                        }
                     }
                 }
             }
@@ -160,7 +168,7 @@ pub async fn run<B: Backend>(
                 let mut next = Some(first);
                 while let Some((tag, ev)) = next.take() {
                     if let Some(slot) = slots.get_mut(tag.link) {
-                        handle(&mut rep, slot, tag, ev);
+                        handle(&mut rep, slot, tag, ev, &shared);
                     }
                     handled += 1;
                     if handled >= BURST { break }
@@ -192,7 +200,13 @@ struct LinkGen {
     dial: u64,
 }
 
-fn handle<B: Backend>(rep: &mut Replicator<B>, slot: &mut LinkSlot, tag: LinkGen, event: Event) {
+fn handle<B: Backend>(
+    rep: &mut Replicator<B>,
+    slot: &mut LinkSlot,
+    tag: LinkGen,
+    event: Event,
+    shared: &EdgeShared,
+) {
     let now = Instant::now();
     let link = tag.link;
     if tag.generation != slot.generation {
@@ -230,6 +244,23 @@ fn handle<B: Backend>(rep: &mut Replicator<B>, slot: &mut LinkSlot, tag: LinkGen
             slot.dialing.retain(|(d, _)| *d != tag.dial);
             if slot.dialing.is_empty() && slot.control.is_none() {
                 rep.handle_disconnected(now, link);
+            }
+        }
+        // Secrets are the shell's: the data keys, unwrapped with this connection's session
+        // key (held in memory only), and acknowledgements of reveals.
+        Event::Frame(Frame::V1(FrameV1::DataKeys { keys })) if established => {
+            let session = slot
+                .control
+                .as_ref()
+                .and_then(|(conn, _, _)| meridian_net::secrets::session_key(conn, &shared.edge_id));
+            if let Some(session) = session {
+                let held = shared.keys.replace(&keys, &session);
+                tracing::debug!(held, "data keys received");
+            }
+        }
+        Event::Frame(Frame::V1(FrameV1::RevealsAck { upto })) if established => {
+            if let Some(log) = &shared.reveals {
+                log.ack(upto);
             }
         }
         Event::Frame(frame) if established => rep.handle_frame(now, link, frame),

@@ -8,6 +8,7 @@ pub mod mirror;
 pub mod node;
 pub mod ofrep;
 pub mod replicator;
+pub mod secrets;
 pub mod shared;
 pub mod watch;
 

@@ -98,7 +98,7 @@ pub fn revision_ops(edge_id: &str, changes: &[Arc<WatchEvent>]) -> Vec<Op> {
     for e in changes {
         revision = e.revision;
         // Token and policy records are nobody's configuration.
-        if e.address.is_system() || e.address.is_flag() {
+        if e.address.is_system() || e.address.is_internal() {
             continue;
         }
         let key = entry_key(&e.address);
@@ -121,7 +121,7 @@ pub fn rebuild_ops(edge_id: &str, state: &CacheState, existing: &BTreeSet<String
         let Some(value) = e
             .value
             .as_deref()
-            .filter(|_| !a.is_system() && !a.is_flag())
+            .filter(|_| !a.is_system() && !a.is_internal())
         else {
             continue;
         };

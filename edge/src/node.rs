@@ -93,7 +93,11 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
         path: config.data_dir.clone(),
         source,
     })?;
-    let backend = SledBackend::open(&config.data_dir).map_err(|e| store_err(e.into()))?;
+    let db = meridian_store::DurableDb::open(&config.data_dir)
+        .map_err(|e| store_err(StoreError::Backend(e.into())))?;
+    let reveals = crate::secrets::RevealLog::open(db.db())
+        .map_err(|e| store_err(StoreError::Backend(e.into())))?;
+    let backend = SledBackend::from_db(db).map_err(|e| store_err(e.into()))?;
     let state = SignedState::open(backend, config.delta_window).map_err(store_err)?;
     let mut shared = EdgeShared::new(
         config.edge_id.clone(),
@@ -104,6 +108,7 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
         meridian_store::SpaceGuard::new(&config.data_dir, config.storage),
     );
     shared.public_status = config.auth.public_status;
+    shared.reveals = Some(reveals);
     let shared = Arc::new(shared);
     let revision = state.revision();
     let rep = Replicator::new(

@@ -770,7 +770,10 @@ impl<B: Backend> Replicator<B> {
             | FrameV1::Standby
             | FrameV1::Report { .. }
             | FrameV1::TokenUses { .. }
-            | FrameV1::Exposures { .. } => {
+            | FrameV1::Exposures { .. }
+            | FrameV1::DataKeys { .. }
+            | FrameV1::Reveals { .. }
+            | FrameV1::RevealsAck { .. } => {
                 self.stats.rejected_unexpected += 1;
             }
         }

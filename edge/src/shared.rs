@@ -49,6 +49,10 @@ pub struct EdgeShared {
     pub exposures: Mutex<ExposureCounter>,
     /// Drawn at start: the counter's identity at the origin.
     pub boot: u64,
+    /// The data keys this edge may serve secrets with (memory only).
+    pub keys: crate::secrets::EdgeKeys,
+    /// Reveals waiting to reach the audit log (none: reveals are refused).
+    pub reveals: Option<crate::secrets::RevealLog>,
     started: Instant,
     current_as_of: Mutex<Option<Instant>>,
     stats: Mutex<ReplicatorStats>,
@@ -103,6 +107,8 @@ impl EdgeShared {
             token_uses: TokenUses::default(),
             exposures: Mutex::default(),
             boot: boot_id(),
+            keys: Default::default(),
+            reveals: None,
             mirror: Arc::default(),
             edge_id,
             region,

@@ -93,7 +93,9 @@ impl WatchEvent {
         json.push_str(&delta.revision.0.to_string());
         push_address(&mut json, &c.address);
         json.push_str(",\"value\":");
-        json.push_str(c.value.as_deref().unwrap_or("null"));
+        json.push_str(&meridian_protocol::secrets::masked_text(
+            c.value.as_deref().unwrap_or("null"),
+        ));
         json.push_str(",\"version\":");
         json.push_str(&c.version.0.to_string());
         json.push_str(",\"deleted\":");
@@ -540,7 +542,7 @@ fn resync_json(state: &CacheState, filter: &Filter) -> String {
             };
             push_address(&mut json, &a);
             json.push_str(",\"value\":");
-            json.push_str(value);
+            json.push_str(&meridian_protocol::secrets::masked_text(value));
             json.push_str(",\"version\":");
             json.push_str(&e.version.0.to_string());
             push_level(&mut json, app, env);

@@ -91,7 +91,7 @@ pub fn write_entry(buf: &mut Vec<u8>, app: &str, env: &str, key: &str, entry: &E
     buf.extend_from_slice(b",\"key\":");
     push_str(buf, key);
     buf.extend_from_slice(b",\"value\":");
-    buf.extend_from_slice(entry.value.as_deref().unwrap_or("null").as_bytes());
+    meridian_protocol::secrets::write_masked(buf, entry.value.as_deref().unwrap_or("null"));
     buf.extend_from_slice(b",\"version\":");
     buf.extend_from_slice(entry.version.0.to_string().as_bytes());
     buf.extend_from_slice(b",\"revision\":");

@@ -10,6 +10,7 @@ pub mod peer;
 pub mod private;
 pub mod quic;
 pub mod reads;
+pub mod secrets;
 pub mod serve;
 pub mod slots;
 pub mod tls;

@@ -4,13 +4,23 @@
 //! the level each key came from. The HTTP handlers only pick the state and stamp headers.
 
 use axum::http::StatusCode;
+use meridian_protocol::addr::is_internal_record;
 use meridian_protocol::addr::{validate_app, validate_env, validate_key, validate_key_prefix};
-use meridian_protocol::flags::is_flag_record;
-use meridian_protocol::view::{Renderer, TemplateError, Visible, resolve};
+use meridian_protocol::view::{Renderer, SecretOpener, TemplateError, Visible, resolve};
 use meridian_protocol::{Address, CacheState, EntryState};
 use serde::Deserialize;
 
 use crate::http::ApiError;
+
+/// What a reader may see: the keys it may read, and how `${secret:key}` references open for
+/// it (none: they do not resolve).
+#[derive(Clone, Copy)]
+pub struct Access<'a> {
+    /// Whether the reader may read a key.
+    pub visible: Visible<'a>,
+    /// Opens secrets for `${secret:key}` references.
+    pub secrets: Option<SecretOpener<'a>>,
+}
 
 /// Most keys one bulk read may name.
 pub const MAX_BULK_KEYS: usize = 1_000;
@@ -144,7 +154,7 @@ fn write_item(buf: &mut Vec<u8>, a: &Address, value: &str, entry: &EntryState) {
     buf.extend_from_slice(b",\"key\":");
     push_str(buf, &a.key);
     buf.extend_from_slice(b",\"value\":");
-    buf.extend_from_slice(value.as_bytes());
+    meridian_protocol::secrets::write_masked(buf, value);
     buf.extend_from_slice(b",\"version\":");
     buf.extend_from_slice(entry.version.0.to_string().as_bytes());
     buf.extend_from_slice(b",\"revision\":");
@@ -159,8 +169,9 @@ pub fn entry(
     state: &CacheState,
     a: &Address,
     q: &EntryQuery,
-    visible: Visible<'_>,
+    access: Access<'_>,
 ) -> Result<Vec<u8>, ApiError> {
+    let visible = access.visible;
     let mut buf = Vec::with_capacity(128);
     match state.get_live(&a.app, &a.env, &a.key) {
         Some(entry) => {
@@ -170,6 +181,7 @@ pub fn entry(
             } else {
                 let rendered = Renderer::new(state, &a.app, &a.env)
                     .with_visibility(visible)
+                    .with_secrets(access.secrets)
                     .render(&a.key, text)
                     .map_err(|e| template_error(&e))?;
                 write_item(&mut buf, a, &rendered, entry);
@@ -213,8 +225,9 @@ pub fn list(
     app: &str,
     env: &str,
     q: &ListQuery,
-    visible: Visible<'_>,
+    access: Access<'_>,
 ) -> Result<Vec<u8>, ApiError> {
+    let visible = access.visible;
     namespace(app, env)?;
     let named: Option<Vec<&str>> = match &q.keys {
         Some(keys) => {
@@ -282,7 +295,9 @@ pub fn list(
                     n.range((from.clone(), Bound::Unbounded))
                         .take_while(|(k, _)| k.starts_with(&q.prefix))
                 })
-                .filter(|(k, e)| !e.is_tombstone() && !is_flag_record(k) && visible(app, env, k))
+                .filter(|(k, e)| {
+                    !e.is_tombstone() && !is_internal_record(k) && visible(app, env, k)
+                })
                 .map(|(k, e)| (k.as_str(), Some(e)));
             let page: Vec<_> = live.by_ref().take(limit).collect();
             if live.next().is_some() {
@@ -291,7 +306,9 @@ pub fn list(
             page
         }
     };
-    let mut renderer = Renderer::new(state, app, env).with_visibility(visible);
+    let mut renderer = Renderer::new(state, app, env)
+        .with_visibility(visible)
+        .with_secrets(access.secrets);
     let mut buf = Vec::with_capacity(256);
     buf.extend_from_slice(b"{\"revision\":");
     buf.extend_from_slice(state.revision().0.to_string().as_bytes());
@@ -375,15 +392,18 @@ pub fn config(
     app: &str,
     env: &str,
     q: &ConfigQuery,
-    visible: Visible<'_>,
+    access: Access<'_>,
 ) -> Result<Vec<u8>, ApiError> {
+    let visible = access.visible;
     namespace(app, env)?;
     let mut resolved = resolve(state, app, env);
     resolved.retain(|key, r| {
         let (a, e) = r.level.namespace(app, env);
         visible(a, e, key)
     });
-    let mut renderer = Renderer::new(state, app, env).with_visibility(visible);
+    let mut renderer = Renderer::new(state, app, env)
+        .with_visibility(visible)
+        .with_secrets(access.secrets);
     let mut buf = Vec::with_capacity(256);
     buf.extend_from_slice(b"{\"app\":");
     push_str(&mut buf, app);
@@ -406,7 +426,12 @@ pub fn config(
         first = false;
         push_str(&mut buf, key);
         buf.push(b':');
-        buf.extend_from_slice(value.as_bytes());
+        match meridian_protocol::secrets::MaskedSecret::of(&value) {
+            Some(m) => {
+                let _ = serde_json::to_writer(&mut buf, &m);
+            }
+            None => buf.extend_from_slice(value.as_bytes()),
+        }
     }
     buf.extend_from_slice(b"},\"sources\":{");
     for (i, (key, r)) in resolved.iter().enumerate() {

@@ -127,6 +127,17 @@ pub fn command_bytes(command: &Command) -> usize {
         }
         Command::CompactHistory { .. } | Command::CompactAudit { .. } => 32,
         Command::TouchTokens(uses) => 16 * uses.len() + 8,
+        Command::Reveals { edge, records } => {
+            edge.len()
+                + records
+                    .iter()
+                    .map(|r| {
+                        64 + r.actor.len()
+                            + change_bytes(&r.address, 0)
+                            + r.request_id.as_ref().map_or(0, String::len)
+                    })
+                    .sum::<usize>()
+        }
         Command::Exposures(entries) => entries
             .iter()
             .map(|e| {
@@ -262,6 +273,23 @@ pub fn check(proposal: &Proposal, max_value_bytes: usize) -> Result<(), Inadmiss
             {
                 return Err(Inadmissible::Meta(
                     "exposure counts: 1 to 1000, names at most 128 bytes",
+                ));
+            }
+            Ok(())
+        }
+        Command::Reveals { edge, records } => {
+            let fits = |t: &str| t.len() <= crate::audit::MAX_EVENT_FIELD_BYTES && printable(t);
+            if records.is_empty()
+                || records.len() > meridian_protocol::frame::MAX_REVEALS_PER_FRAME
+                || !fits(edge)
+                || !records.iter().all(|r| {
+                    fits(&r.actor)
+                        && r.address.is_valid()
+                        && r.request_id.as_deref().is_none_or(fits)
+                })
+            {
+                return Err(Inadmissible::Meta(
+                    "reveals: 1 to 256 records of valid addresses and printable names",
                 ));
             }
             Ok(())

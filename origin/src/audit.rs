@@ -205,7 +205,8 @@ pub fn describe(command: &Command, meta: &WriteMeta) -> Option<(String, String)>
         | Command::CompactAudit { .. }
         | Command::Audit(_)
         | Command::TouchTokens(_)
-        | Command::Exposures(_) => {
+        | Command::Exposures(_)
+        | Command::Reveals { .. } => {
             return None;
         }
     };

@@ -67,6 +67,20 @@ pub struct OriginConfig {
     /// Serve the client API over HTTPS with this certificate (plain HTTP without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https: Option<meridian_net::tls::HttpsPaths>,
+    /// Secrets: where the key-encryption keys are.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+}
+
+/// Secrets (`[secrets]` in the origin's TOML).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// The key-encryption key file (JSON, mode 0600, the same on every origin node; made by
+    /// `meridian secret init-keys`). Without it secret writes and reveals answer 503
+    /// `secrets_unconfigured`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek_file: Option<PathBuf>,
 }
 
 /// Audit log retention (`[audit]` in the origin's TOML), independent of the history's: the

@@ -13,6 +13,8 @@ use meridian_protocol::{
 };
 use meridian_store::{Backend, SignedState, StoreError, Write};
 
+use meridian_protocol::secrets::{StoredSecret, is_sealed_text};
+
 use crate::history::{self, HistoryError, Retention, WriteMeta};
 use crate::schema::{self, Registry, SchemaError};
 
@@ -97,6 +99,14 @@ pub enum Command {
     /// Raises flag exposure counts to the values given, per edge boot (no revision; a
     /// smaller count than the stored one changes nothing).
     Exposures(Vec<crate::exposures::ExposureEntry>),
+    /// Records reveals of secrets at an edge in the audit log, those newer than the edge's
+    /// newest recorded one (no revision; a record sent again adds nothing).
+    Reveals {
+        /// The edge, as its certificate names it.
+        edge: String,
+        /// Its records, oldest first.
+        records: Vec<meridian_protocol::secrets::RevealRecord>,
+    },
 }
 
 /// A write as committed: the command and who made it, when and why.
@@ -237,6 +247,10 @@ pub enum ApplyError {
         /// What the schema refused.
         violation: Box<schema::Violation>,
     },
+    /// A plain write (or a patch) of a key that holds a secret: secrets are written whole,
+    /// sealed, through the secrets API.
+    #[error("{0} holds a secret: write it with PUT /v1/secrets/{{app}}/{{env}}/{{key}}")]
+    SecretKey(Address),
     /// Current values violate a schema being registered without `force`.
     #[error("current values violate the schema for prefix {prefix:?}")]
     CurrentValuesViolate {
@@ -384,6 +398,36 @@ impl<B: Backend> OriginCore<B> {
         &mut self.state
     }
 
+    fn holds_secret(&self, address: &Address) -> bool {
+        self.state
+            .entry(address)
+            .and_then(|e| e.value)
+            .is_some_and(|v| is_sealed_text(&v))
+    }
+
+    /// A sealed value must be sealed for the version its key gets now (its associated data
+    /// binds that version, so any other would never open), and a key holding a secret takes
+    /// only another sealed value or a delete.
+    fn check_secret_write(&self, address: &Address, value: Option<&str>) -> Result<(), ApplyError> {
+        match value {
+            Some(v) if is_sealed_text(v) => {
+                let stored = StoredSecret::parse(v)
+                    .ok_or_else(|| ApplyError::Invalid(format!("{address}: malformed secret")))?;
+                let current = self.state.entry(address).map_or(0, |e| e.version.0);
+                if stored.value.at != current + 1 {
+                    return Err(ApplyError::VersionConflict {
+                        address: address.clone(),
+                        expected: stored.value.at.saturating_sub(1),
+                        actual: current,
+                    });
+                }
+                Ok(())
+            }
+            Some(_) if self.holds_secret(address) => Err(ApplyError::SecretKey(address.clone())),
+            _ => Ok(()),
+        }
+    }
+
     /// Applies one command as one revision (none for a transaction that changed nothing),
     /// durable and published before it returns.
     pub fn apply(
@@ -449,6 +493,9 @@ impl<B: Backend> OriginCore<B> {
                 max_value_bytes,
             } => {
                 check(&self.state, &address, expect_version)?;
+                if self.holds_secret(&address) {
+                    return Err(ApplyError::SecretKey(address));
+                }
                 let patch: serde_json::Value = serde_json::from_str(&patch)
                     .map_err(|e| ApplyError::Invalid(format!("patch is not JSON: {e}")))?;
                 let mut value = match self.state.entry(&address).and_then(|e| e.value) {
@@ -559,6 +606,13 @@ impl<B: Backend> OriginCore<B> {
                 }
                 Vec::new()
             }
+            Command::Reveals { edge, records } => {
+                let stored = crate::secrets::reveals::recorded_seq(self.state.backend(), &edge)?;
+                if let Some(newest) = records.iter().map(|r| r.seq).max().filter(|n| *n > stored) {
+                    extra.push(crate::secrets::reveals::seq_write(&edge, newest));
+                }
+                Vec::new()
+            }
             Command::CompactAudit { before_ms } => {
                 let upper = [
                     crate::audit::AUDIT_PREFIX[0],
@@ -588,6 +642,9 @@ impl<B: Backend> OriginCore<B> {
                 Vec::new()
             }
         };
+        for (address, value) in &writes {
+            self.check_secret_write(address, value.as_deref())?;
+        }
         for (address, value) in &writes {
             if let Some(value) = value {
                 self.schemas()?.check(address, value).map_err(|violation| {

@@ -18,6 +18,7 @@ pub mod node;
 pub mod raft;
 pub mod rollout;
 pub mod schema;
+pub mod secrets;
 pub mod server;
 
 pub use config::OriginConfig;

@@ -59,6 +59,9 @@ pub enum StartError {
     /// Raft could not start.
     #[error("raft: {0}")]
     Raft(String),
+    /// The key-encryption key file could not be used.
+    #[error("secrets: {0}")]
+    Secrets(#[from] crate::secrets::kek_file::KekFileError),
     /// The bootstrap token file.
     #[error(transparent)]
     Bootstrap(#[from] meridian_net::auth::BootstrapFileError),
@@ -125,6 +128,10 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         .map(meridian_net::auth::read_bootstrap_token)
         .transpose()?;
     meridian_net::http::metrics_handle();
+    let keyring = match &config.secrets.kek_file {
+        Some(path) => Some(Arc::new(crate::secrets::Keyring::open(path.clone())?)),
+        None => None,
+    };
     let signer = Signer::new(meridian_net::tls::load_signing_key(&config.signing_key)?);
     let store_err = |source| StartError::Store {
         path: config.data_dir.clone(),
@@ -234,6 +241,8 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
             edges: edges.clone(),
             last_used: last_used.clone(),
             exposures: exposures.clone(),
+            keyring: keyring.clone(),
+            cluster: Some(cluster.clone()),
         },
         config.quic,
         shutdown_rx.clone(),
@@ -281,6 +290,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         core: core.clone(),
         peers: client.clone(),
         space: space.clone(),
+        keyring: keyring.clone(),
     });
     let app = router(state.clone());
     // The private channel: nothing here is reachable from the client API.

@@ -174,8 +174,9 @@ impl Registry {
     /// Checks `value` (JSON text) written at `a` against every schema whose prefix `a.key`
     /// starts with.
     pub fn check(&self, a: &Address, value: &str) -> Result<(), Violation> {
-        if a.is_flag() {
-            // Flag records are checked against flagd's schemas when they are written.
+        if a.is_internal() || meridian_protocol::secrets::is_sealed_text(value) {
+            // Flag records are checked against flagd's schemas when they are written, and a
+            // secret's value before it is sealed.
             return Ok(());
         }
         let Some(schemas) = self.by_namespace.get(&(a.app.clone(), a.env.clone())) else {
@@ -232,8 +233,14 @@ pub fn violations<'a>(
     prefix: &str,
     entries: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Vec<(String, Violation)> {
+    // Flag records and data keys are not configuration, and a secret's value was checked
+    // before it was sealed.
     entries
-        .filter(|(k, _)| k.starts_with(prefix))
+        .filter(|(k, text)| {
+            k.starts_with(prefix)
+                && !meridian_protocol::addr::is_internal_record(k)
+                && !meridian_protocol::secrets::is_sealed_text(text)
+        })
         .filter_map(|(k, text)| {
             let value: Value = serde_json::from_str(text).ok()?;
             first_violation(validator, prefix, &value).map(|v| (k.to_string(), v))

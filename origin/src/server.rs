@@ -26,6 +26,12 @@ const EVENT_QUEUE: usize = 8192;
 
 enum Event {
     Connected(ConnId, mpsc::Sender<Transmit>),
+    /// The key data keys are wrapped with for this connection's edge.
+    Session(ConnId, [u8; 32]),
+    /// The edge's reveals up to this sequence number are in the audit log.
+    RevealsRecorded(ConnId, u64),
+    /// Committing the edge's reveals failed; they come again with its next report.
+    RevealsFailed(ConnId),
     Frame(ConnId, Frame),
     Disconnected(ConnId),
 }
@@ -38,6 +44,19 @@ pub struct EdgeReports {
     pub last_used: crate::http::tokens::LastUsed,
     /// Flag exposure counts heard, until committed.
     pub exposures: crate::exposures::Pending,
+    /// Data keys to send edges (none: secrets are not configured).
+    pub keyring: Option<Arc<crate::secrets::Keyring>>,
+    /// Where edges' reveals are committed to the audit log.
+    pub cluster: Option<crate::raft::cluster::Cluster>,
+}
+
+/// How often what each edge may hold of the data keys is looked at again.
+const DATA_KEYS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A connection's data-key session: its key, and the digest of what it was last sent.
+struct Session {
+    key: [u8; 32],
+    sent: Option<[u8; 32]>,
 }
 
 /// Runs until `shutdown` turns true.
@@ -54,7 +73,13 @@ pub async fn run<B: Backend + 'static>(
         edges: edges_out,
         last_used,
         exposures,
+        keyring,
+        cluster,
     } = reports;
+    let mut sessions: BTreeMap<ConnId, Session> = BTreeMap::new();
+    let mut revealing: std::collections::BTreeSet<ConnId> = std::collections::BTreeSet::new();
+    let mut keys_tick = tokio::time::interval(DATA_KEYS_EVERY);
+    keys_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut writers: BTreeMap<ConnId, mpsc::Sender<Transmit>> = BTreeMap::new();
     let mut next_conn: ConnId = 1;
@@ -109,9 +134,46 @@ pub async fn run<B: Backend + 'static>(
                             exposures.merge(source, &edge.region, counts);
                         }
                     }
-                    Event::Frame(id, frame) => distributor.handle_frame(now, id, frame, src),
+                    Event::Session(id, key) => {
+                        sessions.insert(id, Session { key, sent: None });
+                    }
+                    // Reveals at the edge, committed to the audit log under the edge id its
+                    // certificate names; one commit per edge at a time.
+                    Event::Frame(id, Frame::V1(FrameV1::Reveals { mut records })) => {
+                        if let (Some(edge), Some(cluster)) = (distributor.edge(id), &cluster)
+                            && !records.is_empty()
+                            && revealing.insert(id)
+                        {
+                            records.truncate(meridian_protocol::frame::MAX_REVEALS_PER_FRAME);
+                            tokio::spawn(commit_reveals(
+                                cluster.clone(),
+                                id,
+                                edge.edge_id.clone(),
+                                records,
+                                events_tx.clone(),
+                            ));
+                        }
+                    }
+                    Event::RevealsRecorded(id, upto) => {
+                        revealing.remove(&id);
+                        if let Some(tx) = writers.get(&id) {
+                            let _ = tx.try_send(Transmit::Control(FrameV1::RevealsAck { upto }.into()));
+                        }
+                    }
+                    Event::RevealsFailed(id) => {
+                        revealing.remove(&id);
+                    }
+                    Event::Frame(id, frame) => {
+                        let hello = matches!(frame, Frame::V1(FrameV1::Hello { .. }));
+                        distributor.handle_frame(now, id, frame, src);
+                        if hello {
+                            send_data_keys(keyring.as_deref(), src, &distributor, &writers, &mut sessions, Some(id));
+                        }
+                    }
                     Event::Disconnected(id) => {
                         writers.remove(&id);
+                        sessions.remove(&id);
+                        revealing.remove(&id);
                         distributor.handle_disconnect(id);
                     }
                 }
@@ -120,6 +182,10 @@ pub async fn run<B: Backend + 'static>(
                 if changed.is_err() { break }
                 let guard = core.lock().unwrap_or_else(|e| e.into_inner());
                 distributor.handle_commit(Instant::now(), guard.state());
+            }
+            _ = keys_tick.tick() => {
+                let guard = core.lock().unwrap_or_else(|e| e.into_inner());
+                send_data_keys(keyring.as_deref(), guard.state(), &distributor, &writers, &mut sessions, None);
             }
             _ = sleep_until(timeout) => {
                 let guard = core.lock().unwrap_or_else(|e| e.into_inner());
@@ -139,6 +205,76 @@ pub async fn run<B: Backend + 'static>(
         }
     }
     endpoint.close(0u32.into(), b"shutdown");
+}
+
+/// Sends each edge with a session (or only `only`) the data keys it may hold, when they
+/// differ from what it was last sent: on its Hello, and whenever keys or its grants change.
+fn send_data_keys<B: Backend>(
+    keyring: Option<&crate::secrets::Keyring>,
+    src: &SignedState<B>,
+    distributor: &Distributor,
+    writers: &BTreeMap<ConnId, mpsc::Sender<Transmit>>,
+    sessions: &mut BTreeMap<ConnId, Session>,
+    only: Option<ConnId>,
+) {
+    let Some(keyring) = keyring else { return };
+    let published = src.reader();
+    let p = published.read().unwrap_or_else(|e| e.into_inner());
+    for (id, session) in sessions.iter_mut() {
+        if only.is_some_and(|o| o != *id) {
+            continue;
+        }
+        let (Some(edge), Some(tx)) = (distributor.edge(*id), writers.get(id)) else {
+            continue;
+        };
+        let principal = p.auth.edge(&edge.edge_id);
+        let (digest, records) = crate::secrets::edge_records(&p.state, &principal);
+        if session.sent == Some(digest) {
+            continue;
+        }
+        let keys = crate::secrets::session_keys(keyring, &records, &session.key);
+        let n = keys.len();
+        if tx
+            .try_send(Transmit::Control(FrameV1::DataKeys { keys }.into()))
+            .is_ok()
+        {
+            session.sent = Some(digest);
+            tracing::debug!(edge = %edge.edge_id, keys = n, "sent data keys");
+        }
+    }
+}
+
+/// Commits an edge's reveals to the audit log and reports how far they got.
+async fn commit_reveals(
+    cluster: crate::raft::cluster::Cluster,
+    id: ConnId,
+    edge: String,
+    records: Vec<meridian_protocol::secrets::RevealRecord>,
+    events: mpsc::Sender<Event>,
+) {
+    let upto = records.iter().map(|r| r.seq).max().unwrap_or(0);
+    let proposal = crate::core::Proposal {
+        command: crate::core::Command::Reveals {
+            edge: edge.clone(),
+            records,
+        },
+        meta: crate::history::WriteMeta {
+            time_ms: meridian_net::auth::now_ms(),
+            actor: format!("edge:{edge}"),
+            ..Default::default()
+        },
+    };
+    let event = match cluster.write(proposal).await {
+        Ok(_) => {
+            metrics::counter!("meridian_secret_reveals_total", "node" => "edge").increment(1);
+            Event::RevealsRecorded(id, upto)
+        }
+        Err(e) => {
+            tracing::warn!(%edge, error = %e, "an edge's reveals were not recorded yet");
+            Event::RevealsFailed(id)
+        }
+    };
+    let _ = events.send(event).await;
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -212,6 +348,12 @@ async fn connection(
                     metrics::counter!("meridian_origin_impersonation_refusals_total").increment(1);
                     tracing::warn!(conn = id, claimed = %edge_id, "edge id does not match its certificate");
                     conn.close(3u32.into(), b"edge_id does not match the certificate");
+                    break;
+                }
+                if let Frame::V1(meridian_protocol::FrameV1::Hello { edge_id, .. }) = &frame
+                    && let Some(key) = meridian_net::secrets::session_key(&conn, edge_id)
+                    && events.send(Event::Session(id, key)).await.is_err()
+                {
                     break;
                 }
                 if events.send(Event::Frame(id, frame)).await.is_err() {

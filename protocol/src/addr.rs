@@ -58,7 +58,7 @@ impl Address {
     pub fn is_valid(&self) -> bool {
         (validate_app(&self.app).is_ok() || self.is_system())
             && validate_env(&self.env).is_ok()
-            && (validate_key(&self.key).is_ok() || crate::flags::is_flag_record(&self.key))
+            && (validate_key(&self.key).is_ok() || is_internal_record(&self.key))
     }
 
     /// An address of one of the system namespaces (tokens, policies).
@@ -94,6 +94,12 @@ impl Address {
         crate::flags::is_flag_record(&self.key)
     }
 
+    /// Whether this is a record Meridian keeps beside an app/env's keys (a flag set's, the
+    /// secrets' data keys) rather than a configuration key.
+    pub fn is_internal(&self) -> bool {
+        is_internal_record(&self.key)
+    }
+
     /// Whether this is a record of one of the system namespaces.
     pub fn is_system(&self) -> bool {
         crate::auth::is_system_namespace(&self.app, &self.env)
@@ -104,6 +110,13 @@ impl std::fmt::Display for Address {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}/{}", self.app, self.env, self.key)
     }
+}
+
+/// Whether `key` names a record Meridian keeps beside an app/env's keys: a flag set's records
+/// or the namespace's data keys ([`crate::secrets::DATA_KEY_RECORD`]). They start with `_`,
+/// which no client key may.
+pub fn is_internal_record(key: &str) -> bool {
+    key == crate::secrets::DATA_KEY_RECORD || crate::flags::is_flag_record(key)
 }
 
 fn is_name_start(b: u8) -> bool {

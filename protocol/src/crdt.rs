@@ -87,6 +87,13 @@ impl CacheState {
         self.apps.get(app)?.get(env)
     }
 
+    /// Every namespace `(app, env)` holding an entry, sorted.
+    pub fn namespaces(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.apps
+            .iter()
+            .flat_map(|(app, envs)| envs.keys().map(move |env| (app.as_str(), env.as_str())))
+    }
+
     /// Every `(address, entry)`, sorted by address.
     pub fn iter(&self) -> impl Iterator<Item = (Address, &EntryState)> + '_ {
         self.apps.iter().flat_map(|(app, envs)| {

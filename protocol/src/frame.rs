@@ -128,7 +128,29 @@ pub enum FrameV1 {
         /// Counts since that boot.
         counts: Vec<crate::flags::exposure::ExposureCount>,
     },
+    /// Origin → edge: every data key the edge may serve secrets with, wrapped for this
+    /// connection's TLS session (replaces what the edge held), at most [`MAX_SESSION_KEYS`].
+    DataKeys {
+        /// The keys.
+        keys: Vec<crate::secrets::SessionKey>,
+    },
+    /// Edge → origin, beside a report: reveals of secrets at the edge not yet acknowledged,
+    /// oldest first, at most [`MAX_REVEALS_PER_FRAME`].
+    Reveals {
+        /// The records.
+        records: Vec<crate::secrets::RevealRecord>,
+    },
+    /// Origin → edge: the reveals up to this sequence number are in the audit log.
+    RevealsAck {
+        /// The newest sequence number recorded.
+        upto: u64,
+    },
 }
+
+/// Most data keys one [`FrameV1::DataKeys`] carries.
+pub const MAX_SESSION_KEYS: usize = 16_384;
+/// Most reveal records one [`FrameV1::Reveals`] carries.
+pub const MAX_REVEALS_PER_FRAME: usize = 256;
 
 /// Most token uses one [`FrameV1::TokenUses`] carries.
 pub const MAX_TOKEN_USES: usize = 1000;

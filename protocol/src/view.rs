@@ -93,7 +93,7 @@ pub fn resolve<'a>(state: &'a CacheState, app: &str, env: &str) -> BTreeMap<&'a 
             // Flag records belong to the flag set, not to the configuration.
             let live = ns
                 .iter()
-                .filter(|(k, e)| !e.is_tombstone() && !crate::flags::is_flag_record(k));
+                .filter(|(k, e)| !e.is_tombstone() && !crate::addr::is_internal_record(k));
             for (k, entry) in live {
                 out.insert(k.as_str(), Resolved { entry, level });
             }
@@ -154,6 +154,18 @@ pub enum TemplateError {
         /// What is wrong.
         why: String,
     },
+    /// A reference to a secret that does not resolve for this reader: `${key}` of a secret
+    /// (secrets are referenced as `${secret:key}`), `${secret:key}` of a plain value, or of a
+    /// secret the reader may not reveal.
+    #[error("`${{{key}}}` (referenced by {}) {why}", .chain.join(" -> "))]
+    Secret {
+        /// The keys being resolved, outermost first.
+        chain: Vec<String>,
+        /// The reference.
+        key: String,
+        /// Why it does not resolve.
+        why: String,
+    },
     /// A stored value is not JSON (cannot happen for values the origin accepted).
     #[error("{0}: stored value is not JSON")]
     NotJson(String),
@@ -172,7 +184,16 @@ pub struct Renderer<'a> {
     expanded_bytes: usize,
     max_value_bytes: usize,
     visible: Option<Visible<'a>>,
+    secrets: Option<SecretOpener<'a>>,
 }
+
+/// Opens the secret at `(app, env, key)` (its entry given) for a `${secret:key}` reference:
+/// its value as JSON text, or why the reader may not have it.
+pub type SecretOpener<'a> =
+    &'a (dyn Fn(&str, &str, &str, &EntryState) -> Result<String, String> + Sync);
+
+/// How a template names a secret: `${secret:key}`.
+pub const SECRET_REFERENCE: &str = "secret:";
 
 /// Whether the reader may read the key `(app, env, key)`; a reference to a key it may not read
 /// is an error, so that a template never reveals what the reader's token does not cover.
@@ -196,12 +217,19 @@ impl<'a> Renderer<'a> {
             expanded_bytes: 0,
             max_value_bytes: crate::model::DEFAULT_MAX_VALUE_BYTES,
             visible: None,
+            secrets: None,
         }
     }
 
     /// References resolve only to keys `visible` accepts.
     pub fn with_visibility(mut self, visible: Visible<'a>) -> Self {
         self.visible = Some(visible);
+        self
+    }
+
+    /// `${secret:key}` references resolve through `opener` (without one they do not resolve).
+    pub fn with_secrets(mut self, opener: Option<SecretOpener<'a>>) -> Self {
+        self.secrets = opener;
         self
     }
 
@@ -335,6 +363,19 @@ impl<'a> Renderer<'a> {
             chain.push(name.to_string());
             return Err(TemplateError::TooDeep { chain });
         }
+        let (secret_ref, name) = match name.strip_prefix(SECRET_REFERENCE) {
+            Some(key) => (true, key),
+            None => (false, name),
+        };
+        let secret_error = |chain: &[String], why: &str| TemplateError::Secret {
+            chain: chain.to_vec(),
+            key: if secret_ref {
+                format!("{SECRET_REFERENCE}{name}")
+            } else {
+                name.to_string()
+            },
+            why: why.to_string(),
+        };
         let Some(found) = lookup(self.state, self.app, self.env, name) else {
             return Err(TemplateError::Missing {
                 chain: chain.clone(),
@@ -351,6 +392,33 @@ impl<'a> Renderer<'a> {
             }
         }
         let text = found.entry.value.as_deref().unwrap_or("null");
+        let sealed = crate::secrets::is_sealed_text(text);
+        if sealed != secret_ref {
+            return Err(secret_error(
+                chain,
+                if sealed {
+                    "is a secret: reference it as ${secret:key}"
+                } else {
+                    "is not a secret"
+                },
+            ));
+        }
+        if sealed {
+            let opener = self
+                .secrets
+                .ok_or_else(|| secret_error(chain, "is not revealed in this read"))?;
+            let (app, env) = found.level.namespace(self.app, self.env);
+            let plain =
+                opener(app, env, name, found.entry).map_err(|why| secret_error(chain, &why))?;
+            let value: Value = serde_json::from_str(&plain)
+                .map_err(|_| secret_error(chain, "did not open to JSON"))?;
+            self.spend(chain, budget, plain.len())?;
+            self.done.insert(
+                format!("{SECRET_REFERENCE}{name}"),
+                (value.clone(), plain.len()),
+            );
+            return Ok(value);
+        }
         chain.push(name.to_string());
         let rendered = self.render_text(chain, text);
         chain.pop();
@@ -391,7 +459,8 @@ fn parse(key: &str, s: &str) -> Result<Vec<Part>, TemplateError> {
             return Err(malformed(&rest[i..], "no closing `}`".into()));
         };
         let name = &after[..end];
-        validate_key(name).map_err(|e| malformed(&rest[i..i + 3 + end], e.to_string()))?;
+        validate_key(name.strip_prefix(SECRET_REFERENCE).unwrap_or(name))
+            .map_err(|e| malformed(&rest[i..i + 3 + end], e.to_string()))?;
         if !text.is_empty() {
             parts.push(Part::Text(std::mem::take(&mut text)));
         }

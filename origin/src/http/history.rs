@@ -39,10 +39,12 @@ fn bad_query(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message)
 }
 
+/// A recorded value as history and diffs show it: a secret masked (its fingerprint).
 fn parse_value(r: &HistoryRecord) -> Option<Value> {
     r.value
         .as_deref()
         .and_then(|t| serde_json::from_str(t).ok())
+        .map(meridian_protocol::secrets::masked_json)
 }
 
 fn record_json(r: &HistoryRecord) -> Value {
@@ -347,9 +349,13 @@ pub(crate) async fn rollback_of(
     )?;
     meta.action = Some("rollback".into());
     let command = history::key_rollback(&a, &target, current);
+    let command = super::secrets::reseal_rollback(state, principal, command)?;
     let applied = commit(state, command, meta).await?;
     let entry = applied
-        .entry()
+        .entries
+        .iter()
+        .find(|(at, _)| *at == a)
+        .map(|(_, e)| e)
         .ok_or_else(|| internal("the rollback changed nothing"))?;
     let mut buf = Vec::with_capacity(128);
     write_entry(&mut buf, &a.app, &a.env, &a.key, entry);
@@ -410,6 +416,7 @@ pub(crate) async fn env_rollback(
         )?;
         meta.action = Some("rollback".into());
         let command = history::env_rollback(&app, &env, &target, &current);
+        let command = super::secrets::reseal_rollback(&state, &principal, command)?;
         crate::http::check_revision_size(&command, "the rollback")?;
         let applied = commit(&state, command, meta).await?;
         let changed: Vec<_> = applied

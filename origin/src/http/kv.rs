@@ -12,8 +12,9 @@ use axum::response::{IntoResponse, Response};
 use meridian_net::auth::{RequestMeta, authorize, readable};
 use meridian_net::http::{ApiError, json_bytes, write_entry};
 use meridian_net::reads;
+use meridian_net::secrets::Revealer;
 use meridian_protocol::auth::{Action, Principal, Resource};
-use meridian_protocol::{Address, CacheState};
+use meridian_protocol::{Address, CacheState, EntryState};
 use serde::Deserialize;
 
 use super::{
@@ -40,6 +41,7 @@ pub fn put_command(
     max_value_bytes: usize,
 ) -> Result<(Command, Option<String>), ApiError> {
     let parsed: PutBody = json_body(body)?;
+    refuse_reserved(&parsed.value)?;
     let text = parsed.value.to_string();
     if text.len() > max_value_bytes {
         return Err(ApiError::new(
@@ -76,14 +78,17 @@ pub fn patch_command(
     Ok((command, parsed.reason))
 }
 
-/// The command a `POST /v1/txn` body asks for, and its reason.
-pub fn txn_body_command(
-    body: &[u8],
-    max_value_bytes: usize,
-) -> Result<(Command, Option<String>), ApiError> {
+/// The transaction a `POST /v1/txn` body asks for.
+pub fn txn_body_command(body: &[u8], max_value_bytes: usize) -> Result<TxnRequest, ApiError> {
     let parsed: TxnBody = json_body(body)?;
     let reason = parsed.reason.clone();
-    Ok((txn_command(parsed, max_value_bytes)?, reason))
+    let mut secret_ops = Vec::new();
+    let command = txn_command(parsed, max_value_bytes, &mut secret_ops)?;
+    Ok(TxnRequest {
+        command,
+        reason,
+        secret_ops,
+    })
 }
 
 pub(crate) async fn put(
@@ -152,28 +157,49 @@ pub(crate) async fn delete(
     inner.await.map_err(count_error)
 }
 
-/// Answers `read(state)` after a linearizable read barrier.
 /// A linearizable read. It reflects every acknowledged write, so `min_revision` only fails
-/// (504 at once, no wait) for a revision no write has been acknowledged at yet.
+/// (504 at once, no wait) for a revision no write has been acknowledged at yet. `${secret:key}`
+/// references open for a caller with `secret-read`, and are audited before the answer goes.
 pub(crate) async fn linearized_read(
     state: &Arc<AppState>,
+    principal: &Principal,
+    request: &RequestMeta,
     min: Option<(u64, u64)>,
-    read: impl FnOnce(&CacheState) -> Result<Vec<u8>, ApiError>,
+    read: impl FnOnce(&CacheState, reads::Access<'_>) -> Result<Vec<u8>, ApiError>,
 ) -> Result<Response, ApiError> {
     state.cluster.linearize().await.map_err(cluster_error)?;
-    let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
-    if let Some((want, _)) = min {
-        let have = p.state.revision().0;
-        if have < want {
-            return Err(reads::revision_not_reached(have, want, 0));
+    let (body, reveals) = {
+        let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
+        if let Some((want, _)) = min {
+            let have = p.state.revision().0;
+            if have < want {
+                return Err(reads::revision_not_reached(have, want, 0));
+            }
         }
-    }
-    read(&p.state).map(json_bytes)
+        let keys = super::secrets::key_source(state.keyring.as_deref(), &p.state);
+        let revealer = Revealer::new(principal, &keys, crate::history::now_ms());
+        let body = {
+            let visible = readable(principal);
+            let opener =
+                |app: &str, env: &str, key: &str, e: &EntryState| revealer.open(app, env, key, e);
+            read(
+                &p.state,
+                reads::Access {
+                    visible: &visible,
+                    secrets: Some(&opener),
+                },
+            )?
+        };
+        (body, revealer.into_reveals())
+    };
+    super::secrets::audit_reveals(state, reveals, request).await?;
+    Ok(json_bytes(body))
 }
 
 pub(crate) async fn get_one(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<reads::EntryQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -181,8 +207,8 @@ pub(crate) async fn get_one(
         let a = address(path)?;
         let q: reads::EntryQuery = query(q)?;
         let min = reads::min_revision(q.min_revision, q.wait_ms)?;
-        linearized_read(&state, min, |s| {
-            reads::entry(s, &a, &q, &readable(&principal))
+        linearized_read(&state, &principal, &request, min, |s, access| {
+            reads::entry(s, &a, &q, access)
         })
         .await
     };
@@ -192,6 +218,7 @@ pub(crate) async fn get_one(
 pub(crate) async fn list(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     path: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<reads::ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -199,8 +226,8 @@ pub(crate) async fn list(
         let (app, env) = namespace(path)?;
         let q: reads::ListQuery = query(q)?;
         let min = reads::min_revision(q.min_revision, q.wait_ms)?;
-        linearized_read(&state, min, |s| {
-            reads::list(s, &app, &env, &q, &readable(&principal))
+        linearized_read(&state, &principal, &request, min, |s, access| {
+            reads::list(s, &app, &env, &q, access)
         })
         .await
     };
@@ -210,6 +237,7 @@ pub(crate) async fn list(
 pub(crate) async fn config(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
+    Extension(request): Extension<RequestMeta>,
     path: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<reads::ConfigQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -217,8 +245,8 @@ pub(crate) async fn config(
         let (app, env) = namespace(path)?;
         let q: reads::ConfigQuery = query(q)?;
         let min = reads::min_revision(q.min_revision, q.wait_ms)?;
-        linearized_read(&state, min, |s| {
-            reads::config(s, &app, &env, &q, &readable(&principal))
+        linearized_read(&state, &principal, &request, min, |s, access| {
+            reads::config(s, &app, &env, &q, access)
         })
         .await
     };
@@ -294,6 +322,9 @@ enum TxnOpBody {
     Put {
         address: String,
         value: serde_json::Value,
+        /// Seal the value as a secret (needs `secret-write`).
+        #[serde(default)]
+        secret: bool,
     },
     Delete {
         address: String,
@@ -338,7 +369,34 @@ fn parse_address(s: &str) -> Result<Address, ApiError> {
     }
 }
 
-fn txn_command(body: TxnBody, max_value_bytes: usize) -> Result<Command, ApiError> {
+/// 400 `reserved_value` for a plain value shaped like a stored secret.
+fn refuse_reserved(value: &serde_json::Value) -> Result<(), ApiError> {
+    if meridian_protocol::secrets::is_reserved_value(value) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reserved_value",
+            "a plain value may not be an object with a \"$secret\" field; write secrets with PUT /v1/secrets/{app}/{env}/{key}",
+        ));
+    }
+    Ok(())
+}
+
+/// A transaction as asked for: the command (secret operations still holding their value in
+/// clear, at the positions `secret_ops` lists, to be sealed before it is proposed).
+pub struct TxnRequest {
+    /// The command.
+    pub command: Command,
+    /// Why.
+    pub reason: Option<String>,
+    /// Which operations are secrets.
+    pub secret_ops: Vec<usize>,
+}
+
+fn txn_command(
+    body: TxnBody,
+    max_value_bytes: usize,
+    secret_ops: &mut Vec<usize>,
+) -> Result<Command, ApiError> {
     let items = body.conditions.len() + body.ops.len();
     if items > MAX_TXN_ITEMS {
         return Err(ApiError::new(
@@ -376,7 +434,16 @@ fn txn_command(body: TxnBody, max_value_bytes: usize) -> Result<Command, ApiErro
     let mut ops = Vec::with_capacity(body.ops.len());
     for op in body.ops {
         ops.push(match op {
-            TxnOpBody::Put { address, value } => {
+            TxnOpBody::Put {
+                address,
+                value,
+                secret,
+            } => {
+                if secret {
+                    secret_ops.push(ops.len());
+                } else {
+                    refuse_reserved(&value)?;
+                }
                 let text = value.to_string();
                 if text.len() > max_value_bytes {
                     return Err(ApiError::new(
@@ -416,7 +483,11 @@ fn txn_command(body: TxnBody, max_value_bytes: usize) -> Result<Command, ApiErro
 
 /// Every operation of a transaction needs its own permission (write or delete on its key) and
 /// every condition read permission on its key: one refusal refuses the whole transaction.
-fn authorize_txn(principal: &Principal, command: &Command) -> Result<(), ApiError> {
+fn authorize_txn(
+    principal: &Principal,
+    command: &Command,
+    secret_ops: &[usize],
+) -> Result<(), ApiError> {
     let Command::Txn { conditions, ops } = command else {
         return Ok(());
     };
@@ -430,7 +501,7 @@ fn authorize_txn(principal: &Principal, command: &Command) -> Result<(), ApiErro
     for c in conditions {
         authorize(principal, Action::Read, &key(c.address()))?;
     }
-    for op in ops {
+    for (i, op) in ops.iter().enumerate() {
         let a = op.address();
         if a.is_flag() {
             // Flags are written per app/env, as on the flag routes.
@@ -443,11 +514,59 @@ fn authorize_txn(principal: &Principal, command: &Command) -> Result<(), ApiErro
             continue;
         }
         let action = match op {
+            TxnOp::Put(..) if secret_ops.contains(&i) => Action::SecretWrite,
             TxnOp::Put(..) => Action::Write,
             TxnOp::Delete(_) => Action::Delete,
         };
         authorize(principal, action, &key(a))?;
     }
+    Ok(())
+}
+
+/// Seals the secret operations of a transaction (their values checked against the schemas in
+/// clear first), adding the conditions that bind each to the version it was sealed for.
+async fn seal_secret_ops(
+    state: &Arc<AppState>,
+    command: &mut Command,
+    secret_ops: &[usize],
+    now_ms: u64,
+) -> Result<(), ApiError> {
+    let Command::Txn { conditions, ops } = command else {
+        return Ok(());
+    };
+    if secret_ops.is_empty() {
+        return Ok(());
+    }
+    let keyring = state.keyring.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "secrets_unconfigured",
+            "secrets are not configured on this node: set [secrets] kek_file",
+        )
+    })?;
+    for &i in secret_ops {
+        if let Some(TxnOp::Put(a, text)) = ops.get(i) {
+            super::secrets::check_schema(state, a, text)?;
+        }
+    }
+    state.cluster.linearize().await.map_err(cluster_error)?;
+    let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
+    let mut sealing = crate::secrets::Sealing::default();
+    for &i in secret_ops {
+        let Some(TxnOp::Put(a, text)) = ops.get(i).cloned() else {
+            continue;
+        };
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let write = crate::secrets::SecretWrite {
+            value,
+            ..Default::default()
+        };
+        let put = crate::secrets::seal_write(keyring, &p.state, &a, &write, now_ms, &mut sealing)
+            .map_err(super::secrets::secrets_error)?;
+        ops[i] = put;
+    }
+    conditions.extend(sealing.conditions);
+    ops.extend(sealing.ops);
     Ok(())
 }
 
@@ -521,12 +640,30 @@ pub(crate) async fn txn(
 ) -> Result<Response, ApiError> {
     let inner = async {
         let body = body.map_err(body_error)?;
-        let (mut command, reason) = txn_body_command(&body, state.max_value_bytes)?;
-        authorize_txn(&principal, &command)?;
-        check_flag_ops(&state, &mut command).await?;
+        let TxnRequest {
+            command: asked,
+            reason,
+            secret_ops,
+        } = txn_body_command(&body, state.max_value_bytes)?;
+        authorize_txn(&principal, &asked, &secret_ops)?;
         let meta = write_meta(&principal, &request, reason)?;
-        check_revision_size(&command, "the transaction")?;
-        let applied = commit(&state, command, meta).await?;
+        let mut attempt = 0;
+        let applied = loop {
+            attempt += 1;
+            let mut command = asked.clone();
+            check_flag_ops(&state, &mut command).await?;
+            seal_secret_ops(&state, &mut command, &secret_ops, meta.time_ms).await?;
+            check_revision_size(&command, "the transaction")?;
+            match commit(&state, command, meta.clone()).await {
+                Ok(applied) => break applied,
+                // A sealed value is bound to the version read: taken again after a lost race.
+                Err(e)
+                    if !secret_ops.is_empty()
+                        && attempt < 4
+                        && matches!(e.code, "version_conflict" | "condition_failed") => {}
+                Err(e) => return Err(e),
+            }
+        };
         let changed: Vec<_> = applied
             .entries
             .iter()

@@ -10,6 +10,7 @@ pub mod history;
 pub mod kv;
 pub mod rollouts;
 pub mod schemas;
+pub mod secrets;
 pub mod status;
 pub mod tokens;
 
@@ -55,13 +56,15 @@ pub struct AppState {
     pub space: meridian_store::SpaceGuard,
     /// Where the authorization layer finds tokens and policies.
     pub gate: Gate,
+    /// The key-encryption keys and data keys (none: secrets are not configured).
+    pub keyring: Option<Arc<crate::secrets::Keyring>>,
 }
 
 pub(crate) type Shared = State<Arc<AppState>>;
 
 /// Every route of the client API and the rule that authorizes it.
 pub fn routes() -> RouteTable<Arc<AppState>> {
-    use Action::{Admin, AuditRead, Delete, Flag, Read, Rollback, Schema, Write};
+    use Action::{Admin, AuditRead, Delete, Flag, Read, Rollback, Schema, SecretWrite, Write};
     use Method as M;
     use Rule::{Everything, Filtered, Key, Namespace, Observe};
     RouteTable::new()
@@ -244,6 +247,50 @@ pub fn routes() -> RouteTable<Arc<AppState>> {
             "/ofrep/v1/evaluate/flags/{flag}",
             Rule::Identify,
             flags::scoped_one,
+        )
+        .route(
+            M::GET,
+            "/v1/secrets/{app}/{env}/{key}",
+            Key(Read),
+            secrets::get,
+        )
+        .route(
+            M::PUT,
+            "/v1/secrets/{app}/{env}/{key}",
+            Key(SecretWrite),
+            secrets::put,
+        )
+        .route(
+            M::DELETE,
+            "/v1/secrets/{app}/{env}/{key}",
+            Key(SecretWrite),
+            secrets::delete,
+        )
+        .route(
+            M::POST,
+            "/v1/secrets/{app}/{env}/{key}/rotate",
+            Key(SecretWrite),
+            secrets::rotate,
+        )
+        .route(
+            M::GET,
+            "/v1/secrets/{app}/{env}",
+            Filtered(Read),
+            secrets::list,
+        )
+        .route(M::GET, "/v1/secrets/due", Filtered(Read), secrets::due)
+        .route(M::GET, "/v1/secret-keys", Everything(Admin), secrets::keys)
+        .route(
+            M::POST,
+            "/v1/secret-keys/rotate",
+            Everything(Admin),
+            secrets::rotate_kek,
+        )
+        .route(
+            M::POST,
+            "/v1/secret-keys/{app}/{env}/rotate",
+            Namespace(SecretWrite),
+            secrets::rotate_data_key,
         )
         .route(M::POST, "/v1/txn", Filtered(Write), kv::txn)
         .route(M::POST, "/v1/tokens", Everything(Admin), tokens::create)
@@ -431,6 +478,15 @@ pub(crate) async fn commit(
                 StatusCode::CONFLICT,
                 "condition_failed",
                 format!("condition {index} ({condition}) failed: the version is {actual}"),
+            ));
+        }
+        Outcome::SecretKey(a) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "secret_key",
+                format!(
+                    "{a} holds a secret: write it with PUT /v1/secrets/{{app}}/{{env}}/{{key}}, or delete it first"
+                ),
             ));
         }
         Outcome::Invalid(why) => {

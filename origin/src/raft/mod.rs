@@ -114,6 +114,8 @@ pub enum Outcome {
         /// The limit.
         limit: u64,
     },
+    /// A plain write or a patch of a key that holds a secret.
+    SecretKey(Address),
 }
 
 impl Outcome {
@@ -128,6 +130,7 @@ impl Outcome {
             Self::SchemaViolation { .. } => "schema_violation",
             Self::CurrentValuesViolate { .. } => "current_values_violate",
             Self::ValueTooLarge { .. } => "value_too_large",
+            Self::SecretKey(_) => "secret_key",
         }
     }
 }

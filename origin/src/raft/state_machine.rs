@@ -295,6 +295,10 @@ impl StateMachine {
             let described = crate::audit::describe(&proposal.command, &proposal.meta);
             let events = match &proposal.command {
                 Command::Audit(events) => events.clone(),
+                Command::Reveals { edge, records } => {
+                    crate::secrets::reveals::events(core.state().backend(), edge, records)
+                        .map_err(|e| StorageIOError::apply(log_id, &e))?
+                }
                 _ => Vec::new(),
             };
             let meta = proposal.meta.clone();
@@ -321,6 +325,7 @@ impl StateMachine {
                         actual,
                     },
                     Err(ApplyError::Invalid(why)) => Outcome::Invalid(why),
+                    Err(ApplyError::SecretKey(a)) => Outcome::SecretKey(a),
                     Err(ApplyError::ValueTooLarge {
                         address,
                         bytes,

@@ -154,6 +154,8 @@ pub struct AuthIndex {
     /// Ids with a record, revoked ones included.
     recorded: HashSet<TokenId>,
     anonymous: Arc<Principal>,
+    /// Grants bound to edges, by edge id (`*`: every edge).
+    edges: HashMap<String, Vec<Grant>>,
     /// Records that did not parse (counted, never fatal: the rest still works).
     invalid_records: usize,
 }
@@ -164,6 +166,7 @@ impl Default for AuthIndex {
             tokens: HashMap::new(),
             recorded: HashSet::new(),
             anonymous: Arc::new(Principal::nobody()),
+            edges: HashMap::new(),
             invalid_records: 0,
         }
     }
@@ -240,9 +243,26 @@ impl AuthIndex {
             );
         }
         let anonymous = by_subject.remove(&Subject::Anonymous).unwrap_or_default();
+        for (subject, grants) in by_subject {
+            if let Subject::Edge(id) = subject {
+                index.edges.insert(id, grants);
+            }
+        }
         index.anonymous = Arc::new(Principal::new(None, "anonymous".into(), anonymous));
         index.invalid_records = invalid;
         index
+    }
+
+    /// What the edge `edge_id` may do: the grants of policies naming `edge:<edge_id>` or
+    /// `edge:*` (the origin sends an edge data keys only where it may `secret-read`).
+    pub fn edge(&self, edge_id: &str) -> Principal {
+        let grants = [edge_id, "*"]
+            .iter()
+            .filter_map(|id| self.edges.get(*id))
+            .flatten()
+            .cloned()
+            .collect();
+        Principal::new(None, format!("edge:{edge_id}"), grants)
     }
 
     /// Who presents `bearer` (`None`: no token, the anonymous principal) at `now_ms`.

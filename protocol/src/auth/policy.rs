@@ -207,10 +207,13 @@ pub enum Subject {
     Group(String),
     /// Requests that carry no token.
     Anonymous,
+    /// The edge with this id (as its certificate names it), or every edge (`edge:*`): what it
+    /// may serve secrets for (`secret-read`).
+    Edge(String),
 }
 
 impl Subject {
-    /// Parses `token:<id>`, `group:<name>` or `anonymous`.
+    /// Parses `token:<id>`, `group:<name>`, `edge:<id>`, `edge:*` or `anonymous`.
     pub fn parse(s: &str) -> Result<Self, PolicyError> {
         let bad = || PolicyError::Subject(s.chars().take(100).collect());
         if s == "anonymous" {
@@ -218,6 +221,11 @@ impl Subject {
         }
         if let Some(id) = s.strip_prefix("token:") {
             return TokenId::parse(id).map(Self::Token).ok_or_else(bad);
+        }
+        if let Some(e) = s.strip_prefix("edge:")
+            && (e == "*" || valid_group(e))
+        {
+            return Ok(Self::Edge(e.to_owned()));
         }
         if let Some(g) = s.strip_prefix("group:")
             && valid_group(g)
@@ -250,7 +258,7 @@ pub fn valid_policy_name(name: &str) -> bool {
 /// by the flattened grant, which receives every field the policy itself does not name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRecord {
-    /// `token:<id>`, `group:<name>` or `anonymous`.
+    /// `token:<id>`, `group:<name>`, `edge:<id>`, `edge:*` or `anonymous`.
     pub subjects: Vec<String>,
     /// What they may do, where.
     #[serde(flatten)]

@@ -15,7 +15,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::addr::Address;
 
-/// The field that marks a stored value as a sealed secret: `{"$secret": {…}}`.
+mod keys;
+mod stored;
+
+pub use keys::{
+    DATA_KEY_RECORD, DataKeyRecord, KeyProvider, LocalKeks, MAX_DATA_KEY_GENERATIONS, RecordedKey,
+    WrappedKey, data_key_context,
+};
+pub use stored::{
+    Due, MaskedSecret, Previous, StoredSecret, is_reserved_value, is_sealed_text, masked_json,
+    masked_text, write_masked,
+};
+
+/// The field that marks a stored value as a secret: `{"$secret": {…}}`. A plain value may not
+/// be an object with this field.
 pub const SECRET_FIELD: &str = "$secret";
 
 /// Why a secret could not be sealed or opened. Never carries the value.
@@ -34,7 +47,7 @@ pub enum SecretError {
 
 /// A 256-bit data key of one app/env.
 #[derive(Clone, PartialEq, Eq)]
-pub struct DataKey([u8; 32]);
+pub struct DataKey(pub(crate) [u8; 32]);
 
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,7 +61,12 @@ impl DataKey {
         Self(bytes)
     }
 
-    fn cipher(&self) -> Aes256Gcm {
+    /// The key fingerprints of values sealed under this key are keyed with.
+    pub fn fingerprint_key(&self) -> [u8; 32] {
+        blake3::derive_key("meridian secret fingerprint v1", &self.0)
+    }
+
+    pub(crate) fn cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new((&self.0).into())
     }
 }
@@ -65,12 +83,14 @@ fn aad(address: &Address, version: u64, generation: u32) -> Vec<u8> {
     out
 }
 
-/// A sealed secret as stored (the value of its key is `{"$secret": <this>}`).
+/// One sealed value (inside a [`StoredSecret`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sealed {
     /// Format version.
     pub v: u8,
+    /// The version of its key it is sealed for (bound by the associated data).
+    pub at: u64,
     /// The generation of the namespace's data key it is sealed under.
     pub dk: u32,
     /// The 96-bit nonce, base64.
@@ -81,17 +101,56 @@ pub struct Sealed {
     pub fp: String,
 }
 
-impl Sealed {
-    /// The stored JSON value.
-    pub fn to_value(&self) -> serde_json::Value {
-        serde_json::json!({ SECRET_FIELD: self })
-    }
+/// Opens the current value of a stored secret at `address` (its key at `version`), and the
+/// previous one while its grace period lasts at `now_ms` when `previous` is asked for; `key`
+/// finds the namespace's data key of a generation.
+pub fn open_stored(
+    stored: &StoredSecret,
+    address: &Address,
+    version: u64,
+    previous: bool,
+    now_ms: u64,
+    key: &dyn Fn(u32) -> Result<DataKey, SecretError>,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), SecretError> {
+    let current = open(&key(stored.value.dk)?, &stored.value, address, version)?;
+    let before = match stored.previous_at(now_ms).filter(|_| previous) {
+        Some(p) => Some(open(&key(p.dk)?, p, address, p.at)?),
+        None => None,
+    };
+    Ok((current, before))
+}
 
-    /// The sealed secret a stored value holds, if it holds one.
-    pub fn from_stored(value: &serde_json::Value) -> Option<Self> {
-        let o = value.as_object().filter(|o| o.len() == 1)?;
-        serde_json::from_value(o.get(SECRET_FIELD)?.clone()).ok()
-    }
+/// A data key sent to one edge, wrapped for its session ([`crate::frame::FrameV1::DataKeys`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionKey {
+    /// The namespace.
+    pub app: String,
+    /// The namespace.
+    pub env: String,
+    /// The generation.
+    pub g: u32,
+    /// The key, wrapped with [`data_key_context`] under the session's key.
+    pub wrapped: WrappedKey,
+}
+
+/// A reveal of a secret at an edge, as the edge keeps it until the origin has it in the audit
+/// log ([`crate::frame::FrameV1::Reveals`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevealRecord {
+    /// The edge's sequence number (rises, never reused).
+    pub seq: u64,
+    /// When, ms since the Unix epoch (the edge's clock).
+    pub time_ms: u64,
+    /// Who (`name#id`).
+    pub actor: String,
+    /// What.
+    pub address: Address,
+    /// Its version.
+    pub version: u64,
+    /// Whether the previous value was revealed too.
+    pub previous: bool,
+    /// The request's id.
+    pub request_id: Option<String>,
 }
 
 /// A keyed fingerprint of a value at an address: equal values at one address have equal
@@ -127,6 +186,7 @@ pub fn seal(
         .expect("AES-GCM seals any message under 64 GiB");
     Sealed {
         v: 1,
+        at: version,
         dk: generation,
         n: B64.encode(nonce),
         ct: B64.encode(ct),
@@ -162,98 +222,6 @@ pub fn open(
             },
         )
         .map_err(|_| SecretError::Tampered)
-}
-
-/// A data key wrapped by a key-encryption key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WrappedKey {
-    /// Which key-encryption key wrapped it.
-    pub kek: String,
-    /// The 96-bit nonce, base64.
-    pub n: String,
-    /// The wrapped key and tag, base64.
-    pub ct: String,
-}
-
-/// Where key-encryption keys live: a local key file by default, an external KMS later.
-/// `context` binds a wrapped key to what it is for (the namespace and generation).
-pub trait KeyProvider: Send + Sync {
-    /// The id of the key it wraps with now.
-    fn current(&self) -> &str;
-    /// Wraps `key` with the current key-encryption key.
-    fn wrap(&self, key: &DataKey, context: &[u8], nonce: [u8; 12]) -> WrappedKey;
-    /// Unwraps a key wrapped by any key-encryption key it holds.
-    fn unwrap(&self, wrapped: &WrappedKey, context: &[u8]) -> Result<DataKey, SecretError>;
-}
-
-/// Key-encryption keys held in memory (loaded from a 0600 key file by the origin), the newest
-/// one wrapping; older ones still unwrap, so a rotation can rewrap at its own pace.
-pub struct LocalKeks {
-    keys: Vec<(String, DataKey)>,
-}
-
-impl LocalKeks {
-    /// Keys by id, the last one current. At least one.
-    pub fn new(keys: Vec<(String, [u8; 32])>) -> Option<Self> {
-        (!keys.is_empty()).then(|| Self {
-            keys: keys.into_iter().map(|(id, k)| (id, DataKey(k))).collect(),
-        })
-    }
-}
-
-impl KeyProvider for LocalKeks {
-    fn current(&self) -> &str {
-        &self.keys.last().expect("at least one key").0
-    }
-
-    fn wrap(&self, key: &DataKey, context: &[u8], nonce: [u8; 12]) -> WrappedKey {
-        let (id, kek) = self.keys.last().expect("at least one key");
-        let ct = kek
-            .cipher()
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &key.0,
-                    aad: context,
-                },
-            )
-            .expect("AES-GCM seals 32 bytes");
-        WrappedKey {
-            kek: id.clone(),
-            n: B64.encode(nonce),
-            ct: B64.encode(ct),
-        }
-    }
-
-    fn unwrap(&self, wrapped: &WrappedKey, context: &[u8]) -> Result<DataKey, SecretError> {
-        let (_, kek) = self
-            .keys
-            .iter()
-            .find(|(id, _)| *id == wrapped.kek)
-            .ok_or(SecretError::Malformed("unknown key-encryption key"))?;
-        let nonce = B64
-            .decode(&wrapped.n)
-            .ok()
-            .filter(|n| n.len() == 12)
-            .ok_or(SecretError::Malformed("nonce"))?;
-        let ct = B64
-            .decode(&wrapped.ct)
-            .map_err(|_| SecretError::Malformed("wrapped key"))?;
-        let plain = kek
-            .cipher()
-            .decrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &ct,
-                    aad: context,
-                },
-            )
-            .map_err(|_| SecretError::Tampered)?;
-        <[u8; 32]>::try_from(plain.as_slice())
-            .map(DataKey)
-            .map_err(|_| SecretError::Malformed("a data key is 32 bytes"))
-    }
 }
 
 #[cfg(test)]
@@ -295,14 +263,6 @@ mod tests {
             open(&k, &other_generation, &at("db.password"), 3),
             Err(SecretError::Tampered)
         );
-        // The stored form round-trips and never holds the value.
-        let stored = s.to_value();
-        assert!(!stored.to_string().contains("hunter2"));
-        assert_eq!(Sealed::from_stored(&stored), Some(s));
-        assert_eq!(
-            Sealed::from_stored(&serde_json::json!({"$secret": 1})),
-            None
-        );
     }
 
     #[test]
@@ -312,26 +272,5 @@ mod tests {
         assert_ne!(a, fingerprint(&FP, &at("k"), b"w"));
         assert_ne!(a, fingerprint(&FP, &at("j"), b"v"));
         assert_ne!(a, fingerprint(&[8; 32], &at("k"), b"v"));
-    }
-
-    #[test]
-    fn data_keys_unwrap_under_an_older_kek_after_rotation() {
-        let dk = DataKey::from_bytes([5; 32]);
-        let old = LocalKeks::new(vec![("kek-1".into(), [1; 32])]).unwrap();
-        let wrapped = old.wrap(&dk, b"pay/prod#1", [3; 12]);
-        assert_eq!(wrapped.kek, "kek-1");
-        let rotated =
-            LocalKeks::new(vec![("kek-1".into(), [1; 32]), ("kek-2".into(), [2; 32])]).unwrap();
-        assert_eq!(rotated.current(), "kek-2");
-        assert_eq!(rotated.unwrap(&wrapped, b"pay/prod#1").unwrap(), dk);
-        // Bound to its context; a retired KEK no longer unwraps.
-        assert_eq!(
-            rotated.unwrap(&wrapped, b"pay/dev#1"),
-            Err(SecretError::Tampered)
-        );
-        let rewrapped = rotated.wrap(&dk, b"pay/prod#1", [4; 12]);
-        let retired = LocalKeks::new(vec![("kek-2".into(), [2; 32])]).unwrap();
-        assert_eq!(retired.unwrap(&rewrapped, b"pay/prod#1").unwrap(), dk);
-        assert!(retired.unwrap(&wrapped, b"pay/prod#1").is_err());
     }
 }

@@ -1,0 +1,340 @@
+//! Secret reads, the same at every origin node and edge (DESIGN §4b): masked by default
+//! (`"value": null, "secret": true, "fingerprint": …`), revealed with `?reveal=true` to a caller
+//! holding `secret-read` on the key, with the previous value too during a rotation's grace
+//! period when asked with `?versions=2`. Where the node's data keys come from (the origin's
+//! records, an edge's session keys) is the caller's [`KeySource`]; each reveal is handed back
+//! as a [`Reveal`] for the audit log.
+
+use axum::http::StatusCode;
+use meridian_protocol::auth::{Action, Principal, Resource};
+use meridian_protocol::secrets::{DataKey, SecretError, StoredSecret, open_stored};
+use meridian_protocol::{Address, CacheState};
+use serde::Deserialize;
+
+use crate::auth::authorize;
+use crate::http::ApiError;
+
+/// Query of `GET /v1/secrets/{app}/{env}/{key}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretQuery {
+    /// Answer the value (needs `secret-read`); masked otherwise.
+    #[serde(default)]
+    pub reveal: bool,
+    /// `2`: also the previous value while its grace period lasts (with `reveal`).
+    #[serde(default)]
+    pub versions: Option<u8>,
+    /// Read-your-writes: answer only once this revision is applied.
+    #[serde(default)]
+    pub min_revision: Option<u64>,
+    /// How long an edge may wait for `min_revision`.
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+/// Why a data key could not be had.
+#[derive(Debug)]
+pub enum KeyUnavailable {
+    /// This node does not hold the namespace's keys (an edge not allowed to serve its
+    /// secrets, or not yet sent them).
+    NotHeld,
+    /// The key did not unwrap, or the node has no key-encryption keys.
+    Failed(String),
+}
+
+/// The data key of generation `g` of `app/env`.
+pub type KeySource<'a> = &'a (dyn Fn(&str, &str, u32) -> Result<DataKey, KeyUnavailable> + Sync);
+
+/// One reveal, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reveal {
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub address: Address,
+    /// Its version.
+    pub version: u64,
+    /// Whether the previous value was revealed too.
+    pub previous: bool,
+}
+
+/// 403 `secret_unavailable`: this node does not hold the data keys of the namespace.
+pub fn unavailable(a: &Address) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "secret_unavailable",
+        format!(
+            "this node does not hold the keys of {}/{}: it is not allowed to serve its secrets \
+             (a policy with subject edge:<id> and secret-read), or has not received them yet",
+            a.app, a.env
+        ),
+    )
+}
+
+/// 500 `secret_unreadable`: stored ciphertext did not open (tampered, or sealed under a key
+/// not held). Never an answer of other bytes.
+fn unreadable(a: &Address, e: &SecretError) -> ApiError {
+    tracing::error!(address = %a, error = %e, "a secret did not open");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "secret_unreadable",
+        format!("{a}: the stored secret does not open ({e})"),
+    )
+}
+
+fn key_error(a: &Address, e: KeyUnavailable) -> ApiError {
+    match e {
+        KeyUnavailable::NotHeld => unavailable(a),
+        KeyUnavailable::Failed(why) => {
+            tracing::error!(address = %a, error = %why, "a data key did not unwrap");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "secret_key_unavailable",
+                format!("{}/{}: the data key is not available: {why}", a.app, a.env),
+            )
+        }
+    }
+}
+
+/// Opens the secret `stored` at `a` (its key at `version`) with `keys`.
+pub fn open(
+    a: &Address,
+    stored: &StoredSecret,
+    version: u64,
+    previous: bool,
+    now_ms: u64,
+    keys: KeySource<'_>,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), ApiError> {
+    let failure = std::cell::RefCell::new(None);
+    let key = |g| {
+        keys(&a.app, &a.env, g).map_err(|e| {
+            *failure.borrow_mut() = Some(e);
+            SecretError::UnknownKey(g)
+        })
+    };
+    match open_stored(stored, a, version, previous, now_ms, &key) {
+        Ok(v) => Ok(v),
+        Err(e) => match failure.into_inner() {
+            Some(k) => Err(key_error(a, k)),
+            None => Err(unreadable(a, &e)),
+        },
+    }
+}
+
+fn push_str(buf: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+fn push_plain(buf: &mut Vec<u8>, a: &Address, plain: &[u8]) -> Result<(), ApiError> {
+    // Sealed from JSON text by the origin; anything else did not come from it.
+    let value: serde_json::Value = serde_json::from_slice(plain)
+        .map_err(|_| unreadable(a, &SecretError::Malformed("the opened value is not JSON")))?;
+    let _ = serde_json::to_writer(&mut *buf, &value);
+    Ok(())
+}
+
+/// `GET /v1/secrets/{app}/{env}/{key}`: the secret masked, or revealed (and the reveal
+/// returned for the audit log). 404 when the key holds no value, or a plain one.
+pub fn secret(
+    state: &CacheState,
+    a: &Address,
+    q: &SecretQuery,
+    principal: &Principal,
+    keys: KeySource<'_>,
+    now_ms: u64,
+) -> Result<(Vec<u8>, Option<Reveal>), ApiError> {
+    if q.versions.is_some_and(|v| !(1..=2).contains(&v)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "versions must be 1 or 2",
+        ));
+    }
+    let entry = state
+        .get_live(&a.app, &a.env, &a.key)
+        .ok_or_else(|| ApiError::not_found(a))?;
+    let stored = entry
+        .value
+        .as_deref()
+        .and_then(StoredSecret::parse)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_a_secret",
+                format!("{a} holds a plain value: read it with GET /v1/kv/{a}"),
+            )
+        })?;
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(b"{\"app\":");
+    push_str(&mut buf, &a.app);
+    buf.extend_from_slice(b",\"env\":");
+    push_str(&mut buf, &a.env);
+    buf.extend_from_slice(b",\"key\":");
+    push_str(&mut buf, &a.key);
+    buf.extend_from_slice(b",\"secret\":true,\"fingerprint\":");
+    push_str(&mut buf, &stored.value.fp);
+    let mut reveal = None;
+    buf.extend_from_slice(b",\"value\":");
+    if q.reveal {
+        let resource = Resource::Key {
+            app: &a.app,
+            env: &a.env,
+            key: &a.key,
+        };
+        authorize(principal, Action::SecretRead, &resource)?;
+        let want_previous = q.versions == Some(2);
+        let (current, previous) = open(a, &stored, entry.version.0, want_previous, now_ms, keys)?;
+        push_plain(&mut buf, a, &current)?;
+        if let (Some(p), Some(prev)) = (previous, stored.previous.as_ref()) {
+            buf.extend_from_slice(b",\"previous\":{\"value\":");
+            push_plain(&mut buf, a, &p)?;
+            buf.extend_from_slice(b",\"version\":");
+            buf.extend_from_slice(prev.value.at.to_string().as_bytes());
+            buf.extend_from_slice(b",\"until_ms\":");
+            buf.extend_from_slice(prev.until_ms.to_string().as_bytes());
+            buf.push(b'}');
+        }
+        reveal = Some(Reveal {
+            actor: principal.actor(),
+            address: a.clone(),
+            version: entry.version.0,
+            previous: want_previous,
+        });
+    } else {
+        buf.extend_from_slice(b"null");
+    }
+    buf.extend_from_slice(b",\"version\":");
+    buf.extend_from_slice(entry.version.0.to_string().as_bytes());
+    buf.extend_from_slice(b",\"revision\":");
+    buf.extend_from_slice(entry.revision.0.to_string().as_bytes());
+    buf.extend_from_slice(b",\"updated_ms\":");
+    buf.extend_from_slice(stored.updated_ms.to_string().as_bytes());
+    if let Some(s) = stored.rotate_every_s {
+        buf.extend_from_slice(b",\"rotate_every_s\":");
+        buf.extend_from_slice(s.to_string().as_bytes());
+    }
+    if let Some(t) = stored.expires_at_ms {
+        buf.extend_from_slice(b",\"expires_at_ms\":");
+        buf.extend_from_slice(t.to_string().as_bytes());
+    }
+    buf.push(b'}');
+    Ok((buf, reveal))
+}
+
+/// `GET /v1/secrets/{app}/{env}`: every secret of the namespace the caller may read, masked,
+/// with its rotation state at `now_ms`.
+pub fn list(
+    state: &CacheState,
+    app: &str,
+    env: &str,
+    principal: &Principal,
+    now_ms: u64,
+) -> Vec<u8> {
+    let mut items = Vec::new();
+    for (key, entry) in state.namespace(app, env).into_iter().flatten() {
+        let Some(stored) = entry.value.as_deref().and_then(StoredSecret::parse) else {
+            continue;
+        };
+        if !principal.allows(Action::Read, &Resource::Key { app, env, key }) {
+            continue;
+        }
+        items.push(serde_json::json!({
+            "key": key,
+            "secret": true,
+            "fingerprint": stored.value.fp,
+            "version": entry.version.0,
+            "revision": entry.revision.0,
+            "updated_ms": stored.updated_ms,
+            "rotate_every_s": stored.rotate_every_s,
+            "expires_at_ms": stored.expires_at_ms,
+            "due": stored.due(now_ms),
+        }));
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "app": app,
+        "env": env,
+        "revision": state.revision().0,
+        "items": items,
+    }))
+    .unwrap_or_default()
+}
+
+/// Opens secrets for `${secret:key}` references of one read, for a caller holding
+/// `secret-read` on each, and keeps the reveals for the audit log.
+pub struct Revealer<'a> {
+    principal: &'a Principal,
+    keys: KeySource<'a>,
+    now_ms: u64,
+    revealed: std::sync::Mutex<Vec<Reveal>>,
+}
+
+impl<'a> Revealer<'a> {
+    /// A revealer for `principal` with `keys`.
+    pub fn new(principal: &'a Principal, keys: KeySource<'a>, now_ms: u64) -> Self {
+        Self {
+            principal,
+            keys,
+            now_ms,
+            revealed: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The value of the secret at `(app, env, key)` (stored as `entry`) as JSON text, or why
+    /// this reader may not have it.
+    pub fn open(
+        &self,
+        app: &str,
+        env: &str,
+        key: &str,
+        entry: &meridian_protocol::EntryState,
+    ) -> Result<String, String> {
+        if !self
+            .principal
+            .allows(Action::SecretRead, &Resource::Key { app, env, key })
+        {
+            return Err("needs secret-read to be revealed".into());
+        }
+        let a = Address {
+            app: app.to_owned(),
+            env: env.to_owned(),
+            key: key.to_owned(),
+        };
+        let stored = entry
+            .value
+            .as_deref()
+            .and_then(StoredSecret::parse)
+            .ok_or("is not a secret")?;
+        let (plain, _) = open(&a, &stored, entry.version.0, false, self.now_ms, self.keys)
+            .map_err(|e| e.message)?;
+        let text = String::from_utf8(plain).map_err(|_| "did not open to text".to_string())?;
+        self.revealed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Reveal {
+                actor: self.principal.actor(),
+                address: a,
+                version: entry.version.0,
+                previous: false,
+            });
+        Ok(text)
+    }
+
+    /// The reveals made.
+    pub fn into_reveals(self) -> Vec<Reveal> {
+        self.revealed
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The TLS exporter label of the key data keys are wrapped with for one edge's connection.
+pub const SESSION_EXPORTER_LABEL: &[u8] = b"EXPORTER-meridian-data-keys-v1";
+
+/// The key that wraps data keys sent over `conn` to edge `edge_id`, derived from its TLS
+/// session by both ends (RFC 8446 §7.5): only this connection's two ends can compute it.
+pub fn session_key(conn: &quinn::Connection, edge_id: &str) -> Option<[u8; 32]> {
+    let mut key = [0u8; 32];
+    conn.export_keying_material(&mut key, SESSION_EXPORTER_LABEL, edge_id.as_bytes())
+        .ok()?;
+    Some(key)
+}

@@ -1,0 +1,422 @@
+//! Secrets against a running dev topology: written sealed at the origin, masked in every read
+//! (kv, config, lists, history, diffs, watch) and revealed only to `secret-read` with
+//! `?reveal=true`, at the origin and at an edge that a policy allows to serve them (403
+//! `secret_unavailable` before); every reveal in the audit log, the edge's included; templates;
+//! who may do what; rollbacks, value rotation with a grace period, and data-key rotation.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn put_secret(c: &reqwest::Client, base: &str, path: &str, body: Value) -> (u16, Value) {
+    send(c.put(format!("{base}/v1/secrets/{path}")).json(&body)).await
+}
+
+async fn audit_actions(c: &reqwest::Client, origin: &str) -> Vec<(String, String, String)> {
+    let (code, page) = get_json(c, &format!("{origin}/v1/audit?limit=1000")).await;
+    assert_eq!(code, 200);
+    page["records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap_or("").to_owned(),
+                r["resource"].as_str().unwrap_or("").to_owned(),
+                r["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secrets_are_sealed_masked_revealed_to_whom_may_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let admin = http();
+    let o = base(cluster.origin.http_addr);
+    let edge = base(cluster.edges[0].http_addr);
+    let marker = format!("hunter2-{}", meridian_net::auth::new_token());
+
+    // Written sealed; the answer shows a fingerprint, never the value.
+    let (code, written) = put_secret(
+        &admin,
+        &o,
+        "pay/prod/db.password",
+        json!({"value": marker, "rotate_every_s": 3600, "reason": "first"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{written}");
+    assert_eq!(written["value"], Value::Null);
+    assert_eq!(written["secret"], true);
+    let fingerprint = written["fingerprint"].as_str().unwrap().to_owned();
+    assert_eq!(fingerprint.len(), 24);
+    assert!(!written.to_string().contains(&marker));
+    put(&admin, &o, "pay/prod/db.host", json!("db.internal")).await;
+    put(
+        &admin,
+        &o,
+        "pay/prod/dsn",
+        json!("postgres://app:${secret:db.password}@${db.host}"),
+    )
+    .await;
+    put(&admin, &o, "pay/prod/leaky", json!("${db.password}")).await;
+
+    let (reader, _) = create_token(
+        &admin,
+        &o,
+        json!({"name": "reader", "role": "viewer", "resources": ["pay/*/*"]}),
+    )
+    .await;
+    let (revealer, _) = create_token(
+        &admin,
+        &o,
+        json!({"name": "revealer", "grants": [{"actions": ["read", "secret-read"], "resources": ["pay/prod/db.*"]}]}),
+    )
+    .await;
+    let (editor, _) = create_token(
+        &admin,
+        &o,
+        json!({"name": "editor", "role": "editor", "resources": ["pay/*/*"]}),
+    )
+    .await;
+    let (writer, _) = create_token(
+        &admin,
+        &o,
+        json!({"name": "writer", "grants": [{"actions": ["secret-write"], "resources": ["pay/prod/*"]}]}),
+    )
+    .await;
+    let (other, _) = create_token(
+        &admin,
+        &o,
+        json!({"name": "other", "role": "admin", "resources": ["shop/*/*"]}),
+    )
+    .await;
+    // Every plain read masks it (for a reader without secret-read: the admin's config read
+    // resolves `${secret:…}` below).
+    let viewer = http_with(&reader);
+    for url in [
+        format!("{o}/v1/kv/pay/prod/db.password"),
+        format!("{o}/v1/kv/pay/prod"),
+        format!("{o}/v1/config/pay/prod"),
+        format!("{o}/v1/secrets/pay/prod/db.password"),
+        format!("{o}/v1/secrets/pay/prod"),
+        format!("{o}/v1/kv/pay/prod/db.password/history"),
+    ] {
+        let (code, body) = get_json(&viewer, &url).await;
+        assert_eq!(code, 200, "{url}: {body}");
+        let text = body.to_string();
+        assert!(!text.contains(&marker), "{url} shows the value: {text}");
+        assert!(
+            text.contains(&fingerprint),
+            "{url} shows no fingerprint: {text}"
+        );
+    }
+    let (_, one) = get_json(&admin, &format!("{o}/v1/kv/pay/prod/db.password")).await;
+    assert_eq!(
+        (one["value"].clone(), one["secret"].clone()),
+        (Value::Null, json!(true))
+    );
+    let (_, config) = get_json(&admin, &format!("{o}/v1/config/pay/prod")).await;
+    assert_eq!(
+        config["config"]["db.password"],
+        json!({"secret": true, "fingerprint": fingerprint})
+    );
+    // `${secret:key}` resolves for a caller who may reveal; `${key}` of a secret never does.
+    assert_eq!(
+        config["config"]["dsn"],
+        json!(format!("postgres://app:{marker}@db.internal"))
+    );
+    assert!(
+        config["errors"]["leaky"]
+            .as_str()
+            .unwrap()
+            .contains("is a secret"),
+        "{config}"
+    );
+
+    // Revealed on request, and the reveal is in the audit log before the answer came.
+    let (code, revealed) = get_json(
+        &admin,
+        &format!("{o}/v1/secrets/pay/prod/db.password?reveal=true"),
+    )
+    .await;
+    assert_eq!(code, 200, "{revealed}");
+    assert_eq!(revealed["value"], json!(marker));
+    assert_eq!(revealed["rotate_every_s"], 3600);
+    let actions = audit_actions(&admin, &o).await;
+    assert!(
+        actions
+            .iter()
+            .any(|(a, r, _)| a == "secret-reveal" && r == "pay/prod/db.password@1"),
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().any(|(a, _, _)| a == "secret-write"),
+        "{actions:?}"
+    );
+
+    // Plain writes cannot touch it, nor forge one.
+    let (code, body) = send(
+        admin
+            .put(format!("{o}/v1/kv/pay/prod/db.password"))
+            .json(&json!({"value": "plain"})),
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (409, Some("secret_key")),
+        "{body}"
+    );
+    let (code, body) = send(
+        admin
+            .patch(format!("{o}/v1/kv/pay/prod/db.password"))
+            .json(&json!({"patch": {"x": 1}})),
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (409, Some("secret_key")),
+        "{body}"
+    );
+    let (code, body) = send(
+        admin
+            .put(format!("{o}/v1/kv/pay/prod/forged"))
+            .json(&json!({"value": {"$secret": {"value": 1}}})),
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (400, Some("reserved_value")),
+        "{body}"
+    );
+
+    // At an edge: masked at once, but revealed only once a policy lets the edge serve the
+    // namespace's secrets.
+    let want = revision(&admin, &o).await;
+    eventually(WAIT, "the edge to catch up", || async {
+        (revision(&admin, &edge).await >= want).then_some(())
+    })
+    .await;
+    let (code, body) = get_json(&admin, &format!("{edge}/v1/kv/pay/prod/db.password")).await;
+    assert_eq!(
+        (code, body["fingerprint"].as_str()),
+        (200, Some(fingerprint.as_str()))
+    );
+    let (code, body) = get_json(
+        &admin,
+        &format!("{edge}/v1/secrets/pay/prod/db.password?reveal=true"),
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (403, Some("secret_unavailable")),
+        "{body}"
+    );
+    let (code, body) = send(
+        admin
+            .put(format!("{o}/v1/policies/edges-pay"))
+            .json(&json!({
+                "subjects": ["edge:*"], "actions": ["secret-read"], "resources": ["pay/prod/*"]
+            })),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let at_edge = eventually(WAIT, "the edge to reveal", || async {
+        let (code, body) = get_json(
+            &admin,
+            &format!("{edge}/v1/secrets/pay/prod/db.password?reveal=true"),
+        )
+        .await;
+        (code == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(at_edge["value"], json!(marker));
+    let edge_id = meridian::dev::edge_id(meridian::dev::REGIONS[0]);
+    eventually(WAIT, "the edge's reveal in the audit log", || async {
+        audit_actions(&admin, &o)
+            .await
+            .iter()
+            .any(|(a, r, why)| {
+                a == "secret-reveal" && r == "pay/prod/db.password@1" && why.contains(&edge_id)
+            })
+            .then_some(())
+    })
+    .await;
+
+    // Who may: read sees the mask, secret-read reveals, nothing else writes.
+    let want = revision(&admin, &o).await;
+    eventually(WAIT, "the edge to hold the tokens", || async {
+        (revision(&admin, &edge).await >= want).then_some(())
+    })
+    .await;
+    let reveal_path = "v1/secrets/pay/prod/db.password";
+    for (node, node_base) in [("origin", &o), ("edge", &edge)] {
+        for (who, token, masked, reveal) in [
+            ("reader", &reader, 200, 403),
+            ("revealer", &revealer, 200, 200),
+            ("editor", &editor, 200, 403),
+            ("writer", &writer, 403, 403),
+            ("other", &other, 403, 403),
+        ] {
+            let c = http_with(token);
+            let (code, body) = get_json(&c, &format!("{node_base}/{reveal_path}")).await;
+            assert_eq!(code, masked, "{who} masked at {node}: {body}");
+            let (code, body) =
+                get_json(&c, &format!("{node_base}/{reveal_path}?reveal=true")).await;
+            assert_eq!(code, reveal, "{who} reveal at {node}: {body}");
+            assert_eq!(
+                body["value"] == json!(marker),
+                reveal == 200,
+                "{who} at {node}"
+            );
+        }
+        // The template reveals only for whom may.
+        let (_, config) = get_json(
+            &http_with(&reader),
+            &format!("{node_base}/v1/config/pay/prod"),
+        )
+        .await;
+        assert!(!config.to_string().contains(&marker), "{config}");
+        assert!(
+            config["errors"]["dsn"]
+                .as_str()
+                .unwrap()
+                .contains("secret-read"),
+            "{config}"
+        );
+    }
+    for (who, token, expected) in [
+        ("editor", &editor, 403),
+        ("writer", &writer, 200),
+        ("reader", &reader, 403),
+    ] {
+        let (code, body) = put_secret(
+            &http_with(token),
+            &o,
+            "pay/prod/api.key",
+            json!({"value": format!("k-{who}")}),
+        )
+        .await;
+        assert_eq!(code, expected, "{who} writes a secret: {body}");
+    }
+    // In a transaction, `"secret": true` seals and needs secret-write.
+    let txn = json!({"ops": [
+        {"op": "put", "address": "pay/prod/txn.secret", "value": {"user": "u", "pass": "p-1"}, "secret": true},
+        {"op": "put", "address": "pay/prod/txn.plain", "value": 1}
+    ]});
+    let (code, body) = send(http_with(&editor).post(format!("{o}/v1/txn")).json(&txn)).await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = send(admin.post(format!("{o}/v1/txn")).json(&txn)).await;
+    assert_eq!(code, 200, "{body}");
+    let (_, body) = get_json(
+        &admin,
+        &format!("{o}/v1/secrets/pay/prod/txn.secret?reveal=true"),
+    )
+    .await;
+    assert_eq!(body["value"], json!({"user": "u", "pass": "p-1"}));
+    let (_, body) = get_json(&admin, &format!("{o}/v1/kv/pay/prod/txn.secret")).await;
+    assert_eq!(body["secret"], true, "{body}");
+
+    // Rotation of the value: the previous one is served to whom asks during the grace period.
+    let (code, body) = send(
+        admin
+            .post(format!("{o}/v1/secrets/pay/prod/db.password/rotate"))
+            .json(&json!({"value": "second", "grace_s": 600})),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (_, both) = get_json(
+        &admin,
+        &format!("{o}/v1/secrets/pay/prod/db.password?reveal=true&versions=2"),
+    )
+    .await;
+    assert_eq!(both["value"], json!("second"));
+    assert_eq!(both["previous"]["value"], json!(marker), "{both}");
+    assert_eq!(both["previous"]["version"], 1);
+    assert_eq!(both["rotate_every_s"], 3600, "the policy is kept");
+    // History and diffs show fingerprints only; a rollback seals the old value anew.
+    let (_, diff) = get_json(
+        &admin,
+        &format!("{o}/v1/kv/pay/prod/db.password/diff?from=1&to=2"),
+    )
+    .await;
+    assert!(
+        !diff.to_string().contains(&marker) && !diff.to_string().contains("second"),
+        "{diff}"
+    );
+    let (code, body) = send(
+        admin
+            .post(format!("{o}/v1/kv/pay/prod/db.password/rollback"))
+            .json(&json!({"version": 1})),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (_, back) = get_json(
+        &admin,
+        &format!("{o}/v1/secrets/pay/prod/db.password?reveal=true"),
+    )
+    .await;
+    assert_eq!(back["value"], json!(marker));
+    assert_eq!(back["version"], 3);
+    assert_eq!(
+        back["fingerprint"],
+        json!(fingerprint),
+        "same value, same fingerprint"
+    );
+
+    // Data-key rotation re-seals the namespace in one revision; every edge still reveals.
+    let before = revision(&admin, &o).await;
+    let (code, body) = send(
+        admin
+            .post(format!("{o}/v1/secret-keys/pay/prod/rotate"))
+            .header("content-type", "application/json"),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["revision"], before + 1);
+    assert_eq!(body["generation"], 2);
+    assert_eq!(body["secrets"], 3);
+    let (_, keys) = get_json(&admin, &format!("{o}/v1/secret-keys")).await;
+    assert_eq!(keys["namespaces"][0]["generation"], 2, "{keys}");
+    eventually(
+        WAIT,
+        "the edge to reveal under the new data key",
+        || async {
+            let (code, body) = get_json(
+                &admin,
+                &format!(
+                    "{edge}/v1/secrets/pay/prod/db.password?reveal=true&min_revision={}",
+                    before + 1
+                ),
+            )
+            .await;
+            (code == 200 && body["value"] == json!(marker) && body["version"] == 4).then_some(())
+        },
+    )
+    .await;
+
+    // Deleted through the secrets API; the kv API cannot delete what is not a secret there.
+    let (code, body) = send(admin.delete(format!("{o}/v1/secrets/pay/prod/db.host"))).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (404, Some("not_a_secret")),
+        "{body}"
+    );
+    let (code, _) = send(admin.delete(format!("{o}/v1/secrets/pay/prod/api.key"))).await;
+    assert_eq!(code, 200);
+    cluster.shutdown().await;
+}
