@@ -39,6 +39,8 @@ pub struct DevOptions {
     /// bootstrap with, unless that file exists already (then it is kept, so a restarted dev
     /// topology keeps its token).
     pub admin_token: String,
+    /// A Redis every edge mirrors into (`redis://host:port`), if any.
+    pub redis_url: Option<String>,
 }
 
 impl DevOptions {
@@ -55,6 +57,7 @@ impl DevOptions {
             origin_nodes: 3,
             history: Default::default(),
             admin_token: meridian_net::auth::new_token(),
+            redis_url: None,
         }
     }
 
@@ -71,6 +74,7 @@ impl DevOptions {
             origin_nodes: 1,
             history: Default::default(),
             admin_token: meridian_net::auth::new_token(),
+            redis_url: None,
         }
     }
 
@@ -331,6 +335,13 @@ impl DevCluster {
             let mut order = quic.clone();
             order.rotate_left(r % quic.len());
             config.origins = order;
+            config.redis =
+                opts.redis_url
+                    .clone()
+                    .map(|url| meridian_edge::mirror::RedisMirrorConfig {
+                        url,
+                        check_interval_ms: 1_000,
+                    });
             edges.push(
                 meridian_edge::start(config)
                     .await

@@ -34,6 +34,9 @@ enum Command {
         /// Origin nodes in the Raft cluster: 1, 3 or 5.
         #[arg(long, default_value_t = 3, value_parser = origin_nodes)]
         origin_nodes: usize,
+        /// A Redis every edge mirrors its configuration into (`redis://127.0.0.1:6379`).
+        #[arg(long)]
+        redis: Option<String>,
     },
     /// Create (once) the throwaway development CA, certificates and signing key under
     /// DATA_DIR/pki, as used by `meridian dev` and by the configs in deploy/regions/.
@@ -404,9 +407,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev {
             data_dir,
             origin_nodes,
+            redis,
         } => {
             let mut opts = DevOptions::standard(data_dir);
             opts.origin_nodes = origin_nodes;
+            opts.redis_url = redis;
             let cluster = DevCluster::start(&opts).await?;
             println!(
                 "Meridian dev topology is up (data in {}):",
