@@ -409,6 +409,51 @@ async fn secrets_are_sealed_masked_revealed_to_whom_may_and_audited() {
     )
     .await;
 
+    // Expiry and rotation schedules: listed as due, and exported as gauges.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for (key, body) in [
+        (
+            "cert",
+            json!({"value": "pem", "expires_at_ms": now_ms - 1_000}),
+        ),
+        ("rotating", json!({"value": "r", "rotate_every_s": 5})),
+    ] {
+        let (code, b) = put_secret(&admin, &o, &format!("pay/prod/{key}"), body).await;
+        assert_eq!(code, 200, "{b}");
+    }
+    let (_, due) = get_json(&admin, &format!("{o}/v1/secrets/due")).await;
+    let listed: Vec<(String, String)> = due["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["key"].as_str().unwrap().into(),
+                i["due"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [("cert".to_string(), "expired".to_string())],
+        "{due}"
+    );
+    let (_, soon) = get_json(&admin, &format!("{o}/v1/secrets/due?within_s=10")).await;
+    assert_eq!(soon["items"].as_array().unwrap().len(), 2, "{soon}");
+    let (_, none) = get_json(&http_with(&other), &format!("{o}/v1/secrets/due")).await;
+    assert_eq!(none["items"], json!([]), "only what the caller may read");
+    eventually(WAIT, "the expired gauge", || async {
+        metrics_text(&admin, &o)
+            .await
+            .lines()
+            .any(|l| l == r#"meridian_secrets_expired{app="pay",env="prod"} 1"#)
+            .then_some(())
+    })
+    .await;
+
     // Deleted through the secrets API; the kv API cannot delete what is not a secret there.
     let (code, body) = send(admin.delete(format!("{o}/v1/secrets/pay/prod/db.host"))).await;
     assert_eq!(

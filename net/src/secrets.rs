@@ -338,3 +338,78 @@ pub fn session_key(conn: &quinn::Connection, edge_id: &str) -> Option<[u8; 32]> 
         .ok()?;
     Some(key)
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use meridian_protocol::auth::{Grant, GrantBody, Role};
+    use meridian_protocol::secrets::{StoredSecret, seal};
+    use meridian_protocol::{EntryState, Revision, Version};
+
+    use super::*;
+
+    fn admin() -> Principal {
+        let grant: Grant = GrantBody {
+            role: Some(Role::Admin),
+            actions: vec![],
+            resources: vec![meridian_protocol::auth::Pattern::everything()],
+        }
+        .compile()
+        .unwrap();
+        Principal::new(None, "ops".into(), vec![grant])
+    }
+
+    fn state_with(stored: &StoredSecret, a: &Address) -> CacheState {
+        let mut s = CacheState::new();
+        s.merge_entry(
+            a,
+            EntryState {
+                version: Version(1),
+                revision: Revision(1),
+                value: Some(stored.to_text().into()),
+            },
+        );
+        s
+    }
+
+    /// A tampered ciphertext is refused with an error naming the key, never answered as other
+    /// bytes; the untouched one opens.
+    #[test]
+    fn a_tampered_secret_is_an_error_never_garbage() {
+        let a = Address::parse("pay", "prod", "db.password").unwrap();
+        let key = DataKey::from_bytes([4; 32]);
+        let sealed = seal(&key, 1, &a, 1, [1; 12], b"\"hunter2\"", &[0; 32]);
+        let good = StoredSecret {
+            value: sealed.clone(),
+            previous: None,
+            updated_ms: 0,
+            rotate_every_s: None,
+            expires_at_ms: None,
+        };
+        let keys = |_: &str, _: &str, _: u32| Ok(key.clone());
+        let q = SecretQuery {
+            reveal: true,
+            ..Default::default()
+        };
+        let (body, reveal) = secret(&state_with(&good, &a), &a, &q, &admin(), &keys, 0).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["value"], "hunter2");
+        assert!(reveal.is_some());
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut ct = b64.decode(&sealed.ct).unwrap();
+        ct[3] ^= 0x40;
+        let mut bad = good.clone();
+        bad.value.ct = b64.encode(ct);
+        let err = secret(&state_with(&bad, &a), &a, &q, &admin(), &keys, 0).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.code), (500, "secret_unreadable"));
+        assert!(!err.message.contains("hunter2"));
+        // Without the namespace's key: 403, and masked reads still work.
+        let none = |_: &str, _: &str, _: u32| Err(KeyUnavailable::NotHeld);
+        let err = secret(&state_with(&good, &a), &a, &q, &admin(), &none, 0).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.code), (403, "secret_unavailable"));
+        let masked = SecretQuery::default();
+        let (body, reveal) =
+            secret(&state_with(&good, &a), &a, &masked, &admin(), &none, 0).unwrap();
+        assert!(reveal.is_none() && !String::from_utf8(body).unwrap().contains("hunter2"));
+    }
+}

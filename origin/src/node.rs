@@ -280,6 +280,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         ))
     });
     let rollout_reader = reader.clone();
+    let due_reader = reader.clone();
     let state = Arc::new(AppState {
         node_id: config.node_id.clone(),
         cluster: cluster.clone(),
@@ -344,6 +345,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         shutdown_rx.clone(),
     ));
     let drift_task = tokio::spawn(export_drift(edges, core.clone(), shutdown_rx.clone()));
+    let due_task = tokio::spawn(crate::secrets::export_due(due_reader, shutdown_rx.clone()));
     let leader_task = tokio::spawn(track_leadership(raft.clone(), r.id, relay));
     let https = meridian_net::tls::https_acceptor(config.https.as_ref())?;
     let http_task = tokio::spawn(meridian_net::serve::serve(
@@ -376,6 +378,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
                 exposures_task,
                 rollout_task,
                 drift_task,
+                due_task,
                 space_task,
             ])
             .collect(),

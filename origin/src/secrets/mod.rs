@@ -363,3 +363,74 @@ pub fn session_keys(
     }
     out
 }
+
+/// Secrets due for rotation and expired at `now_ms`, per namespace holding secrets.
+pub fn due_counts(
+    state: &CacheState,
+    now_ms: u64,
+) -> std::collections::BTreeMap<(String, String), (u64, u64)> {
+    use meridian_protocol::secrets::Due;
+    let mut out = std::collections::BTreeMap::new();
+    for (app, env) in state.namespaces() {
+        if state.get_live(app, env, DATA_KEY_RECORD).is_none() {
+            continue;
+        }
+        let mut counts = (0, 0);
+        for entry in state
+            .namespace(app, env)
+            .into_iter()
+            .flat_map(|n| n.values())
+        {
+            match entry
+                .value
+                .as_deref()
+                .and_then(StoredSecret::parse)
+                .and_then(|s| s.due(now_ms))
+            {
+                Some(Due::Rotation) => counts.0 += 1,
+                Some(Due::Expired) => counts.1 += 1,
+                None => {}
+            }
+        }
+        out.insert((app.to_owned(), env.to_owned()), counts);
+    }
+    out
+}
+
+/// How often the due and expired gauges are brought up to date.
+pub const DUE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Exports `meridian_secrets_due` and `meridian_secrets_expired` per app/env every
+/// [`DUE_EVERY`] until shutdown.
+pub async fn export_due(
+    reader: meridian_store::Reader,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let counts = {
+            let p = reader.read().unwrap_or_else(|e| e.into_inner());
+            due_counts(&p.state, crate::history::now_ms())
+        };
+        for ((app, env), _) in std::mem::take(&mut seen)
+            .into_iter()
+            .map(|k: (String, String)| (k, ()))
+            .filter(|(k, _)| !counts.contains_key(k))
+        {
+            metrics::gauge!("meridian_secrets_due", "app" => app.clone(), "env" => env.clone())
+                .set(0.0);
+            metrics::gauge!("meridian_secrets_expired", "app" => app, "env" => env).set(0.0);
+        }
+        for ((app, env), (due, expired)) in counts {
+            metrics::gauge!("meridian_secrets_due", "app" => app.clone(), "env" => env.clone())
+                .set(due as f64);
+            metrics::gauge!("meridian_secrets_expired", "app" => app.clone(), "env" => env.clone())
+                .set(expired as f64);
+            seen.insert((app, env));
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => return,
+            _ = tokio::time::sleep(DUE_EVERY) => {}
+        }
+    }
+}
