@@ -169,7 +169,7 @@ pub enum Schema {
     },
 }
 
-fn split(address: &str, parts: usize, what: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) fn split(address: &str, parts: usize, what: &str) -> anyhow::Result<Vec<String>> {
     let v: Vec<String> = address.splitn(parts, '/').map(str::to_string).collect();
     anyhow::ensure!(
         v.len() == parts && v.iter().all(|p| !p.is_empty()),
@@ -179,7 +179,7 @@ fn split(address: &str, parts: usize, what: &str) -> anyhow::Result<Vec<String>>
 }
 
 impl Client {
-    fn reads(&self) -> String {
+    pub(crate) fn reads(&self) -> String {
         self.endpoint.trim_end_matches('/').to_string()
     }
 
@@ -238,12 +238,24 @@ impl Client {
     }
 }
 
-/// A JSON value on one line, strings without quotes.
+/// A JSON value on one line, strings without quotes; a masked secret as its fingerprint.
 pub(crate) fn cell(v: &Value) -> String {
+    if v["secret"] == true && v.as_object().is_some_and(|o| o.len() == 2) {
+        return format!("(secret {})", cell(&v["fingerprint"]));
+    }
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         other => other.to_string(),
+    }
+}
+
+/// The value of an entry as a table shows it: a secret as its fingerprint, never a value.
+pub(crate) fn value_cell(item: &Value) -> String {
+    if item["secret"] == true {
+        format!("(secret {})", cell(&item["fingerprint"]))
+    } else {
+        cell(&item["value"])
     }
 }
 
@@ -292,7 +304,7 @@ fn entry_rows(items: &Value) -> Vec<Vec<String>> {
         .map(|i| {
             vec![
                 cell(&i["key"]),
-                cell(&i["value"]),
+                value_cell(i),
                 cell(&i["version"]),
                 cell(&i["revision"]),
             ]
@@ -317,7 +329,7 @@ fn diff_rows(d: &Value, prefix: &str) -> Vec<Vec<String>> {
 }
 
 /// A value from the command line: JSON if it parses, a string otherwise.
-fn value_arg(s: &str) -> Value {
+pub(crate) fn value_arg(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()))
 }
 

@@ -8,6 +8,7 @@ pub mod audit_cli;
 pub mod cli;
 pub mod dev;
 pub mod flag_cli;
+pub mod secret_cli;
 
 /// Every program that links this crate (the `meridian` binary, the harnesses in `benches/` that
 /// run origin and edge nodes in their own processes, the tests) allocates with mimalloc: under

@@ -114,6 +114,14 @@ enum Command {
         #[command(subcommand)]
         action: meridian::flag_cli::Flag,
     },
+    /// Secrets: write, show masked, list, reveal (secret-read, audited), rotate, rotate keys,
+    /// list what is due.
+    Secret {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        #[command(subcommand)]
+        action: meridian::secret_cli::Secret,
+    },
     /// Bind tokens and groups to roles on resources (admin).
     Policy {
         #[command(flatten)]
@@ -478,6 +486,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Token { client, action } => meridian::access::token(&client, action).await?,
         Command::Flag { client, action } => meridian::flag_cli::flag(&client, action).await?,
+        Command::Secret { client, action } => meridian::secret_cli::secret(&client, action).await?,
         Command::Policy { client, action } => meridian::access::policy(&client, action).await?,
         Command::Audit { client, action } => meridian::audit_cli::audit(&client, action).await?,
         Command::Sim(args) => {

@@ -485,3 +485,99 @@ async fn flag_commands_write_evaluate_and_roll_out() {
     let doc = json_of(e, o, &["flag", "get", "web/prod"]).await;
     assert!(doc["flags"].get("limit").is_none(), "{doc}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_commands_never_print_a_value_but_reveal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let origin = base(cluster.origin.http_addr);
+    let (o, o2) = (origin.as_str(), origin.as_str());
+    let file = dir.path().join("password");
+    std::fs::write(&file, "s3cr3t-from-file\n").unwrap();
+    let (ok, out, err) = meridian(
+        o,
+        o2,
+        &[
+            "secret",
+            "put",
+            "pay/prod/db.password",
+            "--file",
+            file.to_str().unwrap(),
+            "--rotate-every-s",
+            "3600",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("fingerprint") && !out.contains("s3cr3t"),
+        "{out}"
+    );
+    for args in [
+        vec!["secret", "get", "pay/prod/db.password"],
+        vec!["secret", "list", "pay/prod"],
+        vec!["kv", "get", "pay/prod/db.password"],
+        vec!["kv", "list", "pay/prod"],
+        vec!["kv", "history", "pay/prod/db.password"],
+        vec!["config", "show", "pay", "prod"],
+    ] {
+        let (ok, out, err) = meridian(o, o2, &args).await;
+        assert!(ok, "{args:?}: {err}");
+        assert!(!out.contains("s3cr3t"), "{args:?} printed the value: {out}");
+        assert!(
+            out.contains("secret") || out.contains("3600"),
+            "{args:?}: {out}"
+        );
+    }
+    let (ok, out, err) = meridian(o, o2, &["secret", "reveal", "pay/prod/db.password"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "s3cr3t-from-file\n");
+    let (ok, _, err) = meridian(
+        o,
+        o2,
+        &[
+            "secret",
+            "rotate",
+            "pay/prod/db.password",
+            "new-one",
+            "--grace-s",
+            "60",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = meridian(
+        o,
+        o2,
+        &["secret", "reveal", "pay/prod/db.password", "--previous"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "new-one\ns3cr3t-from-file\n");
+    let rotated = json_of(o, o2, &["secret", "rotate-key", "pay/prod"]).await;
+    assert_eq!(rotated["generation"], 2);
+    let kek = meridian::dev::kek_path(dir.path());
+    let rewrapped = json_of(
+        o,
+        o2,
+        &[
+            "secret",
+            "rotate-key",
+            "--kek",
+            "--kek-file",
+            kek.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(rewrapped["kek"], "kek-2");
+    let (ok, out, err) = meridian(o, o2, &["secret", "reveal", "pay/prod/db.password"]).await;
+    assert!(ok && out == "new-one\n", "{out} {err}");
+    let due = json_of(o, o2, &["secret", "due", "--within-s", "7200"]).await;
+    assert_eq!(due["items"][0]["key"], "db.password", "{due}");
+    let fresh = dir.path().join("fresh-kek.json");
+    let (ok, out, err) = meridian(o, o2, &["secret", "init-keys", fresh.to_str().unwrap()]).await;
+    assert!(ok && out.contains("kek-1"), "{out} {err}");
+    let (ok, _, err) = meridian(o, o2, &["secret", "init-keys", fresh.to_str().unwrap()]).await;
+    assert!(!ok && err.contains("already exists"), "{err}");
+    cluster.shutdown().await;
+}
