@@ -291,12 +291,11 @@ pub(crate) fn log_reveals(
         .ok_or_else(|| unavailable("this edge keeps no reveal log".into()))?;
     let now = meridian_net::auth::now_ms();
     for r in reveals {
-        log.record(r, now, Some(request.request_id.clone()))
-            .map_err(|e| {
-                unavailable(format!(
-                    "the reveal could not be logged, so it is not answered: {e}"
-                ))
-            })?;
+        log.record(r, now, Some(&request.request_id)).map_err(|e| {
+            unavailable(format!(
+                "the reveal could not be logged, so it is not answered: {e}"
+            ))
+        })?;
     }
     metrics::counter!("meridian_edge_secret_reveals_total", "edge" => shared.edge_id.clone())
         .increment(reveals.len() as u64);
@@ -359,6 +358,7 @@ async fn get_secret(
             &q,
             &principal,
             &keys,
+            Some(&shared.opened),
             meridian_net::auth::now_ms(),
         )?;
         if let Some(r) = reveal {

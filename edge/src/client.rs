@@ -255,13 +255,22 @@ fn handle<B: Backend>(
                 .and_then(|(conn, _, _)| meridian_net::secrets::session_key(conn, &shared.edge_id));
             if let Some(session) = session {
                 let held = shared.keys.replace(&keys, &session);
+                shared.opened.clear();
                 tracing::debug!(held, "data keys received");
             }
         }
+        // The next batch at once, so that a busy edge's reveals reach the audit log as fast
+        // as the origin commits them rather than one batch per report.
         Event::Frame(Frame::V1(FrameV1::RevealsAck { upto })) if established => {
             if let Some(log) = &shared.reveals {
                 log.ack(upto);
+                let records = log.pending(MAX_REVEALS_PER_FRAME);
+                if let (false, Some((_, tx, _))) = (records.is_empty(), &slot.control) {
+                    let _ = tx.try_send(FrameV1::Reveals { records }.into());
+                }
             }
+            metrics::gauge!("meridian_edge_reveals_pending")
+                .set(shared.reveals.as_ref().map_or(0, |l| l.len()) as f64);
         }
         Event::Frame(frame) if established => rep.handle_frame(now, link, frame),
         Event::Malformed(reason) if established => {

@@ -73,6 +73,12 @@ impl EdgeHandle {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Reveals answered during the server's grace period, to disk before the process goes.
+        if let Some(log) = &self.shared.reveals
+            && let Err(e) = log.persist()
+        {
+            tracing::error!(error = %e, "reveal log not written at shutdown");
+        }
     }
 }
 
@@ -155,7 +161,13 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
         source,
     })?;
     let app = crate::api::router(shared.clone());
-    let mut tasks = vec![rep_task];
+    let mut tasks = vec![
+        rep_task,
+        tokio::spawn(crate::secrets::flush_reveals(
+            shared.clone(),
+            shutdown_rx.clone(),
+        )),
+    ];
     if let Some(redis) = config.redis.clone() {
         tasks.push(tokio::spawn(crate::mirror::run(
             redis,

@@ -16,10 +16,14 @@ use meridian_protocol::secrets::{
 /// cannot be audited is not answered).
 pub const MAX_PENDING_REVEALS: u64 = 1_000_000;
 
+/// Data keys by app, env and generation.
+type KeysByApp = HashMap<String, HashMap<String, HashMap<u32, DataKey>>>;
+
 /// The data keys this edge holds, by namespace and generation. Memory only.
 #[derive(Default)]
 pub struct EdgeKeys {
-    keys: RwLock<HashMap<(String, String), HashMap<u32, DataKey>>>,
+    /// By app, env and generation (looked up without allocating).
+    keys: RwLock<KeysByApp>,
 }
 
 impl std::fmt::Debug for EdgeKeys {
@@ -35,14 +39,16 @@ impl EdgeKeys {
         let Some(unwrapper) = LocalKeks::new(vec![("session".into(), *session)]) else {
             return 0;
         };
-        let mut held: HashMap<(String, String), HashMap<u32, DataKey>> = HashMap::new();
+        let mut held = KeysByApp::new();
         let mut n = 0;
         for k in keys {
             let mut wrapped = k.wrapped.clone();
             wrapped.kek = "session".into();
             match unwrapper.unwrap(&wrapped, &data_key_context(&k.app, &k.env, k.g)) {
                 Ok(key) => {
-                    held.entry((k.app.clone(), k.env.clone()))
+                    held.entry(k.app.clone())
+                        .or_default()
+                        .entry(k.env.clone())
                         .or_default()
                         .insert(k.g, key);
                     n += 1;
@@ -63,7 +69,8 @@ impl EdgeKeys {
         self.keys
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&(app.to_owned(), env.to_owned()))
+            .get(app)
+            .and_then(|envs| envs.get(env))
             .and_then(|gens| gens.get(&g))
             .cloned()
             .ok_or(KeyUnavailable::NotHeld)
@@ -71,7 +78,9 @@ impl EdgeKeys {
 
     /// Namespaces held.
     pub fn namespaces(&self) -> usize {
-        self.keys.read().map_or(0, |k| k.len())
+        self.keys
+            .read()
+            .map_or(0, |k| k.values().map(HashMap::len).sum())
     }
 }
 
@@ -83,17 +92,43 @@ pub enum RevealLogError {
     Store(#[from] sled::Error),
     /// Too many reveals wait for the origin.
     #[error(
-        "{MAX_PENDING_REVEALS} reveals wait to reach the audit log; no more until the origin is reached"
+        "{MAX_PENDING_REVEALS} reveal records wait to reach the audit log; no more until the origin is reached"
     )]
     Full,
 }
 
-/// Reveals at this edge not yet in the origin's audit log, on disk (a sled tree beside the
-/// state), by a sequence number that rises across restarts.
+/// Most distinct (reader, secret) pairs counted in memory before they are written out.
+pub const MAX_WINDOW_ENTRIES: usize = 100_000;
+/// How often counted reveals are written to the log on disk.
+pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// Reveals counted by reader, app, env, key, then (version, previous asked for too): nested
+/// so that counting one more looks up by reference, allocating only for a new one.
+type Window = HashMap<String, HashMap<String, HashMap<String, HashMap<String, ByVersion>>>>;
+type ByVersion = HashMap<(u64, bool), Counted>;
+
+/// Reveals counted since the last write to disk.
+struct Counted {
+    first_ms: u64,
+    last_ms: u64,
+    count: u64,
+    request_id: Option<String>,
+}
+
+/// Reveals at this edge not yet in the origin's audit log. A reveal is counted in memory at
+/// once (repeated reveals of one secret by one reader fold into one record with a count) and
+/// written to disk (a sled tree beside the state, by a sequence number that rises across
+/// restarts) every [`FLUSH_EVERY`] and at shutdown; records leave the disk when the origin
+/// acknowledges them.
 pub struct RevealLog {
     tree: sled::Tree,
     meta: sled::Tree,
     next: AtomicU64,
+    /// Records in `tree` (sled counts by scanning).
+    count: AtomicU64,
+    window: std::sync::Mutex<Window>,
+    /// Distinct reveals counted in `window`.
+    counted: std::sync::atomic::AtomicUsize,
 }
 
 const NEXT_KEY: &[u8] = b"next";
@@ -111,39 +146,120 @@ impl RevealLog {
             .last()?
             .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
             .map_or(1, |k| u64::from_be_bytes(k) + 1);
+        let count = AtomicU64::new(tree.len() as u64);
         Ok(Self {
             tree,
             meta,
             next: AtomicU64::new(stored.max(after_last)),
+            count,
+            window: std::sync::Mutex::new(HashMap::new()),
+            counted: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
-    /// Logs `reveal` before it is answered.
+    /// Counts `reveal` before it is answered (refused when the log is full).
     pub fn record(
         &self,
         reveal: &Reveal,
         time_ms: u64,
-        request_id: Option<String>,
+        request_id: Option<&str>,
     ) -> Result<(), RevealLogError> {
-        if self.tree.len() as u64 >= MAX_PENDING_REVEALS {
+        if self.count.load(Ordering::Relaxed) >= MAX_PENDING_REVEALS {
             return Err(RevealLogError::Full);
         }
-        let seq = self.next.fetch_add(1, Ordering::SeqCst);
-        let record = RevealRecord {
-            seq,
-            time_ms,
-            actor: reveal.actor.clone(),
-            address: reveal.address.clone(),
-            version: reveal.version,
-            previous: reveal.previous,
-            request_id,
+        let full = {
+            let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            fn level<'m, T: Default>(m: &'m mut HashMap<String, T>, k: &str) -> &'m mut T {
+                if !m.contains_key(k) {
+                    m.insert(k.to_owned(), T::default());
+                }
+                m.get_mut(k).expect("just inserted")
+            }
+            let a = &reveal.address;
+            let by_version = level(
+                level(level(level(&mut w, &reveal.actor), &a.app), &a.env),
+                &a.key,
+            );
+            let slot = (reveal.version, reveal.previous);
+            match by_version.get_mut(&slot) {
+                Some(c) => {
+                    c.count += 1;
+                    c.last_ms = c.last_ms.max(time_ms);
+                    false
+                }
+                None => {
+                    by_version.insert(
+                        slot,
+                        Counted {
+                            first_ms: time_ms,
+                            last_ms: time_ms,
+                            count: 1,
+                            request_id: request_id.map(str::to_owned),
+                        },
+                    );
+                    self.counted.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_WINDOW_ENTRIES
+                }
+            }
         };
-        let bytes = serde_json::to_vec(&record).unwrap_or_default();
-        self.tree.insert(seq.to_be_bytes(), bytes)?;
+        if full {
+            self.flush()?;
+        }
         Ok(())
     }
 
-    /// The oldest `max` records waiting.
+    /// Writes the reveals counted so far to disk, one record per reader and secret.
+    pub fn flush(&self) -> Result<(), RevealLogError> {
+        let counted = std::mem::take(&mut *self.window.lock().unwrap_or_else(|e| e.into_inner()));
+        self.counted.store(0, Ordering::Relaxed);
+        if counted.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for (actor, apps) in counted {
+            for (app, envs) in apps {
+                for (env, keys) in envs {
+                    for (key, versions) in keys {
+                        for ((version, previous), c) in versions {
+                            let seq = self.next.fetch_add(1, Ordering::SeqCst);
+                            let record = RevealRecord {
+                                seq,
+                                time_ms: c.first_ms,
+                                actor: actor.clone(),
+                                address: meridian_protocol::Address {
+                                    app: app.clone(),
+                                    env: env.clone(),
+                                    key: key.clone(),
+                                },
+                                version,
+                                previous,
+                                request_id: c.request_id,
+                                count: c.count,
+                                last_ms: c.last_ms,
+                            };
+                            batch.insert(
+                                &seq.to_be_bytes(),
+                                serde_json::to_vec(&record).unwrap_or_default(),
+                            );
+                            n += 1;
+                        }
+                    }
+                }
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        self.count.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes what is counted and makes the log durable (at shutdown).
+    pub fn persist(&self) -> Result<(), RevealLogError> {
+        self.flush()?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// The oldest `max` records on disk.
     pub fn pending(&self, max: usize) -> Vec<RevealRecord> {
         self.tree
             .iter()
@@ -166,18 +282,42 @@ impl RevealLog {
         let next = self.next.load(Ordering::SeqCst);
         let _ = self.meta.insert(NEXT_KEY, &next.to_be_bytes());
         for k in keys {
-            let _ = self.tree.remove(k);
+            if let Ok(Some(_)) = self.tree.remove(k) {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
-    /// Records waiting.
+    /// Records on disk waiting for the origin.
     pub fn len(&self) -> usize {
-        self.tree.len()
+        self.count.load(Ordering::Relaxed) as usize
     }
 
     /// Whether none wait.
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.len() == 0
+    }
+}
+
+/// Writes counted reveals to disk every [`FLUSH_EVERY`] until shutdown, and once more then.
+pub async fn flush_reveals(
+    shared: std::sync::Arc<crate::shared::EdgeShared>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(log) = shared.reveals.as_ref() else {
+        return;
+    };
+    loop {
+        let stop = tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => true,
+            _ = tokio::time::sleep(FLUSH_EVERY) => false,
+        };
+        if let Err(e) = log.flush() {
+            tracing::error!(error = %e, "writing the reveal log");
+        }
+        if stop {
+            return;
+        }
     }
 }
 
@@ -201,9 +341,20 @@ mod tests {
         {
             let db = sled::open(dir.path()).unwrap();
             let log = RevealLog::open(&db).unwrap();
-            for k in ["a", "b", "c"] {
+            for k in ["a", "b", "c", "a"] {
                 log.record(&reveal(k), 5, None).unwrap();
             }
+            assert!(
+                log.pending(10).is_empty(),
+                "counted in memory until flushed"
+            );
+            log.flush().unwrap();
+            let counts: Vec<u64> = log.pending(10).iter().map(|r| r.count).collect();
+            assert_eq!(
+                counts.iter().sum::<u64>(),
+                4,
+                "every reveal counted: {counts:?}"
+            );
             let seqs: Vec<u64> = log.pending(10).iter().map(|r| r.seq).collect();
             assert_eq!(seqs, [1, 2, 3]);
             log.ack(2);
@@ -213,7 +364,7 @@ mod tests {
         // After a restart: the unacknowledged one is still there, new ones follow it.
         let db = sled::open(dir.path()).unwrap();
         let log = RevealLog::open(&db).unwrap();
-        assert_eq!(log.pending(10)[0].address.key, "c");
+        assert_eq!(log.pending(10).len(), 1);
         log.ack(3);
         assert!(log.is_empty());
         db.flush().unwrap();
@@ -221,7 +372,8 @@ mod tests {
         drop(db);
         let db = sled::open(dir.path()).unwrap();
         let log = RevealLog::open(&db).unwrap();
-        log.record(&reveal("d"), 6, Some("req".into())).unwrap();
+        log.record(&reveal("d"), 6, Some("req")).unwrap();
+        log.flush().unwrap();
         assert_eq!(
             log.pending(10)[0].seq,
             4,

@@ -51,6 +51,8 @@ pub struct EdgeShared {
     pub boot: u64,
     /// The data keys this edge may serve secrets with (memory only).
     pub keys: crate::secrets::EdgeKeys,
+    /// Secrets opened recently (memory only; cleared when the data keys change).
+    pub opened: meridian_net::secrets::OpenedCache,
     /// Reveals waiting to reach the audit log (none: reveals are refused).
     pub reveals: Option<crate::secrets::RevealLog>,
     started: Instant,
@@ -108,6 +110,7 @@ impl EdgeShared {
             exposures: Mutex::default(),
             boot: boot_id(),
             keys: Default::default(),
+            opened: Default::default(),
             reveals: None,
             mirror: Arc::default(),
             edge_id,

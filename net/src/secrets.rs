@@ -5,6 +5,9 @@
 //! records, an edge's session keys) is the caller's [`KeySource`]; each reveal is handed back
 //! as a [`Reveal`] for the audit log.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use axum::http::StatusCode;
 use meridian_protocol::auth::{Action, Principal, Resource};
 use meridian_protocol::secrets::{DataKey, SecretError, StoredSecret, open_stored};
@@ -126,21 +129,93 @@ fn push_str(buf: &mut Vec<u8>, s: &str) {
 }
 
 fn push_plain(buf: &mut Vec<u8>, a: &Address, plain: &[u8]) -> Result<(), ApiError> {
-    // Sealed from JSON text by the origin; anything else did not come from it.
-    let value: serde_json::Value = serde_json::from_slice(plain)
-        .map_err(|_| unreadable(a, &SecretError::Malformed("the opened value is not JSON")))?;
-    let _ = serde_json::to_writer(&mut *buf, &value);
+    // Sealed by the origin from the JSON text it validated, and authenticated on opening, so
+    // it is embedded as is; what is not even text did not come from the origin.
+    if plain.is_empty() || std::str::from_utf8(plain).is_err() {
+        return Err(unreadable(
+            a,
+            &SecretError::Malformed("the opened value is not JSON text"),
+        ));
+    }
+    buf.extend_from_slice(plain);
     Ok(())
 }
 
+/// A secret opened: what is stored, and its values in clear (memory only).
+pub struct Opened {
+    stored: StoredSecret,
+    current: Vec<u8>,
+    /// The previous value, while one is kept (its grace period is checked when served).
+    previous: Option<Vec<u8>>,
+}
+
+/// Most secrets an [`OpenedCache`] holds; beyond it it starts over.
+pub const MAX_OPENED: usize = 10_000;
+
+type ByKey = HashMap<String, (u64, Arc<Opened>)>;
+
+/// Secrets opened recently, by address and version, so that repeated reveals do not parse and
+/// decrypt again. Memory only; cleared whenever the node's data keys change (a revoked
+/// namespace stops being served at once).
+#[derive(Default)]
+pub struct OpenedCache {
+    map: std::sync::RwLock<HashMap<String, HashMap<String, ByKey>>>,
+    len: std::sync::atomic::AtomicUsize,
+}
+
+impl OpenedCache {
+    fn get(&self, a: &Address, version: u64) -> Option<Arc<Opened>> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&a.app)?
+            .get(&a.env)?
+            .get(&a.key)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, o)| o.clone())
+    }
+
+    fn insert(&self, a: &Address, version: u64, opened: Arc<Opened>) {
+        use std::sync::atomic::Ordering;
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if self.len.load(Ordering::Relaxed) >= MAX_OPENED {
+            map.clear();
+            self.len.store(0, Ordering::Relaxed);
+        }
+        let old = map
+            .entry(a.app.clone())
+            .or_default()
+            .entry(a.env.clone())
+            .or_default()
+            .insert(a.key.clone(), (version, opened));
+        if old.is_none() {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets everything opened.
+    pub fn clear(&self) {
+        self.map.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.len.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn not_a_secret(a: &Address) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_a_secret",
+        format!("{a} holds a plain value: read it with GET /v1/kv/{a}"),
+    )
+}
+
 /// `GET /v1/secrets/{app}/{env}/{key}`: the secret masked, or revealed (and the reveal
-/// returned for the audit log). 404 when the key holds no value, or a plain one.
+/// returned for the audit log). 404 when the key holds no value, or a plain one. `cache`
+/// keeps what was opened for the next reveal.
 pub fn secret(
     state: &CacheState,
     a: &Address,
     q: &SecretQuery,
     principal: &Principal,
     keys: KeySource<'_>,
+    cache: Option<&OpenedCache>,
     now_ms: u64,
 ) -> Result<(Vec<u8>, Option<Reveal>), ApiError> {
     if q.versions.is_some_and(|v| !(1..=2).contains(&v)) {
@@ -153,17 +228,45 @@ pub fn secret(
     let entry = state
         .get_live(&a.app, &a.env, &a.key)
         .ok_or_else(|| ApiError::not_found(a))?;
-    let stored = entry
-        .value
-        .as_deref()
-        .and_then(StoredSecret::parse)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_a_secret",
-                format!("{a} holds a plain value: read it with GET /v1/kv/{a}"),
-            )
-        })?;
+    let text = entry.value.as_deref().unwrap_or("null");
+    if !meridian_protocol::secrets::is_sealed_text(text) {
+        return Err(not_a_secret(a));
+    }
+    let version = entry.version.0;
+    let opened = if q.reveal {
+        let resource = Resource::Key {
+            app: &a.app,
+            env: &a.env,
+            key: &a.key,
+        };
+        authorize(principal, Action::SecretRead, &resource)?;
+        match cache.and_then(|c| c.get(a, version)) {
+            Some(o) => Some(o),
+            None => {
+                let stored = StoredSecret::parse(text).ok_or_else(|| not_a_secret(a))?;
+                let (current, previous) = open(a, &stored, version, true, 0, keys)?;
+                let o = Arc::new(Opened {
+                    stored,
+                    current,
+                    previous,
+                });
+                if let Some(c) = cache {
+                    c.insert(a, version, o.clone());
+                }
+                Some(o)
+            }
+        }
+    } else {
+        None
+    };
+    let parsed;
+    let stored = match &opened {
+        Some(o) => &o.stored,
+        None => {
+            parsed = StoredSecret::parse(text).ok_or_else(|| not_a_secret(a))?;
+            &parsed
+        }
+    };
     let mut buf = Vec::with_capacity(256);
     buf.extend_from_slice(b"{\"app\":");
     push_str(&mut buf, &a.app);
@@ -175,36 +278,34 @@ pub fn secret(
     push_str(&mut buf, &stored.value.fp);
     let mut reveal = None;
     buf.extend_from_slice(b",\"value\":");
-    if q.reveal {
-        let resource = Resource::Key {
-            app: &a.app,
-            env: &a.env,
-            key: &a.key,
-        };
-        authorize(principal, Action::SecretRead, &resource)?;
-        let want_previous = q.versions == Some(2);
-        let (current, previous) = open(a, &stored, entry.version.0, want_previous, now_ms, keys)?;
-        push_plain(&mut buf, a, &current)?;
-        if let (Some(p), Some(prev)) = (previous, stored.previous.as_ref()) {
-            buf.extend_from_slice(b",\"previous\":{\"value\":");
-            push_plain(&mut buf, a, &p)?;
-            buf.extend_from_slice(b",\"version\":");
-            buf.extend_from_slice(prev.value.at.to_string().as_bytes());
-            buf.extend_from_slice(b",\"until_ms\":");
-            buf.extend_from_slice(prev.until_ms.to_string().as_bytes());
-            buf.push(b'}');
+    match &opened {
+        Some(o) => {
+            let want_previous = q.versions == Some(2);
+            push_plain(&mut buf, a, &o.current)?;
+            if let (true, Some(p), Some(prev)) = (
+                want_previous,
+                &o.previous,
+                stored.previous.as_ref().filter(|p| p.until_ms > now_ms),
+            ) {
+                buf.extend_from_slice(b",\"previous\":{\"value\":");
+                push_plain(&mut buf, a, p)?;
+                buf.extend_from_slice(b",\"version\":");
+                buf.extend_from_slice(prev.value.at.to_string().as_bytes());
+                buf.extend_from_slice(b",\"until_ms\":");
+                buf.extend_from_slice(prev.until_ms.to_string().as_bytes());
+                buf.push(b'}');
+            }
+            reveal = Some(Reveal {
+                actor: principal.actor(),
+                address: a.clone(),
+                version,
+                previous: want_previous,
+            });
         }
-        reveal = Some(Reveal {
-            actor: principal.actor(),
-            address: a.clone(),
-            version: entry.version.0,
-            previous: want_previous,
-        });
-    } else {
-        buf.extend_from_slice(b"null");
+        None => buf.extend_from_slice(b"null"),
     }
     buf.extend_from_slice(b",\"version\":");
-    buf.extend_from_slice(entry.version.0.to_string().as_bytes());
+    buf.extend_from_slice(version.to_string().as_bytes());
     buf.extend_from_slice(b",\"revision\":");
     buf.extend_from_slice(entry.revision.0.to_string().as_bytes());
     buf.extend_from_slice(b",\"updated_ms\":");
@@ -391,7 +492,8 @@ mod tests {
             reveal: true,
             ..Default::default()
         };
-        let (body, reveal) = secret(&state_with(&good, &a), &a, &q, &admin(), &keys, 0).unwrap();
+        let (body, reveal) =
+            secret(&state_with(&good, &a), &a, &q, &admin(), &keys, None, 0).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["value"], "hunter2");
         assert!(reveal.is_some());
@@ -400,16 +502,24 @@ mod tests {
         ct[3] ^= 0x40;
         let mut bad = good.clone();
         bad.value.ct = b64.encode(ct);
-        let err = secret(&state_with(&bad, &a), &a, &q, &admin(), &keys, 0).unwrap_err();
+        let err = secret(&state_with(&bad, &a), &a, &q, &admin(), &keys, None, 0).unwrap_err();
         assert_eq!((err.status.as_u16(), err.code), (500, "secret_unreadable"));
         assert!(!err.message.contains("hunter2"));
         // Without the namespace's key: 403, and masked reads still work.
         let none = |_: &str, _: &str, _: u32| Err(KeyUnavailable::NotHeld);
-        let err = secret(&state_with(&good, &a), &a, &q, &admin(), &none, 0).unwrap_err();
+        let err = secret(&state_with(&good, &a), &a, &q, &admin(), &none, None, 0).unwrap_err();
         assert_eq!((err.status.as_u16(), err.code), (403, "secret_unavailable"));
         let masked = SecretQuery::default();
-        let (body, reveal) =
-            secret(&state_with(&good, &a), &a, &masked, &admin(), &none, 0).unwrap();
+        let (body, reveal) = secret(
+            &state_with(&good, &a),
+            &a,
+            &masked,
+            &admin(),
+            &none,
+            None,
+            0,
+        )
+        .unwrap();
         assert!(reveal.is_none() && !String::from_utf8(body).unwrap().contains("hunter2"));
     }
 }

@@ -343,7 +343,7 @@ pub(crate) async fn get(
                 return Err(reads::revision_not_reached(p.state.revision().0, want, 0));
             }
             let keys = key_source(state.keyring.as_deref(), &p.state);
-            meridian_net::secrets::secret(&p.state, &a, &q, &principal, &keys, now_ms())?
+            meridian_net::secrets::secret(&p.state, &a, &q, &principal, &keys, None, now_ms())?
         };
         audit_reveals(&state, reveal.into_iter().collect(), &request).await?;
         Ok(json_bytes(body))

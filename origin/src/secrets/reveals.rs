@@ -58,7 +58,16 @@ pub fn events<B: Backend>(
             outcome: "ok".into(),
             request_id: r.request_id.as_deref().map(cut),
             source: None,
-            reason: Some(format!("at edge {}", cut(edge))),
+            reason: Some(if r.count > 1 {
+                format!(
+                    "at edge {}: {} reveals until {} ms",
+                    cut(edge),
+                    r.count,
+                    r.last_ms
+                )
+            } else {
+                format!("at edge {}", cut(edge))
+            }),
         })
         .collect())
 }

@@ -149,8 +149,13 @@ pub struct RevealRecord {
     pub version: u64,
     /// Whether the previous value was revealed too.
     pub previous: bool,
-    /// The request's id.
+    /// The first request's id.
     pub request_id: Option<String>,
+    /// How many reveals of this secret by this reader it stands for (from `time_ms` to
+    /// `last_ms`): an edge counts repeated reveals over a short window into one record.
+    pub count: u64,
+    /// When the last of them was, ms since the Unix epoch.
+    pub last_ms: u64,
 }
 
 /// A keyed fingerprint of a value at an address: equal values at one address have equal
