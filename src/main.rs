@@ -513,6 +513,10 @@ async fn main() -> anyhow::Result<()> {
                 pki.signing_key.display(),
                 pki.signing_pub.display()
             );
+            println!(
+                "  secrets KEK   {}",
+                meridian::dev::kek_path(&data_dir).display()
+            );
         }
         Command::Origin { config } => {
             let config: meridian_origin::OriginConfig = read_config(&config)?;

@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
         let built = match kind % 4 {
             0 => put_command(at(key), body, MAX_VALUE_BYTES),
             1 => patch_command(at(key), body, MAX_VALUE_BYTES),
-            2 => txn_body_command(body, MAX_VALUE_BYTES),
+            2 => txn_body_command(body, MAX_VALUE_BYTES).map(|t| (t.command, t.reason)),
             _ => put_schema_command("app", "prod", "n.", body).map(|(c, r, _)| (c, r)),
         };
         let Ok((command, reason)) = built else {
