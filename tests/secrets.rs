@@ -169,6 +169,24 @@ async fn secrets_are_sealed_masked_revealed_to_whom_may_and_audited() {
         "{actions:?}"
     );
 
+    // A schema checks the value in clear; its error does not quote it.
+    let (code, body) = send(
+        admin
+            .put(format!("{o}/v1/schemas/pay/prod/port."))
+            .json(&json!({"schema": {"type": "integer"}})),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = put_secret(&admin, &o, "pay/prod/port.db", json!({"value": marker})).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (422, Some("schema_violation")),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(&marker), "{body}");
+    let (code, body) = put_secret(&admin, &o, "pay/prod/port.db", json!({"value": 5432})).await;
+    assert_eq!(code, 200, "{body}");
+
     // Plain writes cannot touch it, nor forge one.
     let (code, body) = send(
         admin
@@ -226,6 +244,27 @@ async fn secrets_are_sealed_masked_revealed_to_whom_may_and_audited() {
         (403, Some("secret_unavailable")),
         "{body}"
     );
+    // Watch events show the fingerprint, never the value.
+    let mut stream = admin
+        .get(format!("{edge}/v1/watch?app=pay&env=prod&since=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("db.password") {
+        let chunk = tokio::time::timeout(WAIT, stream.chunk())
+            .await
+            .expect("a watch event in time")
+            .unwrap()
+            .expect("the stream stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        !seen.contains(&marker) && seen.contains(&fingerprint),
+        "{seen}"
+    );
+    drop(stream);
     let (code, body) = send(
         admin
             .put(format!("{o}/v1/policies/edges-pay"))
@@ -389,7 +428,10 @@ async fn secrets_are_sealed_masked_revealed_to_whom_may_and_audited() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["revision"], before + 1);
     assert_eq!(body["generation"], 2);
-    assert_eq!(body["secrets"], 3);
+    assert_eq!(
+        body["secrets"], 4,
+        "db.password, api.key, txn.secret, port.db"
+    );
     let (_, keys) = get_json(&admin, &format!("{o}/v1/secret-keys")).await;
     assert_eq!(keys["namespaces"][0]["generation"], 2, "{keys}");
     eventually(
