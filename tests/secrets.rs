@@ -496,6 +496,26 @@ async fn secrets_are_sealed_masked_revealed_to_whom_may_and_audited() {
     })
     .await;
 
+    // Deleting a secret through the kv API or a transaction needs secret-write too.
+    let (code, body) =
+        send(http_with(&editor).delete(format!("{o}/v1/kv/pay/prod/txn.secret"))).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    let del = json!({"ops": [{"op": "delete", "address": "pay/prod/txn.secret"}]});
+    let (code, body) = send(http_with(&editor).post(format!("{o}/v1/txn")).json(&del)).await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) =
+        send(http_with(&editor).delete(format!("{o}/v1/kv/pay/prod/txn.plain"))).await;
+    assert_eq!(
+        code, 200,
+        "a plain key stays the editor's to delete: {body}"
+    );
+    let (code, body) = send(admin.post(format!("{o}/v1/txn")).json(&del)).await;
+    assert_eq!(code, 200, "{body}");
+
     // Deleted through the secrets API; the kv API cannot delete what is not a secret there.
     let (code, body) = send(admin.delete(format!("{o}/v1/secrets/pay/prod/db.host"))).await;
     assert_eq!(

@@ -99,8 +99,8 @@ pub enum Command {
     /// Raises flag exposure counts to the values given, per edge boot (no revision; a
     /// smaller count than the stored one changes nothing).
     Exposures(Vec<crate::exposures::ExposureEntry>),
-    /// Records reveals of secrets at an edge in the audit log, those newer than the edge's
-    /// newest recorded one (no revision; a record sent again adds nothing).
+    /// Records reveals of secrets at an edge in the audit log (no revision; recorded by the
+    /// state machine, which knows the log position).
     Reveals {
         /// The edge, as its certificate names it.
         edge: String,
@@ -606,13 +606,7 @@ impl<B: Backend> OriginCore<B> {
                 }
                 Vec::new()
             }
-            Command::Reveals { edge, records } => {
-                let stored = crate::secrets::reveals::recorded_seq(self.state.backend(), &edge)?;
-                if let Some(newest) = records.iter().map(|r| r.seq).max().filter(|n| *n > stored) {
-                    extra.push(crate::secrets::reveals::seq_write(&edge, newest));
-                }
-                Vec::new()
-            }
+            Command::Reveals { .. } => Vec::new(),
             Command::CompactAudit { before_ms } => {
                 let upper = [
                     crate::audit::AUDIT_PREFIX[0],

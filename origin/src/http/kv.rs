@@ -143,15 +143,12 @@ pub(crate) async fn delete(
         let address = address(path)?;
         let q = query(q)?;
         let meta = write_meta(&principal, &request, q.reason)?;
-        let applied = commit(
-            &state,
-            Command::Delete {
-                address,
-                expect_version: q.expect_version,
-            },
-            meta,
-        )
-        .await?;
+        let mut command = Command::Delete {
+            address,
+            expect_version: q.expect_version,
+        };
+        guard_secret_deletes(&state, &principal, &mut command)?;
+        let applied = commit(&state, command, meta).await?;
         Ok(axum::Json(serde_json::json!({"revision": applied.revision.0})).into_response())
     };
     inner.await.map_err(count_error)
@@ -523,6 +520,60 @@ fn authorize_txn(
     Ok(())
 }
 
+/// Deleting a key that holds a secret needs `secret-write` on it as well as `delete`; the
+/// delete is then conditioned on the version seen, so that what it removes is what was checked.
+fn guard_secret_deletes(
+    state: &AppState,
+    principal: &Principal,
+    command: &mut Command,
+) -> Result<(), ApiError> {
+    let p = state.reader.read().unwrap_or_else(|e| e.into_inner());
+    let secret_version = |a: &Address| {
+        p.state
+            .get_live(&a.app, &a.env, &a.key)
+            .filter(|e| {
+                e.value
+                    .as_deref()
+                    .is_some_and(meridian_protocol::secrets::is_sealed_text)
+            })
+            .map(|e| e.version.0)
+    };
+    let check = |a: &Address| {
+        authorize(
+            principal,
+            Action::SecretWrite,
+            &Resource::Key {
+                app: &a.app,
+                env: &a.env,
+                key: &a.key,
+            },
+        )
+    };
+    match command {
+        Command::Delete {
+            address,
+            expect_version,
+        } => {
+            if let Some(v) = secret_version(address) {
+                check(address)?;
+                expect_version.get_or_insert(v);
+            }
+        }
+        Command::Txn { conditions, ops } => {
+            for op in ops.iter() {
+                if let TxnOp::Delete(a) = op
+                    && let Some(v) = secret_version(a)
+                {
+                    check(a)?;
+                    conditions.push(Condition::VersionEquals(a.clone(), v));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Seals the secret operations of a transaction (their values checked against the schemas in
 /// clear first), adding the conditions that bind each to the version it was sealed for.
 async fn seal_secret_ops(
@@ -646,6 +697,8 @@ pub(crate) async fn txn(
             secret_ops,
         } = txn_body_command(&body, state.max_value_bytes)?;
         authorize_txn(&principal, &asked, &secret_ops)?;
+        let mut asked = asked;
+        guard_secret_deletes(&state, &principal, &mut asked)?;
         let meta = write_meta(&principal, &request, reason)?;
         let mut attempt = 0;
         let applied = loop {

@@ -296,8 +296,7 @@ impl StateMachine {
             let events = match &proposal.command {
                 Command::Audit(events) => events.clone(),
                 Command::Reveals { edge, records } => {
-                    crate::secrets::reveals::events(core.state().backend(), edge, records)
-                        .map_err(|e| StorageIOError::apply(log_id, &e))?
+                    crate::secrets::reveals::events(edge, records)
                 }
                 _ => Vec::new(),
             };
