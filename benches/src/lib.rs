@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 pub mod cluster;
+pub mod load;
 pub mod redis_server;
 
 /// What a process that runs Meridian nodes does first, as the `meridian` binary does: turn

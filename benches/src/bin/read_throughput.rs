@@ -13,10 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
 use meridian::dev::{DevCluster, DevOptions};
-use meridian_benches::Summary;
+use meridian_benches::load::{self, Outcome};
 
 #[derive(Parser, Clone)]
 #[command(about = "Edge HTTP GET throughput beside redis-server GET, same keys, same run")]
@@ -37,55 +35,6 @@ struct Args {
     /// drifts; the median ratio is reported).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-}
-
-struct Outcome {
-    requests: u64,
-    errors: u64,
-    elapsed: Duration,
-    latency: Option<Summary>,
-}
-
-impl Outcome {
-    fn rate(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-async fn http_worker(
-    addr: std::net::SocketAddr,
-    token: Option<Arc<str>>,
-    keys: Arc<Vec<String>>,
-    offset: usize,
-    until: Instant,
-) -> anyhow::Result<(u64, u64, Vec<Duration>)> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let (mut ok, mut errors, mut lat) = (0u64, 0u64, Vec::new());
-    let mut i = offset;
-    while Instant::now() < until {
-        i = (i + 1) % keys.len();
-        let mut req = hyper::Request::get(format!("/v1/kv/bench/prod/{}", keys[i]))
-            .header(hyper::header::HOST, "edge");
-        if let Some(t) = &token {
-            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = req.body(Empty::<Bytes>::new())?;
-        let t = Instant::now();
-        let resp = sender.send_request(req).await?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
-        lat.push(t.elapsed());
-        if status == 200 && !body.is_empty() {
-            ok += 1
-        } else {
-            errors += 1
-        }
-    }
-    Ok((ok, errors, lat))
 }
 
 async fn redis_worker(
@@ -114,26 +63,9 @@ async fn redis_worker(
 async fn run<F, Fut>(args: &Args, worker: F) -> anyhow::Result<Outcome>
 where
     F: Fn(usize, Instant) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<(u64, u64, Vec<Duration>)>> + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<load::Counts>> + Send + 'static,
 {
-    let start = Instant::now();
-    let until = start + Duration::from_secs(args.seconds);
-    let tasks: Vec<_> = (0..args.connections)
-        .map(|c| tokio::spawn(worker(c * 7, until)))
-        .collect();
-    let (mut requests, mut errors, mut lat) = (0, 0, Vec::new());
-    for t in tasks {
-        let (ok, err, l) = t.await??;
-        requests += ok;
-        errors += err;
-        lat.extend(l);
-    }
-    Ok(Outcome {
-        requests,
-        errors,
-        elapsed: start.elapsed(),
-        latency: Summary::of(&mut lat),
-    })
+    load::run(args.connections, args.seconds, worker).await
 }
 
 fn report(name: &str, o: &Outcome) {
@@ -193,8 +125,10 @@ async fn main() -> anyhow::Result<()> {
         let mut pair = [None, None];
         for which in [round % 2, 1 - round % 2] {
             let bearer = (which == 1).then(|| token.clone());
+            let keys = keys.clone();
+            let path = move |i: usize| format!("/v1/kv/bench/prod/{}", keys[i % keys.len()]);
             let o = run(&args, |offset, until| {
-                http_worker(addr, bearer.clone(), keys.clone(), offset, until)
+                load::get_worker(addr, bearer.clone(), path.clone(), offset, until)
             })
             .await?;
             pair[which] = Some(o);

@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
 use meridian::dev::{DevCluster, DevOptions};
-use meridian_benches::Summary;
+use meridian_benches::load;
 
 #[derive(Parser, Clone)]
 #[command(about = "Secret reveals at an edge beside edge GET, same run")]
@@ -36,44 +34,6 @@ enum Ask {
     Reveal,
 }
 
-async fn worker(
-    addr: std::net::SocketAddr,
-    token: Arc<str>,
-    ask: Ask,
-    offset: usize,
-    until: Instant,
-) -> anyhow::Result<(u64, u64, Vec<Duration>)> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let (mut ok, mut errors, mut lat) = (0u64, 0u64, Vec::new());
-    let mut i = offset;
-    while Instant::now() < until {
-        i += 1;
-        let path = match ask {
-            Ask::Get => format!("/v1/kv/bench/prod/key{}", i % 1000),
-            Ask::Reveal => format!("/v1/secrets/bench/prod/secret{}?reveal=true", i % 1000),
-        };
-        let req = hyper::Request::get(path)
-            .header(hyper::header::HOST, "edge")
-            .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Empty::<Bytes>::new())?;
-        let t = Instant::now();
-        let resp = sender.send_request(req).await?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
-        lat.push(t.elapsed());
-        if status == 200 && !body.is_empty() {
-            ok += 1
-        } else {
-            errors += 1
-        }
-    }
-    Ok((ok, errors, lat))
-}
-
 async fn run(
     addr: std::net::SocketAddr,
     token: &Arc<str>,
@@ -81,28 +41,27 @@ async fn run(
     connections: usize,
     seconds: u64,
 ) -> anyhow::Result<f64> {
-    let start = Instant::now();
-    let until = start + Duration::from_secs(seconds);
-    let tasks: Vec<_> = (0..connections)
-        .map(|c| tokio::spawn(worker(addr, token.clone(), ask, c * 7919, until)))
-        .collect();
-    let (mut requests, mut errors, mut lat) = (0, 0, Vec::new());
-    for t in tasks {
-        let (ok, err, l) = t.await??;
-        requests += ok;
-        errors += err;
-        lat.extend(l);
-    }
-    let rate = requests as f64 / start.elapsed().as_secs_f64();
+    let path = move |i: usize| match ask {
+        Ask::Get => format!("/v1/kv/bench/prod/key{}", i % 1000),
+        Ask::Reveal => format!("/v1/secrets/bench/prod/secret{}?reveal=true", i % 1000),
+    };
+    let o = load::run(connections, seconds, |offset, until| {
+        load::get_worker(addr, Some(token.clone()), path, offset, until)
+    })
+    .await?;
     let name = match ask {
         Ask::Get => "edge GET of a plain key",
         Ask::Reveal => "edge reveal of a secret",
     };
-    println!("  {name:<30} {rate:>10.0} req/s  ({requests} ok, {errors} errors)");
-    if let Some(l) = Summary::of(&mut lat) {
+    let rate = o.rate();
+    println!(
+        "  {name:<30} {rate:>10.0} req/s  ({} ok, {} errors)",
+        o.requests, o.errors
+    );
+    if let Some(l) = o.latency {
         println!("  {:<30} latency {l}", "");
     }
-    anyhow::ensure!(errors == 0, "{errors} requests failed");
+    anyhow::ensure!(o.errors == 0, "{} requests failed", o.errors);
     Ok(rate)
 }
 
