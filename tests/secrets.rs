@@ -323,6 +323,16 @@ async fn secrets_are_sealed_masked_revealed_to_whom_may_and_audited() {
                 "{who} at {node}"
             );
         }
+        // The Rust client reveals with the revealer's token, and is refused with the reader's.
+        let client = meridian_client::Client::with_token(node_base, Some(&revealer)).unwrap();
+        let got = client.secret("pay", "prod", "db.password").await.unwrap();
+        assert_eq!(got.value, json!(marker), "at {node}");
+        let client = meridian_client::Client::with_token(node_base, Some(&reader)).unwrap();
+        let refused = client
+            .secret("pay", "prod", "db.password")
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Some("forbidden"), "at {node}: {refused}");
         // The template reveals only for whom may.
         let (_, config) = get_json(
             &http_with(&reader),

@@ -285,6 +285,26 @@ impl Client {
         })
     }
 
+    /// `GET /v1/secrets/{app}/{env}/{key}?reveal=true`: a secret's value. The token needs
+    /// `secret-read` on it, the edge the namespace's keys (403 `secret_unavailable`
+    /// otherwise), and every reveal is in the audit log.
+    pub async fn secret(
+        &self,
+        app: &str,
+        env: &str,
+        key: &str,
+    ) -> Result<Answer<Value>, ClientError> {
+        let path = format!(
+            "/v1/secrets/{}/{}/{}?reveal=true",
+            encode(app),
+            encode(env),
+            encode(key)
+        );
+        let mut a = self.read(&path, ReadOptions::default()).await?;
+        a.value = a.value["value"].take();
+        Ok(a)
+    }
+
     /// `GET /v1/config/{app}/{env}`: the resolved configuration (`config`, `sources`, ...).
     pub async fn config(
         &self,
