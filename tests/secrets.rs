@@ -537,3 +537,93 @@ async fn secrets_are_sealed_masked_revealed_to_whom_may_and_audited() {
     assert_eq!(code, 200);
     cluster.shutdown().await;
 }
+
+/// How many reveals of `resource` at an edge the audit log holds (a record counts several when
+/// the edge folded repeated reveals into it).
+async fn edge_reveals(c: &reqwest::Client, origin: &str, resource: &str) -> u64 {
+    let (code, page) = get_json(c, &format!("{origin}/v1/audit?limit=1000")).await;
+    assert_eq!(code, 200);
+    page["records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| {
+            r["action"] == "secret-reveal"
+                && r["resource"] == resource
+                && r["source"].as_str().is_some_and(|s| s.starts_with("edge "))
+        })
+        .map(|r| {
+            let reason = r["reason"].as_str().unwrap_or("");
+            reason
+                .split_once(": ")
+                .and_then(|(_, n)| n.split(' ').next()?.parse().ok())
+                .unwrap_or(1)
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reveals_at_an_edge_reach_the_audit_log_across_a_partition_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (origin_config, origin_node, edge_config, edge_node) =
+        origin_and_edge(dir.path(), |_| {}).await;
+    let admin = http();
+    let o = base(origin_node.http_addr);
+    let (code, body) = put_secret(&admin, &o, "pay/prod/db.password", json!({"value": "pw"})).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = send(admin.put(format!("{o}/v1/policies/edges")).json(&json!({
+        "subjects": ["edge:*"], "actions": ["secret-read"], "resources": ["pay/*/*"]
+    })))
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let edge = base(edge_node.http_addr);
+    let url = format!("{edge}/v1/secrets/pay/prod/db.password?reveal=true");
+    eventually(WAIT, "the edge reveals", || async {
+        (get_json(&admin, &url).await.0 == 200).then_some(())
+    })
+    .await;
+    let resource = "pay/prod/db.password@1";
+    eventually(WAIT, "the first reveal in the audit log", || async {
+        (edge_reveals(&admin, &o, resource).await == 1).then_some(())
+    })
+    .await;
+
+    // The origin goes away; the edge keeps revealing from its memory, and is restarted.
+    origin_node.shutdown().await;
+    for _ in 0..3 {
+        let (code, body) = get_json(&admin, &url).await;
+        assert_eq!((code, body["value"].as_str()), (200, Some("pw")), "{body}");
+    }
+    edge_node.shutdown().await;
+    let edge_node = meridian_edge::start(edge_config).await.unwrap();
+    assert!(
+        !edge_node.shared.reveals.as_ref().unwrap().is_empty(),
+        "the reveals wait on disk"
+    );
+    // Its QUIC socket lingers while the old connections drain: start again until it binds.
+    let origin_node = eventually(WAIT, "the origin restarts on its addresses", || async {
+        meridian_origin::start(origin_config.clone()).await.ok()
+    })
+    .await;
+    eventually(WAIT, "the partitioned reveals in the audit log", || async {
+        (edge_reveals(&admin, &o, resource).await == 4).then_some(())
+    })
+    .await;
+    eventually(
+        WAIT,
+        "the edge forgets what the origin recorded",
+        || async {
+            edge_node
+                .shared
+                .reveals
+                .as_ref()
+                .unwrap()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    edge_node.shutdown().await;
+    origin_node.shutdown().await;
+}
