@@ -169,6 +169,84 @@ async fn secrets_are_sealed_masked_revealed_to_whom_may_and_audited() {
         "{actions:?}"
     );
 
+    // Bad input: a clear error, nothing written.
+    let before = revision(&admin, &o).await;
+    for (req, status, code) in [
+        (
+            admin
+                .put(format!("{o}/v1/secrets/pay/prod/x"))
+                .header("content-type", "application/json")
+                .body("{\"value\":"),
+            400,
+            "malformed_json",
+        ),
+        (
+            admin
+                .put(format!("{o}/v1/secrets/pay/prod/x"))
+                .json(&json!({"value": 1, "colour": "red"})),
+            400,
+            "malformed_json",
+        ),
+        (
+            admin
+                .put(format!("{o}/v1/secrets/pay/prod/x"))
+                .json(&json!({"value": "v".repeat(1_100_000)})),
+            413,
+            "value_too_large",
+        ),
+        (
+            admin
+                .put(format!("{o}/v1/secrets/pay/prod/Bad Key"))
+                .json(&json!({"value": 1})),
+            400,
+            "invalid_key",
+        ),
+        (
+            admin.get(format!(
+                "{o}/v1/secrets/pay/prod/db.password?reveal=true&versions=3"
+            )),
+            400,
+            "bad_query",
+        ),
+        (
+            admin.get(format!("{o}/v1/secrets/pay/prod/db.host")),
+            404,
+            "not_a_secret",
+        ),
+        (
+            admin
+                .post(format!("{o}/v1/secrets/pay/prod/db.host/rotate"))
+                .json(&json!({"value": 1})),
+            404,
+            "not_a_secret",
+        ),
+        (
+            admin
+                .post(format!("{o}/v1/secret-keys/nothing/here/rotate"))
+                .header("content-type", "application/json"),
+            404,
+            "no_secrets",
+        ),
+    ] {
+        let (got, body) = send(req).await;
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+    }
+    let (got, body) = get_json(
+        &admin,
+        &format!("{edge}/v1/secrets/pay/prod/db.password?versions=0"),
+    )
+    .await;
+    assert_eq!(
+        (got, body["error"]["code"].as_str()),
+        (400, Some("bad_query")),
+        "{body}"
+    );
+    assert_eq!(revision(&admin, &o).await, before, "nothing committed");
+
     // A schema checks the value in clear; its error does not quote it.
     let (code, body) = send(
         admin
