@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use meridian_core::apply::{Command, Proposal};
+use meridian_core::history::WriteMeta;
 use meridian_net::TlsPaths;
 use meridian_net::peer::PeerClient;
 use meridian_net::tls::{ORIGIN_SERVER_NAME, origin_peer_client_crypto};
 use meridian_origin::OriginConfig;
-use meridian_origin::core::{Command, Proposal};
-use meridian_origin::history::WriteMeta;
 use meridian_origin::raft::{NodeId, Request, TypeConfig};
 use meridian_protocol::Address;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};

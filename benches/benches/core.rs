@@ -103,8 +103,8 @@ fn benches(c: &mut Criterion) {
 fn origin_apply(c: &mut Criterion) {
     use std::sync::Arc;
 
-    use meridian_origin::core::{Command, Proposal};
-    use meridian_origin::history::WriteMeta;
+    use meridian_core::apply::{Command, Proposal};
+    use meridian_core::history::WriteMeta;
     use meridian_origin::raft::relay::SharedRelay;
     use meridian_origin::raft::state_machine::StateMachine;
     use meridian_origin::raft::{Entry, Request};

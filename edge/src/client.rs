@@ -14,8 +14,8 @@ use meridian_protocol::{Frame, FrameDecoder, FrameV1};
 use meridian_store::Backend;
 use tokio::sync::{mpsc, watch};
 
-use crate::replicator::{Output, Replicator};
 use crate::shared::EdgeShared;
+use meridian_core::replicator::{Output, Replicator};
 
 /// Bound on events from connection tasks to the replicator loop.
 const EVENT_QUEUE: usize = 8192;

@@ -1,5 +1,5 @@
-//! Meridian's edge: the sans-IO replicator that keeps a verified copy of the origin's signed
-//! state, its QUIC client shell, and the local read API served from memory.
+//! Meridian's edge shell: the QUIC client (and peer server) that carries out what the core's
+//! replicator decides, the local read API served from memory, watch, OFREP and the Redis mirror.
 
 pub mod api;
 pub mod client;
@@ -7,7 +7,6 @@ pub mod config;
 pub mod mirror;
 pub mod node;
 pub mod ofrep;
-pub mod replicator;
 pub mod secrets;
 pub mod shared;
 pub mod watch;

@@ -12,8 +12,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, EdgeConfig};
-use crate::replicator::{Replicator, ReplicatorConfig};
 use crate::shared::EdgeShared;
+use meridian_core::replicator::{Replicator, ReplicatorConfig};
 
 /// Why an edge could not start.
 #[derive(Debug, thiserror::Error)]

@@ -11,8 +11,8 @@ use meridian_protocol::Revision;
 use meridian_store::{Backend, Reader, SpaceGuard};
 
 use crate::config::StrictNamespace;
-use crate::replicator::{Replicator, ReplicatorStats};
 use crate::watch::{WatchHub, WatchLimits};
+use meridian_core::replicator::{Replicator, ReplicatorStats};
 
 /// Most deltas read back from the store per published burst to feed watches; a longer jump
 /// (a long catch-up) makes watchers resync instead.

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use meridian_origin::core::{Command, OriginCore};
-use meridian_origin::distributor::{ConnId, Distributor, DistributorConfig, Transmit};
+use meridian_core::apply::{Command, OriginCore};
+use meridian_core::distributor::{ConnId, Distributor, DistributorConfig, Transmit};
 use meridian_protocol::frame::decode_one;
 use meridian_protocol::{Address, Digest, Frame, FrameV1, Revision, Signer};
 use meridian_store::{MemBackend, SignedState};

@@ -8,8 +8,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use meridian_origin::http::kv::{patch_command, put_command, txn_body_command};
-use meridian_origin::core::{Command, OriginCore, Proposal};
-use meridian_origin::history::WriteMeta;
+use meridian_core::apply::{Command, OriginCore, Proposal};
+use meridian_core::history::WriteMeta;
 use meridian_origin::http::schemas::put_schema_command;
 use meridian_protocol::{Address, Signer, TrustedKeys};
 use meridian_store::{MemBackend, SignedState};

@@ -9,9 +9,9 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use meridian_edge::replicator::{Replicator, ReplicatorConfig};
-use meridian_origin::core::{Command, OriginCore};
-use meridian_origin::distributor::snapshot_frames;
+use meridian_core::replicator::{Replicator, ReplicatorConfig};
+use meridian_core::apply::{Command, OriginCore};
+use meridian_core::distributor::snapshot_frames;
 use meridian_protocol::frame::decode_one;
 use meridian_protocol::{Address, Digest, FrameV1, Revision, SignedDelta, Signer};
 use meridian_protocol::{SignedHead, TrustedKeys};

@@ -8,8 +8,8 @@ use meridian_protocol::Address;
 use meridian_protocol::addr::{validate_app, validate_env, validate_key_prefix};
 use meridian_protocol::frame::{MAX_REVISION_BYTES, change_bytes};
 
-use crate::core::{Command, Condition, Proposal, TxnOp};
-use crate::history::{MAX_ACTOR_BYTES, MAX_REASON_BYTES};
+use meridian_core::apply::{Command, Condition, Proposal, TxnOp};
+use meridian_core::history::{MAX_ACTOR_BYTES, MAX_REASON_BYTES};
 
 /// Most conditions and operations in one transaction.
 pub const MAX_TXN_ITEMS: usize = 1_000;
@@ -278,7 +278,8 @@ pub fn check(proposal: &Proposal, max_value_bytes: usize) -> Result<(), Inadmiss
             Ok(())
         }
         Command::Reveals { edge, records } => {
-            let fits = |t: &str| t.len() <= crate::audit::MAX_EVENT_FIELD_BYTES && printable(t);
+            let fits =
+                |t: &str| t.len() <= meridian_core::audit::MAX_EVENT_FIELD_BYTES && printable(t);
             if records.is_empty()
                 || records.len() > meridian_protocol::frame::MAX_REVEALS_PER_FRAME
                 || !fits(edge)
@@ -301,7 +302,7 @@ pub fn check(proposal: &Proposal, max_value_bytes: usize) -> Result<(), Inadmiss
             Ok(())
         }
         Command::Audit(events) => {
-            use crate::audit::{MAX_AUDIT_EVENTS, MAX_EVENT_FIELD_BYTES};
+            use meridian_core::audit::{MAX_AUDIT_EVENTS, MAX_EVENT_FIELD_BYTES};
             if events.is_empty() || events.len() > MAX_AUDIT_EVENTS {
                 return Err(Inadmissible::Meta("an audit command holds 1 to 256 events"));
             }
@@ -336,7 +337,7 @@ pub fn check(proposal: &Proposal, max_value_bytes: usize) -> Result<(), Inadmiss
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::WriteMeta;
+    use meridian_core::history::WriteMeta;
 
     fn meta() -> WriteMeta {
         WriteMeta {

@@ -11,10 +11,10 @@ use meridian_protocol::auth::{AuthIndex, GrantBody, Pattern, Role, TokenId, Toke
 use meridian_store::Reader;
 use tokio::sync::watch;
 
-use crate::core::{Command, Proposal};
-use crate::history::WriteMeta;
 use crate::raft::Outcome;
 use crate::raft::cluster::Cluster;
+use meridian_core::apply::{Command, Proposal};
+use meridian_core::history::WriteMeta;
 
 /// The name the bootstrap token's record carries.
 pub const BOOTSTRAP_NAME: &str = "bootstrap-admin";

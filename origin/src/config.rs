@@ -126,8 +126,8 @@ impl Default for HistoryConfig {
 
 impl HistoryConfig {
     /// The retention this config asks for.
-    pub fn retention(&self) -> crate::history::Retention {
-        crate::history::Retention {
+    pub fn retention(&self) -> meridian_core::history::Retention {
+        meridian_core::history::Retention {
             max_versions: self.max_versions,
             max_age_ms: (self.max_age_s > 0).then(|| self.max_age_s.saturating_mul(1000)),
         }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use meridian_protocol::{CacheState, Digest, Revision};
 use serde::Serialize;
 
-use crate::distributor::{ChangeSource, EdgeInfo};
+use meridian_core::distributor::{ChangeSource, EdgeInfo};
 
 /// Most edges remembered; beyond it the longest-silent disconnected ones are forgotten.
 pub const MAX_KNOWN_EDGES: usize = 100_000;

@@ -17,7 +17,7 @@ use meridian_protocol::flags::{
 use meridian_protocol::{Address, EntryState};
 use serde_json::Value;
 
-use crate::core::{Command, Condition, TxnOp};
+use meridian_core::apply::{Command, Condition, TxnOp};
 
 /// The most flags one app/env may hold (one transaction writes them all).
 pub const MAX_FLAGS_PER_SET: usize = 500;

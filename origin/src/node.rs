@@ -17,13 +17,13 @@ use std::time::Duration;
 use openraft::BasicNode;
 
 use crate::config::{ConfigError, OriginConfig};
-use crate::distributor::{Distributor, DistributorConfig};
 use crate::http::{AppState, router};
 use crate::raft::cluster::Cluster;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, Raft};
 use crate::raft::relay::SharedRelay;
 use crate::raft::state_machine::StateMachine;
+use meridian_core::distributor::{Distributor, DistributorConfig};
 use meridian_net::peer::PeerClient;
 
 /// Why an origin could not start.
@@ -499,13 +499,13 @@ async fn compact_history(
         if cluster.leader().await != Some(id) {
             continue;
         }
-        let now_ms = crate::history::now_ms();
-        let proposal = crate::core::Proposal {
-            command: crate::core::Command::CompactHistory {
+        let now_ms = meridian_core::history::now_ms();
+        let proposal = meridian_core::apply::Proposal {
+            command: meridian_core::apply::Command::CompactHistory {
                 retention: history.retention(),
                 now_ms,
             },
-            meta: crate::history::WriteMeta {
+            meta: meridian_core::history::WriteMeta {
                 time_ms: now_ms,
                 actor: "meridian".into(),
                 reason: Some("history compaction".into()),
@@ -517,9 +517,9 @@ async fn compact_history(
         }
         // The audit log keeps its own retention, independent of the history's.
         let before_ms = now_ms.saturating_sub(audit_retention_days.saturating_mul(86_400_000));
-        let proposal = crate::core::Proposal {
-            command: crate::core::Command::CompactAudit { before_ms },
-            meta: crate::history::WriteMeta {
+        let proposal = meridian_core::apply::Proposal {
+            command: meridian_core::apply::Command::CompactAudit { before_ms },
+            meta: meridian_core::history::WriteMeta {
                 time_ms: now_ms,
                 actor: "meridian".into(),
                 reason: Some("audit retention".into()),

@@ -15,8 +15,8 @@ use meridian_protocol::{Address, CacheState};
 use meridian_store::Reader;
 use serde_json::{Value, json};
 
-use crate::core::{Command, Condition, Proposal, TxnOp};
-use crate::history::WriteMeta;
+use meridian_core::apply::{Command, Condition, Proposal, TxnOp};
+use meridian_core::history::WriteMeta;
 
 /// How often the leader looks for due steps and changes (the delay after their time).
 pub const TICK: Duration = Duration::from_millis(250);
@@ -147,7 +147,7 @@ pub async fn advance(
         if !leads() {
             continue;
         }
-        let now_ms = crate::history::now_ms();
+        let now_ms = meridian_core::history::now_ms();
         let transitions = {
             let p = reader.read().unwrap_or_else(|e| e.into_inner());
             let namespaces: Vec<(String, String)> = p

@@ -14,9 +14,9 @@ use meridian_protocol::{Frame, FrameDecoder, FrameV1, Revision};
 use meridian_store::{Backend, SignedState};
 use tokio::sync::{mpsc, watch};
 
-use crate::core::OriginCore;
-use crate::distributor::{ConnId, Distributor, Transmit};
 use crate::drift::KnownEdges;
+use meridian_core::apply::OriginCore;
+use meridian_core::distributor::{ConnId, Distributor, Transmit};
 
 /// Bound on queued transmits per connection; a connection that falls this far behind is closed
 /// (it reconnects and catches up from its own revision).
@@ -253,12 +253,12 @@ async fn commit_reveals(
     events: mpsc::Sender<Event>,
 ) {
     let upto = records.iter().map(|r| r.seq).max().unwrap_or(0);
-    let proposal = crate::core::Proposal {
-        command: crate::core::Command::Reveals {
+    let proposal = meridian_core::apply::Proposal {
+        command: meridian_core::apply::Command::Reveals {
             edge: edge.clone(),
             records,
         },
-        meta: crate::history::WriteMeta {
+        meta: meridian_core::history::WriteMeta {
             time_ms: meridian_net::auth::now_ms(),
             actor: format!("edge:{edge}"),
             ..Default::default()
@@ -325,7 +325,7 @@ async fn connection(
                     tokio::spawn(async move {
                         // A failed stream means a failed connection; the edge reconnects and
                         // asks again from its own revision.
-                        let priority = crate::distributor::stream_priority(&frames);
+                        let priority = meridian_core::distributor::stream_priority(&frames);
                         let _ = send_uni(&c, &frames, priority).await;
                     });
                 }

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use meridian_origin::core::{Command, Condition, OriginCore, TxnOp};
-use meridian_origin::history::{self, WriteMeta};
+use meridian_core::apply::{Command, Condition, OriginCore, TxnOp};
+use meridian_core::history::{self, WriteMeta};
 use meridian_protocol::{Address, JsonText, Signer, TrustedKeys};
 use meridian_store::{MemBackend, SignedState};
 use proptest::prelude::*;

@@ -36,8 +36,8 @@ fn sled_storage_passes_openrafts_suite() {
 mod writes {
     use std::sync::Arc;
 
-    use meridian_origin::core::{Command, Proposal};
-    use meridian_origin::history::WriteMeta;
+    use meridian_core::apply::{Command, Proposal};
+    use meridian_core::history::WriteMeta;
     use meridian_origin::raft::relay::SharedRelay;
     use meridian_origin::raft::state_machine::StateMachine;
     use meridian_origin::raft::{Entry, LogId, Outcome, Request};

@@ -16,11 +16,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meridian_edge::replicator::{Output, Replicator, ReplicatorConfig};
-use meridian_origin::core::{Command, OriginCore};
-use meridian_origin::distributor::{
-    ChangeSource, ConnId, Distributor, DistributorConfig, Transmit,
-};
+use meridian_core::apply::{Command, OriginCore};
+use meridian_core::distributor::{ChangeSource, ConnId, Distributor, DistributorConfig, Transmit};
+use meridian_core::replicator::{Output, Replicator, ReplicatorConfig};
 use meridian_protocol::flags::exposure::{ExposureCounter, ExposureKey, ExposureLedger, Source};
 use meridian_protocol::{
     Address, Change, Delta, Digest, Frame, FrameV1, Revision, Signer, TrustedKeys, VerifiedHeads,
@@ -1499,7 +1497,7 @@ fn transmit(host: &mut QuicHost, now: Instant, ch: ConnectionHandle, t: Transmit
         Transmit::Stream(frames) => {
             // No stream available means the peer's limit is reached; the edge's stall timer
             // asks again, so dropping here loses nothing.
-            let priority = meridian_origin::distributor::stream_priority(&frames);
+            let priority = meridian_core::distributor::stream_priority(&frames);
             let _ = host.send_stream(ch, &frames, priority);
         }
         Transmit::Close(_) => host.close(now, ch),

@@ -21,11 +21,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::audit::{AUDIT_PREFIX, AuditEvent, MAX_AUDIT_EVENTS, record_key};
-use crate::core::{Command, Proposal};
-use crate::history::WriteMeta;
 use crate::http::{Shared, cluster_error, count_error, query};
 use crate::raft::cluster::Cluster;
+use meridian_core::apply::{Command, Proposal};
+use meridian_core::audit::{AUDIT_PREFIX, AuditEvent, MAX_AUDIT_EVENTS, record_key};
+use meridian_core::history::WriteMeta;
 
 /// Most records one page answers.
 pub const MAX_AUDIT_LIMIT: usize = 1000;

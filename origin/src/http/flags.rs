@@ -26,8 +26,8 @@ use super::history::{HistoryQuery, KeyRollbackBody, history_of, rollback_of};
 use super::{
     AppState, Shared, body_error, cluster_error, commit, count_error, json_body, query, write_meta,
 };
-use crate::core::Command;
 use crate::flagset::{self, Refusal};
+use meridian_core::apply::Command;
 
 const REVISION: HeaderName = HeaderName::from_static("meridian-revision");
 const VERSION: HeaderName = HeaderName::from_static("meridian-version");
@@ -316,7 +316,7 @@ pub(crate) async fn rollback(
         let (app, env, flag) = flag_path(path)?;
         let b: KeyRollbackBody = super::parse_body(body)?;
         let reader = state.reader.clone();
-        let check = |target: &crate::history::HistoryRecord| {
+        let check = |target: &meridian_core::history::HistoryRecord| {
             let Some(text) = &target.value else {
                 return Ok(());
             };

@@ -22,11 +22,11 @@ use meridian_store::DetachedView;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::history::{self, HistoryRecord, NamespaceAt, json_diff};
 use crate::http::{
     AppState, Shared, address, cluster_error, commit, count_error, namespace, parse_body, query,
     write_meta,
 };
+use meridian_core::history::{self, HistoryRecord, NamespaceAt, json_diff};
 
 /// Largest history page.
 pub const MAX_PAGE: usize = 1_000;
@@ -59,7 +59,7 @@ fn record_json(r: &HistoryRecord) -> Value {
     })
 }
 
-type Core = crate::core::OriginCore<crate::raft::state_machine::StateBackend>;
+type Core = meridian_core::apply::OriginCore<crate::raft::state_machine::StateBackend>;
 
 /// After a linearizable barrier, what `snap` reads from the core and a [`DetachedView`] of the
 /// history records under `prefix`, holding the core's lock (which every Raft apply takes) only

@@ -21,7 +21,7 @@ use super::{
     AppState, Shared, address, body_error, check_revision_size, cluster_error, commit, count_error,
     json_body, namespace, query, write_meta,
 };
-use crate::core::{Command, Condition, TxnOp};
+use meridian_core::apply::{Command, Condition, TxnOp};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,7 +174,7 @@ pub(crate) async fn linearized_read(
             }
         }
         let keys = super::secrets::key_source(state.keyring.as_deref(), &p.state);
-        let revealer = Revealer::new(principal, &keys, crate::history::now_ms());
+        let revealer = Revealer::new(principal, &keys, meridian_core::history::now_ms());
         let body = {
             let visible = readable(principal);
             let opener =

@@ -32,9 +32,9 @@ use meridian_protocol::Address;
 use meridian_protocol::auth::{Action, Principal};
 use meridian_store::Reader;
 
-use crate::core::{Command, Proposal};
 use crate::drift::KnownEdges;
-use crate::history::{MAX_ACTOR_BYTES, MAX_REASON_BYTES, WriteMeta};
+use meridian_core::apply::{Command, Proposal};
+use meridian_core::history::{MAX_ACTOR_BYTES, MAX_REASON_BYTES, WriteMeta};
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -420,7 +420,7 @@ pub(crate) fn write_meta(
             format!("reason must be at most {MAX_REASON_BYTES} bytes of text"),
         ));
     }
-    let time_ms = crate::history::now_ms();
+    let time_ms = meridian_core::history::now_ms();
     Ok(WriteMeta {
         time_ms,
         actor,
@@ -448,7 +448,7 @@ pub(crate) async fn commit(
     state: &Arc<AppState>,
     command: Command,
     meta: WriteMeta,
-) -> Result<crate::core::Applied, ApiError> {
+) -> Result<meridian_core::apply::Applied, ApiError> {
     check_revision_size(&command, "the write")?;
     state
         .space

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppState, Shared, cluster_error, commit, count_error, parse_body, write_meta};
-use crate::core::{Command, Condition, TxnOp};
+use meridian_core::apply::{Command, Condition, TxnOp};
 
 fn at(app: &str, env: &str, key: String) -> Address {
     Address {
@@ -137,7 +137,7 @@ pub(crate) async fn start(
                 format!("{flag} has a {:?} rollout; abort it first", r.state),
             ));
         }
-        let now = crate::history::now_ms();
+        let now = meridian_core::history::now_ms();
         let (rollout, first) = Rollout::start(b.steps, &definition, now).map_err(refused)?;
         let command = Command::Txn {
             conditions: vec![
@@ -228,7 +228,7 @@ pub(crate) async fn steer(
         let r: Rollout = serde_json::from_value(r).map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })?;
-        let now = crate::history::now_ms();
+        let now = meridian_core::history::now_ms();
         let mut conditions = vec![Condition::VersionEquals(ra.clone(), version)];
         let (next, mut ops) = match action.as_str() {
             "pause" => (r.pause(now).map_err(refused)?, Vec::new()),

@@ -17,9 +17,9 @@ use meridian_protocol::auth::Principal;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::core::Command;
 use crate::http::{Shared, cluster_error, commit, count_error, write_meta};
-use crate::schema;
+use meridian_core::apply::Command;
+use meridian_core::schema;
 use meridian_net::reads::namespace as namespace_of;
 
 fn schema_path(

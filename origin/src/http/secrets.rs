@@ -27,10 +27,10 @@ use super::{
     AppState, Shared, address, body_error, cluster_error, commit, count_error, json_body,
     namespace, query, write_meta,
 };
-use crate::audit::AuditEvent;
-use crate::core::{Command, Condition, Proposal, TxnOp};
-use crate::history::{WriteMeta, now_ms};
 use crate::secrets::{Keyring, SecretWrite, SecretsError};
+use meridian_core::apply::{Command, Condition, Proposal, TxnOp};
+use meridian_core::audit::AuditEvent;
+use meridian_core::history::{WriteMeta, now_ms};
 
 /// Attempts of a secret write that lost a race with another write of the same key.
 const WRITE_ATTEMPTS: usize = 4;
@@ -103,7 +103,7 @@ pub(crate) async fn audit_reveals(
     let time_ms = now_ms();
     let events = reveals
         .into_iter()
-        .take(crate::audit::MAX_AUDIT_EVENTS)
+        .take(meridian_core::audit::MAX_AUDIT_EVENTS)
         .map(|r| reveal_event(&r, time_ms, Some(request), &state.node_id))
         .collect();
     let proposal = Proposal {

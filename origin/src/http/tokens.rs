@@ -23,20 +23,10 @@ use meridian_protocol::{Address, EntryState};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::core::Command;
 use crate::http::{Shared, body_error, cluster_error, commit, count_error, json_body, write_meta};
+use meridian_core::apply::Command;
 
-/// Where the time a token was last used (at an origin node) is kept: this prefix and its id.
-pub const LAST_USED_PREFIX: [u8; 2] = [meridian_store::EXTRA_PREFIX, b't'];
-/// Most tokens one [`Command::TouchTokens`] names.
-pub const MAX_TOUCHES: usize = 1000;
-
-/// The key of token `id`'s last use.
-pub fn last_used_key(id: u64) -> Vec<u8> {
-    let mut k = LAST_USED_PREFIX.to_vec();
-    k.extend_from_slice(&id.to_be_bytes());
-    k
-}
+pub use meridian_core::tokens::{LAST_USED_PREFIX, MAX_TOUCHES, last_used_key};
 
 /// Uses of tokens at this node since they were last committed: at most one entry per token.
 #[derive(Clone, Default)]
@@ -80,9 +70,9 @@ pub async fn commit_last_used(
             if batch.is_empty() {
                 break;
             }
-            let proposal = crate::core::Proposal {
+            let proposal = meridian_core::apply::Proposal {
                 command: Command::TouchTokens(batch),
-                meta: crate::history::WriteMeta {
+                meta: meridian_core::history::WriteMeta {
                     time_ms: meridian_net::auth::now_ms(),
                     actor: "meridian".into(),
                     ..Default::default()
@@ -316,9 +306,9 @@ fn token_id(path: Result<Path<String>, PathRejection>) -> Result<TokenId, ApiErr
 async fn delete_record(
     state: &Arc<crate::http::AppState>,
     address: Address,
-    meta: crate::history::WriteMeta,
+    meta: meridian_core::history::WriteMeta,
     what: &str,
-) -> Result<crate::core::Applied, ApiError> {
+) -> Result<meridian_core::apply::Applied, ApiError> {
     let command = Command::Delete {
         address,
         expect_version: None,

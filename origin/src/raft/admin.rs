@@ -163,7 +163,7 @@ async fn add_node(State(raft): State<Raft>, body: Bytes) -> Response {
 /// Records a membership change made on the Raft channel (by a holder of an origin
 /// certificate) in the audit log. The change has happened: a failure to record it is logged.
 async fn audit_membership(raft: &Raft, action: &str, resource: String) {
-    let event = crate::audit::AuditEvent {
+    let event = meridian_core::audit::AuditEvent {
         time_ms: meridian_net::auth::now_ms(),
         actor: "origin-certificate".into(),
         action: action.into(),
@@ -171,9 +171,9 @@ async fn audit_membership(raft: &Raft, action: &str, resource: String) {
         outcome: "ok".into(),
         ..Default::default()
     };
-    let proposal = crate::core::Proposal {
-        command: crate::core::Command::Audit(vec![event]),
-        meta: crate::history::WriteMeta {
+    let proposal = meridian_core::apply::Proposal {
+        command: meridian_core::apply::Command::Audit(vec![event]),
+        meta: meridian_core::history::WriteMeta {
             time_ms: meridian_net::auth::now_ms(),
             actor: "audit".into(),
             ..Default::default()

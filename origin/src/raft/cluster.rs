@@ -28,7 +28,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::network::Raft;
 use super::{NodeId, Outcome, Request, Response};
-use crate::core::Proposal;
+use meridian_core::apply::Proposal;
 use meridian_net::peer::{PeerClient, PeerError};
 
 /// Most writes in one Raft entry.
@@ -461,7 +461,7 @@ async fn forwarded_write(State(cluster): State<Cluster>, body: Bytes) -> HttpRes
             .into_response();
     }
     // The leader's clock dates what it commits, not the forwarding node's.
-    let now_ms = crate::history::now_ms();
+    let now_ms = meridian_core::history::now_ms();
     for p in &mut request.commands {
         p.meta.time_ms = now_ms;
     }

@@ -7,7 +7,7 @@
 //! afterwards (or, after a crash, at the next open). The committed log id is written without a
 //! flush of its own (it is a hint: it rides on the next flush).
 //!
-//! The newest entries are also kept decoded in memory ([`RecentEntries`], bounded): openraft
+//! The newest entries are also kept decoded in memory (`RecentEntries`, bounded): openraft
 //! reads every entry back soon after appending it (the leader to replicate it to each follower,
 //! every node to apply it), and serving those reads from memory spares a sled read and a decode
 //! of each entry per reader.

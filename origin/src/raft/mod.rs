@@ -3,7 +3,7 @@
 //! the signed state ([`state_machine`]) and the RPC between nodes ([`network`]).
 //!
 //! Every node applies the same committed entries to the same deterministic core
-//! ([`crate::core::OriginCore`]) with the cluster's signing key, so every node holds the same
+//! ([`meridian_core::apply::OriginCore`]) with the cluster's signing key, so every node holds the same
 //! revisions, deltas, digests and signatures, and any node can serve edges. The followers take
 //! the signatures the leader made rather than sign each revision again ([`relay`]).
 
@@ -12,7 +12,7 @@ use std::io::Cursor;
 use meridian_protocol::Address;
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Applied, Proposal};
+use meridian_core::apply::{Applied, Proposal};
 
 // openraft's traits return its `StorageError` and `RPCError` (over 200 bytes); the helpers here
 // return the same types rather than box them only to unbox them again at the trait boundary.
@@ -79,7 +79,7 @@ pub enum Outcome {
         /// Its position among the transaction's conditions.
         index: usize,
         /// The condition.
-        condition: crate::core::Condition,
+        condition: meridian_core::apply::Condition,
         /// The address's version (0 when absent).
         actual: u64,
     },

@@ -35,9 +35,9 @@ use super::relay::SharedRelay;
 use super::{
     Entry, LogId, Outcome, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use crate::core::{ApplyError, Command, OriginCore};
-use crate::history::HISTORY_PREFIX;
-use crate::schema::SCHEMA_PREFIX;
+use meridian_core::apply::{ApplyError, Command, OriginCore};
+use meridian_core::history::HISTORY_PREFIX;
+use meridian_core::schema::SCHEMA_PREFIX;
 
 const APPLIED: &[u8] = &[EXTRA_PREFIX, b'r', b'a'];
 const MEMBERSHIP: &[u8] = &[EXTRA_PREFIX, b'r', b'm'];
@@ -62,7 +62,7 @@ pub type SharedCore = Arc<Mutex<OriginCore<StateBackend>>>;
 type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>;
 
 /// What a snapshot's bytes hold: the signed head and the records the state is made of. The
-/// entries are not stored apart: as at open (see [`crate::history::current_entries`]), each
+/// entries are not stored apart: as at open (see [`meridian_core::history::current_entries`]), each
 /// address holds what its newest history record says, and the installing node lists them from
 /// the records, so each value travels once. The head's digest checks the listing.
 #[derive(Serialize, Deserialize)]
@@ -70,7 +70,7 @@ struct SnapshotData {
     /// [`SNAPSHOT_FORMAT`], the first byte.
     format: u8,
     head: Option<SignedHead>,
-    /// The history and schema records, raw (see [`crate::history`], [`crate::schema`]): a
+    /// The history and schema records, raw (see [`meridian_core::history`], [`meridian_core::schema`]): a
     /// node caught up by snapshot keeps the same history and schemas as the others.
     history: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -193,8 +193,8 @@ impl StateMachine {
         let state = SignedState::open_with_kept_entries(
             backend,
             delta_window,
-            crate::history::value_at::<StateBackend>,
-            crate::history::current_entries::<StateBackend>,
+            meridian_core::history::value_at::<StateBackend>,
+            meridian_core::history::current_entries::<StateBackend>,
         )?;
         let (commits, _) = watch::channel(state.revision());
         let verifying_key = signer.verifying_key();
@@ -292,7 +292,7 @@ impl StateMachine {
         // Each audit record's place in the entry, so that applying it again adds nothing.
         let mut position = 0u32;
         for proposal in request.commands {
-            let described = crate::audit::describe(&proposal.command, &proposal.meta);
+            let described = meridian_core::audit::describe(&proposal.command, &proposal.meta);
             let events = match &proposal.command {
                 Command::Audit(events) => events.clone(),
                 Command::Reveals { edge, records } => {
@@ -356,7 +356,7 @@ impl StateMachine {
                         Outcome::CurrentValuesViolate { prefix, keys }
                     }
                 };
-            let recorded = described.map(|(action, resource)| crate::audit::AuditEvent {
+            let recorded = described.map(|(action, resource)| meridian_core::audit::AuditEvent {
                 time_ms: meta.time_ms,
                 actor: meta.actor,
                 action,
@@ -455,7 +455,7 @@ impl StateMachine {
         let mut history = stored.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         let mut put_back = 0;
         for (k, v) in compacted {
-            let revision = crate::history::record_revision(&v)
+            let revision = meridian_core::history::record_revision(&v)
                 .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
             if revision <= upto {
                 history.push((k, v));
@@ -519,7 +519,7 @@ enum ScanError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
     #[error(transparent)]
-    History(#[from] crate::history::HistoryError),
+    History(#[from] meridian_core::history::HistoryError),
     #[error(transparent)]
     Audit(#[from] StoreError),
 }
@@ -538,15 +538,15 @@ impl StateMachine {
             let (k, v) = pair?;
             out.push((k.to_vec(), v.to_vec()));
         }
-        for pair in self.tree.scan_prefix(crate::audit::AUDIT_PREFIX) {
+        for pair in self.tree.scan_prefix(meridian_core::audit::AUDIT_PREFIX) {
             let (k, v) = pair?;
-            if crate::audit::record_log_index(&v)? <= upto_index {
+            if meridian_core::audit::record_log_index(&v)? <= upto_index {
                 out.push((k.to_vec(), v.to_vec()));
             }
         }
         for pair in self.tree.scan_prefix(HISTORY_PREFIX) {
             let (k, v) = pair?;
-            if crate::history::record_revision(&v)? <= upto {
+            if meridian_core::history::record_revision(&v)? <= upto {
                 out.push((k.to_vec(), v.to_vec()));
             }
         }
@@ -648,9 +648,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // What each address holds, from its newest record (checked against the head's digest
         // by the install).
-        let entries =
-            crate::history::entries_of_records(data.history.iter().map(|(k, v)| (&k[..], &v[..])))
-                .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        let entries = meridian_core::history::entries_of_records(
+            data.history.iter().map(|(k, v)| (&k[..], &v[..])),
+        )
+        .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
         let mut extra = vec![
             (APPLIED.to_vec(), Some(encode(&meta.last_log_id)?)),
             (MEMBERSHIP.to_vec(), Some(encode(&meta.last_membership)?)),
@@ -663,7 +664,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for prefix in [
                 &HISTORY_PREFIX[..],
                 &SCHEMA_PREFIX[..],
-                &crate::audit::AUDIT_PREFIX[..],
+                &meridian_core::audit::AUDIT_PREFIX[..],
                 &crate::http::tokens::LAST_USED_PREFIX[..],
             ] {
                 let old = core
@@ -674,10 +675,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 extra.extend(old.into_iter().map(|(k, _)| (k, None)));
             }
             // The chain continues from the snapshot's newest record.
-            let tip = crate::audit::tip_of(&data.history)
+            let tip = meridian_core::audit::tip_of(&data.history)
                 .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
             extra.push((
-                crate::audit::AUDIT_TIP.to_vec(),
+                meridian_core::audit::AUDIT_TIP.to_vec(),
                 Some(serde_json::to_vec(&tip).unwrap_or_default()),
             ));
             extra.extend(data.history.into_iter().map(|(k, v)| (k, Some(v))));
@@ -732,9 +733,9 @@ mod tests {
     use openraft::CommittedLeaderId;
 
     use super::*;
-    use crate::core::Proposal;
-    use crate::history::WriteMeta;
     use crate::raft::Request;
+    use meridian_core::apply::Proposal;
+    use meridian_core::history::WriteMeta;
 
     fn open(dir: &std::path::Path) -> StateMachine {
         let db = DurableDb::open(dir).expect("sled");
@@ -791,7 +792,7 @@ mod tests {
     fn compact() -> Proposal {
         Proposal {
             command: Command::CompactHistory {
-                retention: crate::history::Retention {
+                retention: meridian_core::history::Retention {
                     max_versions: 1,
                     max_age_ms: None,
                 },
@@ -875,8 +876,8 @@ mod tests {
         let state = SignedState::open_with_kept_entries(
             backend,
             1024,
-            crate::history::value_at::<SledBackend>,
-            crate::history::current_entries::<SledBackend>,
+            meridian_core::history::value_at::<SledBackend>,
+            meridian_core::history::current_entries::<SledBackend>,
         )
         .unwrap();
         (state.head(), applied)
@@ -963,7 +964,7 @@ mod tests {
         };
         assert_eq!(with(&HISTORY_PREFIX), 3);
         assert_eq!(
-            with(&crate::audit::AUDIT_PREFIX),
+            with(&meridian_core::audit::AUDIT_PREFIX),
             3,
             "one audit record per write"
         );
@@ -1136,7 +1137,7 @@ mod tests {
             .iter()
             .filter(|(k, _)| k.starts_with(&HISTORY_PREFIX))
             .map(|(_, v)| {
-                let r: crate::history::HistoryRecord = postcard::from_bytes(v).unwrap();
+                let r: meridian_core::history::HistoryRecord = postcard::from_bytes(v).unwrap();
                 (r.version, r.revision)
             })
             .collect();
@@ -1173,7 +1174,10 @@ mod tests {
             .unwrap();
         let compacted = sm.lock().take_compacted();
         assert_eq!(compacted.len(), 1);
-        assert_eq!(crate::history::record_revision(&compacted[0].1).unwrap(), 1);
+        assert_eq!(
+            meridian_core::history::record_revision(&compacted[0].1).unwrap(),
+            1
+        );
         assert!(
             sm.lock().take_compacted().is_empty(),
             "kept only until taken"

@@ -150,7 +150,7 @@ impl Keyring {
         Ok(Some(out))
     }
 
-    /// `key` wrapped for one edge's session (see [`crate::secrets::session_key`]).
+    /// `key` wrapped for one edge's session (see `meridian_net::secrets::session_key`).
     pub fn wrap_for_session(
         session: &[u8; 32],
         app: &str,

@@ -16,7 +16,7 @@ use meridian_protocol::{Address, CacheState};
 
 pub use keyring::Keyring;
 
-use crate::core::{Command, Condition, TxnOp};
+use meridian_core::apply::{Command, Condition, TxnOp};
 
 /// Why a secret could not be written or rotated. Never carries a value.
 #[derive(Debug, thiserror::Error)]
@@ -410,7 +410,7 @@ pub async fn export_due(
     loop {
         let counts = {
             let p = reader.read().unwrap_or_else(|e| e.into_inner());
-            due_counts(&p.state, crate::history::now_ms())
+            due_counts(&p.state, meridian_core::history::now_ms())
         };
         for ((app, env), _) in std::mem::take(&mut seen)
             .into_iter()

@@ -577,7 +577,7 @@ impl<B: Backend> OriginCore<B> {
             Command::Audit(_) => Vec::new(),
             Command::TouchTokens(uses) => {
                 for (id, ms) in uses {
-                    let key = crate::http::tokens::last_used_key(id);
+                    let key = crate::tokens::last_used_key(id);
                     let stored = self
                         .state
                         .backend()

@@ -12,7 +12,7 @@ use meridian_protocol::auth::{POLICIES_ENV, SYSTEM_APP, TOKENS_ENV};
 use meridian_store::{Backend, EXTRA_PREFIX, StoreError, Write};
 use serde::{Deserialize, Serialize};
 
-use crate::core::Command;
+use crate::apply::Command;
 use crate::history::WriteMeta;
 
 /// Where records live: this prefix and the record's `seq`, big-endian.

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::core::{Command, Condition, TxnOp};
+use crate::apply::{Command, Condition, TxnOp};
 use meridian_protocol::{Address, Change, EntryState, JsonText, Revision, Version};
 use meridian_store::{Backend, BackendError, EXTRA_PREFIX, StoreError, Write};
 use serde::{Deserialize, Serialize};
