@@ -232,6 +232,11 @@ pub fn edge_config(
         strict: Vec::new(),
         redis: None,
         auth: Default::default(),
+        peer_listen: None,
+        peer_advertise: None,
+        peers: Vec::new(),
+        peer_links: 2,
+        origin_region: None,
         https: None,
     }
 }

@@ -9,6 +9,7 @@
 
 use meridian_protocol::audit::{AuditRecord, GENESIS};
 use meridian_protocol::auth::{POLICIES_ENV, SYSTEM_APP, TOKENS_ENV};
+use meridian_protocol::directory::EDGES_ENV;
 use meridian_store::{Backend, EXTRA_PREFIX, StoreError, Write};
 use serde::{Deserialize, Serialize};
 
@@ -172,7 +173,9 @@ pub fn describe(command: &Command, meta: &WriteMeta) -> Option<(String, String)>
             (TOKENS_ENV, true) => ("token-create".into(), format!("token:{}", a.key)),
             (TOKENS_ENV, false) => ("token-revoke".into(), format!("token:{}", a.key)),
             (POLICIES_ENV, true) => ("policy-set".into(), format!("policy:{}", a.key)),
-            (_, _) => ("policy-delete".into(), format!("policy:{}", a.key)),
+            (POLICIES_ENV, false) => ("policy-delete".into(), format!("policy:{}", a.key)),
+            (EDGES_ENV, true) => ("edge-announce".into(), format!("edge:{}", a.key)),
+            (_, _) => ("edge-forget".into(), format!("edge:{}", a.key)),
         })
     };
     let (action, resource) = match command {

@@ -107,8 +107,6 @@ pub enum Transmit {
     Control(Frame),
     /// Frames on a new unidirectional stream, in order, then finish it.
     Stream(Vec<Frame>),
-    /// Close the connection, with a reason.
-    Close(&'static str),
 }
 
 /// What an edge told us about itself.

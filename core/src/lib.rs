@@ -9,12 +9,16 @@
 //!   audit chain) over a signed state.
 //! - [`distributor`]: what an origin node, or an edge serving its peers, sends each connection.
 //! - [`replicator`]: how an edge keeps its signed state up to date from origins and peers.
+//! - [`edge_node`]: an edge whole: the replicator, the distributor serving its peers, and the
+//!   dial policy that maps links to connections; [`topology`]: the order it tries peers in.
 
 pub mod apply;
 pub mod audit;
 pub mod distributor;
+pub mod edge_node;
 pub mod exposures;
 pub mod history;
 pub mod replicator;
 pub mod schema;
 pub mod tokens;
+pub mod topology;

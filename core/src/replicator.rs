@@ -156,6 +156,21 @@ pub enum Output {
     },
 }
 
+/// One link as the replicator sees it (for status pages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkView {
+    /// Which link ([`ORIGIN_LINK`], or a peer link).
+    pub link: usize,
+    /// `idle`, `connecting`, `settling` or `connected`.
+    pub state: &'static str,
+    /// The upstream it is on or dialing (its latest dial).
+    pub upstream: Option<usize>,
+    /// It asked its upstream for heads only (a warm peer link while the origin delivers).
+    pub standby: bool,
+    /// The revision its upstream last said it holds (peers report it on heartbeats).
+    pub offered: Option<Revision>,
+}
+
 /// Counters the replicator keeps; exported as metrics by the shell.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReplicatorStats {
@@ -249,6 +264,36 @@ struct Link {
 }
 
 impl Link {
+    /// A link rotating through upstreams `first..first + count`, starting at `offset` and
+    /// stepping by `stride`, idle until `now`.
+    fn new(
+        now: Instant,
+        acked: Revision,
+        backoff_ms: u64,
+        rotation: (usize, usize, u64, u64),
+    ) -> Self {
+        let (first, count, offset, stride) = rotation;
+        Self {
+            state: LinkState::Idle { retry_at: now },
+            first,
+            count,
+            attempts: 0,
+            backoff_ms,
+            next_heartbeat: None,
+            acked,
+            snapshot: None,
+            connected_at: None,
+            got_frame: false,
+            standby: false,
+            offset,
+            stride,
+            reported: None,
+            delivered: None,
+            upstreams: [None; 2],
+            probe: None,
+        }
+    }
+
     /// The upstream this link dials next, advancing its rotation past the upstreams in `busy`
     /// (those other links are on) unless every one is busy.
     fn next_upstream(&mut self, busy: &[usize]) -> usize {
@@ -287,6 +332,34 @@ impl Link {
         self.upstreams = [Some(upstream), previous];
         self.state = LinkState::Connecting { since: now };
     }
+}
+
+/// The links for `config`: the origin link (when `origin` is set) and the peer links, which
+/// interleave over the peers (link `j` starts at peer `j` and steps by the number of links).
+fn peer_links_for(
+    config: &ReplicatorConfig,
+    now: Instant,
+    acked: Revision,
+    origin: bool,
+) -> Vec<Link> {
+    let backoff_ms = config.reconnect_backoff_min_ms.max(1);
+    let mut links = Vec::new();
+    if origin {
+        links.push(Link::new(
+            now,
+            acked,
+            backoff_ms,
+            (0, config.origin_count.max(1), 0, 1),
+        ));
+    }
+    let peer_links = config.peer_links.clamp(1, config.peer_count.max(1)) as u64;
+    if config.peer_count > 0 {
+        for j in 0..peer_links {
+            let rotation = (config.origin_count.max(1), config.peer_count, j, peer_links);
+            links.push(Link::new(now, acked, backoff_ms, rotation));
+        }
+    }
+    links
 }
 
 /// A peer that dialed this edge said it holds `holds`, newer than what the edge has.
@@ -344,38 +417,7 @@ impl<B: Backend> Replicator<B> {
     ) -> Self {
         let revision = state.revision();
         let newest_head = state.head();
-        let backoff_ms = config.reconnect_backoff_min_ms.max(1);
-        let link = |first, count, offset, stride| Link {
-            state: LinkState::Idle { retry_at: now },
-            first,
-            count,
-            attempts: 0,
-            backoff_ms,
-            next_heartbeat: None,
-            acked: revision,
-            snapshot: None,
-            connected_at: None,
-            got_frame: false,
-            standby: false,
-            offset,
-            stride,
-            reported: None,
-            delivered: None,
-            upstreams: [None; 2],
-            probe: None,
-        };
-        let mut links = vec![link(0, config.origin_count.max(1), 0, 1)];
-        let peer_links = config.peer_links.clamp(1, config.peer_count.max(1)) as u64;
-        if config.peer_count > 0 {
-            for j in 0..peer_links {
-                links.push(link(
-                    config.origin_count.max(1),
-                    config.peer_count,
-                    j,
-                    peer_links,
-                ));
-            }
-        }
+        let links = peer_links_for(&config, now, revision, true);
         Self {
             config,
             trusted,
@@ -446,9 +488,51 @@ impl<B: Backend> Replicator<B> {
         self.link_connected(ORIGIN_LINK)
     }
 
+    /// Every link, for status pages.
+    pub fn links(&self) -> Vec<LinkView> {
+        self.links
+            .iter()
+            .enumerate()
+            .map(|(link, l)| LinkView {
+                link,
+                state: match l.state {
+                    LinkState::Idle { .. } => "idle",
+                    LinkState::Connecting { .. } => "connecting",
+                    LinkState::Settling { .. } => "settling",
+                    LinkState::Connected { .. } => "connected",
+                },
+                upstream: l.upstreams[0].filter(|_| l.is_active()),
+                standby: l.standby,
+                offered: l.reported.map(|(_, _, holds)| holds),
+            })
+            .collect()
+    }
+
+    /// How it is set up.
+    pub fn config(&self) -> &ReplicatorConfig {
+        &self.config
+    }
+
     /// How many links the shell must keep track of (the origin link and the peer links).
     pub fn link_count(&self) -> usize {
         self.links.len()
+    }
+
+    /// The peers changed (the directory of edges did): the peer links now rotate through
+    /// `peer_count` peers. Every peer link is closed and starts over on the new list, since
+    /// upstream numbers may now name other peers; the origin link is left alone.
+    pub fn handle_peers(&mut self, now: Instant, peer_count: usize) {
+        for link in PEER_LINK..self.links.len() {
+            if self.links[link].is_active() {
+                self.out.push_back(Output::Disconnect { link });
+            }
+        }
+        self.links.truncate(PEER_LINK);
+        self.config.peer_count = peer_count;
+        self.offer = None;
+        let revision = self.state.revision();
+        let peers = peer_links_for(&self.config, now, revision, false);
+        self.links.extend(peers);
     }
 
     /// Whether link `link` is up.
@@ -773,7 +857,8 @@ impl<B: Backend> Replicator<B> {
             | FrameV1::Exposures { .. }
             | FrameV1::DataKeys { .. }
             | FrameV1::Reveals { .. }
-            | FrameV1::RevealsAck { .. } => {
+            | FrameV1::RevealsAck { .. }
+            | FrameV1::PeerAddress { .. } => {
                 self.stats.rejected_unexpected += 1;
             }
         }

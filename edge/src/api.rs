@@ -540,6 +540,7 @@ async fn status(State(shared): Shared) -> Response {
         "disk_full": shared.space.is_full(),
         "disk_free_bytes": shared.space.free_bytes_seen(),
         "dropped_disk_full": stats.dropped_disk_full,
+        "upstreams": shared.upstreams(),
         "rejected": {
             "bad_signature": stats.rejected_bad_signature,
             "unknown_key": stats.rejected_unknown_key,

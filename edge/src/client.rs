@@ -1,288 +1,396 @@
-//! The QUIC client shell around the [`Replicator`]: dials the origin with mutual TLS, feeds
-//! every frame from the control stream and from unidirectional delta streams into the
-//! replicator, makes applied revisions durable after each burst, and carries out what the
-//! replicator asks. It decides nothing itself.
+//! The QUIC shell around the core's [`EdgeNode`]: dials origins and peers with mutual TLS,
+//! accepts peers that dial this edge (edge certificates only), feeds every frame into the
+//! node, makes applied revisions durable after each burst, and carries out the node's
+//! [`Action`]s. It decides nothing about replication itself; what it owns is the edge's
+//! secrets side channel (data keys, reveal records), which never enters the core.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use meridian_net::quic::{read_frame, write_frame};
+use meridian_core::distributor::ConnId;
+use meridian_core::edge_node::{Action, EdgeNode, Upstream};
+use meridian_core::replicator::ORIGIN_LINK;
+use meridian_net::quic::{read_frame, send_uni, write_frame};
+use meridian_net::slots::{Slot, Slots};
 use meridian_protocol::frame::{DEFAULT_MAX_FRAME_BYTES, MAX_REVEALS_PER_FRAME, MAX_TOKEN_USES};
 use meridian_protocol::{Frame, FrameDecoder, FrameV1};
 use meridian_store::Backend;
 use tokio::sync::{mpsc, watch};
 
-use crate::shared::EdgeShared;
-use meridian_core::replicator::{Output, Replicator};
+use crate::shared::{EdgeShared, UpstreamStatus};
 
 /// Bound on events from connection tasks to the replicator loop.
 const EVENT_QUEUE: usize = 8192;
-/// Bound on control frames waiting to be written.
-const CONTROL_QUEUE: usize = 1024;
+/// Bound on frames and streams waiting to be written on one connection; a connection that
+/// falls this far behind loses what does not fit (a link's silence timeout replaces it; a
+/// peer being served asks again).
+const CONN_QUEUE: usize = 1024;
 /// Most events handled before the applied revisions are flushed and published.
 const BURST: usize = 512;
 /// How often the data folder's free space is looked at (before a burst, at most this often;
 /// heartbeats wake the loop at least every heartbeat interval).
 const SPACE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-enum Event {
-    Connected(quinn::Connection, mpsc::Sender<Frame>),
-    ConnectFailed(String),
-    Frame(Frame),
-    Malformed(String),
-    Closed,
+/// Something to write on a connection.
+enum Out {
+    Control(Frame),
+    Stream(Vec<Frame>, i32),
 }
 
-/// One upstream the shell can dial: an address and the TLS server name it presents.
+enum Event {
+    /// A dial completed.
+    Connected(ConnId, quinn::Connection, mpsc::Sender<Out>),
+    /// A peer that dialed us completed its handshake and said a Hello its certificate backs.
+    Accepted(ConnId, quinn::Connection, mpsc::Sender<Out>),
+    Frame(ConnId, Frame),
+    Malformed(ConnId, String),
+    /// A connection ended, or its dial or handshake failed.
+    Lost(ConnId, String),
+}
+
+/// One origin the shell can dial: an address and the TLS server name it presents.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
+pub struct OriginAddr {
     /// QUIC address.
     pub addr: SocketAddr,
     /// Expected TLS server name.
     pub server_name: String,
 }
 
-/// The shell's view of one replicator link: its established connection (with the dial it
-/// came from) and the dials in progress, at most the two most recent (see
-/// [`Output::Connect`]). `generation` changes on every `Disconnect`, so that events of
-/// connections and dials from before it are recognised and dropped.
-#[derive(Default)]
-struct LinkSlot {
-    generation: u64,
-    control: Option<(quinn::Connection, mpsc::Sender<Frame>, u64)>,
-    dialing: Vec<(u64, tokio::task::AbortHandle)>,
+/// How the shell reaches upstreams and serves peers.
+pub struct Wiring {
+    /// The QUIC endpoint: a client, and a server for peers when it has a server config.
+    pub endpoint: quinn::Endpoint,
+    /// Origins, in the order the node counts them.
+    pub origins: Vec<OriginAddr>,
+    /// Where this edge accepts peers, announced to the origin for the directory.
+    pub peer_addr: Option<String>,
+    /// Limits on peers served at once (none: this edge does not serve peers).
+    pub peer_slots: Option<Slots>,
 }
 
-/// At most this many dials of one link run at once.
-const MAX_DIALS_PER_LINK: usize = 2;
+/// A connection the shell holds for the node.
+#[derive(Default)]
+struct Held {
+    conn: Option<quinn::Connection>,
+    tx: Option<mpsc::Sender<Out>>,
+    task: Option<tokio::task::AbortHandle>,
+}
 
-/// Runs the replicator until `shutdown` turns true. `upstreams` lists origins first, then
-/// peers, in the order the replicator's config counts them.
+impl Held {
+    fn close(self, reason: &'static str) {
+        if let Some(task) = self.task {
+            task.abort();
+        }
+        if let Some(conn) = self.conn {
+            conn.close(0u32.into(), reason.as_bytes());
+        }
+    }
+}
+
+/// Runs the edge's replication until `shutdown` turns true.
 pub async fn run<B: Backend>(
-    mut rep: Replicator<B>,
-    endpoint: quinn::Endpoint,
-    upstreams: Vec<Upstream>,
+    mut node: EdgeNode<B>,
+    wiring: Wiring,
     shared: Arc<EdgeShared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (events_tx, mut events_rx) = mpsc::channel::<(LinkGen, Event)>(EVENT_QUEUE);
-    let mut slots: Vec<LinkSlot> = (0..rep.link_count()).map(|_| LinkSlot::default()).collect();
-    let mut next_dial = 0u64;
+    let Wiring {
+        endpoint,
+        origins,
+        peer_addr,
+        peer_slots,
+    } = wiring;
+    let (events_tx, mut events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let mut held: BTreeMap<ConnId, Held> = BTreeMap::new();
     let mut space_checked: Option<Instant> = None;
+    let serving = peer_slots.is_some();
     loop {
         // Before taking on more frames: is there room to persist them?
         let now = Instant::now();
         if space_checked.is_none_or(|t| now.duration_since(t) >= SPACE_CHECK_EVERY) {
             space_checked = Some(now);
             let checked = shared.space.check();
+            let full = node.replicator().storage_full();
             if let Err(e) = &checked
-                && !rep.storage_full()
+                && !full
             {
                 tracing::error!(error = %e, "disk full: serving what is stored, applying nothing until space returns");
-            } else if checked.is_ok() && rep.storage_full() {
+            } else if checked.is_ok() && full {
                 tracing::info!("disk space is back: catching up");
             }
-            rep.handle_storage(now, checked.is_err());
+            node.handle_storage(now, checked.is_err());
         }
-        while let Some(output) = rep.poll_output() {
-            match output {
-                Output::Connect { link, upstream } => {
-                    let (Some(up), Some(slot)) =
-                        (upstreams.get(upstream).cloned(), slots.get_mut(link))
-                    else {
-                        rep.handle_disconnected(Instant::now(), link);
-                        continue;
-                    };
-                    while slot.dialing.len() >= MAX_DIALS_PER_LINK {
-                        let (_, oldest) = slot.dialing.remove(0);
-                        oldest.abort();
-                    }
-                    next_dial += 1;
-                    let tag = LinkGen {
-                        link,
-                        generation: slot.generation,
-                        dial: next_dial,
-                    };
-                    let task = tokio::spawn(dial(endpoint.clone(), up, tag, events_tx.clone()));
-                    slot.dialing.push((next_dial, task.abort_handle()));
-                }
-                Output::Disconnect { link } => {
-                    if let Some(slot) = slots.get_mut(link) {
-                        slot.generation += 1;
-                        for (_, task) in slot.dialing.drain(..) {
-                            task.abort();
-                        }
-                        if let Some((conn, _, _)) = slot.control.take() {
-                            conn.close(0u32.into(), b"reconnecting");
-                        }
-                    }
-                }
-                Output::AbandonDials { link } => {
-                    if let Some(slot) = slots.get_mut(link) {
-                        for (_, task) in slot.dialing.drain(..) {
-                            task.abort();
-                        }
-                    }
-                }
-                Output::Send { link, frame } => {
-                    if let Some((_, tx, _)) = slots.get(link).and_then(|s| s.control.as_ref()) {
-                        // Beside each report to the origin: the tokens read with here.
-                        let report = matches!(frame, Frame::V1(FrameV1::Report { .. }));
-                        // A full control queue means the link is stuck; the replicator's
-                        // silence timeout will replace it.
-                        let _ = tx.try_send(frame);
-                        let uses = if report {
-                            shared.token_uses.take(MAX_TOKEN_USES)
-                        } else {
-                            Vec::new()
-                        };
-                        if !uses.is_empty() {
-                            let _ = tx.try_send(FrameV1::TokenUses { uses }.into());
-                        }
-                        // And the flag exposure counts (cumulative: a lost one is made good
-                        // by the next).
-                        if report && let Some(frame) = shared.exposure_report() {
-                            let _ = tx.try_send(frame.into());
-                        }
-                        // And the reveals not yet in the audit log (sent again until the
-                        // origin acknowledges them).
-                        if report && let Some(log) = &shared.reveals {
-                            let records = log.pending(MAX_REVEALS_PER_FRAME);
-                            if !records.is_empty() {
-                                let _ = tx.try_send(FrameV1::Reveals { records }.into());
-                            }
-                        }
-                    }
-                }
-            }
+        while let Some(action) = node.poll_action() {
+            carry_out(
+                action,
+                &mut node,
+                &mut held,
+                &endpoint,
+                &origins,
+                peer_addr.as_deref(),
+                &events_tx,
+                &shared,
+            );
         }
-        shared.observe(&rep, Instant::now());
-        let timeout = rep.poll_timeout();
+        observe(&node, &origins, &shared);
+        let timeout = node.poll_timeout();
         tokio::select! {
             _ = shutdown.changed() => break,
+            incoming = endpoint.accept(), if serving => {
+                let Some(incoming) = incoming else { break };
+                let ip = incoming.remote_address().ip();
+                let slot = peer_slots.as_ref().map(|s| s.take(Some(ip)));
+                let Some(Ok(slot)) = slot else {
+                    metrics::counter!("meridian_connections_refused_total", "listener" => "peer")
+                        .increment(1);
+                    incoming.refuse();
+                    continue;
+                };
+                let id = node.handle_accepted(Instant::now());
+                let task = tokio::spawn(serve_peer(incoming, id, events_tx.clone(), slot));
+                held.insert(id, Held { task: Some(task.abort_handle()), ..Held::default() });
+            }
             event = events_rx.recv() => {
                 let Some(first) = event else { break };
                 let mut handled = 0;
                 let mut next = Some(first);
-                while let Some((tag, ev)) = next.take() {
-                    if let Some(slot) = slots.get_mut(tag.link) {
-                        handle(&mut rep, slot, tag, ev, &shared);
-                    }
+                while let Some(ev) = next.take() {
+                    handle(&mut node, &mut held, ev, &shared);
                     handled += 1;
                     if handled >= BURST { break }
                     next = events_rx.try_recv().ok();
                 }
-                rep.flush(Instant::now());
+                node.flush(Instant::now());
                 // Readers see the flushed revision now; the stats that go with it follow at once.
-                shared.observe(&rep, Instant::now());
+                observe(&node, &origins, &shared);
             }
-            _ = sleep_until(timeout) => rep.handle_timeout(Instant::now()),
+            _ = sleep_until(timeout) => node.handle_timeout(Instant::now()),
         }
     }
-    for slot in &mut slots {
-        for (_, task) in slot.dialing.drain(..) {
-            task.abort();
-        }
-        if let Some((conn, _, _)) = slot.control.take() {
-            conn.close(0u32.into(), b"shutdown");
-        }
+    for (_, h) in std::mem::take(&mut held) {
+        h.close("shutdown");
     }
     shared.origin_connected.store(false, Ordering::Relaxed);
 }
 
-/// Which link, which of its generations and which dial an event belongs to.
-#[derive(Debug, Clone, Copy)]
-struct LinkGen {
-    link: usize,
-    generation: u64,
-    dial: u64,
+/// Carries out one action of the node.
+#[allow(clippy::too_many_arguments)]
+fn carry_out<B: Backend>(
+    action: Action,
+    node: &mut EdgeNode<B>,
+    held: &mut BTreeMap<ConnId, Held>,
+    endpoint: &quinn::Endpoint,
+    origins: &[OriginAddr],
+    peer_addr: Option<&str>,
+    events: &mpsc::Sender<Event>,
+    shared: &EdgeShared,
+) {
+    match action {
+        Action::Dial { conn, to } => {
+            let target = match &to {
+                Upstream::Origin(i) => origins.get(*i).map(|o| (Ok(o.addr), o.server_name.clone())),
+                Upstream::Peer(p) => Some((
+                    p.addr.parse::<SocketAddr>().map_err(|_| p.addr.clone()),
+                    meridian_net::tls::edge_certificate_name(&p.edge_id),
+                )),
+            };
+            let Some((Ok(addr), server_name)) = target else {
+                tracing::debug!(?to, "cannot dial: no such upstream or not an address");
+                node.handle_lost(Instant::now(), conn);
+                return;
+            };
+            let task = tokio::spawn(dial(
+                endpoint.clone(),
+                addr,
+                server_name,
+                conn,
+                events.clone(),
+            ));
+            held.insert(
+                conn,
+                Held {
+                    task: Some(task.abort_handle()),
+                    ..Held::default()
+                },
+            );
+        }
+        Action::Close { conn, reason } => {
+            if let Some(h) = held.remove(&conn) {
+                h.close(reason);
+            }
+        }
+        Action::Send { conn, frame } => {
+            let Some(tx) = held.get(&conn).and_then(|h| h.tx.as_ref()) else {
+                return;
+            };
+            let to_origin = node.link_of(conn) == Some(ORIGIN_LINK);
+            let report = to_origin && matches!(frame, Frame::V1(FrameV1::Report { .. }));
+            let hello = to_origin && matches!(frame, Frame::V1(FrameV1::Hello { .. }));
+            // A full queue means the connection is stuck; the node's silence timeout
+            // replaces it.
+            let _ = tx.try_send(Out::Control(frame));
+            // After the Hello to an origin: where this edge accepts peers, for the directory.
+            if hello && let Some(addr) = peer_addr {
+                let _ = tx.try_send(Out::Control(
+                    FrameV1::PeerAddress { addr: addr.into() }.into(),
+                ));
+            }
+            if report {
+                for frame in report_extras(shared) {
+                    let _ = tx.try_send(Out::Control(frame));
+                }
+            }
+        }
+        Action::Stream {
+            conn,
+            frames,
+            priority,
+        } => {
+            if let Some(tx) = held.get(&conn).and_then(|h| h.tx.as_ref()) {
+                let _ = tx.try_send(Out::Stream(frames, priority));
+            }
+        }
+    }
+}
+
+/// What goes to the origin beside each report: the tokens read with here, the flag exposure
+/// counts (cumulative: a lost one is made good by the next), and the reveals not yet in the
+/// audit log (sent again until the origin acknowledges them).
+fn report_extras(shared: &EdgeShared) -> Vec<Frame> {
+    let mut out = Vec::new();
+    let uses = shared.token_uses.take(MAX_TOKEN_USES);
+    if !uses.is_empty() {
+        out.push(FrameV1::TokenUses { uses }.into());
+    }
+    if let Some(frame) = shared.exposure_report() {
+        out.push(frame.into());
+    }
+    if let Some(log) = &shared.reveals {
+        let records = log.pending(MAX_REVEALS_PER_FRAME);
+        if !records.is_empty() {
+            out.push(FrameV1::Reveals { records }.into());
+        }
+    }
+    out
 }
 
 fn handle<B: Backend>(
-    rep: &mut Replicator<B>,
-    slot: &mut LinkSlot,
-    tag: LinkGen,
+    node: &mut EdgeNode<B>,
+    held: &mut BTreeMap<ConnId, Held>,
     event: Event,
     shared: &EdgeShared,
 ) {
     let now = Instant::now();
-    let link = tag.link;
-    if tag.generation != slot.generation {
-        if let Event::Connected(conn, _) = event {
-            conn.close(0u32.into(), b"superseded");
-        }
-        return;
-    }
-    let established = slot
-        .control
-        .as_ref()
-        .is_some_and(|(_, _, d)| *d == tag.dial);
     match event {
-        Event::Connected(conn, tx) => {
-            let pending = slot.dialing.iter().any(|(d, _)| *d == tag.dial);
-            if !pending {
+        Event::Connected(id, conn, tx) | Event::Accepted(id, conn, tx) => {
+            let Some(h) = held.get_mut(&id) else {
+                // Closed by the node meanwhile.
                 conn.close(0u32.into(), b"superseded");
                 return;
-            }
-            // The first dial to complete wins; the others are abandoned, and so is a
-            // connection that had not answered when this dial started beside it.
-            for (d, task) in slot.dialing.drain(..) {
-                if d != tag.dial {
-                    task.abort();
-                }
-            }
-            if let Some((old, _, _)) = slot.control.take() {
-                old.close(0u32.into(), b"replaced");
-            }
-            slot.control = Some((conn, tx, tag.dial));
-            rep.handle_connected(now, link);
-        }
-        Event::ConnectFailed(reason) => {
-            tracing::debug!(%reason, link, "connecting upstream failed");
-            slot.dialing.retain(|(d, _)| *d != tag.dial);
-            if slot.dialing.is_empty() && slot.control.is_none() {
-                rep.handle_disconnected(now, link);
+            };
+            h.conn = Some(conn);
+            h.tx = Some(tx);
+            if node.link_of(id).is_some() {
+                node.handle_connected(now, id);
             }
         }
-        // Secrets are the shell's: the data keys, unwrapped with this connection's session
-        // key (held in memory only), and acknowledgements of reveals.
-        Event::Frame(Frame::V1(FrameV1::DataKeys { keys })) if established => {
-            let session = slot
-                .control
+        Event::Lost(id, reason) => {
+            tracing::debug!(%reason, conn = id, "connection ended");
+            if held.remove(&id).is_some() {
+                node.handle_lost(now, id);
+            }
+        }
+        Event::Frame(id, frame) => {
+            if !held.contains_key(&id) {
+                return;
+            }
+            // Data keys and reveal acknowledgements count only from the origin: a peer
+            // knows this connection's session key too.
+            if let Some(frame) = node.handle_frame(now, id, frame)
+                && node.link_of(id) == Some(ORIGIN_LINK)
+            {
+                secrets_frame(id, frame, held, shared);
+            }
+        }
+        Event::Malformed(id, reason) => {
+            if held.contains_key(&id) {
+                tracing::warn!(%reason, conn = id, "rejected a malformed frame");
+                node.handle_malformed(now, id);
+            }
+        }
+    }
+}
+
+/// The data keys, unwrapped with this connection's session key (held in memory only), and
+/// acknowledgements of reveals, from an origin.
+fn secrets_frame(id: ConnId, frame: Frame, held: &BTreeMap<ConnId, Held>, shared: &EdgeShared) {
+    let Some(h) = held.get(&id) else { return };
+    match frame {
+        Frame::V1(FrameV1::DataKeys { keys }) => {
+            let session = h
+                .conn
                 .as_ref()
-                .and_then(|(conn, _, _)| meridian_net::secrets::session_key(conn, &shared.edge_id));
+                .and_then(|c| meridian_net::secrets::session_key(c, &shared.edge_id));
             if let Some(session) = session {
-                let held = shared.keys.replace(&keys, &session);
+                let n = shared.keys.replace(&keys, &session);
                 shared.opened.clear();
-                tracing::debug!(held, "data keys received");
+                tracing::debug!(held = n, "data keys received");
             }
         }
         // The next batch at once, so that a busy edge's reveals reach the audit log as fast
         // as the origin commits them rather than one batch per report.
-        Event::Frame(Frame::V1(FrameV1::RevealsAck { upto })) if established => {
+        Frame::V1(FrameV1::RevealsAck { upto }) => {
             if let Some(log) = &shared.reveals {
                 log.ack(upto);
                 let records = log.pending(MAX_REVEALS_PER_FRAME);
-                if let (false, Some((_, tx, _))) = (records.is_empty(), &slot.control) {
-                    let _ = tx.try_send(FrameV1::Reveals { records }.into());
+                if let (false, Some(tx)) = (records.is_empty(), &h.tx) {
+                    let _ = tx.try_send(Out::Control(FrameV1::Reveals { records }.into()));
                 }
             }
             metrics::gauge!("meridian_edge_reveals_pending")
                 .set(shared.reveals.as_ref().map_or(0, |l| l.len()) as f64);
         }
-        Event::Frame(frame) if established => rep.handle_frame(now, link, frame),
-        Event::Malformed(reason) if established => {
-            tracing::warn!(%reason, "rejected a malformed frame");
-            rep.handle_malformed(now, link);
-        }
-        Event::Closed if established => {
-            slot.control = None;
-            rep.handle_disconnected(now, link);
-        }
-        Event::Frame(_) | Event::Malformed(_) | Event::Closed => {}
+        _ => {}
     }
+}
+
+/// Publishes what the node knows into the shared status.
+fn observe<B: Backend>(node: &EdgeNode<B>, origins: &[OriginAddr], shared: &EdgeShared) {
+    let now = Instant::now();
+    shared.observe(node.replicator(), now);
+    let links = node
+        .replicator()
+        .links()
+        .into_iter()
+        .map(|l| {
+            let to = l.upstream.and_then(|u| node.upstream(u));
+            let (kind, name) = match &to {
+                Some(Upstream::Origin(i)) => (
+                    "origin",
+                    origins
+                        .get(*i)
+                        .map(|o| o.addr.to_string())
+                        .unwrap_or_default(),
+                ),
+                Some(Upstream::Peer(p)) => ("peer", format!("{} ({})", p.edge_id, p.addr)),
+                None if l.link == ORIGIN_LINK => ("origin", String::new()),
+                None => ("peer", String::new()),
+            };
+            UpstreamStatus {
+                link: l.link,
+                kind,
+                upstream: name,
+                state: l.state,
+                standby: l.standby,
+                offered_revision: l.offered.map(|r| r.0),
+            }
+        })
+        .collect();
+    shared.set_upstreams(links, node.peers().len(), node.serving().edges().count());
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -292,53 +400,94 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// Writes what the node sends on one connection: control frames on its control stream,
+/// streams each on their own task so a large snapshot never holds up a newer head.
+fn spawn_writer(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+) -> (mpsc::Sender<Out>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Out>(CONN_QUEUE);
+    let task = tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            match out {
+                Out::Control(frame) => {
+                    if write_frame(&mut send, &frame).await.is_err() {
+                        break;
+                    }
+                }
+                Out::Stream(frames, priority) => {
+                    let c = conn.clone();
+                    // A failed stream means a failed connection; the peer reconnects and asks
+                    // again from its own revision.
+                    tokio::spawn(async move {
+                        let _ = send_uni(&c, &frames, priority).await;
+                    });
+                }
+            }
+        }
+    });
+    (tx, task)
+}
+
+/// Reads frames from `recv` into the node until the stream ends; a bad frame closes `conn`.
+async fn read_control(
+    conn: &quinn::Connection,
+    mut recv: quinn::RecvStream,
+    mut decoder: FrameDecoder,
+    id: ConnId,
+    events: &mpsc::Sender<Event>,
+) -> String {
+    loop {
+        match read_frame(&mut recv, &mut decoder).await {
+            Ok(Some(frame)) => {
+                if events.send(Event::Frame(id, frame)).await.is_err() {
+                    return "shutdown".into();
+                }
+            }
+            Ok(None) => return "closed".into(),
+            Err(meridian_net::NetError::Read(e)) => return e.to_string(),
+            Err(e) => {
+                let _ = events.send(Event::Malformed(id, e.to_string())).await;
+                conn.close(2u32.into(), b"bad frame");
+                return "bad frame".into();
+            }
+        }
+    }
+}
+
 async fn dial(
     endpoint: quinn::Endpoint,
-    upstream: Upstream,
-    generation: LinkGen,
-    events: mpsc::Sender<(LinkGen, Event)>,
+    addr: SocketAddr,
+    server_name: String,
+    id: ConnId,
+    events: mpsc::Sender<Event>,
 ) {
-    let conn = match endpoint.connect(upstream.addr, &upstream.server_name) {
-        Ok(connecting) => match connecting.await {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = events
-                    .send((generation, Event::ConnectFailed(e.to_string())))
-                    .await;
-                return;
-            }
-        },
+    let connected = match endpoint.connect(addr, &server_name) {
+        Ok(connecting) => connecting.await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let conn = match connected {
+        Ok(c) => c,
         Err(e) => {
-            let _ = events
-                .send((generation, Event::ConnectFailed(e.to_string())))
-                .await;
+            let _ = events.send(Event::Lost(id, e)).await;
             return;
         }
     };
-    let (mut send, mut recv) = match conn.open_bi().await {
+    let (send, recv) = match conn.open_bi().await {
         Ok(s) => s,
         Err(e) => {
-            let _ = events
-                .send((generation, Event::ConnectFailed(e.to_string())))
-                .await;
+            let _ = events.send(Event::Lost(id, e.to_string())).await;
             return;
         }
     };
-    let (tx, mut rx) = mpsc::channel::<Frame>(CONTROL_QUEUE);
+    let (tx, writer) = spawn_writer(conn.clone(), send);
     if events
-        .send((generation, Event::Connected(conn.clone(), tx)))
+        .send(Event::Connected(id, conn.clone(), tx))
         .await
         .is_err()
     {
         return;
     }
-    tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if write_frame(&mut send, &frame).await.is_err() {
-                break;
-            }
-        }
-    });
     // Deltas and snapshots arrive on unidirectional streams, each read by its own task.
     let uni_conn = conn.clone();
     let uni_events = events.clone();
@@ -350,14 +499,13 @@ async fn dial(
                 loop {
                     match read_frame(&mut stream, &mut decoder).await {
                         Ok(Some(frame)) => {
-                            if ev.send((generation, Event::Frame(frame))).await.is_err() {
+                            if ev.send(Event::Frame(id, frame)).await.is_err() {
                                 return;
                             }
                         }
-                        Ok(None) => return,
-                        Err(meridian_net::NetError::Read(_)) => return,
+                        Ok(None) | Err(meridian_net::NetError::Read(_)) => return,
                         Err(e) => {
-                            let _ = ev.send((generation, Event::Malformed(e.to_string()))).await;
+                            let _ = ev.send(Event::Malformed(id, e.to_string())).await;
                             return;
                         }
                     }
@@ -365,28 +513,65 @@ async fn dial(
             });
         }
     });
-    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
-    loop {
-        match read_frame(&mut recv, &mut decoder).await {
-            Ok(Some(frame)) => {
-                if events
-                    .send((generation, Event::Frame(frame)))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            Ok(None) | Err(meridian_net::NetError::Read(_)) => break,
-            Err(e) => {
-                let _ = events
-                    .send((generation, Event::Malformed(e.to_string())))
-                    .await;
-                conn.close(2u32.into(), b"bad frame");
-                break;
-            }
-        }
-    }
+    let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+    let reason = read_control(&conn, recv, decoder, id, &events).await;
     uni.abort();
-    let _ = events.send((generation, Event::Closed)).await;
+    writer.abort();
+    let _ = events.send(Event::Lost(id, reason)).await;
+}
+
+/// Serves a peer that dialed this edge: its first frame must be a Hello whose edge id its
+/// certificate was issued for (an edge speaks only for itself, and only edges relay).
+async fn serve_peer(
+    incoming: quinn::Incoming,
+    id: ConnId,
+    events: mpsc::Sender<Event>,
+    _slot: Slot,
+) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            metrics::counter!("meridian_edge_peer_handshake_failures_total").increment(1);
+            let _ = events.send(Event::Lost(id, e.to_string())).await;
+            return;
+        }
+    };
+    let (send, mut recv) = match conn.accept_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = events.send(Event::Lost(id, e.to_string())).await;
+            return;
+        }
+    };
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+    let hello = match read_frame(&mut recv, &mut decoder).await {
+        Ok(Some(frame @ Frame::V1(FrameV1::Hello { .. }))) => frame,
+        _ => {
+            conn.close(3u32.into(), b"hello first");
+            let _ = events.send(Event::Lost(id, "no hello".into())).await;
+            return;
+        }
+    };
+    if let Frame::V1(FrameV1::Hello { edge_id, .. }) = &hello
+        && !meridian_net::tls::is_certified_edge(&conn, edge_id)
+    {
+        metrics::counter!("meridian_edge_peer_refusals_total").increment(1);
+        tracing::warn!(claimed = %edge_id, "peer's edge id does not match its certificate");
+        conn.close(3u32.into(), b"edge_id does not match the certificate");
+        let _ = events.send(Event::Lost(id, "impersonation".into())).await;
+        return;
+    }
+    let (tx, writer) = spawn_writer(conn.clone(), send);
+    if events
+        .send(Event::Accepted(id, conn.clone(), tx))
+        .await
+        .is_err()
+        || events.send(Event::Frame(id, hello)).await.is_err()
+    {
+        return;
+    }
+    // What was read past the Hello is still in the decoder.
+    let reason = read_control(&conn, recv, decoder, id, &events).await;
+    writer.abort();
+    let _ = events.send(Event::Lost(id, reason)).await;
 }

@@ -73,9 +73,53 @@ pub struct EdgeConfig {
     /// the origin, replicated).
     #[serde(default)]
     pub auth: meridian_net::auth::AuthConfig,
+    /// Where this edge accepts connections from peer edges (QUIC, mutual TLS, edge
+    /// certificates only). Without it the edge relays from peers but serves none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_listen: Option<SocketAddr>,
+    /// The address peers dial (`host:port`), announced to the origin for the directory of
+    /// edges; defaults to `peer_listen` when that names a specific address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_advertise: Option<String>,
+    /// Peers known without the origin's directory (tried first, in this order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<StaticPeer>,
+    /// How many warm links to peers the edge keeps (0: relay from no peer).
+    #[serde(default = "default_peer_links")]
+    pub peer_links: usize,
+    /// The origin cluster's region: its edges come first when choosing peers (defaults to
+    /// this edge's region).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_region: Option<String>,
     /// Serve the client API over HTTPS with this certificate (plain HTTP without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https: Option<meridian_net::tls::HttpsPaths>,
+}
+
+/// A peer edge named in the configuration (`[[peers]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticPeer {
+    /// Its edge id (its certificate must be issued for it).
+    pub edge_id: String,
+    /// Its region.
+    pub region: String,
+    /// Where it accepts peers, `host:port`.
+    pub addr: String,
+}
+
+/// Most warm peer links.
+pub const MAX_PEER_LINKS: usize = 8;
+
+impl EdgeConfig {
+    /// The address announced to the origin for peers to dial, if any.
+    pub fn advertised_peer_addr(&self) -> Option<String> {
+        match (&self.peer_advertise, self.peer_listen) {
+            (Some(a), _) => Some(a.clone()),
+            (None, Some(l)) if !l.ip().is_unspecified() && l.port() != 0 => Some(l.to_string()),
+            _ => None,
+        }
+    }
 }
 
 /// A namespace pattern whose reads must not be staler than `max_staleness_ms` (`[[strict]]`).
@@ -133,6 +177,9 @@ impl StrictNamespace {
     }
 }
 
+fn default_peer_links() -> usize {
+    2
+}
 fn default_server_name() -> String {
     meridian_net::tls::ORIGIN_SERVER_NAME.into()
 }
@@ -168,6 +215,30 @@ impl EdgeConfig {
         )?;
         self.http.validate()?;
         self.quic.validate()?;
+        check(
+            self.peer_links <= MAX_PEER_LINKS,
+            "peer_links",
+            format!("must be at most {MAX_PEER_LINKS}, got {}", self.peer_links),
+        )?;
+        if let Some(a) = &self.peer_advertise {
+            check(
+                meridian_protocol::directory::valid_peer_addr(a),
+                "peer_advertise",
+                format!("must be host:port, got {a:?}"),
+            )?;
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            check(
+                meridian_protocol::directory::valid_peer_addr(&p.addr),
+                "peers.addr",
+                format!("(peer {}) must be host:port, got {:?}", i + 1, p.addr),
+            )?;
+            check(
+                p.edge_id != self.edge_id,
+                "peers.edge_id",
+                format!("(peer {}) names this edge itself", i + 1),
+            )?;
+        }
         check(
             meridian_protocol::addr::validate_app(&self.edge_id).is_ok() && self.edge_id != "_",
             "edge_id",

@@ -13,7 +13,10 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, EdgeConfig};
 use crate::shared::EdgeShared;
-use meridian_core::replicator::{Replicator, ReplicatorConfig};
+use meridian_core::distributor::DistributorConfig;
+use meridian_core::edge_node::{EdgeNode, EdgeNodeConfig};
+use meridian_core::replicator::ReplicatorConfig;
+use meridian_core::topology::PeerEntry;
 
 /// Why an edge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,8 @@ pub enum StartError {
 pub struct EdgeHandle {
     /// Where the read API listens.
     pub http_addr: SocketAddr,
+    /// Where it accepts peers, as announced to the origin (none: it serves no peers).
+    pub peer_addr: Option<String>,
     /// Shared status (for tests and embedding).
     pub shared: Arc<EdgeShared>,
     shutdown: watch::Sender<bool>,
@@ -117,36 +122,81 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
     shared.reveals = Some(reveals);
     let shared = Arc::new(shared);
     let revision = state.revision();
-    let rep = Replicator::new(
-        ReplicatorConfig {
-            edge_id: config.edge_id.clone(),
-            region: config.region.clone(),
-            origin_count: config.origins.len(),
-            heartbeat_interval_ms: config.heartbeat_interval_ms,
-            reconnect_backoff_min_ms: config.reconnect_backoff_min_ms,
-            reconnect_backoff_max_ms: config.reconnect_backoff_max_ms,
-            stall_timeout_ms: config.stall_timeout_ms,
-            silence_timeout_ms: config.silence_timeout_ms,
-            ..ReplicatorConfig::default()
+    let node = EdgeNode::new(
+        EdgeNodeConfig {
+            replicator: ReplicatorConfig {
+                edge_id: config.edge_id.clone(),
+                region: config.region.clone(),
+                origin_count: config.origins.len(),
+                peer_links: config.peer_links.max(1),
+                heartbeat_interval_ms: config.heartbeat_interval_ms,
+                reconnect_backoff_min_ms: config.reconnect_backoff_min_ms,
+                reconnect_backoff_max_ms: config.reconnect_backoff_max_ms,
+                stall_timeout_ms: config.stall_timeout_ms,
+                silence_timeout_ms: config.silence_timeout_ms,
+                ..ReplicatorConfig::default()
+            },
+            serving: DistributorConfig {
+                heartbeat_interval_ms: config.heartbeat_interval_ms,
+                ..DistributorConfig::default()
+            },
+            origin_region: config
+                .origin_region
+                .clone()
+                .unwrap_or_else(|| config.region.clone()),
+            static_peers: config
+                .peers
+                .iter()
+                .map(|p| PeerEntry {
+                    edge_id: p.edge_id.clone(),
+                    region: p.region.clone(),
+                    addr: p.addr.clone(),
+                })
+                .collect(),
+            relay: config.peer_links > 0,
         },
         TrustedKeys::new(keys),
         state,
         Instant::now(),
     );
-    let bind = SocketAddr::from(([0, 0, 0, 0], 0));
-    let endpoint = meridian_net::quic::client_endpoint(bind, &config.tls, config.quic)?;
+    let (endpoint, peer_slots) = match config.peer_listen {
+        Some(listen) => (
+            meridian_net::quic::edge_endpoint(listen, &config.tls, config.quic)?,
+            Some(meridian_net::slots::Slots::new(
+                config.quic.max_connections,
+                config.quic.max_connections_per_client,
+            )),
+        ),
+        None => {
+            let bind = SocketAddr::from(([0, 0, 0, 0], 0));
+            (
+                meridian_net::quic::client_endpoint(bind, &config.tls, config.quic)?,
+                None,
+            )
+        }
+    };
+    let peer_addr = config.advertised_peer_addr().or_else(|| {
+        // `peer_listen` on port 0 (tests): announce the port the endpoint got.
+        let listen = config.peer_listen?;
+        let port = endpoint.local_addr().ok()?.port();
+        (!listen.ip().is_unspecified()).then(|| SocketAddr::new(listen.ip(), port).to_string())
+    });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let rep_task = tokio::spawn(crate::client::run(
-        rep,
-        endpoint,
-        config
-            .origins
-            .iter()
-            .map(|addr| crate::client::Upstream {
-                addr: *addr,
-                server_name: config.origin_server_name.clone(),
-            })
-            .collect(),
+        node,
+        crate::client::Wiring {
+            endpoint,
+            origins: config
+                .origins
+                .iter()
+                .map(|addr| crate::client::OriginAddr {
+                    addr: *addr,
+                    server_name: config.origin_server_name.clone(),
+                })
+                .collect(),
+            peer_addr: peer_addr.clone(),
+            peer_slots,
+        },
         shared.clone(),
         shutdown_rx.clone(),
     ));
@@ -192,9 +242,10 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, StartError> {
         config.http,
         shutdown_rx,
     ));
-    tracing::info!(edge = %config.edge_id, region = %config.region, %http_addr, revision = revision.0, "edge started");
+    tracing::info!(edge = %config.edge_id, region = %config.region, %http_addr, peer_addr = ?peer_addr, revision = revision.0, "edge started");
     Ok(EdgeHandle {
         http_addr,
+        peer_addr,
         shared,
         shutdown,
         tasks: {

@@ -18,6 +18,34 @@ use meridian_core::replicator::{Replicator, ReplicatorStats};
 /// (a long catch-up) makes watchers resync instead.
 const FEED_MAX_DELTAS: usize = 4_096;
 
+/// One upstream link as `/v1/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UpstreamStatus {
+    /// The link's number (0 is the origin link).
+    pub link: usize,
+    /// `origin` or `peer`.
+    pub kind: &'static str,
+    /// Who it is on or dialing (an origin address, or a peer's id and address).
+    pub upstream: String,
+    /// `idle`, `connecting`, `settling` or `connected`.
+    pub state: &'static str,
+    /// Heads only, while the origin link delivers.
+    pub standby: bool,
+    /// The revision the upstream last said it holds.
+    pub offered_revision: Option<u64>,
+}
+
+/// The upstream links and peers, as last observed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct UpstreamsStatus {
+    /// Each link.
+    pub links: Vec<UpstreamStatus>,
+    /// Peers known (static and from the directory).
+    pub peers_known: usize,
+    /// Peers this edge is serving now.
+    pub peers_served: usize,
+}
+
 /// Shared between the replicator loop and the read API.
 pub struct EdgeShared {
     /// Edge id.
@@ -58,6 +86,7 @@ pub struct EdgeShared {
     started: Instant,
     current_as_of: Mutex<Option<Instant>>,
     stats: Mutex<ReplicatorStats>,
+    upstreams: Mutex<UpstreamsStatus>,
 }
 
 /// A boot id no earlier start of any edge is likely to have drawn: the clock in nanoseconds
@@ -123,6 +152,7 @@ impl EdgeShared {
             started: Instant::now(),
             current_as_of: Mutex::new(None),
             stats: Mutex::new(ReplicatorStats::default()),
+            upstreams: Mutex::new(UpstreamsStatus::default()),
         }
     }
 
@@ -176,6 +206,27 @@ impl EdgeShared {
                 self.watch.jump(published.0);
             }
         }
+    }
+
+    /// Records the upstream links and peers the replication loop last saw.
+    pub fn set_upstreams(
+        &self,
+        links: Vec<UpstreamStatus>,
+        peers_known: usize,
+        peers_served: usize,
+    ) {
+        if let Ok(mut g) = self.upstreams.lock() {
+            *g = UpstreamsStatus {
+                links,
+                peers_known,
+                peers_served,
+            };
+        }
+    }
+
+    /// The upstream links and peers as last seen.
+    pub fn upstreams(&self) -> UpstreamsStatus {
+        self.upstreams.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
     /// Copies the replicator's observable state, feeds watches and exports metrics.

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use axum::extract::Query;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -820,9 +820,6 @@ pub fn query(
     q.map(|Query(q)| q)
         .map_err(|e| bad("bad_query", e.body_text()))
 }
-
-/// The hub as axum state.
-pub type HubState = State<Arc<WatchHub>>;
 
 #[cfg(test)]
 mod tests {

@@ -144,6 +144,23 @@ pub fn client_endpoint(
     Ok(endpoint)
 }
 
+/// An edge's endpoint: a client to origins and peers presenting `paths.cert`, and a server
+/// at `listen` for peers that dial it, which demands a client certificate of the same CA
+/// (which edge it is, the shell checks against the peer's Hello).
+pub fn edge_endpoint(
+    listen: SocketAddr,
+    paths: &TlsPaths,
+    tuning: QuicTuning,
+) -> Result<quinn::Endpoint, NetError> {
+    let mut endpoint = server_endpoint(listen, paths, tuning)?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_crypto(paths)?)
+        .map_err(TlsError::from)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport(tuning));
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
 /// Writes one length-prefixed frame.
 pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), NetError> {
     let bytes = encode(frame)?;

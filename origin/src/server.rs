@@ -9,8 +9,9 @@ use std::time::Instant;
 use meridian_net::QuicTuning;
 use meridian_net::quic::{read_frame, send_uni, write_frame};
 use meridian_net::slots::{Slot, Slots};
+use meridian_protocol::directory::{EDGES_ENV, EdgeRecord};
 use meridian_protocol::frame::{DEFAULT_MAX_FRAME_BYTES, MAX_TOKEN_USES};
-use meridian_protocol::{Frame, FrameDecoder, FrameV1, Revision};
+use meridian_protocol::{Address, Frame, FrameDecoder, FrameV1, Revision};
 use meridian_store::{Backend, SignedState};
 use tokio::sync::{mpsc, watch};
 
@@ -25,13 +26,15 @@ const CONN_QUEUE: usize = 4096;
 const EVENT_QUEUE: usize = 8192;
 
 enum Event {
-    Connected(ConnId, mpsc::Sender<Transmit>),
+    Connected(ConnId, quinn::Connection, mpsc::Sender<Transmit>),
     /// The key data keys are wrapped with for this connection's edge.
     Session(ConnId, [u8; 32]),
     /// The edge's reveals up to this sequence number are in the audit log.
     RevealsRecorded(ConnId, u64),
     /// Committing the edge's reveals failed; they come again with its next report.
     RevealsFailed(ConnId),
+    /// The directory record of this edge was committed (or not): it may be written again.
+    DirectoryDone(String),
     Frame(ConnId, Frame),
     Disconnected(ConnId),
 }
@@ -78,10 +81,12 @@ pub async fn run<B: Backend + 'static>(
     } = reports;
     let mut sessions: BTreeMap<ConnId, Session> = BTreeMap::new();
     let mut revealing: std::collections::BTreeSet<ConnId> = std::collections::BTreeSet::new();
+    let mut announcing: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut keys_tick = tokio::time::interval(DATA_KEYS_EVERY);
     keys_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut writers: BTreeMap<ConnId, mpsc::Sender<Transmit>> = BTreeMap::new();
+    let mut connections: BTreeMap<ConnId, quinn::Connection> = BTreeMap::new();
     let mut next_conn: ConnId = 1;
     let slots = Slots::new(limits.max_connections, limits.max_connections_per_client);
     loop {
@@ -107,8 +112,9 @@ pub async fn run<B: Backend + 'static>(
                 let guard = core.lock().unwrap_or_else(|e| e.into_inner());
                 let src: &SignedState<B> = guard.state();
                 match event {
-                    Event::Connected(id, tx) => {
+                    Event::Connected(id, conn, tx) => {
                         writers.insert(id, tx);
+                        connections.insert(id, conn);
                         distributor.handle_connect(now, id);
                     }
                     // Reads at the edge, for the tokens' last-used time: only tokens this
@@ -163,6 +169,25 @@ pub async fn run<B: Backend + 'static>(
                     Event::RevealsFailed(id) => {
                         revealing.remove(&id);
                     }
+                    // Where the edge accepts its peers, into the directory of edges under the
+                    // edge id its certificate names, when the directory says otherwise; one
+                    // commit per edge at a time.
+                    Event::Frame(id, Frame::V1(FrameV1::PeerAddress { addr })) => {
+                        if let (Some(edge), Some(cluster)) = (distributor.edge(id), &cluster)
+                            && let Some(record) = directory_change(src, edge, addr)
+                            && announcing.insert(edge.edge_id.clone())
+                        {
+                            tokio::spawn(commit_directory(
+                                cluster.clone(),
+                                edge.edge_id.clone(),
+                                record,
+                                events_tx.clone(),
+                            ));
+                        }
+                    }
+                    Event::DirectoryDone(edge) => {
+                        announcing.remove(&edge);
+                    }
                     Event::Frame(id, frame) => {
                         let hello = matches!(frame, Frame::V1(FrameV1::Hello { .. }));
                         distributor.handle_frame(now, id, frame, src);
@@ -172,6 +197,7 @@ pub async fn run<B: Backend + 'static>(
                     }
                     Event::Disconnected(id) => {
                         writers.remove(&id);
+                        connections.remove(&id);
                         sessions.remove(&id);
                         revealing.remove(&id);
                         distributor.handle_disconnect(id);
@@ -195,8 +221,13 @@ pub async fn run<B: Backend + 'static>(
         while let Some((id, transmit)) = distributor.poll_transmit() {
             let Some(tx) = writers.get(&id) else { continue };
             if tx.try_send(transmit).is_err() {
+                // It reconnects and catches up from its own revision; its read loop ends with
+                // the connection and reports the disconnect.
                 tracing::warn!(conn = id, "edge is not keeping up; closing its connection");
                 writers.remove(&id);
+                if let Some(conn) = connections.remove(&id) {
+                    conn.close(4u32.into(), b"not keeping up");
+                }
                 distributor.handle_disconnect(id);
             }
         }
@@ -242,6 +273,62 @@ fn send_data_keys<B: Backend>(
             tracing::debug!(edge = %edge.edge_id, keys = n, "sent data keys");
         }
     }
+}
+
+/// The directory record to commit for `edge` announcing `addr`, if the published state does
+/// not hold it already (`None` too for an address that is not `host:port`).
+fn directory_change<B: Backend>(
+    src: &SignedState<B>,
+    edge: &meridian_core::distributor::EdgeInfo,
+    addr: String,
+) -> Option<EdgeRecord> {
+    if !meridian_protocol::directory::valid_peer_addr(&addr) {
+        tracing::info!(edge = %edge.edge_id, "refused a peer address that is not host:port");
+        return None;
+    }
+    let record = EdgeRecord {
+        region: edge.region.clone(),
+        addr,
+    };
+    let published = src.reader();
+    let p = published.read().unwrap_or_else(|e| e.into_inner());
+    let held = meridian_protocol::directory::edges(&p.state)
+        .into_iter()
+        .any(|(id, r)| id == edge.edge_id && r == record);
+    (!held).then_some(record)
+}
+
+/// Commits an edge's directory record.
+async fn commit_directory(
+    cluster: crate::raft::cluster::Cluster,
+    edge: String,
+    record: EdgeRecord,
+    events: mpsc::Sender<Event>,
+) {
+    let address = Address::system(EDGES_ENV, &edge);
+    let value = serde_json::to_string(&record).map(Into::into);
+    if let (Ok(address), Ok(value)) = (address, value) {
+        let proposal = meridian_core::apply::Proposal {
+            command: meridian_core::apply::Command::Put {
+                address,
+                value,
+                expect_version: None,
+            },
+            meta: meridian_core::history::WriteMeta {
+                time_ms: meridian_net::auth::now_ms(),
+                actor: format!("edge:{edge}"),
+                reason: Some("peer address announced".into()),
+                ..Default::default()
+            },
+        };
+        match cluster.write(proposal).await {
+            Ok(_) => tracing::info!(%edge, addr = %record.addr, "edge directory updated"),
+            Err(e) => tracing::warn!(%edge, error = %e, "edge directory not updated yet"),
+        }
+    } else {
+        tracing::info!(%edge, "edge id is not a valid directory key");
+    }
+    let _ = events.send(Event::DirectoryDone(edge)).await;
 }
 
 /// Commits an edge's reveals to the audit log and reports how far they got.
@@ -306,7 +393,11 @@ async fn connection(
         }
     };
     let (tx, mut rx) = mpsc::channel::<Transmit>(CONN_QUEUE);
-    if events.send(Event::Connected(id, tx)).await.is_err() {
+    if events
+        .send(Event::Connected(id, conn.clone(), tx))
+        .await
+        .is_err()
+    {
         return;
     }
     let writer_conn = conn.clone();
@@ -328,10 +419,6 @@ async fn connection(
                         let priority = meridian_core::distributor::stream_priority(&frames);
                         let _ = send_uni(&c, &frames, priority).await;
                     });
-                }
-                Transmit::Close(reason) => {
-                    writer_conn.close(1u32.into(), reason.as_bytes());
-                    break;
                 }
             }
         }

@@ -73,7 +73,7 @@ pub struct AuditHead {
     pub seq: u64,
     /// Its hash ([`GENESIS`] with no record).
     pub hash: String,
-    /// Ed25519 over [`AuditHead::signing_bytes`], hex.
+    /// Ed25519 over `AuditHead::signing_bytes`, hex.
     pub signature: String,
 }
 

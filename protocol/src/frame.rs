@@ -145,6 +145,12 @@ pub enum FrameV1 {
         /// The newest sequence number recorded.
         upto: u64,
     },
+    /// Edge → origin, after `Hello`: where this edge accepts connections from its peers
+    /// (`host:port`), for the directory of edges (`meridian_protocol::directory`).
+    PeerAddress {
+        /// The address, at most `directory::MAX_PEER_ADDR_BYTES`.
+        addr: String,
+    },
 }
 
 /// Most data keys one [`FrameV1::DataKeys`] carries.

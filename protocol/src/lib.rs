@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod crdt;
 pub mod digest;
+pub mod directory;
 pub mod flags;
 pub mod frame;
 pub mod model;

@@ -17,8 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_core::apply::{Command, OriginCore};
-use meridian_core::distributor::{ChangeSource, ConnId, Distributor, DistributorConfig, Transmit};
-use meridian_core::replicator::{Output, Replicator, ReplicatorConfig};
+use meridian_core::distributor::{ConnId, Distributor, DistributorConfig, Transmit};
+use meridian_core::edge_node::{Action, EdgeNode as CoreEdge, EdgeNodeConfig, Upstream};
+use meridian_core::replicator::{ORIGIN_LINK, Replicator, ReplicatorConfig};
+use meridian_core::topology::PeerEntry;
 use meridian_protocol::flags::exposure::{ExposureCounter, ExposureKey, ExposureLedger, Source};
 use meridian_protocol::{
     Address, Change, Delta, Digest, Frame, FrameV1, Revision, Signer, TrustedKeys, VerifiedHeads,
@@ -76,18 +78,11 @@ struct OriginNode {
 
 struct EdgeNode {
     host: QuicHost,
-    rep: Replicator<MemBackend>,
-    dist: Distributor,
-    /// The connection of each replicator link.
-    links: Vec<Option<ConnectionHandle>>,
-    /// Dials in progress for each link (at most two: see `Output::Connect`).
-    dialing: Vec<Vec<ConnectionHandle>>,
-    link_of: BTreeMap<ConnectionHandle, usize>,
-    /// Peers that dialed this edge: the distributor's id for each, and the peer's upstream
-    /// number in this edge's own peer list (to pass on what it says it holds).
-    peers_in: BTreeMap<ConnectionHandle, (ConnId, Option<usize>)>,
-    by_id: BTreeMap<ConnId, ConnectionHandle>,
-    next_conn: ConnId,
+    /// The edge's replication: the same state machine `meridian edge` drives.
+    node: CoreEdge<MemBackend>,
+    /// The QUIC connection of each of the core's connection ids, and back.
+    conns: BTreeMap<ConnId, ConnectionHandle>,
+    ids: BTreeMap<ConnectionHandle, ConnId>,
     published: Revision,
     /// Flag evaluations this boot of the edge served (reported beside each report).
     counter: ExposureCounter,
@@ -369,17 +364,15 @@ impl World {
             crate::tls::SimTlsError::Rustls(rustls::Error::General("edge store".into()))
         })?;
         let published = state.revision();
-        let (_, rotation) = peers_of(self.opts.edges_per_region, n);
         let mut keys = vec![self.signer.verifying_key()];
         if self.opts.broken == Some(Broken::SkipsSignatureChecks) && n == 1 {
             keys.push(attacker().verifying_key());
         }
-        let rep = Replicator::new(
-            ReplicatorConfig {
+        let config = EdgeNodeConfig {
+            replicator: ReplicatorConfig {
                 edge_id: format!("edge-{n}"),
                 region: REGIONS[self.net.region(n)].into(),
                 origin_count: self.origins.len(),
-                peer_count: rotation,
                 heartbeat_interval_ms: 500,
                 reconnect_backoff_min_ms: 50,
                 reconnect_backoff_max_ms: 1_000,
@@ -389,22 +382,32 @@ impl World {
                 silence_timeout_ms: 1_500,
                 ..ReplicatorConfig::default()
             },
+            serving: distributor_config(),
+            origin_region: REGIONS[0].into(),
+            // Every edge, in node order. The simulated origin keeps no directory of edges
+            // (its commits are modelled), so the peers are configured as a static list.
+            static_peers: self
+                .edges()
+                .map(|m| PeerEntry {
+                    edge_id: format!("edge-{m}"),
+                    region: REGIONS[self.net.region(m)].into(),
+                    addr: self.addrs[m].to_string(),
+                })
+                .collect(),
+            relay: true,
+        };
+        let now = self.instant();
+        let node = CoreEdge::new(
+            config,
             with_memo(TrustedKeys::new(keys), &self.verified),
             state,
-            self.instant(),
+            now,
         );
-        let links = vec![None; rep.link_count()];
-        let dialing = vec![Vec::new(); rep.link_count()];
         Ok(Node::Edge(Box::new(EdgeNode {
             host,
-            rep,
-            dist: Distributor::new(distributor_config()),
-            links,
-            dialing,
-            link_of: BTreeMap::new(),
-            peers_in: BTreeMap::new(),
-            by_id: BTreeMap::new(),
-            next_conn: 1,
+            node,
+            conns: BTreeMap::new(),
+            ids: BTreeMap::new(),
             published,
             counter: ExposureCounter::default(),
             boot: self.incarnation[n],
@@ -701,7 +704,7 @@ impl World {
                 let state = o.core.into_state();
                 state.backend().crash()
             }
-            Node::Edge(e) => e.rep.into_state().backend().crash(),
+            Node::Edge(e) => e.node.into_state().backend().crash(),
             Node::Down(b) => b,
         };
         self.nodes[n] = Node::Down(survived);
@@ -734,7 +737,7 @@ impl World {
             }
         }
         if let Node::Edge(e) = &self.nodes[n] {
-            let (r, d, h) = published_of(&e.rep);
+            let (r, d, h) = published_of(e.node.replicator());
             self.check_publish(n, r, d, h.as_ref());
         }
         if self.is_origin(n) {
@@ -837,7 +840,7 @@ impl World {
     fn inject(&mut self, n: NodeId) {
         let now = self.instant();
         if let Node::Edge(e) = &mut self.nodes[n] {
-            let revision = e.rep.state().revision().next();
+            let revision = e.node.replicator().state().revision().next();
             let delta = Delta {
                 revision,
                 changes: vec![Change {
@@ -850,9 +853,10 @@ impl World {
                     value: Some("\"evil\"".into()),
                 }],
             };
-            let digest = e.rep.state().digest_after(&delta);
+            let digest = e.node.replicator().state().digest_after(&delta);
             let forged = attacker().sign_delta(delta, digest);
-            e.rep.handle_frame(now, 0, FrameV1::Delta(forged).into());
+            e.node
+                .handle_link_frame(now, ORIGIN_LINK, FrameV1::Delta(forged).into());
             self.timeline.push(format!(
                 "{:>9} forged delta offered to edge {n}",
                 fmt_ms(self.now)
@@ -862,7 +866,7 @@ impl World {
             // Keep a copy of the store now, let the edge move on, then crash it and bring it
             // back from the copy.
             if let Node::Edge(e) = &self.nodes[n] {
-                self.stale_copy = Some(e.rep.state().backend().crash());
+                self.stale_copy = Some(e.node.replicator().state().backend().crash());
             }
             self.seq += 1;
             let id = 1_000_000 + self.seq;
@@ -909,14 +913,10 @@ impl World {
                 .into_iter()
                 .flatten()
                 .min(),
-            Node::Edge(e) => [
-                e.host.poll_timeout(),
-                e.rep.poll_timeout(),
-                e.dist.poll_timeout(),
-            ]
-            .into_iter()
-            .flatten()
-            .min(),
+            Node::Edge(e) => [e.host.poll_timeout(), e.node.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min(),
             Node::Down(_) => None,
         };
         if let Some(t) = next {
@@ -992,7 +992,7 @@ impl World {
                         self.now.as_secs_f64()
                     );
                 }
-                transmit(&mut o.host, now, ch, t);
+                transmit(&mut o.host, ch, t);
             }
             if !progressed {
                 break;
@@ -1003,8 +1003,7 @@ impl World {
 
     fn service_edge(&mut self, n: NodeId, now: Instant) {
         let mut published = None;
-        let mut dial: Vec<(usize, usize)> = Vec::new();
-        let origin_count = self.origins.len();
+        let mut dial: Vec<(ConnId, Upstream)> = Vec::new();
         {
             let Node::Edge(e) = &mut self.nodes[n] else {
                 return;
@@ -1019,119 +1018,55 @@ impl World {
                         eprintln!("{:>10.3} node {n} host {ev:?}", self.now.as_secs_f64());
                     }
                     match ev {
-                        HostEvent::Connected(ch, Side::Client) => {
-                            match e.link_of.get(&ch).copied() {
-                                // The first dial of the link to complete wins; the others go,
-                                // and so does a connection it was dialed beside.
-                                Some(link) if e.dialing[link].contains(&ch) => {
-                                    let replaced = e.links[link].take();
-                                    for other in std::mem::take(&mut e.dialing[link])
-                                        .into_iter()
-                                        .chain(replaced)
-                                    {
-                                        if other != ch {
-                                            e.link_of.remove(&other);
-                                            e.host.close(now, other);
-                                        }
-                                    }
-                                    e.links[link] = Some(ch);
-                                    e.rep.handle_connected(now, link);
-                                }
-                                _ => {
-                                    e.link_of.remove(&ch);
-                                    e.host.close(now, ch);
-                                }
-                            }
-                        }
+                        HostEvent::Connected(ch, Side::Client) => match e.ids.get(&ch) {
+                            Some(&id) => e.node.handle_connected(now, id),
+                            None => e.host.close(now, ch),
+                        },
                         HostEvent::Connected(ch, Side::Server) => {
-                            let id = e.next_conn;
-                            e.next_conn += 1;
-                            let upstream = e
-                                .host
-                                .remote(ch)
-                                .and_then(|a| self.by_addr.get(&a))
-                                .and_then(|node| {
-                                    peers_of(self.opts.edges_per_region, n)
-                                        .0
-                                        .iter()
-                                        .position(|p| p == node)
-                                })
-                                .map(|i| origin_count + i);
-                            e.peers_in.insert(ch, (id, upstream));
-                            e.by_id.insert(id, ch);
-                            e.dist.handle_connect(now, id);
+                            let id = e.node.handle_accepted(now);
+                            e.ids.insert(ch, id);
+                            e.conns.insert(id, ch);
                         }
                         HostEvent::Lost(ch) => {
-                            if let Some(link) = e.link_of.remove(&ch) {
-                                if e.links[link] == Some(ch) {
-                                    e.links[link] = None;
-                                    e.rep.handle_disconnected(now, link);
-                                } else if e.dialing[link].contains(&ch) {
-                                    // A failed dial matters only once no other is left.
-                                    e.dialing[link].retain(|d| *d != ch);
-                                    if e.dialing[link].is_empty() && e.links[link].is_none() {
-                                        e.rep.handle_disconnected(now, link);
-                                    }
-                                }
-                            } else if let Some((id, _)) = e.peers_in.remove(&ch) {
-                                e.by_id.remove(&id);
-                                e.dist.handle_disconnect(id);
+                            if let Some(id) = e.ids.remove(&ch) {
+                                e.conns.remove(&id);
+                                e.node.handle_lost(now, id);
                             }
                         }
                         HostEvent::Frame(ch, f) => {
-                            if let Some(&link) = e.link_of.get(&ch) {
-                                e.rep.handle_frame(now, link, f);
-                            } else if let Some(&(id, upstream)) = e.peers_in.get(&ch) {
-                                if let (
-                                    Some(upstream),
-                                    Frame::V1(
-                                        FrameV1::Hello { revision, .. }
-                                        | FrameV1::Heartbeat { revision },
-                                    ),
-                                ) = (upstream, &f)
-                                {
-                                    e.rep.handle_peer_holds(now, upstream, *revision);
-                                }
-                                e.dist.handle_frame(now, id, f, &EdgeSource(&e.rep));
+                            if let Some(&id) = e.ids.get(&ch) {
+                                // Data keys and reveal acknowledgements are not simulated.
+                                let _ = e.node.handle_frame(now, id, f);
                             }
                         }
                         HostEvent::Malformed(ch) => {
-                            if let Some(&link) = e.link_of.get(&ch) {
-                                e.rep.handle_malformed(now, link);
+                            if let Some(&id) = e.ids.get(&ch) {
+                                e.node.handle_malformed(now, id);
                             }
                         }
                     }
                 }
-                let r = e.rep.flush(now);
+                let r = e.node.flush(now);
                 if r > e.published {
                     e.published = r;
-                    e.dist.handle_commit(now, &EdgeSource(&e.rep));
                     published = Some(r);
                 }
-                e.rep.handle_timeout(now);
-                e.dist.handle_timeout(now, &EdgeSource(&e.rep));
-                while let Some(out) = e.rep.poll_output() {
+                e.node.handle_timeout(now);
+                while let Some(action) = e.node.poll_action() {
                     progressed = true;
                     if self.watch.contains(&n) {
-                        eprintln!("{:>10.3} node {n} rep {out:?}", self.now.as_secs_f64());
+                        eprintln!("{:>10.3} node {n} {action:?}", self.now.as_secs_f64());
                     }
-                    match out {
-                        Output::Connect { link, upstream } => dial.push((link, upstream)),
-                        Output::Disconnect { link } => {
-                            let dials = std::mem::take(&mut e.dialing[link]);
-                            for ch in e.links[link].take().into_iter().chain(dials) {
-                                e.link_of.remove(&ch);
+                    match action {
+                        Action::Dial { conn, to } => dial.push((conn, to)),
+                        Action::Close { conn, .. } => {
+                            if let Some(ch) = e.conns.remove(&conn) {
+                                e.ids.remove(&ch);
                                 e.host.close(now, ch);
                             }
                         }
-                        Output::AbandonDials { link } => {
-                            for ch in std::mem::take(&mut e.dialing[link]) {
-                                e.link_of.remove(&ch);
-                                e.host.close(now, ch);
-                            }
-                        }
-                        Output::Send { link, frame } => {
-                            if let Some(ch) = e.links[link] {
+                        Action::Send { conn, frame } => {
+                            if let Some(&ch) = e.conns.get(&conn) {
                                 e.host.send_control(ch, &frame);
                                 // Beside each report, the cumulative exposure counts (as the
                                 // edge binary does).
@@ -1145,38 +1080,31 @@ impl World {
                                 }
                             }
                         }
-                    }
-                }
-                while let Some((id, t)) = e.dist.poll_transmit() {
-                    progressed = true;
-                    let Some(&ch) = e.by_id.get(&id) else {
-                        continue;
-                    };
-                    transmit(&mut e.host, now, ch, t);
-                }
-                for (link, upstream) in dial.drain(..) {
-                    progressed = true;
-                    let k = self.origins.len();
-                    let addr = if upstream < k {
-                        self.addrs[self.origins[upstream]]
-                    } else {
-                        let (peers, _) = peers_of(self.opts.edges_per_region, n);
-                        self.addrs[peers[(upstream - k) % peers.len()]]
-                    };
-                    // A connected link keeps its connection beside the dial (see
-                    // `Output::Connect`). At most the two most recent dials of a link run (see `Output::Connect`).
-                    while e.dialing[link].len() >= 2 {
-                        let oldest = e.dialing[link].remove(0);
-                        e.link_of.remove(&oldest);
-                        e.host.close(now, oldest);
-                    }
-                    match e.host.connect(now, addr) {
-                        Some(ch) => {
-                            e.dialing[link].push(ch);
-                            e.link_of.insert(ch, link);
+                        Action::Stream {
+                            conn,
+                            frames,
+                            priority,
+                        } => {
+                            // No stream available means the peer's limit is reached; its stall
+                            // timer asks again, so dropping here loses nothing.
+                            if let Some(&ch) = e.conns.get(&conn) {
+                                let _ = e.host.send_stream(ch, &frames, priority);
+                            }
                         }
-                        None if e.dialing[link].is_empty() => e.rep.handle_disconnected(now, link),
-                        None => {}
+                    }
+                }
+                for (conn, to) in dial.drain(..) {
+                    progressed = true;
+                    let addr = match &to {
+                        Upstream::Origin(i) => Some(self.addrs[self.origins[*i]]),
+                        Upstream::Peer(p) => p.addr.parse().ok(),
+                    };
+                    match addr.and_then(|a| e.host.connect(now, a)) {
+                        Some(ch) => {
+                            e.ids.insert(ch, conn);
+                            e.conns.insert(conn, ch);
+                        }
+                        None => e.node.handle_lost(now, conn),
                     }
                 }
                 if !progressed {
@@ -1189,7 +1117,7 @@ impl World {
             let Node::Edge(e) = &self.nodes[n] else {
                 return;
             };
-            let (rev, digest, head) = published_of(&e.rep);
+            let (rev, digest, head) = published_of(e.node.replicator());
             debug_assert_eq!(rev, r);
             self.check_publish(n, rev, digest, head.as_ref());
         }
@@ -1398,7 +1326,10 @@ impl World {
         for n in self.edges() {
             self.counts.convergence += 1;
             let held = match &self.nodes[n] {
-                Node::Edge(e) => (e.rep.state().revision(), e.rep.state().digest()),
+                Node::Edge(e) => (
+                    e.node.replicator().state().revision(),
+                    e.node.replicator().state().digest(),
+                ),
                 _ => (Revision(0), Digest::default()),
             };
             if let Err(e) = invariants::convergence::check(newest, held) {
@@ -1425,73 +1356,7 @@ impl World {
     }
 }
 
-/// The peer edges an edge may relay from, and how many of them its peer links rotate through.
-/// The rotation comes first, in the order it is tried: for each step, the same-index edge of
-/// the origin's region, a neighbour in its own region, then the same-index edge of the
-/// remaining region. Alternating regions means that whichever way the network is cut, a
-/// reachable peer is at most one failed dial away. Every other edge follows: those are dialed
-/// only when they offer something newer (`Replicator::handle_peer_holds`).
-fn peers_of(per: usize, n: NodeId) -> (Vec<NodeId>, usize) {
-    let region = (n - 1) / per;
-    let index = (n - 1) % per;
-    let mut out = Vec::new();
-    for step in 0..per.min(3) {
-        let mut push = |r: usize, i: usize| {
-            let peer = 1 + r * per + i % per;
-            if peer != n && !out.contains(&peer) {
-                out.push(peer);
-            }
-        };
-        if region != 0 {
-            push(0, index + step);
-        }
-        push(region, index + 1 + step);
-        for r in 1..REGIONS.len() {
-            if r != region {
-                push(r, index + step);
-            }
-        }
-    }
-    let rotation = out.len();
-    for peer in 1..=per * REGIONS.len() {
-        if peer != n && !out.contains(&peer) {
-            out.push(peer);
-        }
-    }
-    (out, rotation)
-}
-
-/// What an edge serves its peers: its own signed state, and the newest head it has heard of.
-struct EdgeSource<'a>(&'a Replicator<MemBackend>);
-
-impl ChangeSource for EdgeSource<'_> {
-    fn head(&self) -> Option<meridian_protocol::SignedHead> {
-        self.0.state().head()
-    }
-    fn deltas_after(
-        &self,
-        after: Revision,
-        max: usize,
-    ) -> Result<Option<Vec<meridian_protocol::SignedDelta>>, meridian_store::StoreError> {
-        self.0.state().deltas_after(after, max)
-    }
-    fn snapshot(
-        &self,
-    ) -> (
-        Option<meridian_protocol::SignedHead>,
-        Vec<(Address, meridian_protocol::EntryState)>,
-    ) {
-        self.0.state().snapshot()
-    }
-    fn newest_head(&self) -> Option<meridian_protocol::SignedHead> {
-        self.0.newest_head().or_else(|| self.head())
-    }
-    fn staleness_ms(&self, now: Instant) -> Option<u64> {
-        Some(self.0.staleness(now).as_millis().min(u64::MAX as u128) as u64)
-    }
-}
-
-fn transmit(host: &mut QuicHost, now: Instant, ch: ConnectionHandle, t: Transmit) {
+fn transmit(host: &mut QuicHost, ch: ConnectionHandle, t: Transmit) {
     match t {
         Transmit::Control(f) => host.send_control(ch, &f),
         Transmit::Stream(frames) => {
@@ -1500,7 +1365,6 @@ fn transmit(host: &mut QuicHost, now: Instant, ch: ConnectionHandle, t: Transmit
             let priority = meridian_core::distributor::stream_priority(&frames);
             let _ = host.send_stream(ch, &frames, priority);
         }
-        Transmit::Close(_) => host.close(now, ch),
     }
 }
 

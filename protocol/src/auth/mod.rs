@@ -33,5 +33,6 @@ pub const POLICIES_ENV: &str = "policies";
 
 /// Whether `app/env` is one of the system namespaces (valid as stored data, never from clients).
 pub fn is_system_namespace(app: &str, env: &str) -> bool {
-    app == SYSTEM_APP && (env == TOKENS_ENV || env == POLICIES_ENV)
+    app == SYSTEM_APP
+        && (env == TOKENS_ENV || env == POLICIES_ENV || env == crate::directory::EDGES_ENV)
 }

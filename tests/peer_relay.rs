@@ -1,0 +1,185 @@
+//! Peer relay in the shipped edge: edges announce where they accept peers, the origin keeps the
+//! directory of edges as signed records every edge replicates, an edge that reaches no origin
+//! converges through a peer, and a peer that claims another edge's id is refused.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use meridian::dev::{REGIONS, edge_config};
+use meridian_edge::config::StaticPeer;
+use meridian_protocol::{Frame, FrameV1};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// An edge `id` of `region` beside the dev topology: accepting peers on a loopback port when
+/// `listen`, dialing `origin`, knowing `peers`.
+async fn extra_edge(
+    dir: &std::path::Path,
+    id: &str,
+    region: &str,
+    origin: std::net::SocketAddr,
+    listen: bool,
+    peers: Vec<StaticPeer>,
+) -> meridian_edge::EdgeHandle {
+    let pki = meridian_net::tls::ensure_dev_pki(&dir.join("pki"), &[id]).unwrap();
+    let mut config = edge_config(dir, &pki, region, "127.0.0.1:0".parse().unwrap(), origin);
+    config.edge_id = id.into();
+    config.tls = pki.edge(id);
+    config.data_dir = dir.join(format!("edge-{id}"));
+    config.peer_listen = listen.then(|| "127.0.0.1:0".parse().unwrap());
+    config.peers = peers;
+    meridian_edge::start(config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_reaches_no_origin_converges_through_a_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let c = http();
+    let origin = base(cluster.origin.http_addr);
+
+    // A relay that accepts peers announces itself; the directory reaches every edge.
+    let relay = extra_edge(
+        dir.path(),
+        "ap-south-2",
+        REGIONS[2],
+        cluster.origin.quic_addr,
+        true,
+        Vec::new(),
+    )
+    .await;
+    for e in &cluster.edges {
+        let edge = base(e.http_addr);
+        eventually(WAIT, "the directory lists the relay", || async {
+            let s = status(&c, &edge).await;
+            (s["upstreams"]["peers_known"] == 1).then_some(())
+        })
+        .await;
+    }
+
+    // An ap-south edge whose only origin address answers nothing, and which knows the relay.
+    let cut_off = extra_edge(
+        dir.path(),
+        "ap-south-3",
+        REGIONS[2],
+        dead_udp_addr(),
+        false,
+        vec![StaticPeer {
+            edge_id: "ap-south-2".into(),
+            region: REGIONS[2].into(),
+            addr: relay.peer_addr.clone().expect("the relay accepts peers"),
+        }],
+    )
+    .await;
+    let edge = base(cut_off.http_addr);
+
+    for i in 0..20 {
+        put(&c, &origin, &format!("pay/prod/k{i}"), json!(i)).await;
+    }
+    let newest = revision(&c, &origin).await;
+    let got = eventually(
+        WAIT,
+        "the cut-off edge holds the newest revision",
+        || async {
+            let (code, v) = get_json(&c, &format!("{edge}/v1/kv/pay/prod/k19")).await;
+            (code == 200 && revision(&c, &edge).await >= newest).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(got["value"], 19);
+    let s = status(&c, &edge).await;
+    let at_relay = status(&c, &base(relay.http_addr)).await;
+    if at_relay["revision"] == s["revision"] {
+        assert_eq!(s["digest"], at_relay["digest"], "same revision, same state");
+    }
+    assert_eq!(s["origin_connected"], false);
+    let links = s["upstreams"]["links"].as_array().unwrap();
+    assert!(
+        links.iter().any(|l| l["kind"] == "peer"
+            && l["state"] == "connected"
+            && l["upstream"].as_str().unwrap().starts_with("ap-south-2")),
+        "a peer link to ap-south-2: {links:?}"
+    );
+    assert_eq!(s["rejected"]["bad_signature"], 0);
+    assert!(
+        at_relay["upstreams"]["peers_served"].as_u64().unwrap() >= 1,
+        "{at_relay}"
+    );
+
+    cut_off.shutdown().await;
+    relay.shutdown().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_claims_another_edges_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let pki = meridian::dev::pki(dir.path()).unwrap();
+    let target = extra_edge(
+        dir.path(),
+        "us-east-2",
+        REGIONS[0],
+        cluster.origin.quic_addr,
+        true,
+        Vec::new(),
+    )
+    .await;
+    let addr: std::net::SocketAddr = target.peer_addr.clone().unwrap().parse().unwrap();
+    // eu-west-1's certificate, speaking as ap-south-1.
+    let endpoint = meridian_net::quic::client_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        &pki.edge(&meridian::dev::edge_id(REGIONS[1])),
+        Default::default(),
+    )
+    .unwrap();
+    let name = meridian_net::tls::edge_certificate_name("us-east-2");
+    let conn = endpoint.connect(addr, &name).unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let hello: Frame = FrameV1::Hello {
+        edge_id: meridian::dev::edge_id(REGIONS[2]),
+        region: REGIONS[2].into(),
+        revision: meridian_protocol::Revision(0),
+        digest: Default::default(),
+    }
+    .into();
+    meridian_net::quic::write_frame(&mut send, &hello)
+        .await
+        .unwrap();
+    let mut decoder = meridian_protocol::FrameDecoder::new(1 << 20);
+    let read = tokio::time::timeout(
+        WAIT,
+        meridian_net::quic::read_frame(&mut recv, &mut decoder),
+    )
+    .await
+    .expect("the edge answers or closes");
+    assert!(read.is_err(), "nothing is served to an impostor: {read:?}");
+    let reason = conn.closed().await;
+    assert!(
+        reason.to_string().contains("edge_id does not match"),
+        "closed for impersonation: {reason}"
+    );
+    // A frame other than Hello first is refused as well.
+    let conn = endpoint.connect(addr, &name).unwrap().await.unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let need: Frame = FrameV1::Need {
+        from: meridian_protocol::Revision(0),
+    }
+    .into();
+    meridian_net::quic::write_frame(&mut send, &need)
+        .await
+        .unwrap();
+    let reason = tokio::time::timeout(WAIT, conn.closed()).await.unwrap();
+    assert!(reason.to_string().contains("hello first"), "{reason}");
+    target.shutdown().await;
+    cluster.shutdown().await;
+}
+
+/// A loopback UDP address nothing answers on (bound, then released).
+fn dead_udp_addr() -> std::net::SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
