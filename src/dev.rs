@@ -299,6 +299,33 @@ pub async fn wait_for_token(edges: &[EdgeHandle], token: &str) -> anyhow::Result
     Ok(())
 }
 
+/// Waits until every edge's replicated directory lists every edge in `edges` (the origin
+/// commits an edge's record when it announces where it accepts peers).
+pub async fn wait_for_directory(edges: &[EdgeHandle]) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for e in edges {
+        loop {
+            let listed = {
+                let p = e.shared.reader.read().unwrap_or_else(|e| e.into_inner());
+                meridian_protocol::directory::edges(&p.state)
+                    .into_iter()
+                    .filter(|(id, _)| edges.iter().any(|x| x.shared.edge_id == *id))
+                    .count()
+            };
+            if listed == edges.len() {
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "edge {} did not receive the directory of edges within 30 s",
+                e.shared.edge_id
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    Ok(())
+}
+
 /// A running dev topology.
 pub struct DevCluster {
     /// The PKI in use.
@@ -347,6 +374,9 @@ impl DevCluster {
                         url,
                         check_interval_ms: 1_000,
                     });
+            // Peer relay on: each edge accepts its peers on a loopback port of its own and
+            // announces it to the origin, whose directory tells the others.
+            config.peer_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
             edges.push(
                 meridian_edge::start(config)
                     .await
@@ -355,6 +385,7 @@ impl DevCluster {
         }
         let token = ensure_admin_token(opts)?;
         wait_for_token(&edges, &token).await?;
+        wait_for_directory(&edges).await?;
         let mut origins = origins.into_iter();
         let origin = origins.next().context("no origin node")?;
         Ok(Self {

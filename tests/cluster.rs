@@ -368,7 +368,7 @@ async fn edges_fail_over_to_another_origin_node_from_their_own_revision() {
     for url in &edge_urls {
         eventually(Duration::from_secs(20), "edges at revision 20", || {
             let c = c.clone();
-            async move { (common::revision(&c, url).await == common::BOOT + 20).then_some(()) }
+            async move { (common::revision(&c, url).await == common::DEV_BOOT + 20).then_some(()) }
         })
         .await;
     }
@@ -402,7 +402,7 @@ async fn edges_fail_over_to_another_origin_node_from_their_own_revision() {
     for url in &edge_urls {
         eventually(Duration::from_secs(20), "edges at revision 30", || {
             let c = c.clone();
-            async move { (common::revision(&c, url).await == common::BOOT + 30).then_some(()) }
+            async move { (common::revision(&c, url).await == common::DEV_BOOT + 30).then_some(()) }
         })
         .await;
         let (code, v) = get_json(&c, &format!("{url}/v1/kv/app/prod/k29")).await;

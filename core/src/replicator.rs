@@ -765,7 +765,7 @@ impl<B: Backend> Replicator<B> {
         match frame {
             FrameV1::Head(head) => {
                 if self.verify_head(&head) {
-                    self.heard(now, &head);
+                    self.heard(now, link, &head);
                     if link == ORIGIN_LINK {
                         self.origin_heard = Some(now);
                     }
@@ -776,8 +776,16 @@ impl<B: Backend> Replicator<B> {
                 holds,
             } => {
                 if link >= PEER_LINK {
-                    self.links[link].reported =
-                        Some((Duration::from_millis(staleness_ms), now, holds));
+                    let staleness = Duration::from_millis(staleness_ms);
+                    self.links[link].reported = Some((staleness, now, holds));
+                    // A peer that was current at `now - staleness` holding no more than what
+                    // is published here confirms it as of then.
+                    if holds <= self.published
+                        && self.newest_known <= self.published
+                        && let Some(t) = now.checked_sub(staleness)
+                    {
+                        self.current_as_of = Some(self.current_as_of.map_or(t, |c| c.max(t)));
+                    }
                 }
             }
             FrameV1::Delta(delta) => self.on_delta(now, link, delta),
@@ -785,7 +793,7 @@ impl<B: Backend> Replicator<B> {
                 if !self.verify_head(&head) {
                     return;
                 }
-                self.heard(now, &head);
+                self.heard(now, link, &head);
                 if head.head.revision <= self.state.revision()
                     || entries > self.config.max_snapshot_entries
                 {
@@ -1172,9 +1180,24 @@ impl<B: Backend> Replicator<B> {
         at
     }
 
-    fn heard(&mut self, now: Instant, head: &SignedHead) {
-        if head.head.revision >= self.newest_known {
-            self.newest_heard_at = Some(now);
+    /// Until when link `link`'s upstream knew the newest head: now for an origin; for a peer,
+    /// the moment its last freshness report says it last heard the origin (`None` before its
+    /// first report). Confirmations relayed by peers thus age as the peers' own knowledge does:
+    /// edges that have all lost the origin do not keep one another fresh.
+    fn known_as_of(&self, now: Instant, link: usize) -> Option<Instant> {
+        if link == ORIGIN_LINK {
+            return Some(now);
+        }
+        let (staleness, at, _) = self.links.get(link)?.reported?;
+        at.checked_sub(staleness)
+    }
+
+    fn heard(&mut self, now: Instant, link: usize, head: &SignedHead) {
+        let as_of = self.known_as_of(now, link);
+        if head.head.revision >= self.newest_known
+            && let Some(t) = as_of
+        {
+            self.newest_heard_at = Some(self.newest_heard_at.map_or(t, |h| h.max(t)));
         }
         if head.head.revision > self.newest_known {
             self.newest_known = head.head.revision;
@@ -1182,8 +1205,10 @@ impl<B: Backend> Replicator<B> {
         }
         // Only a head no newer than what is published confirms it; a newer one merely heard
         // of (not yet applied, or not persistable) does not make this edge fresh.
-        if head.head.revision <= self.published {
-            self.current_as_of = Some(now);
+        if head.head.revision <= self.published
+            && let Some(t) = as_of
+        {
+            self.current_as_of = Some(self.current_as_of.map_or(t, |c| c.max(t)));
         }
     }
 
@@ -1220,7 +1245,7 @@ impl<B: Backend> Replicator<B> {
             self.count_verify_error(&e);
             return;
         }
-        self.heard(now, &delta.head);
+        self.heard(now, link, &delta.head);
         self.last_delta = now;
         if link == ORIGIN_LINK {
             self.origin_suspect = false;
@@ -1921,6 +1946,55 @@ mod tests {
         let out = outputs(&mut r);
         assert!(out.contains(&standby), "{out:?}");
         assert!(!out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
+    }
+
+    #[test]
+    fn confirmations_relayed_by_peers_age_with_the_peers_own_knowledge() {
+        // Edges that have all lost the origin keep sending one another the same heads; those
+        // must not keep any of them fresh (strict namespaces would never refuse).
+        let t0 = Instant::now();
+        let mut r = with_peers(t0, 3, 1);
+        r.handle_timeout(t0);
+        r.handle_connected(t0, 1);
+        let d = history(1);
+        // A peer that last heard the origin 5 s before it reported.
+        let stale = FrameV1::Freshness {
+            staleness_ms: 5_000,
+            holds: Revision(1),
+        };
+        r.handle_frame(t0, 1, stale.into());
+        r.handle_frame(t0, 1, FrameV1::Delta(d[0].clone()).into());
+        r.flush(t0);
+        assert_eq!(r.state().revision(), Revision(1));
+        let t1 = t0 + Duration::from_secs(10);
+        r.handle_frame(t1, 1, FrameV1::Head(d[0].head).into());
+        r.handle_frame(
+            t1,
+            1,
+            FrameV1::Freshness {
+                staleness_ms: 15_000,
+                holds: Revision(1),
+            }
+            .into(),
+        );
+        let as_of = r.current_as_of().expect("confirmed as of some moment");
+        assert!(
+            as_of <= t0,
+            "no fresher than the peer knew: {:?}",
+            as_of - t0
+        );
+        // A peer that is current confirms it as of its own report.
+        let t2 = t1 + Duration::from_secs(1);
+        r.handle_frame(
+            t2,
+            1,
+            FrameV1::Freshness {
+                staleness_ms: 100,
+                holds: Revision(1),
+            }
+            .into(),
+        );
+        assert_eq!(r.current_as_of(), Some(t2 - Duration::from_millis(100)));
     }
 
     #[test]

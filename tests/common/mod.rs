@@ -16,9 +16,12 @@ pub fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The revisions a dev topology has committed when it is up: the bootstrap admin token's
-/// record.
+/// The revisions an origin has committed when it is up: the bootstrap admin token's record.
 pub const BOOT: u64 = 1;
+
+/// The revisions a dev topology ([`cluster`]) has committed when it is up: the admin token's
+/// record and the directory records of its three edges, which accept peers.
+pub const DEV_BOOT: u64 = BOOT + 3;
 
 /// The admin token of every dev topology this test process starts (see [`options`]).
 pub static TOKEN: std::sync::LazyLock<String> =
