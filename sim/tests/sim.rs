@@ -132,3 +132,16 @@ fn an_edge_that_restarts_from_a_stale_state_is_caught() {
         report.summary()
     );
 }
+
+#[test]
+fn every_node_of_a_large_run_has_an_address_of_its_own() {
+    // At 100 edges per region node numbers pass 255; an address scheme that kept only the low
+    // byte gave two origin nodes the addresses of two edges, which then never received a
+    // revision. The world refuses to start with two nodes at one address (the runs at this
+    // size are in CI's simulator sweep, on a release build).
+    let opts = SimOptions {
+        edges_per_region: 100,
+        ..SimOptions::default()
+    };
+    assert!(meridian_sim::world::World::new(opts).is_ok());
+}
