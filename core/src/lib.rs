@@ -6,7 +6,7 @@
 //! virtual time in the simulator), so what the simulator proves is what ships.
 //!
 //! - [`apply`]: the origin's deterministic apply core (commands, conditions, history, schemas,
-//!   audit chain) over a signed state.
+//!   audit chain) over a signed state; [`entry`]: how a committed log entry goes through it.
 //! - [`distributor`]: what an origin node, or an edge serving its peers, sends each connection.
 //! - [`replicator`]: how an edge keeps its signed state up to date from origins and peers.
 //! - [`edge_node`]: an edge whole: the replicator, the distributor serving its peers, and the
@@ -16,9 +16,11 @@ pub mod apply;
 pub mod audit;
 pub mod distributor;
 pub mod edge_node;
+pub mod entry;
 pub mod exposures;
 pub mod history;
 pub mod replicator;
+pub mod reveals;
 pub mod schema;
 pub mod tokens;
 pub mod topology;

@@ -16,9 +16,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meridian_core::apply::{Command, OriginCore};
+use meridian_core::apply::{Applied, ApplyError, Command, OriginCore, Proposal};
 use meridian_core::distributor::{ConnId, Distributor, DistributorConfig, Transmit};
 use meridian_core::edge_node::{Action, EdgeNode as CoreEdge, EdgeNodeConfig, Upstream};
+use meridian_core::entry;
+use meridian_core::history::WriteMeta;
 use meridian_core::replicator::{ORIGIN_LINK, Replicator, ReplicatorConfig};
 use meridian_core::topology::PeerEntry;
 use meridian_protocol::flags::exposure::{ExposureCounter, ExposureKey, ExposureLedger, Source};
@@ -26,7 +28,7 @@ use meridian_protocol::{
     Address, Change, Delta, Digest, Frame, FrameV1, Revision, Signer, TrustedKeys, VerifiedHeads,
     Version,
 };
-use meridian_store::{MemBackend, SignedState};
+use meridian_store::{MemBackend, SignedState, WriteBack};
 use quinn_proto::{ConnectionHandle, Side};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -72,7 +74,7 @@ fn addr_of(n: NodeId, region: usize) -> SocketAddr {
 
 struct OriginNode {
     host: QuicHost,
-    core: OriginCore<MemBackend>,
+    core: OriginCore<WriteBack<MemBackend>>,
     dist: Distributor,
     conns: BTreeMap<ConnectionHandle, ConnId>,
     by_id: BTreeMap<ConnId, ConnectionHandle>,
@@ -186,7 +188,7 @@ pub struct World {
     /// An election is under way (`Ev::Elected` is scheduled).
     electing: bool,
     /// Every committed write, in order, for origin nodes that restart to catch up from.
-    log: Vec<Command>,
+    log: Vec<Proposal>,
     /// Writes made during an election, committed when it ends.
     held_writes: Vec<Command>,
     /// Draws for flag evaluations (apart from `rng`, so they do not move the fault plan).
@@ -343,6 +345,7 @@ impl World {
             Some(server),
             None,
         );
+        let backend = WriteBack::new(backend, entry::WRITE_BACK);
         let state = SignedState::open(backend, self.opts.delta_window).map_err(|_| {
             crate::tls::SimTlsError::Rustls(rustls::Error::General("origin store".into()))
         })?;
@@ -712,7 +715,7 @@ impl World {
         let survived = match node {
             Node::Origin(o) => {
                 let state = o.core.into_state();
-                state.backend().crash()
+                state.backend().inner().crash()
             }
             Node::Edge(e) => e.node.into_state().backend().crash(),
             Node::Down(b) => b,
@@ -757,8 +760,8 @@ impl World {
                 _ => self.log.len(),
             };
             for i in from..self.log.len() {
-                let command = self.log[i].clone();
-                self.apply_on(n, command);
+                let proposal = self.log[i].clone();
+                self.apply_on(n, i as u64 + 1, proposal);
             }
             self.start_election();
         }
@@ -795,35 +798,55 @@ impl World {
             self.writes_refused += 1;
             return;
         };
-        let Some((revision, digest)) = self.apply_on(leader, command.clone()) else {
+        // What the write API would propose: the command and who wrote it when.
+        let proposal = Proposal {
+            command,
+            meta: WriteMeta {
+                time_ms: self.now.as_millis() as u64,
+                actor: "sim".into(),
+                ..WriteMeta::default()
+            },
+        };
+        let index = self.log.len() as u64 + 1;
+        let Some((revision, digest)) = self.apply_on(leader, index, proposal.clone()) else {
             return;
         };
-        self.log.push(command.clone());
+        self.log.push(proposal.clone());
         self.newest = revision;
         self.commits.insert(revision, digest);
         self.commit_time.insert(revision, self.now);
         self.record(format!("{} commit {revision}", self.now.as_micros()));
         for o in self.origins.clone() {
             if o != leader && matches!(self.nodes[o], Node::Origin(_)) {
-                self.apply_on(o, command.clone());
+                self.apply_on(o, index, proposal.clone());
             }
         }
     }
 
     /// Origin node `n` applies `command` (deterministically: every node signs the same
     /// revision) and tells its edges; the revision and digest it made.
-    fn apply_on(&mut self, n: NodeId, command: Command) -> Option<(Revision, Digest)> {
+    /// Applies the committed log entry `index` on origin node `n` as every origin node does
+    /// (`meridian_core::entry`): in a batch, through the apply core with history and audit,
+    /// over a write-back state published unflushed, flushed every [`FLUSH_EVERY`] revisions
+    /// (a crash loses what was not flushed; the node applies it again from the log).
+    fn apply_on(
+        &mut self,
+        n: NodeId,
+        index: u64,
+        proposal: Proposal,
+    ) -> Option<(Revision, Digest)> {
         let now = self.instant();
         let Node::Origin(o) = &mut self.nodes[n] else {
             return None;
         };
-        let out = match o.core.apply(command) {
-            Ok((applied, Some(signed))) => {
+        let applied = apply_entry(&mut o.core, index, proposal);
+        let out = match applied {
+            Ok((Ok(applied), digest)) => {
                 o.dist.handle_commit(now, o.core.state());
-                (applied.revision, signed.head.head.digest)
+                (applied.revision, digest)
             }
-            Ok((_, None)) => {
-                self.violation("origin", format!("origin node {n}: a put made no revision"));
+            Ok((Err(e), _)) => {
+                self.violation("origin", format!("origin node {n}: a put was refused: {e}"));
                 return None;
             }
             Err(e) => {
@@ -1376,6 +1399,41 @@ fn transmit(host: &mut QuicHost, ch: ConnectionHandle, t: Transmit) {
             let _ = host.send_stream(ch, &frames, priority);
         }
     }
+}
+
+/// How many revisions an origin node applies between flushes of its state (production
+/// flushes before snapshots and log purges; the Raft log holds the rest).
+const FLUSH_EVERY: u64 = 256;
+
+/// One committed entry through the production apply path; the result of its one proposal and
+/// the digest after it.
+fn apply_entry(
+    core: &mut OriginCore<WriteBack<MemBackend>>,
+    index: u64,
+    proposal: Proposal,
+) -> Result<(Result<Applied, ApplyError>, Digest), ApplyError> {
+    core.state_mut().begin_batch();
+    core.begin_entry(Vec::new());
+    let results = entry::apply_proposals(core, index, vec![proposal]);
+    core.end_entry();
+    let mut results = match results {
+        Ok(r) => r,
+        Err(e) => {
+            core.state_mut().discard_batch();
+            return Err(e);
+        }
+    };
+    core.state_mut().commit_batch(Vec::new())?;
+    let revision = core.state_mut().publish_unflushed()?;
+    if revision.0 % FLUSH_EVERY == 0 {
+        core.state_mut().write_back()?;
+        core.state_mut().flush()?;
+    }
+    let digest = core.state().digest();
+    let result = results
+        .pop()
+        .unwrap_or(Err(ApplyError::Invalid("no proposal".into())));
+    Ok((result, digest))
 }
 
 fn with_memo(keys: TrustedKeys, memo: &Option<VerifiedHeads>) -> TrustedKeys {

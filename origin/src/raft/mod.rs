@@ -12,7 +12,7 @@ use std::io::Cursor;
 use meridian_protocol::Address;
 use serde::{Deserialize, Serialize};
 
-use meridian_core::apply::{Applied, Proposal};
+use meridian_core::apply::{Applied, ApplyError, Proposal};
 
 // openraft's traits return its `StorageError` and `RPCError` (over 200 bytes); the helpers here
 // return the same types rather than box them only to unbox them again at the trait boundary.
@@ -119,6 +119,58 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome of a command that was not fatal to the node (see
+    /// `meridian_core::entry::is_fatal`): applied, or refused for a reason the client hears.
+    pub fn from_result(result: Result<Applied, ApplyError>) -> Self {
+        match result {
+            Ok(applied) => Self::Applied(applied),
+            Err(ApplyError::VersionConflict {
+                address,
+                expected,
+                actual,
+            }) => Self::VersionConflict {
+                address,
+                expected,
+                actual,
+            },
+            Err(ApplyError::NotFound(address)) => Self::NotFound(address),
+            Err(ApplyError::ConditionFailed {
+                index,
+                condition,
+                actual,
+            }) => Self::ConditionFailed {
+                index,
+                condition,
+                actual,
+            },
+            Err(ApplyError::Invalid(why)) => Self::Invalid(why),
+            Err(ApplyError::SecretKey(a)) => Self::SecretKey(a),
+            Err(ApplyError::ValueTooLarge {
+                address,
+                bytes,
+                limit,
+            }) => Self::ValueTooLarge {
+                address,
+                bytes,
+                limit,
+            },
+            Err(ApplyError::SchemaViolation { address, violation }) => Self::SchemaViolation {
+                address,
+                path: violation.path.clone(),
+                rule: violation.rule.clone(),
+                message: violation.message.clone(),
+                prefix: violation.prefix.clone(),
+            },
+            Err(ApplyError::CurrentValuesViolate { prefix, keys }) => {
+                Self::CurrentValuesViolate { prefix, keys }
+            }
+            // Fatal errors never reach an outcome: the entry stops the node instead.
+            Err(e @ (ApplyError::Store(_) | ApplyError::History(_) | ApplyError::Schemas(_))) => {
+                Self::Invalid(e.to_string())
+            }
+        }
+    }
+
     /// The outcome as the audit log and the API's error codes name it (`ok` when applied).
     pub fn code(&self) -> &'static str {
         match self {

@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use meridian_protocol::{Revision, SignedHead, Signer};
 use meridian_store::{
     Backend, DurableDb, EXTRA_PREFIX, SignedState, SledBackend, StoreError, Write, WriteBack,
-    WriteBackLimits,
 };
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
@@ -35,7 +34,7 @@ use super::relay::SharedRelay;
 use super::{
     Entry, LogId, Outcome, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use meridian_core::apply::{ApplyError, Command, OriginCore};
+use meridian_core::apply::{Command, OriginCore};
 use meridian_core::history::HISTORY_PREFIX;
 use meridian_core::schema::SCHEMA_PREFIX;
 
@@ -46,14 +45,7 @@ const MEMBERSHIP: &[u8] = &[EXTRA_PREFIX, b'r', b'm'];
 /// several `apply` calls at once.
 pub type StateBackend = WriteBack<SledBackend>;
 
-/// How many `apply` calls' batches the state gathers before sled gets them, as one batch: sled
-/// costs about as much per batch as for a dozen records, and a key written by several calls
-/// (the state's revision, hash and head, the applied log id) is one record instead of several.
-/// A crash loses at most these calls' writes, which openraft applies again from the Raft log.
-pub const WRITE_BACK: WriteBackLimits = WriteBackLimits {
-    max_batches: 8,
-    max_bytes: 8 << 20,
-};
+pub use meridian_core::entry::WRITE_BACK;
 
 /// The origin core shared by the state machine, the write API and the edge server.
 pub type SharedCore = Arc<Mutex<OriginCore<StateBackend>>>;
@@ -282,98 +274,15 @@ impl StateMachine {
         }
     }
 
-    /// The outcome of each command of a normal entry, in order.
+    /// The outcome of each command of a normal entry, in order (`meridian_core::entry`).
     fn apply_commands(
         core: &mut OriginCore<StateBackend>,
         log_id: LogId,
         request: super::Request,
     ) -> Result<Vec<Outcome>, StorageError> {
-        let mut outcomes = Vec::with_capacity(request.commands.len());
-        // Each audit record's place in the entry, so that applying it again adds nothing.
-        let mut position = 0u32;
-        for proposal in request.commands {
-            let described = meridian_core::audit::describe(&proposal.command, &proposal.meta);
-            let events = match &proposal.command {
-                Command::Audit(events) => events.clone(),
-                Command::Reveals { edge, records } => {
-                    crate::secrets::reveals::events(edge, records)
-                }
-                _ => Vec::new(),
-            };
-            let meta = proposal.meta.clone();
-            let outcome =
-                match core.apply_unpublished(proposal.command, Some(&proposal.meta), Vec::new()) {
-                    Ok((applied, _)) => Outcome::Applied(applied),
-                    Err(ApplyError::VersionConflict {
-                        address,
-                        expected,
-                        actual,
-                    }) => Outcome::VersionConflict {
-                        address,
-                        expected,
-                        actual,
-                    },
-                    Err(ApplyError::NotFound(address)) => Outcome::NotFound(address),
-                    Err(ApplyError::ConditionFailed {
-                        index,
-                        condition,
-                        actual,
-                    }) => Outcome::ConditionFailed {
-                        index,
-                        condition,
-                        actual,
-                    },
-                    Err(ApplyError::Invalid(why)) => Outcome::Invalid(why),
-                    Err(ApplyError::SecretKey(a)) => Outcome::SecretKey(a),
-                    Err(ApplyError::ValueTooLarge {
-                        address,
-                        bytes,
-                        limit,
-                    }) => Outcome::ValueTooLarge {
-                        address,
-                        bytes,
-                        limit,
-                    },
-                    Err(ApplyError::Store(e)) => {
-                        return Err(StorageIOError::apply(log_id, &e).into());
-                    }
-                    Err(ApplyError::History(e)) => {
-                        return Err(StorageIOError::apply(log_id, &e).into());
-                    }
-                    Err(ApplyError::Schemas(e)) => {
-                        return Err(StorageIOError::apply(log_id, &e).into());
-                    }
-                    Err(ApplyError::SchemaViolation { address, violation }) => {
-                        Outcome::SchemaViolation {
-                            address,
-                            path: violation.path.clone(),
-                            rule: violation.rule.clone(),
-                            message: violation.message.clone(),
-                            prefix: violation.prefix.clone(),
-                        }
-                    }
-                    Err(ApplyError::CurrentValuesViolate { prefix, keys }) => {
-                        Outcome::CurrentValuesViolate { prefix, keys }
-                    }
-                };
-            let recorded = described.map(|(action, resource)| meridian_core::audit::AuditEvent {
-                time_ms: meta.time_ms,
-                actor: meta.actor,
-                action,
-                resource,
-                outcome: outcome.code().to_owned(),
-                request_id: meta.request_id,
-                source: meta.source,
-                reason: meta.reason,
-            });
-            for event in recorded.into_iter().chain(events) {
-                core.record_audit((log_id.index, position), event)
-                    .map_err(|e| StorageIOError::apply(log_id, &e))?;
-                position += 1;
-            }
-            outcomes.push(outcome);
-        }
-        Ok(outcomes)
+        let results = meridian_core::entry::apply_proposals(core, log_id.index, request.commands)
+            .map_err(|e| StorageError::from(StorageIOError::apply(log_id, &e)))?;
+        Ok(results.into_iter().map(Outcome::from_result).collect())
     }
 
     /// Builds a snapshot on a blocking thread, so that neither the core lock nor a runtime

@@ -6,7 +6,6 @@
 
 pub mod kek_file;
 pub mod keyring;
-pub mod reveals;
 
 use meridian_protocol::secrets::{
     DATA_KEY_RECORD, DataKey, DataKeyRecord, MAX_DATA_KEY_GENERATIONS, Previous, SecretError,

@@ -1,13 +1,13 @@
 //! Reveals of secrets at edges, recorded in the audit log: an edge keeps its reveal records on
 //! disk until the origin acknowledges them, and sends the unacknowledged ones beside each
-//! report; the origin commits them ([`meridian_core::apply::Command::Reveals`]). Each audit record names
+//! report; the origin commits them ([`crate::apply::Command::Reveals`]). Each audit record names
 //! the edge and the edge's record number in `source`, so that a record sent again after an
 //! acknowledgement was lost with its connection is recognisable as the same one; recording
 //! depends on nothing but the command, so every node writes the same chain.
 
 use meridian_protocol::secrets::RevealRecord;
 
-use meridian_core::audit::{AuditEvent, MAX_EVENT_FIELD_BYTES};
+use crate::audit::{AuditEvent, MAX_EVENT_FIELD_BYTES};
 
 /// The audit events of the records of `edge`.
 pub fn events(edge: &str, records: &[RevealRecord]) -> Vec<AuditEvent> {
