@@ -1,17 +1,18 @@
 //! The core's dependency rule (DESIGN.md, section 2): replication decisions are plain state
 //! machines, so nothing in `meridian-core`'s dependency tree may bring a runtime, sockets,
-//! consensus, HTTP, Redis or the on-disk store.
+//! consensus, HTTP, Redis or the on-disk store; and the simulator runs the core, not the
+//! shipped shells around it.
 
 use std::process::Command;
 
-#[test]
-fn the_core_depends_on_no_runtime_socket_consensus_http_or_disk_crate() {
+/// The crates in `package`'s normal dependency tree (itself included).
+fn dependencies(package: &str) -> Vec<String> {
     let out = Command::new(env!("CARGO"))
         .args([
             "tree",
             "--offline",
             "-p",
-            "meridian-core",
+            package,
             "-e",
             "normal",
             "--prefix",
@@ -25,66 +26,58 @@ fn the_core_depends_on_no_runtime_socket_consensus_http_or_disk_crate() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let tree = String::from_utf8_lossy(&out.stdout);
-    let crates: Vec<&str> = tree.lines().filter_map(|l| l.split(' ').next()).collect();
-    assert!(crates.contains(&"meridian-protocol"), "{tree}");
-    for forbidden in [
-        "tokio",
-        "quinn",
-        "quinn-proto",
-        "axum",
-        "hyper",
-        "openraft",
-        "reqwest",
-        "redis",
-        "sled",
-        "rustix",
-        "meridian-net",
-        "meridian-origin",
-        "meridian-edge",
-    ] {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(' ').next().map(str::to_owned))
+        .collect()
+}
+
+fn assert_free_of(package: &str, needed: &str, forbidden: &[&str]) {
+    let crates = dependencies(package);
+    assert!(crates.iter().any(|c| c == needed), "{package}: {crates:?}");
+    for f in forbidden {
         assert!(
-            !crates.contains(&forbidden),
-            "meridian-core depends on {forbidden}:\n{tree}"
+            !crates.iter().any(|c| c == f),
+            "{package} depends on {f}: {crates:?}"
         );
     }
 }
 
 #[test]
-fn the_simulator_runs_the_core_not_the_shells() {
-    let out = Command::new(env!("CARGO"))
-        .args([
-            "tree",
-            "--offline",
-            "-p",
-            "meridian-sim",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo tree runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+fn the_core_depends_on_no_runtime_socket_consensus_http_or_disk_crate() {
+    assert_free_of(
+        "meridian-core",
+        "meridian-protocol",
+        &[
+            "tokio",
+            "quinn",
+            "quinn-proto",
+            "axum",
+            "hyper",
+            "openraft",
+            "reqwest",
+            "redis",
+            "sled",
+            "rustix",
+            "meridian-net",
+            "meridian-origin",
+            "meridian-edge",
+        ],
     );
-    let tree = String::from_utf8_lossy(&out.stdout);
-    let crates: Vec<&str> = tree.lines().filter_map(|l| l.split(' ').next()).collect();
-    assert!(crates.contains(&"meridian-core"), "{tree}");
-    for forbidden in [
-        "meridian-origin",
-        "meridian-edge",
-        "meridian-net",
-        "tokio",
-        "openraft",
-        "sled",
-    ] {
-        assert!(
-            !crates.contains(&forbidden),
-            "meridian-sim depends on {forbidden}:\n{tree}"
-        );
-    }
+}
+
+#[test]
+fn the_simulator_runs_the_core_not_the_shells() {
+    assert_free_of(
+        "meridian-sim",
+        "meridian-core",
+        &[
+            "meridian-origin",
+            "meridian-edge",
+            "meridian-net",
+            "tokio",
+            "openraft",
+            "sled",
+        ],
+    );
 }
