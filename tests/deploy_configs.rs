@@ -68,6 +68,27 @@ fn validation_names_the_key_and_the_limit() {
         c.validate().unwrap_err().key,
         "watch.subscriber_buffer_events"
     );
+    // Peer relay: the announced address, static peers, the number of links.
+    let fresh = || toml::from_str::<EdgeConfig>(&read("us-east.toml")).unwrap();
+    assert!(fresh().peer_listen.is_some(), "the example accepts peers");
+    let mut c = fresh();
+    c.peer_advertise = Some("no-port".into());
+    assert_eq!(c.validate().unwrap_err().key, "peer_advertise");
+    let mut c = fresh();
+    c.peers = vec![meridian_edge::config::StaticPeer {
+        edge_id: "eu-west-1".into(),
+        region: "eu-west".into(),
+        addr: "eu-west-1.internal:0".into(),
+    }];
+    assert_eq!(c.validate().unwrap_err().key, "peers.addr");
+    c.peers[0].addr = "eu-west-1.internal:7482".into();
+    c.peers[0].edge_id = c.edge_id.clone();
+    assert_eq!(c.validate().unwrap_err().key, "peers.edge_id");
+    let mut c = fresh();
+    c.peer_links = 9;
+    let e = c.validate().unwrap_err();
+    assert_eq!(e.key, "peer_links");
+    assert!(e.to_string().contains("at most 8"), "{e}");
     let bad = read("origin.toml").replace("node_id", "nodeid");
     assert!(
         toml::from_str::<OriginConfig>(&bad).is_err(),

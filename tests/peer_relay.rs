@@ -186,6 +186,93 @@ async fn a_peer_that_claims_another_edges_id_is_refused() {
     cluster.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origin_records_only_addresses_an_edge_announces_for_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let c = http();
+    let origin = base(cluster.origin.http_addr);
+    let pki = meridian::dev::pki(dir.path()).unwrap();
+    let announces = |c: reqwest::Client, origin: String| async move {
+        let (_, page) = get_json(&c, &format!("{origin}/v1/audit?action=edge-announce")).await;
+        page["records"].as_array().cloned().unwrap_or_default()
+    };
+    // The dev edges announced themselves once each.
+    let before = announces(c.clone(), origin.clone()).await;
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert!(before.iter().all(|r| {
+        r["actor"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("edge:")
+            .is_some_and(|id| r["resource"] == format!("edge:{id}"))
+    }));
+
+    // eu-west-1's certificate: a garbage address is refused, a good one recorded, under the
+    // edge id the certificate names.
+    let id = meridian::dev::edge_id(REGIONS[1]);
+    let endpoint = meridian_net::quic::client_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        &pki.edge(&id),
+        Default::default(),
+    )
+    .unwrap();
+    let conn = endpoint
+        .connect(
+            cluster.origin.quic_addr,
+            meridian_net::tls::ORIGIN_SERVER_NAME,
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let frames: Vec<Frame> = vec![
+        FrameV1::Hello {
+            edge_id: id.clone(),
+            region: REGIONS[1].into(),
+            revision: meridian_protocol::Revision(0),
+            digest: Default::default(),
+        }
+        .into(),
+        FrameV1::PeerAddress {
+            addr: "not an address".into(),
+        }
+        .into(),
+        FrameV1::PeerAddress {
+            addr: "127.0.0.1:1".into(),
+        }
+        .into(),
+    ];
+    for f in &frames {
+        meridian_net::quic::write_frame(&mut send, f).await.unwrap();
+    }
+    let after = eventually(WAIT, "the good address is recorded", || async {
+        let a = announces(c.clone(), origin.clone()).await;
+        (a.len() == 4).then_some(a)
+    })
+    .await;
+    let newest = after
+        .iter()
+        .find(|r| !before.contains(r))
+        .expect("one new record");
+    assert_eq!(newest["resource"], format!("edge:{id}"));
+    assert_eq!(newest["actor"], format!("edge:{id}"));
+    // What the directory says now, as an edge replicated it: the good address.
+    let edge = &cluster.edges[0];
+    let addr = eventually(WAIT, "the directory reaches the edge", || async {
+        let p = edge.shared.reader.read().unwrap();
+        let addr = meridian_protocol::directory::edges(&p.state)
+            .into_iter()
+            .find(|(e, _)| *e == id)
+            .map(|(_, r)| r.addr)?;
+        (addr == "127.0.0.1:1").then_some(addr)
+    })
+    .await;
+    assert_eq!(addr, "127.0.0.1:1");
+    conn.close(0u32.into(), b"done");
+    cluster.shutdown().await;
+}
+
 /// A loopback UDP address nothing answers on (bound, then released).
 fn dead_udp_addr() -> std::net::SocketAddr {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
