@@ -22,8 +22,25 @@ use meridian_protocol::{
 };
 use meridian_store::{Backend, SignedState, StoreError};
 
-/// Identifies one connection within a distributor.
-pub type ConnId = u64;
+/// Names one connection of a shell (to the distributor, and to an edge's dial policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    /// The first id a shell hands out.
+    pub const FIRST: ConnId = ConnId(1);
+
+    /// The id after this one (ids are never reused).
+    pub fn next(self) -> ConnId {
+        ConnId(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "conn-{}", self.0)
+    }
+}
 
 /// Tuning of the distributor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -554,6 +571,9 @@ mod tests {
     use meridian_protocol::{Change, Delta, Signer, Version};
     use meridian_store::MemBackend;
 
+    const C1: ConnId = ConnId(1);
+    const C2: ConnId = ConnId(2);
+
     fn source(revisions: u64, window: u64) -> SignedState<MemBackend> {
         let signer = Signer::from_bytes(&[5; 32]);
         let mut s = SignedState::open(MemBackend::new(), window).unwrap();
@@ -595,13 +615,13 @@ mod tests {
             ..Default::default()
         });
         let now = Instant::now();
-        d.handle_connect(now, 1);
-        d.handle_frame(now, 1, hello(10), &src);
+        d.handle_connect(now, C1);
+        d.handle_frame(now, C1, hello(10), &src);
         let out = drain(&mut d);
         // First the announcement of the newest head, then the deltas.
         assert!(matches!(
             &out[0],
-            (1, Transmit::Control(Frame::V1(FrameV1::Head(h)))) if h.head.revision == Revision(50)
+            (C1, Transmit::Control(Frame::V1(FrameV1::Head(h)))) if h.head.revision == Revision(50)
         ));
         let counts: Vec<usize> = out[1..]
             .iter()
@@ -622,8 +642,8 @@ mod tests {
             ..Default::default()
         });
         let now = Instant::now();
-        d.handle_connect(now, 1);
-        d.handle_frame(now, 1, hello(2), &src);
+        d.handle_connect(now, C1);
+        d.handle_frame(now, C1, hello(2), &src);
         let out = drain(&mut d);
         assert_eq!(
             out.len(),
@@ -658,16 +678,16 @@ mod tests {
         let src = source(50, 10);
         let mut d = Distributor::new(DistributorConfig::default());
         let now = Instant::now();
-        for conn in [1, 2] {
+        for conn in [C1, C2] {
             d.handle_connect(now, conn);
             d.handle_frame(now, conn, hello(0), &src);
         }
         // Both get a snapshot; the state is copied once for both.
-        assert_eq!(snapshots(&drain(&mut d)), vec![1, 2]);
+        assert_eq!(snapshots(&drain(&mut d)), vec![C1, C2]);
         assert_eq!(d.stats().snapshots_taken, 1);
         // Edge 1 asks for everything 1,000 times at once: nothing more is copied or sent.
         for _ in 0..1_000 {
-            d.handle_frame(now, 1, FrameV1::Need { from: Revision(0) }.into(), &src);
+            d.handle_frame(now, C1, FrameV1::Need { from: Revision(0) }.into(), &src);
         }
         assert!(snapshots(&drain(&mut d)).is_empty());
         assert_eq!(d.stats().snapshots_taken, 1);
@@ -680,7 +700,7 @@ mod tests {
         // Edge 2 is not held back by edge 1: its own Need is served at once from the copy.
         d.handle_frame(
             now + Duration::from_millis(10),
-            2,
+            C2,
             FrameV1::Need { from: Revision(0) }.into(),
             &src,
         );
@@ -693,18 +713,18 @@ mod tests {
         let later = now + Duration::from_millis(1_100);
         d.handle_timeout(later, &src);
         let sent = snapshots(&drain(&mut d));
-        assert_eq!(sent, vec![1, 2]);
+        assert_eq!(sent, vec![C1, C2]);
         assert_eq!(d.stats().snapshots_taken, 1);
         // The copy is dropped after ten intervals; the next snapshot is a fresh one.
         let much_later = now + Duration::from_secs(11);
         d.handle_timeout(much_later, &src);
         d.handle_frame(
             much_later,
-            1,
+            C1,
             FrameV1::Need { from: Revision(0) }.into(),
             &src,
         );
-        assert_eq!(snapshots(&drain(&mut d)), vec![1]);
+        assert_eq!(snapshots(&drain(&mut d)), vec![C1]);
         assert_eq!(d.stats().snapshots_taken, 2);
     }
 
@@ -760,7 +780,7 @@ mod tests {
         let src = source(50, 100);
         let mut d = Distributor::new(DistributorConfig::default());
         let now = Instant::now();
-        d.handle_connect(now, 1);
+        d.handle_connect(now, C1);
         for frame in [
             hello(u64::MAX - 1),
             FrameV1::Ack {
@@ -772,7 +792,7 @@ mod tests {
             }
             .into(),
         ] {
-            d.handle_frame(now, 1, frame, &src);
+            d.handle_frame(now, C1, frame, &src);
         }
         d.handle_timeout(now + Duration::from_secs(5), &src);
         // Nothing is sent for revisions the origin does not have; nothing panicked.
@@ -795,12 +815,12 @@ mod tests {
             ..Default::default()
         });
         let now = Instant::now();
-        d.handle_connect(now, 1);
-        d.handle_frame(now, 1, hello(0), &src);
+        d.handle_connect(now, C1);
+        d.handle_frame(now, C1, hello(0), &src);
         assert_eq!(d.stats().deltas_sent, 5);
         d.handle_frame(
             now,
-            1,
+            C1,
             FrameV1::Ack {
                 revision: Revision(5),
             }
@@ -809,7 +829,7 @@ mod tests {
         );
         assert_eq!(d.stats().deltas_sent, 10);
         // Need rewinds.
-        d.handle_frame(now, 1, FrameV1::Need { from: Revision(3) }.into(), &src);
+        d.handle_frame(now, C1, FrameV1::Need { from: Revision(3) }.into(), &src);
         assert_eq!(d.stats().deltas_sent, 15);
     }
 
@@ -818,9 +838,9 @@ mod tests {
         let mut src = source(10, 100);
         let mut d = Distributor::new(DistributorConfig::default());
         let now = Instant::now();
-        d.handle_connect(now, 1);
-        d.handle_frame(now, 1, hello(10), &src);
-        d.handle_frame(now, 1, FrameV1::Standby.into(), &src);
+        d.handle_connect(now, C1);
+        d.handle_frame(now, C1, hello(10), &src);
+        d.handle_frame(now, C1, FrameV1::Standby.into(), &src);
         drain(&mut d);
         // Commits are not pushed to a standby link...
         let more = source(20, 100);
@@ -841,14 +861,14 @@ mod tests {
         );
         assert!(!out.iter().any(|(_, t)| matches!(t, Transmit::Stream(_))));
         // Need switches it over: everything after `from` is sent, and later commits are pushed.
-        d.handle_frame(later, 1, FrameV1::Need { from: Revision(10) }.into(), &src);
+        d.handle_frame(later, C1, FrameV1::Need { from: Revision(10) }.into(), &src);
         assert_eq!(d.stats().deltas_sent, 10);
         let more = source(25, 100);
         d.handle_commit(later, &more);
         assert_eq!(d.stats().deltas_sent, 15);
         // Standby before Hello makes no sense.
-        d.handle_connect(now, 2);
-        d.handle_frame(now, 2, FrameV1::Standby.into(), &src);
+        d.handle_connect(now, C2);
+        d.handle_frame(now, C2, FrameV1::Standby.into(), &src);
         assert_eq!(d.stats().unexpected_frames, 1);
     }
 
@@ -857,10 +877,10 @@ mod tests {
         let src = source(3, 100);
         let mut d = Distributor::new(DistributorConfig::default());
         let now = Instant::now();
-        d.handle_connect(now, 1);
+        d.handle_connect(now, C1);
         d.handle_frame(
             now,
-            1,
+            C1,
             FrameV1::Ack {
                 revision: Revision(1),
             }
@@ -869,13 +889,13 @@ mod tests {
         );
         assert_eq!(d.stats().unexpected_frames, 1);
         assert!(drain(&mut d).is_empty());
-        d.handle_frame(now, 1, hello(3), &src);
+        d.handle_frame(now, C1, hello(3), &src);
         assert_eq!(drain(&mut d).len(), 1, "the head is announced on Hello");
         let due = d.poll_timeout().unwrap();
         d.handle_timeout(due, &src);
         let out = drain(&mut d);
         assert!(
-            matches!(&out[..], [(1, Transmit::Control(Frame::V1(FrameV1::Head(h))))] if h.head.revision == Revision(3))
+            matches!(&out[..], [(C1, Transmit::Control(Frame::V1(FrameV1::Head(h))))] if h.head.revision == Revision(3))
         );
     }
 }

@@ -27,7 +27,7 @@ use meridian_protocol::{
 use meridian_store::{Backend, SignedState, StoreError};
 
 use crate::distributor::{ChangeSource, ConnId, Distributor, DistributorConfig, Transmit};
-use crate::replicator::{Output, Replicator, ReplicatorConfig};
+use crate::replicator::{LinkId, Output, Replicator, ReplicatorConfig, UpstreamId};
 use crate::topology::{PeerEntry, peer_order};
 
 /// At most this many dials of one link run at once; a newer dial closes the oldest.
@@ -84,12 +84,12 @@ pub enum Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     /// A dial for link `link`, not yet complete.
-    Dialing { link: usize },
+    Dialing { link: LinkId },
     /// Link `link`'s connection.
-    Link { link: usize },
-    /// A peer that dialed this edge, to be served; its upstream number in this edge's own
+    Link { link: LinkId },
+    /// A peer that dialed this edge, to be served; the upstream it is in this edge's own
     /// peer order once its Hello named it.
-    Served { upstream: Option<usize> },
+    Served { upstream: Option<UpstreamId> },
 }
 
 /// How an edge is set up.
@@ -116,8 +116,8 @@ pub struct EdgeNode<B: Backend> {
     origin_region: String,
     roles: BTreeMap<ConnId, Role>,
     /// Per link: its connection, and its dials in progress, oldest first.
-    links: BTreeMap<usize, (Option<ConnId>, Vec<ConnId>)>,
-    /// The peers in this edge's order: upstream `origin_count + i` is `peers[i]`.
+    links: BTreeMap<LinkId, (Option<ConnId>, Vec<ConnId>)>,
+    /// The peers in this edge's order: [`UpstreamId::Peer`]`(i)` is `peers[i]`.
     peers: Vec<PeerEntry>,
     directory: Vec<PeerEntry>,
     static_peers: Vec<PeerEntry>,
@@ -150,7 +150,7 @@ impl<B: Backend> EdgeNode<B> {
             static_peers: config.static_peers,
             relay: config.relay,
             directory_seen: None,
-            next_conn: 1,
+            next_conn: ConnId::FIRST,
             published,
             actions: VecDeque::new(),
         };
@@ -173,25 +173,27 @@ impl<B: Backend> EdgeNode<B> {
         &self.peers
     }
 
-    /// Who upstream number `upstream` is.
-    pub fn upstream(&self, upstream: usize) -> Option<Upstream> {
-        let origins = self.rep.config().origin_count;
-        if upstream < origins {
-            Some(Upstream::Origin(upstream))
-        } else {
-            let n = self.peers.len();
-            (n > 0).then(|| Upstream::Peer(self.peers[(upstream - origins) % n].clone()))
+    /// Who `upstream` is.
+    pub fn upstream(&self, upstream: UpstreamId) -> Option<Upstream> {
+        match upstream {
+            UpstreamId::Origin(i) => {
+                (i < self.rep.config().origin_count.max(1)).then_some(Upstream::Origin(i))
+            }
+            UpstreamId::Peer(i) => {
+                let n = self.peers.len();
+                (n > 0).then(|| Upstream::Peer(self.peers[i % n].clone()))
+            }
         }
     }
 
     /// The connection of link `link`, if it is connected.
-    pub fn link_upstream(&self, link: usize) -> Option<ConnId> {
+    pub fn link_upstream(&self, link: LinkId) -> Option<ConnId> {
         self.links.get(&link).and_then(|(c, _)| *c)
     }
 
     /// What connection `conn` is: `Some(link)` for a link's connection or dial, `None` for a
     /// peer being served or an unknown id.
-    pub fn link_of(&self, conn: ConnId) -> Option<usize> {
+    pub fn link_of(&self, conn: ConnId) -> Option<LinkId> {
         match self.roles.get(&conn) {
             Some(Role::Dialing { link } | Role::Link { link }) => Some(*link),
             _ => None,
@@ -341,12 +343,11 @@ impl<B: Backend> EdgeNode<B> {
             },
             Some(Role::Served { mut upstream }) => {
                 if let Frame::V1(FrameV1::Hello { edge_id, .. }) = &frame {
-                    let origins = self.rep.config().origin_count;
                     upstream = self
                         .peers
                         .iter()
                         .position(|p| p.edge_id == *edge_id)
-                        .map(|i| origins + i);
+                        .map(UpstreamId::Peer);
                     self.roles.insert(conn, Role::Served { upstream });
                 }
                 if let (
@@ -367,7 +368,7 @@ impl<B: Backend> EdgeNode<B> {
 
     /// A frame on link `link` whatever connection carries it: how the simulator plays an
     /// attacker on the link.
-    pub fn handle_link_frame(&mut self, now: Instant, link: usize, frame: Frame) {
+    pub fn handle_link_frame(&mut self, now: Instant, link: LinkId, frame: Frame) {
         self.rep.handle_frame(now, link, frame);
         self.pump(now);
     }
@@ -419,7 +420,7 @@ impl<B: Backend> EdgeNode<B> {
 
     fn next_id(&mut self) -> ConnId {
         let id = self.next_conn;
-        self.next_conn += 1;
+        self.next_conn = id.next();
         id
     }
 
@@ -472,7 +473,7 @@ impl<B: Backend> EdgeNode<B> {
         }
     }
 
-    fn dial(&mut self, now: Instant, link: usize, upstream: usize) {
+    fn dial(&mut self, now: Instant, link: LinkId, upstream: UpstreamId) {
         let Some(to) = self.upstream(upstream) else {
             self.rep.handle_disconnected(now, link);
             return;

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use meridian_core::distributor::ConnId;
 use meridian_core::edge_node::{Action, EdgeNode, Upstream};
-use meridian_core::replicator::ORIGIN_LINK;
+use meridian_core::replicator::LinkId;
 use meridian_net::quic::{read_frame, send_uni, write_frame};
 use meridian_net::slots::{Slot, Slots};
 use meridian_protocol::frame::{DEFAULT_MAX_FRAME_BYTES, MAX_REVEALS_PER_FRAME, MAX_TOKEN_USES};
@@ -227,7 +227,7 @@ fn carry_out<B: Backend>(
             let Some(tx) = held.get(&conn).and_then(|h| h.tx.as_ref()) else {
                 return;
             };
-            let to_origin = node.link_of(conn) == Some(ORIGIN_LINK);
+            let to_origin = node.link_of(conn) == Some(LinkId::ORIGIN);
             let report = to_origin && matches!(frame, Frame::V1(FrameV1::Report { .. }));
             let hello = to_origin && matches!(frame, Frame::V1(FrameV1::Hello { .. }));
             // A full queue means the connection is stuck; the node's silence timeout
@@ -299,7 +299,7 @@ fn handle<B: Backend>(
             }
         }
         Event::Lost(id, reason) => {
-            tracing::debug!(%reason, conn = id, "connection ended");
+            tracing::debug!(%reason, conn = %id, "connection ended");
             if held.remove(&id).is_some() {
                 node.handle_lost(now, id);
             }
@@ -311,14 +311,14 @@ fn handle<B: Backend>(
             // Data keys and reveal acknowledgements count only from the origin: a peer
             // knows this connection's session key too.
             if let Some(frame) = node.handle_frame(now, id, frame)
-                && node.link_of(id) == Some(ORIGIN_LINK)
+                && node.link_of(id) == Some(LinkId::ORIGIN)
             {
                 secrets_frame(id, frame, held, shared);
             }
         }
         Event::Malformed(id, reason) => {
             if held.contains_key(&id) {
-                tracing::warn!(%reason, conn = id, "rejected a malformed frame");
+                tracing::warn!(%reason, conn = %id, "rejected a malformed frame");
                 node.handle_malformed(now, id);
             }
         }
@@ -377,11 +377,11 @@ fn observe<B: Backend>(node: &EdgeNode<B>, origins: &[OriginAddr], shared: &Edge
                         .unwrap_or_default(),
                 ),
                 Some(Upstream::Peer(p)) => ("peer", format!("{} ({})", p.edge_id, p.addr)),
-                None if l.link == ORIGIN_LINK => ("origin", String::new()),
+                None if l.link == LinkId::ORIGIN => ("origin", String::new()),
                 None => ("peer", String::new()),
             };
             UpstreamStatus {
-                link: l.link,
+                link: l.link.index(),
                 kind,
                 upstream: name,
                 state: l.state,

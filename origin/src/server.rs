@@ -87,7 +87,7 @@ pub async fn run<B: Backend + 'static>(
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut writers: BTreeMap<ConnId, mpsc::Sender<Transmit>> = BTreeMap::new();
     let mut connections: BTreeMap<ConnId, quinn::Connection> = BTreeMap::new();
-    let mut next_conn: ConnId = 1;
+    let mut next_conn = ConnId::FIRST;
     let slots = Slots::new(limits.max_connections, limits.max_connections_per_client);
     loop {
         let timeout = distributor.poll_timeout();
@@ -104,7 +104,7 @@ pub async fn run<B: Backend + 'static>(
                     continue;
                 };
                 let id = next_conn;
-                next_conn += 1;
+                next_conn = id.next();
                 tokio::spawn(connection(incoming, id, events_tx.clone(), slot));
             }
             Some(event) = events_rx.recv() => {
@@ -223,7 +223,7 @@ pub async fn run<B: Backend + 'static>(
             if tx.try_send(transmit).is_err() {
                 // It reconnects and catches up from its own revision; its read loop ends with
                 // the connection and reports the disconnect.
-                tracing::warn!(conn = id, "edge is not keeping up; closing its connection");
+                tracing::warn!(conn = %id, "edge is not keeping up; closing its connection");
                 writers.remove(&id);
                 if let Some(conn) = connections.remove(&id) {
                     conn.close(4u32.into(), b"not keeping up");
@@ -433,7 +433,7 @@ async fn connection(
                     // An edge speaks only for itself: its drift reports and acknowledgements
                     // are trusted as the certificate's edge.
                     metrics::counter!("meridian_origin_impersonation_refusals_total").increment(1);
-                    tracing::warn!(conn = id, claimed = %edge_id, "edge id does not match its certificate");
+                    tracing::warn!(conn = %id, claimed = %edge_id, "edge id does not match its certificate");
                     conn.close(3u32.into(), b"edge_id does not match the certificate");
                     break;
                 }
@@ -450,7 +450,7 @@ async fn connection(
             Ok(None) | Err(meridian_net::NetError::Read(_)) => break,
             Err(e) => {
                 metrics::counter!("meridian_origin_bad_frames_total").increment(1);
-                tracing::info!(conn = id, error = %e, "closing edge connection");
+                tracing::info!(conn = %id, error = %e, "closing edge connection");
                 conn.close(2u32.into(), b"bad frame");
                 break;
             }

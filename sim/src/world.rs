@@ -21,7 +21,7 @@ use meridian_core::distributor::{ConnId, Distributor, DistributorConfig, Transmi
 use meridian_core::edge_node::{Action, EdgeNode as CoreEdge, EdgeNodeConfig, Upstream};
 use meridian_core::entry;
 use meridian_core::history::WriteMeta;
-use meridian_core::replicator::{ORIGIN_LINK, Replicator, ReplicatorConfig};
+use meridian_core::replicator::{LinkId, Replicator, ReplicatorConfig};
 use meridian_core::topology::PeerEntry;
 use meridian_protocol::flags::exposure::{ExposureCounter, ExposureKey, ExposureLedger, Source};
 use meridian_protocol::{
@@ -355,7 +355,7 @@ impl World {
             dist: Distributor::new(distributor_config()),
             conns: BTreeMap::new(),
             by_id: BTreeMap::new(),
-            next_conn: 1,
+            next_conn: ConnId::FIRST,
         })))
     }
 
@@ -889,7 +889,7 @@ impl World {
             let digest = e.node.replicator().state().digest_after(&delta);
             let forged = attacker().sign_delta(delta, digest);
             e.node
-                .handle_link_frame(now, ORIGIN_LINK, FrameV1::Delta(forged).into());
+                .handle_link_frame(now, LinkId::ORIGIN, FrameV1::Delta(forged).into());
             self.timeline.push(format!(
                 "{:>9} forged delta offered to edge {n}",
                 fmt_ms(self.now)
@@ -980,7 +980,7 @@ impl World {
                 match ev {
                     HostEvent::Connected(ch, _) => {
                         let id = o.next_conn;
-                        o.next_conn += 1;
+                        o.next_conn = id.next();
                         o.conns.insert(ch, id);
                         o.by_id.insert(id, ch);
                         o.dist.handle_connect(now, id);

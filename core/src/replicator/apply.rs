@@ -6,22 +6,22 @@ use std::time::Instant;
 use meridian_protocol::{SignedDelta, SignedHead, VerifyError};
 use meridian_store::{Backend, StoreError};
 
-use super::{ORIGIN_LINK, Replicator};
+use super::{LinkId, Replicator};
 
 impl<B: Backend> Replicator<B> {
     /// Until when link `link`'s upstream knew the newest head: now for an origin; for a peer,
     /// the moment its last freshness report says it last heard the origin (`None` before its
     /// first report). Confirmations relayed by peers thus age as the peers' own knowledge does:
     /// edges that have all lost the origin do not keep one another fresh.
-    pub(super) fn known_as_of(&self, now: Instant, link: usize) -> Option<Instant> {
-        if link == ORIGIN_LINK {
+    pub(super) fn known_as_of(&self, now: Instant, link: LinkId) -> Option<Instant> {
+        if link == LinkId::ORIGIN {
             return Some(now);
         }
         let (staleness, at, _) = self.links.get(link)?.reported?;
         at.checked_sub(staleness)
     }
 
-    pub(super) fn heard(&mut self, now: Instant, link: usize, head: &SignedHead) {
+    pub(super) fn heard(&mut self, now: Instant, link: LinkId, head: &SignedHead) {
         let as_of = self.known_as_of(now, link);
         if head.head.revision >= self.newest_known
             && let Some(t) = as_of
@@ -69,14 +69,14 @@ impl<B: Backend> Replicator<B> {
         }
     }
 
-    pub(super) fn on_delta(&mut self, now: Instant, link: usize, delta: SignedDelta) {
+    pub(super) fn on_delta(&mut self, now: Instant, link: LinkId, delta: SignedDelta) {
         if let Err(e) = self.trusted.verify_delta(&delta) {
             self.count_verify_error(&e);
             return;
         }
         self.heard(now, link, &delta.head);
         self.last_delta = now;
-        if link == ORIGIN_LINK {
+        if link == LinkId::ORIGIN {
             self.origin_suspect = false;
             self.origin_heard = Some(now);
         } else if let Some(l) = self.links.get_mut(link) {

@@ -7,11 +7,11 @@ pub struct ReplicatorConfig {
     pub edge_id: String,
     /// This edge's region.
     pub region: String,
-    /// How many origin addresses the shell can dial; upstreams `0..origin_count` are origins.
+    /// How many origin addresses the shell can dial: [`UpstreamId::Origin`](super::UpstreamId::Origin)`(0..origin_count)`.
     pub origin_count: usize,
-    /// How many peers the peer links rotate through; upstreams
-    /// `origin_count..origin_count + peer_count` are peers. The shell may know more peers than
-    /// that: a peer named in [`Replicator::handle_peer_holds`](super::Replicator::handle_peer_holds) is dialed by its upstream number
+    /// How many peers the peer links rotate through: [`UpstreamId::Peer`](super::UpstreamId::Peer)`(0..peer_count)`.
+    /// The shell may know more peers than that: a peer named in
+    /// [`Replicator::handle_peer_holds`](super::Replicator::handle_peer_holds) is dialed
     /// whether or not it is in the rotation.
     pub peer_count: usize,
     /// How many peers to keep warm links to at once (at most `peer_count`). Two links,

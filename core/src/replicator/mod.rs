@@ -32,6 +32,7 @@ use meridian_store::{Backend, SignedState};
 
 mod apply;
 mod config;
+mod ids;
 mod link;
 mod snapshot;
 #[cfg(test)]
@@ -40,22 +41,17 @@ mod timers;
 mod upstream;
 
 pub use config::ReplicatorConfig;
+pub use ids::{LinkId, UpstreamId};
 pub use timers::Timer;
 
-use link::{Link, LinkState, peer_links_for};
+use link::{Link, LinkState, Links};
 use snapshot::SnapshotAssembly;
 use upstream::Offer;
-
-/// The link to an origin node.
-pub const ORIGIN_LINK: usize = 0;
-/// The first link to a peer edge (only when peers are configured); peer links are
-/// `PEER_LINK..PEER_LINK + peer_links`.
-pub const PEER_LINK: usize = 1;
 
 /// What the replicator asks its shell to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Dial upstream number `upstream` for link `link`. If the link is already dialing, the
+    /// Dial `upstream` for link `link`. If the link is already dialing, the
     /// earlier dial keeps going: the first to complete becomes the link's connection and the
     /// shell closes the others (a handshake slowed by loss or a latency spike is not thrown
     /// away just as it is about to finish). The shell keeps at most the two most recent dials
@@ -64,26 +60,26 @@ pub enum Output {
     /// [`Output::AbandonDials`]); to move a connected link, the replicator sends
     /// [`Output::Disconnect`] first.
     Connect {
-        /// Which link ([`ORIGIN_LINK`], or a peer link from [`PEER_LINK`] on).
-        link: usize,
-        /// Which upstream address: origins first, then peers.
-        upstream: usize,
+        /// Which link.
+        link: LinkId,
+        /// Which upstream.
+        upstream: UpstreamId,
     },
     /// Close link `link`'s connection and abandon every dial in progress for it.
     Disconnect {
         /// Which link.
-        link: usize,
+        link: LinkId,
     },
     /// Abandon the dials in progress for link `link` and keep its connection: the
     /// connection answered after all.
     AbandonDials {
         /// Which link.
-        link: usize,
+        link: LinkId,
     },
     /// Send a frame on link `link`'s control stream.
     Send {
         /// Which link.
-        link: usize,
+        link: LinkId,
         /// What to send.
         frame: Frame,
     },
@@ -92,12 +88,12 @@ pub enum Output {
 /// One link as the replicator sees it (for status pages).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkView {
-    /// Which link ([`ORIGIN_LINK`], or a peer link).
-    pub link: usize,
+    /// Which link.
+    pub link: LinkId,
     /// `idle`, `connecting`, `settling` or `connected`.
     pub state: &'static str,
     /// The upstream it is on or dialing (its latest dial).
-    pub upstream: Option<usize>,
+    pub upstream: Option<UpstreamId>,
     /// It asked its upstream for heads only (a warm peer link while the origin delivers).
     pub standby: bool,
     /// The revision its upstream last said it holds (peers report it on heartbeats).
@@ -150,7 +146,7 @@ pub struct Replicator<B: Backend> {
     config: ReplicatorConfig,
     trusted: TrustedKeys,
     state: SignedState<B>,
-    links: Vec<Link>,
+    links: Links,
     pending: BTreeMap<Revision, SignedDelta>,
     newest_known: Revision,
     newest_head: Option<SignedHead>,
@@ -192,7 +188,7 @@ impl<B: Backend> Replicator<B> {
     ) -> Self {
         let revision = state.revision();
         let newest_head = state.head();
-        let links = peer_links_for(&config, now, revision, true);
+        let links = Links::new(&config, now, revision);
         Self {
             config,
             trusted,
@@ -232,18 +228,18 @@ impl<B: Backend> Replicator<B> {
         self.storage_full = full;
         if full {
             self.pending.clear();
-            for l in &mut self.links {
+            for (_, l) in self.links.iter_mut() {
                 l.snapshot = None;
             }
             return;
         }
         self.last_progress = now;
         let from = self.state.revision();
-        for (i, l) in self.links.iter_mut().enumerate() {
+        for (link, l) in self.links.iter_mut() {
             if matches!(l.state, LinkState::Connected { .. }) {
                 l.standby = false;
                 let frame = FrameV1::Need { from }.into();
-                self.out.push_back(Output::Send { link: i, frame });
+                self.out.push_back(Output::Send { link, frame });
             }
         }
     }
@@ -260,14 +256,13 @@ impl<B: Backend> Replicator<B> {
 
     /// Whether the link to an origin is up.
     pub fn is_connected(&self) -> bool {
-        self.link_connected(ORIGIN_LINK)
+        self.link_connected(LinkId::ORIGIN)
     }
 
     /// Every link, for status pages.
     pub fn links(&self) -> Vec<LinkView> {
         self.links
             .iter()
-            .enumerate()
             .map(|(link, l)| LinkView {
                 link,
                 state: match l.state {
@@ -294,7 +289,7 @@ impl<B: Backend> Replicator<B> {
     }
 
     /// Whether link `link` is up.
-    pub fn link_connected(&self, link: usize) -> bool {
+    pub fn link_connected(&self, link: LinkId) -> bool {
         self.links
             .get(link)
             .is_some_and(|l| matches!(l.state, LinkState::Connected { .. }))
@@ -316,7 +311,7 @@ impl<B: Backend> Replicator<B> {
         let relayed = self
             .links
             .iter()
-            .filter_map(|l| l.reported)
+            .filter_map(|(_, l)| l.reported)
             .map(|(s, at, _)| s + now.saturating_duration_since(at))
             .min()
             .unwrap_or(Duration::MAX);
@@ -339,7 +334,7 @@ impl<B: Backend> Replicator<B> {
     }
 
     /// A frame arrived on link `link`.
-    pub fn handle_frame(&mut self, now: Instant, link: usize, frame: Frame) {
+    pub fn handle_frame(&mut self, now: Instant, link: LinkId, frame: Frame) {
         // The upstream spoke first: the connection is settled.
         if self
             .links
@@ -375,7 +370,7 @@ impl<B: Backend> Replicator<B> {
             FrameV1::Head(head) => {
                 if self.verify_head(&head) {
                     self.heard(now, link, &head);
-                    if link == ORIGIN_LINK {
+                    if link == LinkId::ORIGIN {
                         self.origin_heard = Some(now);
                     }
                 }
@@ -384,7 +379,7 @@ impl<B: Backend> Replicator<B> {
                 staleness_ms,
                 holds,
             } => {
-                if link >= PEER_LINK {
+                if link.is_peer() {
                     let staleness = Duration::from_millis(staleness_ms);
                     self.links[link].reported = Some((staleness, now, holds));
                     // A peer that was current at `now - staleness` holding no more than what
@@ -440,13 +435,13 @@ impl<B: Backend> Replicator<B> {
             // Published up to the newest head: current as of the moment that head was heard.
             self.current_as_of = Some(self.current_as_of.map_or(heard, |c| c.max(heard)));
         }
-        for (i, l) in self.links.iter_mut().enumerate() {
+        for (link, l) in self.links.iter_mut() {
             // A standby upstream pushes nothing, so there is nothing to acknowledge to it; the
             // `Need` that wakes it says where to start.
             if revision > l.acked && !l.standby && matches!(l.state, LinkState::Connected { .. }) {
                 l.acked = revision;
                 self.out.push_back(Output::Send {
-                    link: i,
+                    link,
                     frame: FrameV1::Ack { revision }.into(),
                 });
             }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use meridian_protocol::{Address, EntryState, SignedHead};
 use meridian_store::{Backend, StoreError};
 
-use super::Replicator;
+use super::{LinkId, Replicator};
 
 /// The bytes an entry counts for against `max_snapshot_bytes`: its address and its value.
 fn entry_bytes(address: &Address, entry: &EntryState) -> u64 {
@@ -31,7 +31,7 @@ impl<B: Backend> Replicator<B> {
     pub(super) fn on_snapshot_begin(
         &mut self,
         now: Instant,
-        link: usize,
+        link: LinkId,
         head: SignedHead,
         entries: u64,
     ) {
@@ -59,7 +59,7 @@ impl<B: Backend> Replicator<B> {
     pub(super) fn on_snapshot_chunk(
         &mut self,
         now: Instant,
-        link: usize,
+        link: LinkId,
         seq: u32,
         entries: Vec<(Address, EntryState)>,
     ) {
@@ -91,7 +91,7 @@ impl<B: Backend> Replicator<B> {
     }
 
     /// `link`'s snapshot ends after `chunks` chunks: installed whole if complete.
-    pub(super) fn on_snapshot_end(&mut self, now: Instant, link: usize, chunks: u32) {
+    pub(super) fn on_snapshot_end(&mut self, now: Instant, link: LinkId, chunks: u32) {
         let Some(s) = self.links[link].snapshot.take() else {
             self.stats.rejected_unexpected += 1;
             return;

@@ -4,6 +4,11 @@ use super::*;
 use meridian_protocol::{Address, Change, Delta, EntryState, Signer, Version};
 use meridian_store::MemBackend;
 
+const ORIGIN_LINK: LinkId = LinkId::ORIGIN;
+const PEER_LINK_0: LinkId = LinkId::peer(0);
+const PEER_LINK_1: LinkId = LinkId::peer(1);
+const ORIGIN_0: UpstreamId = UpstreamId::Origin(0);
+
 fn signer() -> Signer {
     Signer::from_bytes(&[4; 32])
 }
@@ -68,21 +73,21 @@ fn with_peers(now: Instant, peer_count: usize, peer_links: usize) -> Replicator<
 fn relaying(now: Instant, peer_links: usize, delta: &SignedDelta) -> Replicator<MemBackend> {
     let mut r = with_peers(now, 3, peer_links);
     r.handle_timeout(now);
-    r.handle_connected(now, 1);
-    r.handle_frame(now, 1, FrameV1::Delta(delta.clone()).into());
+    r.handle_connected(now, PEER_LINK_0);
+    r.handle_frame(now, PEER_LINK_0, FrameV1::Delta(delta.clone()).into());
     r.flush(now);
     outputs(&mut r);
     r
 }
 
 /// Asserts that `out` asks `link` for everything after `from`.
-fn assert_needs(out: &[Output], link: usize, from: Revision) {
+fn assert_needs(out: &[Output], link: LinkId, from: Revision) {
     let frame = FrameV1::Need { from }.into();
     assert!(out.contains(&Output::Send { link, frame }), "{out:?}");
 }
 
 /// Asserts that `out` dials `upstream` for `link`.
-fn assert_dials(out: &[Output], link: usize, upstream: usize) {
+fn assert_dials(out: &[Output], link: LinkId, upstream: UpstreamId) {
     assert!(out.contains(&Output::Connect { link, upstream }), "{out:?}");
 }
 
@@ -103,16 +108,16 @@ fn connected(now: Instant) -> Replicator<MemBackend> {
     assert_eq!(
         outputs(&mut r),
         vec![Output::Connect {
-            link: 0,
-            upstream: 0
+            link: ORIGIN_LINK,
+            upstream: ORIGIN_0
         }]
     );
-    r.handle_connected(now, 0);
+    r.handle_connected(now, ORIGIN_LINK);
     let out = outputs(&mut r);
     assert!(matches!(
         &out[..],
         [Output::Send {
-            link: 0,
+            link: ORIGIN_LINK,
             frame: Frame::V1(FrameV1::Hello {
                 revision: Revision(0),
                 ..
@@ -130,19 +135,19 @@ fn staleness_counts_from_what_is_published_not_from_heads_merely_heard() {
     assert_eq!(r.current_as_of(), None);
     // A head newer than anything published is heard: the edge is not fresh for it.
     let t1 = t0 + Duration::from_millis(100);
-    r.handle_frame(t1, 0, FrameV1::Head(d[2].head).into());
+    r.handle_frame(t1, ORIGIN_LINK, FrameV1::Head(d[2].head).into());
     r.flush(t1);
     assert_eq!(r.current_as_of(), None, "heard of 3, holds 0");
     // Deltas 1 and 2 are applied and published: still behind the head heard.
     let t2 = t1 + Duration::from_millis(100);
     for delta in &d[..2] {
-        r.handle_frame(t2, 0, FrameV1::Delta(delta.clone()).into());
+        r.handle_frame(t2, ORIGIN_LINK, FrameV1::Delta(delta.clone()).into());
     }
     r.flush(t2);
     assert_eq!(r.current_as_of(), None, "holds 2 of 3");
     // Delta 3 applied but not yet published: still not fresh.
     let t3 = t2 + Duration::from_millis(100);
-    r.handle_frame(t3, 0, FrameV1::Delta(d[2].clone()).into());
+    r.handle_frame(t3, ORIGIN_LINK, FrameV1::Delta(d[2].clone()).into());
     assert_eq!(r.current_as_of(), None, "applied but not published");
     // Published: current as of the moment the newest head was last heard (with delta 3,
     // at t3), not from the flush.
@@ -150,7 +155,7 @@ fn staleness_counts_from_what_is_published_not_from_heads_merely_heard() {
     assert_eq!(r.current_as_of(), Some(t3));
     // The same head heard again later confirms it.
     let t4 = t3 + Duration::from_millis(100);
-    r.handle_frame(t4, 0, FrameV1::Head(d[2].head).into());
+    r.handle_frame(t4, ORIGIN_LINK, FrameV1::Head(d[2].head).into());
     assert_eq!(r.current_as_of(), Some(t4));
 }
 
@@ -160,7 +165,7 @@ fn out_of_order_deltas_are_buffered_then_applied_in_order_and_acked_after_flush(
     let mut r = connected(now);
     let h = history(5);
     for i in [4, 2, 3, 1, 0, 0] {
-        r.handle_frame(now, 0, FrameV1::Delta(h[i].clone()).into());
+        r.handle_frame(now, ORIGIN_LINK, FrameV1::Delta(h[i].clone()).into());
     }
     assert_eq!(r.state().revision(), Revision(5));
     assert_eq!(r.stats().deltas_applied, 5);
@@ -173,7 +178,7 @@ fn out_of_order_deltas_are_buffered_then_applied_in_order_and_acked_after_flush(
     assert_eq!(
         outputs(&mut r),
         vec![Output::Send {
-            link: 0,
+            link: ORIGIN_LINK,
             frame: FrameV1::Ack {
                 revision: Revision(5)
             }
@@ -188,17 +193,17 @@ fn a_full_disk_applies_and_asks_nothing_and_room_asks_for_what_came_meanwhile() 
     let now = Instant::now();
     let mut r = connected(now);
     let h = history(3);
-    r.handle_frame(now, 0, FrameV1::Delta(h[0].clone()).into());
+    r.handle_frame(now, ORIGIN_LINK, FrameV1::Delta(h[0].clone()).into());
     r.flush(now);
     outputs(&mut r);
     r.handle_storage(now, true);
     assert!(r.storage_full());
-    r.handle_frame(now, 0, FrameV1::Delta(h[1].clone()).into());
-    r.handle_frame(now, 0, FrameV1::Delta(h[2].clone()).into());
+    r.handle_frame(now, ORIGIN_LINK, FrameV1::Delta(h[1].clone()).into());
+    r.handle_frame(now, ORIGIN_LINK, FrameV1::Delta(h[2].clone()).into());
     assert_eq!(r.state().revision(), Revision(1), "nothing applied");
     assert_eq!(r.stats().dropped_disk_full, 2);
     // Heads are still heard: the edge knows it is behind.
-    r.handle_frame(now, 0, FrameV1::Head(h[2].head).into());
+    r.handle_frame(now, ORIGIN_LINK, FrameV1::Head(h[2].head).into());
     assert_eq!(r.newest_known(), Revision(3));
     assert_eq!(r.flush(now), Revision(1));
     // No stall re-asks while full (past the stall timeout, within the silence timeout):
@@ -217,9 +222,9 @@ fn a_full_disk_applies_and_asks_nothing_and_room_asks_for_what_came_meanwhile() 
         "{out:?}"
     );
     r.handle_storage(later, false);
-    assert_needs(&outputs(&mut r), 0, Revision(1));
-    r.handle_frame(later, 0, FrameV1::Delta(h[1].clone()).into());
-    r.handle_frame(later, 0, FrameV1::Delta(h[2].clone()).into());
+    assert_needs(&outputs(&mut r), ORIGIN_LINK, Revision(1));
+    r.handle_frame(later, ORIGIN_LINK, FrameV1::Delta(h[1].clone()).into());
+    r.handle_frame(later, ORIGIN_LINK, FrameV1::Delta(h[2].clone()).into());
     assert_eq!(r.flush(later), Revision(3));
 }
 
@@ -228,15 +233,15 @@ fn a_stall_behind_a_known_head_asks_again() {
     let now = Instant::now();
     let mut r = connected(now);
     let h = history(3);
-    r.handle_frame(now, 0, FrameV1::Delta(h[0].clone()).into());
-    r.handle_frame(now, 0, FrameV1::Head(h[2].head).into());
+    r.handle_frame(now, ORIGIN_LINK, FrameV1::Delta(h[0].clone()).into());
+    r.handle_frame(now, ORIGIN_LINK, FrameV1::Head(h[2].head).into());
     assert_eq!(r.newest_known(), Revision(3));
     let due = r.poll_timeout().unwrap();
     assert!(due <= now + Duration::from_millis(1_000));
     let later = now + Duration::from_millis(1_000);
     r.handle_timeout(later);
     let out = outputs(&mut r);
-    assert_needs(&out, 0, Revision(1));
+    assert_needs(&out, ORIGIN_LINK, Revision(1));
     assert!(r.lag(later) >= Duration::from_millis(1_000));
 }
 
@@ -254,8 +259,8 @@ fn an_origin_connection_that_never_answers_gets_a_fresh_dial_beside_it() {
     assert_eq!(
         out,
         vec![Output::Connect {
-            link: 0,
-            upstream: 0
+            link: ORIGIN_LINK,
+            upstream: ORIGIN_0
         }]
     );
     assert!(r.is_connected());
@@ -267,8 +272,8 @@ fn an_origin_connection_that_never_answers_gets_a_fresh_dial_beside_it() {
     // The old connection answers first: the dial is abandoned, the link is kept.
     let h = history(1);
     let at = t0 + timeout + Duration::from_millis(200);
-    r.handle_frame(at, 0, FrameV1::Head(h[0].head).into());
-    assert!(outputs(&mut r).contains(&Output::AbandonDials { link: 0 }));
+    r.handle_frame(at, ORIGIN_LINK, FrameV1::Head(h[0].head).into());
+    assert!(outputs(&mut r).contains(&Output::AbandonDials { link: ORIGIN_LINK }));
     // An origin link that answered is never probed again, whatever the silence.
     r.handle_timeout(at + Duration::from_millis(1_400));
     let out = outputs(&mut r);
@@ -284,17 +289,17 @@ fn a_fresh_dial_that_completes_first_replaces_the_silent_connection() {
     let mut r = connected(t0);
     let timeout = Duration::from_millis(ReplicatorConfig::default().connect_timeout_ms);
     r.handle_timeout(t0 + timeout);
-    assert_dials(&outputs(&mut r), 0, 0);
+    assert_dials(&outputs(&mut r), ORIGIN_LINK, ORIGIN_0);
     // The new dial completes: the link starts over with a Hello on the new connection
     // and waits its own connect timeout before dialing again.
     let t1 = t0 + timeout + Duration::from_millis(300);
-    r.handle_connected(t1, 0);
+    r.handle_connected(t1, ORIGIN_LINK);
     let out = outputs(&mut r);
     assert!(
         matches!(
             &out[..],
             [Output::Send {
-                link: 0,
+                link: ORIGIN_LINK,
                 frame: Frame::V1(FrameV1::Hello { .. })
             }]
         ),
@@ -303,7 +308,7 @@ fn a_fresh_dial_that_completes_first_replaces_the_silent_connection() {
     r.handle_timeout(t1 + timeout - Duration::from_millis(1));
     assert!(!dials(&mut r));
     r.handle_timeout(t1 + timeout);
-    assert_dials(&outputs(&mut r), 0, 0);
+    assert_dials(&outputs(&mut r), ORIGIN_LINK, ORIGIN_0);
 }
 
 #[test]
@@ -312,7 +317,7 @@ fn silence_drops_the_link_and_reconnects_with_bounded_backoff() {
     let mut r = connected(t0);
     let t1 = t0 + Duration::from_millis(3_000);
     r.handle_timeout(t1);
-    assert!(outputs(&mut r).contains(&Output::Disconnect { link: 0 }));
+    assert!(outputs(&mut r).contains(&Output::Disconnect { link: ORIGIN_LINK }));
     assert!(!r.is_connected());
     // Backoff doubles from 50 ms to the 2 s cap across failed dials.
     let mut now = t1;
@@ -323,11 +328,11 @@ fn silence_drops_the_link_and_reconnects_with_bounded_backoff() {
         now = at;
         r.handle_timeout(now);
         assert!(matches!(outputs(&mut r)[..], [Output::Connect { .. }]));
-        r.handle_disconnected(now, 0);
+        r.handle_disconnected(now, ORIGIN_LINK);
     }
     assert_eq!(delays, vec![50, 100, 200, 400, 800, 1600, 2000, 2000]);
-    r.handle_connected(now, 0);
-    r.handle_disconnected(now, 0);
+    r.handle_connected(now, ORIGIN_LINK);
+    r.handle_disconnected(now, ORIGIN_LINK);
     assert_eq!(
         r.poll_timeout().unwrap().duration_since(now).as_millis(),
         50,
@@ -346,7 +351,7 @@ fn hello_waits_out_the_hello_delay_and_nothing_goes_before_it() {
         t0,
     );
     r.handle_timeout(t0);
-    assert_dials(&outputs(&mut r), ORIGIN_LINK, 0);
+    assert_dials(&outputs(&mut r), ORIGIN_LINK, ORIGIN_0);
     r.handle_connected(t0, ORIGIN_LINK);
     // Nothing leaves before the delay: a Hello sent now could overtake the handshake's
     // last flight and be dropped by the upstream.
@@ -401,7 +406,7 @@ fn heartbeats_go_out_on_schedule() {
     assert_eq!(due, now + Duration::from_millis(500));
     r.handle_frame(
         due,
-        0,
+        ORIGIN_LINK,
         FrameV1::Heartbeat {
             revision: Revision(0),
         }
@@ -413,14 +418,14 @@ fn heartbeats_go_out_on_schedule() {
         outputs(&mut r),
         vec![
             Output::Send {
-                link: 0,
+                link: ORIGIN_LINK,
                 frame: FrameV1::Heartbeat {
                     revision: Revision(0)
                 }
                 .into()
             },
             Output::Send {
-                link: 0,
+                link: ORIGIN_LINK,
                 frame: FrameV1::Report {
                     revision: Revision(0),
                     digest: r.digest(),
@@ -449,7 +454,7 @@ fn a_snapshot_arriving_for_longer_than_the_stall_timeout_is_not_asked_for_again(
     let entries = entries_after(&h);
     r.handle_frame(
         start,
-        0,
+        ORIGIN_LINK,
         FrameV1::SnapshotBegin {
             head: h[3].head,
             entries: entries.len() as u64,
@@ -462,11 +467,11 @@ fn a_snapshot_arriving_for_longer_than_the_stall_timeout_is_not_asked_for_again(
     let mut now = start;
     for (seq, entry) in entries.iter().enumerate() {
         now += Duration::from_millis(600);
-        r.handle_frame(now, 0, FrameV1::Head(h[3].head).into());
+        r.handle_frame(now, ORIGIN_LINK, FrameV1::Head(h[3].head).into());
         r.handle_timeout(now);
         r.handle_frame(
             now,
-            0,
+            ORIGIN_LINK,
             FrameV1::SnapshotChunk {
                 seq: seq as u32,
                 entries: vec![entry.clone()],
@@ -487,7 +492,7 @@ fn a_snapshot_arriving_for_longer_than_the_stall_timeout_is_not_asked_for_again(
     }
     r.handle_frame(
         now,
-        0,
+        ORIGIN_LINK,
         FrameV1::SnapshotEnd {
             chunks: entries.len() as u32,
         }
@@ -505,7 +510,7 @@ fn a_snapshot_with_a_missing_chunk_is_refused() {
     let entries = entries_after(&h);
     r.handle_frame(
         now,
-        0,
+        ORIGIN_LINK,
         FrameV1::SnapshotBegin {
             head: h[3].head,
             entries: entries.len() as u64,
@@ -514,27 +519,31 @@ fn a_snapshot_with_a_missing_chunk_is_refused() {
     );
     r.handle_frame(
         now,
-        0,
+        ORIGIN_LINK,
         FrameV1::SnapshotChunk {
             seq: 1,
             entries: entries.clone(),
         }
         .into(),
     );
-    r.handle_frame(now, 0, FrameV1::SnapshotEnd { chunks: 1 }.into());
+    r.handle_frame(now, ORIGIN_LINK, FrameV1::SnapshotEnd { chunks: 1 }.into());
     assert_eq!(r.state().revision(), Revision(0));
     assert!(r.stats().rejected_unexpected >= 1);
     r.handle_frame(
         now,
-        0,
+        ORIGIN_LINK,
         FrameV1::SnapshotBegin {
             head: h[3].head,
             entries: entries.len() as u64,
         }
         .into(),
     );
-    r.handle_frame(now, 0, FrameV1::SnapshotChunk { seq: 0, entries }.into());
-    r.handle_frame(now, 0, FrameV1::SnapshotEnd { chunks: 1 }.into());
+    r.handle_frame(
+        now,
+        ORIGIN_LINK,
+        FrameV1::SnapshotChunk { seq: 0, entries }.into(),
+    );
+    r.handle_frame(now, ORIGIN_LINK, FrameV1::SnapshotEnd { chunks: 1 }.into());
     assert_eq!(r.state().revision(), Revision(4));
     assert_eq!(r.stats().snapshots_installed, 1);
 }
@@ -553,7 +562,7 @@ fn a_snapshot_larger_than_its_byte_bound_is_dropped_while_it_arrives() {
         now,
     );
     r.handle_timeout(now);
-    r.handle_connected(now, 0);
+    r.handle_connected(now, ORIGIN_LINK);
     outputs(&mut r);
     let h = history(4);
     let entries = entries_after(&h);
@@ -562,9 +571,13 @@ fn a_snapshot_larger_than_its_byte_bound_is_dropped_while_it_arrives() {
         head: h[3].head,
         entries: entries.len() as u64,
     };
-    r.handle_frame(now, 0, begin.into());
-    r.handle_frame(now, 0, FrameV1::SnapshotChunk { seq: 0, entries }.into());
-    r.handle_frame(now, 0, FrameV1::SnapshotEnd { chunks: 1 }.into());
+    r.handle_frame(now, ORIGIN_LINK, begin.into());
+    r.handle_frame(
+        now,
+        ORIGIN_LINK,
+        FrameV1::SnapshotChunk { seq: 0, entries }.into(),
+    );
+    r.handle_frame(now, ORIGIN_LINK, FrameV1::SnapshotEnd { chunks: 1 }.into());
     assert_eq!(r.state().revision(), Revision(0), "nothing installed");
     assert_eq!(r.stats().snapshots_installed, 0);
     assert!(r.stats().rejected_unexpected >= 1);
@@ -577,21 +590,21 @@ fn the_peer_link_stays_warm_switches_over_with_need_and_leaves_stale_peers() {
     r.handle_timeout(now);
     // Both the origin and the first peer are dialed at once.
     let out = outputs(&mut r);
-    assert_dials(&out, 0, 0);
-    assert_dials(&out, 1, 1);
+    assert_dials(&out, ORIGIN_LINK, ORIGIN_0);
+    assert_dials(&out, PEER_LINK_0, UpstreamId::Peer(0));
     // A peer connected while the origin link has not answered yet is left delivering;
     // once the origin answers, the peer is told to stand by: heads only, no deltas.
-    r.handle_connected(now, 0);
-    r.handle_connected(now, 1);
+    r.handle_connected(now, ORIGIN_LINK);
+    r.handle_connected(now, PEER_LINK_0);
     let standby = Output::Send {
-        link: 1,
+        link: PEER_LINK_0,
         frame: FrameV1::Standby.into(),
     };
     assert!(!outputs(&mut r).contains(&standby));
     let hb = FrameV1::Heartbeat {
         revision: Revision(0),
     };
-    r.handle_frame(now, 0, hb.clone().into());
+    r.handle_frame(now, ORIGIN_LINK, hb.clone().into());
     r.handle_timeout(now);
     let out = outputs(&mut r);
     assert!(out.contains(&standby), "{out:?}");
@@ -601,21 +614,25 @@ fn the_peer_link_stays_warm_switches_over_with_need_and_leaves_stale_peers() {
     assert!(
         !out.iter().any(|o| matches!(
             o,
-            Output::Disconnect { link: 1 } | Output::Connect { link: 1, .. }
+            Output::Disconnect { link: PEER_LINK_0 }
+                | Output::Connect {
+                    link: PEER_LINK_0,
+                    ..
+                }
         )),
         "the warm link is kept: {out:?}"
     );
 
     // The origin link drops: the peer is asked to deliver, without dialing anything.
-    r.handle_disconnected(now, 0);
+    r.handle_disconnected(now, ORIGIN_LINK);
     r.handle_timeout(now);
     let out = outputs(&mut r);
-    assert_needs(&out, 1, Revision(0));
+    assert_needs(&out, PEER_LINK_0, Revision(0));
 
     // The peer says it has not heard the origin for 5 s: move to the next peer.
     r.handle_frame(
         now,
-        1,
+        PEER_LINK_0,
         FrameV1::Freshness {
             staleness_ms: 5_000,
             holds: Revision(0),
@@ -624,52 +641,65 @@ fn the_peer_link_stays_warm_switches_over_with_need_and_leaves_stale_peers() {
     );
     r.handle_timeout(now);
     let out = outputs(&mut r);
-    assert!(out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
-    assert_dials(&out, 1, 2);
+    assert!(
+        out.contains(&Output::Disconnect { link: PEER_LINK_0 }),
+        "{out:?}"
+    );
+    assert_dials(&out, PEER_LINK_0, UpstreamId::Peer(1));
 
     // That peer's link then goes silent and drops; its old report must not condemn the
     // next peer the moment it connects.
-    r.handle_connected(now, 1);
+    r.handle_connected(now, PEER_LINK_0);
     r.handle_frame(
         now,
-        1,
+        PEER_LINK_0,
         FrameV1::Freshness {
             staleness_ms: 1_400,
             holds: Revision(0),
         }
         .into(),
     );
-    r.handle_disconnected(now, 1);
+    r.handle_disconnected(now, PEER_LINK_0);
     let later = now + Duration::from_millis(200);
     r.handle_timeout(later);
     outputs(&mut r);
-    r.handle_connected(later, 1);
+    r.handle_connected(later, PEER_LINK_0);
     r.handle_timeout(later);
     let out = outputs(&mut r);
-    assert!(!out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
+    assert!(
+        !out.contains(&Output::Disconnect { link: PEER_LINK_0 }),
+        "{out:?}"
+    );
 
     // A fresh peer relays a delta; when the origin comes back the peer stands by again.
-    r.handle_connected(now, 1);
+    r.handle_connected(now, PEER_LINK_0);
     let out = outputs(&mut r);
     assert!(!out.contains(&standby), "origin is down: {out:?}");
     r.handle_frame(
         now,
-        1,
+        PEER_LINK_0,
         FrameV1::Freshness {
             staleness_ms: 20,
             holds: Revision(1),
         }
         .into(),
     );
-    r.handle_frame(now, 1, FrameV1::Delta(history(1)[0].clone()).into());
+    r.handle_frame(
+        now,
+        PEER_LINK_0,
+        FrameV1::Delta(history(1)[0].clone()).into(),
+    );
     assert_eq!(r.state().revision(), Revision(1));
     outputs(&mut r);
-    r.handle_connected(now, 0);
-    r.handle_frame(now, 0, hb.into());
+    r.handle_connected(now, ORIGIN_LINK);
+    r.handle_frame(now, ORIGIN_LINK, hb.into());
     r.handle_timeout(now);
     let out = outputs(&mut r);
     assert!(out.contains(&standby), "{out:?}");
-    assert!(!out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
+    assert!(
+        !out.contains(&Output::Disconnect { link: PEER_LINK_0 }),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -679,22 +709,22 @@ fn confirmations_relayed_by_peers_age_with_the_peers_own_knowledge() {
     let t0 = Instant::now();
     let mut r = with_peers(t0, 3, 1);
     r.handle_timeout(t0);
-    r.handle_connected(t0, 1);
+    r.handle_connected(t0, PEER_LINK_0);
     let d = history(1);
     // A peer that last heard the origin 5 s before it reported.
     let stale = FrameV1::Freshness {
         staleness_ms: 5_000,
         holds: Revision(1),
     };
-    r.handle_frame(t0, 1, stale.into());
-    r.handle_frame(t0, 1, FrameV1::Delta(d[0].clone()).into());
+    r.handle_frame(t0, PEER_LINK_0, stale.into());
+    r.handle_frame(t0, PEER_LINK_0, FrameV1::Delta(d[0].clone()).into());
     r.flush(t0);
     assert_eq!(r.state().revision(), Revision(1));
     let t1 = t0 + Duration::from_secs(10);
-    r.handle_frame(t1, 1, FrameV1::Head(d[0].head).into());
+    r.handle_frame(t1, PEER_LINK_0, FrameV1::Head(d[0].head).into());
     r.handle_frame(
         t1,
-        1,
+        PEER_LINK_0,
         FrameV1::Freshness {
             staleness_ms: 15_000,
             holds: Revision(1),
@@ -711,7 +741,7 @@ fn confirmations_relayed_by_peers_age_with_the_peers_own_knowledge() {
     let t2 = t1 + Duration::from_secs(1);
     r.handle_frame(
         t2,
-        1,
+        PEER_LINK_0,
         FrameV1::Freshness {
             staleness_ms: 100,
             holds: Revision(1),
@@ -729,14 +759,14 @@ fn an_origin_link_that_goes_quiet_wakes_the_standby_peers_until_it_speaks_again(
     let now = Instant::now();
     let mut r = with_peers(now, 3, 1);
     r.handle_timeout(now);
-    r.handle_connected(now, 0);
-    r.handle_connected(now, 1);
+    r.handle_connected(now, ORIGIN_LINK);
+    r.handle_connected(now, PEER_LINK_0);
     let deltas = history(2);
-    r.handle_frame(now, 0, FrameV1::Delta(deltas[0].clone()).into());
+    r.handle_frame(now, ORIGIN_LINK, FrameV1::Delta(deltas[0].clone()).into());
     r.flush(now);
     r.handle_timeout(now);
     let standby = Output::Send {
-        link: 1,
+        link: PEER_LINK_0,
         frame: FrameV1::Standby.into(),
     };
     assert!(outputs(&mut r).contains(&standby));
@@ -750,22 +780,22 @@ fn an_origin_link_that_goes_quiet_wakes_the_standby_peers_until_it_speaks_again(
     assert!(!out.iter().any(|o| matches!(
         o,
         Output::Send {
-            link: 1,
+            link: PEER_LINK_0,
             frame: Frame::V1(FrameV1::Need { .. })
         }
     )));
     r.handle_timeout(now + quiet);
-    assert_needs(&outputs(&mut r), 1, Revision(1));
+    assert_needs(&outputs(&mut r), PEER_LINK_0, Revision(1));
     // No busy loop once the peers are awake.
     assert!(r.poll_timeout().is_some_and(|t| t > now + quiet));
 
     // The peer relays revision 2; then the origin speaks again and the peer stands by.
     let later = now + quiet + Duration::from_millis(100);
-    r.handle_frame(later, 1, FrameV1::Delta(deltas[1].clone()).into());
+    r.handle_frame(later, PEER_LINK_0, FrameV1::Delta(deltas[1].clone()).into());
     r.flush(later);
     assert_eq!(r.state().revision(), Revision(2));
     outputs(&mut r);
-    r.handle_frame(later, 0, FrameV1::Head(deltas[1].head).into());
+    r.handle_frame(later, ORIGIN_LINK, FrameV1::Head(deltas[1].head).into());
     r.handle_timeout(later);
     assert!(outputs(&mut r).contains(&standby));
 }
@@ -775,30 +805,30 @@ fn a_relay_that_keeps_delivering_is_kept_whatever_it_reports() {
     let now = Instant::now();
     let mut r = with_peers(now, 3, 2);
     r.handle_timeout(now);
-    r.handle_connected(now, 1);
+    r.handle_connected(now, PEER_LINK_0);
     outputs(&mut r);
     let h = history(2);
     // Its report trails what it delivers: it claims 2 s staleness and to hold revision 0,
     // yet revision 1 arrives from it.
     r.handle_frame(
         now,
-        1,
+        PEER_LINK_0,
         FrameV1::Freshness {
             staleness_ms: 2_000,
             holds: Revision(0),
         }
         .into(),
     );
-    r.handle_frame(now, 1, FrameV1::Delta(h[0].clone()).into());
+    r.handle_frame(now, PEER_LINK_0, FrameV1::Delta(h[0].clone()).into());
     r.flush(now);
     let soon = now + Duration::from_millis(500);
     r.handle_timeout(soon);
-    assert!(!outputs(&mut r).contains(&Output::Disconnect { link: 1 }));
+    assert!(!outputs(&mut r).contains(&Output::Disconnect { link: PEER_LINK_0 }));
     // Once it has delivered nothing for longer than the limit, it is left.
     let later = now + Duration::from_millis(1_600);
     r.handle_frame(
         later,
-        1,
+        PEER_LINK_0,
         FrameV1::Freshness {
             staleness_ms: 3_000,
             holds: Revision(1),
@@ -806,7 +836,7 @@ fn a_relay_that_keeps_delivering_is_kept_whatever_it_reports() {
         .into(),
     );
     r.handle_timeout(later);
-    assert!(outputs(&mut r).contains(&Output::Disconnect { link: 1 }));
+    assert!(outputs(&mut r).contains(&Output::Disconnect { link: PEER_LINK_0 }));
 }
 
 #[test]
@@ -816,31 +846,38 @@ fn two_peer_links_interleave_the_peers_and_both_switch_over() {
     assert_eq!(r.link_count(), 3);
     r.handle_timeout(now);
     let out = outputs(&mut r);
-    for (link, upstream) in [(0, 0), (1, 1), (2, 2)] {
+    for (link, upstream) in [
+        (ORIGIN_LINK, ORIGIN_0),
+        (PEER_LINK_0, UpstreamId::Peer(0)),
+        (PEER_LINK_1, UpstreamId::Peer(1)),
+    ] {
         assert!(out.contains(&Output::Connect { link, upstream }), "{out:?}");
     }
     // A failed dial moves each link to its next share of the peers, never the other's.
-    r.handle_disconnected(now, 1);
-    r.handle_disconnected(now, 2);
+    r.handle_disconnected(now, PEER_LINK_0);
+    r.handle_disconnected(now, PEER_LINK_1);
     let later = now + Duration::from_secs(2);
     r.handle_timeout(later);
     let out = outputs(&mut r);
-    for (link, upstream) in [(1, 3), (2, 4)] {
+    for (link, upstream) in [
+        (PEER_LINK_0, UpstreamId::Peer(2)),
+        (PEER_LINK_1, UpstreamId::Peer(3)),
+    ] {
         assert!(out.contains(&Output::Connect { link, upstream }), "{out:?}");
     }
-    r.handle_connected(later, 0);
+    r.handle_connected(later, ORIGIN_LINK);
     r.handle_frame(
         later,
-        0,
+        ORIGIN_LINK,
         FrameV1::Heartbeat {
             revision: Revision(0),
         }
         .into(),
     );
-    r.handle_connected(later, 1);
-    r.handle_connected(later, 2);
+    r.handle_connected(later, PEER_LINK_0);
+    r.handle_connected(later, PEER_LINK_1);
     let out = outputs(&mut r);
-    for link in [1, 2] {
+    for link in [PEER_LINK_0, PEER_LINK_1] {
         assert!(
             out.contains(&Output::Send {
                 link,
@@ -849,10 +886,10 @@ fn two_peer_links_interleave_the_peers_and_both_switch_over() {
             "{out:?}"
         );
     }
-    r.handle_disconnected(later, 0);
+    r.handle_disconnected(later, ORIGIN_LINK);
     r.handle_timeout(later);
     let out = outputs(&mut r);
-    for link in [1, 2] {
+    for link in [PEER_LINK_0, PEER_LINK_1] {
         assert_needs(&out, link, Revision(0));
     }
 }
@@ -864,23 +901,31 @@ fn a_peer_that_dials_us_holding_more_is_dialed_back() {
     r.handle_timeout(now);
     outputs(&mut r);
     // Nothing newer: no offer.
-    r.handle_peer_holds(now, 5, Revision(0));
+    r.handle_peer_holds(now, UpstreamId::Peer(4), Revision(0));
     r.handle_timeout(now);
     assert!(outputs(&mut r).is_empty());
-    // Upstream 5 is outside the rotation (peers 1..=3), yet it is dialed when it offers
+    // Peer 4 is outside the rotation (peers 0..=2), yet it is dialed when it offers
     // more than the edge holds, on a link that was still searching.
-    r.handle_peer_holds(now, 5, Revision(2));
+    r.handle_peer_holds(now, UpstreamId::Peer(4), Revision(2));
     r.handle_timeout(now);
     let out = outputs(&mut r);
-    assert!(out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
-    assert_dials(&out, 1, 5);
     assert!(
-        !out.iter()
-            .any(|o| matches!(o, Output::Connect { link: 2, .. })),
+        out.contains(&Output::Disconnect { link: PEER_LINK_0 }),
+        "{out:?}"
+    );
+    assert_dials(&out, PEER_LINK_0, UpstreamId::Peer(4));
+    assert!(
+        !out.iter().any(|o| matches!(
+            o,
+            Output::Connect {
+                link: PEER_LINK_1,
+                ..
+            }
+        )),
         "one link is enough: {out:?}"
     );
     // An offer from the peer a link is already on changes nothing.
-    r.handle_peer_holds(now, 5, Revision(3));
+    r.handle_peer_holds(now, UpstreamId::Peer(4), Revision(3));
     r.handle_timeout(now);
     assert!(outputs(&mut r).is_empty());
 }
@@ -892,36 +937,44 @@ fn offers_leave_a_delivering_origin_or_relay_alone_and_expire() {
     // The origin delivers: offers are ignored (standby peers stay standby).
     let mut r = with_peers(now, 3, 2);
     r.handle_timeout(now);
-    r.handle_connected(now, 0);
+    r.handle_connected(now, ORIGIN_LINK);
     r.handle_frame(
         now,
-        0,
+        ORIGIN_LINK,
         FrameV1::Heartbeat {
             revision: Revision(0),
         }
         .into(),
     );
     outputs(&mut r);
-    r.handle_peer_holds(now, 4, Revision(1));
+    r.handle_peer_holds(now, UpstreamId::Peer(3), Revision(1));
     r.handle_timeout(now);
     let out = outputs(&mut r);
     assert!(
-        !out.iter()
-            .any(|o| matches!(o, Output::Connect { upstream: 4, .. })),
+        !out.iter().any(|o| matches!(
+            o,
+            Output::Connect {
+                upstream: UpstreamId::Peer(3),
+                ..
+            }
+        )),
         "{out:?}"
     );
 
-    // No origin; link 1's relay is delivering, so link 2 is the one redirected.
+    // No origin; peer link 0's relay is delivering, so peer link 1 is the one redirected.
     let mut r = relaying(now, 2, &h[0]);
-    r.handle_peer_holds(now, 4, Revision(5));
+    r.handle_peer_holds(now, UpstreamId::Peer(3), Revision(5));
     r.handle_timeout(now);
     let out = outputs(&mut r);
-    assert_dials(&out, 2, 4);
-    assert!(!out.contains(&Output::Disconnect { link: 1 }), "{out:?}");
+    assert_dials(&out, PEER_LINK_1, UpstreamId::Peer(3));
+    assert!(
+        !out.contains(&Output::Disconnect { link: PEER_LINK_0 }),
+        "{out:?}"
+    );
 
     // An offer not taken within the staleness limit is dropped.
     let mut r = relaying(now, 1, &h[0]);
-    r.handle_peer_holds(now, 4, Revision(5));
+    r.handle_peer_holds(now, UpstreamId::Peer(3), Revision(5));
     r.handle_timeout(now);
     assert!(
         !outputs(&mut r)
@@ -931,7 +984,7 @@ fn offers_leave_a_delivering_origin_or_relay_alone_and_expire() {
     let later = now + Duration::from_millis(1_600);
     r.handle_frame(
         later,
-        1,
+        PEER_LINK_0,
         FrameV1::Heartbeat {
             revision: Revision(1),
         }
@@ -940,8 +993,13 @@ fn offers_leave_a_delivering_origin_or_relay_alone_and_expire() {
     r.handle_timeout(later);
     let out = outputs(&mut r);
     assert!(
-        !out.iter()
-            .any(|o| matches!(o, Output::Connect { upstream: 4, .. })),
+        !out.iter().any(|o| matches!(
+            o,
+            Output::Connect {
+                upstream: UpstreamId::Peer(3),
+                ..
+            }
+        )),
         "{out:?}"
     );
 }
@@ -954,7 +1012,7 @@ fn peer_links_never_dial_the_same_peer_at_once() {
     let mut r = with_peers(now, 3, 2);
     r.handle_timeout(now);
     outputs(&mut r);
-    r.handle_connected(now, 2);
+    r.handle_connected(now, PEER_LINK_1);
     let mut at = now;
     let mut dialed = Vec::new();
     for _ in 0..12 {
@@ -962,14 +1020,21 @@ fn peer_links_never_dial_the_same_peer_at_once() {
         let hb = FrameV1::Heartbeat {
             revision: Revision(0),
         };
-        r.handle_frame(at, 2, hb.into());
+        r.handle_frame(at, PEER_LINK_1, hb.into());
         r.handle_timeout(at);
         for o in outputs(&mut r) {
-            if let Output::Connect { link: 1, upstream } = o {
+            if let Output::Connect {
+                link: PEER_LINK_0,
+                upstream,
+            } = o
+            {
                 dialed.push(upstream);
             }
         }
     }
     assert_eq!(dialed.len(), 12, "{dialed:?}");
-    assert!(!dialed.contains(&2), "link 2 is on upstream 2: {dialed:?}");
+    assert!(
+        !dialed.contains(&UpstreamId::Peer(1)),
+        "peer link 1 is on peer 1: {dialed:?}"
+    );
 }

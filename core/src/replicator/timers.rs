@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use meridian_protocol::FrameV1;
 use meridian_store::Backend;
 
-use super::{LinkState, ORIGIN_LINK, Output, PEER_LINK, Replicator};
+use super::{LinkId, LinkState, Output, Replicator};
 
 /// A deadline the replicator keeps. Each is derived from the state it belongs to (a link's
 /// state carries its own), so a transition that resets the state resets its timers with it.
@@ -14,27 +14,27 @@ pub enum Timer {
     /// An idle link dials again (after its backoff).
     Redial {
         /// Which link.
-        link: usize,
+        link: LinkId,
     },
     /// A link whose handshake completed says its `Hello`.
     Hello {
         /// Which link.
-        link: usize,
+        link: LinkId,
     },
     /// A dial that has not completed gets another beside it.
     ConnectTimeout {
         /// Which link.
-        link: usize,
+        link: LinkId,
     },
     /// A connected link that heard nothing for this long is dropped.
     Silence {
         /// Which link.
-        link: usize,
+        link: LinkId,
     },
     /// A connected link sends its heartbeat (and, to the origin, its report).
     Heartbeat {
         /// Which link.
-        link: usize,
+        link: LinkId,
     },
     /// An origin connection that never answered gets a fresh dial beside it.
     Probe,
@@ -58,7 +58,7 @@ impl<B: Backend> Replicator<B> {
         // Peer links are kept warm: heads only while the origin link delivers, so that when
         // it stops the switch-over is one `Need`, not a dial across a possibly slow path.
         let delivering = self.origin_delivering(now);
-        for link in PEER_LINK..self.links.len() {
+        for link in self.links.peer_ids() {
             self.set_standby(link, delivering, revision);
         }
         // A peer that has itself lost the origin can only relay stale data: move on, but only
@@ -67,7 +67,7 @@ impl<B: Backend> Replicator<B> {
         // relays and under latency spikes.
         let held = self.state.revision();
         let limit = Duration::from_millis(self.config.peer_staleness_limit_ms);
-        for link in PEER_LINK..self.links.len() {
+        for link in self.links.peer_ids() {
             let l = &self.links[link];
             let still_delivering = l
                 .delivered
@@ -81,7 +81,7 @@ impl<B: Backend> Replicator<B> {
             }
         }
         self.take_offer(now);
-        for i in 0..self.links.len() {
+        for i in self.links.ids() {
             let l = &mut self.links[i];
             match l.state {
                 // A dial that has not completed within the connect timeout gets another beside
@@ -93,7 +93,7 @@ impl<B: Backend> Replicator<B> {
                 LinkState::Settling { until } if now >= until => self.say_hello(now, i),
                 LinkState::Connecting { since }
                     if now.saturating_duration_since(since)
-                        >= if i == ORIGIN_LINK {
+                        >= if i == LinkId::ORIGIN {
                             origin_connect_timeout
                         } else {
                             peer_connect_timeout
@@ -115,7 +115,7 @@ impl<B: Backend> Replicator<B> {
                     // the upstream never received our last handshake flight (lost under a
                     // latency spike after a partition, then backed off inside QUIC): the
                     // upstream drops what we send until then. Whichever answers first stays.
-                    if i == ORIGIN_LINK
+                    if i == LinkId::ORIGIN
                         && !l.got_frame
                         && l.probe.is_none()
                         && l.connected_at.is_some_and(|at| {
@@ -131,7 +131,7 @@ impl<B: Backend> Replicator<B> {
                         l.next_heartbeat = Some(now + interval);
                         let frame = FrameV1::Heartbeat { revision }.into();
                         self.out.push_back(Output::Send { link: i, frame });
-                        if i == ORIGIN_LINK {
+                        if i == LinkId::ORIGIN {
                             // What this edge serves, for the origin's drift view.
                             let frame = FrameV1::Report {
                                 revision,
@@ -156,11 +156,11 @@ impl<B: Backend> Replicator<B> {
             // Ask every connected upstream again. A slow peer is kept (a latency spike is not
             // a reason to churn); a peer that has lost the origin says so in its freshness
             // reports and is left for the next one above.
-            for (i, l) in self.links.iter_mut().enumerate() {
+            for (i, l) in self.links.iter_mut() {
                 if matches!(l.state, LinkState::Connected { .. }) {
                     l.snapshot = None;
                     l.standby = false;
-                    if i == ORIGIN_LINK {
+                    if i == LinkId::ORIGIN {
                         // The origin may have lost what it sent us; let the peer link help
                         // until the origin delivers again.
                         self.origin_suspect = true;
@@ -181,8 +181,8 @@ impl<B: Backend> Replicator<B> {
     /// [`Replicator::poll_timeout`] takes the earliest of, and what a status page can show.
     pub fn timers(&self) -> Vec<(Timer, Instant)> {
         let silence = Duration::from_millis(self.config.silence_timeout_ms);
-        let connect = |link: usize| {
-            Duration::from_millis(if link == ORIGIN_LINK {
+        let connect = |link: LinkId| {
+            Duration::from_millis(if link == LinkId::ORIGIN {
                 self.config.connect_timeout_ms.max(1)
             } else {
                 self.config.peer_connect_timeout_ms.max(1)
@@ -190,7 +190,7 @@ impl<B: Backend> Replicator<B> {
         };
         let mut out = Vec::new();
         let mut any_connected = false;
-        for (link, l) in self.links.iter().enumerate() {
+        for (link, l) in self.links.iter() {
             match l.state {
                 LinkState::Idle { retry_at } => out.push((Timer::Redial { link }, retry_at)),
                 LinkState::Settling { until } => out.push((Timer::Hello { link }, until)),
@@ -202,7 +202,7 @@ impl<B: Backend> Replicator<B> {
                     // Until the first frame arrives, allow for a lost Hello being resent.
                     let limit = if l.got_frame { silence } else { silence * 2 };
                     out.push((Timer::Silence { link }, last_frame + limit));
-                    if link == ORIGIN_LINK
+                    if link == LinkId::ORIGIN
                         && !l.got_frame
                         && l.probe.is_none()
                         && let Some(at) = l.connected_at
@@ -216,7 +216,7 @@ impl<B: Backend> Replicator<B> {
             }
         }
         // The moment a delivering origin link turns quiet, the standby peer links wake.
-        if self.links.iter().skip(PEER_LINK).any(|l| l.standby)
+        if self.links.peers().any(|(_, l)| l.standby)
             && let Some(quiet_at) = self.origin_quiet_at()
         {
             out.push((Timer::OriginQuiet, quiet_at));

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 use meridian_protocol::Revision;
 use meridian_store::Backend;
 
-use super::{Link, LinkState, ORIGIN_LINK, Output, PEER_LINK, Replicator};
+use super::{Link, LinkId, LinkState, Output, Replicator, UpstreamId};
 
 /// A peer that dialed this edge said it holds `holds`, newer than what the edge has.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Offer {
-    pub(super) upstream: usize,
+    pub(super) upstream: UpstreamId,
     pub(super) holds: Revision,
     pub(super) at: Instant,
 }
@@ -22,8 +22,8 @@ impl<B: Backend> Replicator<B> {
     /// quiet time. A freshly connected origin may take several round trips to answer (after a
     /// partition every edge reconnects at once), and peers keep delivering until it does.
     pub(super) fn origin_delivering(&self, now: Instant) -> bool {
-        self.link_connected(ORIGIN_LINK)
-            && self.links.get(ORIGIN_LINK).is_some_and(|l| l.got_frame)
+        self.link_connected(LinkId::ORIGIN)
+            && self.links.get(LinkId::ORIGIN).is_some_and(|l| l.got_frame)
             && !self.origin_suspect
             && self
                 .origin_quiet_at()
@@ -33,31 +33,30 @@ impl<B: Backend> Replicator<B> {
     /// When the origin link counts as quiet unless a verified head or delta arrives first: the
     /// origin quiet time after the later of the last one and the link's connection.
     pub(super) fn origin_quiet_at(&self) -> Option<Instant> {
-        let connected_at = self.links.get(ORIGIN_LINK)?.connected_at?;
+        let connected_at = self.links.get(LinkId::ORIGIN)?.connected_at?;
         let since = self
             .origin_heard
             .map_or(connected_at, |h| h.max(connected_at));
         Some(since + Duration::from_millis(self.config.origin_quiet_ms.max(1)))
     }
 
-    /// Dials link `i`'s next upstream; a peer link skips peers another peer link is on.
-    pub(super) fn dial(&mut self, now: Instant, i: usize) {
-        let busy: Vec<usize> = if i >= PEER_LINK {
+    /// Dials link `link`'s next upstream; a peer link skips peers another peer link is on.
+    pub(super) fn dial(&mut self, now: Instant, link: LinkId) {
+        let busy: Vec<UpstreamId> = if link.is_peer() {
             self.links
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j >= PEER_LINK && j != i)
+                .peers()
+                .filter(|&(other, _)| other != link)
                 .flat_map(|(_, l)| l.on())
                 .collect()
         } else {
             Vec::new()
         };
-        let Some(l) = self.links.get_mut(i) else {
+        let Some(l) = self.links.get_mut(link) else {
             return;
         };
         let upstream = l.next_upstream(&busy);
         l.start_dial(now, upstream);
-        self.out.push_back(Output::Connect { link: i, upstream });
+        self.out.push_back(Output::Connect { link, upstream });
     }
 
     /// A peer that connected to this edge (to be served by it) says it holds `holds`, in its
@@ -65,10 +64,10 @@ impl<B: Backend> Replicator<B> {
     /// is not delivering, a peer link that is searching or idle goes to that peer directly:
     /// inside a region cut off from everything, the edges that still got the newest revisions
     /// announce themselves this way as they search, and the others need not find them by
-    /// rotation. `upstream` is the peer's upstream number as the shell would dial it.
-    pub fn handle_peer_holds(&mut self, now: Instant, upstream: usize, holds: Revision) {
-        if self.links.len() <= PEER_LINK
-            || upstream < self.config.origin_count
+    /// rotation. `upstream` is the peer as the shell would dial it.
+    pub fn handle_peer_holds(&mut self, now: Instant, upstream: UpstreamId, holds: Revision) {
+        if self.links.peer_ids().next().is_none()
+            || !matches!(upstream, UpstreamId::Peer(_))
             || holds <= self.state.revision()
         {
             return;
@@ -99,9 +98,10 @@ impl<B: Backend> Replicator<B> {
         if offer.holds <= held
             || now.saturating_duration_since(offer.at) > limit
             || self.origin_delivering(now)
-            || self.links[PEER_LINK..]
-                .iter()
-                .any(|l| l.on().any(|u| u == offer.upstream))
+            || self
+                .links
+                .peers()
+                .any(|(_, l)| l.on().any(|u| u == offer.upstream))
         {
             self.offer = None;
             return;
@@ -116,7 +116,9 @@ impl<B: Backend> Replicator<B> {
                     && l.connected_at
                         .is_some_and(|at| now.saturating_duration_since(at) <= limit))
         };
-        let pick = (PEER_LINK..self.links.len())
+        let pick = self
+            .links
+            .peer_ids()
             .filter(|&i| !useful(&self.links[i]))
             .min_by_key(|&i| match self.links[i].state {
                 LinkState::Idle { .. } => 0,
