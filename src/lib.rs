@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod audit_cli;
+pub mod change_cli;
 pub mod cli;
 pub mod dev;
 pub mod flag_cli;

@@ -114,6 +114,22 @@ enum Command {
         #[command(subcommand)]
         action: meridian::flag_cli::Flag,
     },
+    /// Change requests for protected keys: create, list, show, approve, reject, comment,
+    /// refresh, apply, cancel.
+    Change {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        #[command(subcommand)]
+        action: meridian::change_cli::Change,
+    },
+    /// Protection rules: which keys need approved change requests, and how many approvals
+    /// (admin).
+    Protection {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        #[command(subcommand)]
+        action: meridian::change_cli::Protection,
+    },
     /// Secrets: write, show masked, list, reveal (secret-read, audited), rotate, rotate keys,
     /// list what is due.
     Secret {
@@ -486,6 +502,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Token { client, action } => meridian::access::token(&client, action).await?,
         Command::Flag { client, action } => meridian::flag_cli::flag(&client, action).await?,
+        Command::Change { client, action } => meridian::change_cli::change(&client, action).await?,
+        Command::Protection { client, action } => {
+            meridian::change_cli::protection(&client, action).await?
+        }
         Command::Secret { client, action } => meridian::secret_cli::secret(&client, action).await?,
         Command::Policy { client, action } => meridian::access::policy(&client, action).await?,
         Command::Audit { client, action } => meridian::audit_cli::audit(&client, action).await?,

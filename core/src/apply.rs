@@ -15,6 +15,8 @@ use meridian_store::{Backend, SignedState, StoreError, Write};
 
 use meridian_protocol::secrets::{StoredSecret, is_sealed_text};
 
+use meridian_protocol::auth::{PROTECTIONS_ENV, ProtectionRecord, SYSTEM_APP, protections};
+
 use crate::history::{self, HistoryError, Retention, WriteMeta};
 use crate::schema::{self, Registry, SchemaError};
 
@@ -107,6 +109,9 @@ pub enum Command {
         /// Its records, oldest first.
         records: Vec<meridian_protocol::secrets::RevealRecord>,
     },
+    /// A step in a change request's life (see [`crate::changes`]); applying one makes the
+    /// change's transaction one revision.
+    Change(crate::changes::ChangeOp),
 }
 
 /// A write as committed: the command and who made it, when and why.
@@ -181,6 +186,9 @@ pub struct Applied {
     pub revision: Revision,
     /// Each changed address's new state, sorted by address.
     pub entries: Vec<(Address, EntryState)>,
+    /// The change request the command created or acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<u64>,
 }
 
 impl Applied {
@@ -259,6 +267,10 @@ pub enum ApplyError {
         /// Each violating key and why.
         keys: Vec<(String, String)>,
     },
+    /// A write to a protected key outside a change request, or a change request's step
+    /// refused (see [`crate::changes::ChangeError`]).
+    #[error(transparent)]
+    Change(#[from] crate::changes::ChangeError),
 }
 
 /// The origin's state plus its signer.
@@ -276,6 +288,9 @@ pub struct OriginCore<B: Backend> {
     /// While a snapshot reads stored history records outside the lock: the records history
     /// compactions deleted meanwhile, with their values (see [`OriginCore::keep_compacted`]).
     compacted: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// The protection rules in force, read from the state on first use and again after a
+    /// write to them.
+    protections: Option<Vec<(String, ProtectionRecord)>>,
 }
 
 /// The signed heads one Raft entry produced, and how many of them were signatures another
@@ -298,6 +313,7 @@ impl<B: Backend> OriginCore<B> {
             audit_tip: None,
             offered: BTreeMap::new(),
             signed: None,
+            protections: None,
             compacted: None,
         }
     }
@@ -341,10 +357,24 @@ impl<B: Backend> OriginCore<B> {
         Ok(self.schemas.get_or_insert_with(Registry::default))
     }
 
-    /// Forgets the loaded schemas (after the backend was replaced by a snapshot); they are
-    /// loaded again on next use.
+    /// Forgets the loaded schemas and protection rules (after the backend was replaced by a
+    /// snapshot); they are loaded again on next use.
     pub fn reload_schemas(&mut self) {
         self.schemas = None;
+        self.protections = None;
+    }
+
+    /// The protection rules in force (the working state's, unpublished writes included).
+    pub fn protections(&mut self) -> &[(String, ProtectionRecord)] {
+        let state = &self.state;
+        self.protections.get_or_insert_with(|| {
+            let records = state.namespace_entries(SYSTEM_APP, PROTECTIONS_ENV);
+            protections(
+                records
+                    .iter()
+                    .filter_map(|(k, e)| e.value.as_deref().map(|v| (k.as_str(), v))),
+            )
+        })
     }
 
     /// Appends `event` to the audit chain as written by log position `at` (nothing if the
@@ -514,35 +544,8 @@ impl<B: Backend> OriginCore<B> {
                 }
                 vec![(address, Some(text.into()))]
             }
-            Command::Txn { conditions, ops } => {
-                for (index, condition) in conditions.into_iter().enumerate() {
-                    let actual = live_version(&self.state, condition.address());
-                    if !condition.holds(actual) {
-                        return Err(ApplyError::ConditionFailed {
-                            index,
-                            condition,
-                            actual,
-                        });
-                    }
-                }
-                let mut seen = std::collections::BTreeSet::new();
-                let mut writes = Vec::with_capacity(ops.len());
-                for op in ops {
-                    if !seen.insert(op.address().clone()) {
-                        return Err(ApplyError::Invalid(format!(
-                            "{} is written twice in one transaction",
-                            op.address()
-                        )));
-                    }
-                    match op {
-                        TxnOp::Put(a, v) => writes.push((a, Some(v))),
-                        // Deleting what is absent changes nothing.
-                        TxnOp::Delete(a) if live_version(&self.state, &a) == 0 => {}
-                        TxnOp::Delete(a) => writes.push((a, None)),
-                    }
-                }
-                writes
-            }
+            Command::Txn { conditions, ops } => self.txn_writes(conditions, ops)?,
+            Command::Change(op) => return self.apply_change(op, meta, extra),
             Command::PutSchema {
                 app,
                 env,
@@ -636,6 +639,63 @@ impl<B: Backend> OriginCore<B> {
                 Vec::new()
             }
         };
+        if let Some(refused) =
+            crate::changes::protecting(self.protections(), writes.iter().map(|(a, _)| a))
+        {
+            return Err(refused.into());
+        }
+        self.commit_writes(writes, meta, extra)
+    }
+
+    /// The writes of a transaction whose conditions hold in the working state.
+    pub(crate) fn txn_writes(
+        &self,
+        conditions: Vec<Condition>,
+        ops: Vec<TxnOp>,
+    ) -> Result<Vec<(Address, Option<JsonText>)>, ApplyError> {
+        let live_version = |a: &Address| {
+            self.state
+                .entry(a)
+                .filter(|e| !e.is_tombstone())
+                .map_or(0, |e| e.version.0)
+        };
+        for (index, condition) in conditions.into_iter().enumerate() {
+            let actual = live_version(condition.address());
+            if !condition.holds(actual) {
+                return Err(ApplyError::ConditionFailed {
+                    index,
+                    condition,
+                    actual,
+                });
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut writes = Vec::with_capacity(ops.len());
+        for op in ops {
+            if !seen.insert(op.address().clone()) {
+                return Err(ApplyError::Invalid(format!(
+                    "{} is written twice in one transaction",
+                    op.address()
+                )));
+            }
+            match op {
+                TxnOp::Put(a, v) => writes.push((a, Some(v))),
+                // Deleting what is absent changes nothing.
+                TxnOp::Delete(a) if live_version(&a) == 0 => {}
+                TxnOp::Delete(a) => writes.push((a, None)),
+            }
+        }
+        Ok(writes)
+    }
+
+    /// Checks `writes` against secrets and schemas and makes them one revision (none when
+    /// there are none), with `extra` in the same batch and, with `meta`, their history.
+    pub(crate) fn commit_writes(
+        &mut self,
+        writes: Vec<(Address, Option<JsonText>)>,
+        meta: Option<&WriteMeta>,
+        mut extra: Vec<Write>,
+    ) -> Result<(Applied, Option<SignedDelta>), ApplyError> {
         for (address, value) in &writes {
             self.check_secret_write(address, value.as_deref())?;
         }
@@ -656,10 +716,14 @@ impl<B: Backend> OriginCore<B> {
                 Applied {
                     revision: self.state.revision(),
                     entries: Vec::new(),
+                    change: None,
                 },
                 None,
             ));
         }
+        let writes_protections = writes
+            .iter()
+            .any(|(a, _)| a.app == SYSTEM_APP && a.env == PROTECTIONS_ENV);
         let mut changes: Vec<Change> = writes
             .into_iter()
             .map(|(address, value)| {
@@ -699,10 +763,14 @@ impl<B: Backend> OriginCore<B> {
             .iter()
             .map(|c| (c.address.clone(), signed.delta.entry(c)))
             .collect();
+        if writes_protections {
+            self.protections = None;
+        }
         Ok((
             Applied {
                 revision: signed.delta.revision,
                 entries,
+                change: None,
             },
             Some(signed),
         ))

@@ -8,7 +8,7 @@
 //! an entry applied again after a crash adds nothing twice.
 
 use meridian_protocol::audit::{AuditRecord, GENESIS};
-use meridian_protocol::auth::{POLICIES_ENV, SYSTEM_APP, TOKENS_ENV};
+use meridian_protocol::auth::{POLICIES_ENV, PROTECTIONS_ENV, SYSTEM_APP, TOKENS_ENV};
 use meridian_protocol::directory::EDGES_ENV;
 use meridian_store::{Backend, EXTRA_PREFIX, StoreError, Write};
 use serde::{Deserialize, Serialize};
@@ -174,6 +174,10 @@ pub fn describe(command: &Command, meta: &WriteMeta) -> Option<(String, String)>
             (TOKENS_ENV, false) => ("token-revoke".into(), format!("token:{}", a.key)),
             (POLICIES_ENV, true) => ("policy-set".into(), format!("policy:{}", a.key)),
             (POLICIES_ENV, false) => ("policy-delete".into(), format!("policy:{}", a.key)),
+            (PROTECTIONS_ENV, true) => ("protection-set".into(), format!("protection:{}", a.key)),
+            (PROTECTIONS_ENV, false) => {
+                ("protection-delete".into(), format!("protection:{}", a.key))
+            }
             (EDGES_ENV, true) => ("edge-announce".into(), format!("edge:{}", a.key)),
             (_, _) => ("edge-forget".into(), format!("edge:{}", a.key)),
         })
@@ -204,6 +208,11 @@ pub fn describe(command: &Command, meta: &WriteMeta) -> Option<(String, String)>
         | Command::DeleteSchema { app, env, prefix } => {
             ("schema".into(), format!("{app}/{env}/{prefix}*"))
         }
+        Command::Change(op) => (
+            op.audit_action().into(),
+            op.id()
+                .map_or_else(|| "changes".into(), |id| format!("change/{id}")),
+        ),
         Command::CompactHistory { .. }
         | Command::CompactAudit { .. }
         | Command::Audit(_)

@@ -31,6 +31,7 @@ pub fn outcome_code(result: &Result<Applied, ApplyError>) -> &'static str {
         Err(ApplyError::CurrentValuesViolate { .. }) => "current_values_violate",
         Err(ApplyError::ValueTooLarge { .. }) => "value_too_large",
         Err(ApplyError::SecretKey(_)) => "secret_key",
+        Err(ApplyError::Change(e)) => e.code(),
         Err(ApplyError::Store(_) | ApplyError::History(_) | ApplyError::Schemas(_)) => "error",
     }
 }

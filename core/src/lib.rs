@@ -6,7 +6,8 @@
 //! virtual time in the simulator), so what the simulator proves is what ships.
 //!
 //! - [`apply`]: the origin's deterministic apply core (commands, conditions, history, schemas,
-//!   audit chain) over a signed state; [`entry`]: how a committed log entry goes through it.
+//!   audit chain) over a signed state; [`entry`]: how a committed log entry goes through it;
+//!   [`changes`]: change requests and the protection rules that require them.
 //! - [`distributor`]: what an origin node, or an edge serving its peers, sends each connection.
 //! - [`replicator`]: how an edge keeps its signed state up to date from origins and peers.
 //! - [`edge_node`]: an edge whole: the replicator, the distributor serving its peers, and the
@@ -14,6 +15,7 @@
 
 pub mod apply;
 pub mod audit;
+pub mod changes;
 pub mod distributor;
 pub mod edge_node;
 pub mod entry;

@@ -9,7 +9,9 @@ use meridian_protocol::addr::{validate_app, validate_env, validate_key_prefix};
 use meridian_protocol::frame::{MAX_REVISION_BYTES, change_bytes};
 
 use meridian_core::apply::{Command, Condition, Proposal, TxnOp};
+use meridian_core::changes::ChangeOp;
 use meridian_core::history::{MAX_ACTOR_BYTES, MAX_REASON_BYTES};
+use meridian_protocol::auth::valid_policy_name;
 
 /// Most conditions and operations in one transaction.
 pub const MAX_TXN_ITEMS: usize = 1_000;
@@ -170,6 +172,113 @@ pub fn command_bytes(command: &Command) -> usize {
             ..
         } => app.len() + env.len() + prefix.len() + schema.len() + 16,
         Command::DeleteSchema { app, env, prefix } => app.len() + env.len() + prefix.len() + 16,
+        Command::Change(op) => change_op_bytes(op),
+    }
+}
+
+fn change_op_bytes(op: &ChangeOp) -> usize {
+    let text = |t: &Option<String>| t.as_ref().map_or(0, String::len);
+    match op {
+        ChangeOp::Create {
+            reason,
+            conditions,
+            ops,
+            ..
+        } => {
+            reason.len()
+                + conditions
+                    .iter()
+                    .map(|c| change_bytes(c.address(), 0))
+                    .sum::<usize>()
+                + ops.iter().map(op_bytes).sum::<usize>()
+        }
+        ChangeOp::Refresh {
+            conditions, ops, ..
+        } => {
+            conditions
+                .iter()
+                .map(|c| change_bytes(c.address(), 0))
+                .sum::<usize>()
+                + ops.iter().map(op_bytes).sum::<usize>()
+        }
+        ChangeOp::Approve { rules, comment, .. } => {
+            32 + rules.iter().map(String::len).sum::<usize>() + text(comment)
+        }
+        ChangeOp::Reject { comment, .. } => 32 + text(comment),
+        ChangeOp::Comment { text, .. } => 32 + text.len(),
+        ChangeOp::Cancel { .. } | ChangeOp::Apply { .. } => 32,
+    }
+}
+
+/// Checks a change request's step: its transaction as [`check`] checks one, its texts
+/// bounded and printable.
+fn check_change(op: &ChangeOp, max_value_bytes: usize) -> Result<(), Inadmissible> {
+    use meridian_core::changes::MAX_COMMENT_BYTES;
+    let text_ok = |t: &str| t.len() <= MAX_COMMENT_BYTES && printable(t);
+    let comment_ok = |t: &Option<String>| t.as_deref().is_none_or(text_ok);
+    let txn = |conditions: &[Condition], ops: &[TxnOp]| {
+        let items = conditions.len() + ops.len();
+        if ops.is_empty() || items > MAX_TXN_ITEMS {
+            return Err(Inadmissible::Txn(format!(
+                "{items} conditions and operations with {} operations; 1 to {MAX_TXN_ITEMS} items with at least one operation",
+                ops.len()
+            )));
+        }
+        conditions
+            .iter()
+            .map(Condition::address)
+            .try_for_each(address)?;
+        for op in ops {
+            address(op.address())?;
+            if let TxnOp::Put(a, value) = op {
+                json("value", a, value, max_value_bytes)?;
+            }
+        }
+        let command = Command::Txn {
+            conditions: Vec::new(),
+            ops: ops.to_vec(),
+        };
+        check_revision_size(&command, "the change")
+    };
+    match op {
+        ChangeOp::Create {
+            reason,
+            conditions,
+            ops,
+            ..
+        } => {
+            if reason.is_empty() || reason.len() > MAX_REASON_BYTES || !printable(reason) {
+                return Err(Inadmissible::Meta(
+                    "a change needs a reason of 1 to 1024 printable bytes",
+                ));
+            }
+            txn(conditions, ops)
+        }
+        ChangeOp::Refresh {
+            conditions, ops, ..
+        } => txn(conditions, ops),
+        ChangeOp::Approve { rules, comment, .. } => {
+            if rules.is_empty()
+                || rules.len() > meridian_core::changes::MAX_RULES_PER_APPROVAL
+                || !rules.iter().all(|r| valid_policy_name(r))
+                || !comment_ok(comment)
+            {
+                return Err(Inadmissible::Meta(
+                    "an approval names 1 to 64 rules and a comment of at most 2048 printable bytes",
+                ));
+            }
+            Ok(())
+        }
+        ChangeOp::Reject { comment, .. } if !comment_ok(comment) => Err(Inadmissible::Meta(
+            "a comment is at most 2048 printable bytes",
+        )),
+        ChangeOp::Comment { text, .. } if text.is_empty() || !text_ok(text) => {
+            Err(Inadmissible::Meta("a comment is 1 to 2048 printable bytes"))
+        }
+        ChangeOp::Reject { .. }
+        | ChangeOp::Comment { .. }
+        | ChangeOp::Cancel { .. }
+        | ChangeOp::Apply { .. } => Ok(()),
     }
 }
 
@@ -323,6 +432,7 @@ pub fn check(proposal: &Proposal, max_value_bytes: usize) -> Result<(), Inadmiss
                 ))
             }
         }
+        Command::Change(op) => check_change(op, max_value_bytes),
         Command::CompactHistory { retention, .. } => {
             if retention.max_versions == 0 {
                 return Err(Inadmissible::Txn(

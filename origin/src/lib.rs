@@ -14,6 +14,7 @@ pub mod http;
 pub mod node;
 pub mod raft;
 pub mod rollout;
+pub mod schedule;
 pub mod secrets;
 pub mod server;
 

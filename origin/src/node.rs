@@ -338,6 +338,13 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         move || leader_raft.metrics().borrow().current_leader == Some(node),
         shutdown_rx.clone(),
     ));
+    let (leader_raft, node) = (raft.clone(), r.id);
+    let schedule_task = tokio::spawn(crate::schedule::apply_due(
+        core.clone(),
+        cluster.clone(),
+        move || leader_raft.metrics().borrow().current_leader == Some(node),
+        shutdown_rx.clone(),
+    ));
     let last_used_task = tokio::spawn(crate::http::tokens::commit_last_used(
         last_used,
         cluster,
@@ -377,6 +384,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
                 last_used_task,
                 exposures_task,
                 rollout_task,
+                schedule_task,
                 drift_task,
                 due_task,
                 space_task,

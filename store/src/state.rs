@@ -734,6 +734,18 @@ impl<B: Backend> SignedState<B> {
         })
     }
 
+    /// The value of one extra record as the open batch leaves it (the stored one when no batch
+    /// is open or the batch does not write it): for an apply that reads a record an earlier
+    /// apply of the same batch may have written.
+    pub fn get_staged(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(batch) = &self.staged
+            && let Some((_, v)) = batch.writes.iter().rev().find(|(k, _)| k == key)
+        {
+            return Ok(v.clone());
+        }
+        Ok(self.backend.get(key)?)
+    }
+
     /// Drops what the open batch holds, storing none of it, and closes it. The working state
     /// is then ahead of what is stored: the caller must stop using this state and open it
     /// again from the backend.

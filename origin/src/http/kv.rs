@@ -480,7 +480,7 @@ fn txn_command(
 
 /// Every operation of a transaction needs its own permission (write or delete on its key) and
 /// every condition read permission on its key: one refusal refuses the whole transaction.
-fn authorize_txn(
+pub(crate) fn authorize_txn(
     principal: &Principal,
     command: &Command,
     secret_ops: &[usize],
@@ -522,7 +522,7 @@ fn authorize_txn(
 
 /// Deleting a key that holds a secret needs `secret-write` on it as well as `delete`; the
 /// delete is then conditioned on the version seen, so that what it removes is what was checked.
-fn guard_secret_deletes(
+pub(crate) fn guard_secret_deletes(
     state: &AppState,
     principal: &Principal,
     command: &mut Command,
@@ -576,7 +576,7 @@ fn guard_secret_deletes(
 
 /// Seals the secret operations of a transaction (their values checked against the schemas in
 /// clear first), adding the conditions that bind each to the version it was sealed for.
-async fn seal_secret_ops(
+pub(crate) async fn seal_secret_ops(
     state: &Arc<AppState>,
     command: &mut Command,
     secret_ops: &[usize],
@@ -624,7 +624,10 @@ async fn seal_secret_ops(
 /// Checks the flag operations of a transaction against the flag sets they change (each set
 /// as a whole, after all its operations), and conditions the transaction on the version of
 /// every such set's `_flagset` record: 422 `invalid_flags` naming the path.
-async fn check_flag_ops(state: &Arc<AppState>, command: &mut Command) -> Result<(), ApiError> {
+pub(crate) async fn check_flag_ops(
+    state: &Arc<AppState>,
+    command: &mut Command,
+) -> Result<(), ApiError> {
     let Command::Txn { conditions, ops } = command else {
         return Ok(());
     };

@@ -239,7 +239,7 @@ pub(crate) async fn create(
 }
 
 /// Reads `app/env` of the system namespaces after a linearizable barrier.
-async fn system_namespace(
+pub(crate) async fn system_namespace(
     state: &Arc<crate::http::AppState>,
     env: &str,
 ) -> Result<(u64, Vec<(String, EntryState)>), ApiError> {
@@ -303,7 +303,7 @@ fn token_id(path: Result<Path<String>, PathRejection>) -> Result<TokenId, ApiErr
 }
 
 /// Deletes a token or policy record (404 naming `what` when there is none).
-async fn delete_record(
+pub(crate) async fn delete_record(
     state: &Arc<crate::http::AppState>,
     address: Address,
     meta: meridian_core::history::WriteMeta,

@@ -116,6 +116,9 @@ pub enum Outcome {
     },
     /// A plain write or a patch of a key that holds a secret.
     SecretKey(Address),
+    /// A write to a protected key outside a change request, or a change request's step
+    /// refused.
+    Change(meridian_core::changes::ChangeError),
 }
 
 impl Outcome {
@@ -164,6 +167,7 @@ impl Outcome {
             Err(ApplyError::CurrentValuesViolate { prefix, keys }) => {
                 Self::CurrentValuesViolate { prefix, keys }
             }
+            Err(ApplyError::Change(e)) => Self::Change(e),
             // Fatal errors never reach an outcome: the entry stops the node instead.
             Err(e @ (ApplyError::Store(_) | ApplyError::History(_) | ApplyError::Schemas(_))) => {
                 Self::Invalid(e.to_string())
@@ -183,6 +187,7 @@ impl Outcome {
             Self::CurrentValuesViolate { .. } => "current_values_violate",
             Self::ValueTooLarge { .. } => "value_too_large",
             Self::SecretKey(_) => "secret_key",
+            Self::Change(e) => e.code(),
         }
     }
 }

@@ -134,7 +134,8 @@ pub struct StateMachine {
     verifying_key: meridian_protocol::sign::VerifyingKey,
 }
 
-/// Whether applying `entry` may delete or overwrite schema records: a schema put or delete.
+/// Whether applying `entry` may delete or overwrite stored records a snapshot build reads:
+/// a schema put or delete, an audit compaction, a change request's step.
 /// Every other command only adds history records, at revisions after any snapshot being built,
 /// which the build leaves out, or (a history compaction) deletes records, which the core hands
 /// over to the build.
@@ -146,6 +147,7 @@ fn rewrites_stored_records(entry: &Entry) -> bool {
                 Command::PutSchema { .. }
                     | Command::DeleteSchema { .. }
                     | Command::CompactAudit { .. }
+                    | Command::Change(_)
             )
         }),
         _ => false,
@@ -459,9 +461,11 @@ impl StateMachine {
                 out.push((k.to_vec(), v.to_vec()));
             }
         }
-        for pair in self.tree.scan_prefix(SCHEMA_PREFIX) {
-            let (k, v) = pair?;
-            out.push((k.to_vec(), v.to_vec()));
+        for prefix in [SCHEMA_PREFIX, meridian_core::changes::CHANGE_PREFIX] {
+            for pair in self.tree.scan_prefix(prefix) {
+                let (k, v) = pair?;
+                out.push((k.to_vec(), v.to_vec()));
+            }
         }
         Ok(out)
     }
@@ -575,6 +579,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 &SCHEMA_PREFIX[..],
                 &meridian_core::audit::AUDIT_PREFIX[..],
                 &crate::http::tokens::LAST_USED_PREFIX[..],
+                &meridian_core::changes::CHANGE_PREFIX[..],
             ] {
                 let old = core
                     .state()
@@ -1115,5 +1120,47 @@ mod tests {
         change.await.unwrap().unwrap();
         let (applied, _) = StateMachine::meta_of(&sm.lock()).unwrap();
         assert_eq!(applied.map(|l| l.index), Some(4));
+    }
+
+    #[tokio::test]
+    async fn change_requests_travel_in_snapshots_and_their_steps_wait_for_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = open(dir.path());
+        let mut applier = sm.clone();
+        let create = Proposal {
+            command: Command::Change(meridian_core::changes::ChangeOp::Create {
+                reason: "r".into(),
+                apply_at_ms: None,
+                conditions: Vec::new(),
+                ops: vec![meridian_core::apply::TxnOp::Put(
+                    Address::parse("app", "prod", "k").unwrap(),
+                    Arc::from("1"),
+                )],
+            }),
+            ..put("unused", "0")
+        };
+        applier.apply(vec![entry(1, vec![create])]).await.unwrap();
+        let snapshot = sm.build_detached().await.unwrap();
+        let (_dir, fresh, result) = installed(&snapshot.meta, snapshot.snapshot.into_inner()).await;
+        result.unwrap();
+        let record = meridian_core::changes::load(fresh.lock().state(), 1).unwrap();
+        assert_eq!(record.map(|r| r.reason), Some("r".to_owned()));
+
+        // A step rewrites the record a build may be reading: it waits for the scan.
+        let scan = sm.record_scan.clone().read_owned().await;
+        let comment = Proposal {
+            command: Command::Change(meridian_core::changes::ChangeOp::Comment {
+                id: 1,
+                text: "t".into(),
+            }),
+            ..put("unused", "0")
+        };
+        let step = tokio::spawn(async move { applier.apply(vec![entry(2, vec![comment])]).await });
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!step.is_finished(), "a change step waits for the scan");
+        drop(scan);
+        step.await.unwrap().unwrap();
     }
 }

@@ -12,6 +12,7 @@
 mod index;
 mod pattern;
 mod policy;
+mod protection;
 mod token;
 
 pub use index::{AuthError, AuthIndex, Principal, Resource};
@@ -20,6 +21,7 @@ pub use policy::{
     Action, Grant, GrantBody, PolicyError, PolicyRecord, Role, Subject, valid_group,
     valid_policy_name,
 };
+pub use protection::{MAX_APPROVALS, ProtectionRecord, protections};
 pub use token::{
     TOKEN_PREFIX, TokenError, TokenId, TokenRecord, parse_token, token_hash, token_string,
 };
@@ -31,8 +33,14 @@ pub const TOKENS_ENV: &str = "tokens";
 /// The env of [`SYSTEM_APP`] that holds policies, keyed by policy name.
 pub const POLICIES_ENV: &str = "policies";
 
+/// The env of [`SYSTEM_APP`] that holds protection rules, keyed by rule name.
+pub const PROTECTIONS_ENV: &str = "protections";
+
 /// Whether `app/env` is one of the system namespaces (valid as stored data, never from clients).
 pub fn is_system_namespace(app: &str, env: &str) -> bool {
     app == SYSTEM_APP
-        && (env == TOKENS_ENV || env == POLICIES_ENV || env == crate::directory::EDGES_ENV)
+        && (env == TOKENS_ENV
+            || env == POLICIES_ENV
+            || env == PROTECTIONS_ENV
+            || env == crate::directory::EDGES_ENV)
 }

@@ -40,11 +40,14 @@ pub enum Action {
     SecretWrite,
     /// Approve changes to protected environments.
     Approve,
+    /// Apply a change request to a protected environment without its approvals (audited as
+    /// such).
+    BreakGlass,
 }
 
 impl Action {
     /// Every action, in declaration order.
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 12] = [
         Self::Read,
         Self::Write,
         Self::Delete,
@@ -56,6 +59,7 @@ impl Action {
         Self::SecretRead,
         Self::SecretWrite,
         Self::Approve,
+        Self::BreakGlass,
     ];
 
     fn bit(self) -> u16 {
@@ -76,6 +80,7 @@ impl Action {
             Self::SecretRead => "secret-read",
             Self::SecretWrite => "secret-write",
             Self::Approve => "approve",
+            Self::BreakGlass => "break-glass",
         }
     }
 }
