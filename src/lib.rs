@@ -10,6 +10,8 @@ pub mod cli;
 pub mod dev;
 pub mod flag_cli;
 pub mod secret_cli;
+pub mod transfer;
+pub mod transfer_cli;
 
 /// Every program that links this crate (the `meridian` binary, the harnesses in `benches/` that
 /// run origin and edge nodes in their own processes, the tests) allocates with mimalloc: under

@@ -122,6 +122,51 @@ enum Command {
         #[command(subcommand)]
         action: meridian::change_cli::Change,
     },
+    /// Write one app/env's keys to a file (JSON, YAML, .env or Java properties); secrets
+    /// masked unless --reveal (secret-read, audited).
+    Export {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        /// The app.
+        app: String,
+        /// The env.
+        env: String,
+        /// The format (default: from --out's name, else json).
+        #[arg(long, value_enum)]
+        format: Option<meridian::transfer::Format>,
+        /// Where to write (default: standard output).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Reveal secrets (secret-read; every reveal is audited).
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Show what a file (JSON, YAML, .env or properties) would change in an app/env; with
+    /// --apply commit it as one transaction, with --change propose it as a change request.
+    Import {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        /// The file.
+        file: std::path::PathBuf,
+        /// `app/env`.
+        #[arg(long)]
+        to: String,
+        /// The format (default: from the file's name).
+        #[arg(long, value_enum)]
+        format: Option<meridian::transfer::Format>,
+        /// Commit the changes as one transaction.
+        #[arg(long, conflicts_with = "change")]
+        apply: bool,
+        /// Propose the changes as one change request (needs --reason).
+        #[arg(long)]
+        change: bool,
+        /// Also delete the keys the file does not hold.
+        #[arg(long)]
+        prune: bool,
+        /// Why, for history and the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Protection rules: which keys need approved change requests, and how many approvals
     /// (admin).
     Protection {
@@ -502,6 +547,32 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Token { client, action } => meridian::access::token(&client, action).await?,
         Command::Flag { client, action } => meridian::flag_cli::flag(&client, action).await?,
+        Command::Export {
+            client,
+            app,
+            env,
+            format,
+            out,
+            reveal,
+        } => meridian::transfer_cli::export(&client, &app, &env, format, out, reveal).await?,
+        Command::Import {
+            client,
+            file,
+            to,
+            format,
+            apply,
+            change,
+            prune,
+            reason,
+        } => {
+            use meridian::transfer_cli::Mode;
+            let mode = match (apply, change) {
+                (true, _) => Mode::Apply,
+                (_, true) => Mode::Change,
+                _ => Mode::DryRun,
+            };
+            meridian::transfer_cli::import(&client, file, &to, format, mode, prune, reason).await?
+        }
         Command::Change { client, action } => meridian::change_cli::change(&client, action).await?,
         Command::Protection { client, action } => {
             meridian::change_cli::protection(&client, action).await?

@@ -581,3 +581,140 @@ async fn secret_commands_never_print_a_value_but_reveal() {
     assert!(!ok && err.contains("already exists"), "{err}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_carry_an_environment_between_formats_and_propose_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let origin = base(cluster.origin.http_addr);
+    let o = origin.as_str();
+    let admin = http();
+    put(&admin, o, "pay/prod/db.url", json!("postgres://db1")).await;
+    put(&admin, o, "pay/prod/pool", json!({"max": 10})).await;
+    put(&admin, o, "pay/prod/greeting", json!("hello ${db.url}")).await;
+    let r = admin
+        .put(format!("{o}/v1/secrets/pay/prod/db.password"))
+        .json(&json!({"value": "hunter2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Exported raw (references unresolved), the secret masked unless revealed.
+    for format in ["json", "yaml", "env", "properties"] {
+        let (ok, out, err) = meridian(o, o, &["export", "pay", "prod", "--format", format]).await;
+        assert!(ok, "{err}");
+        assert!(
+            !out.contains("hunter2"),
+            "{format}: a masked export holds the secret: {out}"
+        );
+        assert!(out.contains("${db.url}"), "{format}: {out}");
+    }
+    let (ok, out, err) = meridian(o, o, &["export", "pay", "prod", "--reveal"]).await;
+    assert!(ok, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["db.password"], json!({"$secret": "hunter2"}), "{out}");
+    assert_eq!(doc["pool"], json!({"max": 10}), "{out}");
+
+    // Into another environment from YAML: a dry run changes nothing; --apply is one revision.
+    let yaml = dir.path().join("prod.yaml");
+    let (ok, _, err) = meridian(
+        o,
+        o,
+        &[
+            "export",
+            "pay",
+            "prod",
+            "--reveal",
+            "--out",
+            yaml.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let before = revision(&admin, o).await;
+    let (ok, out, err) = meridian(
+        o,
+        o,
+        &["import", yaml.to_str().unwrap(), "--to", "pay/staging"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("dry run: 4 change(s)"), "{out}");
+    assert_eq!(
+        revision(&admin, o).await,
+        before,
+        "a dry run commits nothing"
+    );
+    let (ok, out, err) = meridian(
+        o,
+        o,
+        &[
+            "import",
+            yaml.to_str().unwrap(),
+            "--to",
+            "pay/staging",
+            "--apply",
+            "--reason",
+            "copy",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("revision {}", before + 1)), "{out}");
+    let (_, pool) = get_json(&admin, &format!("{o}/v1/kv/pay/staging/pool")).await;
+    assert_eq!(pool["value"], json!({"max": 10}));
+    let (_, secret) = get_json(
+        &admin,
+        &format!("{o}/v1/secrets/pay/staging/db.password?reveal=true"),
+    )
+    .await;
+    assert_eq!(secret["value"], "hunter2", "imported as a secret: {secret}");
+    // Imported again: only the secret, which cannot be compared without revealing it.
+    let (ok, out, _) = meridian(
+        o,
+        o,
+        &["import", yaml.to_str().unwrap(), "--to", "pay/staging"],
+    )
+    .await;
+    assert!(
+        ok && out.contains("dry run: 1 change(s)") && out.contains("db.password"),
+        "{out}"
+    );
+
+    // A .env file with one change, into a protected environment: proposed as a change.
+    let r = admin
+        .put(format!("{o}/v1/protections/prod"))
+        .json(&json!({"resources": ["pay/prod/*"], "approvals": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let env_file = dir.path().join(".env");
+    std::fs::write(&env_file, "POOL='{\"max\": 20}'\n").unwrap();
+    let path = env_file.to_str().unwrap();
+    let (ok, out, err) = meridian(o, o, &["import", path, "--to", "pay/prod", "--apply"]).await;
+    assert!(!ok && err.contains("approval_required"), "{out} {err}");
+    let (ok, out, err) = meridian(
+        o,
+        o,
+        &[
+            "import",
+            path,
+            "--to",
+            "pay/prod",
+            "--change",
+            "--reason",
+            "bigger pool",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("proposed as change 1 (pending)"), "{out}");
+    let (_, change) = get_json(&admin, &format!("{o}/v1/changes/1")).await;
+    assert_eq!(
+        change["diff"][0]["proposed"],
+        json!({"max": 20}),
+        "{change}"
+    );
+}
