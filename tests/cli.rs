@@ -718,3 +718,90 @@ async fn export_and_import_carry_an_environment_between_formats_and_propose_chan
         "{change}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_and_protection_commands_take_a_change_through_review() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let origin = base(cluster.origin.http_addr);
+    let o = origin.as_str();
+    let admin = http();
+    let set = json_of(
+        o,
+        o,
+        &[
+            "protection",
+            "set",
+            "prod",
+            "--resource",
+            "pay/prod/*",
+            "--approvals",
+            "1",
+        ],
+    )
+    .await;
+    assert!(set["revision"].as_u64().is_some(), "{set}");
+    let (ok, out, err) = meridian(o, o, &["protection", "list"]).await;
+    assert!(ok && out.contains("pay/prod/*"), "{out} {err}");
+    let (ok, _, err) = meridian(o, o, &["kv", "put", "pay/prod/mode", "fast"]).await;
+    assert!(!ok && err.contains("approval_required"), "{err}");
+
+    let txn = dir.path().join("txn.json");
+    std::fs::write(
+        &txn,
+        r#"{"ops": [{"op": "put", "address": "pay/prod/mode", "value": "fast"}]}"#,
+    )
+    .unwrap();
+    let created = json_of(
+        o,
+        o,
+        &[
+            "change",
+            "create",
+            "--file",
+            txn.to_str().unwrap(),
+            "--reason",
+            "go fast",
+        ],
+    )
+    .await;
+    assert_eq!(created["status"], "pending", "{created}");
+    let id = created["id"].to_string();
+    let (ok, out, err) = meridian(o, o, &["change", "list", "--status", "pending"]).await;
+    assert!(ok && out.contains("go fast"), "{out} {err}");
+
+    // The admin wrote it, so another identity approves.
+    let (reviewer, _) = create_token(
+        &admin,
+        o,
+        json!({"name": "rev", "grants": [{"actions": ["read", "approve"], "resources": ["pay/prod/*"]}]}),
+    )
+    .await;
+    let approve = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([
+            "change",
+            "approve",
+            &id,
+            "--comment",
+            "ok",
+            "--output",
+            "json",
+        ])
+        .env("MERIDIAN_ENDPOINT", o)
+        .env("MERIDIAN_ORIGIN", o)
+        .env("MERIDIAN_TOKEN", &reviewer)
+        .output()
+        .await
+        .unwrap();
+    assert!(approve.status.success(), "{approve:?}");
+    let approved: Value = serde_json::from_slice(&approve.stdout).unwrap();
+    assert_eq!(approved["status"], "approved", "{approved}");
+    let shown = json_of(o, o, &["change", "show", &id]).await;
+    assert_eq!(shown["approvals"][0]["comment"], "ok", "{shown}");
+    let applied = json_of(o, o, &["change", "apply", &id]).await;
+    assert_eq!(applied["status"], "applied", "{applied}");
+    let (_, mode) = get_json(&admin, &format!("{o}/v1/kv/pay/prod/mode")).await;
+    assert_eq!(mode["value"], "fast");
+    let (ok, _, err) = meridian(o, o, &["change", "cancel", &id]).await;
+    assert!(!ok && err.contains("change_closed"), "{err}");
+}
