@@ -210,6 +210,35 @@ fn change_op_bytes(op: &ChangeOp) -> usize {
     }
 }
 
+/// Checks a transaction's items (at least one operation, at most [`MAX_TXN_ITEMS`] in all),
+/// addresses and values, and that its changes fit one revision (`what` names it).
+fn check_txn(
+    conditions: &[Condition],
+    ops: &[TxnOp],
+    max_value_bytes: usize,
+    what: &'static str,
+) -> Result<(), Inadmissible> {
+    let items = conditions.len() + ops.len();
+    if ops.is_empty() || items > MAX_TXN_ITEMS {
+        return Err(Inadmissible::Txn(format!(
+            "{items} conditions and operations with {} operations; 1 to {MAX_TXN_ITEMS} items with at least one operation",
+            ops.len()
+        )));
+    }
+    conditions
+        .iter()
+        .map(Condition::address)
+        .try_for_each(address)?;
+    // An address written twice is refused when applied, like a version conflict.
+    for op in ops {
+        address(op.address())?;
+        if let TxnOp::Put(a, value) = op {
+            json("value", a, value, max_value_bytes)?;
+        }
+    }
+    ops_fit(ops, what)
+}
+
 /// Checks a change request's step: its transaction as [`check`] checks one, its texts
 /// bounded and printable.
 fn check_change(op: &ChangeOp, max_value_bytes: usize) -> Result<(), Inadmissible> {
@@ -217,28 +246,7 @@ fn check_change(op: &ChangeOp, max_value_bytes: usize) -> Result<(), Inadmissibl
     let text_ok = |t: &str| t.len() <= MAX_COMMENT_BYTES && printable(t);
     let comment_ok = |t: &Option<String>| t.as_deref().is_none_or(text_ok);
     let txn = |conditions: &[Condition], ops: &[TxnOp]| {
-        let items = conditions.len() + ops.len();
-        if ops.is_empty() || items > MAX_TXN_ITEMS {
-            return Err(Inadmissible::Txn(format!(
-                "{items} conditions and operations with {} operations; 1 to {MAX_TXN_ITEMS} items with at least one operation",
-                ops.len()
-            )));
-        }
-        conditions
-            .iter()
-            .map(Condition::address)
-            .try_for_each(address)?;
-        for op in ops {
-            address(op.address())?;
-            if let TxnOp::Put(a, value) = op {
-                json("value", a, value, max_value_bytes)?;
-            }
-        }
-        let command = Command::Txn {
-            conditions: Vec::new(),
-            ops: ops.to_vec(),
-        };
-        check_revision_size(&command, "the change")
+        check_txn(conditions, ops, max_value_bytes, "the change")
     };
     match op {
         ChangeOp::Create {
@@ -293,9 +301,14 @@ fn op_bytes(op: &TxnOp) -> usize {
 /// changes would not fit one frame. A single put is bounded by the value limit, which the
 /// origin's configuration keeps below the frame.
 pub fn check_revision_size(command: &Command, what: &'static str) -> Result<(), Inadmissible> {
-    let Command::Txn { ops, .. } = command else {
-        return Ok(());
-    };
+    match command {
+        Command::Txn { ops, .. } => ops_fit(ops, what),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses operations whose changes would not fit one frame.
+fn ops_fit(ops: &[TxnOp], what: &'static str) -> Result<(), Inadmissible> {
     let bytes: usize = ops.iter().map(op_bytes).sum();
     if bytes > MAX_REVISION_BYTES {
         return Err(Inadmissible::RevisionTooLarge {
@@ -342,25 +355,7 @@ pub fn check(proposal: &Proposal, max_value_bytes: usize) -> Result<(), Inadmiss
         }
         Command::Delete { address: a, .. } => address(a),
         Command::Txn { conditions, ops } => {
-            let items = conditions.len() + ops.len();
-            if ops.is_empty() || items > MAX_TXN_ITEMS {
-                return Err(Inadmissible::Txn(format!(
-                    "{items} conditions and operations with {} operations; 1 to {MAX_TXN_ITEMS} items with at least one operation",
-                    ops.len()
-                )));
-            }
-            conditions
-                .iter()
-                .map(Condition::address)
-                .try_for_each(address)?;
-            // An address written twice is refused when applied, like a version conflict.
-            for op in ops {
-                address(op.address())?;
-                if let TxnOp::Put(a, value) = op {
-                    json("value", a, value, max_value_bytes)?;
-                }
-            }
-            check_revision_size(&proposal.command, "the transaction")
+            check_txn(conditions, ops, max_value_bytes, "the transaction")
         }
         Command::PutSchema {
             app,

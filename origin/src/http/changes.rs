@@ -377,6 +377,26 @@ fn approvable(principal: &Principal, record: &ChangeRecord, rules: &Rules) -> Ve
         .collect()
 }
 
+/// The rules `principal` may approve `record` for, or 403 `not_an_approver`.
+fn approver_of(
+    principal: &Principal,
+    record: &ChangeRecord,
+    rules: &Rules,
+) -> Result<Vec<String>, ApiError> {
+    let rules = approvable(principal, record, rules);
+    if rules.is_empty() {
+        return Err(forbidden(
+            "not_an_approver",
+            format!(
+                "{} holds approve on none of the rules change {} needs",
+                principal.actor(),
+                record.id
+            ),
+        ));
+    }
+    Ok(rules)
+}
+
 /// One step, committed, answered with the change as it stands after it.
 async fn step(
     state: &Arc<AppState>,
@@ -413,16 +433,7 @@ pub(crate) async fn approve(
                 format!("change {id} writes no protected key; it needs no approval"),
             ));
         }
-        let rules = approvable(&principal, &record, &rules);
-        if rules.is_empty() {
-            return Err(forbidden(
-                "not_an_approver",
-                format!(
-                    "{} holds approve on none of the rules change {id} needs",
-                    principal.actor()
-                ),
-            ));
-        }
+        let rules = approver_of(&principal, &record, &rules)?;
         step(
             &state,
             &principal,
@@ -446,15 +457,7 @@ pub(crate) async fn reject(
         let id = change_id(path)?;
         let DecisionBody { comment } = optional_body(&body.map_err(body_error)?)?;
         let (record, rules) = load(&state, &principal, id).await?;
-        if approvable(&principal, &record, &rules).is_empty() {
-            return Err(forbidden(
-                "not_an_approver",
-                format!(
-                    "{} holds approve on none of the rules change {id} needs",
-                    principal.actor()
-                ),
-            ));
-        }
+        approver_of(&principal, &record, &rules)?;
         step(
             &state,
             &principal,
