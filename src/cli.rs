@@ -756,3 +756,41 @@ pub async fn edges(client: &Client, lag_threshold_ms: Option<u64>) -> anyhow::Re
     anyhow::ensure!(flagged == 0, "{flagged} edge(s) flagged");
     Ok(())
 }
+
+/// `meridian backup --out FILE`: the origin's `GET /v1/backup`, written 0600.
+pub async fn backup(client: &Client, out: &std::path::Path) -> anyhow::Result<()> {
+    let url = format!("{}/v1/backup", client.writes());
+    let c = client.http()?;
+    let req = match &client.token {
+        Some(t) => c.get(&url).bearer_auth(t),
+        None => c.get(&url),
+    };
+    let answer = req
+        .send()
+        .await
+        .with_context(|| format!("contacting {url}"))?;
+    let status = answer.status();
+    if !status.is_success() {
+        let body: Value = answer.json().await.unwrap_or(Value::Null);
+        anyhow::bail!(
+            "{status} {}: {}",
+            body["error"]["code"].as_str().unwrap_or("error"),
+            body["error"]["message"].as_str().unwrap_or("")
+        );
+    }
+    let bytes = answer
+        .bytes()
+        .await
+        .with_context(|| format!("reading {url}"))?;
+    meridian_net::private::write_private(out, &bytes)
+        .with_context(|| format!("writing {}", out.display()))?;
+    let (info, _) = meridian_origin::backup::parse(&bytes)?;
+    println!(
+        "backup of revision {} (digest {}) from {} written to {}",
+        info.revision,
+        info.digest,
+        info.node_id,
+        out.display()
+    );
+    Ok(())
+}

@@ -57,6 +57,23 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Restore a backup (`meridian backup`) into the empty data folder of an origin node's
+    /// config; `meridian origin` then starts a fresh cluster of its members from it.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The origin node's config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Take a consistent, signed backup of the cluster (admin) into a file (0600).
+    Backup {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run one edge node from a TOML config (see deploy/regions/us-east.toml).
     Edge {
         /// Path to the config file.
@@ -609,6 +626,19 @@ async fn main() -> anyhow::Result<()> {
                 meridian::dev::kek_path(&data_dir).display()
             );
         }
+        Command::Restore { file, config } => {
+            let config: meridian_origin::OriginConfig = read_config(&config)?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let info = meridian_origin::backup::restore(&config, &bytes).await?;
+            println!(
+                "restored revision {} (digest {}) into {}",
+                info.revision,
+                info.digest,
+                config.data_dir.display()
+            );
+        }
+        Command::Backup { client, out } => meridian::cli::backup(&client, &out).await?,
         Command::Origin { config } => {
             let config: meridian_origin::OriginConfig = read_config(&config)?;
             let scheme = if config.https.is_some() {

@@ -178,7 +178,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         Arc::new(raft_config),
         Network::new(client.clone(), relay.clone()),
         log,
-        sm,
+        sm.clone(),
     )
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -292,6 +292,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         peers: client.clone(),
         space: space.clone(),
         keyring: keyring.clone(),
+        state_machine: sm,
     });
     let app = router(state.clone());
     // The private channel: nothing here is reachable from the client API.

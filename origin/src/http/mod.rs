@@ -60,6 +60,8 @@ pub struct AppState {
     pub gate: Gate,
     /// The key-encryption keys and data keys (none: secrets are not configured).
     pub keyring: Option<Arc<crate::secrets::Keyring>>,
+    /// The state machine, for backups.
+    pub state_machine: crate::raft::state_machine::StateMachine,
 }
 
 pub(crate) type Shared = State<Arc<AppState>>;
@@ -395,6 +397,7 @@ pub fn routes() -> RouteTable<Arc<AppState>> {
         .route(M::GET, "/v1/whoami", Rule::Identify, tokens::whoami)
         .route(M::GET, "/v1/audit", Everything(AuditRead), audit::list)
         .route(M::GET, "/v1/audit/head", Everything(AuditRead), audit::head)
+        .route(M::GET, "/v1/backup", Everything(Admin), status::backup)
         .route(M::GET, "/v1/status", Observe, status::status)
         .route(M::GET, "/v1/cluster", Observe, status::cluster_status)
         .route(M::GET, "/v1/edges", Observe, edges::edges)

@@ -1,8 +1,9 @@
 //! The node's own state: `GET /v1/status`, `GET /v1/cluster` and `GET /metrics`.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use meridian_net::http::metrics_endpoint;
+use meridian_net::http::{ApiError, metrics_endpoint};
 
 use super::Shared;
 
@@ -44,4 +45,47 @@ pub(crate) async fn status(State(state): Shared) -> Response {
         "disk_free_bytes": state.space.free_bytes_seen(),
     }))
     .into_response()
+}
+
+/// `GET /v1/backup`: a consistent, signed snapshot of everything every acknowledged write
+/// made (read linearizably, built without pausing writes), as a backup file
+/// ([`crate::backup`]); `meridian restore` starts a fresh cluster from it.
+pub(crate) async fn backup(State(state): Shared) -> Result<Response, ApiError> {
+    let inner = async {
+        state
+            .cluster
+            .linearize()
+            .await
+            .map_err(crate::http::cluster_error)?;
+        let (info, bytes) = crate::backup::take(&state.state_machine, &state.node_id)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "backup_failed",
+                    e.to_string(),
+                )
+            })?;
+        metrics::counter!("meridian_origin_backups_total").increment(1);
+        tracing::info!(
+            revision = info.revision,
+            bytes = bytes.len(),
+            "backup taken"
+        );
+        Ok((
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "application/octet-stream".to_owned(),
+                ),
+                (
+                    axum::http::HeaderName::from_static("meridian-revision"),
+                    info.revision.to_string(),
+                ),
+            ],
+            bytes,
+        )
+            .into_response())
+    };
+    inner.await.map_err(crate::http::count_error)
 }

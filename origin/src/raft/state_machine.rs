@@ -134,6 +134,12 @@ pub struct StateMachine {
     verifying_key: meridian_protocol::sign::VerifyingKey,
 }
 
+/// The signed head a snapshot's bytes hold (none for a state without writes, or bytes that
+/// are not a snapshot).
+pub fn head_of(bytes: &[u8]) -> Option<meridian_protocol::SignedHead> {
+    SnapshotData::decode(bytes).ok()?.head
+}
+
 /// Whether applying `entry` may delete or overwrite stored records a snapshot build reads:
 /// a schema put or delete, an audit compaction, a change request's step.
 /// Every other command only adds history records, at revisions after any snapshot being built,
@@ -203,6 +209,11 @@ impl StateMachine {
             record_scan: Arc::new(tokio::sync::RwLock::new(())),
             building: Arc::new(tokio::sync::Mutex::new(())),
         })
+    }
+
+    /// A snapshot built as for a follower (writes go on meanwhile), for a backup.
+    pub async fn build_backup(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.build_detached().await
     }
 
     /// The core, shared with the write API and the edge server.
