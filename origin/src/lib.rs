@@ -18,6 +18,7 @@ pub mod rollout;
 pub mod schedule;
 pub mod secrets;
 pub mod server;
+pub mod webhooks;
 
 pub use config::OriginConfig;
 pub use node::{OriginHandle, StartError, start};
