@@ -112,6 +112,8 @@ pub enum Command {
     /// A step in a change request's life (see [`crate::changes`]); applying one makes the
     /// change's transaction one revision.
     Change(crate::changes::ChangeOp),
+    /// A webhook subscription's change, or a delivery's outcome (see [`crate::webhooks`]).
+    Webhook(crate::webhooks::WebhookOp),
 }
 
 /// A write as committed: the command and who made it, when and why.
@@ -291,6 +293,8 @@ pub struct OriginCore<B: Backend> {
     /// The protection rules in force, read from the state on first use and again after a
     /// write to them.
     protections: Option<Vec<(String, ProtectionRecord)>>,
+    /// The webhook subscriptions, read on first use and again after a change to them.
+    webhooks: Option<Vec<crate::webhooks::Subscription>>,
 }
 
 /// The signed heads one Raft entry produced, and how many of them were signatures another
@@ -314,6 +318,7 @@ impl<B: Backend> OriginCore<B> {
             offered: BTreeMap::new(),
             signed: None,
             protections: None,
+            webhooks: None,
             compacted: None,
         }
     }
@@ -362,6 +367,30 @@ impl<B: Backend> OriginCore<B> {
     pub fn reload_schemas(&mut self) {
         self.schemas = None;
         self.protections = None;
+        self.webhooks = None;
+    }
+
+    /// The webhook subscriptions in force.
+    pub fn webhook_subscriptions(
+        &mut self,
+    ) -> Result<&[crate::webhooks::Subscription], StoreError> {
+        if self.webhooks.is_none() {
+            self.webhooks = Some(crate::webhooks::subscriptions(&self.state)?);
+        }
+        Ok(self.webhooks.as_deref().unwrap_or_default())
+    }
+
+    pub(crate) fn forget_webhooks(&mut self) {
+        self.webhooks = None;
+    }
+
+    /// What a command that made no revision produced.
+    pub(crate) fn unchanged(&self, change: Option<u64>) -> Applied {
+        Applied {
+            revision: self.state.revision(),
+            entries: Vec::new(),
+            change,
+        }
     }
 
     /// The protection rules in force (the working state's, unpublished writes included).
@@ -546,6 +575,7 @@ impl<B: Backend> OriginCore<B> {
             }
             Command::Txn { conditions, ops } => self.txn_writes(conditions, ops)?,
             Command::Change(op) => return self.apply_change(op, meta, extra),
+            Command::Webhook(op) => return self.apply_webhook(op, meta, extra),
             Command::PutSchema {
                 app,
                 env,
@@ -756,6 +786,7 @@ impl<B: Backend> OriginCore<B> {
                 meta,
             ));
         }
+        extra.extend(self.webhook_events(&signed.delta.changes, signed.delta.revision.0, meta)?);
         self.state.apply_hashed_delta_with(&signed, hash, extra)?;
         let entries = signed
             .delta

@@ -208,6 +208,14 @@ pub fn describe(command: &Command, meta: &WriteMeta) -> Option<(String, String)>
         | Command::DeleteSchema { app, env, prefix } => {
             ("schema".into(), format!("{app}/{env}/{prefix}*"))
         }
+        Command::Webhook(crate::webhooks::WebhookOp::Subscribe { url, .. }) => {
+            ("webhook-subscribe".into(), format!("webhook:{url}"))
+        }
+        Command::Webhook(crate::webhooks::WebhookOp::Unsubscribe { id }) => {
+            ("webhook-unsubscribe".into(), format!("webhook/{id}"))
+        }
+        // Delivery outcomes go to the subscription's delivery log, not the audit log.
+        Command::Webhook(_) => return None,
         Command::Change(op) => (
             op.audit_action().into(),
             op.id()

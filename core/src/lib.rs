@@ -26,3 +26,4 @@ pub mod reveals;
 pub mod schema;
 pub mod tokens;
 pub mod topology;
+pub mod webhooks;

@@ -11,6 +11,7 @@ use meridian_protocol::frame::{MAX_REVISION_BYTES, change_bytes};
 use meridian_core::apply::{Command, Condition, Proposal, TxnOp};
 use meridian_core::changes::ChangeOp;
 use meridian_core::history::{MAX_ACTOR_BYTES, MAX_REASON_BYTES};
+use meridian_core::webhooks::WebhookOp;
 use meridian_protocol::auth::valid_policy_name;
 
 /// Most conditions and operations in one transaction.
@@ -173,6 +174,21 @@ pub fn command_bytes(command: &Command) -> usize {
         } => app.len() + env.len() + prefix.len() + schema.len() + 16,
         Command::DeleteSchema { app, env, prefix } => app.len() + env.len() + prefix.len() + 16,
         Command::Change(op) => change_op_bytes(op),
+        Command::Webhook(op) => match op {
+            WebhookOp::Subscribe {
+                url,
+                events,
+                resources,
+                secret,
+            } => {
+                url.len()
+                    + secret.len()
+                    + events.iter().map(String::len).sum::<usize>()
+                    + resources.iter().map(|r| r.as_str().len()).sum::<usize>()
+            }
+            WebhookOp::Failed { error, .. } => 32 + error.len(),
+            WebhookOp::Unsubscribe { .. } | WebhookOp::Delivered { .. } => 32,
+        },
     }
 }
 
@@ -237,6 +253,40 @@ fn check_txn(
         }
     }
     ops_fit(ops, what)
+}
+
+/// Checks a webhook step: a subscription's URL (http or https, at most 2,048 bytes), its
+/// event types and patterns; a failure's text bounded.
+fn check_webhook(op: &WebhookOp) -> Result<(), Inadmissible> {
+    use meridian_core::webhooks::EVENT_TYPES;
+    match op {
+        WebhookOp::Subscribe {
+            url,
+            events,
+            resources,
+            secret,
+        } => {
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !scheme_ok || url.len() > 2048 || !printable(url) {
+                return Err(Inadmissible::Meta(
+                    "a webhook URL is http:// or https://, at most 2048 printable bytes",
+                ));
+            }
+            if events.is_empty() || !events.iter().all(|e| EVENT_TYPES.contains(&e.as_str())) {
+                return Err(Inadmissible::Meta("unknown webhook event type"));
+            }
+            if resources.is_empty() || resources.len() > 64 || secret.len() > 128 {
+                return Err(Inadmissible::Meta(
+                    "a subscription has 1 to 64 resource patterns and a whsec_ secret",
+                ));
+            }
+            Ok(())
+        }
+        WebhookOp::Failed { error, .. } if error.len() > 1024 || !printable(error) => Err(
+            Inadmissible::Meta("a delivery error is at most 1024 printable bytes"),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Checks a change request's step: its transaction as [`check`] checks one, its texts
@@ -428,6 +478,7 @@ pub fn check(proposal: &Proposal, max_value_bytes: usize) -> Result<(), Inadmiss
             }
         }
         Command::Change(op) => check_change(op, max_value_bytes),
+        Command::Webhook(op) => check_webhook(op),
         Command::CompactHistory { retention, .. } => {
             if retention.max_versions == 0 {
                 return Err(Inadmissible::Txn(

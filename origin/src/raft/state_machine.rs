@@ -154,6 +154,7 @@ fn rewrites_stored_records(entry: &Entry) -> bool {
                     | Command::DeleteSchema { .. }
                     | Command::CompactAudit { .. }
                     | Command::Change(_)
+                    | Command::Webhook(_)
             )
         }),
         _ => false,
@@ -472,7 +473,11 @@ impl StateMachine {
                 out.push((k.to_vec(), v.to_vec()));
             }
         }
-        for prefix in [SCHEMA_PREFIX, meridian_core::changes::CHANGE_PREFIX] {
+        for prefix in [
+            SCHEMA_PREFIX,
+            meridian_core::changes::CHANGE_PREFIX,
+            meridian_core::webhooks::WEBHOOK_PREFIX,
+        ] {
             for pair in self.tree.scan_prefix(prefix) {
                 let (k, v) = pair?;
                 out.push((k.to_vec(), v.to_vec()));
@@ -591,6 +596,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 &meridian_core::audit::AUDIT_PREFIX[..],
                 &crate::http::tokens::LAST_USED_PREFIX[..],
                 &meridian_core::changes::CHANGE_PREFIX[..],
+                &meridian_core::webhooks::WEBHOOK_PREFIX[..],
             ] {
                 let old = core
                     .state()

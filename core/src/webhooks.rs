@@ -1,0 +1,598 @@
+//! Webhook subscriptions and their replicated delivery queue. A subscription names a URL, the
+//! event types and the app/env/key patterns it wants; when a commit changes a key it covers,
+//! the apply core appends an event to the queue in the same batch as the revision, so every
+//! origin node holds the same queue and a new leader delivers what the old one had not
+//! (at least once; the event's id is the receiver's idempotency key). The leader reports each
+//! attempt back through the log ([`WebhookOp::Delivered`], [`WebhookOp::Failed`]): a delivered
+//! event leaves the queue, a failed one waits an exponential backoff, and both go to the
+//! subscription's bounded delivery log. An event is keyed by the revision that raised it and
+//! its place among that revision's, so a node that replays entries over a snapshot writes the
+//! same records, never a second copy. Records are origin-only extras under
+//! [`WEBHOOK_PREFIX`].
+
+use meridian_protocol::auth::{Pattern, SYSTEM_APP};
+use meridian_protocol::secrets::is_sealed_text;
+use meridian_protocol::{Address, Change};
+use meridian_store::{Backend, EXTRA_PREFIX, SignedState, StoreError, Write};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::apply::{Applied, ApplyError, OriginCore};
+use crate::history::WriteMeta;
+
+/// Where webhook records live.
+pub const WEBHOOK_PREFIX: [u8; 2] = [EXTRA_PREFIX, b'w'];
+/// Most subscriptions.
+pub const MAX_SUBSCRIPTIONS: usize = 256;
+/// Most delivery-log entries kept per subscription (the oldest go first).
+pub const MAX_LOG_ENTRIES: u64 = 200;
+/// First retry delay; it doubles per attempt up to [`MAX_BACKOFF_MS`].
+pub const FIRST_BACKOFF_MS: u64 = 1_000;
+/// Longest retry delay.
+pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+
+/// The event types a subscription may ask for.
+pub const EVENT_TYPES: [&str; 8] = [
+    "config.changed",
+    "flag.changed",
+    "secret.rotated",
+    "change.requested",
+    "change.approved",
+    "change.applied",
+    "edge.diverged",
+    "edge.lagging",
+];
+
+fn key(kind: u8, parts: &[u64]) -> Vec<u8> {
+    let mut k = vec![WEBHOOK_PREFIX[0], WEBHOOK_PREFIX[1], kind];
+    for p in parts {
+        k.extend_from_slice(&p.to_be_bytes());
+    }
+    k
+}
+
+/// The key of subscription `id`.
+pub fn subscription_key(id: u64) -> Vec<u8> {
+    key(b's', &[id])
+}
+
+/// The key of queued event `seq` (the revision that raised it and its place among that
+/// revision's events: the same on every node, whatever snapshot or replay it came through).
+pub fn event_key(seq: (u64, u64)) -> Vec<u8> {
+    key(b'q', &[seq.0, seq.1])
+}
+
+/// The key of delivery-log entry `n` of subscription `id`.
+pub fn log_key(id: u64, n: u64) -> Vec<u8> {
+    key(b'l', &[id, n])
+}
+
+fn counter_key(name: u8) -> Vec<u8> {
+    key(b'n', &[u64::from(name)])
+}
+
+/// A subscription as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// Its number.
+    pub id: u64,
+    /// Where events are POSTed.
+    pub url: String,
+    /// The event types it wants.
+    pub events: Vec<String>,
+    /// The keys it wants events about.
+    pub resources: Vec<Pattern>,
+    /// The signing secret (`whsec_…`).
+    pub secret: String,
+    /// Who made it.
+    pub created_by: String,
+    /// When.
+    pub created_ms: u64,
+}
+
+impl Subscription {
+    /// Whether it wants an event of `kind` about `address`.
+    pub fn wants(&self, kind: &str, address: &Address) -> bool {
+        self.events.iter().any(|e| e == kind)
+            && self
+                .resources
+                .iter()
+                .any(|p| p.matches_key(&address.app, &address.env, &address.key))
+    }
+}
+
+/// An event waiting to be delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedEvent {
+    /// Its place in the queue: the revision that raised it, its place among that revision's.
+    pub seq: (u64, u64),
+    /// The subscription.
+    pub subscription: u64,
+    /// `webhook-id`: the same on every attempt.
+    pub id: String,
+    /// The JSON body: `{"type", "timestamp", "data"}`.
+    pub body: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Not before this time, ms since the Unix epoch.
+    pub next_at_ms: u64,
+}
+
+/// One line of a subscription's delivery log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The event's id.
+    pub event: String,
+    /// When.
+    pub at_ms: u64,
+    /// Which attempt.
+    pub attempt: u32,
+    /// The receiver's status, when it answered.
+    pub status: Option<u16>,
+    /// `delivered`, `failed` or `dropped`.
+    pub outcome: String,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// A step of the webhook machinery, committed through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WebhookOp {
+    /// Adds a subscription (numbered here).
+    Subscribe {
+        /// Where.
+        url: String,
+        /// Which event types.
+        events: Vec<String>,
+        /// Which keys.
+        resources: Vec<Pattern>,
+        /// Its signing secret.
+        secret: String,
+    },
+    /// Removes subscription `id` and everything queued for it.
+    Unsubscribe {
+        /// Which.
+        id: u64,
+    },
+    /// The leader delivered event `seq`.
+    Delivered {
+        /// Which.
+        seq: (u64, u64),
+        /// The receiver's status.
+        status: u16,
+    },
+    /// The leader's attempt at event `seq` failed.
+    Failed {
+        /// Which.
+        seq: (u64, u64),
+        /// The receiver's status, if it answered.
+        status: Option<u16>,
+        /// Why.
+        error: String,
+    },
+}
+
+/// The delay before retry `attempts` (after that many failures).
+pub fn backoff_ms(attempts: u32) -> u64 {
+    FIRST_BACKOFF_MS
+        .saturating_mul(1u64 << attempts.saturating_sub(1).min(32))
+        .min(MAX_BACKOFF_MS)
+}
+
+/// The event type a change to `change.address` is.
+pub fn kind_of(change: &Change) -> &'static str {
+    if change.address.is_flag() {
+        "flag.changed"
+    } else if change.value.as_deref().is_some_and(is_sealed_text) {
+        "secret.rotated"
+    } else {
+        "config.changed"
+    }
+}
+
+/// The body of an event (Standard Webhooks' `{"type", "timestamp", "data"}`): never a
+/// secret's value.
+pub fn body(kind: &str, time_ms: u64, data: serde_json::Value) -> String {
+    json!({"type": kind, "timestamp_ms": time_ms, "data": data}).to_string()
+}
+
+/// The data of a key's change: where, its new version and revision, the version before, who
+/// and why; a value only for plain configuration.
+pub fn change_data(change: &Change, revision: u64, meta: &WriteMeta) -> serde_json::Value {
+    let a = &change.address;
+    let value = match kind_of(change) {
+        "config.changed" => change
+            .value
+            .as_deref()
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or(serde_json::Value::Null),
+        _ => serde_json::Value::Null,
+    };
+    json!({
+        "app": a.app, "env": a.env, "key": a.key,
+        "version": change.version.0, "previous_version": change.version.0.saturating_sub(1),
+        "revision": revision, "deleted": change.value.is_none(), "value": value,
+        "actor": meta.actor, "reason": meta.reason,
+    })
+}
+
+/// Every subscription, by number.
+pub fn subscriptions<B: Backend>(state: &SignedState<B>) -> Result<Vec<Subscription>, StoreError> {
+    let view = state.prefix_view_staged(&key(b's', &[]))?;
+    let mut out = Vec::with_capacity(view.keys.len());
+    for k in &view.keys {
+        if let Some(v) = view.get(k)? {
+            out.push(
+                serde_json::from_slice(&v)
+                    .map_err(|_| StoreError::Invalid("a webhook subscription does not decode"))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn read_u64<B: Backend>(state: &SignedState<B>, k: &[u8]) -> Result<u64, StoreError> {
+    Ok(state
+        .get_staged(k)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
+/// The writes that queue `events` (subscription, body) raised by `revision` at `time_ms`.
+pub fn enqueue(events: Vec<(u64, String)>, revision: u64, time_ms: u64) -> Vec<Write> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(n, (subscription, body))| {
+            let seq = (revision, n as u64);
+            let event = QueuedEvent {
+                seq,
+                subscription,
+                id: format!("evt_{revision}_{n}"),
+                body,
+                attempts: 0,
+                next_at_ms: time_ms,
+            };
+            (
+                event_key(seq),
+                Some(serde_json::to_vec(&event).expect("an event encodes")),
+            )
+        })
+        .collect()
+}
+
+/// Up to `limit` queued events due at `now_ms`, oldest first (what is stored: for the leader).
+pub fn due<B: Backend>(
+    backend: &B,
+    now_ms: u64,
+    limit: usize,
+) -> Result<Vec<QueuedEvent>, StoreError> {
+    let from = key(b'q', &[]);
+    let to = key(b'q' + 1, &[]);
+    let mut out = Vec::new();
+    for (_, v) in backend.range(&from, &to, limit.saturating_mul(4))? {
+        let e: QueuedEvent = serde_json::from_slice(&v)
+            .map_err(|_| StoreError::Invalid("a queued webhook event does not decode"))?;
+        if e.next_at_ms <= now_ms {
+            out.push(e);
+            if out.len() == limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether any address of `changes` is one a subscription wants an event about.
+pub fn emits(subscriptions: &[Subscription], changes: &[Change]) -> bool {
+    !subscriptions.is_empty()
+        && changes.iter().any(|c| {
+            c.address.app != SYSTEM_APP
+                && subscriptions
+                    .iter()
+                    .any(|s| s.wants(kind_of(c), &c.address))
+        })
+}
+
+fn log_entry<B: Backend>(
+    state: &SignedState<B>,
+    subscription: u64,
+    entry: &LogEntry,
+) -> Result<Vec<Write>, StoreError> {
+    let counter = key(b'm', &[subscription]);
+    let n = read_u64(state, &counter)? + 1;
+    let mut out = vec![
+        (counter, Some(n.to_be_bytes().to_vec())),
+        (
+            log_key(subscription, n),
+            Some(serde_json::to_vec(entry).expect("a log entry encodes")),
+        ),
+    ];
+    if n > MAX_LOG_ENTRIES {
+        out.push((log_key(subscription, n - MAX_LOG_ENTRIES), None));
+    }
+    Ok(out)
+}
+
+/// The delivery log of subscription `id`, oldest first (what is stored).
+pub fn delivery_log<B: Backend>(backend: &B, id: u64) -> Result<Vec<LogEntry>, StoreError> {
+    let from = log_key(id, 0);
+    let to = log_key(id, u64::MAX);
+    backend
+        .range(&from, &to, MAX_LOG_ENTRIES as usize + 1)?
+        .into_iter()
+        .map(|(_, v)| {
+            serde_json::from_slice(&v)
+                .map_err(|_| StoreError::Invalid("a webhook log entry does not decode"))
+        })
+        .collect()
+}
+
+impl<B: Backend> OriginCore<B> {
+    /// The events a revision's `changes` raise for the subscriptions in force, as writes that
+    /// queue them (none without metadata: a write replayed without it raises nothing new).
+    pub(crate) fn webhook_events(
+        &mut self,
+        changes: &[Change],
+        revision: u64,
+        meta: Option<&WriteMeta>,
+    ) -> Result<Vec<Write>, ApplyError> {
+        let Some(meta) = meta else {
+            return Ok(Vec::new());
+        };
+        let subs = self.webhook_subscriptions()?;
+        if !emits(subs, changes) {
+            return Ok(Vec::new());
+        }
+        let mut events = Vec::new();
+        for c in changes.iter().filter(|c| c.address.app != SYSTEM_APP) {
+            let kind = kind_of(c);
+            for s in subs.iter().filter(|s| s.wants(kind, &c.address)) {
+                events.push((
+                    s.id,
+                    body(kind, meta.time_ms, change_data(c, revision, meta)),
+                ));
+            }
+        }
+        Ok(enqueue(events, revision, meta.time_ms))
+    }
+
+    /// Applies one webhook step (see [`WebhookOp`]).
+    pub(crate) fn apply_webhook(
+        &mut self,
+        op: WebhookOp,
+        meta: Option<&WriteMeta>,
+        mut extra: Vec<Write>,
+    ) -> Result<(Applied, Option<meridian_protocol::SignedDelta>), ApplyError> {
+        let actor = meta.map_or("system", |m| m.actor.as_str()).to_owned();
+        let now_ms = meta.map_or(0, |m| m.time_ms);
+        match op {
+            WebhookOp::Subscribe {
+                url,
+                events,
+                resources,
+                secret,
+            } => {
+                if self.webhook_subscriptions()?.len() >= MAX_SUBSCRIPTIONS {
+                    return Err(ApplyError::Invalid(format!(
+                        "at most {MAX_SUBSCRIPTIONS} webhook subscriptions"
+                    )));
+                }
+                let id = read_u64(self.state(), &counter_key(b's'))? + 1;
+                let sub = Subscription {
+                    id,
+                    url,
+                    events,
+                    resources,
+                    secret,
+                    created_by: actor,
+                    created_ms: now_ms,
+                };
+                extra.push((counter_key(b's'), Some(id.to_be_bytes().to_vec())));
+                extra.push((
+                    subscription_key(id),
+                    Some(serde_json::to_vec(&sub).expect("a subscription encodes")),
+                ));
+                self.forget_webhooks();
+                self.state_mut().write_extra(extra)?;
+                Ok((self.unchanged(Some(id)), None))
+            }
+            WebhookOp::Unsubscribe { id } => {
+                if self.state().get_staged(&subscription_key(id))?.is_none() {
+                    return Err(ApplyError::Invalid(format!("no webhook subscription {id}")));
+                }
+                extra.push((subscription_key(id), None));
+                let view = self.state().prefix_view_staged(&key(b'q', &[]))?;
+                for k in &view.keys {
+                    if let Some(v) = view.get(k)?
+                        && serde_json::from_slice::<QueuedEvent>(&v)
+                            .is_ok_and(|e| e.subscription == id)
+                    {
+                        extra.push((k.clone(), None));
+                    }
+                }
+                drop(view);
+                self.forget_webhooks();
+                self.state_mut().write_extra(extra)?;
+                Ok((self.unchanged(Some(id)), None))
+            }
+            WebhookOp::Delivered { seq, status } => {
+                // Reported twice (an old and a new leader): the second finds nothing.
+                if let Some(e) = self.queued(seq)? {
+                    extra.push((event_key(seq), None));
+                    let entry = LogEntry {
+                        event: e.id,
+                        at_ms: now_ms,
+                        attempt: e.attempts + 1,
+                        status: Some(status),
+                        outcome: "delivered".into(),
+                        error: None,
+                    };
+                    extra.extend(log_entry(self.state(), e.subscription, &entry)?);
+                    self.state_mut().write_extra(extra)?;
+                }
+                Ok((self.unchanged(None), None))
+            }
+            WebhookOp::Failed { seq, status, error } => {
+                if let Some(mut e) = self.queued(seq)? {
+                    e.attempts += 1;
+                    e.next_at_ms = now_ms.saturating_add(backoff_ms(e.attempts));
+                    let entry = LogEntry {
+                        event: e.id.clone(),
+                        at_ms: now_ms,
+                        attempt: e.attempts,
+                        status,
+                        outcome: "failed".into(),
+                        error: Some(error),
+                    };
+                    extra.extend(log_entry(self.state(), e.subscription, &entry)?);
+                    extra.push((
+                        event_key(seq),
+                        Some(serde_json::to_vec(&e).expect("an event encodes")),
+                    ));
+                    self.state_mut().write_extra(extra)?;
+                }
+                Ok((self.unchanged(None), None))
+            }
+        }
+    }
+
+    fn queued(&self, seq: (u64, u64)) -> Result<Option<QueuedEvent>, StoreError> {
+        match self.state().get_staged(&event_key(seq))? {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|_| StoreError::Invalid("a queued webhook event does not decode")),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_a_second_up_to_an_hour() {
+        assert_eq!(backoff_ms(1), 1_000);
+        assert_eq!(backoff_ms(2), 2_000);
+        assert_eq!(backoff_ms(5), 16_000);
+        assert_eq!(backoff_ms(40), MAX_BACKOFF_MS);
+    }
+
+    mod through_the_core {
+        use meridian_protocol::Signer;
+        use meridian_store::MemBackend;
+
+        use super::super::*;
+        use crate::apply::Command;
+
+        fn core() -> OriginCore<MemBackend> {
+            let state = SignedState::open(MemBackend::new(), 100).unwrap();
+            OriginCore::new(state, Signer::from_bytes(&[3; 32]))
+        }
+
+        fn run(c: &mut OriginCore<MemBackend>, time_ms: u64, command: Command) -> Applied {
+            let meta = WriteMeta {
+                time_ms,
+                actor: "alice#1".into(),
+                reason: Some("why".into()),
+                ..Default::default()
+            };
+            let out = c
+                .apply_unpublished(command, Some(&meta), Vec::new())
+                .unwrap()
+                .0;
+            c.state_mut().publish().unwrap();
+            out
+        }
+
+        fn put(key: &str, value: &str) -> Command {
+            Command::Put {
+                address: Address::parse("pay", "prod", key).unwrap(),
+                value: value.into(),
+                expect_version: None,
+            }
+        }
+
+        fn subscribe(c: &mut OriginCore<MemBackend>) -> u64 {
+            let op = WebhookOp::Subscribe {
+                url: "http://127.0.0.1:9/hook".into(),
+                events: vec!["config.changed".into()],
+                resources: vec![Pattern::parse("pay/prod/db.*").unwrap()],
+                secret: "whsec_x".into(),
+            };
+            run(c, 1, Command::Webhook(op)).change.unwrap()
+        }
+
+        #[test]
+        fn a_covered_write_queues_one_event_in_its_revision_and_outcomes_are_logged() {
+            let mut c = core();
+            let id = subscribe(&mut c);
+            run(&mut c, 2, put("timeout", "1"));
+            assert!(
+                due(c.state().backend(), 10, 10).unwrap().is_empty(),
+                "not covered"
+            );
+            let applied = run(&mut c, 3, put("db.url", "\"pg\""));
+            let queued = due(c.state().backend(), 3, 10).unwrap();
+            assert_eq!(queued.len(), 1);
+            let e = &queued[0];
+            assert_eq!(e.subscription, id);
+            assert_eq!(e.id, format!("evt_{}_0", applied.revision.0));
+            assert_eq!(e.seq, (applied.revision.0, 0));
+            let body: serde_json::Value = serde_json::from_str(&e.body).unwrap();
+            assert_eq!(body["type"], "config.changed");
+            assert_eq!(body["data"]["key"], "db.url");
+            assert_eq!(body["data"]["value"], "pg");
+            assert_eq!(body["data"]["previous_version"], 0);
+            assert_eq!(body["data"]["actor"], "alice#1");
+
+            // A failure waits its backoff; a delivery removes it; both are logged.
+            let failed = WebhookOp::Failed {
+                seq: e.seq,
+                status: Some(500),
+                error: "500".into(),
+            };
+            run(&mut c, 100, Command::Webhook(failed));
+            assert!(due(c.state().backend(), 100, 10).unwrap().is_empty());
+            let again = due(c.state().backend(), 100 + backoff_ms(1), 10).unwrap();
+            assert_eq!((again.len(), again[0].attempts), (1, 1));
+            let delivered = WebhookOp::Delivered {
+                seq: e.seq,
+                status: 204,
+            };
+            run(&mut c, 2_000, Command::Webhook(delivered.clone()));
+            // Reported again by a new leader: nothing more.
+            run(&mut c, 2_001, Command::Webhook(delivered));
+            assert!(due(c.state().backend(), u64::MAX, 10).unwrap().is_empty());
+            let log = delivery_log(c.state().backend(), id).unwrap();
+            let outcomes: Vec<(&str, u32)> = log
+                .iter()
+                .map(|l| (l.outcome.as_str(), l.attempt))
+                .collect();
+            assert_eq!(outcomes, [("failed", 1), ("delivered", 2)]);
+        }
+
+        #[test]
+        fn every_node_queues_the_same_events() {
+            let commands = |c: &mut OriginCore<MemBackend>| {
+                subscribe(c);
+                for i in 0..5 {
+                    run(c, 10 + i, put("db.pool", &i.to_string()));
+                }
+                due(c.state().backend(), u64::MAX, 100).unwrap()
+            };
+            let (mut a, mut b) = (core(), core());
+            let (qa, qb) = (commands(&mut a), commands(&mut b));
+            assert_eq!(qa.len(), 5);
+            assert_eq!(qa, qb);
+            // Unsubscribing drops what was queued for it.
+            run(
+                &mut a,
+                20,
+                Command::Webhook(WebhookOp::Unsubscribe { id: 1 }),
+            );
+            assert!(due(a.state().backend(), u64::MAX, 100).unwrap().is_empty());
+        }
+    }
+}
