@@ -7,6 +7,7 @@ pub mod admission;
 pub mod backup;
 pub mod bootstrap;
 pub mod config;
+pub mod delivery;
 pub mod disk;
 pub mod drift;
 pub mod exposures;

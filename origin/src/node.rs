@@ -346,6 +346,13 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         move || leader_raft.metrics().borrow().current_leader == Some(node),
         shutdown_rx.clone(),
     ));
+    let (leader_raft, node) = (raft.clone(), r.id);
+    let delivery_task = tokio::spawn(crate::delivery::deliver(
+        core.clone(),
+        cluster.clone(),
+        move || leader_raft.metrics().borrow().current_leader == Some(node),
+        shutdown_rx.clone(),
+    ));
     let last_used_task = tokio::spawn(crate::http::tokens::commit_last_used(
         last_used,
         cluster,
@@ -386,6 +393,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
                 exposures_task,
                 rollout_task,
                 schedule_task,
+                delivery_task,
                 drift_task,
                 due_task,
                 space_task,

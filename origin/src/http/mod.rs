@@ -15,6 +15,7 @@ pub mod schemas;
 pub mod secrets;
 pub mod status;
 pub mod tokens;
+pub mod webhooks;
 
 use std::sync::{Arc, Mutex};
 
@@ -398,6 +399,20 @@ pub fn routes() -> RouteTable<Arc<AppState>> {
         .route(M::GET, "/v1/audit", Everything(AuditRead), audit::list)
         .route(M::GET, "/v1/audit/head", Everything(AuditRead), audit::head)
         .route(M::GET, "/v1/backup", Everything(Admin), status::backup)
+        .route(M::POST, "/v1/webhooks", Everything(Admin), webhooks::create)
+        .route(M::GET, "/v1/webhooks", Everything(Admin), webhooks::list)
+        .route(
+            M::DELETE,
+            "/v1/webhooks/{id}",
+            Everything(Admin),
+            webhooks::delete,
+        )
+        .route(
+            M::GET,
+            "/v1/webhooks/{id}/deliveries",
+            Everything(Admin),
+            webhooks::deliveries,
+        )
         .route(M::GET, "/v1/status", Observe, status::status)
         .route(M::GET, "/v1/cluster", Observe, status::cluster_status)
         .route(M::GET, "/v1/edges", Observe, edges::edges)
