@@ -158,3 +158,99 @@ async fn covered_writes_are_delivered_signed_retried_and_logged() {
     );
     assert_eq!(log["queued"], 0, "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlog_survives_the_leader_and_every_event_arrives() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = common::options(dir.path());
+    opts.origin_nodes = 3;
+    let meridian::dev::DevCluster {
+        origin,
+        more_origins,
+        edges,
+        ..
+    } = meridian::dev::DevCluster::start(&opts)
+        .await
+        .expect("dev cluster");
+    let admin = http();
+    let nodes: Vec<_> = std::iter::once(origin).chain(more_origins).collect();
+    let o = base(nodes[0].http_addr);
+
+    // A receiver that refuses everything until told to accept.
+    let accepting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let delivered = Arc::new(Mutex::new(std::collections::BTreeSet::<String>::new()));
+    let (acc, del) = (accepting.clone(), delivered.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap| {
+            let (acc, del) = (acc.clone(), del.clone());
+            async move {
+                if !acc.load(std::sync::atomic::Ordering::SeqCst) {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let id = headers.get("webhook-id").and_then(|v| v.to_str().ok());
+                del.lock()
+                    .unwrap()
+                    .insert(id.unwrap_or_default().to_owned());
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let r = admin
+        .post(format!("{o}/v1/webhooks"))
+        .json(&json!({"url": url, "events": ["config.changed"], "resources": ["pay/*/*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
+
+    for i in 0..20 {
+        put(&admin, &o, &format!("pay/prod/k{i}"), json!(i)).await;
+    }
+    // The backlog: every event refused at least once.
+    eventually(WAIT, "every event attempted and refused", || {
+        let (c, url) = (admin.clone(), format!("{o}/v1/webhooks/{id}/deliveries"));
+        async move {
+            let (_, log) = get_json(&c, &url).await;
+            let failed: std::collections::BTreeSet<String> = log["deliveries"]
+                .as_array()?
+                .iter()
+                .map(|d| d["event"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            (failed.len() == 20 && log["queued"] == 20).then_some(())
+        }
+    })
+    .await;
+    let mut leader = None;
+    for (i, n) in nodes.iter().enumerate() {
+        if status(&admin, &base(n.http_addr)).await["role"] == "leader" {
+            leader = Some(i);
+        }
+    }
+    let mut nodes = nodes;
+    nodes.remove(leader.expect("a leader")).shutdown().await;
+    accepting.store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(60),
+        "every event delivered by the new leader",
+        || {
+            let delivered = delivered.clone();
+            async move { (delivered.lock().unwrap().len() == 20).then_some(()) }
+        },
+    )
+    .await;
+    let survivor = base(nodes[0].http_addr);
+    let (_, log) = get_json(&admin, &format!("{survivor}/v1/webhooks/{id}/deliveries")).await;
+    assert_eq!(log["queued"], 0, "{log}");
+    for e in edges {
+        e.shutdown().await;
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
