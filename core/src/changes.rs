@@ -596,6 +596,7 @@ impl<B: Backend> OriginCore<B> {
                     extra.push((schedule_key(at, id), Some(Vec::new())));
                 }
                 extra.push(encode(&record));
+                extra.extend(self.change_events("change.requested", &record, meta)?);
                 self.state_mut().write_extra(extra)?;
                 Ok((unchanged(self, id), None))
             }
@@ -629,6 +630,7 @@ impl<B: Backend> OriginCore<B> {
                 };
                 extra.extend(unschedule(&record));
                 extra.push(encode(&record));
+                extra.extend(self.change_events("change.applied", &record, meta)?);
                 let (mut applied, delta) = self.commit_writes(writes, meta, extra)?;
                 applied.change = Some(id);
                 Ok((applied, delta))
@@ -636,9 +638,17 @@ impl<B: Backend> OriginCore<B> {
             step => {
                 let id = step.id().unwrap_or_default();
                 let mut record = load(self.state(), id)?.ok_or(ChangeError::NotFound(id))?;
+                let approving = matches!(step, ChangeOp::Approve { .. });
+                let was_approved = record.missing_approval(self.protections()).is_none();
                 record.step(step, &actor, now_ms)?;
                 extra.extend(unschedule(&record));
                 extra.push(encode(&record));
+                if approving
+                    && !was_approved
+                    && record.missing_approval(self.protections()).is_none()
+                {
+                    extra.extend(self.change_events("change.approved", &record, meta)?);
+                }
                 self.state_mut().write_extra(extra)?;
                 Ok((unchanged(self, id), None))
             }

@@ -238,17 +238,18 @@ fn read_u64<B: Backend>(state: &SignedState<B>, k: &[u8]) -> Result<u64, StoreEr
         .map_or(0, u64::from_be_bytes))
 }
 
-/// The writes that queue `events` (subscription, body) raised by `revision` at `time_ms`.
-pub fn enqueue(events: Vec<(u64, String)>, revision: u64, time_ms: u64) -> Vec<Write> {
+/// The writes that queue `events` (subscription, body) raised at `revision`, numbered from
+/// `first` among that revision's, at `time_ms`.
+pub fn enqueue(events: Vec<(u64, String)>, revision: u64, first: u64, time_ms: u64) -> Vec<Write> {
     events
         .into_iter()
         .enumerate()
         .map(|(n, (subscription, body))| {
-            let seq = (revision, n as u64);
+            let seq = (revision, first + n as u64);
             let event = QueuedEvent {
                 seq,
                 subscription,
-                id: format!("evt_{revision}_{n}"),
+                id: format!("evt_{}_{}", seq.0, seq.1),
                 body,
                 attempts: 0,
                 next_at_ms: time_ms,
@@ -260,6 +261,10 @@ pub fn enqueue(events: Vec<(u64, String)>, revision: u64, time_ms: u64) -> Vec<W
         })
         .collect()
 }
+
+/// Events raised by a step that makes no revision (a change request's) are numbered from
+/// here among the current revision's, by a counter kept with the queue.
+const STEP_EVENTS_FROM: u64 = 1 << 32;
 
 /// Up to `limit` queued events due at `now_ms`, oldest first (what is stored: for the leader).
 pub fn due<B: Backend>(
@@ -354,7 +359,7 @@ impl<B: Backend> OriginCore<B> {
                 ));
             }
         }
-        Ok(enqueue(events, revision, meta.time_ms))
+        Ok(enqueue(events, revision, 0, meta.time_ms))
     }
 
     /// Applies one webhook step (see [`WebhookOp`]).
@@ -455,6 +460,44 @@ impl<B: Backend> OriginCore<B> {
                 Ok((self.unchanged(None), None))
             }
         }
+    }
+
+    /// The events of kind `kind` (`change.requested`, `change.approved`, `change.applied`)
+    /// that change request `record` raises for the subscriptions covering one of its keys.
+    pub(crate) fn change_events(
+        &mut self,
+        kind: &str,
+        record: &crate::changes::ChangeRecord,
+        meta: Option<&WriteMeta>,
+    ) -> Result<Vec<Write>, ApplyError> {
+        let Some(meta) = meta else {
+            return Ok(Vec::new());
+        };
+        let keys: Vec<String> = record
+            .ops
+            .iter()
+            .map(|op| op.address().to_string())
+            .collect();
+        let data = json!({
+            "change": record.id, "author": record.author, "reason": record.reason,
+            "keys": keys, "actor": meta.actor,
+        });
+        let events: Vec<(u64, String)> = self
+            .webhook_subscriptions()?
+            .iter()
+            .filter(|s| record.ops.iter().any(|op| s.wants(kind, op.address())))
+            .map(|s| (s.id, body(kind, meta.time_ms, data.clone())))
+            .collect();
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let counter = counter_key(b'e');
+        let used = read_u64(self.state(), &counter)?;
+        let n = events.len() as u64;
+        let revision = self.state().revision().0;
+        let mut out = enqueue(events, revision, STEP_EVENTS_FROM + used, meta.time_ms);
+        out.push((counter, Some((used + n).to_be_bytes().to_vec())));
+        Ok(out)
     }
 
     fn queued(&self, seq: (u64, u64)) -> Result<Option<QueuedEvent>, StoreError> {
@@ -571,6 +614,70 @@ mod tests {
                 .map(|l| (l.outcome.as_str(), l.attempt))
                 .collect();
             assert_eq!(outcomes, [("failed", 1), ("delivered", 2)]);
+        }
+
+        #[test]
+        fn change_requests_raise_requested_approved_and_applied() {
+            use crate::changes::ChangeOp;
+            let mut c = core();
+            let op = WebhookOp::Subscribe {
+                url: "http://127.0.0.1:9/hook".into(),
+                events: vec![
+                    "change.requested".into(),
+                    "change.approved".into(),
+                    "change.applied".into(),
+                ],
+                resources: vec![Pattern::parse("pay/prod/*").unwrap()],
+                secret: "whsec_x".into(),
+            };
+            run(&mut c, 1, Command::Webhook(op));
+            let rule = Command::Put {
+                address: Address::system(meridian_protocol::auth::PROTECTIONS_ENV, "prod").unwrap(),
+                value: r#"{"resources":["pay/prod/*"],"approvals":1}"#.into(),
+                expect_version: None,
+            };
+            run(&mut c, 2, rule);
+            let create = ChangeOp::Create {
+                reason: "r".into(),
+                apply_at_ms: None,
+                conditions: Vec::new(),
+                ops: vec![crate::apply::TxnOp::Put(
+                    Address::parse("pay", "prod", "k").unwrap(),
+                    "1".into(),
+                )],
+            };
+            let id = run(&mut c, 3, Command::Change(create)).change.unwrap();
+            let approve = ChangeOp::Approve {
+                id,
+                rules: vec!["prod".into()],
+                comment: None,
+            };
+            let meta = WriteMeta {
+                time_ms: 4,
+                actor: "bob#2".into(),
+                ..Default::default()
+            };
+            c.apply_unpublished(Command::Change(approve), Some(&meta), Vec::new())
+                .unwrap();
+            c.state_mut().publish().unwrap();
+            let apply = ChangeOp::Apply {
+                id,
+                break_glass: false,
+            };
+            run(&mut c, 5, Command::Change(apply));
+            let kinds: Vec<String> = due(c.state().backend(), u64::MAX, 100)
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    let v: serde_json::Value = serde_json::from_str(&e.body).unwrap();
+                    v["type"].as_str().unwrap().to_owned()
+                })
+                .collect();
+            assert_eq!(
+                kinds,
+                ["change.requested", "change.approved", "change.applied"],
+                "no config.changed: not subscribed"
+            );
         }
 
         #[test]
