@@ -161,6 +161,14 @@ pub enum WebhookOp {
         /// The receiver's status.
         status: u16,
     },
+    /// An event about no key (an edge that diverged or lags), raised by the origin node that
+    /// noticed it, for every subscription asking for `kind`.
+    Emit {
+        /// `edge.diverged` or `edge.lagging`.
+        kind: String,
+        /// The event's data.
+        data: serde_json::Value,
+    },
     /// The leader's attempt at event `seq` failed.
     Failed {
         /// Which.
@@ -438,6 +446,19 @@ impl<B: Backend> OriginCore<B> {
                 }
                 Ok((self.unchanged(None), None))
             }
+            WebhookOp::Emit { kind, data } => {
+                if let Some(meta) = meta {
+                    let events: Vec<(u64, String)> = self
+                        .webhook_subscriptions()?
+                        .iter()
+                        .filter(|s| s.events.contains(&kind))
+                        .map(|s| (s.id, body(&kind, meta.time_ms, data.clone())))
+                        .collect();
+                    extra.extend(self.step_events(events, meta.time_ms)?);
+                    self.state_mut().write_extra(extra)?;
+                }
+                Ok((self.unchanged(None), None))
+            }
             WebhookOp::Failed { seq, status, error } => {
                 if let Some(mut e) = self.queued(seq)? {
                     e.attempts += 1;
@@ -488,6 +509,16 @@ impl<B: Backend> OriginCore<B> {
             .filter(|s| record.ops.iter().any(|op| s.wants(kind, op.address())))
             .map(|s| (s.id, body(kind, meta.time_ms, data.clone())))
             .collect();
+        Ok(self.step_events(events, meta.time_ms)?)
+    }
+
+    /// Queues events raised by a step that makes no revision, numbered by the queue's counter
+    /// after the current revision's own.
+    fn step_events(
+        &self,
+        events: Vec<(u64, String)>,
+        time_ms: u64,
+    ) -> Result<Vec<Write>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -495,7 +526,7 @@ impl<B: Backend> OriginCore<B> {
         let used = read_u64(self.state(), &counter)?;
         let n = events.len() as u64;
         let revision = self.state().revision().0;
-        let mut out = enqueue(events, revision, STEP_EVENTS_FROM + used, meta.time_ms);
+        let mut out = enqueue(events, revision, STEP_EVENTS_FROM + used, time_ms);
         out.push((counter, Some((used + n).to_be_bytes().to_vec())));
         Ok(out)
     }
@@ -678,6 +709,37 @@ mod tests {
                 ["change.requested", "change.approved", "change.applied"],
                 "no config.changed: not subscribed"
             );
+        }
+
+        #[test]
+        fn edge_events_go_to_subscriptions_asking_for_them() {
+            let mut c = core();
+            subscribe(&mut c);
+            let op = WebhookOp::Subscribe {
+                url: "http://127.0.0.1:9/ops".into(),
+                events: vec!["edge.lagging".into()],
+                resources: vec![Pattern::parse("*/*/*").unwrap()],
+                secret: "whsec_y".into(),
+            };
+            let ops_id = run(&mut c, 1, Command::Webhook(op)).change.unwrap();
+            let emit = |kind: &str| {
+                Command::Webhook(WebhookOp::Emit {
+                    kind: kind.into(),
+                    data: serde_json::json!({"edge": "ap-south-1", "lag_ms": 12_000}),
+                })
+            };
+            run(&mut c, 2, emit("edge.lagging"));
+            run(&mut c, 3, emit("edge.diverged"));
+            let queued = due(c.state().backend(), u64::MAX, 10).unwrap();
+            assert_eq!(
+                queued.len(),
+                1,
+                "only the subscription asking for edge.lagging"
+            );
+            assert_eq!(queued[0].subscription, ops_id);
+            let body: serde_json::Value = serde_json::from_str(&queued[0].body).unwrap();
+            assert_eq!(body["type"], "edge.lagging");
+            assert_eq!(body["data"]["edge"], "ap-south-1");
         }
 
         #[test]

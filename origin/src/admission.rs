@@ -187,6 +187,7 @@ pub fn command_bytes(command: &Command) -> usize {
                     + resources.iter().map(|r| r.as_str().len()).sum::<usize>()
             }
             WebhookOp::Failed { error, .. } => 32 + error.len(),
+            WebhookOp::Emit { kind, data } => kind.len() + data.to_string().len(),
             WebhookOp::Unsubscribe { .. } | WebhookOp::Delivered { .. } => 32,
         },
     }
@@ -281,6 +282,15 @@ fn check_webhook(op: &WebhookOp) -> Result<(), Inadmissible> {
                 ));
             }
             Ok(())
+        }
+        WebhookOp::Emit { kind, data }
+            if !kind.starts_with("edge.")
+                || !EVENT_TYPES.contains(&kind.as_str())
+                || data.to_string().len() > 4096 =>
+        {
+            Err(Inadmissible::Meta(
+                "an emitted event is edge.diverged or edge.lagging with at most 4 KiB of data",
+            ))
         }
         WebhookOp::Failed { error, .. } if error.len() > 1024 || !printable(error) => Err(
             Inadmissible::Meta("a delivery error is at most 1024 printable bytes"),

@@ -355,11 +355,16 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     ));
     let last_used_task = tokio::spawn(crate::http::tokens::commit_last_used(
         last_used,
-        cluster,
+        cluster.clone(),
         Duration::from_millis(config.auth.last_used_interval_ms),
         shutdown_rx.clone(),
     ));
-    let drift_task = tokio::spawn(export_drift(edges, core.clone(), shutdown_rx.clone()));
+    let drift_task = tokio::spawn(export_drift(
+        edges,
+        core.clone(),
+        cluster,
+        shutdown_rx.clone(),
+    ));
     let due_task = tokio::spawn(crate::secrets::export_due(due_reader, shutdown_rx.clone()));
     let leader_task = tokio::spawn(track_leadership(raft.clone(), r.id, relay));
     let https = meridian_net::tls::https_acceptor(config.https.as_ref())?;
@@ -473,9 +478,12 @@ async fn track_leadership(raft: Raft, id: u64, relay: Arc<SharedRelay>) {
 async fn export_drift(
     edges: Arc<Mutex<crate::drift::KnownEdges>>,
     core: crate::raft::state_machine::SharedCore,
+    cluster: Cluster,
     mut shutdown: watch::Receiver<bool>,
 ) {
     const EVERY: Duration = Duration::from_secs(5);
+    // The flags each edge had at the last look: a newly raised one is an event.
+    let mut flagged: std::collections::BTreeSet<(String, &'static str)> = Default::default();
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|v| *v) => return,
@@ -495,6 +503,42 @@ async fn export_drift(
             )
         };
         crate::drift::export(&rows);
+        let now: std::collections::BTreeSet<(String, &'static str)> = rows
+            .iter()
+            .flat_map(|r| {
+                r.flags
+                    .iter()
+                    .filter(|f| matches!(**f, "diverged" | "lagging"))
+                    .map(|f| (r.edge_id.clone(), *f))
+            })
+            .collect();
+        for (edge, flag) in now.difference(&flagged) {
+            let Some(row) = rows.iter().find(|r| r.edge_id == *edge) else {
+                continue;
+            };
+            let data = serde_json::json!({
+                "edge": row.edge_id, "region": row.region, "revision": row.revision,
+                "behind_revisions": row.behind_revisions, "lag_ms": row.lag_ms,
+                "digest_match": row.digest_match,
+            });
+            let proposal = meridian_core::apply::Proposal {
+                command: meridian_core::apply::Command::Webhook(
+                    meridian_core::webhooks::WebhookOp::Emit {
+                        kind: format!("edge.{flag}"),
+                        data,
+                    },
+                ),
+                meta: meridian_core::history::WriteMeta {
+                    time_ms: meridian_core::history::now_ms(),
+                    actor: "drift".into(),
+                    ..Default::default()
+                },
+            };
+            if let Err(e) = cluster.write(proposal).await {
+                tracing::debug!(error = %e, %edge, "an edge event was not committed");
+            }
+        }
+        flagged = now;
     }
 }
 
