@@ -188,8 +188,8 @@ pub struct Applied {
     pub revision: Revision,
     /// Each changed address's new state, sorted by address.
     pub entries: Vec<(Address, EntryState)>,
-    /// The change request the command created or acted on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The change request (or webhook subscription) the command created or acted on. Every
+    /// field is always encoded: answers travel between nodes in postcard, which cannot skip.
     pub change: Option<u64>,
 }
 

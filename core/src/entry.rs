@@ -90,3 +90,79 @@ pub fn apply_proposals<B: Backend>(
     }
     Ok(results)
 }
+
+#[cfg(test)]
+mod tests {
+    use meridian_protocol::auth::Pattern;
+    use meridian_protocol::{Address, Revision};
+
+    use crate::apply::{Applied, Command, Condition, Proposal, TxnOp};
+    use crate::changes::{ChangeError, ChangeOp};
+    use crate::history::WriteMeta;
+    use crate::webhooks::WebhookOp;
+
+    fn postcard_round_trip<T>(value: &T)
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let bytes = postcard::to_allocvec(value).expect("encodes");
+        let back: T = postcard::from_bytes(&bytes).expect("decodes");
+        assert_eq!(&back, value);
+    }
+
+    /// Commands are Raft log entries and answers travel from the leader to a forwarding
+    /// follower, both in postcard, which cannot skip fields nor decode self-describing values.
+    #[test]
+    fn every_change_and_webhook_command_and_answer_survives_postcard() {
+        let a = Address::parse("pay", "prod", "k").unwrap();
+        let commands = [
+            Command::Change(ChangeOp::Create {
+                reason: "r".into(),
+                apply_at_ms: Some(5),
+                conditions: vec![Condition::VersionEquals(a.clone(), 1)],
+                ops: vec![TxnOp::Put(a.clone(), "1".into()), TxnOp::Delete(a.clone())],
+            }),
+            Command::Change(ChangeOp::Approve {
+                id: 1,
+                rules: vec!["prod".into()],
+                comment: None,
+            }),
+            Command::Change(ChangeOp::Apply {
+                id: 1,
+                break_glass: true,
+            }),
+            Command::Webhook(WebhookOp::Subscribe {
+                url: "http://x".into(),
+                events: vec!["config.changed".into()],
+                resources: vec![Pattern::parse("pay/prod/*").unwrap()],
+                secret: "whsec_x".into(),
+            }),
+            Command::Webhook(WebhookOp::Emit {
+                kind: "edge.lagging".into(),
+                data: r#"{"edge":"e"}"#.into(),
+            }),
+            Command::Webhook(WebhookOp::Failed {
+                seq: (3, 1 << 32),
+                status: None,
+                error: "timeout".into(),
+            }),
+        ];
+        for command in commands {
+            postcard_round_trip(&Proposal {
+                command,
+                meta: WriteMeta::default(),
+            });
+        }
+        for change in [None, Some(7)] {
+            postcard_round_trip(&Applied {
+                revision: Revision(3),
+                entries: Vec::new(),
+                change,
+            });
+        }
+        postcard_round_trip(&ChangeError::Closed {
+            id: 1,
+            state: "applied".into(),
+        });
+    }
+}

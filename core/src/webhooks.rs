@@ -166,8 +166,9 @@ pub enum WebhookOp {
     Emit {
         /// `edge.diverged` or `edge.lagging`.
         kind: String,
-        /// The event's data.
-        data: serde_json::Value,
+        /// The event's data, JSON text (commands are encoded in postcard, which carries no
+        /// self-describing values).
+        data: String,
     },
     /// The leader's attempt at event `seq` failed.
     Failed {
@@ -452,7 +453,10 @@ impl<B: Backend> OriginCore<B> {
                         .webhook_subscriptions()?
                         .iter()
                         .filter(|s| s.events.contains(&kind))
-                        .map(|s| (s.id, body(&kind, meta.time_ms, data.clone())))
+                        .map(|s| {
+                            let data = serde_json::from_str(&data).unwrap_or_default();
+                            (s.id, body(&kind, meta.time_ms, data))
+                        })
                         .collect();
                     extra.extend(self.step_events(events, meta.time_ms)?);
                     self.state_mut().write_extra(extra)?;
@@ -725,7 +729,7 @@ mod tests {
             let emit = |kind: &str| {
                 Command::Webhook(WebhookOp::Emit {
                     kind: kind.into(),
-                    data: serde_json::json!({"edge": "ap-south-1", "lag_ms": 12_000}),
+                    data: serde_json::json!({"edge": "ap-south-1", "lag_ms": 12_000}).to_string(),
                 })
             };
             run(&mut c, 2, emit("edge.lagging"));

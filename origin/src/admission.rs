@@ -187,7 +187,7 @@ pub fn command_bytes(command: &Command) -> usize {
                     + resources.iter().map(|r| r.as_str().len()).sum::<usize>()
             }
             WebhookOp::Failed { error, .. } => 32 + error.len(),
-            WebhookOp::Emit { kind, data } => kind.len() + data.to_string().len(),
+            WebhookOp::Emit { kind, data } => kind.len() + data.len(),
             WebhookOp::Unsubscribe { .. } | WebhookOp::Delivered { .. } => 32,
         },
     }
@@ -286,7 +286,8 @@ fn check_webhook(op: &WebhookOp) -> Result<(), Inadmissible> {
         WebhookOp::Emit { kind, data }
             if !kind.starts_with("edge.")
                 || !EVENT_TYPES.contains(&kind.as_str())
-                || data.to_string().len() > 4096 =>
+                || data.len() > 4096
+                || serde_json::from_str::<serde_json::Value>(data).is_err() =>
         {
             Err(Inadmissible::Meta(
                 "an emitted event is edge.diverged or edge.lagging with at most 4 KiB of data",

@@ -525,7 +525,7 @@ async fn export_drift(
                 command: meridian_core::apply::Command::Webhook(
                     meridian_core::webhooks::WebhookOp::Emit {
                         kind: format!("edge.{flag}"),
-                        data,
+                        data: data.to_string(),
                     },
                 ),
                 meta: meridian_core::history::WriteMeta {
