@@ -30,6 +30,11 @@ impl ConnId {
     /// The first id a shell hands out.
     pub const FIRST: ConnId = ConnId(1);
 
+    /// Id `n` of a shell's own numbering (a fuzzer's, a test's).
+    pub const fn new(n: u64) -> ConnId {
+        ConnId(n)
+    }
+
     /// The id after this one (ids are never reused).
     pub fn next(self) -> ConnId {
         ConnId(self.0 + 1)

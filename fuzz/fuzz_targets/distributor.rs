@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
     let mut now = start;
     let mut last_snapshot: BTreeMap<ConnId, Instant> = BTreeMap::new();
     while let Some(op) = input.byte() {
-        let conn = input.byte().map_or(0, |b| (b % 4) as ConnId);
+        let conn = ConnId::new(input.byte().map_or(0, |b| u64::from(b % 4)));
         let head = origin.state().revision().0;
         match op % 10 {
             0 | 1 => {

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use meridian_core::replicator::{Replicator, ReplicatorConfig};
+use meridian_core::replicator::{LinkId, Replicator, ReplicatorConfig};
 use meridian_core::apply::{Command, OriginCore};
 use meridian_core::distributor::snapshot_frames;
 use meridian_protocol::frame::decode_one;
@@ -44,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
     let mut rep = Replicator::new(config, trusted, state, now);
     let links = rep.link_count();
     while let Some(op) = input.byte() {
-        let link = input.byte().map_or(0, |b| b as usize % links);
+        let link = match input.byte().map_or(0, |b| b as usize % links) {
+            0 => LinkId::ORIGIN,
+            j => LinkId::peer(j as u16 - 1),
+        };
         match op % 12 {
             // The origin commits a write.
             0 | 1 => {
