@@ -254,3 +254,74 @@ async fn a_backlog_survives_the_leader_and_every_event_arrives() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_subscriptions_and_rules_are_refused_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let o = base(cluster.origin.http_addr);
+    let admin = http();
+    for (path, body, code) in [
+        (
+            "/v1/webhooks",
+            json!({"url": "ftp://x/y", "events": ["config.changed"], "resources": ["a/b/*"]}),
+            "invalid_webhook",
+        ),
+        (
+            "/v1/webhooks",
+            json!({"url": "http://x/y", "events": ["nope"], "resources": ["a/b/*"]}),
+            "invalid_webhook",
+        ),
+        (
+            "/v1/webhooks",
+            json!({"url": "http://x/y", "events": ["config.changed"], "resources": ["a/b/*"], "secret": "short"}),
+            "invalid_webhook",
+        ),
+        (
+            "/v1/webhooks",
+            json!({"url": "http://x/y"}),
+            "malformed_json",
+        ),
+    ] {
+        let (status, v) = {
+            let r = admin
+                .post(format!("{o}{path}"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        };
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{body}: {v}"
+        );
+    }
+    for body in [
+        json!({"resources": [], "approvals": 1}),
+        json!({"resources": ["a/b/*"], "approvals": 0}),
+        json!({"resources": ["bad"], "approvals": 1}),
+    ] {
+        let r = admin
+            .put(format!("{o}/v1/protections/prod"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+    }
+    // Not an admin: refused before anything is read.
+    let r = http_anonymous()
+        .get(format!("{o}/v1/webhooks"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http_anonymous()
+        .get(format!("{o}/v1/backup"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
