@@ -700,63 +700,6 @@ pub async fn watch(
     Ok(())
 }
 
-/// `meridian edges`: the drift view of every edge the endpoint's cluster has heard from (the
-/// origin node asked merges every member's view); with `--output table`, flagged edges are
-/// marked. Exits non-zero when any edge is flagged, so scripts and alerts can use it.
-pub async fn edges(client: &Client, lag_threshold_ms: Option<u64>) -> anyhow::Result<()> {
-    let origin = client.writes();
-    let query = lag_threshold_ms.map_or(String::new(), |t| format!("?lag_threshold_ms={t}"));
-    let body = client.get(format!("{origin}/v1/edges{query}")).await?;
-    let flagged = body["flagged"].as_u64().unwrap_or(0);
-    print(client.output, &body, |b| {
-        let rows = b["edges"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| {
-                let flags: Vec<String> = r["flags"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(cell)
-                    .collect();
-                vec![
-                    cell(&r["edge_id"]),
-                    cell(&r["region"]),
-                    cell(&r["revision"]),
-                    match r["digest_match"].as_bool() {
-                        Some(true) => "yes".into(),
-                        Some(false) => "NO".into(),
-                        None => "?".into(),
-                    },
-                    cell(&r["behind_revisions"]),
-                    cell(&r["lag_ms"]),
-                    cell(&r["last_report_ms"]),
-                    flags.join(","),
-                ]
-            })
-            .collect();
-        table(
-            &[
-                "edge",
-                "region",
-                "revision",
-                "digest",
-                "behind",
-                "lag_ms",
-                "report_ms",
-                "flags",
-            ],
-            rows,
-        );
-        for u in b["unreachable_nodes"].as_array().into_iter().flatten() {
-            eprintln!("unreachable: {}", cell(u));
-        }
-    })?;
-    anyhow::ensure!(flagged == 0, "{flagged} edge(s) flagged");
-    Ok(())
-}
-
 /// `meridian backup --out FILE`: the origin's `GET /v1/backup`, written 0600.
 pub async fn backup(client: &Client, out: &std::path::Path) -> anyhow::Result<()> {
     let url = format!("{}/v1/backup", client.writes());

@@ -8,6 +8,7 @@ pub mod audit_cli;
 pub mod change_cli;
 pub mod cli;
 pub mod dev;
+pub mod drift_cli;
 pub mod flag_cli;
 pub mod secret_cli;
 pub mod transfer;

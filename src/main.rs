@@ -243,6 +243,20 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         lag_threshold_ms: u64,
     },
+    /// Which revision each service instance of APP/ENV applied (as `meridian-client` watches
+    /// and `POST /v1/applied/{app}/{env}` report it): `outdated`, `unapproved`, `ahead` and
+    /// `silent` instances are flagged and make the exit status non-zero.
+    Drift {
+        #[command(flatten)]
+        client: meridian::cli::Client,
+        /// The application.
+        app: String,
+        /// The environment.
+        env: String,
+        /// Silence beyond which an instance is flagged.
+        #[arg(long, default_value_t = 120_000)]
+        silent_after_ms: u64,
+    },
     /// Inspect and change the origin's Raft cluster. Status is read from any origin node's
     /// client API; membership changes go to the leader's private Raft channel with an origin
     /// certificate (a follower answers with the leader's address).
@@ -541,7 +555,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Edges {
             client,
             lag_threshold_ms,
-        } => meridian::cli::edges(&client, Some(lag_threshold_ms)).await?,
+        } => meridian::drift_cli::edges(&client, Some(lag_threshold_ms)).await?,
+        Command::Drift {
+            client,
+            app,
+            env,
+            silent_after_ms,
+        } => meridian::drift_cli::drift(&client, &app, &env, Some(silent_after_ms)).await?,
         Command::Watch {
             endpoint,
             token,

@@ -7,8 +7,10 @@
 //! last good answer to every read, served (marked `from_cache`) while the edge is unreachable.
 //! Answers from the edge that are errors (404, 422, 503 `stale`, 504) are never papered over
 //! with the cache. Flags are evaluated locally from a watched copy of the flag set
-//! ([`flags::LocalFlags`]), also through an OpenFeature provider ([`openfeature`]).
+//! ([`flags::LocalFlags`]), also through an OpenFeature provider ([`openfeature`]). A watch
+//! reports the revision the service applied, for the origin's drift view ([`applied`]).
 
+pub mod applied;
 pub mod flags;
 pub mod openfeature;
 pub mod sse;
@@ -150,6 +152,7 @@ pub struct Client {
     endpoint: String,
     cache: Arc<Mutex<HashMap<String, (Value, u64)>>>,
     request_timeout: Duration,
+    instance: Option<String>,
 }
 
 const REVISION: &str = "meridian-revision";
@@ -252,7 +255,52 @@ impl Client {
             endpoint,
             cache: Arc::new(Mutex::new(HashMap::new())),
             request_timeout: Duration::from_secs(10),
+            instance: Some(applied::default_instance()),
         })
+    }
+
+    /// The name this instance's watches report their applied revision under (default:
+    /// [`applied::default_instance`]); `None` turns the reports off.
+    pub fn with_instance(mut self, instance: Option<&str>) -> Self {
+        self.instance = instance.map(applied::sanitize);
+        self
+    }
+
+    /// Tells the edge that this instance applied `revision` of `app/env` (keys starting with
+    /// `prefix`); a watch does so by itself.
+    pub async fn report_applied(
+        &self,
+        app: &str,
+        env: &str,
+        prefix: &str,
+        revision: u64,
+    ) -> Result<(), ClientError> {
+        let instance = self
+            .instance
+            .clone()
+            .ok_or_else(|| ClientError::Endpoint("this client reports under no instance".into()))?;
+        let url = format!(
+            "{}/v1/applied/{}/{}",
+            self.endpoint,
+            encode(app),
+            encode(env)
+        );
+        let body =
+            serde_json::json!({"instance": instance, "revision": revision, "prefix": prefix});
+        let r = self
+            .http
+            .post(&url)
+            .timeout(self.request_timeout)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let status = r.status().as_u16();
+        if r.status().is_success() {
+            return Ok(());
+        }
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        Err(api_error(status, &body, None))
     }
 
     /// The edge's base URL.
@@ -390,8 +438,20 @@ impl Client {
             encode(env),
             encode(prefix)
         );
+        let reporter = self.instance.clone().map(|instance| {
+            applied::Reporter::new(
+                self.http.clone(),
+                &self.endpoint,
+                app,
+                env,
+                prefix,
+                instance,
+            )
+        });
         let state = WatchState {
             http: self.http.clone(),
+            reporter,
+            delivered: None,
             url,
             since,
             response: None,
@@ -422,6 +482,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 struct WatchState {
     http: reqwest::Client,
+    /// Reports the revision applied (none: reports are off).
+    reporter: Option<applied::Reporter>,
+    /// The revision of the last event delivered: applied once the next one is asked for.
+    delivered: Option<u64>,
     url: String,
     since: Option<String>,
     response: Option<reqwest::Response>,
@@ -433,9 +497,17 @@ struct WatchState {
 
 impl WatchState {
     async fn next(&mut self) -> Option<Result<WatchEvent, ClientError>> {
+        if let (Some(reporter), Some(revision)) = (&self.reporter, self.delivered.take()) {
+            reporter.applied(revision);
+        }
         loop {
             if let Some(e) = self.ready.pop_front() {
                 self.since = Some(e.id().to_owned());
+                self.delivered = Some(match &e {
+                    WatchEvent::Change { revision, .. } | WatchEvent::Resync { revision, .. } => {
+                        *revision
+                    }
+                });
                 return Some(Ok(e));
             }
             if self.done {
@@ -458,6 +530,10 @@ impl WatchState {
             match r.chunk().await {
                 Ok(Some(bytes)) => {
                     self.backoff = MIN_BACKOFF;
+                    // Keep-alives come every few seconds: the time to report again.
+                    if let Some(reporter) = &self.reporter {
+                        reporter.send_if_due();
+                    }
                     for e in self.parser.feed(&bytes) {
                         match parse_event(&e.event, &e.data, e.id) {
                             Ok(Some(ev)) => self.ready.push_back(ev),

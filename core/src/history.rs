@@ -166,6 +166,28 @@ pub fn record_revision(bytes: &[u8]) -> Result<u64, HistoryError> {
         .map_err(|_| HistoryError::Corrupt("a record being read for a snapshot".into()))
 }
 
+/// The revisions at which each key of `(app, env)` starting with `key_prefix` changed (deletes
+/// included), oldest first, as far as history retains them; values are not decoded.
+pub fn change_revisions(
+    backend: &impl Backend,
+    app: &str,
+    env: &str,
+    key_prefix: &str,
+) -> Result<BTreeMap<String, Vec<u64>>, HistoryError> {
+    let namespace = namespace_prefix(app, env);
+    let mut prefix = namespace.clone();
+    prefix.extend_from_slice(key_prefix.as_bytes());
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (k, v) in backend.scan_prefix(&prefix)? {
+        let Some((name, _version)) = split_key(&k[namespace.len()..]) else {
+            continue;
+        };
+        let revision = record_revision(&v).map_err(|_| HistoryError::Corrupt(name.into()))?;
+        out.entry(name.to_owned()).or_default().push(revision);
+    }
+    Ok(out)
+}
+
 /// The value `a` had at `version`, from its history record: the [`meridian_store::ValueLookup`]
 /// of the Raft state machine, whose entries and deltas store references to these records
 /// rather than second and third copies of each value. `None` when the record was compacted
@@ -575,6 +597,21 @@ mod tests {
         assert_eq!(next, None);
         assert_eq!(p1[0].reason.as_deref(), Some("v5"));
         assert_eq!(at_version(&b, &at("k"), 3).unwrap().unwrap().revision, 30);
+    }
+
+    #[test]
+    fn change_revisions_list_each_keys_changes_under_a_prefix() {
+        let mut b = MemBackend::new();
+        record(&mut b, "db.url", 1, 3, Some("1"), 1);
+        record(&mut b, "db.url", 2, 8, None, 2);
+        record(&mut b, "db.pool", 1, 5, Some("1"), 1);
+        record(&mut b, "web", 1, 9, Some("1"), 1);
+        let all = change_revisions(&b, "pay", "prod", "").unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all["db.url"], [3, 8]);
+        let db = change_revisions(&b, "pay", "prod", "db.").unwrap();
+        assert_eq!(db.keys().collect::<Vec<_>>(), ["db.pool", "db.url"]);
+        assert!(change_revisions(&b, "pay", "dev", "").unwrap().is_empty());
     }
 
     /// Versions 1-5 of "k" (written at t = 1-5 s) and one version of `single` at t = 1 ms.

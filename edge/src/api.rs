@@ -88,6 +88,13 @@ pub fn routes() -> RouteTable<Arc<EdgeShared>> {
             Rule::Identify,
             crate::ofrep::scoped_one,
         )
+        // A service reporting what it applied: a reader of the namespace may.
+        .route(
+            Method::POST,
+            "/v1/applied/{app}/{env}",
+            Namespace(Read),
+            applied,
+        )
         .route(Method::GET, "/v1/watch", Filtered(Read), watch_sse)
         .route(Method::GET, "/v1/watch/ws", Filtered(Read), watch_ws)
         .route(Method::GET, "/v1/whoami", Rule::Identify, whoami)
@@ -104,6 +111,35 @@ async fn whoami(Extension(principal): Extension<Arc<Principal>>) -> Response {
         "anonymous": principal.is_anonymous(),
     }))
     .into_response()
+}
+
+/// `POST /v1/applied/{app}/{env}`: a service instance applied a revision; passed on to the
+/// origin beside the next report (202).
+async fn applied(
+    State(shared): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let result = namespace(path).and_then(|(app, env)| {
+        let body = body.map_err(|e| ApiError::new(e.status(), "invalid_report", e.body_text()))?;
+        let report = meridian_net::applied::report(
+            &app,
+            &env,
+            &body,
+            &principal,
+            meridian_net::auth::now_ms(),
+        )?;
+        let answer = serde_json::json!({
+            "app": app, "env": env, "instance": report.instance, "revision": report.revision,
+        });
+        shared.applied.insert(report)?;
+        Ok(answer)
+    });
+    match result {
+        Ok(answer) => (StatusCode::ACCEPTED, axum::Json(answer)).into_response(),
+        Err(e) => counted(&shared, e),
+    }
 }
 
 async fn metrics() -> Response {

@@ -15,6 +15,7 @@ use meridian_core::edge_node::{Action, EdgeNode, Upstream};
 use meridian_core::replicator::LinkId;
 use meridian_net::quic::{read_frame, send_uni, write_frame};
 use meridian_net::slots::{Slot, Slots};
+use meridian_protocol::applied::MAX_APPLIED_PER_FRAME;
 use meridian_protocol::frame::{DEFAULT_MAX_FRAME_BYTES, MAX_REVEALS_PER_FRAME, MAX_TOKEN_USES};
 use meridian_protocol::{Frame, FrameDecoder, FrameV1};
 use meridian_store::Backend;
@@ -257,7 +258,8 @@ fn carry_out<B: Backend>(
     }
 }
 
-/// What goes to the origin beside each report: the tokens read with here, the flag exposure
+/// What goes to the origin beside each report: the tokens read with here, the revisions
+/// service instances applied, the flag exposure
 /// counts (cumulative: a lost one is made good by the next), and the reveals not yet in the
 /// audit log (sent again until the origin acknowledges them).
 fn report_extras(shared: &EdgeShared) -> Vec<Frame> {
@@ -265,6 +267,10 @@ fn report_extras(shared: &EdgeShared) -> Vec<Frame> {
     let uses = shared.token_uses.take(MAX_TOKEN_USES);
     if !uses.is_empty() {
         out.push(FrameV1::TokenUses { uses }.into());
+    }
+    let reports = shared.applied.take(MAX_APPLIED_PER_FRAME);
+    if !reports.is_empty() {
+        out.push(FrameV1::Applied { reports }.into());
     }
     if let Some(frame) = shared.exposure_report() {
         out.push(frame.into());

@@ -72,6 +72,8 @@ pub struct EdgeShared {
     pub public_status: bool,
     /// Tokens used to read here since they were last reported to the origin.
     pub token_uses: TokenUses,
+    /// Revisions service instances applied, until the next report to the origin takes them.
+    pub applied: meridian_net::applied::Pending,
     /// Flag evaluations served here since this process started (reported, cumulative, beside
     /// each report to the origin under [`EdgeShared::boot`]).
     pub exposures: Mutex<ExposureCounter>,
@@ -136,6 +138,7 @@ impl EdgeShared {
             space,
             public_status: true,
             token_uses: TokenUses::default(),
+            applied: Default::default(),
             exposures: Mutex::default(),
             boot: boot_id(),
             keys: Default::default(),

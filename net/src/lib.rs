@@ -2,6 +2,7 @@
 //! provider, rcgen for the development PKI), QUIC endpoints and frame I/O on quinn, and the
 //! HTTPS server and client of the origin's private Raft channel.
 
+pub mod applied;
 pub mod auth;
 pub mod config;
 pub mod http;

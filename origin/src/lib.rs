@@ -4,6 +4,7 @@
 //! `meridian-core`.
 
 pub mod admission;
+pub mod applied;
 pub mod backup;
 pub mod bootstrap;
 pub mod config;

@@ -155,6 +155,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
     let commits_rx = sm.commits().subscribe();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let edges = Arc::new(Mutex::new(crate::drift::KnownEdges::default()));
+    let applied = Arc::new(Mutex::new(crate::applied::AppliedTable::default()));
 
     let r = &config.raft;
     let raft_config = openraft::Config {
@@ -243,6 +244,7 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
             exposures: exposures.clone(),
             keyring: keyring.clone(),
             cluster: Some(cluster.clone()),
+            applied: applied.clone(),
         },
         config.quic,
         shutdown_rx.clone(),
@@ -293,13 +295,15 @@ pub async fn start(config: OriginConfig) -> Result<OriginHandle, StartError> {
         space: space.clone(),
         keyring: keyring.clone(),
         state_machine: sm,
+        applied,
     });
     let app = router(state.clone());
     // The private channel: nothing here is reachable from the client API.
     let raft_app = crate::raft::network::routes(raft.clone(), relay.clone(), r.max_snapshot_bytes)
         .merge(crate::raft::cluster::routes(cluster.clone()))
         .merge(crate::raft::admin::membership_routes(raft.clone()))
-        .merge(crate::http::edges::peer_routes(state))
+        .merge(crate::http::edges::peer_routes(state.clone()))
+        .merge(crate::http::applied::peer_routes(state))
         .fallback(meridian_net::http::unknown_route);
     let raft_task = tokio::spawn(meridian_net::serve::serve(
         "raft",

@@ -9,6 +9,7 @@ use std::time::Instant;
 use meridian_net::QuicTuning;
 use meridian_net::quic::{read_frame, send_uni, write_frame};
 use meridian_net::slots::{Slot, Slots};
+use meridian_protocol::applied::MAX_APPLIED_PER_FRAME;
 use meridian_protocol::directory::{EDGES_ENV, EdgeRecord};
 use meridian_protocol::frame::{DEFAULT_MAX_FRAME_BYTES, MAX_TOKEN_USES};
 use meridian_protocol::{Address, Frame, FrameDecoder, FrameV1, Revision};
@@ -51,6 +52,8 @@ pub struct EdgeReports {
     pub keyring: Option<Arc<crate::secrets::Keyring>>,
     /// Where edges' reveals are committed to the audit log.
     pub cluster: Option<crate::raft::cluster::Cluster>,
+    /// Which revision service instances applied, as edges pass them on.
+    pub applied: Arc<Mutex<crate::applied::AppliedTable>>,
 }
 
 /// How often what each edge may hold of the data keys is looked at again.
@@ -78,6 +81,7 @@ pub async fn run<B: Backend + 'static>(
         exposures,
         keyring,
         cluster,
+        applied,
     } = reports;
     let mut sessions: BTreeMap<ConnId, Session> = BTreeMap::new();
     let mut revealing: std::collections::BTreeSet<ConnId> = std::collections::BTreeSet::new();
@@ -138,6 +142,20 @@ pub async fn run<B: Backend + 'static>(
                                 boot,
                             };
                             exposures.merge(source, &edge.region, counts);
+                        }
+                    }
+                    // What service instances applied, under the edge id its certificate
+                    // names; each report is checked again (an edge is not trusted with names).
+                    Event::Frame(id, Frame::V1(FrameV1::Applied { reports })) => {
+                        if let Some(edge) = distributor.edge(id) {
+                            let now_ms = meridian_net::auth::now_ms();
+                            let mut table = applied.lock().unwrap_or_else(|e| e.into_inner());
+                            for mut r in reports.into_iter().take(MAX_APPLIED_PER_FRAME) {
+                                if r.validate().is_ok() {
+                                    r.at_ms = r.at_ms.min(now_ms);
+                                    table.insert(r, edge.edge_id.clone());
+                                }
+                            }
                         }
                     }
                     Event::Session(id, key) => {

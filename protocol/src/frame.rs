@@ -151,6 +151,13 @@ pub enum FrameV1 {
         /// The address, at most `directory::MAX_PEER_ADDR_BYTES`.
         addr: String,
     },
+    /// Edge → origin, beside a report: which revision service instances applied, as they
+    /// told this edge since its last report, at most
+    /// [`crate::applied::MAX_APPLIED_PER_FRAME`]. For display and alerts only.
+    Applied {
+        /// The reports, each the instance's latest.
+        reports: Vec<crate::applied::AppliedReport>,
+    },
 }
 
 /// Most data keys one [`FrameV1::DataKeys`] carries.

@@ -4,6 +4,7 @@
 //! It performs no I/O and reads no clock: origin, edge and simulator all build on it.
 
 pub mod addr;
+pub mod applied;
 pub mod audit;
 pub mod auth;
 pub mod crdt;

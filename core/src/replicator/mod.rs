@@ -411,7 +411,8 @@ impl<B: Backend> Replicator<B> {
             | FrameV1::DataKeys { .. }
             | FrameV1::Reveals { .. }
             | FrameV1::RevealsAck { .. }
-            | FrameV1::PeerAddress { .. } => {
+            | FrameV1::PeerAddress { .. }
+            | FrameV1::Applied { .. } => {
                 self.stats.rejected_unexpected += 1;
             }
         }

@@ -3,6 +3,7 @@
 //! commits through Raft and the mapping of a commit's outcome to a status and code (made here,
 //! once), JSON bodies and paths.
 
+pub mod applied;
 pub mod audit;
 pub mod changes;
 pub mod edges;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub keyring: Option<Arc<crate::secrets::Keyring>>,
     /// The state machine, for backups.
     pub state_machine: crate::raft::state_machine::StateMachine,
+    /// Which revision service instances applied, as heard by this node.
+    pub applied: Arc<Mutex<crate::applied::AppliedTable>>,
 }
 
 pub(crate) type Shared = State<Arc<AppState>>;
@@ -416,6 +419,18 @@ pub fn routes() -> RouteTable<Arc<AppState>> {
         .route(M::GET, "/v1/status", Observe, status::status)
         .route(M::GET, "/v1/cluster", Observe, status::cluster_status)
         .route(M::GET, "/v1/edges", Observe, edges::edges)
+        .route(
+            M::POST,
+            "/v1/applied/{app}/{env}",
+            Namespace(Read),
+            applied::report,
+        )
+        .route(
+            M::GET,
+            "/v1/drift/{app}/{env}",
+            Namespace(Read),
+            applied::drift,
+        )
         .route(M::GET, "/metrics", Observe, status::metrics)
 }
 
@@ -680,8 +695,9 @@ mod tests {
                     other => panic!("{method} {path} mutates under {other:?}"),
                 };
                 // A comment on a change needs write or approve on its keys, which one rule
-                // cannot say: the route admits readers and the handler checks each key.
-                if path != "/v1/changes/{id}/comments" {
+                // cannot say: the route admits readers and the handler checks each key. A
+                // service reporting what it applied changes no state: its readers may.
+                if path != "/v1/changes/{id}/comments" && path != "/v1/applied/{app}/{env}" {
                     assert_ne!(action, Action::Read, "{method} {path} mutates with read");
                 }
             }

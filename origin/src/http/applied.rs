@@ -1,0 +1,240 @@
+//! Applied-config drift over HTTP: `POST /v1/applied/{app}/{env}` (a service reporting the
+//! revision it applied to this node directly; most report to their edge), and
+//! `GET /v1/drift/{app}/{env}`, which merges every member's reports (asked over the private Raft
+//! channel at `GET /raft/applied/{app}/{env}`), gathers the facts from this node's history and
+//! assesses each instance (`crate::applied`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use meridian_core::changes::{ChangeState, list};
+use meridian_core::history::change_revisions;
+use meridian_net::http::ApiError;
+use meridian_protocol::auth::{PROTECTIONS_ENV, Principal, SYSTEM_APP};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::applied::{DEFAULT_SILENT_AFTER_MS, Facts, Heard, assess, levels, merge};
+use crate::http::{AppState, Shared, body_error, count_error, query};
+
+/// How long the node asked waits for each other member's reports.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Change records read per page when collecting the approved revisions.
+const CHANGES_PAGE: usize = 1000;
+
+/// Query of `GET /v1/drift/{app}/{env}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftQuery {
+    /// Silence beyond which an instance is flagged (default 120 s).
+    #[serde(default)]
+    silent_after_ms: Option<u64>,
+}
+
+/// The route the other members ask on the Raft channel.
+pub fn peer_routes(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/raft/applied/{app}/{env}", get(local_reports))
+        .with_state(state)
+}
+
+fn namespace(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), ApiError> {
+    let Path((app, env)) = path.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_key",
+            format!("bad path: {e}"),
+        )
+    })?;
+    meridian_net::reads::namespace(&app, &env)?;
+    Ok((app, env))
+}
+
+fn local(state: &AppState, app: &str, env: &str) -> Vec<Heard> {
+    state
+        .applied
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .of(app, env)
+}
+
+async fn local_reports(
+    State(state): Shared,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (app, env) = namespace(path)?;
+    Ok(axum::Json(json!({"instances": local(&state, &app, &env)})).into_response())
+}
+
+/// `POST /v1/applied/{app}/{env}`: an instance applied a revision (202).
+pub async fn report(
+    State(state): Shared,
+    Extension(principal): Extension<Arc<Principal>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (app, env) = namespace(path).map_err(count_error)?;
+    let body = body.map_err(body_error).map_err(count_error)?;
+    let report = meridian_net::applied::report(
+        &app,
+        &env,
+        &body,
+        &principal,
+        meridian_core::history::now_ms(),
+    )
+    .map_err(count_error)?;
+    let answer = json!({
+        "app": app, "env": env, "instance": report.instance, "revision": report.revision,
+    });
+    state
+        .applied
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(report, format!("origin:{}", state.node_id));
+    Ok((StatusCode::ACCEPTED, axum::Json(answer)).into_response())
+}
+
+/// What this node's history says about `app/env` (and the levels it reads from).
+fn facts(state: &AppState, app: &str, env: &str) -> Result<Facts, ApiError> {
+    let internal = |e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "reading history for drift failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "history could not be read",
+        )
+    };
+    let mut core = state.core.lock().unwrap_or_else(|e| e.into_inner());
+    let rules = core.protections().to_vec();
+    let signed = core.state();
+    let backend = signed.backend();
+    let mut facts = Facts {
+        head: signed.revision().0,
+        ..Facts::default()
+    };
+    for (a, e) in levels(app, env) {
+        let changes = change_revisions(backend, &a, &e, "").map_err(|e| internal(&e))?;
+        facts.changes.push(((a, e), changes));
+    }
+    let stored = signed.namespace_entries(SYSTEM_APP, PROTECTIONS_ENV);
+    for (name, rule) in rules {
+        let since = stored
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map_or(0, |(_, e)| e.revision.0);
+        facts.rules.push((rule, since));
+    }
+    let mut after = 0;
+    loop {
+        let page = list(backend, after, CHANGES_PAGE).map_err(|e| internal(&e))?;
+        for c in &page {
+            if let ChangeState::Applied {
+                revision,
+                break_glass: false,
+                ..
+            } = c.state
+            {
+                facts.approved.insert(revision);
+            }
+        }
+        match page.last() {
+            Some(c) if page.len() == CHANGES_PAGE => after = c.id,
+            _ => break,
+        }
+    }
+    Ok(facts)
+}
+
+/// `GET /v1/drift/{app}/{env}`: every instance of `app/env` the cluster has heard from, with
+/// the revision it runs and its flags.
+pub async fn drift(
+    State(state): Shared,
+    path: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<DriftQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (app, env) = namespace(path).map_err(count_error)?;
+    let q = query(q).map_err(count_error)?;
+    let silent_after_ms = q.silent_after_ms.unwrap_or(DEFAULT_SILENT_AFTER_MS);
+    let metrics = state.cluster.raft().metrics().borrow().clone();
+    let others: Vec<(u64, String)> = metrics
+        .membership_config
+        .membership()
+        .nodes()
+        .filter(|(id, _)| **id != metrics.id)
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect();
+    let mut asks = tokio::task::JoinSet::new();
+    for (id, addr) in others {
+        let peers = state.peers.clone();
+        let path = format!("/raft/applied/{app}/{env}");
+        asks.spawn(async move {
+            let answer = peers
+                .request(Method::GET, &addr, &path, Vec::new(), PEER_TIMEOUT)
+                .await;
+            let heard = match answer {
+                Ok((status, body)) if status.is_success() => {
+                    #[derive(Deserialize)]
+                    struct Answer {
+                        instances: Vec<Heard>,
+                    }
+                    serde_json::from_slice::<Answer>(&body)
+                        .map(|a| a.instances)
+                        .map_err(|e| format!("unreadable answer: {e}"))
+                }
+                Ok((status, _)) => Err(format!("answered {status}")),
+                Err(e) => Err(e.to_string()),
+            };
+            (id, addr, heard)
+        });
+    }
+    let mut heard = local(&state, &app, &env);
+    let mut unreachable = Vec::new();
+    while let Some(asked) = asks.join_next().await {
+        match asked {
+            Ok((_, _, Ok(theirs))) => heard.extend(
+                theirs
+                    .into_iter()
+                    .filter(|h| h.report.app == app && h.report.env == env),
+            ),
+            Ok((id, addr, Err(e))) => {
+                unreachable.push(json!({"id": id, "addr": addr, "error": e}));
+            }
+            Err(e) => tracing::warn!(error = %e, "asking a member for its reports failed"),
+        }
+    }
+    let heard = merge(heard);
+    let facts = facts(&state, &app, &env)?;
+    let rows = assess(
+        &heard,
+        &facts,
+        meridian_core::history::now_ms(),
+        silent_after_ms,
+    );
+    let count = |flag: &str| rows.iter().filter(|r| r.flags.contains(&flag)).count();
+    Ok(axum::Json(json!({
+        "app": app,
+        "env": env,
+        "revision": facts.head,
+        "current_revision": facts.current_revision(""),
+        "silent_after_ms": silent_after_ms,
+        "instances": rows.len(),
+        "flagged": rows.iter().filter(|r| !r.flags.is_empty()).count(),
+        "outdated": count("outdated"),
+        "unapproved": count("unapproved"),
+        "ahead": count("ahead"),
+        "silent": count("silent"),
+        "rows": rows,
+        "unreachable_nodes": unreachable,
+    }))
+    .into_response())
+}
