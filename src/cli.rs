@@ -683,9 +683,11 @@ pub async fn watch(
                 key,
                 value,
                 version,
+                actor,
+                reason,
             } => json!({"event": "change", "id": id, "revision": revision, "app": app,
                         "env": env, "key": key, "deleted": value.is_none(), "value": value,
-                        "version": version}),
+                        "version": version, "actor": actor, "reason": reason}),
             WatchEvent::Resync {
                 id,
                 revision,

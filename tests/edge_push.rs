@@ -1,8 +1,9 @@
 //! Push and consistency at the edge, through real HTTP on a running topology: watch streams
 //! (SSE and WebSocket) deliver every change in revision order and resume exactly, `since=0`
 //! starts with the full state, `min_revision` waits then answers or times out with 504, strict
-//! namespaces answer 503 while the edge is cut from the origin and recover after, and the
-//! Rust client resumes its watch across an edge restart while serving its cache.
+//! namespaces answer 503 while the edge is cut from the origin and recover after, the
+//! Rust client resumes its watch across an edge restart while serving its cache, and each change
+//! event says who made it, why, and the version it replaced.
 
 mod common;
 
@@ -231,6 +232,73 @@ async fn watch_delivers_every_change_in_order_and_resumes_exactly() {
     drop(all);
     drop(db);
     cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_events_say_who_changed_a_key_why_and_from_which_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster(dir.path(), 10_000).await;
+    let origin = base(cluster.origin.http_addr);
+    let edge = base(cluster.edges[0].http_addr);
+    let (token, id) = create_token(
+        &http(),
+        &origin,
+        json!({"name": "alice", "role": "editor", "resources": ["pay/*/*"]}),
+    )
+    .await;
+    let alice = http_with(&token);
+    let start = revision(&http(), &origin).await;
+    let c = Client::with_token(&edge, Some(&TOKEN)).unwrap();
+    let mut watch = Box::pin(c.watch("pay", "prod", "", Some(start.to_string())));
+    for (value, reason) in [(json!(1), Some("first pool")), (json!(2), None)] {
+        let mut body = json!({"value": value});
+        if let Some(r) = reason {
+            body["reason"] = r.into();
+        }
+        let r = alice
+            .put(format!("{origin}/v1/kv/pay/prod/pool"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // The Rust client's events, then the raw ones.
+    let got = take(&mut watch, 2).await;
+    let actor = format!("alice#{id}");
+    for (e, (version, reason)) in got.iter().zip([(1, Some("first pool")), (2, None)]) {
+        let WatchEvent::Change {
+            version: v,
+            actor: a,
+            reason: r,
+            ..
+        } = e
+        else {
+            panic!("expected a change, got {e:?}");
+        };
+        assert_eq!(
+            (*v, a.as_deref(), r.as_deref()),
+            (version, Some(actor.as_str()), reason)
+        );
+    }
+    let raw = raw_sse(
+        &format!("{edge}/v1/watch?app=pay&env=prod&since={start}"),
+        None,
+        2,
+    )
+    .await;
+    let second: Value = serde_json::from_str(&raw[1].1).unwrap();
+    assert_eq!(
+        (
+            &second["version"],
+            &second["previous_version"],
+            &second["actor"],
+            &second["reason"]
+        ),
+        (&json!(2), &json!(1), &json!(actor), &Value::Null),
+        "{second}"
+    );
+    assert!(second["time_ms"].as_u64().unwrap() > 1_700_000_000_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -123,6 +123,10 @@ pub enum WatchEvent {
         value: Option<Value>,
         /// Per-key version.
         version: u64,
+        /// Who made the change (`name#id`), when the edge knows.
+        actor: Option<String>,
+        /// Why, when the writer said.
+        reason: Option<String>,
     },
     /// The full current state of what is watched (the watch fell behind or started at 0).
     Resync {
@@ -604,6 +608,8 @@ pub fn parse_event(
             key: s(&v, "key")?,
             value: (!v["deleted"].as_bool().unwrap_or(false)).then(|| v["value"].clone()),
             version: n(&v, "version")?,
+            actor: v["actor"].as_str().map(str::to_owned),
+            reason: v["reason"].as_str().map(str::to_owned),
         },
         _ => WatchEvent::Resync {
             id: id()?,
@@ -626,7 +632,7 @@ mod tests {
     fn watch_events_decode() {
         let change = parse_event(
             "change",
-            r#"{"revision":3,"app":"a","env":"e","key":"k","value":{"x":1},"version":2,"deleted":false}"#,
+            r#"{"revision":3,"app":"a","env":"e","key":"k","value":{"x":1},"version":2,"previous_version":1,"deleted":false,"actor":"alice#1","reason":"why"}"#,
             Some("3".into()),
         )
         .unwrap()
@@ -640,7 +646,9 @@ mod tests {
                 env: "e".into(),
                 key: "k".into(),
                 value: Some(serde_json::json!({"x": 1})),
-                version: 2
+                version: 2,
+                actor: Some("alice#1".into()),
+                reason: Some("why".into()),
             }
         );
         let deleted = parse_event(

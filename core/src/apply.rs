@@ -13,6 +13,7 @@ use meridian_protocol::{
 };
 use meridian_store::{Backend, SignedState, StoreError, Write};
 
+use meridian_protocol::provenance::{self, Provenance};
 use meridian_protocol::secrets::{StoredSecret, is_sealed_text};
 
 use meridian_protocol::auth::{PROTECTIONS_ENV, ProtectionRecord, SYSTEM_APP, protections};
@@ -754,6 +755,16 @@ impl<B: Backend> OriginCore<B> {
         let writes_protections = writes
             .iter()
             .any(|(a, _)| a.app == SYSTEM_APP && a.env == PROTECTIONS_ENV);
+        // Who made the revision and why travels with it, signed (`meridian_protocol::provenance`).
+        let mut writes = writes;
+        if let Some(meta) = meta {
+            let provenance = Provenance {
+                actor: meta.actor.clone(),
+                reason: meta.reason.clone(),
+                time_ms: meta.time_ms,
+            };
+            writes.push((provenance::address(), Some(provenance.to_json().into())));
+        }
         let mut changes: Vec<Change> = writes
             .into_iter()
             .map(|(address, value)| {
@@ -785,6 +796,19 @@ impl<B: Backend> OriginCore<B> {
                 signed.delta.revision,
                 meta,
             ));
+            // The provenance entry changes with every revision: its records are kept for the
+            // deltas still served (the newest `delta_window` versions), one dropped per revision,
+            // never left to the periodic compaction.
+            if let Some(c) = signed
+                .delta
+                .changes
+                .iter()
+                .find(|c| provenance::is_provenance(&c.address))
+                && let Some(old) = c.version.0.checked_sub(self.state.delta_window())
+                && old > 0
+            {
+                extra.push(history::forget(&c.address, old));
+            }
         }
         extra.extend(self.webhook_events(&signed.delta.changes, signed.delta.revision.0, meta)?);
         self.state.apply_hashed_delta_with(&signed, hash, extra)?;
@@ -792,6 +816,7 @@ impl<B: Backend> OriginCore<B> {
             .delta
             .changes
             .iter()
+            .filter(|c| !provenance::is_provenance(&c.address))
             .map(|c| (c.address.clone(), signed.delta.entry(c)))
             .collect();
         if writes_protections {
@@ -923,5 +948,64 @@ mod tests {
         });
         assert!(matches!(big, Err(ApplyError::ValueTooLarge { .. })));
         assert_eq!(c.state().revision(), Revision(3), "nothing written");
+    }
+
+    #[test]
+    fn each_revision_carries_its_provenance_and_keeps_its_records_for_the_delta_window() {
+        let state = SignedState::open(MemBackend::new(), 5).expect("state");
+        let mut c = OriginCore::new(state, Signer::from_bytes(&[3; 32]));
+        let meta = |i: u64| WriteMeta {
+            time_ms: 1_000 + i,
+            actor: "alice#1".into(),
+            reason: Some(format!("step {i}")),
+            ..WriteMeta::default()
+        };
+        for i in 1..=12 {
+            let command = Command::Put {
+                address: at("k"),
+                value: i.to_string().into(),
+                expect_version: None,
+            };
+            let (applied, delta) = c
+                .apply_unpublished(command, Some(&meta(i)), Vec::new())
+                .expect("put");
+            c.state_mut().publish().expect("publish");
+            // The answer names the key written only; the signed delta carries who and why.
+            assert_eq!(applied.entries.len(), 1);
+            let delta = delta.expect("a revision").delta;
+            let p = provenance::of_delta(&delta).expect("provenance");
+            assert_eq!(
+                (p.actor.as_str(), p.reason, p.time_ms),
+                ("alice#1", Some(format!("step {i}")), 1_000 + i)
+            );
+        }
+        // A write without metadata (a system step) carries none.
+        let (_, delta) = c
+            .apply(Command::Put {
+                address: at("k"),
+                value: "0".into(),
+                expect_version: None,
+            })
+            .expect("put");
+        assert_eq!(
+            provenance::of_delta(&delta.expect("a revision").delta),
+            None
+        );
+        // The newest 5 of the provenance's 12 records are kept; compaction leaves them be.
+        let prefix = history::key_prefix(&provenance::address());
+        let kept = c.state().backend().scan_prefix_keys(&prefix).expect("scan");
+        assert_eq!(kept.len(), 5);
+        let all = c
+            .state()
+            .backend()
+            .scan_prefix_keys(&history::HISTORY_PREFIX)
+            .expect("scan");
+        let retention = history::Retention {
+            max_versions: 1,
+            max_age_ms: None,
+        };
+        let dropped = history::compaction(&all, retention, 0, |_| Ok(None)).expect("compaction");
+        assert!(dropped.iter().all(|(k, _)| !k.starts_with(&prefix)));
+        assert_eq!(dropped.len(), 11, "k's older versions only");
     }
 }

@@ -109,6 +109,11 @@ fn record_key(a: &Address, version: u64) -> Vec<u8> {
     k
 }
 
+/// The write that drops the record of `a` at `version`.
+pub fn forget(a: &Address, version: u64) -> Write {
+    (record_key(a, version), None)
+}
+
 /// The key name and version of a record key under a namespace prefix.
 fn split_key(rest: &[u8]) -> Option<(&str, u64)> {
     if rest.len() < 9 {
@@ -412,6 +417,9 @@ pub fn compaction(
 ) -> Result<Vec<Write>, HistoryError> {
     let keep = retention.max_versions.max(1) as usize;
     let cutoff = retention.max_age_ms.map(|age| now_ms.saturating_sub(age));
+    // Each revision's provenance trims its own records, by the delta window (see
+    // `OriginCore::commit_writes`): the deltas still served need them whatever the retention.
+    let provenance = key_prefix(&meridian_protocol::provenance::address());
     let mut out = Vec::new();
     // Records of one key are adjacent and in version order; the key part is everything before
     // the version.
@@ -423,6 +431,10 @@ pub fn compaction(
             j += 1;
         }
         let group = &keys[i..j];
+        if key_part == provenance.as_slice() {
+            i = j.max(i + 1);
+            continue;
+        }
         let newest = group.len() - 1;
         for (n, k) in group.iter().enumerate() {
             if n == newest {

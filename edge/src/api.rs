@@ -598,8 +598,11 @@ mod tests {
     #[test]
     fn every_route_passes_a_read_decision() {
         for (method, path, rule) in super::routes().rules() {
-            // OFREP evaluation is a read that POSTs its context.
-            let method_ok = method == axum::http::Method::GET || path.contains("/ofrep/v1/");
+            // OFREP evaluation is a read that POSTs its context; a reader reports the revision
+            // it applied, which changes no state.
+            let method_ok = method == axum::http::Method::GET
+                || path.contains("/ofrep/v1/")
+                || path == "/v1/applied/{app}/{env}";
             assert!(method_ok, "{method} {path}");
             match rule {
                 Rule::Key(a) | Rule::Filtered(a) | Rule::Namespace(a) => {

@@ -28,6 +28,7 @@ use meridian_net::slots::{Full, Slot, Slots};
 use meridian_protocol::addr::WILDCARD;
 use meridian_protocol::addr::{validate_app, validate_env, validate_key_prefix};
 use meridian_protocol::auth::{Action, Principal, Resource};
+use meridian_protocol::provenance::Provenance;
 use meridian_protocol::view::Level;
 use meridian_protocol::{Address, CacheState, Delta};
 use meridian_store::Reader;
@@ -81,12 +82,13 @@ pub struct WatchEvent {
     pub value: Option<meridian_protocol::JsonText>,
     /// Its new version.
     pub version: u64,
-    /// `{"revision","app","env","key","value","version","deleted"}`.
+    /// `{"revision","app","env","key","value","version","previous_version","deleted","level"}`,
+    /// and `"actor"`, `"reason"` and `"time_ms"` when the revision carries its provenance.
     pub json: Arc<str>,
 }
 
 impl WatchEvent {
-    fn of(delta: &Delta, index: usize) -> Option<Self> {
+    fn of(delta: &Delta, index: usize, provenance: Option<&Provenance>) -> Option<Self> {
         let c = delta.changes.get(index)?;
         let mut json = String::with_capacity(96 + c.value.as_ref().map_or(0, |v| v.len()));
         json.push_str("{\"revision\":");
@@ -98,9 +100,20 @@ impl WatchEvent {
         ));
         json.push_str(",\"version\":");
         json.push_str(&c.version.0.to_string());
+        json.push_str(",\"previous_version\":");
+        json.push_str(&c.version.0.saturating_sub(1).to_string());
         json.push_str(",\"deleted\":");
         json.push_str(if c.value.is_none() { "true" } else { "false" });
         push_level(&mut json, &c.address.app, &c.address.env);
+        if let Some(p) = provenance {
+            // Strings and integers always serialize.
+            json.push_str(",\"actor\":");
+            json.push_str(&serde_json::to_string(&p.actor).unwrap_or_default());
+            json.push_str(",\"reason\":");
+            json.push_str(&serde_json::to_string(&p.reason).unwrap_or_default());
+            json.push_str(",\"time_ms\":");
+            json.push_str(&p.time_ms.to_string());
+        }
         json.push('}');
         Some(Self {
             revision: delta.revision.0,
@@ -417,7 +430,10 @@ impl WatchHub {
                     ring.bytes = 0;
                     ring.floor = d.revision.0 - 1;
                 }
-                for event in (0..d.changes.len()).filter_map(|i| WatchEvent::of(d, i)) {
+                let provenance = meridian_protocol::provenance::of_delta(d);
+                for event in
+                    (0..d.changes.len()).filter_map(|i| WatchEvent::of(d, i, provenance.as_ref()))
+                {
                     ring.bytes += event.json.len();
                     ring.events.push_back(Arc::new(event));
                 }

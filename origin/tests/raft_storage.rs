@@ -69,7 +69,9 @@ mod writes {
                     .map(|command| Proposal {
                         command,
                         meta: WriteMeta {
-                            time_ms: index,
+                            // One time for every entry: a revision's provenance (who, when,
+                            // why) is signed state, so a batch and single entries must agree.
+                            time_ms: 1,
                             actor: "test".into(),
                             reason: None,
                             ..Default::default()

@@ -18,9 +18,10 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 /// The most bytes of changes one revision may carry (keys, values and a little per change, see
 /// [`change_bytes`]): its delta must fit one frame, with room left for the signed head and the
-/// encoding, or no edge could ever take it. A write or transaction beyond it is refused before
-/// it is proposed.
-pub const MAX_REVISION_BYTES: usize = DEFAULT_MAX_FRAME_BYTES - 16 * 1024;
+/// encoding and the revision's provenance (`crate::provenance`), or no edge could ever take
+/// it. A write or transaction beyond it is refused before it is proposed.
+pub const MAX_REVISION_BYTES: usize =
+    DEFAULT_MAX_FRAME_BYTES - 16 * 1024 - crate::provenance::MAX_PROVENANCE_BYTES;
 /// The most bytes of entries in one snapshot chunk (a single larger entry goes alone).
 pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 

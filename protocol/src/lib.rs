@@ -13,6 +13,7 @@ pub mod directory;
 pub mod flags;
 pub mod frame;
 pub mod model;
+pub mod provenance;
 pub mod secrets;
 pub mod sign;
 pub mod view;

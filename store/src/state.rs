@@ -485,6 +485,11 @@ impl<B: Backend> SignedState<B> {
         self.published.clone()
     }
 
+    /// How many of the newest deltas are kept (at least 1).
+    pub fn delta_window(&self) -> u64 {
+        self.delta_window
+    }
+
     /// The working revision (persisted, maybe not yet published).
     pub fn revision(&self) -> Revision {
         self.revision

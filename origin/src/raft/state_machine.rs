@@ -790,7 +790,7 @@ mod tests {
         // before it in the same entry.
         let history = a
             .iter()
-            .filter(|(k, _)| k.starts_with(&HISTORY_PREFIX))
+            .filter(|(k, _)| k.starts_with(&HISTORY_PREFIX) && !provenance(k))
             .count();
         assert_eq!(history, 3, "a@4, b@2, c@1");
     }
@@ -865,7 +865,22 @@ mod tests {
         sm.stored_records(upto, u64::MAX)
             .unwrap()
             .iter()
-            .filter(|(k, _)| k.starts_with(&HISTORY_PREFIX))
+            .filter(|(k, _)| k.starts_with(&HISTORY_PREFIX) && !provenance(k))
+            .count()
+    }
+
+    /// Whether `k` is a history record of the revisions' provenance (one per write).
+    fn provenance(k: &[u8]) -> bool {
+        k.starts_with(&meridian_core::history::key_prefix(
+            &meridian_protocol::provenance::address(),
+        ))
+    }
+
+    /// The entries of a snapshot listing, without the provenance entry.
+    fn data_entries(listing: &[(Address, meridian_protocol::EntryState)]) -> usize {
+        listing
+            .iter()
+            .filter(|(a, _)| !meridian_protocol::provenance::is_provenance(a))
             .count()
     }
 
@@ -890,7 +905,7 @@ mod tests {
         let with = |prefix: &[u8]| {
             data.history
                 .iter()
-                .filter(|(k, _)| k.starts_with(prefix))
+                .filter(|(k, _)| k.starts_with(prefix) && !provenance(k))
                 .count()
         };
         assert_eq!(with(&HISTORY_PREFIX), 3);
@@ -933,7 +948,7 @@ mod tests {
         assert_eq!(at_snapshot("a"), Some((3, Some("5".into()))));
         assert_eq!(at_snapshot("b"), Some((3, Some("6".into()))));
         assert_eq!(at_snapshot("c"), Some((1, Some("4".into()))));
-        assert_eq!(installed.len(), 3);
+        assert_eq!(data_entries(&installed), 3);
         // The install checked the listing against the head's digest; the state is the head's.
         assert_eq!(
             head.map(|h| h.head.digest),
@@ -1027,7 +1042,7 @@ mod tests {
         let (_dir, fresh, result) = installed(&snapshot.meta, legacy).await;
         result.unwrap();
         assert_eq!(fresh.lock().state().head(), data.head);
-        assert_eq!(fresh.lock().state().snapshot().1.len(), 2);
+        assert_eq!(data_entries(&fresh.lock().state().snapshot().1), 2);
 
         let mut unknown = snapshot.snapshot.into_inner();
         unknown[0] = 9;
@@ -1066,7 +1081,7 @@ mod tests {
         let versions: Vec<(u64, u64)> = data
             .history
             .iter()
-            .filter(|(k, _)| k.starts_with(&HISTORY_PREFIX))
+            .filter(|(k, _)| k.starts_with(&HISTORY_PREFIX) && !provenance(k))
             .map(|(_, v)| {
                 let r: meridian_core::history::HistoryRecord = postcard::from_bytes(v).unwrap();
                 (r.version, r.revision)
@@ -1077,7 +1092,7 @@ mod tests {
 
         let (_dir, fresh, result) = installed(&snapshot.meta, snapshot.snapshot.into_inner()).await;
         result.unwrap();
-        assert_eq!(fresh.lock().state().snapshot().1.len(), 2);
+        assert_eq!(data_entries(&fresh.lock().state().snapshot().1), 2);
     }
 
     #[tokio::test]

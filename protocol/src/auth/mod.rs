@@ -42,5 +42,6 @@ pub fn is_system_namespace(app: &str, env: &str) -> bool {
         && (env == TOKENS_ENV
             || env == POLICIES_ENV
             || env == PROTECTIONS_ENV
-            || env == crate::directory::EDGES_ENV)
+            || env == crate::directory::EDGES_ENV
+            || env == crate::provenance::PROVENANCE_ENV)
 }
