@@ -154,9 +154,13 @@ enum Command {
         /// Where to write (default: standard output).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
-        /// Reveal secrets (secret-read; every reveal is audited).
-        #[arg(long)]
+        /// Write secrets in clear (secret-read; every reveal is audited; the file is 0600).
+        #[arg(long, conflicts_with = "encrypt_to")]
         reveal: bool,
+        /// Write each secret encrypted to this age recipient (`age1…`, from `age-keygen`;
+        /// repeatable). Needs secret-read like --reveal; the file is 0600.
+        #[arg(long = "encrypt-to")]
+        encrypt_to: Vec<String>,
     },
     /// Show what a file (JSON, YAML, .env or properties) would change in an app/env; with
     /// --apply commit it as one transaction, with --change propose it as a change request.
@@ -183,6 +187,9 @@ enum Command {
         /// Why, for history and the audit log.
         #[arg(long)]
         reason: Option<String>,
+        /// An age identity file (`age-keygen` output) that opens the file's encrypted secrets.
+        #[arg(long)]
+        identity: Option<std::path::PathBuf>,
     },
     /// Protection rules: which keys need approved change requests, and how many approvals
     /// (admin).
@@ -591,7 +598,16 @@ async fn main() -> anyhow::Result<()> {
             format,
             out,
             reveal,
-        } => meridian::transfer_cli::export(&client, &app, &env, format, out, reveal).await?,
+            encrypt_to,
+        } => {
+            use meridian::transfer_cli::Secrets;
+            let secrets = match (reveal, encrypt_to.is_empty()) {
+                (true, _) => Secrets::Reveal,
+                (false, false) => Secrets::EncryptTo(meridian::transfer::recipients(&encrypt_to)?),
+                (false, true) => Secrets::Masked,
+            };
+            meridian::transfer_cli::export(&client, &app, &env, format, out, secrets).await?
+        }
         Command::Import {
             client,
             file,
@@ -601,6 +617,7 @@ async fn main() -> anyhow::Result<()> {
             change,
             prune,
             reason,
+            identity,
         } => {
             use meridian::transfer_cli::Mode;
             let mode = match (apply, change) {
@@ -608,7 +625,10 @@ async fn main() -> anyhow::Result<()> {
                 (_, true) => Mode::Change,
                 _ => Mode::DryRun,
             };
-            meridian::transfer_cli::import(&client, file, &to, format, mode, prune, reason).await?
+            meridian::transfer_cli::import(
+                &client, file, &to, format, mode, prune, reason, identity,
+            )
+            .await?
         }
         Command::Change { client, action } => meridian::change_cli::change(&client, action).await?,
         Command::Protection { client, action } => {

@@ -52,6 +52,80 @@ pub enum Item {
     Secret(Value),
     /// A secret that was not revealed (its fingerprint): import leaves it as it is.
     Masked(String),
+    /// A secret's value encrypted to age recipients: `ENC[age,<base64 of the age file>]`, the
+    /// age file holding the value's JSON text ([`encrypt`], [`decrypt`]).
+    Encrypted(String),
+}
+
+/// How an encrypted secret's text starts.
+const ENCRYPTED_PREFIX: &str = "ENC[age,";
+
+/// Whether `text` is an encrypted secret.
+pub fn is_encrypted(text: &str) -> bool {
+    text.starts_with(ENCRYPTED_PREFIX) && text.ends_with(']')
+}
+
+/// Parses age X25519 recipients (`age1…`, as `age-keygen` prints them).
+pub fn recipients(texts: &[String]) -> anyhow::Result<Vec<age::x25519::Recipient>> {
+    texts
+        .iter()
+        .map(|t| {
+            t.trim()
+                .parse::<age::x25519::Recipient>()
+                .map_err(|e| anyhow::anyhow!("--encrypt-to {t:?} is not an age recipient: {e}"))
+        })
+        .collect()
+}
+
+/// Reads the age X25519 identities (`AGE-SECRET-KEY-1…` lines; `#` comments) of an identity
+/// file, as `age-keygen` writes it.
+pub fn identities(text: &str) -> anyhow::Result<Vec<age::x25519::Identity>> {
+    let ids: Vec<_> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            l.parse::<age::x25519::Identity>()
+                .map_err(|e| anyhow::anyhow!("not an age identity: {e}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(!ids.is_empty(), "the identity file holds no age identity");
+    Ok(ids)
+}
+
+/// `value` encrypted to every one of `recipients` (at least one).
+pub fn encrypt(value: &Value, recipients: &[age::x25519::Recipient]) -> anyhow::Result<String> {
+    use base64::Engine;
+    use std::io::Write;
+    let encryptor =
+        age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| anyhow::anyhow!("encrypting a secret: {e}"))?;
+    let mut out = Vec::new();
+    let mut w = encryptor.wrap_output(&mut out)?;
+    w.write_all(value.to_string().as_bytes())?;
+    w.finish()?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(out);
+    Ok(format!("{ENCRYPTED_PREFIX}{b64}]"))
+}
+
+/// The value an encrypted secret holds, opened with one of `identities`.
+pub fn decrypt(text: &str, identities: &[age::x25519::Identity]) -> anyhow::Result<Value> {
+    use base64::Engine;
+    use std::io::Read;
+    let b64 = text
+        .strip_prefix(ENCRYPTED_PREFIX)
+        .and_then(|t| t.strip_suffix(']'))
+        .context("not an encrypted secret")?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .context("an encrypted secret that is not base64")?;
+    let decryptor = age::Decryptor::new(&bytes[..])?;
+    let mut plain = Vec::new();
+    decryptor
+        .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
+        .map_err(|e| anyhow::anyhow!("opening an encrypted secret: {e}"))?
+        .read_to_end(&mut plain)?;
+    serde_json::from_slice(&plain).context("an encrypted secret that does not hold JSON")
 }
 
 /// A document: keys in order, each with its item.
@@ -64,10 +138,16 @@ fn item_json(item: &Item) -> Value {
         Item::Value(v) => v.clone(),
         Item::Secret(v) => Value::Object(Map::from_iter([(SECRET.to_owned(), v.clone())])),
         Item::Masked(f) => serde_json::json!({ SECRET: null, "fingerprint": f }),
+        Item::Encrypted(text) => Value::String(text.clone()),
     }
 }
 
 fn json_item(v: Value) -> Item {
+    if let Value::String(s) = &v
+        && is_encrypted(s)
+    {
+        return Item::Encrypted(s.clone());
+    }
     if let Value::Object(o) = &v
         && o.contains_key(SECRET)
         && o.keys().all(|k| k == SECRET || k == "fingerprint")
@@ -96,6 +176,15 @@ fn text_of(v: &Value) -> String {
 /// A value read from `.env` or properties text: JSON when it parses, a string otherwise.
 fn value_of(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+/// The item of a `.env` or properties value.
+fn text_item(text: &str) -> Item {
+    if is_encrypted(text) {
+        Item::Encrypted(text.to_owned())
+    } else {
+        Item::Value(value_of(text))
+    }
 }
 
 /// `db.max-pool` → `DB__MAX_POOL`.
@@ -138,6 +227,9 @@ pub fn write(doc: &Document, format: Format) -> anyhow::Result<String> {
                         out.push_str(&format!("{}=\"{quoted}\"\n", env_name(k)));
                     }
                     Item::Masked(f) => out.push_str(&format!("# {k}: secret {f}, not revealed\n")),
+                    Item::Encrypted(text) => {
+                        out.push_str(&format!("{}=\"{text}\"\n", env_name(k)));
+                    }
                 }
             }
             out
@@ -152,6 +244,7 @@ pub fn write(doc: &Document, format: Format) -> anyhow::Result<String> {
                         Item::Masked(f) => {
                             w.write_comment(&format!("{k}: secret {f}, not revealed"))?
                         }
+                        Item::Encrypted(text) => w.write(k, text)?,
                     }
                 }
                 w.finish()?;
@@ -176,16 +269,13 @@ pub fn read(text: &str, format: Format) -> anyhow::Result<Document> {
             let mut doc = Document::new();
             for pair in dotenvy::from_read_iter(text.as_bytes()) {
                 let (name, value) = pair.context("not a .env file")?;
-                doc.insert(key_of_env_name(&name), Item::Value(value_of(&value)));
+                doc.insert(key_of_env_name(&name), text_item(&value));
             }
             Ok(doc)
         }
         Format::Properties => {
             let map = java_properties::read(text.as_bytes()).context("not a properties file")?;
-            Ok(map
-                .into_iter()
-                .map(|(k, v)| (k, Item::Value(value_of(&v))))
-                .collect())
+            Ok(map.into_iter().map(|(k, v)| (k, text_item(&v))).collect())
         }
     }
 }
@@ -257,6 +347,37 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn encrypted_secrets_survive_every_format_and_open_only_with_a_recipients_identity() {
+        let key = age::x25519::Identity::generate();
+        let other = age::x25519::Identity::generate();
+        let to = recipients(&[key.to_public().to_string()]).unwrap();
+        let secret = json!({"user": "app", "password": "s3cret \"quoted\""});
+        let sealed = encrypt(&secret, &to).unwrap();
+        assert!(
+            is_encrypted(&sealed) && !sealed.contains("s3cret"),
+            "{sealed}"
+        );
+        let doc = Document::from([("db.creds".to_owned(), Item::Encrypted(sealed.clone()))]);
+        for format in [Format::Json, Format::Yaml, Format::Env, Format::Properties] {
+            let text = write(&doc, format).unwrap();
+            assert!(!text.contains("s3cret"), "{format:?}: {text}");
+            let back = read(&text, format).unwrap();
+            let item = back.values().next().unwrap();
+            assert_eq!(item, &Item::Encrypted(sealed.clone()), "{format:?}: {text}");
+        }
+        use age::secrecy::ExposeSecret;
+        let file = format!("# created: now\n{}\n", key.to_string().expose_secret());
+        assert_eq!(
+            decrypt(&sealed, &identities(&file).unwrap()).unwrap(),
+            secret
+        );
+        assert!(decrypt(&sealed, &[other]).is_err());
+        assert!(identities("# nothing\n").is_err());
+        assert!(recipients(&["age1nope".into()]).is_err());
+        assert!(decrypt("ENC[age,!!]", &identities(&file).unwrap()).is_err());
     }
 
     #[test]

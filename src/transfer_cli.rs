@@ -1,9 +1,11 @@
 //! `meridian export` and `meridian import`: one app/env's keys to and from a file (see
 //! [`crate::transfer`] for the formats). Export reads raw values (references unresolved) and
-//! masks secrets unless `--reveal` (secret-read, each reveal audited); import shows what it
+//! masks secrets unless `--encrypt-to` (each secret encrypted to age recipients) or `--reveal`
+//! (in clear); either reads them with secret-read, each reveal audited. Import shows what it
 //! would change and commits nothing unless `--apply` (one transaction conditioned on the
-//! versions it compared against) or `--change` (one change request). A secret given in clear
-//! is always written again: its stored value cannot be compared without revealing it.
+//! versions it compared against) or `--change` (one change request); encrypted secrets open
+//! with `--identity`. A secret given is always written again: its stored value cannot be
+//! compared without revealing it.
 
 use std::path::PathBuf;
 
@@ -59,6 +61,16 @@ async fn current(
     }
 }
 
+/// What `meridian export` does with secrets.
+pub enum Secrets {
+    /// Leaves them out (their fingerprints only).
+    Masked,
+    /// Encrypts each to these age recipients.
+    EncryptTo(Vec<age::x25519::Recipient>),
+    /// Writes them in clear.
+    Reveal,
+}
+
 /// Runs `meridian export`.
 pub async fn export(
     client: &Client,
@@ -66,7 +78,7 @@ pub async fn export(
     env: &str,
     format: Option<Format>,
     out: Option<PathBuf>,
-    reveal: bool,
+    secrets: Secrets,
 ) -> anyhow::Result<()> {
     let format = format
         .or_else(|| out.as_deref().and_then(Format::of_path))
@@ -74,12 +86,22 @@ pub async fn export(
     let origin = client.writes();
     let mut doc = Document::new();
     for (key, c) in current(client, app, env).await? {
-        let item = match (c.secret, reveal) {
-            (false, _) => Item::Value(c.value),
-            (true, false) => Item::Masked(c.fingerprint),
-            (true, true) => {
-                let url = format!("{origin}/v1/secrets/{app}/{env}/{key}?reveal=true");
-                Item::Secret(client.get(url).await?["value"].clone())
+        if !c.secret {
+            doc.insert(key, Item::Value(c.value));
+            continue;
+        }
+        let item = match &secrets {
+            Secrets::Masked => Item::Masked(c.fingerprint),
+            revealed => {
+                let url = format!(
+                    "{origin}/v1/secrets/{app}/{env}/{}?reveal=true",
+                    urlencode(&key)
+                );
+                let value = client.get(url).await?["value"].clone();
+                match revealed {
+                    Secrets::EncryptTo(to) => Item::Encrypted(transfer::encrypt(&value, to)?),
+                    _ => Item::Secret(value),
+                }
             }
         };
         doc.insert(key, item);
@@ -87,7 +109,13 @@ pub async fn export(
     let text = transfer::write(&doc, format)?;
     match out {
         Some(path) => {
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            // A file that may hold secrets is the owner's only.
+            let write = if matches!(secrets, Secrets::Masked) {
+                std::fs::write(&path, text)
+            } else {
+                meridian_net::private::write_private(&path, text.as_bytes())
+            };
+            write.with_context(|| format!("writing {}", path.display()))?;
             eprintln!(
                 "{} keys of {app}/{env} written to {}",
                 doc.len(),
@@ -120,6 +148,7 @@ pub async fn import(
     mode: Mode,
     prune: bool,
     reason: Option<String>,
+    identity: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let Some((app, env)) = to.split_once('/') else {
         anyhow::bail!("--to {to:?} is not app/env");
@@ -129,7 +158,19 @@ pub async fn import(
         .context("say --format: the file name does not tell")?;
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let doc = transfer::read(&text, format).with_context(|| format!("{}", file.display()))?;
+    let mut doc = transfer::read(&text, format).with_context(|| format!("{}", file.display()))?;
+    if doc.values().any(|i| matches!(i, Item::Encrypted(_))) {
+        let path = identity.context("the file holds encrypted secrets: give --identity FILE")?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let ids = transfer::identities(&text).with_context(|| format!("{}", path.display()))?;
+        for (key, item) in doc.iter_mut() {
+            if let Item::Encrypted(sealed) = item {
+                let value = transfer::decrypt(sealed, &ids).with_context(|| key.clone())?;
+                *item = Item::Secret(value);
+            }
+        }
+    }
     let now = current(client, app, env).await?;
     let address = |k: &str| format!("{app}/{env}/{k}");
     let (mut ops, mut conditions, mut rows) = (Vec::new(), Vec::new(), Vec::new());
@@ -142,6 +183,7 @@ pub async fn import(
         let (value, secret) = match item {
             Item::Masked(_) => continue,
             Item::Secret(v) => (v, true),
+            Item::Encrypted(_) => unreachable!("opened above"),
             // A key that holds a secret stays one.
             Item::Value(v) => (v, current.is_some_and(|c| c.secret)),
         };

@@ -682,6 +682,110 @@ async fn export_and_import_carry_an_environment_between_formats_and_propose_chan
         "{out}"
     );
 
+    // Encrypted to an age recipient: the file (0600) holds the secret only sealed; it opens on
+    // import with the identity, and never without it.
+    let key = age::x25519::Identity::generate();
+    let identity = dir.path().join("key.txt");
+    {
+        use age::secrecy::ExposeSecret;
+        std::fs::write(&identity, format!("{}\n", key.to_string().expose_secret())).unwrap();
+    }
+    let sealed = dir.path().join("sealed.env");
+    let (ok, _, err) = meridian(
+        o,
+        o,
+        &[
+            "export",
+            "pay",
+            "prod",
+            "--encrypt-to",
+            &key.to_public().to_string(),
+            "--out",
+            sealed.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&sealed).unwrap();
+    assert!(
+        !text.contains("hunter2") && text.contains("DB__PASSWORD=\"ENC[age,"),
+        "{text}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&sealed).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let sealed = sealed.to_str().unwrap();
+    let (ok, _, err) = meridian(o, o, &["import", sealed, "--to", "pay/dev", "--apply"]).await;
+    assert!(!ok && err.contains("--identity"), "{err}");
+    let wrong = dir.path().join("wrong.txt");
+    {
+        use age::secrecy::ExposeSecret;
+        let other = age::x25519::Identity::generate();
+        std::fs::write(&wrong, other.to_string().expose_secret()).unwrap();
+    }
+    let (ok, _, err) = meridian(
+        o,
+        o,
+        &[
+            "import",
+            sealed,
+            "--to",
+            "pay/dev",
+            "--apply",
+            "--identity",
+            wrong.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("password"), "{err}");
+    let (ok, _, err) = meridian(
+        o,
+        o,
+        &[
+            "import",
+            sealed,
+            "--to",
+            "pay/dev",
+            "--apply",
+            "--identity",
+            identity.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (_, secret) = get_json(
+        &admin,
+        &format!("{o}/v1/secrets/pay/dev/db.password?reveal=true"),
+    )
+    .await;
+    assert_eq!(secret["value"], "hunter2", "imported as a secret: {secret}");
+    // Encrypting needs the secret read like revealing does: a viewer gets 403.
+    let (viewer, _) = create_token(
+        &admin,
+        o,
+        json!({"name": "viewer", "role": "viewer", "resources": ["pay/*/*"]}),
+    )
+    .await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([
+            "export",
+            "pay",
+            "prod",
+            "--encrypt-to",
+            &key.to_public().to_string(),
+        ])
+        .env("MERIDIAN_ENDPOINT", o)
+        .env("MERIDIAN_ORIGIN", o)
+        .env("MERIDIAN_TOKEN", &viewer)
+        .env("RUST_LOG", "error")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("403"), "{err}");
+
     // A .env file with one change, into a protected environment: proposed as a change.
     let r = admin
         .put(format!("{o}/v1/protections/prod"))
