@@ -7,8 +7,11 @@
 //! event leaves the queue, a failed one waits an exponential backoff, and both go to the
 //! subscription's bounded delivery log. An event is keyed by the revision that raised it and
 //! its place among that revision's, so a node that replays entries over a snapshot writes the
-//! same records, never a second copy. Records are origin-only extras under
-//! [`WEBHOOK_PREFIX`].
+//! same records, never a second copy; an index by due time lets the leader find what is due
+//! without reading past what waits. The queue is bounded per subscription
+//! ([`MAX_QUEUED_PER_SUBSCRIPTION`]: events beyond it are dropped and counted) and an event is
+//! given up after [`MAX_ATTEMPTS`] (logged as `dropped`), so a receiver that stays down costs a
+//! bounded amount of replicated state. Records are origin-only extras under [`WEBHOOK_PREFIX`].
 
 use meridian_protocol::auth::{Pattern, SYSTEM_APP};
 use meridian_protocol::secrets::is_sealed_text;
@@ -30,6 +33,10 @@ pub const MAX_LOG_ENTRIES: u64 = 200;
 pub const FIRST_BACKOFF_MS: u64 = 1_000;
 /// Longest retry delay.
 pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+/// Attempts after which an event is given up (about a day of retries at the backoff above).
+pub const MAX_ATTEMPTS: u32 = 36;
+/// Most events waiting per subscription; newer ones are dropped (and counted) beyond it.
+pub const MAX_QUEUED_PER_SUBSCRIPTION: u64 = 10_000;
 
 /// The event types a subscription may ask for.
 pub const EVENT_TYPES: [&str; 8] = [
@@ -60,6 +67,21 @@ pub fn subscription_key(id: u64) -> Vec<u8> {
 /// revision's events: the same on every node, whatever snapshot or replay it came through).
 pub fn event_key(seq: (u64, u64)) -> Vec<u8> {
     key(b'q', &[seq.0, seq.1])
+}
+
+/// The key of the due-time index entry of event `seq`, due at `at_ms`.
+fn due_key(at_ms: u64, seq: (u64, u64)) -> Vec<u8> {
+    key(b'd', &[at_ms, seq.0, seq.1])
+}
+
+/// The key of how many events wait for subscription `id`.
+fn queued_count_key(id: u64) -> Vec<u8> {
+    key(b'c', &[id])
+}
+
+/// The key of how many events were dropped for subscription `id` (queue full or given up).
+fn dropped_count_key(id: u64) -> Vec<u8> {
+    key(b'x', &[id])
 }
 
 /// The key of delivery-log entry `n` of subscription `id`.
@@ -247,54 +269,66 @@ fn read_u64<B: Backend>(state: &SignedState<B>, k: &[u8]) -> Result<u64, StoreEr
         .map_or(0, u64::from_be_bytes))
 }
 
-/// The writes that queue `events` (subscription, body) raised at `revision`, numbered from
-/// `first` among that revision's, at `time_ms`.
-pub fn enqueue(events: Vec<(u64, String)>, revision: u64, first: u64, time_ms: u64) -> Vec<Write> {
-    events
-        .into_iter()
-        .enumerate()
-        .map(|(n, (subscription, body))| {
-            let seq = (revision, first + n as u64);
-            let event = QueuedEvent {
-                seq,
-                subscription,
-                id: format!("evt_{}_{}", seq.0, seq.1),
-                body,
-                attempts: 0,
-                next_at_ms: time_ms,
-            };
-            (
-                event_key(seq),
-                Some(serde_json::to_vec(&event).expect("an event encodes")),
-            )
-        })
-        .collect()
+/// The writes that queue one event for `subscription` as `seq`, due at `time_ms`.
+fn enqueue_one(subscription: u64, body: String, seq: (u64, u64), time_ms: u64) -> [Write; 2] {
+    let event = QueuedEvent {
+        seq,
+        subscription,
+        id: format!("evt_{}_{}", seq.0, seq.1),
+        body,
+        attempts: 0,
+        next_at_ms: time_ms,
+    };
+    [
+        (
+            event_key(seq),
+            Some(serde_json::to_vec(&event).expect("an event encodes")),
+        ),
+        (due_key(time_ms, seq), Some(Vec::new())),
+    ]
 }
 
 /// Events raised by a step that makes no revision (a change request's) are numbered from
 /// here among the current revision's, by a counter kept with the queue.
 const STEP_EVENTS_FROM: u64 = 1 << 32;
 
-/// Up to `limit` queued events due at `now_ms`, oldest first (what is stored: for the leader).
+/// Up to `limit` queued events due at `now_ms`, soonest due first (what is stored: for the
+/// leader). Reads the due-time index, so events backing off are never read.
 pub fn due<B: Backend>(
     backend: &B,
     now_ms: u64,
     limit: usize,
 ) -> Result<Vec<QueuedEvent>, StoreError> {
-    let from = key(b'q', &[]);
-    let to = key(b'q' + 1, &[]);
+    let from = key(b'd', &[]);
+    let to = key(b'd', &[now_ms.saturating_add(1)]);
     let mut out = Vec::new();
-    for (_, v) in backend.range(&from, &to, limit.saturating_mul(4))? {
-        let e: QueuedEvent = serde_json::from_slice(&v)
-            .map_err(|_| StoreError::Invalid("a queued webhook event does not decode"))?;
-        if e.next_at_ms <= now_ms {
-            out.push(e);
-            if out.len() == limit {
-                break;
-            }
+    for (k, _) in backend.range(&from, &to, limit)? {
+        let parts: Vec<u64> = k[3..]
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
+            .collect();
+        let [_, revision, n] = parts[..] else {
+            return Err(StoreError::Invalid("a webhook due-index key is malformed"));
+        };
+        if let Some(v) = backend.get(&event_key((revision, n)))? {
+            out.push(
+                serde_json::from_slice(&v)
+                    .map_err(|_| StoreError::Invalid("a queued webhook event does not decode"))?,
+            );
         }
     }
     Ok(out)
+}
+
+/// How many events wait for subscription `id`, and how many were dropped (what is stored).
+pub fn queue_counts<B: Backend>(backend: &B, id: u64) -> Result<(u64, u64), StoreError> {
+    let read = |k: Vec<u8>| -> Result<u64, StoreError> {
+        Ok(backend
+            .get(&k)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes))
+    };
+    Ok((read(queued_count_key(id))?, read(dropped_count_key(id))?))
 }
 
 /// Whether any address of `changes` is one a subscription wants an event about.
@@ -368,7 +402,7 @@ impl<B: Backend> OriginCore<B> {
                 ));
             }
         }
-        Ok(enqueue(events, revision, 0, meta.time_ms))
+        Ok(self.queue(events, revision, 0, meta.time_ms)?)
     }
 
     /// Applies one webhook step (see [`WebhookOp`]).
@@ -416,13 +450,16 @@ impl<B: Backend> OriginCore<B> {
                     return Err(ApplyError::Invalid(format!("no webhook subscription {id}")));
                 }
                 extra.push((subscription_key(id), None));
+                extra.push((queued_count_key(id), None));
+                extra.push((dropped_count_key(id), None));
                 let view = self.state().prefix_view_staged(&key(b'q', &[]))?;
                 for k in &view.keys {
                     if let Some(v) = view.get(k)?
-                        && serde_json::from_slice::<QueuedEvent>(&v)
-                            .is_ok_and(|e| e.subscription == id)
+                        && let Ok(e) = serde_json::from_slice::<QueuedEvent>(&v)
+                        && e.subscription == id
                     {
                         extra.push((k.clone(), None));
+                        extra.push((due_key(e.next_at_ms, e.seq), None));
                     }
                 }
                 drop(view);
@@ -433,7 +470,7 @@ impl<B: Backend> OriginCore<B> {
             WebhookOp::Delivered { seq, status } => {
                 // Reported twice (an old and a new leader): the second finds nothing.
                 if let Some(e) = self.queued(seq)? {
-                    extra.push((event_key(seq), None));
+                    extra.extend(self.dequeue(&e)?);
                     let entry = LogEntry {
                         event: e.id,
                         at_ms: now_ms,
@@ -465,6 +502,15 @@ impl<B: Backend> OriginCore<B> {
             }
             WebhookOp::Failed { seq, status, error } => {
                 if let Some(mut e) = self.queued(seq)? {
+                    let given_up = e.attempts + 1 >= MAX_ATTEMPTS;
+                    if given_up {
+                        extra.extend(self.dequeue(&e)?);
+                        let dropped = dropped_count_key(e.subscription);
+                        let n = read_u64(self.state(), &dropped)? + 1;
+                        extra.push((dropped, Some(n.to_be_bytes().to_vec())));
+                    } else {
+                        extra.push((due_key(e.next_at_ms, seq), None));
+                    }
                     e.attempts += 1;
                     e.next_at_ms = now_ms.saturating_add(backoff_ms(e.attempts));
                     let entry = LogEntry {
@@ -472,14 +518,17 @@ impl<B: Backend> OriginCore<B> {
                         at_ms: now_ms,
                         attempt: e.attempts,
                         status,
-                        outcome: "failed".into(),
+                        outcome: if given_up { "dropped" } else { "failed" }.into(),
                         error: Some(error),
                     };
                     extra.extend(log_entry(self.state(), e.subscription, &entry)?);
-                    extra.push((
-                        event_key(seq),
-                        Some(serde_json::to_vec(&e).expect("an event encodes")),
-                    ));
+                    if !given_up {
+                        extra.push((
+                            event_key(seq),
+                            Some(serde_json::to_vec(&e).expect("an event encodes")),
+                        ));
+                        extra.push((due_key(e.next_at_ms, seq), Some(Vec::new())));
+                    }
                     self.state_mut().write_extra(extra)?;
                 }
                 Ok((self.unchanged(None), None))
@@ -530,9 +579,67 @@ impl<B: Backend> OriginCore<B> {
         let used = read_u64(self.state(), &counter)?;
         let n = events.len() as u64;
         let revision = self.state().revision().0;
-        let mut out = enqueue(events, revision, STEP_EVENTS_FROM + used, time_ms);
+        let mut out = self.queue(events, revision, STEP_EVENTS_FROM + used, time_ms)?;
         out.push((counter, Some((used + n).to_be_bytes().to_vec())));
         Ok(out)
+    }
+
+    /// The writes that queue `events` (subscription, body) raised at `revision`, numbered from
+    /// `first` among that revision's, at `time_ms`: each subscription takes at most
+    /// [`MAX_QUEUED_PER_SUBSCRIPTION`] waiting events, the others are counted as dropped.
+    fn queue(
+        &self,
+        events: Vec<(u64, String)>,
+        revision: u64,
+        first: u64,
+        time_ms: u64,
+    ) -> Result<Vec<Write>, StoreError> {
+        let mut counts: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
+        let mut out = Vec::new();
+        for (n, (subscription, body)) in events.into_iter().enumerate() {
+            let (queued, dropped) = match counts.entry(subscription) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert((
+                    read_u64(self.state(), &queued_count_key(subscription))?,
+                    read_u64(self.state(), &dropped_count_key(subscription))?,
+                )),
+            };
+            if *queued >= MAX_QUEUED_PER_SUBSCRIPTION {
+                *dropped += 1;
+                continue;
+            }
+            *queued += 1;
+            out.extend(enqueue_one(
+                subscription,
+                body,
+                (revision, first + n as u64),
+                time_ms,
+            ));
+        }
+        for (subscription, (queued, dropped)) in counts {
+            out.push((
+                queued_count_key(subscription),
+                Some(queued.to_be_bytes().to_vec()),
+            ));
+            out.push((
+                dropped_count_key(subscription),
+                Some(dropped.to_be_bytes().to_vec()),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The writes that take event `e` out of the queue (delivered, given up).
+    fn dequeue(&self, e: &QueuedEvent) -> Result<Vec<Write>, StoreError> {
+        let count = read_u64(self.state(), &queued_count_key(e.subscription))?;
+        Ok(vec![
+            (event_key(e.seq), None),
+            (due_key(e.next_at_ms, e.seq), None),
+            (
+                queued_count_key(e.subscription),
+                Some(count.saturating_sub(1).to_be_bytes().to_vec()),
+            ),
+        ])
     }
 
     fn queued(&self, seq: (u64, u64)) -> Result<Option<QueuedEvent>, StoreError> {
@@ -649,6 +756,95 @@ mod tests {
                 .map(|l| (l.outcome.as_str(), l.attempt))
                 .collect();
             assert_eq!(outcomes, [("failed", 1), ("delivered", 2)]);
+        }
+
+        fn fail(c: &mut OriginCore<MemBackend>, time_ms: u64, seq: (u64, u64)) {
+            let op = WebhookOp::Failed {
+                seq,
+                status: None,
+                error: "connection refused".into(),
+            };
+            run(c, time_ms, Command::Webhook(op));
+        }
+
+        #[test]
+        fn a_receiver_that_stays_down_neither_blocks_others_nor_grows_the_queue_forever() {
+            let mut c = core();
+            let down = subscribe(&mut c);
+            let op = WebhookOp::Subscribe {
+                url: "http://127.0.0.1:9/other".into(),
+                events: vec!["config.changed".into()],
+                resources: vec![Pattern::parse("pay/prod/timeout").unwrap()],
+                secret: "whsec_y".into(),
+            };
+            let up = run(&mut c, 1, Command::Webhook(op)).change.unwrap();
+            // Ten events for the receiver that is down, each failed once: backing off.
+            for i in 0..10 {
+                run(&mut c, 10, put(&format!("db.k{i}"), "1"));
+            }
+            for e in due(c.state().backend(), 10, 100).unwrap() {
+                fail(&mut c, 20, e.seq);
+            }
+            // One event for the other: the first due, whatever waits before it in the queue.
+            run(&mut c, 30, put("timeout", "5"));
+            let first = due(c.state().backend(), 30, 1).unwrap();
+            assert_eq!(first.len(), 1);
+            assert_eq!(first[0].subscription, up);
+            assert_eq!(queue_counts(c.state().backend(), down).unwrap(), (10, 0));
+
+            // Given up after MAX_ATTEMPTS: out of the queue, counted and logged as dropped.
+            let seq = due(c.state().backend(), u64::MAX, 100)
+                .unwrap()
+                .iter()
+                .find(|e| e.subscription == down)
+                .unwrap()
+                .seq;
+            let mut now = 40;
+            for _ in 1..MAX_ATTEMPTS {
+                now += MAX_BACKOFF_MS;
+                let waiting = due(c.state().backend(), now, 100).unwrap();
+                assert!(waiting.iter().any(|e| e.seq == seq));
+                fail(&mut c, now, seq);
+            }
+            assert!(c.queued(seq).unwrap().is_none());
+            assert_eq!(queue_counts(c.state().backend(), down).unwrap(), (9, 1));
+            let log = delivery_log(c.state().backend(), down).unwrap();
+            let last = log.last().unwrap();
+            assert_eq!(
+                (last.outcome.as_str(), last.attempt),
+                ("dropped", MAX_ATTEMPTS)
+            );
+
+            // A revision raising more events than a subscription may hold: the rest are
+            // dropped and counted. Unsubscribing clears its queue and index.
+            let ops = (0..MAX_QUEUED_PER_SUBSCRIPTION)
+                .map(|i| {
+                    crate::apply::TxnOp::Put(
+                        Address::parse("pay", "prod", &format!("db.n{i}")).unwrap(),
+                        "1".into(),
+                    )
+                })
+                .collect();
+            run(
+                &mut c,
+                now,
+                Command::Txn {
+                    conditions: Vec::new(),
+                    ops,
+                },
+            );
+            assert_eq!(
+                queue_counts(c.state().backend(), down).unwrap(),
+                (MAX_QUEUED_PER_SUBSCRIPTION, 10)
+            );
+            run(
+                &mut c,
+                now,
+                Command::Webhook(WebhookOp::Unsubscribe { id: down }),
+            );
+            let left = due(c.state().backend(), u64::MAX, 100_000).unwrap();
+            assert!(left.iter().all(|e| e.subscription == up), "{}", left.len());
+            assert_eq!(queue_counts(c.state().backend(), down).unwrap(), (0, 0));
         }
 
         #[test]

@@ -135,8 +135,8 @@ pub(crate) async fn delete(
     inner.await.map_err(count_error)
 }
 
-/// `GET /v1/webhooks/{id}/deliveries`: its delivery log, oldest first, and how many events
-/// wait.
+/// `GET /v1/webhooks/{id}/deliveries`: its delivery log, oldest first, how many events wait
+/// and how many were dropped (queue full, or given up after every retry).
 pub(crate) async fn deliveries(
     State(state): Shared,
     path: Result<Path<u64>, PathRejection>,
@@ -144,18 +144,16 @@ pub(crate) async fn deliveries(
     let inner = async {
         let id = webhook_id(path)?;
         state.cluster.linearize().await.map_err(cluster_error)?;
-        let (log, queued) = {
+        let (log, (queued, dropped)) = {
             let core = state.core.lock().unwrap_or_else(|e| e.into_inner());
             let backend = core.state().backend();
             let log = webhooks::delivery_log(backend, id).map_err(internal)?;
-            let queued = webhooks::due(backend, u64::MAX, 10_000)
-                .map_err(internal)?
-                .iter()
-                .filter(|e| e.subscription == id)
-                .count();
-            (log, queued)
+            (log, webhooks::queue_counts(backend, id).map_err(internal)?)
         };
-        Ok(axum::Json(json!({"id": id, "queued": queued, "deliveries": log})).into_response())
+        Ok(axum::Json(json!({
+            "id": id, "queued": queued, "dropped": dropped, "deliveries": log,
+        }))
+        .into_response())
     };
     inner.await.map_err(count_error)
 }
