@@ -2,7 +2,27 @@
 //! `meridian drift` (which revision each service instance applied). Both ask any origin node,
 //! which merges every member's view, and exit non-zero when anything is flagged.
 
+use serde_json::Value;
+
 use crate::cli::{Client, cell, print, table};
+
+/// A row's flags, comma-separated.
+fn flags(row: &Value) -> String {
+    let flags: Vec<String> = row["flags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(cell)
+        .collect();
+    flags.join(",")
+}
+
+/// The members the node asked could not reach, on standard error.
+fn unreachable(body: &Value) {
+    for u in body["unreachable_nodes"].as_array().into_iter().flatten() {
+        eprintln!("unreachable: {}", cell(u));
+    }
+}
 
 /// `meridian edges`: the drift view of every edge the endpoint's cluster has heard from (the
 /// origin node asked merges every member's view); with `--output table`, flagged edges are
@@ -18,12 +38,6 @@ pub async fn edges(client: &Client, lag_threshold_ms: Option<u64>) -> anyhow::Re
             .into_iter()
             .flatten()
             .map(|r| {
-                let flags: Vec<String> = r["flags"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(cell)
-                    .collect();
                 vec![
                     cell(&r["edge_id"]),
                     cell(&r["region"]),
@@ -36,7 +50,7 @@ pub async fn edges(client: &Client, lag_threshold_ms: Option<u64>) -> anyhow::Re
                     cell(&r["behind_revisions"]),
                     cell(&r["lag_ms"]),
                     cell(&r["last_report_ms"]),
-                    flags.join(","),
+                    flags(r),
                 ]
             })
             .collect();
@@ -53,9 +67,7 @@ pub async fn edges(client: &Client, lag_threshold_ms: Option<u64>) -> anyhow::Re
             ],
             rows,
         );
-        for u in b["unreachable_nodes"].as_array().into_iter().flatten() {
-            eprintln!("unreachable: {}", cell(u));
-        }
+        unreachable(b);
     })?;
     anyhow::ensure!(flagged == 0, "{flagged} edge(s) flagged");
     Ok(())
@@ -88,12 +100,6 @@ pub async fn drift(
             .into_iter()
             .flatten()
             .map(|r| {
-                let flags: Vec<String> = r["flags"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(cell)
-                    .collect();
                 vec![
                     cell(&r["instance"]),
                     cell(&r["revision"]),
@@ -101,7 +107,7 @@ pub async fn drift(
                     cell(&r["prefix"]),
                     cell(&r["via"]),
                     cell(&r["last_report_ms"]),
-                    flags.join(","),
+                    flags(r),
                 ]
             })
             .collect();
@@ -117,9 +123,7 @@ pub async fn drift(
             ],
             rows,
         );
-        for u in b["unreachable_nodes"].as_array().into_iter().flatten() {
-            eprintln!("unreachable: {}", cell(u));
-        }
+        unreachable(b);
     })?;
     anyhow::ensure!(flagged == 0, "{flagged} instance(s) flagged");
     Ok(())

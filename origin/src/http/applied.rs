@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use meridian_core::changes::{ChangeState, list};
@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::applied::{DEFAULT_SILENT_AFTER_MS, Facts, Heard, assess, levels, merge};
-use crate::http::{AppState, Shared, body_error, count_error, query};
+use crate::http::{AppState, Shared, ask_members, body_error, count_error, namespace, query};
 
 /// How long the node asked waits for each other member's reports.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -44,20 +44,6 @@ pub fn peer_routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/raft/applied/{app}/{env}", get(local_reports))
         .with_state(state)
-}
-
-fn namespace(
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<(String, String), ApiError> {
-    let Path((app, env)) = path.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_key",
-            format!("bad path: {e}"),
-        )
-    })?;
-    meridian_net::reads::namespace(&app, &env)?;
-    Ok((app, env))
 }
 
 fn local(state: &AppState, app: &str, env: &str) -> Vec<Heard> {
@@ -165,51 +151,21 @@ pub async fn drift(
     let (app, env) = namespace(path).map_err(count_error)?;
     let q = query(q).map_err(count_error)?;
     let silent_after_ms = q.silent_after_ms.unwrap_or(DEFAULT_SILENT_AFTER_MS);
-    let metrics = state.cluster.raft().metrics().borrow().clone();
-    let others: Vec<(u64, String)> = metrics
-        .membership_config
-        .membership()
-        .nodes()
-        .filter(|(id, _)| **id != metrics.id)
-        .map(|(id, n)| (*id, n.addr.clone()))
-        .collect();
-    let mut asks = tokio::task::JoinSet::new();
-    for (id, addr) in others {
-        let peers = state.peers.clone();
-        let path = format!("/raft/applied/{app}/{env}");
-        asks.spawn(async move {
-            let answer = peers
-                .request(Method::GET, &addr, &path, Vec::new(), PEER_TIMEOUT)
-                .await;
-            let heard = match answer {
-                Ok((status, body)) if status.is_success() => {
-                    #[derive(Deserialize)]
-                    struct Answer {
-                        instances: Vec<Heard>,
-                    }
-                    serde_json::from_slice::<Answer>(&body)
-                        .map(|a| a.instances)
-                        .map_err(|e| format!("unreadable answer: {e}"))
-                }
-                Ok((status, _)) => Err(format!("answered {status}")),
-                Err(e) => Err(e.to_string()),
-            };
-            (id, addr, heard)
-        });
-    }
+    let path = format!("/raft/applied/{app}/{env}");
+    let (bodies, mut unreachable) = ask_members(&state, &path, PEER_TIMEOUT).await;
     let mut heard = local(&state, &app, &env);
-    let mut unreachable = Vec::new();
-    while let Some(asked) = asks.join_next().await {
-        match asked {
-            Ok((_, _, Ok(theirs))) => heard.extend(
-                theirs
+    for body in bodies {
+        #[derive(Deserialize)]
+        struct Answer {
+            instances: Vec<Heard>,
+        }
+        match serde_json::from_slice::<Answer>(&body) {
+            Ok(a) => heard.extend(
+                a.instances
                     .into_iter()
                     .filter(|h| h.report.app == app && h.report.env == env),
             ),
-            Ok((id, addr, Err(e))) => {
-                unreachable.push(json!({"id": id, "addr": addr, "error": e}));
-            }
-            Err(e) => tracing::warn!(error = %e, "asking a member for its reports failed"),
+            Err(e) => unreachable.push(json!({"error": format!("unreadable answer: {e}")})),
         }
     }
     let heard = merge(heard);

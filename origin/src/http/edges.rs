@@ -9,14 +9,13 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use meridian_net::http::ApiError;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::http::{AppState, Shared, count_error, query};
+use crate::http::{AppState, Shared, ask_members, count_error, query};
 
 /// How long the node asked waits for each other member's view.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -92,41 +91,13 @@ pub async fn edges(
 ) -> Result<Response, ApiError> {
     let q = query(q).map_err(count_error)?;
     let threshold_ms = threshold(&q);
-    let metrics = state.cluster.raft().metrics().borrow().clone();
-    let others: Vec<(u64, String)> = metrics
-        .membership_config
-        .membership()
-        .nodes()
-        .filter(|(id, _)| **id != metrics.id)
-        .map(|(id, n)| (*id, n.addr.clone()))
-        .collect();
-    let mut asks = tokio::task::JoinSet::new();
-    for (id, addr) in others {
-        let peers = state.peers.clone();
-        let path = format!("/raft/edges?lag_threshold_ms={threshold_ms}");
-        asks.spawn(async move {
-            let answer = peers
-                .request(Method::GET, &addr, &path, Vec::new(), PEER_TIMEOUT)
-                .await;
-            let rows = match answer {
-                Ok((status, body)) if status.is_success() => serde_json::from_slice::<Value>(&body)
-                    .map_err(|e| format!("unreadable answer: {e}"))
-                    .map(|v| v["edges"].as_array().cloned().unwrap_or_default()),
-                Ok((status, _)) => Err(format!("answered {status}")),
-                Err(e) => Err(e.to_string()),
-            };
-            (id, addr, rows)
-        });
-    }
+    let path = format!("/raft/edges?lag_threshold_ms={threshold_ms}");
+    let (bodies, mut unreachable) = ask_members(&state, &path, PEER_TIMEOUT).await;
     let mut rows = local_rows(&state, threshold_ms);
-    let mut unreachable = Vec::new();
-    while let Some(asked) = asks.join_next().await {
-        match asked {
-            Ok((_, _, Ok(theirs))) => rows.extend(theirs),
-            Ok((id, addr, Err(e))) => {
-                unreachable.push(json!({"id": id, "addr": addr, "error": e}));
-            }
-            Err(e) => tracing::warn!(error = %e, "asking a member for its edges failed"),
+    for body in bodies {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => rows.extend(v["edges"].as_array().cloned().unwrap_or_default()),
+            Err(e) => unreachable.push(json!({"error": format!("unreadable answer: {e}")})),
         }
     }
     let rows = merge(rows);

@@ -651,6 +651,49 @@ pub(crate) fn query<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))
 }
 
+/// Asks every other member of the cluster `GET path` on the private Raft channel, at most
+/// `timeout` each, all at once: the bodies of those that answered 2xx, and for the others
+/// `{"id", "addr", "error"}` (for `unreachable_nodes`).
+pub(crate) async fn ask_members(
+    state: &AppState,
+    path: &str,
+    timeout: std::time::Duration,
+) -> (Vec<Bytes>, Vec<serde_json::Value>) {
+    let metrics = state.cluster.raft().metrics().borrow().clone();
+    let mut asks = tokio::task::JoinSet::new();
+    for (id, node) in metrics
+        .membership_config
+        .membership()
+        .nodes()
+        .filter(|(id, _)| **id != metrics.id)
+    {
+        let (id, addr, peers, path) =
+            (*id, node.addr.clone(), state.peers.clone(), path.to_owned());
+        asks.spawn(async move {
+            let answer = match peers
+                .request(Method::GET, &addr, &path, Vec::new(), timeout)
+                .await
+            {
+                Ok((status, body)) if status.is_success() => Ok(body),
+                Ok((status, _)) => Err(format!("answered {status}")),
+                Err(e) => Err(e.to_string()),
+            };
+            (id, addr, answer)
+        });
+    }
+    let (mut bodies, mut unreachable) = (Vec::new(), Vec::new());
+    while let Some(asked) = asks.join_next().await {
+        match asked {
+            Ok((_, _, Ok(body))) => bodies.push(body),
+            Ok((id, addr, Err(e))) => {
+                unreachable.push(serde_json::json!({"id": id, "addr": addr, "error": e}));
+            }
+            Err(e) => tracing::warn!(error = %e, "asking a member failed"),
+        }
+    }
+    (bodies, unreachable)
+}
+
 pub(crate) fn namespace(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<(String, String), ApiError> {
