@@ -296,13 +296,8 @@ async fn a_scheduled_change_is_applied_by_a_new_leader_after_failover() {
         "{v}"
     );
 
-    let mut leader = None;
-    for (i, n) in nodes.iter().enumerate() {
-        if status(&admin, &base(n.http_addr)).await["role"] == "leader" {
-            leader = Some(i);
-        }
-    }
-    let leader = leader.expect("a leader");
+    let addrs: Vec<_> = nodes.iter().map(|n| n.http_addr).collect();
+    let leader = leader_index(&admin, &addrs).await;
     let mut nodes = nodes;
     nodes.remove(leader).shutdown().await;
     let survivor = base(nodes[0].http_addr);

@@ -226,14 +226,10 @@ async fn a_backlog_survives_the_leader_and_every_event_arrives() {
         }
     })
     .await;
-    let mut leader = None;
-    for (i, n) in nodes.iter().enumerate() {
-        if status(&admin, &base(n.http_addr)).await["role"] == "leader" {
-            leader = Some(i);
-        }
-    }
+    let addrs: Vec<_> = nodes.iter().map(|n| n.http_addr).collect();
+    let leader = leader_index(&admin, &addrs).await;
     let mut nodes = nodes;
-    nodes.remove(leader.expect("a leader")).shutdown().await;
+    nodes.remove(leader).shutdown().await;
     accepting.store(true, std::sync::atomic::Ordering::SeqCst);
     eventually(
         Duration::from_secs(60),

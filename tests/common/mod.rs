@@ -112,6 +112,16 @@ pub async fn status(c: &reqwest::Client, base: &str) -> Value {
     get_json(c, &format!("{base}/v1/status")).await.1
 }
 
+/// Which of the origin nodes at `addrs` says it leads (the first that does).
+pub async fn leader_index(c: &reqwest::Client, addrs: &[std::net::SocketAddr]) -> usize {
+    for (i, addr) in addrs.iter().enumerate() {
+        if status(c, &base(*addr)).await["role"] == "leader" {
+            return i;
+        }
+    }
+    panic!("no node of {addrs:?} says it leads");
+}
+
 pub async fn revision(c: &reqwest::Client, base: &str) -> u64 {
     status(c, base).await["revision"].as_u64().unwrap_or(0)
 }
