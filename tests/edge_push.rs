@@ -250,7 +250,13 @@ async fn watch_events_say_who_changed_a_key_why_and_from_which_version() {
     let start = revision(&http(), &origin).await;
     let c = Client::with_token(&edge, Some(&TOKEN)).unwrap();
     let mut watch = Box::pin(c.watch("pay", "prod", "", Some(start.to_string())));
-    for (value, reason) in [(json!(1), Some("first pool")), (json!(2), None)] {
+    // The third revision writes no provenance (the same actor and reason as the second's):
+    // the edge knows it from the one before.
+    for (value, reason) in [
+        (json!(1), Some("first pool")),
+        (json!(2), None),
+        (json!(3), None),
+    ] {
         let mut body = json!({"value": value});
         if let Some(r) = reason {
             body["reason"] = r.into();
@@ -264,9 +270,12 @@ async fn watch_events_say_who_changed_a_key_why_and_from_which_version() {
         assert_eq!(r.status(), 200);
     }
     // The Rust client's events, then the raw ones.
-    let got = take(&mut watch, 2).await;
+    let got = take(&mut watch, 3).await;
     let actor = format!("alice#{id}");
-    for (e, (version, reason)) in got.iter().zip([(1, Some("first pool")), (2, None)]) {
+    for (e, (version, reason)) in got
+        .iter()
+        .zip([(1, Some("first pool")), (2, None), (3, None)])
+    {
         let WatchEvent::Change {
             version: v,
             actor: a,
@@ -298,7 +307,6 @@ async fn watch_events_say_who_changed_a_key_why_and_from_which_version() {
         (&json!(2), &json!(1), &json!(actor), &Value::Null),
         "{second}"
     );
-    assert!(second["time_ms"].as_u64().unwrap() > 1_700_000_000_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

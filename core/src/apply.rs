@@ -755,15 +755,19 @@ impl<B: Backend> OriginCore<B> {
         let writes_protections = writes
             .iter()
             .any(|(a, _)| a.app == SYSTEM_APP && a.env == PROTECTIONS_ENV);
-        // Who made the revision and why travels with it, signed (`meridian_protocol::provenance`).
+        // Who made the revision and why travels with it, signed, when it differs from the
+        // revision before's (`meridian_protocol::provenance`).
         let mut writes = writes;
         if let Some(meta) = meta {
-            let provenance = Provenance {
+            let text = Provenance {
                 actor: meta.actor.clone(),
                 reason: meta.reason.clone(),
-                time_ms: meta.time_ms,
-            };
-            writes.push((provenance::address(), Some(provenance.to_json().into())));
+            }
+            .to_json();
+            let current = self.state.entry(&provenance::address());
+            if current.as_ref().and_then(|e| e.value.as_deref()) != Some(text.as_str()) {
+                writes.push((provenance::address(), Some(text.into())));
+            }
         }
         let mut changes: Vec<Change> = writes
             .into_iter()
@@ -951,35 +955,41 @@ mod tests {
     }
 
     #[test]
-    fn each_revision_carries_its_provenance_and_keeps_its_records_for_the_delta_window() {
+    fn a_revision_carries_its_provenance_when_it_changes_and_its_records_last_the_delta_window() {
         let state = SignedState::open(MemBackend::new(), 5).expect("state");
         let mut c = OriginCore::new(state, Signer::from_bytes(&[3; 32]));
-        let meta = |i: u64| WriteMeta {
-            time_ms: 1_000 + i,
-            actor: "alice#1".into(),
-            reason: Some(format!("step {i}")),
-            ..WriteMeta::default()
-        };
-        for i in 1..=12 {
+        let write = |c: &mut OriginCore<MemBackend>, i: u64, reason: Option<String>| {
+            let meta = WriteMeta {
+                time_ms: 1_000 + i,
+                actor: "alice#1".into(),
+                reason,
+                ..WriteMeta::default()
+            };
             let command = Command::Put {
                 address: at("k"),
                 value: i.to_string().into(),
                 expect_version: None,
             };
             let (applied, delta) = c
-                .apply_unpublished(command, Some(&meta(i)), Vec::new())
+                .apply_unpublished(command, Some(&meta), Vec::new())
                 .expect("put");
             c.state_mut().publish().expect("publish");
             // The answer names the key written only; the signed delta carries who and why.
             assert_eq!(applied.entries.len(), 1);
-            let delta = delta.expect("a revision").delta;
-            let p = provenance::of_delta(&delta).expect("provenance");
+            provenance::of_delta(&delta.expect("a revision").delta)
+        };
+        for i in 1..=12 {
+            let p = write(&mut c, i, Some(format!("step {i}"))).expect("a new reason");
             assert_eq!(
-                (p.actor.as_str(), p.reason, p.time_ms),
-                ("alice#1", Some(format!("step {i}")), 1_000 + i)
+                (p.actor.as_str(), p.reason),
+                ("alice#1", Some(format!("step {i}")))
             );
         }
-        // A write without metadata (a system step) carries none.
+        // The same actor and reason again: the revision has the provenance of the one before.
+        let first = write(&mut c, 13, None).expect("no reason is new");
+        assert_eq!(first.reason, None);
+        assert_eq!(write(&mut c, 14, None), None);
+        // A write without metadata (a system step) writes none.
         let (_, delta) = c
             .apply(Command::Put {
                 address: at("k"),
@@ -991,7 +1001,7 @@ mod tests {
             provenance::of_delta(&delta.expect("a revision").delta),
             None
         );
-        // The newest 5 of the provenance's 12 records are kept; compaction leaves them be.
+        // The newest 5 of the provenance's 13 records are kept; compaction leaves them be.
         let prefix = history::key_prefix(&provenance::address());
         let kept = c.state().backend().scan_prefix_keys(&prefix).expect("scan");
         assert_eq!(kept.len(), 5);
@@ -1006,6 +1016,6 @@ mod tests {
         };
         let dropped = history::compaction(&all, retention, 0, |_| Ok(None)).expect("compaction");
         assert!(dropped.iter().all(|(k, _)| !k.starts_with(&prefix)));
-        assert_eq!(dropped.len(), 11, "k's older versions only");
+        assert_eq!(dropped.len(), 13, "k's older versions only");
     }
 }

@@ -27,7 +27,7 @@ use meridian_net::http::ApiError;
 use meridian_net::slots::{Full, Slot, Slots};
 use meridian_protocol::addr::WILDCARD;
 use meridian_protocol::addr::{validate_app, validate_env, validate_key_prefix};
-use meridian_protocol::auth::{Action, Principal, Resource};
+use meridian_protocol::auth::{Action, Principal, Resource, SYSTEM_APP};
 use meridian_protocol::provenance::Provenance;
 use meridian_protocol::view::Level;
 use meridian_protocol::{Address, CacheState, Delta};
@@ -83,7 +83,7 @@ pub struct WatchEvent {
     /// Its new version.
     pub version: u64,
     /// `{"revision","app","env","key","value","version","previous_version","deleted","level"}`,
-    /// and `"actor"`, `"reason"` and `"time_ms"` when the revision carries its provenance.
+    /// and `"actor"` and `"reason"` when the edge knows the revision's provenance.
     pub json: Arc<str>,
 }
 
@@ -106,13 +106,11 @@ impl WatchEvent {
         json.push_str(if c.value.is_none() { "true" } else { "false" });
         push_level(&mut json, &c.address.app, &c.address.env);
         if let Some(p) = provenance {
-            // Strings and integers always serialize.
+            // Strings always serialize.
             json.push_str(",\"actor\":");
             json.push_str(&serde_json::to_string(&p.actor).unwrap_or_default());
             json.push_str(",\"reason\":");
             json.push_str(&serde_json::to_string(&p.reason).unwrap_or_default());
-            json.push_str(",\"time_ms\":");
-            json.push_str(&p.time_ms.to_string());
         }
         json.push('}');
         Some(Self {
@@ -299,6 +297,9 @@ struct Ring {
     floor: u64,
     /// The newest revision fed.
     revision: u64,
+    /// Who made it and why, as the newest revision that said so (`None` after a gap, until a
+    /// revision says again).
+    provenance: Option<Provenance>,
 }
 
 /// What a subscriber does next.
@@ -346,6 +347,20 @@ impl WatchHub {
             .read()
             .map(|p| p.state.revision().0)
             .unwrap_or_else(|e| e.into_inner().state.revision().0);
+        let provenance = reader
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .state
+            .get(
+                SYSTEM_APP,
+                meridian_protocol::provenance::PROVENANCE_ENV,
+                meridian_protocol::provenance::PROVENANCE_KEY,
+            )
+            .and_then(|e| {
+                e.value
+                    .as_deref()
+                    .and_then(meridian_protocol::provenance::parse)
+            });
         let (revision_tx, _) = watch::channel(revision);
         Self {
             open: Slots::new(limits.max_subscribers, limits.max_subscribers_per_client),
@@ -354,6 +369,7 @@ impl WatchHub {
                 bytes: 0,
                 floor: revision,
                 revision,
+                provenance,
             }),
             revision_tx,
             reader,
@@ -429,8 +445,12 @@ impl WatchHub {
                     ring.events.clear();
                     ring.bytes = 0;
                     ring.floor = d.revision.0 - 1;
+                    ring.provenance = None;
                 }
-                let provenance = meridian_protocol::provenance::of_delta(d);
+                if let Some(p) = meridian_protocol::provenance::of_delta(d) {
+                    ring.provenance = Some(p);
+                }
+                let provenance = ring.provenance.clone();
                 for event in
                     (0..d.changes.len()).filter_map(|i| WatchEvent::of(d, i, provenance.as_ref()))
                 {

@@ -1,11 +1,12 @@
 //! Provenance: who made a revision, when and why, carried inside the revision itself.
 //!
-//! Every revision the origin commits from a client's request also writes the system entry
-//! `_meridian/revisions/last` with the request's actor, reason and time. Being one of the
-//! revision's changes, it is covered by the delta hash the origin signs, reaches every edge with
-//! the revision (through the origin or a peer, which cannot forge it), and lets an edge's watch
-//! say who changed a key and why without asking the origin. Only one entry is ever held: each
-//! revision overwrites it.
+//! The system entry `_meridian/revisions/last` holds the actor and reason of the newest
+//! revision: a revision the origin commits from a request by someone else, or for another
+//! reason, also writes it. Being one of the revision's changes, it is covered by the delta hash
+//! the origin signs, reaches every edge with the revision (through the origin or a peer, which
+//! cannot forge it), and lets an edge's watch say who changed a key and why without asking the
+//! origin: a revision that does not write it has the provenance of the one before. So a stream
+//! of writes by one service costs one extra change, not one per write.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +20,7 @@ pub const PROVENANCE_KEY: &str = "last";
 /// The most bytes the entry's change may take (actor, reason escaped, time, address).
 pub const MAX_PROVENANCE_BYTES: usize = 4 * 1024;
 
-/// Who made a revision, when and why.
+/// Who made a revision and why.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {
     /// The authenticated principal (`name#id`).
@@ -27,8 +28,6 @@ pub struct Provenance {
     /// Why, if the request said.
     #[serde(default)]
     pub reason: Option<String>,
-    /// When the request was accepted, ms since the Unix epoch.
-    pub time_ms: u64,
 }
 
 /// The entry's address.
@@ -53,14 +52,20 @@ impl Provenance {
     }
 }
 
-/// The provenance `delta` carries, if it carries one that parses.
+/// The provenance `delta` writes, if it writes one that parses (else its revision has the
+/// provenance of the one before).
 pub fn of_delta(delta: &Delta) -> Option<Provenance> {
     delta
         .changes
         .iter()
         .find(|c| is_provenance(&c.address))
         .and_then(|c| c.value.as_deref())
-        .and_then(|v| serde_json::from_str(v).ok())
+        .and_then(parse)
+}
+
+/// The provenance an entry's value holds.
+pub fn parse(value: &str) -> Option<Provenance> {
+    serde_json::from_str(value).ok()
 }
 
 #[cfg(test)]
@@ -73,7 +78,6 @@ mod tests {
         let p = Provenance {
             actor: "alice#1".into(),
             reason: Some("bigger \"pool\"".into()),
-            time_ms: 7,
         };
         let delta = Delta {
             revision: Revision(3),
@@ -100,7 +104,6 @@ mod tests {
         let max = Provenance {
             actor: "a".repeat(128),
             reason: Some("\"".repeat(1024)),
-            time_ms: u64::MAX,
         };
         assert!(
             crate::frame::change_bytes(&address(), max.to_json().len()) <= MAX_PROVENANCE_BYTES
