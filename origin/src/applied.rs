@@ -2,7 +2,8 @@
 //! that is the current, an approved revision.
 //!
 //! This module owns the table of instance reports this node has heard (from edges, beside
-//! their reports, and from services reporting to it directly), bounded in instances, and the
+//! their reports, and from services reporting to it directly), bounded in instances and in
+//! time (an instance silent for a day is forgotten), and the
 //! assessment of each instance against the signed history: `outdated` when a key it watches
 //! (in its app/env or a level it inherits from) changed after the revision it runs; `unapproved`
 //! when a protected key's value at that revision was written without an approved change
@@ -22,6 +23,8 @@ use serde::{Deserialize, Serialize};
 pub const MAX_INSTANCES: usize = 100_000;
 /// Default silence beyond which an instance is flagged (a watching client reports every 30 s).
 pub const DEFAULT_SILENT_AFTER_MS: u64 = 120_000;
+/// Silence after which an instance is forgotten (a replaced pod does not stay listed forever).
+pub const FORGET_AFTER_MS: u64 = 24 * 3_600_000;
 
 /// A report as heard, with the node that passed it on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,8 +62,14 @@ impl AppliedTable {
             }
             self.by_age.remove(&(old.report.at_ms, key.clone()));
         }
+        let cutoff = report.at_ms.saturating_sub(FORGET_AFTER_MS);
         self.by_age.insert((report.at_ms, key.clone()));
         self.by_instance.insert(key, Heard { report, via });
+        while self.by_age.first().is_some_and(|(at, _)| *at < cutoff) {
+            if let Some((_, forgotten)) = self.by_age.pop_first() {
+                self.by_instance.remove(&forgotten);
+            }
+        }
         while self.by_instance.len() > MAX_INSTANCES {
             let Some((_, oldest)) = self.by_age.pop_first() else {
                 break;
@@ -318,6 +327,13 @@ mod tests {
         assert_eq!(t.len(), MAX_INSTANCES);
         // "a" (heard at 11) was the longest silent.
         assert!(t.of("pay", "prod").iter().all(|h| h.report.instance != "a"));
+        // A report a day after the others: they are forgotten.
+        t.insert(heard("late", 1, 200 + FORGET_AFTER_MS).report, "e".into());
+        assert_eq!(
+            t.len(),
+            MAX_INSTANCES - 100 + 1,
+            "i0..i99, heard more than a day before it, are forgotten"
+        );
     }
 
     #[test]
