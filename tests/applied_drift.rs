@@ -261,6 +261,16 @@ async fn drift_flags_outdated_unapproved_unknown_and_silent_instances() {
         .await;
         assert_eq!(code, 413, "{at}: {v}");
     }
+    for bad in ["silent_after_ms=soon", "other=1"] {
+        let (code, v) = get_json(&admin, &format!("{o}/v1/drift/pay/prod?{bad}")).await;
+        assert_eq!(
+            (code, v["error"]["code"].as_str()),
+            (400, Some("bad_query")),
+            "{v}"
+        );
+    }
+    let (code, v) = get_json(&admin, &format!("{o}/v1/drift/Pay!/prod")).await;
+    assert_eq!(code, 400, "{v}");
     for c in [&http_anonymous(), &shop] {
         let (code, v) = get_json(c, &format!("{o}/v1/drift/pay/prod")).await;
         assert!(code == 401 || code == 403, "{code} {v}");
