@@ -100,9 +100,19 @@ pub fn routes() -> RouteTable<Arc<EdgeShared>> {
         .route(Method::GET, "/v1/whoami", Rule::Identify, whoami)
         .route(Method::GET, "/v1/status", Observe, status)
         .route(Method::GET, "/metrics", Observe, metrics)
+        .route(
+            Method::GET,
+            "/v1/openapi.json",
+            Observe,
+            crate::openapi::document,
+        )
 }
 
 /// `GET /v1/whoami`: who this edge takes the presented token for.
+#[utoipa::path(get, path = "/v1/whoami", tag = "access",
+    summary = "Who this edge takes the presented token for",
+    responses((status = 200, description = "The principal.", body = meridian_net::openapi::Whoami))
+)]
 async fn whoami(Extension(principal): Extension<Arc<Principal>>) -> Response {
     axum::Json(serde_json::json!({
         "actor": principal.actor(),
@@ -115,6 +125,11 @@ async fn whoami(Extension(principal): Extension<Arc<Principal>>) -> Response {
 
 /// `POST /v1/applied/{app}/{env}`: a service instance applied a revision; passed on to the
 /// origin beside the next report (202).
+#[utoipa::path(post, path = "/v1/applied/{app}/{env}", tag = "operations",
+    summary = "Report the revision a service instance applied",
+    request_body = meridian_net::openapi::AppliedReport,
+    responses((status = 202, description = "Accepted; passed on to the origin.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","instance":"pay-7f9c","revision":41})), (status = 503, description = "`applied_backlog_full`.", body = meridian_net::openapi::ErrorBody))
+)]
 async fn applied(
     State(shared): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -142,6 +157,10 @@ async fn applied(
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "The text exposition format."))
+)]
 async fn metrics() -> Response {
     metrics_endpoint().await
 }
@@ -338,6 +357,11 @@ pub(crate) fn log_reveals(
     Ok(())
 }
 
+#[utoipa::path(get, path = "/v1/kv/{app}/{env}/{key}", tag = "keys",
+    summary = "Read one key's value, resolved, from the edge's copy",
+    params(("raw" = Option<bool>, Query, description = "`true`: the stored value, references unresolved."), ("min_revision" = Option<u64>, Query, description = "Answer only once this revision is reached (read-your-writes)."), ("wait_ms" = Option<u64>, Query, description = "How long an edge waits for `min_revision` (at most 60,000)."), ("default" = Option<String>, Query, description = "JSON answered (marked `default: true`) when the key has no value.")),
+    responses((status = 200, description = "The value; `meridian-revision` and `meridian-staleness-ms` say how fresh.", body = meridian_net::openapi::Entry), (status = 404, description = "`not_found`: the key has no value (see `default`).", body = meridian_net::openapi::ErrorBody), (status = 422, description = "`unresolved_reference`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`stale`: a strict namespace and the edge has not confirmed the origin's head within its bound.", body = meridian_net::openapi::ErrorBody), (status = 504, description = "`revision_not_reached`: the edge has not reached `min_revision` within `wait_ms`.", body = meridian_net::openapi::ErrorBody))
+)]
 async fn get_one(
     State(shared): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -368,6 +392,11 @@ async fn get_one(
 
 /// `GET /v1/secrets/{app}/{env}/{key}?reveal=&versions=`: masked, or revealed with this edge's
 /// data keys (403 `secret_unavailable` without them), the reveal logged before it is answered.
+#[utoipa::path(get, path = "/v1/secrets/{app}/{env}/{key}", tag = "secrets",
+    summary = "A secret, masked unless revealed with this edge's data keys",
+    params(("reveal" = Option<bool>, Query, description = "`true`: the value in clear."), ("versions" = Option<bool>, Query, description = "`true`: the previous value kept for the grace period too."), ("min_revision" = Option<u64>, Query, description = "Answer only once this revision is reached (read-your-writes)."), ("wait_ms" = Option<u64>, Query, description = "How long an edge waits for `min_revision` (at most 60,000).")),
+    responses((status = 200, description = "The secret's metadata; its value only with `reveal=true` (needs `secret-read`; logged).", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`secret_unavailable`: this edge holds no data key for the namespace.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`stale`: a strict namespace and the edge has not confirmed the origin's head within its bound.", body = meridian_net::openapi::ErrorBody), (status = 504, description = "`revision_not_reached`: the edge has not reached `min_revision` within `wait_ms`.", body = meridian_net::openapi::ErrorBody))
+)]
 async fn get_secret(
     State(shared): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -406,6 +435,11 @@ async fn get_secret(
 }
 
 /// `GET /v1/secrets/{app}/{env}`: the namespace's secrets the caller may read, masked.
+#[utoipa::path(get, path = "/v1/secrets/{app}/{env}", tag = "secrets",
+    summary = "The secrets of an app/env the caller may read, masked",
+    params(("min_revision" = Option<u64>, Query, description = "Answer only once this revision is reached (read-your-writes)."), ("wait_ms" = Option<u64>, Query, description = "How long an edge waits for `min_revision` (at most 60,000).")),
+    responses((status = 200, description = "Secrets' metadata.", body = meridian_net::openapi::AnyObject), (status = 503, description = "`stale`: a strict namespace and the edge has not confirmed the origin's head within its bound.", body = meridian_net::openapi::ErrorBody), (status = 504, description = "`revision_not_reached`: the edge has not reached `min_revision` within `wait_ms`.", body = meridian_net::openapi::ErrorBody))
+)]
 async fn list_secrets(
     State(shared): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -437,6 +471,11 @@ fn namespace(
     Ok((app, env))
 }
 
+#[utoipa::path(get, path = "/v1/kv/{app}/{env}", tag = "keys",
+    summary = "Read many keys: a prefix, paged, or named keys",
+    params(("prefix" = Option<String>, Query, description = "Keys starting with this."), ("keys" = Option<String>, Query, description = "Comma-separated keys (at most 1,000; not paged)."), ("limit" = Option<u64>, Query, description = "Page size (default 1,000, at most 10,000)."), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page."), ("raw" = Option<bool>, Query, description = "`true`: the stored value, references unresolved."), ("min_revision" = Option<u64>, Query, description = "Answer only once this revision is reached (read-your-writes)."), ("wait_ms" = Option<u64>, Query, description = "How long an edge waits for `min_revision` (at most 60,000).")),
+    responses((status = 200, description = "The values, sorted by key.", body = meridian_net::openapi::EntryList), (status = 503, description = "`stale`: a strict namespace and the edge has not confirmed the origin's head within its bound.", body = meridian_net::openapi::ErrorBody), (status = 504, description = "`revision_not_reached`: the edge has not reached `min_revision` within `wait_ms`.", body = meridian_net::openapi::ErrorBody))
+)]
 async fn list(
     State(shared): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -460,6 +499,11 @@ async fn list(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/config/{app}/{env}", tag = "keys",
+    summary = "Read the resolved configuration of an app/env",
+    params(("raw" = Option<bool>, Query, description = "`true`: the stored value, references unresolved."), ("min_revision" = Option<u64>, Query, description = "Answer only once this revision is reached (read-your-writes)."), ("wait_ms" = Option<u64>, Query, description = "How long an edge waits for `min_revision` (at most 60,000).")),
+    responses((status = 200, description = "Every key, resolved through app/env > app/_ > _/env > _/_.", body = meridian_net::openapi::ResolvedConfig), (status = 503, description = "`stale`: a strict namespace and the edge has not confirmed the origin's head within its bound.", body = meridian_net::openapi::ErrorBody), (status = 504, description = "`revision_not_reached`: the edge has not reached `min_revision` within `wait_ms`.", body = meridian_net::openapi::ErrorBody))
+)]
 async fn config(
     State(shared): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -511,6 +555,11 @@ fn watcher(
     Ok((filter, at))
 }
 
+#[utoipa::path(get, path = "/v1/watch", tag = "watch",
+    summary = "Watch an app/env's changes as Server-Sent Events",
+    params(("app" = Option<String>, Query, description = "The application (required)."), ("env" = Option<String>, Query, description = "The environment (required)."), ("prefix" = Option<String>, Query, description = "Only keys starting with this."), ("since" = Option<String>, Query, description = "Resume after this event id (`R` or `R:i`); `0`: start with a `resync` of the full state."), ("inherit" = Option<bool>, Query, description = "`false`: only keys stored under app/env.")),
+    responses((status = 200, description = "`text/event-stream`: `change` and `resync` events whose ids resume the stream (`Last-Event-ID`)."), (status = 429, description = "`too_many_watches`.", body = meridian_net::openapi::ErrorBody))
+)]
 async fn watch_sse(
     State(shared): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -528,6 +577,11 @@ async fn watch_sse(
     }
 }
 
+#[utoipa::path(get, path = "/v1/watch/ws", tag = "watch",
+    summary = "Watch an app/env's changes over WebSocket",
+    params(("app" = Option<String>, Query, description = "The application (required)."), ("env" = Option<String>, Query, description = "The environment (required)."), ("prefix" = Option<String>, Query, description = "Only keys starting with this."), ("since" = Option<String>, Query, description = "Resume after this event id (`R` or `R:i`); `0`: start with a `resync` of the full state."), ("inherit" = Option<bool>, Query, description = "`false`: only keys stored under app/env.")),
+    responses((status = 101, description = "Switching protocols: text messages `{\"event\", \"id\", \"data\"}`."), (status = 429, description = "`too_many_watches`.", body = meridian_net::openapi::ErrorBody))
+)]
 async fn watch_ws(
     State(shared): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -555,6 +609,10 @@ async fn watch_ws(
     }
 }
 
+#[utoipa::path(get, path = "/v1/status", tag = "operations",
+    summary = "This edge: region, revision, digest, origin connection, lag",
+    responses((status = 200, description = "The edge's status.", body = meridian_net::openapi::AnyObject))
+)]
 async fn status(State(shared): Shared) -> Response {
     let (revision, digest) = {
         let p = shared.reader.read().unwrap_or_else(|e| e.into_inner());
@@ -612,6 +670,7 @@ mod tests {
                     [
                         "/v1/status",
                         "/metrics",
+                        "/v1/openapi.json",
                         "/v1/whoami",
                         "/ofrep/v1/evaluate/flags",
                         "/ofrep/v1/evaluate/flags/{flag}"

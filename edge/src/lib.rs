@@ -7,6 +7,7 @@ pub mod config;
 pub mod mirror;
 pub mod node;
 pub mod ofrep;
+pub mod openapi;
 pub mod secrets;
 pub mod shared;
 pub mod watch;

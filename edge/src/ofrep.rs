@@ -66,6 +66,11 @@ fn refused(shared: &EdgeShared, e: ApiError) -> Response {
 }
 
 /// `POST /v1/flags/{app}/{env}/ofrep/v1/evaluate/flags/{flag}`.
+#[utoipa::path(post, path = "/v1/flags/{app}/{env}/ofrep/v1/evaluate/flags/{flag}", tag = "ofrep",
+    summary = "OFREP: evaluate one flag",
+    request_body = meridian_net::openapi::OfrepRequest,
+    responses((status = 200, description = "The evaluation (OFREP).", body = meridian_net::openapi::AnyObject, example = json!({"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}})), (status = 404, description = "OFREP `FLAG_NOT_FOUND`.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn one(
     State(shared): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -87,6 +92,11 @@ pub(crate) async fn one(
 }
 
 /// `POST /v1/flags/{app}/{env}/ofrep/v1/evaluate/flags`.
+#[utoipa::path(post, path = "/v1/flags/{app}/{env}/ofrep/v1/evaluate/flags", tag = "ofrep",
+    summary = "OFREP: evaluate every flag",
+    request_body = meridian_net::openapi::OfrepRequest,
+    responses((status = 200, description = "Every evaluation (OFREP), with an `ETag`.", body = meridian_net::openapi::AnyObject, example = json!({"flags":[{"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}}]})))
+)]
 pub(crate) async fn bulk(
     State(shared): Shared,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -108,6 +118,11 @@ pub(crate) async fn bulk(
 }
 
 /// `POST /ofrep/v1/evaluate/flags/{flag}` for a token scoped to one app/env.
+#[utoipa::path(post, path = "/ofrep/v1/evaluate/flags/{flag}", tag = "ofrep",
+    summary = "OFREP: evaluate one flag of the app/env the token is scoped to",
+    request_body = meridian_net::openapi::OfrepRequest,
+    responses((status = 200, description = "The evaluation (OFREP).", body = meridian_net::openapi::AnyObject, example = json!({"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}})), (status = 404, description = "OFREP `FLAG_NOT_FOUND`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "The token is not scoped to one app/env.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn scoped_one(
     State(shared): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -130,6 +145,11 @@ pub(crate) async fn scoped_one(
 }
 
 /// `POST /ofrep/v1/evaluate/flags` for a token scoped to one app/env.
+#[utoipa::path(post, path = "/ofrep/v1/evaluate/flags", tag = "ofrep",
+    summary = "OFREP: evaluate every flag of the app/env the token is scoped to",
+    request_body = meridian_net::openapi::OfrepRequest,
+    responses((status = 200, description = "Every evaluation (OFREP).", body = meridian_net::openapi::AnyObject, example = json!({"flags":[{"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}}]})), (status = 403, description = "The token is not scoped to one app/env.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn scoped_bulk(
     State(shared): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -148,6 +168,11 @@ pub(crate) async fn scoped_bulk(
 
 /// `GET /v1/flags/{app}/{env}`: the flagd document this edge holds for `app/env` (`{"flags":
 /// {}}` when none), what local evaluators (`meridian-client`, flagd in file mode) load.
+#[utoipa::path(get, path = "/v1/flags/{app}/{env}", tag = "flags",
+    summary = "The flag set of an app/env, in flagd's format",
+    params(("min_revision" = Option<u64>, Query, description = "Answer only once this revision is reached (read-your-writes)."), ("wait_ms" = Option<u64>, Query, description = "How long an edge waits for `min_revision` (at most 60,000).")),
+    responses((status = 200, description = "A flagd document, what local evaluators (flagd in file mode, meridian-client) load.", body = meridian_net::openapi::AnyObject), (status = 503, description = "`stale`: a strict namespace and the edge has not confirmed the origin's head within its bound.", body = meridian_net::openapi::ErrorBody), (status = 504, description = "`revision_not_reached`: the edge has not reached `min_revision` within `wait_ms`.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn document(
     State(shared): Shared,
     path: Result<Path<(String, String)>, PathRejection>,

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod ofrep;
+pub mod openapi;
 pub mod peer;
 pub mod private;
 pub mod quic;

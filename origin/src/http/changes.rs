@@ -210,6 +210,11 @@ fn live(state: &CacheState, a: &Address) -> (Option<String>, u64) {
 /// `POST /v1/changes`: the body of `POST /v1/txn` (flags and secrets included) with a
 /// required `reason` and an optional `apply_at`. Each written key is conditioned on its
 /// current version, what the reviewers see.
+#[utoipa::path(post, path = "/v1/changes", tag = "changes",
+    summary = "Propose a change request",
+    request_body = super::kv::TxnBody,
+    responses((status = 201, description = "The change.", body = meridian_net::openapi::AnyObject, example = json!({"id":1,"status":"pending","author":"alice#6c1f0e2a9b3d4c5e","reason":"longer timeout","required":[{"rule":"prod","approvals":1,"have":0}],"approvals":[],"notes":[]})), (status = 422, description = "`schema_violation` or `invalid_flags`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn create(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -283,6 +288,11 @@ pub(crate) struct ListQuery {
 
 /// `GET /v1/changes?status=&after=&limit=`: changes whose keys the caller may read, oldest
 /// first, at most `limit` (500) scanned per page; `next` continues.
+#[utoipa::path(get, path = "/v1/changes", tag = "changes",
+    summary = "Change requests the caller may read, oldest first",
+    params(("status" = Option<String>, Query, description = "`pending`, `approved`, `rejected`, `applied` or `cancelled`."), ("after" = Option<u64>, Query, description = "Changes after this id."), ("limit" = Option<u64>, Query, description = "At most this many scanned.")),
+    responses((status = 200, description = "Changes; `next` continues.", body = meridian_net::openapi::AnyObject))
+)]
 pub(crate) async fn list(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -320,6 +330,10 @@ pub(crate) async fn list(
 }
 
 /// `GET /v1/changes/{id}`.
+#[utoipa::path(get, path = "/v1/changes/{id}", tag = "changes",
+    summary = "One change request: status, rules, approvals, diff, schema check",
+    responses((status = 200, description = "The change.", body = meridian_net::openapi::AnyObject, example = json!({"id":1,"status":"pending","author":"alice#6c1f0e2a9b3d4c5e","reason":"longer timeout","required":[{"rule":"prod","approvals":1,"have":0}],"approvals":[],"notes":[]})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn show(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -333,20 +347,20 @@ pub(crate) async fn show(
     inner.await.map_err(count_error)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
     #[serde(default)]
     comment: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CommentBody {
     text: String,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ApplyBody {
     #[serde(default)]
@@ -415,6 +429,11 @@ async fn step(
 
 /// `POST /v1/changes/{id}/approve` `{"comment"?}`: counts for every rule the caller holds
 /// `approve` on; never for the change's author.
+#[utoipa::path(post, path = "/v1/changes/{id}/approve", tag = "changes",
+    summary = "Approve a change request",
+    request_body = DecisionBody,
+    responses((status = 200, description = "The change after the step. Counts for every rule the caller may approve; never for its author.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn approve(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -446,6 +465,11 @@ pub(crate) async fn approve(
 }
 
 /// `POST /v1/changes/{id}/reject` `{"comment"?}`: by an approver of one of its rules; final.
+#[utoipa::path(post, path = "/v1/changes/{id}/reject", tag = "changes",
+    summary = "Reject a change request",
+    request_body = DecisionBody,
+    responses((status = 200, description = "The change after the step. Final.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn reject(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -471,6 +495,11 @@ pub(crate) async fn reject(
 
 /// `POST /v1/changes/{id}/comments` `{"text"}`: by anyone who may read every key of the
 /// change and write or approve one of them (its author and its reviewers).
+#[utoipa::path(post, path = "/v1/changes/{id}/comments", tag = "changes",
+    summary = "Comment on a change request",
+    request_body = CommentBody,
+    responses((status = 200, description = "The change after the step. By its author and reviewers.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn comment(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -515,6 +544,10 @@ fn author_or_admin(principal: &Principal, record: &ChangeRecord) -> Result<(), A
 }
 
 /// `POST /v1/changes/{id}/cancel`: by its author or an admin; final.
+#[utoipa::path(post, path = "/v1/changes/{id}/cancel", tag = "changes",
+    summary = "Cancel a change request",
+    responses((status = 200, description = "The change after the step. By its author or an admin; final.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn cancel(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -533,6 +566,10 @@ pub(crate) async fn cancel(
 /// `POST /v1/changes/{id}/refresh`: by its author; the current versions become the reviewed
 /// ones and the approvals given so far lapse. A change holding a secret sealed for a version
 /// that has moved on must be proposed again (409 `stale_change`).
+#[utoipa::path(post, path = "/v1/changes/{id}/refresh", tag = "changes",
+    summary = "Make the current versions the reviewed ones",
+    responses((status = 200, description = "The change after the step. Approvals given so far lapse.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn refresh(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -591,6 +628,11 @@ pub(crate) async fn refresh(
 /// `POST /v1/changes/{id}/apply` `{"break_glass"?}`: by anyone who may make its writes
 /// directly; `break_glass` (the `break-glass` action on every key) skips the approvals and is
 /// audited as such.
+#[utoipa::path(post, path = "/v1/changes/{id}/apply", tag = "changes",
+    summary = "Apply an approved change request as one revision",
+    request_body = ApplyBody,
+    responses((status = 200, description = "The change after the step. `break_glass` skips the approvals, audited as such.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn apply(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,

@@ -107,6 +107,12 @@ pub(crate) struct WriteQuery {
 }
 
 /// `PUT /v1/flags/{app}/{env}`: the body is a flagd document, exactly as flagd reads it.
+#[utoipa::path(put, path = "/v1/flags/{app}/{env}", tag = "flags",
+    summary = "Replace the flag set of an app/env with a flagd document",
+    params(("reason" = Option<String>, Query, description = "Recorded in the history and the audit log."), ("expect_version" = Option<u64>, Query, description = "Refuse with 409 unless the record is at this version (0: must not exist).")),
+    request_body(content = meridian_net::openapi::AnyObject, description = "A flagd flag-set document.", example = json!({"flags":{"new-checkout":{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off","targeting":{"if":[{"==":[{"var":"plan"},"pro"]},"on","off"]}}}})),
+    responses((status = 200, description = "The revision.", body = meridian_net::openapi::AnyObject, example = json!({"revision": 12, "flags": 1})), (status = 422, description = "`invalid_flags`: the document is not valid flagd (names the path).", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`version_conflict` / `condition_failed`: the record changed (nothing is committed).", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn put_document(
     State(state): Shared,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -139,6 +145,11 @@ pub(crate) async fn put_document(
 
 /// `GET /v1/flags/{app}/{env}`: the flagd document the namespace holds (`{"flags": {}}` when
 /// it has none), ready to hand to flagd.
+#[utoipa::path(get, path = "/v1/flags/{app}/{env}", tag = "flags",
+    summary = "The flag set of an app/env, in flagd's format",
+    params(("min_revision" = Option<u64>, Query, description = "Answer only once this revision is reached (read-your-writes)."), ("wait_ms" = Option<u64>, Query, description = "How long an edge waits for `min_revision` (at most 60,000).")),
+    responses((status = 200, description = "A flagd document (`{\"flags\": {}}` when there are none).", body = meridian_net::openapi::AnyObject, example = json!({"flags":{"new-checkout":{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off","targeting":{"if":[{"==":[{"var":"plan"},"pro"]},"on","off"]}}}})))
+)]
 pub(crate) async fn get_document(
     State(state): Shared,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -161,6 +172,12 @@ pub(crate) async fn get_document(
 
 /// `PUT /v1/flags/{app}/{env}/{flag}`: the body is one flagd flag definition; checked with
 /// the rest of the set. `?expect_version=n` (0: must not exist) for compare-and-set.
+#[utoipa::path(put, path = "/v1/flags/{app}/{env}/{flag}", tag = "flags",
+    summary = "Create or replace one flag",
+    params(("reason" = Option<String>, Query, description = "Recorded in the history and the audit log."), ("expect_version" = Option<u64>, Query, description = "Refuse with 409 unless the record is at this version (0: must not exist).")),
+    request_body(content = meridian_net::openapi::AnyObject, description = "A flagd flag definition.", example = json!({"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off"})),
+    responses((status = 200, description = "The version and revision.", body = meridian_net::openapi::AnyObject, example = json!({"flag":"new-checkout","version":2,"revision":13})), (status = 422, description = "`invalid_flags`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`version_conflict` / `condition_failed`: the record changed (nothing is committed).", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn put_flag(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -214,6 +231,10 @@ pub(crate) async fn put_flag(
 }
 
 /// `GET /v1/flags/{app}/{env}/{flag}`: the flag's definition; `meridian-version` says which.
+#[utoipa::path(get, path = "/v1/flags/{app}/{env}/{flag}", tag = "flags",
+    summary = "One flag's definition",
+    responses((status = 200, description = "The flagd definition; `meridian-version` names its version.", body = meridian_net::openapi::AnyObject, example = json!({"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off"})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn get_flag(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -241,6 +262,11 @@ pub(crate) async fn get_flag(
 }
 
 /// `DELETE /v1/flags/{app}/{env}/{flag}` (`?expect_version=n`).
+#[utoipa::path(delete, path = "/v1/flags/{app}/{env}/{flag}", tag = "flags",
+    summary = "Delete one flag",
+    params(("reason" = Option<String>, Query, description = "Recorded in the history and the audit log."), ("expect_version" = Option<u64>, Query, description = "Refuse with 409 unless the record is at this version (0: must not exist).")),
+    responses((status = 200, description = "The revision.", body = meridian_net::openapi::AnyObject, example = json!({"revision": 14})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`version_conflict` / `condition_failed`: the record changed (nothing is committed).", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn delete_flag(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -277,6 +303,11 @@ pub(crate) async fn delete_flag(
 }
 
 /// `GET /v1/flags/{app}/{env}/{flag}/history`: every retained version of the definition.
+#[utoipa::path(get, path = "/v1/flags/{app}/{env}/{flag}/history", tag = "flags",
+    summary = "A flag's versions, newest first",
+    params(("limit" = Option<u64>, Query, description = "At most this many."), ("before" = Option<u64>, Query, description = "Versions before this one.")),
+    responses((status = 200, description = "Versions with time, actor and reason.", body = meridian_net::openapi::AnyObject))
+)]
 pub(crate) async fn history(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -291,6 +322,11 @@ pub(crate) async fn history(
 
 /// `GET /v1/flags/{app}/{env}/{flag}/diff?from=V1[&to=V2]`: what changed in the definition
 /// (JSON pointers added, removed, changed; `to` defaults to the newest version).
+#[utoipa::path(get, path = "/v1/flags/{app}/{env}/{flag}/diff", tag = "flags",
+    summary = "What changed in a flag's definition between two versions",
+    params(("from" = Option<u64>, Query, description = "The older version (required)."), ("to" = Option<u64>, Query, description = "The newer version.")),
+    responses((status = 200, description = "JSON Pointer paths added, removed and changed.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`version_not_found`.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn diff(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -305,6 +341,11 @@ pub(crate) async fn diff(
 
 /// `POST /v1/flags/{app}/{env}/{flag}/rollback` `{"version": n, "reason"?}`: the definition
 /// of version n again (checked with today's evaluators), or the flag deleted if n was a delete.
+#[utoipa::path(post, path = "/v1/flags/{app}/{env}/{flag}/rollback", tag = "flags",
+    summary = "Roll a flag back to a version",
+    request_body = super::history::KeyRollbackBody,
+    responses((status = 200, description = "The version and revision.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`version_not_found`.", body = meridian_net::openapi::ErrorBody), (status = 422, description = "`invalid_flags`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`version_conflict` / `condition_failed`: the record changed (nothing is committed).", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn rollback(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -342,6 +383,11 @@ pub(crate) async fn rollback(
 }
 
 /// `POST /v1/flags/{app}/{env}/ofrep/v1/evaluate/flags/{flag}`: OFREP single evaluation.
+#[utoipa::path(post, path = "/v1/flags/{app}/{env}/ofrep/v1/evaluate/flags/{flag}", tag = "ofrep",
+    summary = "OFREP: evaluate one flag",
+    request_body = meridian_net::openapi::OfrepRequest,
+    responses((status = 200, description = "The evaluation (OFREP).", body = meridian_net::openapi::AnyObject, example = json!({"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}})), (status = 404, description = "OFREP `FLAG_NOT_FOUND`.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn ofrep_one(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -363,6 +409,11 @@ pub(crate) async fn ofrep_one(
 }
 
 /// `POST /v1/flags/{app}/{env}/ofrep/v1/evaluate/flags`: OFREP bulk evaluation.
+#[utoipa::path(post, path = "/v1/flags/{app}/{env}/ofrep/v1/evaluate/flags", tag = "ofrep",
+    summary = "OFREP: evaluate every flag",
+    request_body = meridian_net::openapi::OfrepRequest,
+    responses((status = 200, description = "Every evaluation (OFREP), with an `ETag`.", body = meridian_net::openapi::AnyObject, example = json!({"flags":[{"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}}]})))
+)]
 pub(crate) async fn ofrep_bulk(
     State(state): Shared,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -391,6 +442,11 @@ pub(crate) async fn ofrep_bulk(
 }
 
 /// `POST /ofrep/v1/evaluate/flags/{flag}` for a token scoped to one app/env.
+#[utoipa::path(post, path = "/ofrep/v1/evaluate/flags/{flag}", tag = "ofrep",
+    summary = "OFREP: evaluate one flag of the app/env the token is scoped to",
+    request_body = meridian_net::openapi::OfrepRequest,
+    responses((status = 200, description = "The evaluation (OFREP).", body = meridian_net::openapi::AnyObject, example = json!({"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}})), (status = 404, description = "OFREP `FLAG_NOT_FOUND`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "The token is not scoped to one app/env.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn scoped_one(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -402,6 +458,11 @@ pub(crate) async fn scoped_one(
 }
 
 /// `POST /ofrep/v1/evaluate/flags` for a token scoped to one app/env.
+#[utoipa::path(post, path = "/ofrep/v1/evaluate/flags", tag = "ofrep",
+    summary = "OFREP: evaluate every flag of the app/env the token is scoped to",
+    request_body = meridian_net::openapi::OfrepRequest,
+    responses((status = 200, description = "Every evaluation (OFREP).", body = meridian_net::openapi::AnyObject, example = json!({"flags":[{"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}}]})), (status = 403, description = "The token is not scoped to one app/env.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn scoped_bulk(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -415,6 +476,10 @@ pub(crate) async fn scoped_bulk(
 /// `GET /v1/flags/{app}/{env}/{flag}/exposures`: how often each variant was served, in total
 /// and per region, as committed from the edges' counters (each edge reports every heartbeat;
 /// nodes commit every [`crate::exposures::COMMIT_INTERVAL`]).
+#[utoipa::path(get, path = "/v1/flags/{app}/{env}/{flag}/exposures", tag = "flags",
+    summary = "How often each variant was served, in total and per region",
+    responses((status = 200, description = "Counts.", body = meridian_net::openapi::AnyObject, example = json!({"flag":"new-checkout","total":{"on":120,"off":880},"regions":{"us-east":{"on":60,"off":440}}})))
+)]
 pub(crate) async fn exposures(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,

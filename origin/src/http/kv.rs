@@ -23,7 +23,7 @@ use super::{
 };
 use meridian_core::apply::{Command, Condition, TxnOp};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PutBody {
     value: serde_json::Value,
@@ -91,6 +91,11 @@ pub fn txn_body_command(body: &[u8], max_value_bytes: usize) -> Result<TxnReques
     })
 }
 
+#[utoipa::path(put, path = "/v1/kv/{app}/{env}/{key}", tag = "keys",
+    summary = "Write one key",
+    request_body = PutBody,
+    responses((status = 200, description = "The value as committed.", body = meridian_net::openapi::Entry), (status = 409, description = "`version_conflict` / `condition_failed`: the record changed (nothing is committed).", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 413, description = "`value_too_large`.", body = meridian_net::openapi::ErrorBody), (status = 422, description = "`schema_violation`: the value violates its JSON Schema.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn put(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -132,6 +137,11 @@ pub(crate) struct DeleteQuery {
     expect_version: Option<u64>,
 }
 
+#[utoipa::path(delete, path = "/v1/kv/{app}/{env}/{key}", tag = "keys",
+    summary = "Delete one key",
+    params(("reason" = Option<String>, Query, description = "Recorded in the history and the audit log."), ("expect_version" = Option<u64>, Query, description = "Refuse with 409 unless the record is at this version (0: must not exist).")),
+    responses((status = 200, description = "The revision of the delete.", body = meridian_net::openapi::Committed), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`version_conflict` / `condition_failed`: the record changed (nothing is committed).", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn delete(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -193,6 +203,11 @@ pub(crate) async fn linearized_read(
     Ok(json_bytes(body))
 }
 
+#[utoipa::path(get, path = "/v1/kv/{app}/{env}/{key}", tag = "keys",
+    summary = "Read one key's value, resolved",
+    params(("raw" = Option<bool>, Query, description = "`true`: the stored value, references unresolved."), ("min_revision" = Option<u64>, Query, description = "Answer only once this revision is reached (read-your-writes)."), ("wait_ms" = Option<u64>, Query, description = "How long an edge waits for `min_revision` (at most 60,000)."), ("default" = Option<String>, Query, description = "JSON answered (marked `default: true`) when the key has no value.")),
+    responses((status = 200, description = "The value.", body = meridian_net::openapi::Entry), (status = 404, description = "`not_found`: the key has no value (see `default`).", body = meridian_net::openapi::ErrorBody), (status = 422, description = "`unresolved_reference`: a `${key}` reference does not resolve.", body = meridian_net::openapi::ErrorBody), (status = 504, description = "`revision_not_reached`.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn get_one(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -212,6 +227,11 @@ pub(crate) async fn get_one(
     inner.await.map_err(count_error)
 }
 
+#[utoipa::path(get, path = "/v1/kv/{app}/{env}", tag = "keys",
+    summary = "Read many keys: a prefix, paged, or named keys",
+    params(("prefix" = Option<String>, Query, description = "Keys starting with this."), ("keys" = Option<String>, Query, description = "Comma-separated keys (at most 1,000; not paged)."), ("limit" = Option<u64>, Query, description = "Page size (default 1,000, at most 10,000)."), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page."), ("raw" = Option<bool>, Query, description = "`true`: the stored value, references unresolved."), ("min_revision" = Option<u64>, Query, description = "Answer only once this revision is reached (read-your-writes)."), ("wait_ms" = Option<u64>, Query, description = "How long an edge waits for `min_revision` (at most 60,000).")),
+    responses((status = 200, description = "The values, sorted by key.", body = meridian_net::openapi::EntryList))
+)]
 pub(crate) async fn list(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -231,6 +251,11 @@ pub(crate) async fn list(
     inner.await.map_err(count_error)
 }
 
+#[utoipa::path(get, path = "/v1/config/{app}/{env}", tag = "keys",
+    summary = "Read the resolved configuration of an app/env",
+    params(("raw" = Option<bool>, Query, description = "`true`: the stored value, references unresolved."), ("min_revision" = Option<u64>, Query, description = "Answer only once this revision is reached (read-your-writes)."), ("wait_ms" = Option<u64>, Query, description = "How long an edge waits for `min_revision` (at most 60,000).")),
+    responses((status = 200, description = "Every key, resolved through app/env > app/_ > _/env > _/_.", body = meridian_net::openapi::ResolvedConfig))
+)]
 pub(crate) async fn config(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -250,7 +275,7 @@ pub(crate) async fn config(
     inner.await.map_err(count_error)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchBody {
     /// A JSON Merge Patch (RFC 7386).
@@ -261,6 +286,11 @@ struct PatchBody {
     expect_version: Option<u64>,
 }
 
+#[utoipa::path(patch, path = "/v1/kv/{app}/{env}/{key}", tag = "keys",
+    summary = "Apply a JSON Merge Patch (RFC 7386) to one key",
+    request_body = PatchBody,
+    responses((status = 200, description = "The value as committed.", body = meridian_net::openapi::Entry), (status = 409, description = "`version_conflict` / `condition_failed`: the record changed (nothing is committed).", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 413, description = "`value_too_large`.", body = meridian_net::openapi::ErrorBody), (status = 422, description = "`schema_violation`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn patch(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -290,9 +320,9 @@ pub(crate) async fn patch(
 
 pub use crate::admission::MAX_TXN_ITEMS;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TxnBody {
+pub(crate) struct TxnBody {
     #[serde(default)]
     conditions: Vec<TxnCondition>,
     ops: Vec<TxnOpBody>,
@@ -301,9 +331,9 @@ struct TxnBody {
 }
 
 /// `{"address": "app/env/key"}` plus exactly one of `version`, `exists: true`, `absent: true`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TxnCondition {
+pub(crate) struct TxnCondition {
     address: String,
     #[serde(default)]
     version: Option<u64>,
@@ -313,9 +343,9 @@ struct TxnCondition {
     absent: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
-enum TxnOpBody {
+pub(crate) enum TxnOpBody {
     Put {
         address: String,
         value: serde_json::Value,
@@ -686,6 +716,11 @@ pub(crate) async fn check_flag_ops(
     Ok(())
 }
 
+#[utoipa::path(post, path = "/v1/txn", tag = "keys",
+    summary = "Commit a transaction: conditions and operations as one revision",
+    request_body = TxnBody,
+    responses((status = 200, description = "The revision and every changed key.", body = meridian_net::openapi::AnyObject, example = json!({"revision": 7, "changed": [{"app": "payments", "env": "prod", "key": "flag", "deleted": false, "version": 1, "revision": 7}]})), (status = 409, description = "`version_conflict` / `condition_failed`: the record changed (nothing is committed).", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 413, description = "`revision_too_large` or `value_too_large`.", body = meridian_net::openapi::ErrorBody), (status = 422, description = "`schema_violation` or `invalid_flags`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn txn(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,

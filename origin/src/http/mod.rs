@@ -10,6 +10,7 @@ pub mod edges;
 pub mod flags;
 pub mod history;
 pub mod kv;
+pub mod openapi;
 pub mod protections;
 pub mod rollouts;
 pub mod schemas;
@@ -432,6 +433,7 @@ pub fn routes() -> RouteTable<Arc<AppState>> {
             applied::drift,
         )
         .route(M::GET, "/metrics", Observe, status::metrics)
+        .route(M::GET, "/v1/openapi.json", Observe, openapi::document)
 }
 
 /// Builds the router: every route behind the authorization layer.
@@ -754,6 +756,7 @@ mod tests {
                         "/v1/cluster",
                         "/v1/edges",
                         "/metrics",
+                        "/v1/openapi.json",
                         "/v1/whoami",
                         "/ofrep/v1/evaluate/flags",
                         "/ofrep/v1/evaluate/flags/{flag}"

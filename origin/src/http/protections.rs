@@ -64,6 +64,10 @@ pub fn protection_command(name: &str, body: &[u8]) -> Result<Command, ApiError> 
 }
 
 /// `GET /v1/protections`: every rule, by name.
+#[utoipa::path(get, path = "/v1/protections", tag = "governance",
+    summary = "Every protection rule",
+    responses((status = 200, description = "The rules by name.", body = meridian_net::openapi::AnyObject))
+)]
 pub(crate) async fn list(State(state): Shared) -> Result<Response, ApiError> {
     let inner = async {
         let (revision, items) = system_namespace(&state, PROTECTIONS_ENV).await?;
@@ -74,6 +78,10 @@ pub(crate) async fn list(State(state): Shared) -> Result<Response, ApiError> {
 }
 
 /// `GET /v1/protections/{name}`.
+#[utoipa::path(get, path = "/v1/protections/{name}", tag = "governance",
+    summary = "One protection rule",
+    responses((status = 200, description = "The rule.", body = meridian_net::openapi::AnyObject, example = json!({"name":"prod","resources":["payments/prod/*"],"approvals":2,"description":"two reviewers for prod"})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn get(
     State(state): Shared,
     path: Result<Path<String>, PathRejection>,
@@ -92,6 +100,11 @@ pub(crate) async fn get(
 }
 
 /// `PUT /v1/protections/{name}`: creates or replaces a rule.
+#[utoipa::path(put, path = "/v1/protections/{name}", tag = "governance",
+    summary = "Create or replace a protection rule",
+    request_body(content = meridian_net::openapi::AnyObject, description = "`{\"resources\", \"approvals\", \"description\"?}`", example = json!({"resources":["payments/prod/*"],"approvals":2})),
+    responses((status = 200, description = "The rule.", body = meridian_net::openapi::AnyObject, example = json!({"name":"prod","resources":["payments/prod/*"],"approvals":2,"description":"two reviewers for prod"})), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn put(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -115,6 +128,10 @@ pub(crate) async fn put(
 }
 
 /// `DELETE /v1/protections/{name}`.
+#[utoipa::path(delete, path = "/v1/protections/{name}", tag = "governance",
+    summary = "Delete a protection rule",
+    responses((status = 200, description = "The revision.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn delete(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,

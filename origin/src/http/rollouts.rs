@@ -99,15 +99,21 @@ pub fn view(flag: &str, version: u64, r: &Rollout) -> Value {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StartBody {
+    #[schema(value_type = Vec<Object>)]
     steps: Vec<Step>,
     #[serde(default)]
     reason: Option<String>,
 }
 
 /// `POST …/rollout` `{"steps": [{"weights": {"on": 10, "off": 90}, "hold_s": 600}, …]}`.
+#[utoipa::path(post, path = "/v1/flags/{app}/{env}/{flag}/rollout", tag = "flags",
+    summary = "Start a progressive rollout of a flag",
+    request_body = StartBody,
+    responses((status = 200, description = "The rollout.", body = meridian_net::openapi::AnyObject), (status = 409, description = "A rollout is already running.", body = meridian_net::openapi::ErrorBody), (status = 422, description = "`invalid_rollout`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn start(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -165,6 +171,10 @@ pub(crate) async fn start(
 }
 
 /// `GET …/rollout`: the plan, its step, its weights now and when the next step is due.
+#[utoipa::path(get, path = "/v1/flags/{app}/{env}/{flag}/rollout", tag = "flags",
+    summary = "A flag's rollout: plan, step, weights, next step",
+    responses((status = 200, description = "The rollout.", body = meridian_net::openapi::AnyObject, example = json!({"flag":"new-checkout","state":"running","step":1,"steps":[{"weights":{"on":10,"off":90},"hold_s":600}],"next_step_ms":1796543810123_u64})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn get(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -184,7 +194,7 @@ pub(crate) async fn get(
     inner.await.map_err(count_error)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SteerBody {
     #[serde(default)]
@@ -193,6 +203,11 @@ pub(crate) struct SteerBody {
 
 /// `POST …/rollout/{pause|resume|abort}`: abort puts the definition from before the rollout
 /// back in the same revision.
+#[utoipa::path(post, path = "/v1/flags/{app}/{env}/{flag}/rollout/{action}", tag = "flags",
+    summary = "Pause, resume or abort a rollout",
+    request_body = SteerBody,
+    responses((status = 200, description = "The rollout.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "Not possible in the rollout's state.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn steer(
     State(state): Shared,
     path: Result<Path<(String, String, String, String)>, PathRejection>,
@@ -262,6 +277,11 @@ pub(crate) async fn steer(
 
 /// `PUT …/schedule` `{"at_ms": T, "definition": {…} | null, "reason"?}`: the definition is
 /// checked now (and again when it applies); `null` deletes the flag at T.
+#[utoipa::path(put, path = "/v1/flags/{app}/{env}/{flag}/schedule", tag = "flags",
+    summary = "Schedule a change of a flag's definition",
+    request_body(content = meridian_net::openapi::AnyObject, description = "`{\"at_ms\", \"definition\" (null: delete), \"reason\"?}`", example = json!({"at_ms":1796543810123_u64,"definition":{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off"}})),
+    responses((status = 200, description = "The schedule.", body = meridian_net::openapi::AnyObject), (status = 422, description = "`invalid_flags`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn put_schedule(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -298,6 +318,10 @@ pub(crate) async fn put_schedule(
 }
 
 /// `GET …/schedule`.
+#[utoipa::path(get, path = "/v1/flags/{app}/{env}/{flag}/schedule", tag = "flags",
+    summary = "A flag's scheduled change",
+    responses((status = 200, description = "The schedule.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn get_schedule(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -314,6 +338,10 @@ pub(crate) async fn get_schedule(
 }
 
 /// `DELETE …/schedule`: cancels the scheduled change.
+#[utoipa::path(delete, path = "/v1/flags/{app}/{env}/{flag}/schedule", tag = "flags",
+    summary = "Cancel a flag's scheduled change",
+    responses((status = 200, description = "The revision.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn delete_schedule(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,

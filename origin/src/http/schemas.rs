@@ -37,7 +37,7 @@ fn schema_path(
     Ok((app, env, prefix))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PutSchemaBody {
     schema: Value,
@@ -73,6 +73,11 @@ pub fn put_schema_command(
 /// write under the prefix must validate (422 `schema_violation` otherwise). Refused with 409
 /// `current_values_violate`, naming the keys, when current values violate it and `force` is
 /// not set; 400 `invalid_schema` when it is not a JSON Schema.
+#[utoipa::path(put, path = "/v1/schemas/{app}/{env}/{prefix}", tag = "schemas",
+    summary = "Register a JSON Schema for the keys under a prefix",
+    request_body = PutSchemaBody,
+    responses((status = 200, description = "The schema as registered.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","prefix":"pool","schema":{"type":"object","properties":{"max":{"type":"integer","maximum":100}}}})), (status = 400, description = "`invalid_schema`: not a JSON Schema.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`current_values_violate`: current values violate it (names the keys); `force` registers it anyway.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn put_schema(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -95,6 +100,10 @@ pub(crate) async fn put_schema(
 }
 
 /// `GET /v1/schemas/{app}/{env}/{prefix}`: the schema registered for exactly this prefix.
+#[utoipa::path(get, path = "/v1/schemas/{app}/{env}/{prefix}", tag = "schemas",
+    summary = "The JSON Schema registered for a prefix",
+    responses((status = 200, description = "The schema.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","prefix":"pool","schema":{"type":"object","properties":{"max":{"type":"integer","maximum":100}}}})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn get_schema(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -122,6 +131,10 @@ pub(crate) async fn get_schema(
 }
 
 /// `GET /v1/schemas/{app}/{env}`: every schema of the namespace, by prefix.
+#[utoipa::path(get, path = "/v1/schemas/{app}/{env}", tag = "schemas",
+    summary = "Every schema of an app/env, by prefix",
+    responses((status = 200, description = "The schemas.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","items":[{"prefix":"pool","schema":{"type":"object"}}]})))
+)]
 pub(crate) async fn list_schemas(
     State(state): Shared,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -158,6 +171,11 @@ pub(crate) async fn list_schemas(
 
 /// `DELETE /v1/schemas/{app}/{env}/{prefix}`: writes under the prefix are no longer checked
 /// against it.
+#[utoipa::path(delete, path = "/v1/schemas/{app}/{env}/{prefix}", tag = "schemas",
+    summary = "Remove the schema of a prefix",
+    params(("reason" = Option<String>, Query, description = "Recorded in the history.")),
+    responses((status = 200, description = "The revision of the delete.", body = meridian_net::openapi::Committed), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn delete_schema(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,

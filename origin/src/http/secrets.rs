@@ -150,7 +150,7 @@ pub fn reveal_event(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SecretBody {
     value: serde_json::Value,
@@ -258,6 +258,11 @@ fn secret_meta(
 
 /// `PUT /v1/secrets/{app}/{env}/{key}` `{"value", "reason"?, "rotate_every_s"?,
 /// "expires_at_ms"?, "grace_s"?}`.
+#[utoipa::path(put, path = "/v1/secrets/{app}/{env}/{key}", tag = "secrets",
+    summary = "Write a secret (sealed at the origin before it is proposed)",
+    request_body = SecretBody,
+    responses((status = 200, description = "The secret's metadata, masked.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","key":"db.password","value":null,"secret":true,"fingerprint":"3f9a…","version":1,"revision":9})), (status = 422, description = "`schema_violation`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`secrets_not_configured` or `no_quorum`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn put(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -282,6 +287,11 @@ pub(crate) async fn put(
 
 /// `POST /v1/secrets/{app}/{env}/{key}/rotate` `{"value", "grace_s"?, "reason"?}`: a new value,
 /// the current one kept as the previous for `grace_s` (default [`DEFAULT_GRACE_S`]).
+#[utoipa::path(post, path = "/v1/secrets/{app}/{env}/{key}/rotate", tag = "secrets",
+    summary = "Rotate a secret, keeping the previous value for a grace period",
+    request_body = SecretBody,
+    responses((status = 200, description = "The secret's metadata, masked.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","key":"db.password","value":null,"secret":true,"fingerprint":"3f9a…","version":1,"revision":9})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn rotate(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -320,6 +330,11 @@ pub(crate) async fn rotate(
 }
 
 /// `GET /v1/secrets/{app}/{env}/{key}?reveal=&versions=`.
+#[utoipa::path(get, path = "/v1/secrets/{app}/{env}/{key}", tag = "secrets",
+    summary = "A secret, masked unless revealed",
+    params(("reveal" = Option<bool>, Query, description = "`true`: the value in clear."), ("versions" = Option<bool>, Query, description = "`true`: the previous value kept for the grace period too."), ("min_revision" = Option<u64>, Query, description = "Answer only once this revision is reached (read-your-writes)."), ("wait_ms" = Option<u64>, Query, description = "How long an edge waits for `min_revision` (at most 60,000).")),
+    responses((status = 200, description = "The secret's metadata; its value only with `reveal=true` (needs `secret-read`; audited).", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","key":"db.password","value":null,"secret":true,"fingerprint":"3f9a…","version":1,"revision":9})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`audit_unavailable`: a reveal that cannot be recorded is not answered.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn get(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -359,6 +374,11 @@ pub(crate) struct DeleteQuery {
 }
 
 /// `DELETE /v1/secrets/{app}/{env}/{key}`: only a key that holds a secret.
+#[utoipa::path(delete, path = "/v1/secrets/{app}/{env}/{key}", tag = "secrets",
+    summary = "Delete a secret",
+    params(("reason" = Option<String>, Query, description = "Recorded in the history.")),
+    responses((status = 200, description = "The revision.", body = meridian_net::openapi::Committed), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn delete(
     State(state): Shared,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -396,6 +416,11 @@ pub(crate) async fn delete(
 }
 
 /// `GET /v1/secrets/{app}/{env}`: the namespace's secrets the caller may read, masked.
+#[utoipa::path(get, path = "/v1/secrets/{app}/{env}", tag = "secrets",
+    summary = "The secrets of an app/env the caller may read, masked",
+    params(("min_revision" = Option<u64>, Query, description = "Answer only once this revision is reached (read-your-writes)."), ("wait_ms" = Option<u64>, Query, description = "How long an edge waits for `min_revision` (at most 60,000).")),
+    responses((status = 200, description = "Secrets' metadata.", body = meridian_net::openapi::AnyObject))
+)]
 pub(crate) async fn list(
     State(state): Shared,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -468,6 +493,11 @@ pub fn due_list(
 }
 
 /// `GET /v1/secrets/due?within_s=`.
+#[utoipa::path(get, path = "/v1/secrets/due", tag = "secrets",
+    summary = "Secrets due for rotation or expiring soon",
+    params(("within_s" = Option<u64>, Query, description = "Due within this many seconds.")),
+    responses((status = 200, description = "Secrets due.", body = meridian_net::openapi::AnyObject))
+)]
 pub(crate) async fn due(
     State(state): Shared,
     q: Result<Query<DueQuery>, QueryRejection>,
@@ -489,7 +519,7 @@ pub(crate) async fn due(
     inner.await.map_err(count_error)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReasonBody {
     #[serde(default)]
@@ -506,6 +536,11 @@ fn reason_body(body: Result<Bytes, BytesRejection>) -> Result<Option<String>, Ap
 
 /// `POST /v1/secret-keys/{app}/{env}/rotate`: a new data key, every secret of the namespace
 /// re-sealed under it in one revision.
+#[utoipa::path(post, path = "/v1/secret-keys/{app}/{env}/rotate", tag = "secrets",
+    summary = "A new data key for an app/env, every secret re-sealed under it",
+    request_body = ReasonBody,
+    responses((status = 200, description = "The rotation.", body = meridian_net::openapi::AnyObject), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn rotate_data_key(
     State(state): Shared,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -560,6 +595,11 @@ pub(crate) async fn rotate_data_key(
 /// `POST /v1/secret-keys/rotate`: re-reads the key-encryption key file (a new key appended by
 /// `meridian secret rotate-key --kek` on every origin node) and rewraps every data key with
 /// its newest key; no value is re-encrypted, reads and writes go on.
+#[utoipa::path(post, path = "/v1/secret-keys/rotate", tag = "secrets",
+    summary = "Rewrap every data key with the newest key-encryption key",
+    request_body = ReasonBody,
+    responses((status = 200, description = "The rewrap.", body = meridian_net::openapi::AnyObject), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn rotate_kek(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -620,6 +660,10 @@ pub(crate) async fn rotate_kek(
 
 /// `GET /v1/secret-keys`: the current key-encryption key and, per namespace, its data-key
 /// generations and which key-encryption key wraps each.
+#[utoipa::path(get, path = "/v1/secret-keys", tag = "secrets",
+    summary = "The key-encryption key and every namespace's data-key generations",
+    responses((status = 200, description = "Key metadata (never a key).", body = meridian_net::openapi::AnyObject))
+)]
 pub(crate) async fn keys(State(state): Shared) -> Result<Response, ApiError> {
     let inner = async {
         let keyring = keyring(&state)?;

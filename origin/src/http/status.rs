@@ -7,14 +7,26 @@ use meridian_net::http::{ApiError, metrics_endpoint};
 
 use super::Shared;
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "The text exposition format."))
+)]
 pub(crate) async fn metrics() -> Response {
     metrics_endpoint().await
 }
 
+#[utoipa::path(get, path = "/v1/cluster", tag = "operations",
+    summary = "Cluster membership and replication progress",
+    responses((status = 200, description = "Membership.", body = meridian_net::openapi::AnyObject))
+)]
 pub(crate) async fn cluster_status(State(state): Shared) -> Response {
     axum::Json(crate::raft::admin::describe(state.cluster.raft())).into_response()
 }
 
+#[utoipa::path(get, path = "/v1/status", tag = "operations",
+    summary = "This node: role, leader, term, members, revision, digest",
+    responses((status = 200, description = "The node's status.", body = meridian_net::openapi::AnyObject))
+)]
 pub(crate) async fn status(State(state): Shared) -> Response {
     let metrics = state.cluster.raft().metrics().borrow().clone();
     let role = format!("{:?}", metrics.state).to_lowercase();
@@ -50,6 +62,10 @@ pub(crate) async fn status(State(state): Shared) -> Response {
 /// `GET /v1/backup`: a consistent, signed snapshot of everything every acknowledged write
 /// made (read linearizably, built without pausing writes), as a backup file
 /// ([`crate::backup`]); `meridian restore` starts a fresh cluster from it.
+#[utoipa::path(get, path = "/v1/backup", tag = "governance",
+    summary = "A consistent, signed backup of the cluster",
+    responses((status = 200, description = "The backup file (`application/octet-stream`); `meridian-revision` names its revision."), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn backup(State(state): Shared) -> Result<Response, ApiError> {
     let inner = async {
         state

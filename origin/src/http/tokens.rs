@@ -93,7 +93,7 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     name: String,
@@ -105,11 +105,14 @@ struct CreateBody {
     #[serde(default)]
     groups: Vec<String>,
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     grants: Vec<GrantBody>,
     /// Shorthand for one grant: a role on `resources`.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     role: Option<Role>,
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     resources: Vec<Pattern>,
     #[serde(default)]
     reason: Option<String>,
@@ -213,6 +216,11 @@ fn describe(id: &str, record: &TokenRecord, now_ms: u64) -> Value {
 }
 
 /// `POST /v1/tokens`: 201 with the token's text (shown this once) and its record.
+#[utoipa::path(post, path = "/v1/tokens", tag = "access",
+    summary = "Create a token (its text is shown this once)",
+    request_body = CreateBody,
+    responses((status = 201, description = "The token's text and record.", body = meridian_net::openapi::AnyObject, example = json!({"id":"6c1f0e2a9b3d4c5e","name":"payments-svc","token":"mrdn_…","grants":[{"role":"viewer","resources":["payments/prod/*"]}],"groups":[],"expired":false})), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn create(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -258,6 +266,10 @@ pub(crate) async fn system_namespace(
 
 /// `GET /v1/tokens`: every live token's record, without hashes, with the time it was last
 /// used at an origin node (committed once a minute).
+#[utoipa::path(get, path = "/v1/tokens", tag = "access",
+    summary = "Every live token's record (never its text or hash)",
+    responses((status = 200, description = "The tokens.", body = meridian_net::openapi::AnyObject))
+)]
 pub(crate) async fn list(State(state): Shared) -> Result<Response, ApiError> {
     let inner = async {
         let (revision, items) = system_namespace(&state, TOKENS_ENV).await?;
@@ -322,6 +334,10 @@ pub(crate) async fn delete_record(
 }
 
 /// `DELETE /v1/tokens/{id}`: the token stops working at every node with this revision.
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "access",
+    summary = "Revoke a token at every node",
+    responses((status = 200, description = "The revision.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn revoke(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -361,6 +377,10 @@ fn policy_json(name: &str, e: &EntryState) -> Option<Value> {
 }
 
 /// `GET /v1/policies`: every policy, by name.
+#[utoipa::path(get, path = "/v1/policies", tag = "access",
+    summary = "Every policy",
+    responses((status = 200, description = "The policies by name.", body = meridian_net::openapi::AnyObject))
+)]
 pub(crate) async fn list_policies(State(state): Shared) -> Result<Response, ApiError> {
     let inner = async {
         let (revision, items) = system_namespace(&state, POLICIES_ENV).await?;
@@ -374,6 +394,10 @@ pub(crate) async fn list_policies(State(state): Shared) -> Result<Response, ApiE
 }
 
 /// `GET /v1/policies/{name}`.
+#[utoipa::path(get, path = "/v1/policies/{name}", tag = "access",
+    summary = "One policy",
+    responses((status = 200, description = "The policy.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn get_policy(
     State(state): Shared,
     path: Result<Path<String>, PathRejection>,
@@ -408,6 +432,11 @@ pub fn policy_command(name: &str, body: &[u8]) -> Result<Command, ApiError> {
 }
 
 /// `PUT /v1/policies/{name}`: creates or replaces a policy.
+#[utoipa::path(put, path = "/v1/policies/{name}", tag = "access",
+    summary = "Create or replace a policy binding subjects to a role on resources",
+    request_body(content = meridian_net::openapi::AnyObject, description = "`{\"subjects\", \"role\" | \"actions\", \"resources\"}`", example = json!({"subjects":["group:ops"],"role":"viewer","resources":["*/*/*"]})),
+    responses((status = 200, description = "The policy.", body = meridian_net::openapi::AnyObject), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn put_policy(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -431,6 +460,10 @@ pub(crate) async fn put_policy(
 }
 
 /// `DELETE /v1/policies/{name}`.
+#[utoipa::path(delete, path = "/v1/policies/{name}", tag = "access",
+    summary = "Delete a policy",
+    responses((status = 200, description = "The revision.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn delete_policy(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -448,6 +481,10 @@ pub(crate) async fn delete_policy(
 }
 
 /// `GET /v1/whoami`: who the presented token is.
+#[utoipa::path(get, path = "/v1/whoami", tag = "access",
+    summary = "Who the presented token is",
+    responses((status = 200, description = "The principal.", body = meridian_net::openapi::Whoami))
+)]
 pub(crate) async fn whoami(Extension(principal): Extension<Arc<Principal>>) -> Response {
     axum::Json(json!({
         "actor": principal.actor(),

@@ -28,11 +28,12 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SubscribeBody {
     url: String,
     events: Vec<String>,
+    #[schema(value_type = Vec<String>)]
     resources: Vec<Pattern>,
     #[serde(default)]
     secret: Option<String>,
@@ -40,6 +41,11 @@ struct SubscribeBody {
 
 /// `POST /v1/webhooks`: `{"url", "events", "resources", "secret"?}`; the answer holds the
 /// secret (generated when not given), the only time it is shown.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "governance",
+    summary = "Subscribe a receiver to events (Standard Webhooks)",
+    request_body = SubscribeBody,
+    responses((status = 201, description = "The subscription and its signing secret (shown this once).", body = meridian_net::openapi::AnyObject, example = json!({"id":1,"url":"https://hooks.example.com/meridian","events":["config.changed"],"resources":["payments/prod/*"],"secret":"whsec_…"})), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn create(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -85,6 +91,10 @@ pub(crate) async fn create(
 }
 
 /// `GET /v1/webhooks`: every subscription, without its secret.
+#[utoipa::path(get, path = "/v1/webhooks", tag = "governance",
+    summary = "Every subscription (without secrets)",
+    responses((status = 200, description = "The subscriptions.", body = meridian_net::openapi::AnyObject))
+)]
 pub(crate) async fn list(State(state): Shared) -> Result<Response, ApiError> {
     let inner = async {
         state.cluster.linearize().await.map_err(cluster_error)?;
@@ -111,6 +121,10 @@ fn webhook_id(path: Result<Path<u64>, PathRejection>) -> Result<u64, ApiError> {
 }
 
 /// `DELETE /v1/webhooks/{id}`: the subscription and what is queued for it.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "governance",
+    summary = "Unsubscribe, dropping what is queued",
+    responses((status = 200, description = "The revision.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn delete(
     State(state): Shared,
     Extension(principal): Extension<Arc<Principal>>,
@@ -137,6 +151,10 @@ pub(crate) async fn delete(
 
 /// `GET /v1/webhooks/{id}/deliveries`: its delivery log, oldest first, how many events wait
 /// and how many were dropped (queue full, or given up after every retry).
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "governance",
+    summary = "A subscription's recent delivery attempts and queue",
+    responses((status = 200, description = "Deliveries, queued and dropped counts.", body = meridian_net::openapi::AnyObject, example = json!({"id":1,"queued":0,"dropped":0,"deliveries":[{"event":"evt_42_0","attempt":1,"status":204,"outcome":"delivered"}]})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody))
+)]
 pub(crate) async fn deliveries(
     State(state): Shared,
     path: Result<Path<u64>, PathRejection>,

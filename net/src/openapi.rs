@@ -1,0 +1,361 @@
+//! The OpenAPI 3.1 contract of a node's HTTP API: the schemas origin and edge answers share, and
+//! [`complete`], which finishes a document generated from the handlers' `#[utoipa::path]`
+//! annotations with what the route table already knows — each route's path parameters, its
+//! security requirement and the refusals its authorization rule can give (401, 403, 415) — so
+//! none of that is written twice by hand. Both node kinds serve the result at
+//! `GET /v1/openapi.json`; their tests fail on any route missing from the document or any
+//! documented operation with no route.
+
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
+
+use crate::auth::Rule;
+
+/// The path of the document on every node.
+pub const PATH: &str = "/v1/openapi.json";
+
+/// Every error answer: `{"error": {"code", "message"}}`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "invalid_key", "message": "key \"Bad\" must be dot-separated [a-z0-9][a-z0-9_-]* segments"}}))]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The code and message of an error.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `invalid_key`, `forbidden`, `schema_violation`, …
+    pub code: String,
+    /// For people: names the problem (never a secret's value).
+    pub message: String,
+}
+
+/// One key's value as a read or a write answers it.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"app": "payments", "env": "prod", "key": "db.url", "value": "postgres://db.internal:5432/pay", "version": 1, "revision": 4}))]
+pub struct Entry {
+    /// The application (`_`: every application).
+    pub app: String,
+    /// The environment (`_`: every environment).
+    pub env: String,
+    /// The dot-separated key.
+    pub key: String,
+    /// Any JSON value (`null` for a secret, which is read through `/v1/secrets`).
+    #[schema(value_type = Value)]
+    pub value: Value,
+    /// Changes of this address so far (0: a default answered for a key without a value).
+    pub version: u64,
+    /// The store's revision this value was written at.
+    pub revision: u64,
+    /// Present and true when `?default=` answered for a key without a value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<bool>,
+    /// Present and true when the value is a secret (then `value` is null).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<bool>,
+    /// A secret's fingerprint: tells versions apart without revealing them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+/// The answer to a write that names only the revision it committed.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"revision": 8}))]
+pub struct Committed {
+    /// The revision the write committed (pass it as `min_revision` to read your write).
+    pub revision: u64,
+}
+
+/// A bulk read of one app/env.
+#[derive(Serialize, ToSchema)]
+pub struct EntryList {
+    /// The revision the answer reflects.
+    pub revision: u64,
+    /// The values, sorted by key.
+    pub items: Vec<Entry>,
+    /// Keys named in `?keys=` without a value.
+    pub missing: Vec<String>,
+    /// Keys whose references do not resolve, and why (left out of `items`).
+    pub errors: Map<String, Value>,
+    /// Where the next page starts; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The resolved configuration of one app/env.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"app": "payments", "env": "prod", "revision": 5,
+    "config": {"db.host": "db.internal", "timeout_ms": 500},
+    "sources": {"db.host": "payments/_", "timeout_ms": "_/_"}, "errors": {}}))]
+pub struct ResolvedConfig {
+    /// The application.
+    pub app: String,
+    /// The environment.
+    pub env: String,
+    /// The revision the answer reflects.
+    pub revision: u64,
+    /// Every key and its resolved value.
+    pub config: Map<String, Value>,
+    /// The level (`app/env`, `app/_`, `_/env`, `_/_`) each key came from.
+    pub sources: Map<String, Value>,
+    /// Keys whose references do not resolve, and why.
+    pub errors: Map<String, Value>,
+}
+
+/// Who a node takes the presented token for.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"actor": "alice#6c1f0e2a9b3d4c5e", "anonymous": false, "id": "6c1f0e2a9b3d4c5e", "name": "alice"}))]
+pub struct Whoami {
+    /// `name#id`, as the history and the audit log record it.
+    pub actor: String,
+    /// True when no token was presented.
+    pub anonymous: bool,
+    /// The token's id (null when anonymous).
+    pub id: Option<String>,
+    /// The token's name.
+    pub name: String,
+}
+
+/// A service instance's report of the revision it applied.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"instance": "pay-7f9c", "revision": 41, "prefix": ""}))]
+pub struct AppliedReport {
+    /// The host or pod name of the instance.
+    pub instance: String,
+    /// The revision of the app/env it applied.
+    pub revision: u64,
+    /// The key prefix it watches (empty: every key).
+    pub prefix: Option<String>,
+}
+
+/// Any JSON object: answers whose fields are described in docs/API.md.
+#[derive(Serialize, ToSchema)]
+#[schema(value_type = Object)]
+pub struct AnyObject(pub Map<String, Value>);
+
+/// OpenFeature's OFREP evaluation request: `{"context": {...}}`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"context": {"targetingKey": "user-42", "plan": "pro"}}))]
+pub struct OfrepRequest {
+    /// The evaluation context; `targetingKey` names the subject.
+    #[schema(value_type = Object)]
+    pub context: Option<Map<String, Value>>,
+}
+
+/// The description of a path parameter, by name.
+fn parameter_description(name: &str) -> &'static str {
+    match name {
+        "app" => "The application: [a-z0-9][a-z0-9_-]{0,62}, or `_` for every application.",
+        "env" => "The environment: [a-z0-9][a-z0-9_-]{0,62}, or `_` for every environment.",
+        "key" => "The key: dot-separated [a-z0-9][a-z0-9_-]* segments, at most 256 bytes.",
+        "prefix" => "A key prefix.",
+        "flag" => "The flag's key.",
+        "action" => "`pause`, `resume` or `abort`.",
+        "id" => "The id the create answer named.",
+        "name" => "The name it was put under.",
+        _ => "A path parameter.",
+    }
+}
+
+/// What a route's rule requires, in words, for its description.
+fn rule_description(rule: Rule) -> String {
+    match rule {
+        Rule::Public => "No token is looked at.".to_owned(),
+        Rule::Observe => {
+            "Public unless the node sets `[auth] public_status = false`; then any valid token."
+                .to_owned()
+        }
+        Rule::Identify => "Any valid token, or none.".to_owned(),
+        Rule::Key(a) => format!("Needs `{a}` on the key."),
+        Rule::Namespace(a) => format!("Needs `{a}` on every key of the app/env."),
+        Rule::Filtered(a) => format!(
+            "Needs `{a}` somewhere (in the app/env the path names); only what the token may see \
+             is answered."
+        ),
+        Rule::Everything(a) => format!("Needs `{a}` on `*/*/*`."),
+    }
+}
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    })
+}
+
+/// Finishes `doc` (generated from the handlers) for the routes of `rules`: path parameters
+/// from each path template, security from each rule, and the refusals of the authorization
+/// layer (401 for every route that looks at a token, 403 for a rule that checks a grant, 415 for
+/// a body that is not JSON, 400 for a bad path parameter). Routes missing from `doc` are left
+/// for the caller's test to find.
+pub fn complete(doc: utoipa::openapi::OpenApi, rules: &[(Method, &'static str, Rule)]) -> Value {
+    let mut doc = serde_json::to_value(doc).expect("an OpenAPI document serializes");
+    doc["components"]["securitySchemes"]["bearer"] = json!({
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A Meridian token (`mrdn_…`), from `POST /v1/tokens` or the bootstrap file."
+    });
+    doc["components"]["responses"] = json!({});
+    for (method, path, rule) in rules {
+        let Some(op) = doc
+            .pointer_mut(&format!(
+                "/paths/{}/{}",
+                path.replace('~', "~0").replace('/', "~1"),
+                method.as_str().to_ascii_lowercase()
+            ))
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        complete_operation(op, method, path, *rule);
+    }
+    doc
+}
+
+fn complete_operation(op: &mut Map<String, Value>, method: &Method, path: &str, rule: Rule) {
+    // Path parameters, from the template, unless the annotation described them.
+    let params = op
+        .entry("parameters")
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+        .expect("parameters is an array");
+    let named: Vec<String> = params
+        .iter()
+        .filter(|p| p["in"] == "path")
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    let mut has_path_params = false;
+    for segment in path.split('/') {
+        if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            has_path_params = true;
+            if !named.iter().any(|n| n == name) {
+                params.push(json!({
+                    "name": name,
+                    "in": "path",
+                    "required": true,
+                    "description": parameter_description(name),
+                    "schema": {"type": "string"}
+                }));
+            }
+        }
+    }
+    if params.is_empty() {
+        op.remove("parameters");
+    }
+    // Security: a token, or (where the rule allows it) none.
+    op.insert(
+        "security".to_owned(),
+        match rule {
+            Rule::Public => json!([]),
+            Rule::Observe | Rule::Identify => json!([{}, {"bearer": []}]),
+            _ => json!([{"bearer": []}]),
+        },
+    );
+    let needs = rule_description(rule);
+    let description = match op.get("description").and_then(Value::as_str) {
+        Some(d) if !d.is_empty() => format!("{d}\n\n{needs}"),
+        _ => needs,
+    };
+    op.insert("description".to_owned(), Value::String(description));
+    // The refusals every route of this rule can give.
+    let has_body = op.contains_key("requestBody") && *method != Method::GET;
+    let responses = op
+        .entry("responses")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .expect("responses is an object");
+    let mut add = |status: StatusCode, description: &str| {
+        responses
+            .entry(status.as_u16().to_string())
+            .or_insert_with(|| error_response(description));
+    };
+    if rule != Rule::Public {
+        add(
+            StatusCode::UNAUTHORIZED,
+            "`unauthenticated`: a missing, malformed, unknown, revoked or expired token.",
+        );
+    }
+    if matches!(
+        rule,
+        Rule::Key(_) | Rule::Namespace(_) | Rule::Filtered(_) | Rule::Everything(_)
+    ) {
+        add(
+            StatusCode::FORBIDDEN,
+            "`forbidden`: the token lacks the grant (the message names the action and resource).",
+        );
+    }
+    if has_path_params {
+        add(
+            StatusCode::BAD_REQUEST,
+            "A malformed path parameter or query, or a malformed body; the code names which.",
+        );
+    }
+    if has_body {
+        add(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "`unsupported_media_type`: the body is not `application/json`.",
+        );
+    }
+}
+
+/// The operations `doc` documents, as (method, path), sorted.
+pub fn operations(doc: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(paths) = doc["paths"].as_object() {
+        for (path, item) in paths {
+            for method in ["get", "put", "post", "delete", "patch", "head", "options"] {
+                if item.get(method).is_some() {
+                    out.push((method.to_ascii_uppercase(), path.clone()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Checks a completed document against the route table: every route documented, every
+/// documented operation routed, every operation with a summary and a success answer (a
+/// WebSocket's 101 counts). The
+/// problems, one per line (empty: the two agree).
+pub fn check_against(doc: &Value, rules: &[(Method, &'static str, Rule)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let routed: Vec<(String, String)> = rules
+        .iter()
+        .map(|(m, p, _)| (m.as_str().to_owned(), (*p).to_owned()))
+        .collect();
+    let documented = operations(doc);
+    for r in &routed {
+        if !documented.contains(r) {
+            problems.push(format!("{} {} is routed but not documented", r.0, r.1));
+        }
+    }
+    for d in &documented {
+        if !routed.contains(d) {
+            problems.push(format!("{} {} is documented but not routed", d.0, d.1));
+        }
+        let op = &doc["paths"][&d.1][d.0.to_ascii_lowercase()];
+        if op["summary"].as_str().is_none_or(str::is_empty) {
+            problems.push(format!("{} {} has no summary", d.0, d.1));
+        }
+        let ok = op["responses"]
+            .as_object()
+            .is_some_and(|r| r.keys().any(|s| s.starts_with(['1', '2', '3'])));
+        if !ok {
+            problems.push(format!("{} {} documents no success answer", d.0, d.1));
+        }
+    }
+    problems
+}
+
+/// A completed document as the answer to `GET /v1/openapi.json`.
+pub fn serve(document: &'static [u8]) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Bytes::from_static(document),
+    )
+        .into_response()
+}
