@@ -179,6 +179,36 @@ fn rule_description(rule: Rule) -> String {
     }
 }
 
+/// The layer's refusal `name` in words (as its shared response describes it).
+fn refusal_words(name: &str) -> &'static str {
+    match name {
+        "Unauthenticated" => {
+            "`unauthenticated` (a missing, malformed, unknown, revoked or expired token)."
+        }
+        "Forbidden" => "`forbidden` (the token lacks the grant).",
+        "BadRequest" => "a malformed path parameter, query or body.",
+        _ => "`unsupported_media_type` (the body is not `application/json`).",
+    }
+}
+
+/// A unique operation id from the method and the path: `PUT /v1/kv/{app}/{env}/{key}` is
+/// `putKvAppEnvKey`.
+fn operation_id(method: &Method, path: &str) -> String {
+    let mut id = method.as_str().to_ascii_lowercase();
+    for segment in path.split('/').filter(|s| !s.is_empty() && *s != "v1") {
+        for word in segment
+            .trim_matches(|c| c == '{' || c == '}')
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
+            let mut chars = word.chars();
+            id.extend(chars.next().map(|c| c.to_ascii_uppercase()));
+            id.extend(chars);
+        }
+    }
+    id
+}
+
 fn error_response(description: &str) -> Value {
     json!({
         "description": description,
@@ -198,7 +228,20 @@ pub fn complete(doc: utoipa::openapi::OpenApi, rules: &[(Method, &'static str, R
         "scheme": "bearer",
         "description": "A Meridian token (`mrdn_…`), from `POST /v1/tokens` or the bootstrap file."
     });
-    doc["components"]["responses"] = json!({});
+    doc["components"]["responses"] = json!({
+        "Unauthenticated": error_response(
+            "`unauthenticated`: a missing, malformed, unknown, revoked or expired token."
+        ),
+        "Forbidden": error_response(
+            "`forbidden`: the token lacks the grant (the message names the action and resource)."
+        ),
+        "BadRequest": error_response(
+            "A malformed path parameter, query or body; the code names which."
+        ),
+        "UnsupportedMediaType": error_response(
+            "`unsupported_media_type`: the body is not `application/json`."
+        ),
+    });
     for (method, path, rule) in rules {
         let Some(op) = doc
             .pointer_mut(&format!(
@@ -245,6 +288,10 @@ fn complete_operation(op: &mut Map<String, Value>, method: &Method, path: &str, 
     if params.is_empty() {
         op.remove("parameters");
     }
+    op.insert(
+        "operationId".to_owned(),
+        Value::String(operation_id(method, path)),
+    );
     // Security: a token, or (where the rule allows it) none.
     op.insert(
         "security".to_owned(),
@@ -267,37 +314,36 @@ fn complete_operation(op: &mut Map<String, Value>, method: &Method, path: &str, 
         .or_insert_with(|| json!({}))
         .as_object_mut()
         .expect("responses is an object");
-    let mut add = |status: StatusCode, description: &str| {
-        responses
-            .entry(status.as_u16().to_string())
-            .or_insert_with(|| error_response(description));
+    // A refusal the annotation already documents (another 403, say) keeps its own entry and
+    // says that the layer's refusal shares its status.
+    let mut add = |status: StatusCode, name: &str| match responses
+        .get_mut(&status.as_u16().to_string())
+        .and_then(|r| r.get_mut("description"))
+    {
+        Some(Value::String(d)) => {
+            d.push_str(&format!(" Or the layer's refusal: {}", refusal_words(name)))
+        }
+        _ => {
+            responses.insert(
+                status.as_u16().to_string(),
+                json!({"$ref": format!("#/components/responses/{name}")}),
+            );
+        }
     };
     if rule != Rule::Public {
-        add(
-            StatusCode::UNAUTHORIZED,
-            "`unauthenticated`: a missing, malformed, unknown, revoked or expired token.",
-        );
+        add(StatusCode::UNAUTHORIZED, "Unauthenticated");
     }
     if matches!(
         rule,
         Rule::Key(_) | Rule::Namespace(_) | Rule::Filtered(_) | Rule::Everything(_)
     ) {
-        add(
-            StatusCode::FORBIDDEN,
-            "`forbidden`: the token lacks the grant (the message names the action and resource).",
-        );
+        add(StatusCode::FORBIDDEN, "Forbidden");
     }
     if has_path_params {
-        add(
-            StatusCode::BAD_REQUEST,
-            "A malformed path parameter or query, or a malformed body; the code names which.",
-        );
+        add(StatusCode::BAD_REQUEST, "BadRequest");
     }
     if has_body {
-        add(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "`unsupported_media_type`: the body is not `application/json`.",
-        );
+        add(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType");
     }
 }
 
@@ -328,6 +374,13 @@ pub fn check_against(doc: &Value, rules: &[(Method, &'static str, Rule)]) -> Vec
         .map(|(m, p, _)| (m.as_str().to_owned(), (*p).to_owned()))
         .collect();
     let documented = operations(doc);
+    let mut ids = std::collections::HashSet::new();
+    for (m, p) in &documented {
+        let id = &doc["paths"][p][m.to_ascii_lowercase()]["operationId"];
+        if !ids.insert(id.to_string()) {
+            problems.push(format!("{m} {p}: operationId {id} is not unique"));
+        }
+    }
     for r in &routed {
         if !documented.contains(r) {
             problems.push(format!("{} {} is routed but not documented", r.0, r.1));
