@@ -631,7 +631,13 @@ impl<B: Backend> OriginCore<B> {
                 extra.extend(unschedule(&record));
                 extra.push(encode(&record));
                 extra.extend(self.change_events("change.applied", &record, meta)?);
-                let (mut applied, delta) = self.commit_writes(writes, meta, extra)?;
+                // The revision says why: the change's reason, named by its id (in the keys'
+                // history, the audit log and every watch event of the revision).
+                let meta = meta.map(|m| WriteMeta {
+                    reason: Some(applied_reason(id, &record.reason)),
+                    ..m.clone()
+                });
+                let (mut applied, delta) = self.commit_writes(writes, meta.as_ref(), extra)?;
                 applied.change = Some(id);
                 Ok((applied, delta))
             }
@@ -654,6 +660,20 @@ impl<B: Backend> OriginCore<B> {
             }
         }
     }
+}
+
+/// The reason a change's revision records: `change <id>: <its reason>`, within the bound of a
+/// write's reason (cut at a character boundary).
+fn applied_reason(id: u64, reason: &str) -> String {
+    let mut text = format!("change {id}: {reason}");
+    if text.len() > crate::history::MAX_REASON_BYTES {
+        let mut end = crate::history::MAX_REASON_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 #[cfg(test)]
@@ -887,6 +907,15 @@ mod tests {
             let before = c.state().revision();
             let applied = run(&mut c, "alice#1", apply()).unwrap();
             assert_eq!(applied.revision, before.next(), "one revision");
+            // The revision carries the change's reason, named by its id, for every watcher.
+            let provenance = c
+                .state()
+                .entry(&meridian_protocol::provenance::address())
+                .and_then(|e| e.value.clone())
+                .and_then(|v| meridian_protocol::provenance::parse(&v))
+                .expect("the revision's provenance");
+            assert_eq!(provenance.reason.as_deref(), Some("change 1: raise it"));
+            assert_eq!(provenance.actor, "alice#1");
             assert_eq!(
                 c.state().entry(&at("timeout")).unwrap().value.as_deref(),
                 Some("2")

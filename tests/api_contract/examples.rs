@@ -84,10 +84,15 @@ impl Runner {
                     continue;
                 }
             };
+            report.ran += 1;
             if curl.stream {
+                if let Err(e) = self.run_stream(&curl, answer.as_deref()).await {
+                    report
+                        .failures
+                        .push(format!("docs/API.md:{line_no}: {command}\n  {e}"));
+                }
                 continue;
             }
-            report.ran += 1;
             let spec = if curl.url.contains(":7070") {
                 origin_spec
             } else {
@@ -230,6 +235,88 @@ impl Runner {
             ));
         }
         Ok(body)
+    }
+}
+
+impl Runner {
+    /// Reads an event stream (`curl -N`) until it has sent as many events as the page shows,
+    /// and checks each line of them (comments, the stream's heartbeats, are not compared).
+    async fn run_stream(&mut self, curl: &Curl, answer: Option<&str>) -> Result<(), String> {
+        let answer = answer.ok_or("a stream example needs its documented events")?;
+        // A line indented under the one before continues it.
+        let mut documented: Vec<String> = Vec::new();
+        for line in answer.lines() {
+            match (line.starts_with("  "), documented.last_mut()) {
+                (true, Some(last)) => last.push_str(line.trim()),
+                _ => documented.push(line.trim().to_owned()),
+            }
+        }
+        let events = documented
+            .iter()
+            .filter(|l| l.starts_with("event:"))
+            .count();
+        let (port, path_and_query) = split_url(&curl.url)?;
+        let base = self.edges[usize::from(
+            port.checked_sub(7081)
+                .ok_or("streams are served by edges")?,
+        )]
+        .clone();
+        if self.last_write > 0 {
+            wait_for_revision(&base, self.last_write).await?;
+        }
+        let mut req = reqwest::Client::new()
+            .get(format!("{base}{path_and_query}"))
+            .bearer_auth(&self.vars["MERIDIAN_TOKEN"]);
+        for (name, value) in &curl.headers {
+            req = req.header(name, value);
+        }
+        let response = req.send().await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("answered {}", response.status()));
+        }
+        let mut response = response;
+        let mut text = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let got: Vec<String> = loop {
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| !l.starts_with(':'))
+                .map(str::to_owned)
+                .collect();
+            let seen = lines.iter().filter(|l| l.starts_with("event:")).count();
+            // The events shown and the blank line that ends the last of them.
+            if seen > events || (seen == events && text.ends_with("\n\n")) {
+                let mut n = 0;
+                break lines
+                    .into_iter()
+                    .take_while(|l| {
+                        n += usize::from(l.starts_with("event:"));
+                        n <= events
+                    })
+                    .collect();
+            }
+            match tokio::time::timeout_at(deadline, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(other) => return Err(format!("the stream ended ({other:?}) after:\n{text}")),
+                Err(_) => return Err(format!("{events} events did not arrive; got:\n{text}")),
+            }
+        };
+        if self.show {
+            println!("--- stream {path_and_query}\n{}", got.join("\n"));
+        }
+        let got: Vec<&str> = got.iter().map(|l| l.trim_end()).collect();
+        let documented: Vec<&str> = documented.iter().map(String::as_str).collect();
+        let matches =
+            got.len() >= documented.len() && documented.iter().zip(&got).all(|(d, g)| glob(d, g));
+        if matches {
+            Ok(())
+        } else {
+            Err(format!(
+                "documented:\n    {}\n  got:\n    {}",
+                documented.join("\n    "),
+                got.join("\n    ")
+            ))
+        }
     }
 }
 
