@@ -145,6 +145,11 @@ pub struct OfrepRequest {
     pub context: Option<Map<String, Value>>,
 }
 
+/// A route's path as OpenAPI writes it: a catch-all `{*rest}` is the parameter `{rest}`.
+pub fn spec_path(route: &str) -> String {
+    route.replace("{*", "{")
+}
+
 /// The description of a path parameter, by name.
 fn parameter_description(name: &str) -> &'static str {
     match name {
@@ -156,6 +161,7 @@ fn parameter_description(name: &str) -> &'static str {
         "action" => "`pause`, `resume` or `abort`.",
         "id" => "The id the create answer named.",
         "name" => "The name it was put under.",
+        "path" => "The asset's path.",
         _ => "A path parameter.",
     }
 }
@@ -246,7 +252,7 @@ pub fn complete(doc: utoipa::openapi::OpenApi, rules: &[(Method, &'static str, R
         let Some(op) = doc
             .pointer_mut(&format!(
                 "/paths/{}/{}",
-                path.replace('~', "~0").replace('/', "~1"),
+                spec_path(path).replace('~', "~0").replace('/', "~1"),
                 method.as_str().to_ascii_lowercase()
             ))
             .and_then(Value::as_object_mut)
@@ -271,7 +277,7 @@ fn complete_operation(op: &mut Map<String, Value>, method: &Method, path: &str, 
         .filter_map(|p| p["name"].as_str().map(str::to_owned))
         .collect();
     let mut has_path_params = false;
-    for segment in path.split('/') {
+    for segment in spec_path(path).split('/') {
         if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
             has_path_params = true;
             if !named.iter().any(|n| n == name) {
@@ -371,7 +377,7 @@ pub fn check_against(doc: &Value, rules: &[(Method, &'static str, Rule)]) -> Vec
     let mut problems = Vec::new();
     let routed: Vec<(String, String)> = rules
         .iter()
-        .map(|(m, p, _)| (m.as_str().to_owned(), (*p).to_owned()))
+        .map(|(m, p, _)| (m.as_str().to_owned(), spec_path(p)))
         .collect();
     let documented = operations(doc);
     let mut ids = std::collections::HashSet::new();

@@ -10,6 +10,7 @@ pub mod edges;
 pub mod flags;
 pub mod history;
 pub mod kv;
+pub mod namespaces;
 pub mod openapi;
 pub mod protections;
 pub mod rollouts;
@@ -17,6 +18,7 @@ pub mod schemas;
 pub mod secrets;
 pub mod status;
 pub mod tokens;
+pub mod ui;
 pub mod webhooks;
 
 use std::sync::{Arc, Mutex};
@@ -89,6 +91,7 @@ pub fn routes() -> RouteTable<Arc<AppState>> {
             kv::delete,
         )
         .route(M::GET, "/v1/kv/{app}/{env}", Filtered(Read), kv::list)
+        .route(M::GET, "/v1/namespaces", Filtered(Read), namespaces::list)
         .route(
             M::GET,
             "/v1/kv/{app}/{env}/{key}/history",
@@ -434,6 +437,9 @@ pub fn routes() -> RouteTable<Arc<AppState>> {
         )
         .route(M::GET, "/metrics", Observe, status::metrics)
         .route(M::GET, "/v1/openapi.json", Observe, openapi::document)
+        // The admin UI's page and assets hold no data: the page asks for a token.
+        .route(M::GET, "/ui", Rule::Public, ui::page)
+        .route(M::GET, "/ui/{*path}", Rule::Public, ui::file)
 }
 
 /// Builds the router: every route behind the authorization layer.
@@ -716,14 +722,16 @@ mod tests {
     use meridian_protocol::auth::Action;
 
     /// Every route of the client API is registered with its rule (the table is the only way to
-    /// add one); none is public, mutations need more than read, and the token and policy
+    /// add one); none is public but the admin UI's assets, mutations need more than read, and the token and policy
     /// routes need admin on everything.
     #[test]
     fn every_route_passes_an_authorization_decision() {
         let rules = super::routes().rules();
         assert!(rules.len() >= 25, "{} routes", rules.len());
         for (method, path, rule) in rules {
-            assert_ne!(rule, Rule::Public, "{method} {path} is public");
+            if !path.starts_with("/ui") {
+                assert_ne!(rule, Rule::Public, "{method} {path} is public");
+            }
             // OFREP evaluation is a read that POSTs its context.
             let mutating = method != axum::http::Method::GET && !path.contains("/ofrep/");
             if path.starts_with("/v1/flags/") && path.contains("/ofrep/") {

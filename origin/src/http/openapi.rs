@@ -7,8 +7,9 @@ use std::sync::OnceLock;
 use axum::response::Response;
 use utoipa::OpenApi;
 
-use super::{applied, audit, changes, edges, flags, history, kv, protections, rollouts};
-use super::{schemas, secrets, status, tokens, webhooks};
+use super::rollouts;
+use super::{applied, audit, changes, edges, flags, history, kv, namespaces, protections};
+use super::{schemas, secrets, status, tokens, ui, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +27,7 @@ use super::{schemas, secrets, status, tokens, webhooks};
         kv::patch,
         kv::delete,
         kv::list,
+        namespaces::list,
         kv::config,
         kv::txn,
         history::history,
@@ -93,6 +95,8 @@ use super::{schemas, secrets, status, tokens, webhooks};
         webhooks::list,
         webhooks::delete,
         webhooks::deliveries,
+        ui::page,
+        ui::file,
         status::status,
         status::cluster_status,
         status::metrics,
@@ -112,7 +116,8 @@ use super::{schemas, secrets, status, tokens, webhooks};
         (name = "governance", description = "Protection rules, webhooks and backups."),
         (name = "access", description = "Tokens, policies and identity."),
         (name = "audit", description = "The tamper-evident audit log."),
-        (name = "operations", description = "Status, metrics, edges and drift.")
+        (name = "operations", description = "Status, metrics, edges and drift."),
+        (name = "ui", description = "The admin UI (public assets; the page signs in with a token).")
     )
 )]
 struct OriginApi;

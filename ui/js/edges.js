@@ -1,0 +1,94 @@
+// Edges: where they are (a map of regions), the revision each serves, how far behind and how
+// late it is, whether its state digest matches the origin's; and the applied-config drift of
+// the service instances of one app/env.
+
+import { get, seg } from './api.js';
+import { badge, errorBox, field, h, mount, table } from './dom.js';
+
+/** Where a region is drawn (longitude, latitude); others are placed along the bottom. */
+const PLACES = {
+  'us-east': [-77, 39], 'us-west': [-121, 45], 'eu-west': [-8, 53], 'eu-central': [9, 50],
+  'ap-south': [73, 19], 'ap-southeast': [104, 1], 'ap-northeast': [139, 36], 'sa-east': [-46, -23],
+};
+
+function flagKind(edge) {
+  if (edge.flags.includes('diverged')) return 'bad';
+  if (edge.flags.length) return 'warn';
+  return 'ok';
+}
+
+/** The regions as an SVG map (equirectangular), each with its edges' state. */
+function regionMap(edges) {
+  const ns = 'http://www.w3.org/2000/svg';
+  const el = (tag, attrs, text) => {
+    const e = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
+  const W = 720; const H = 320;
+  const svg = el('svg', { class: 'map', viewBox: `0 0 ${W} ${H}`, role: 'img' });
+  const regions = {};
+  for (const e of edges) (regions[e.region] = regions[e.region] || []).push(e);
+  svg.setAttribute('aria-label', `Edges by region: ${Object.entries(regions)
+    .map(([r, es]) => `${r} ${es.length} edge(s), ${es.filter((e) => !e.flags.length).length} healthy`).join('; ')}`);
+  for (let lon = -180; lon <= 180; lon += 30) svg.append(el('line', { x1: (lon + 180) * W / 360, y1: 0, x2: (lon + 180) * W / 360, y2: H, stroke: '#d3dcea' }));
+  for (let lat = -60; lat <= 60; lat += 30) svg.append(el('line', { x1: 0, y1: (90 - lat) * H / 180, x2: W, y2: (90 - lat) * H / 180, stroke: '#d3dcea' }));
+  let spare = 0;
+  for (const [region, list] of Object.entries(regions)) {
+    const place = PLACES[region];
+    const x = place ? (place[0] + 180) * W / 360 : 60 + (spare++) * 120;
+    const y = place ? (90 - place[1]) * H / 180 : H - 30;
+    const worst = list.some((e) => flagKind(e) === 'bad') ? 'bad' : list.some((e) => flagKind(e) === 'warn') ? 'warn' : 'ok';
+    const color = { ok: '#1d7a3d', warn: '#a15c00', bad: '#b3261e' }[worst];
+    svg.append(el('circle', { cx: x, cy: y, r: 9 + 2 * Math.min(list.length, 6), fill: color, 'fill-opacity': 0.8 }));
+    const rev = Math.min(...list.map((e) => e.revision));
+    svg.append(el('text', { x: x + 16, y: y - 4, 'font-size': 13, 'font-weight': 600 }, region));
+    svg.append(el('text', { x: x + 16, y: y + 12, 'font-size': 11 }, `${list.length} edge(s), revision ${rev}`));
+  }
+  return svg;
+}
+
+/** `#/edges`. */
+export async function renderEdges(main) {
+  const view = await get('/v1/edges');
+  const app = h('input', { required: true, placeholder: 'payments', size: 12 });
+  const env = h('input', { required: true, placeholder: 'prod', size: 8 });
+  const drift = h('div', { 'aria-live': 'polite' });
+  mount(main,
+    h('h1', {}, 'Edges'),
+    h('p', { class: 'muted' }, `Origin ${view.node_id} at revision ${view.revision}; ${view.flagged} edge(s) flagged (lag threshold ${view.lag_threshold_ms} ms).`),
+    regionMap(view.edges),
+    table('Edges', [
+      ['Edge', (e) => e.edge_id],
+      ['Region', (e) => e.region],
+      ['Revision', (e) => String(e.revision)],
+      ['Behind', (e) => String(e.behind_revisions)],
+      ['Lag (ms)', (e) => String(e.lag_ms)],
+      ['Digest', (e) => (e.digest_match === null ? badge('unknown') : e.digest_match ? badge('matches', 'ok') : badge('differs', 'bad'))],
+      ['Last report (ms ago)', (e) => String(e.last_report_ms)],
+      ['Flags', (e) => (e.flags.length ? e.flags.map((f) => badge(f, f === 'diverged' ? 'bad' : 'warn')) : badge('healthy', 'ok'))],
+    ], view.edges, 'No edge has reported yet.'),
+    (view.unreachable_nodes || []).length ? h('p', { class: 'error' }, `Origin nodes not asked: ${view.unreachable_nodes.map((n) => n.id).join(', ')}`) : null,
+    h('h2', {}, 'Applied-config drift'),
+    h('form', {
+      class: 'row card',
+      onsubmit: async (ev) => {
+        ev.preventDefault();
+        try {
+          const d = await get(`/v1/drift/${seg(app.value)}/${seg(env.value)}`);
+          mount(drift,
+            h('p', { class: 'muted' }, `${d.instances} instance(s) at current revision ${d.current_revision}; ${d.flagged} flagged.`),
+            table(`Instances of ${d.app}/${d.env}`, [
+              ['Instance', (r) => r.instance],
+              ['Revision', (r) => String(r.revision)],
+              ['Via', (r) => r.via || ''],
+              ['Flags', (r) => (r.flags.length ? r.flags.map((f) => badge(f, 'warn')) : badge('current', 'ok'))],
+            ], d.rows, 'No instance has reported.'));
+        } catch (e) {
+          mount(drift, errorBox(e));
+        }
+      },
+    }, field('Application', app), field('Environment', env), h('button', { type: 'submit' }, 'Show drift')),
+    drift);
+}
