@@ -95,3 +95,6 @@ fn validation_names_the_key_and_the_limit() {
         "unknown keys are refused"
     );
 }
+
+#[path = "deploy_configs/packaging.rs"]
+mod packaging;
