@@ -113,3 +113,32 @@ async fn the_documented_examples_answer_what_the_page_says() {
     assert!(report.ran >= 30, "only {} examples ran", report.ran);
     cluster.shutdown().await;
 }
+
+/// The README's five-minute walk-through answers what it says, on a fresh dev topology.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_readme_walk_through_answers_what_it_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _opts) = cluster(dir.path(), 10_000).await;
+    let origin = base(cluster.origin.http_addr);
+    let edges: Vec<String> = cluster.edges.iter().map(|e| base(e.http_addr)).collect();
+    let page = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let mut run = examples::Runner::new(
+        origin,
+        edges,
+        [
+            ("A", format!("Authorization: Bearer {}", *TOKEN)),
+            ("J", "Content-Type: application/json".to_owned()),
+        ],
+    );
+    let report = run.run_page(&page, origin_spec(), edge_spec()).await;
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} examples of the README differ from the code:\n\n{}",
+        report.failures.len(),
+        report.ran,
+        report.failures.join("\n\n")
+    );
+    assert!(report.ran >= 12, "only {} examples ran", report.ran);
+    cluster.shutdown().await;
+}

@@ -80,7 +80,7 @@ impl Runner {
                 Err(e) => {
                     report
                         .failures
-                        .push(format!("docs/API.md:{line_no}: {e}\n  {command}"));
+                        .push(format!("line {line_no}: {e}\n  {command}"));
                     continue;
                 }
             };
@@ -89,7 +89,7 @@ impl Runner {
                 if let Err(e) = self.run_stream(&curl, answer.as_deref()).await {
                     report
                         .failures
-                        .push(format!("docs/API.md:{line_no}: {command}\n  {e}"));
+                        .push(format!("line {line_no}: {command}\n  {e}"));
                 }
                 continue;
             }
@@ -113,7 +113,7 @@ impl Runner {
                 }
                 Err(e) => report
                     .failures
-                    .push(format!("docs/API.md:{line_no}: {command}\n  {e}")),
+                    .push(format!("line {line_no}: {command}\n  {e}")),
             }
         }
         report
