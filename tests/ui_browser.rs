@@ -121,6 +121,26 @@ async fn sign_in(b: &Client, ui: &str, token: &str) {
     find(b, "//nav[not(@hidden)]").await;
 }
 
+/// Every control of the page has a label and every button a name (what a screen reader says
+/// and keyboard users see focused).
+async fn accessible(b: &Client, page: &str) {
+    let unnamed = b
+        .execute(
+            "return [...document.querySelectorAll('input, select, textarea')]\
+               .filter(e => !e.labels || e.labels.length === 0).map(e => e.outerHTML)\
+               .concat([...document.querySelectorAll('button')]\
+               .filter(e => !(e.getAttribute('aria-label') || e.textContent.trim())).map(e => e.outerHTML));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        unnamed,
+        json!([]),
+        "{page}: controls without a label or name"
+    );
+}
+
 /// Writes the page to docs/ui/NAME.png when screenshots are asked for.
 async fn screenshot(b: &Client, name: &str) {
     if std::env::var_os("MERIDIAN_SCREENSHOTS").is_none() {
@@ -220,12 +240,35 @@ async fn a_person_manages_configuration_through_the_admin_ui() {
     // Sign in: a wrong token is refused in the page; the admin's opens the namespaces.
     go(&b, &format!("{ui}#/keys")).await;
     find(&b, "//h1[.='Sign in']").await;
+    accessible(&b, "sign in").await;
     screenshot(&b, "signin").await;
     fill(&b, "//input[@type='password']", "mrdn_not-a-token").await;
     click(&b, "//button[.='Sign in']").await;
     find(&b, "//*[@role='alert' and contains(., 'unauthenticated')]").await;
-    sign_in(&b, &ui, &TOKEN).await;
+    // With the keyboard only: on a fresh page the token field has the focus, Enter submits.
+    b.refresh().await.unwrap();
+    find(&b, "//input[@type='password']").await;
+    let focused = b
+        .active_element()
+        .await
+        .unwrap()
+        .attr("type")
+        .await
+        .unwrap();
+    assert_eq!(
+        focused.as_deref(),
+        Some("password"),
+        "the token field has the focus"
+    );
+    b.active_element()
+        .await
+        .unwrap()
+        .send_keys(&format!("{}\u{E007}", *TOKEN))
+        .await
+        .unwrap();
+    find(&b, "//nav[not(@hidden)]").await;
     find(&b, "//table//a[.='payments']").await;
+    accessible(&b, "namespaces").await;
     let fcp = b
         .execute(
             "const e = performance.getEntriesByName('first-contentful-paint')[0]; return e ? e.startTime : null;",
@@ -239,6 +282,7 @@ async fn a_person_manages_configuration_through_the_admin_ui() {
     go(&b, &format!("{ui}#/keys/payments/prod")).await;
     see(&b, "postgres://db.internal/pay").await;
     see(&b, "inherited from payments/_").await;
+    accessible(&b, "configuration").await;
     let page = b.source().await.unwrap();
     assert!(
         !page.contains("s3cret-ui-value"),
@@ -250,6 +294,8 @@ async fn a_person_manages_configuration_through_the_admin_ui() {
 
     // Edit a key: a value its schema refuses never leaves the page; a valid one reaches the edge.
     go(&b, &format!("{ui}#/key/payments/prod/pool")).await;
+    find(&b, "//h2[.='History']").await;
+    accessible(&b, "key").await;
     fill(&b, "//textarea", r#"{"max": 1000}"#).await;
     click(&b, "//button[.='Save']").await;
     find(
@@ -314,6 +360,7 @@ async fn a_person_manages_configuration_through_the_admin_ui() {
     sign_in(&b, &ui, &reviewer).await;
     go(&b, &format!("{ui}#/change/1")).await;
     see(&b, "longer timeout").await;
+    accessible(&b, "change request").await;
     click(&b, "//button[.='Approve']").await;
     see(&b, "approved").await;
     screenshot(&b, "change").await;
@@ -353,6 +400,7 @@ async fn a_person_manages_configuration_through_the_admin_ui() {
         rows[0].contains("reviewer#") && rows[0].contains("change-approve"),
         "{rows:?}"
     );
+    accessible(&b, "audit log").await;
     screenshot(&b, "audit").await;
 
     // The edges on their map, and a flag's page (its targeting checked as JSON while typed).
@@ -369,9 +417,71 @@ async fn a_person_manages_configuration_through_the_admin_ui() {
             .len(),
         3
     );
+    // Applied-config drift: an instance reporting an old revision is flagged outdated.
+    let report = c
+        .post(format!("{edge}/v1/applied/payments/prod"))
+        .json(&json!({"instance": "pay-1", "revision": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(report.status(), 202);
+    eventually(WAIT, "the origin hears the report", || async {
+        let (_, d) = get_json(&c, &format!("{origin}/v1/drift/payments/prod")).await;
+        (d["instances"] == 1).then_some(())
+    })
+    .await;
+    fill(&b, "//input[@placeholder='payments']", "payments").await;
+    fill(&b, "//input[@placeholder='prod']", "prod").await;
+    click(&b, "//button[.='Show drift']").await;
+    find(&b, "//td[.='pay-1']/..//span[.='outdated']").await;
+    accessible(&b, "edges").await;
     screenshot(&b, "edges").await;
+    // Evaluations at an edge come back as exposures, drawn as a chart per variant.
+    for plan in ["pro", "free", "free"] {
+        let r = c
+            .post(format!(
+                "{edge}/v1/flags/payments/prod/ofrep/v1/evaluate/flags/new-checkout"
+            ))
+            .json(&json!({"context": {"targetingKey": format!("user-{plan}"), "plan": plan}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    eventually(WAIT, "the exposures are committed", || async {
+        let (_, x) = get_json(
+            &c,
+            &format!("{origin}/v1/flags/payments/prod/new-checkout/exposures"),
+        )
+        .await;
+        (x["total"] == 3).then_some(())
+    })
+    .await;
     go(&b, &format!("{ui}#/flag/payments/prod/new-checkout")).await;
     find(&b, "//h2[.='Exposures']").await;
+    find(
+        &b,
+        "//*[local-name()='svg' and @aria-label='Exposures of new-checkout by variant: off 3']",
+    )
+    .await;
+    accessible(&b, "flag").await;
+    // A rollout started from the page shows its progress and can be paused.
+    fill(
+        &b,
+        "//label[contains(., 'Percent per step')]/input",
+        "10, 100",
+    )
+    .await;
+    click(&b, "//button[.='Start rollout']").await;
+    find(&b, "//progress[@aria-label='Rollout step 1 of 2']").await;
+    click(&b, "//button[.='Pause']").await;
+    find(&b, "//button[.='Resume']").await;
+    let (_, rollout) = get_json(
+        &c,
+        &format!("{origin}/v1/flags/payments/prod/new-checkout/rollout"),
+    )
+    .await;
+    assert_eq!(rollout["state"], "paused", "{rollout}");
     let targeting = "//label[contains(., 'Targeting')]/textarea";
     fill(&b, targeting, "{\"if\": [").await;
     see(&b, "not JSON").await;

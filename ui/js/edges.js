@@ -11,6 +11,22 @@ const PLACES = {
   'ap-south': [73, 19], 'ap-southeast': [104, 1], 'ap-northeast': [139, 36], 'sa-east': [-46, -23],
 };
 
+/** Coarse outlines of the continents (longitude, latitude), enough to place regions. */
+const CONTINENTS = [
+  [[-168, 65], [-140, 70], [-100, 72], [-80, 70], [-62, 58], [-55, 50], [-67, 45], [-76, 35], [-81, 25], [-97, 27], [-97, 20],
+    [-88, 15], [-80, 8], [-92, 15], [-105, 20], [-112, 30], [-118, 34], [-124, 40], [-125, 49], [-135, 58], [-150, 60], [-165, 60]],
+  [[-80, 9], [-72, 12], [-60, 10], [-50, 0], [-35, -6], [-40, -22], [-48, -28], [-58, -38], [-65, -55], [-72, -50], [-72, -30],
+    [-70, -18], [-80, -5]],
+  [[-10, 36], [-9, 43], [-2, 44], [-5, 48], [2, 51], [8, 54], [10, 58], [5, 62], [15, 69], [28, 71], [40, 67], [45, 55], [40, 45],
+    [28, 41], [26, 38], [20, 40], [15, 38], [12, 44], [8, 44], [3, 43]],
+  [[-17, 15], [-17, 21], [-10, 30], [-6, 36], [10, 37], [20, 32], [32, 31], [35, 28], [43, 12], [51, 12], [40, -3], [40, -15],
+    [35, -25], [20, -35], [15, -28], [12, -17], [13, -5], [8, 4], [-8, 5], [-15, 10]],
+  [[28, 41], [40, 45], [45, 55], [40, 67], [60, 70], [80, 73], [105, 78], [140, 72], [180, 68], [170, 60], [160, 55], [140, 50],
+    [140, 40], [122, 30], [120, 22], [108, 18], [105, 10], [100, 2], [98, 10], [92, 20], [80, 15], [77, 8], [72, 20], [66, 25],
+    [57, 25], [52, 28], [48, 30], [35, 32], [36, 36]],
+  [[114, -22], [122, -18], [130, -12], [137, -12], [142, -11], [146, -18], [153, -27], [150, -37], [140, -38], [132, -32], [115, -34]],
+];
+
 function flagKind(edge) {
   if (edge.flags.includes('diverged')) return 'bad';
   if (edge.flags.length) return 'warn';
@@ -26,19 +42,21 @@ function regionMap(edges) {
     if (text !== undefined) e.textContent = text;
     return e;
   };
-  const W = 720; const H = 320;
+  // Equirectangular, latitudes 80 N to 60 S: two pixels a degree.
+  const W = 720; const H = 280;
+  const at = (lon, lat) => [(lon + 180) * 2, (80 - lat) * 2];
   const svg = el('svg', { class: 'map', viewBox: `0 0 ${W} ${H}`, role: 'img' });
   const regions = {};
   for (const e of edges) (regions[e.region] = regions[e.region] || []).push(e);
   svg.setAttribute('aria-label', `Edges by region: ${Object.entries(regions)
     .map(([r, es]) => `${r} ${es.length} edge(s), ${es.filter((e) => !e.flags.length).length} healthy`).join('; ')}`);
-  for (let lon = -180; lon <= 180; lon += 30) svg.append(el('line', { x1: (lon + 180) * W / 360, y1: 0, x2: (lon + 180) * W / 360, y2: H, stroke: '#d3dcea' }));
-  for (let lat = -60; lat <= 60; lat += 30) svg.append(el('line', { x1: 0, y1: (90 - lat) * H / 180, x2: W, y2: (90 - lat) * H / 180, stroke: '#d3dcea' }));
+  for (const outline of CONTINENTS) {
+    svg.append(el('polygon', { points: outline.map(([lon, lat]) => at(lon, lat).join(',')).join(' '), fill: '#d5deea', stroke: '#bcc8d8' }));
+  }
   let spare = 0;
   for (const [region, list] of Object.entries(regions)) {
     const place = PLACES[region];
-    const x = place ? (place[0] + 180) * W / 360 : 60 + (spare++) * 120;
-    const y = place ? (90 - place[1]) * H / 180 : H - 30;
+    const [x, y] = place ? at(place[0], place[1]) : [60 + (spare++) * 120, H - 20];
     const worst = list.some((e) => flagKind(e) === 'bad') ? 'bad' : list.some((e) => flagKind(e) === 'warn') ? 'warn' : 'ok';
     const color = { ok: '#1d7a3d', warn: '#a15c00', bad: '#b3261e' }[worst];
     svg.append(el('circle', { cx: x, cy: y, r: 9 + 2 * Math.min(list.length, 6), fill: color, 'fill-opacity': 0.8 }));
