@@ -69,7 +69,7 @@ fn refused(shared: &EdgeShared, e: ApiError) -> Response {
 #[utoipa::path(post, path = "/v1/flags/{app}/{env}/ofrep/v1/evaluate/flags/{flag}", tag = "ofrep",
     summary = "OFREP: evaluate one flag",
     request_body = meridian_net::openapi::OfrepRequest,
-    responses((status = 200, description = "The evaluation (OFREP).", body = meridian_net::openapi::AnyObject, example = json!({"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}})), (status = 404, description = "OFREP `FLAG_NOT_FOUND`.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The evaluation (OFREP).", body = meridian_net::openapi::OfrepEvaluation, example = json!({"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}})), (status = 404, description = "OFREP `FLAG_NOT_FOUND`.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn one(
     State(shared): Shared,
@@ -121,7 +121,7 @@ pub(crate) async fn bulk(
 #[utoipa::path(post, path = "/ofrep/v1/evaluate/flags/{flag}", tag = "ofrep",
     summary = "OFREP: evaluate one flag of the app/env the token is scoped to",
     request_body = meridian_net::openapi::OfrepRequest,
-    responses((status = 200, description = "The evaluation (OFREP).", body = meridian_net::openapi::AnyObject, example = json!({"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}})), (status = 404, description = "OFREP `FLAG_NOT_FOUND`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "The token is not scoped to one app/env.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The evaluation (OFREP).", body = meridian_net::openapi::OfrepEvaluation, example = json!({"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}})), (status = 404, description = "OFREP `FLAG_NOT_FOUND`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "The token is not scoped to one app/env.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn scoped_one(
     State(shared): Shared,

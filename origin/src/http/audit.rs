@@ -86,7 +86,7 @@ impl AuditQuery {
 #[utoipa::path(get, path = "/v1/audit", tag = "audit",
     summary = "Audit records, oldest first, filtered",
     params(("actor" = Option<String>, Query, description = "`name#id` or the name alone."), ("app" = Option<String>, Query, description = "Records of this app."), ("env" = Option<String>, Query, description = "Records of this environment."), ("action" = Option<String>, Query, description = "`write`, `read-secret`, `change-approve`, …"), ("outcome" = Option<String>, Query, description = "`ok` or a refusal's code."), ("since" = Option<u64>, Query, description = "From this time (ms since the epoch)."), ("until" = Option<u64>, Query, description = "Until this time (ms since the epoch)."), ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1,000)."), ("cursor" = Option<u64>, Query, description = "The last `seq` seen.")),
-    responses((status = 200, description = "Records and `next_cursor`.", body = meridian_net::openapi::AnyObject, example = json!({"newest_seq":12,"next_cursor":4,"records":[{"seq":4,"time_ms":1796543210123_u64,"actor":"alice#6c1f0e2a9b3d4c5e","action":"write","resource":"payments/prod/db.url","outcome":"ok","revision":5}]})))
+    responses((status = 200, description = "Records and `next_cursor`.", body = meridian_net::openapi::AuditPage, example = json!({"newest_seq":12,"next_cursor":4,"records":[{"seq":4,"time_ms":1796543210123_u64,"actor":"alice#6c1f0e2a9b3d4c5e","action":"write","resource":"payments/prod/db.url","outcome":"ok","revision":5}]})))
 )]
 pub(crate) async fn list(
     State(state): Shared,
@@ -141,7 +141,7 @@ pub(crate) async fn list(
 /// `GET /v1/audit/head`: the newest record's `seq` and hash, signed with the cluster's key.
 #[utoipa::path(get, path = "/v1/audit/head", tag = "audit",
     summary = "The newest audit record's sequence and hash, signed",
-    responses((status = 200, description = "The signed head.", body = meridian_net::openapi::AnyObject, example = json!({"seq":12,"hash":"77c3…","signature":"a9f0…"})))
+    responses((status = 200, description = "The signed head.", body = meridian_net::openapi::AuditHead, example = json!({"seq":12,"hash":"77c3…","signature":"a9f0…"})))
 )]
 pub(crate) async fn head(State(state): Shared) -> Result<Response, ApiError> {
     let inner = async {

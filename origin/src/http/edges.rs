@@ -88,7 +88,7 @@ fn merge(rows: impl IntoIterator<Item = Value>) -> Vec<Value> {
 #[utoipa::path(get, path = "/v1/edges", tag = "operations",
     summary = "Every edge the cluster heard from, with revision, digest match and lag",
     params(("lag_threshold_ms" = Option<u64>, Query, description = "Lag beyond which an edge is flagged `lagging` (default 10,000).")),
-    responses((status = 200, description = "Edges and their flags.", body = meridian_net::openapi::AnyObject))
+    responses((status = 200, description = "Edges and their flags.", body = meridian_net::openapi::EdgesView))
 )]
 pub async fn edges(
     State(state): Shared,

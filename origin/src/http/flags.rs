@@ -176,7 +176,7 @@ pub(crate) async fn get_document(
     summary = "Create or replace one flag",
     params(("reason" = Option<String>, Query, description = "Recorded in the history and the audit log."), ("expect_version" = Option<u64>, Query, description = "Refuse with 409 unless the record is at this version (0: must not exist).")),
     request_body(content = meridian_net::openapi::AnyObject, description = "A flagd flag definition.", example = json!({"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off"})),
-    responses((status = 200, description = "The version and revision.", body = meridian_net::openapi::AnyObject, example = json!({"flag":"new-checkout","version":2,"revision":13})), (status = 422, description = "`invalid_flags`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`version_conflict` / `condition_failed`: the record changed (nothing is committed).", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The version and revision.", body = meridian_net::openapi::FlagWritten, example = json!({"flag":"new-checkout","version":2,"revision":13})), (status = 422, description = "`invalid_flags`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`version_conflict` / `condition_failed`: the record changed (nothing is committed).", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn put_flag(
     State(state): Shared,
@@ -386,7 +386,7 @@ pub(crate) async fn rollback(
 #[utoipa::path(post, path = "/v1/flags/{app}/{env}/ofrep/v1/evaluate/flags/{flag}", tag = "ofrep",
     summary = "OFREP: evaluate one flag",
     request_body = meridian_net::openapi::OfrepRequest,
-    responses((status = 200, description = "The evaluation (OFREP).", body = meridian_net::openapi::AnyObject, example = json!({"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}})), (status = 404, description = "OFREP `FLAG_NOT_FOUND`.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The evaluation (OFREP).", body = meridian_net::openapi::OfrepEvaluation, example = json!({"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}})), (status = 404, description = "OFREP `FLAG_NOT_FOUND`.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn ofrep_one(
     State(state): Shared,
@@ -445,7 +445,7 @@ pub(crate) async fn ofrep_bulk(
 #[utoipa::path(post, path = "/ofrep/v1/evaluate/flags/{flag}", tag = "ofrep",
     summary = "OFREP: evaluate one flag of the app/env the token is scoped to",
     request_body = meridian_net::openapi::OfrepRequest,
-    responses((status = 200, description = "The evaluation (OFREP).", body = meridian_net::openapi::AnyObject, example = json!({"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}})), (status = 404, description = "OFREP `FLAG_NOT_FOUND`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "The token is not scoped to one app/env.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The evaluation (OFREP).", body = meridian_net::openapi::OfrepEvaluation, example = json!({"key":"new-checkout","value":true,"reason":"TARGETING_MATCH","variant":"on","metadata":{}})), (status = 404, description = "OFREP `FLAG_NOT_FOUND`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "The token is not scoped to one app/env.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn scoped_one(
     State(state): Shared,

@@ -95,7 +95,7 @@ pub(crate) struct HistoryQuery {
 #[utoipa::path(get, path = "/v1/kv/{app}/{env}/{key}/history", tag = "history",
     summary = "A key's versions, newest first",
     params(("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1,000)."), ("before" = Option<u64>, Query, description = "Versions before this one.")),
-    responses((status = 200, description = "Versions with time, actor and reason; `next_before` pages on.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","key":"pool","next_before":null,"items":[{"version":1,"revision":5,"deleted":false,"value":{"max":10},"time_ms":1795311497444_u64,"actor":"alice#6c1f0e2a9b3d4c5e","reason":"resize"}]})))
+    responses((status = 200, description = "Versions with time, actor and reason; `next_before` pages on.", body = meridian_net::openapi::HistoryPage, example = json!({"app":"payments","env":"prod","key":"pool","next_before":null,"items":[{"version":1,"revision":5,"deleted":false,"value":{"max":10},"time_ms":1795311497444_u64,"actor":"alice#6c1f0e2a9b3d4c5e","reason":"resize"}]})))
 )]
 pub(crate) async fn history(
     State(state): Shared,
@@ -154,7 +154,7 @@ fn version_not_found(a: &Address, v: u64) -> ApiError {
 #[utoipa::path(get, path = "/v1/kv/{app}/{env}/{key}/diff", tag = "history",
     summary = "What changed in a key between two versions",
     params(("from" = Option<u64>, Query, description = "The older version (required)."), ("to" = Option<u64>, Query, description = "The newer version (default: the newest).")),
-    responses((status = 200, description = "JSON Pointer paths added, removed and changed.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","key":"pool","from":1,"to":2,"added":[],"removed":[],"changed":[{"path":"/max","from":10,"to":20}]})), (status = 404, description = "`version_not_found`: history no longer holds the version.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "JSON Pointer paths added, removed and changed.", body = meridian_net::openapi::KeyDiff, example = json!({"app":"payments","env":"prod","key":"pool","from":1,"to":2,"added":[],"removed":[],"changed":[{"path":"/max","from":10,"to":20}]})), (status = 404, description = "`version_not_found`: history no longer holds the version.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn key_diff(
     State(state): Shared,
@@ -242,7 +242,7 @@ fn namespace_at(
 #[utoipa::path(get, path = "/v1/diff/{app}/{env}", tag = "history",
     summary = "Keys added, removed and changed between two revisions",
     params(("from" = Option<u64>, Query, description = "The older revision (required)."), ("to" = Option<u64>, Query, description = "The newer revision (default: the current one).")),
-    responses((status = 200, description = "The differences.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","from":5,"to":7,"added":[{"key":"flag","value":true,"version":1}],"removed":[],"changed":[]})), (status = 410, description = "`history_compacted`: history no longer covers the revision.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The differences.", body = meridian_net::openapi::EnvDiff, example = json!({"app":"payments","env":"prod","from":5,"to":7,"added":[{"key":"flag","value":true,"version":1}],"removed":[],"changed":[]})), (status = 410, description = "`history_compacted`: history no longer covers the revision.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn env_diff(
     State(state): Shared,
@@ -406,7 +406,7 @@ struct EnvRollbackBody {
 #[utoipa::path(post, path = "/v1/rollback/{app}/{env}", tag = "history",
     summary = "Roll a whole app/env back to a revision, as one revision",
     request_body = EnvRollbackBody,
-    responses((status = 200, description = "The revision and every changed key.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","rolled_back_to":5,"revision":9,"changed":[{"key":"flag","deleted":true,"version":2}]})), (status = 410, description = "`history_compacted`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`version_conflict` / `condition_failed`: the record changed (nothing is committed).", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 413, description = "`revision_too_large`: roll back a part at a time.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The revision and every changed key.", body = meridian_net::openapi::EnvRollback, example = json!({"app":"payments","env":"prod","rolled_back_to":5,"revision":9,"changed":[{"key":"flag","deleted":true,"version":2}]})), (status = 410, description = "`history_compacted`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`version_conflict` / `condition_failed`: the record changed (nothing is committed).", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 413, description = "`revision_too_large`: roll back a part at a time.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn env_rollback(
     State(state): Shared,

@@ -20,7 +20,7 @@ use super::{Shared, count_error};
 #[utoipa::path(get, path = "/v1/namespaces", tag = "keys",
     summary = "The app/env pairs holding keys the caller may read",
     responses((status = 200, description = "Namespaces, sorted, with how many readable keys each holds.",
-        body = meridian_net::openapi::AnyObject,
+        body = meridian_net::openapi::NamespaceList,
         example = json!({"revision": 27, "namespaces": [{"app": "_", "env": "_", "keys": 1}, {"app": "payments", "env": "prod", "keys": 6}]})))
 )]
 pub(crate) async fn list(

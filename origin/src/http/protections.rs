@@ -103,7 +103,7 @@ pub(crate) async fn get(
 #[utoipa::path(put, path = "/v1/protections/{name}", tag = "governance",
     summary = "Create or replace a protection rule",
     request_body(content = meridian_net::openapi::AnyObject, description = "`{\"resources\", \"approvals\", \"description\"?}`", example = json!({"resources":["payments/prod/*"],"approvals":2})),
-    responses((status = 200, description = "The rule.", body = meridian_net::openapi::AnyObject, example = json!({"name":"prod","resources":["payments/prod/*"],"approvals":2,"description":"two reviewers for prod"})), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The rule.", body = meridian_net::openapi::NamedRecord, example = json!({"name":"prod","resources":["payments/prod/*"],"approvals":2,"description":"two reviewers for prod"})), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn put(
     State(state): Shared,

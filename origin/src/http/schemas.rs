@@ -76,7 +76,7 @@ pub fn put_schema_command(
 #[utoipa::path(put, path = "/v1/schemas/{app}/{env}/{prefix}", tag = "schemas",
     summary = "Register a JSON Schema for the keys under a prefix",
     request_body = PutSchemaBody,
-    responses((status = 200, description = "The schema as registered.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","prefix":"pool","schema":{"type":"object","properties":{"max":{"type":"integer","maximum":100}}}})), (status = 400, description = "`invalid_schema`: not a JSON Schema.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`current_values_violate`: current values violate it (names the keys); `force` registers it anyway.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The schema as registered.", body = meridian_net::openapi::SchemaView, example = json!({"app":"payments","env":"prod","prefix":"pool","schema":{"type":"object","properties":{"max":{"type":"integer","maximum":100}}}})), (status = 400, description = "`invalid_schema`: not a JSON Schema.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`current_values_violate`: current values violate it (names the keys); `force` registers it anyway.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn put_schema(
     State(state): Shared,
@@ -102,7 +102,7 @@ pub(crate) async fn put_schema(
 /// `GET /v1/schemas/{app}/{env}/{prefix}`: the schema registered for exactly this prefix.
 #[utoipa::path(get, path = "/v1/schemas/{app}/{env}/{prefix}", tag = "schemas",
     summary = "The JSON Schema registered for a prefix",
-    responses((status = 200, description = "The schema.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","prefix":"pool","schema":{"type":"object","properties":{"max":{"type":"integer","maximum":100}}}})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The schema.", body = meridian_net::openapi::SchemaView, example = json!({"app":"payments","env":"prod","prefix":"pool","schema":{"type":"object","properties":{"max":{"type":"integer","maximum":100}}}})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn get_schema(
     State(state): Shared,

@@ -261,7 +261,7 @@ fn secret_meta(
 #[utoipa::path(put, path = "/v1/secrets/{app}/{env}/{key}", tag = "secrets",
     summary = "Write a secret (sealed at the origin before it is proposed)",
     request_body = SecretBody,
-    responses((status = 200, description = "The secret's metadata, masked.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","key":"db.password","value":null,"secret":true,"fingerprint":"3f9a…","version":1,"revision":9})), (status = 422, description = "`schema_violation`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`secrets_not_configured` or `no_quorum`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The secret's metadata, masked.", body = meridian_net::openapi::SecretView, example = json!({"app":"payments","env":"prod","key":"db.password","value":null,"secret":true,"fingerprint":"3f9a…","version":1,"revision":9})), (status = 422, description = "`schema_violation`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`secrets_not_configured` or `no_quorum`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn put(
     State(state): Shared,
@@ -290,7 +290,7 @@ pub(crate) async fn put(
 #[utoipa::path(post, path = "/v1/secrets/{app}/{env}/{key}/rotate", tag = "secrets",
     summary = "Rotate a secret, keeping the previous value for a grace period",
     request_body = SecretBody,
-    responses((status = 200, description = "The secret's metadata, masked.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","key":"db.password","value":null,"secret":true,"fingerprint":"3f9a…","version":1,"revision":9})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The secret's metadata, masked.", body = meridian_net::openapi::SecretView, example = json!({"app":"payments","env":"prod","key":"db.password","value":null,"secret":true,"fingerprint":"3f9a…","version":1,"revision":9})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`approval_required`: a protection rule covers the key; propose a change request.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn rotate(
     State(state): Shared,
@@ -333,7 +333,7 @@ pub(crate) async fn rotate(
 #[utoipa::path(get, path = "/v1/secrets/{app}/{env}/{key}", tag = "secrets",
     summary = "A secret, masked unless revealed",
     params(("reveal" = Option<bool>, Query, description = "`true`: the value in clear."), ("versions" = Option<bool>, Query, description = "`true`: the previous value kept for the grace period too."), ("min_revision" = Option<u64>, Query, description = "Answer only once this revision is reached (read-your-writes)."), ("wait_ms" = Option<u64>, Query, description = "How long an edge waits for `min_revision` (at most 60,000).")),
-    responses((status = 200, description = "The secret's metadata; its value only with `reveal=true` (needs `secret-read`; audited).", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","key":"db.password","value":null,"secret":true,"fingerprint":"3f9a…","version":1,"revision":9})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`audit_unavailable`: a reveal that cannot be recorded is not answered.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The secret's metadata; its value only with `reveal=true` (needs `secret-read`; audited).", body = meridian_net::openapi::SecretView, example = json!({"app":"payments","env":"prod","key":"db.password","value":null,"secret":true,"fingerprint":"3f9a…","version":1,"revision":9})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`audit_unavailable`: a reveal that cannot be recorded is not answered.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn get(
     State(state): Shared,

@@ -219,7 +219,7 @@ fn describe(id: &str, record: &TokenRecord, now_ms: u64) -> Value {
 #[utoipa::path(post, path = "/v1/tokens", tag = "access",
     summary = "Create a token (its text is shown this once)",
     request_body = CreateBody,
-    responses((status = 201, description = "The token's text and record.", body = meridian_net::openapi::AnyObject, example = json!({"id":"6c1f0e2a9b3d4c5e","name":"payments-svc","token":"mrdn_…","grants":[{"role":"viewer","resources":["payments/prod/*"]}],"groups":[],"expired":false})), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 201, description = "The token's text and record.", body = meridian_net::openapi::TokenCreated, example = json!({"id":"6c1f0e2a9b3d4c5e","name":"payments-svc","token":"mrdn_…","grants":[{"role":"viewer","resources":["payments/prod/*"]}],"groups":[],"expired":false})), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn create(
     State(state): Shared,
@@ -268,7 +268,7 @@ pub(crate) async fn system_namespace(
 /// used at an origin node (committed once a minute).
 #[utoipa::path(get, path = "/v1/tokens", tag = "access",
     summary = "Every live token's record (never its text or hash)",
-    responses((status = 200, description = "The tokens.", body = meridian_net::openapi::AnyObject))
+    responses((status = 200, description = "The tokens.", body = meridian_net::openapi::TokenList))
 )]
 pub(crate) async fn list(State(state): Shared) -> Result<Response, ApiError> {
     let inner = async {
@@ -435,7 +435,7 @@ pub fn policy_command(name: &str, body: &[u8]) -> Result<Command, ApiError> {
 #[utoipa::path(put, path = "/v1/policies/{name}", tag = "access",
     summary = "Create or replace a policy binding subjects to a role on resources",
     request_body(content = meridian_net::openapi::AnyObject, description = "`{\"subjects\", \"role\" | \"actions\", \"resources\"}`", example = json!({"subjects":["group:ops"],"role":"viewer","resources":["*/*/*"]})),
-    responses((status = 200, description = "The policy.", body = meridian_net::openapi::AnyObject), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The policy.", body = meridian_net::openapi::NamedRecord), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn put_policy(
     State(state): Shared,

@@ -6,144 +6,17 @@
 //! `GET /v1/openapi.json`; their tests fail on any route missing from the document or any
 //! documented operation with no route.
 
+mod schemas;
+
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use serde_json::{Map, Value, json};
-use utoipa::ToSchema;
 
 use crate::auth::Rule;
+pub use schemas::*;
 
 /// The path of the document on every node.
 pub const PATH: &str = "/v1/openapi.json";
-
-/// Every error answer: `{"error": {"code", "message"}}`.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"error": {"code": "invalid_key", "message": "key \"Bad\" must be dot-separated [a-z0-9][a-z0-9_-]* segments"}}))]
-pub struct ErrorBody {
-    /// What went wrong.
-    pub error: ErrorDetail,
-}
-
-/// The code and message of an error.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable, machine-readable: `invalid_key`, `forbidden`, `schema_violation`, …
-    pub code: String,
-    /// For people: names the problem (never a secret's value).
-    pub message: String,
-}
-
-/// One key's value as a read or a write answers it.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"app": "payments", "env": "prod", "key": "db.url", "value": "postgres://db.internal:5432/pay", "version": 1, "revision": 4}))]
-pub struct Entry {
-    /// The application (`_`: every application).
-    pub app: String,
-    /// The environment (`_`: every environment).
-    pub env: String,
-    /// The dot-separated key.
-    pub key: String,
-    /// Any JSON value (`null` for a secret, which is read through `/v1/secrets`).
-    #[schema(value_type = Value)]
-    pub value: Value,
-    /// Changes of this address so far (0: a default answered for a key without a value).
-    pub version: u64,
-    /// The store's revision this value was written at.
-    pub revision: u64,
-    /// Present and true when `?default=` answered for a key without a value.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub default: Option<bool>,
-    /// Present and true when the value is a secret (then `value` is null).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret: Option<bool>,
-    /// A secret's fingerprint: tells versions apart without revealing them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fingerprint: Option<String>,
-}
-
-/// The answer to a write that names only the revision it committed.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"revision": 8}))]
-pub struct Committed {
-    /// The revision the write committed (pass it as `min_revision` to read your write).
-    pub revision: u64,
-}
-
-/// A bulk read of one app/env.
-#[derive(Serialize, ToSchema)]
-pub struct EntryList {
-    /// The revision the answer reflects.
-    pub revision: u64,
-    /// The values, sorted by key.
-    pub items: Vec<Entry>,
-    /// Keys named in `?keys=` without a value.
-    pub missing: Vec<String>,
-    /// Keys whose references do not resolve, and why (left out of `items`).
-    pub errors: Map<String, Value>,
-    /// Where the next page starts; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// The resolved configuration of one app/env.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"app": "payments", "env": "prod", "revision": 5,
-    "config": {"db.host": "db.internal", "timeout_ms": 500},
-    "sources": {"db.host": "payments/_", "timeout_ms": "_/_"}, "errors": {}}))]
-pub struct ResolvedConfig {
-    /// The application.
-    pub app: String,
-    /// The environment.
-    pub env: String,
-    /// The revision the answer reflects.
-    pub revision: u64,
-    /// Every key and its resolved value.
-    pub config: Map<String, Value>,
-    /// The level (`app/env`, `app/_`, `_/env`, `_/_`) each key came from.
-    pub sources: Map<String, Value>,
-    /// Keys whose references do not resolve, and why.
-    pub errors: Map<String, Value>,
-}
-
-/// Who a node takes the presented token for.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"actor": "alice#6c1f0e2a9b3d4c5e", "anonymous": false, "id": "6c1f0e2a9b3d4c5e", "name": "alice"}))]
-pub struct Whoami {
-    /// `name#id`, as the history and the audit log record it.
-    pub actor: String,
-    /// True when no token was presented.
-    pub anonymous: bool,
-    /// The token's id (null when anonymous).
-    pub id: Option<String>,
-    /// The token's name.
-    pub name: String,
-}
-
-/// A service instance's report of the revision it applied.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"instance": "pay-7f9c", "revision": 41, "prefix": ""}))]
-pub struct AppliedReport {
-    /// The host or pod name of the instance.
-    pub instance: String,
-    /// The revision of the app/env it applied.
-    pub revision: u64,
-    /// The key prefix it watches (empty: every key).
-    pub prefix: Option<String>,
-}
-
-/// Any JSON object: answers whose fields are described in docs/API.md.
-#[derive(Serialize, ToSchema)]
-#[schema(value_type = Object)]
-pub struct AnyObject(pub Map<String, Value>);
-
-/// OpenFeature's OFREP evaluation request: `{"context": {...}}`.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"context": {"targetingKey": "user-42", "plan": "pro"}}))]
-pub struct OfrepRequest {
-    /// The evaluation context; `targetingKey` names the subject.
-    #[schema(value_type = Object)]
-    pub context: Option<Map<String, Value>>,
-}
 
 /// A route's path as OpenAPI writes it: a catch-all `{*rest}` is the parameter `{rest}`.
 pub fn spec_path(route: &str) -> String {
