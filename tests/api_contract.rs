@@ -99,19 +99,36 @@ async fn the_documented_examples_answer_what_the_page_says() {
         assert_eq!(status, 200, "{url}");
         assert_eq!(&served, spec, "{url} serves the generated document");
     }
-    let page = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/API.md"))
-        .expect("docs/API.md");
-    let mut run = examples::Runner::new(origin, edges, []);
+    assert_page_answers(&origin, &edges, "docs/API.md", [], 30).await;
+    cluster.shutdown().await;
+}
+
+/// Runs the examples of the page at `rel` (shell variables `vars`) against the topology at
+/// `origin` and `edges`; fails naming every example that answers otherwise, or when fewer
+/// than `at_least` ran.
+async fn assert_page_answers<const N: usize>(
+    origin: &str,
+    edges: &[String],
+    rel: &str,
+    vars: [(&str, String); N],
+    at_least: usize,
+) {
+    let page = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+        .unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let mut run = examples::Runner::new(origin.to_owned(), edges.to_vec(), vars);
     let report = run.run_page(&page, origin_spec(), edge_spec()).await;
     assert!(
         report.failures.is_empty(),
-        "{} of {} documented examples differ from the code:\n\n{}",
+        "{} of {} examples of {rel} differ from the code:\n\n{}",
         report.failures.len(),
         report.ran,
         report.failures.join("\n\n")
     );
-    assert!(report.ran >= 30, "only {} examples ran", report.ran);
-    cluster.shutdown().await;
+    assert!(
+        report.ran >= at_least,
+        "only {} examples of {rel} ran",
+        report.ran
+    );
 }
 
 /// The README's five-minute walk-through answers what it says, on a fresh dev topology.
@@ -121,24 +138,10 @@ async fn the_readme_walk_through_answers_what_it_says() {
     let (cluster, _opts) = cluster(dir.path(), 10_000).await;
     let origin = base(cluster.origin.http_addr);
     let edges: Vec<String> = cluster.edges.iter().map(|e| base(e.http_addr)).collect();
-    let page = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md");
-    let mut run = examples::Runner::new(
-        origin,
-        edges,
-        [
-            ("A", format!("Authorization: Bearer {}", *TOKEN)),
-            ("J", "Content-Type: application/json".to_owned()),
-        ],
-    );
-    let report = run.run_page(&page, origin_spec(), edge_spec()).await;
-    assert!(
-        report.failures.is_empty(),
-        "{} of {} examples of the README differ from the code:\n\n{}",
-        report.failures.len(),
-        report.ran,
-        report.failures.join("\n\n")
-    );
-    assert!(report.ran >= 12, "only {} examples ran", report.ran);
+    let vars = [
+        ("A", format!("Authorization: Bearer {}", *TOKEN)),
+        ("J", "Content-Type: application/json".to_owned()),
+    ];
+    assert_page_answers(&origin, &edges, "README.md", vars, 12).await;
     cluster.shutdown().await;
 }

@@ -283,11 +283,37 @@ pub fn check_against(doc: &Value, rules: &[(Method, &'static str, Rule)]) -> Vec
     problems
 }
 
-/// A completed document as the answer to `GET /v1/openapi.json`.
-pub fn serve(document: &'static [u8]) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        axum::body::Bytes::from_static(document),
-    )
-        .into_response()
+/// A node's completed document, built once on first use, and its serialized answer.
+pub struct Document {
+    build: fn() -> Value,
+    value: std::sync::OnceLock<Value>,
+    bytes: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl Document {
+    /// A document `build` makes (generate, then [`complete`]) when first asked for.
+    pub const fn new(build: fn() -> Value) -> Self {
+        Self {
+            build,
+            value: std::sync::OnceLock::new(),
+            bytes: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The document.
+    pub fn get(&self) -> &Value {
+        self.value.get_or_init(self.build)
+    }
+
+    /// The answer to `GET /v1/openapi.json`.
+    pub fn serve(&'static self) -> Response {
+        let bytes = self
+            .bytes
+            .get_or_init(|| serde_json::to_vec(self.get()).expect("the document serializes"));
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            axum::body::Bytes::from_static(bytes),
+        )
+            .into_response()
+    }
 }

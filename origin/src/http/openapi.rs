@@ -2,8 +2,6 @@
 //! annotations and completed from the route table ([`meridian_net::openapi::complete`]):
 //! served at `GET /v1/openapi.json`.
 
-use std::sync::OnceLock;
-
 use axum::response::Response;
 use utoipa::OpenApi;
 
@@ -128,20 +126,16 @@ struct OriginApi;
     responses((status = 200, description = "The document.", content_type = "application/json"))
 )]
 pub(crate) async fn document() -> Response {
-    meridian_net::openapi::serve(bytes())
+    DOCUMENT.serve()
 }
+
+static DOCUMENT: meridian_net::openapi::Document = meridian_net::openapi::Document::new(|| {
+    meridian_net::openapi::complete(OriginApi::openapi(), &super::routes().rules())
+});
 
 /// The completed document (built once).
 pub fn spec() -> &'static serde_json::Value {
-    static SPEC: OnceLock<serde_json::Value> = OnceLock::new();
-    SPEC.get_or_init(|| {
-        meridian_net::openapi::complete(OriginApi::openapi(), &super::routes().rules())
-    })
-}
-
-fn bytes() -> &'static [u8] {
-    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
-    BYTES.get_or_init(|| serde_json::to_vec(spec()).expect("the document serializes"))
+    DOCUMENT.get()
 }
 
 #[cfg(test)]
