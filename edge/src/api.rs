@@ -128,7 +128,7 @@ async fn whoami(Extension(principal): Extension<Arc<Principal>>) -> Response {
 #[utoipa::path(post, path = "/v1/applied/{app}/{env}", tag = "operations",
     summary = "Report the revision a service instance applied",
     request_body = meridian_net::openapi::AppliedReport,
-    responses((status = 202, description = "Accepted; passed on to the origin.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","instance":"pay-7f9c","revision":41})), (status = 503, description = "`applied_backlog_full`.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 202, description = "Accepted; passed on to the origin.", body = meridian_net::openapi::AppliedAccepted, example = json!({"app":"payments","env":"prod","instance":"pay-7f9c","revision":41})), (status = 503, description = "`applied_backlog_full`.", body = meridian_net::openapi::ErrorBody))
 )]
 async fn applied(
     State(shared): Shared,

@@ -561,3 +561,219 @@ pub struct NamespaceCount {
     /// Readable keys stored there.
     pub keys: u64,
 }
+
+/// How a rule's approvals stand on a change.
+#[derive(Serialize, ToSchema)]
+pub struct RuleApprovals {
+    /// The protection rule.
+    pub rule: String,
+    /// Approvals it needs.
+    pub approvals: u64,
+    /// Approvals that count for it so far.
+    pub have: u64,
+}
+
+/// An approval given.
+#[derive(Serialize, ToSchema)]
+pub struct Approval {
+    /// Who (`name#id`).
+    pub actor: String,
+    /// The rules it counts for.
+    pub rules: Vec<String>,
+    /// When, ms since the Unix epoch.
+    pub time_ms: u64,
+}
+
+/// One write of a change, beside the key's current value.
+#[derive(Serialize, ToSchema)]
+pub struct ChangeWrite {
+    /// The application.
+    pub app: String,
+    /// The environment.
+    pub env: String,
+    /// The key (or flag).
+    pub key: String,
+    /// `put`, `delete`, `put_flag`, `delete_flag`.
+    pub op: String,
+    /// The key's value now (secrets masked).
+    #[schema(value_type = Value, required = false)]
+    pub current: Option<Value>,
+    /// Its version now.
+    pub current_version: u64,
+    /// The version reviewers saw; applying fails (409 `stale_change`) once it moved.
+    pub reviewed_version: u64,
+    /// What the change writes (secrets masked).
+    #[schema(value_type = Value, required = false)]
+    pub proposed: Option<Value>,
+}
+
+/// When, by whom and at which revision a change was applied.
+#[derive(Serialize, ToSchema)]
+pub struct ChangeApplied {
+    /// The revision it committed.
+    pub revision: u64,
+    /// Who applied it.
+    pub by: String,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Whether it skipped the approvals.
+    pub break_glass: bool,
+}
+
+/// The JSON Schema check of a change's values.
+#[derive(Serialize, ToSchema)]
+pub struct SchemaCheck {
+    /// Whether every value validates.
+    pub ok: bool,
+    /// What does not.
+    #[schema(value_type = Vec<Object>)]
+    pub violations: Vec<Value>,
+}
+
+/// A change request as it stands.
+#[derive(Serialize, ToSchema)]
+pub struct ChangeView {
+    /// Its id.
+    pub id: u64,
+    /// `pending`, `approved`, `rejected`, `applied` or `cancelled`.
+    pub status: String,
+    /// Who proposed it.
+    pub author: String,
+    /// Why.
+    pub reason: String,
+    /// When, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// When the leader applies it once approved (null: by hand).
+    pub apply_at_ms: Option<u64>,
+    /// Its application, once applied.
+    pub applied: Option<ChangeApplied>,
+    /// What each rule covering its keys needs and has.
+    pub required: Vec<RuleApprovals>,
+    /// The approvals given.
+    pub approvals: Vec<Approval>,
+    /// Comments, rejections, refreshes, the cancellation.
+    #[schema(value_type = Vec<Object>)]
+    pub notes: Vec<Value>,
+    /// Its writes beside the current values.
+    pub diff: Vec<ChangeWrite>,
+    /// Its values against the JSON Schemas.
+    pub schema: SchemaCheck,
+    /// The revision of the step just taken (answers to a step only).
+    #[schema(required = false)]
+    pub revision: Option<u64>,
+}
+
+/// Change requests, oldest first.
+#[derive(Serialize, ToSchema)]
+pub struct ChangeList {
+    /// The changes.
+    pub changes: Vec<ChangeView>,
+    /// Pass as `after` for the next page; null on the last.
+    pub next: Option<u64>,
+}
+
+/// A webhook subscription (its secret only in the answer that made it).
+#[derive(Serialize, ToSchema)]
+pub struct Webhook {
+    /// Its id.
+    pub id: u64,
+    /// Where events are POSTed.
+    pub url: String,
+    /// The event types.
+    pub events: Vec<String>,
+    /// The key patterns it covers.
+    pub resources: Vec<String>,
+    /// The signing secret (`whsec_…`), in the create answer only.
+    #[schema(required = false)]
+    pub secret: Option<String>,
+}
+
+/// A subscription's recent deliveries and its queue.
+#[derive(Serialize, ToSchema)]
+pub struct Deliveries {
+    /// The subscription.
+    pub id: u64,
+    /// Events waiting.
+    pub queued: u64,
+    /// Events given up or refused for a full queue.
+    pub dropped: u64,
+    /// The last attempts, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    pub deliveries: Vec<Value>,
+}
+
+/// A token revoked.
+#[derive(Serialize, ToSchema)]
+pub struct Revoked {
+    /// The revision that revoked it.
+    pub revision: u64,
+    /// The token's id.
+    pub revoked: String,
+}
+
+/// A service instance's report, as accepted.
+#[derive(Serialize, ToSchema)]
+pub struct AppliedAccepted {
+    /// The application.
+    pub app: String,
+    /// The environment.
+    pub env: String,
+    /// The instance.
+    pub instance: String,
+    /// The revision it applied.
+    pub revision: u64,
+}
+
+/// One instance in the drift view.
+#[derive(Serialize, ToSchema)]
+pub struct DriftRow {
+    /// The instance.
+    pub instance: String,
+    /// The revision it runs.
+    pub revision: u64,
+    /// The newest revision that changed what it watches.
+    pub current_revision: u64,
+    /// The key prefix it watches.
+    pub prefix: String,
+    /// The token that reported.
+    pub reporter: String,
+    /// The edge it reported through (absent when it reported to the origin).
+    #[schema(required = false)]
+    pub via: Option<String>,
+    /// Since its last report.
+    pub last_report_ms: u64,
+    /// `outdated`, `unapproved`, `ahead`, `silent`.
+    pub flags: Vec<String>,
+}
+
+/// Which revision each instance of an app/env runs.
+#[derive(Serialize, ToSchema)]
+pub struct DriftView {
+    /// The application.
+    pub app: String,
+    /// The environment.
+    pub env: String,
+    /// The origin's revision.
+    pub revision: u64,
+    /// The newest revision that changed the app/env's configuration.
+    pub current_revision: u64,
+    /// Instances heard from.
+    pub instances: u64,
+    /// Instances flagged.
+    pub flagged: u64,
+    /// Flagged `outdated`.
+    pub outdated: u64,
+    /// Flagged `unapproved`.
+    pub unapproved: u64,
+    /// Flagged `ahead`.
+    pub ahead: u64,
+    /// Flagged `silent`.
+    pub silent: u64,
+    /// Silence beyond which an instance is flagged.
+    pub silent_after_ms: u64,
+    /// The instances.
+    pub rows: Vec<DriftRow>,
+    /// Members that could not be asked.
+    #[schema(value_type = Vec<Object>)]
+    pub unreachable_nodes: Vec<Value>,
+}

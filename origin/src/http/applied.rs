@@ -66,7 +66,7 @@ async fn local_reports(
 #[utoipa::path(post, path = "/v1/applied/{app}/{env}", tag = "operations",
     summary = "Report the revision a service instance applied",
     request_body = meridian_net::openapi::AppliedReport,
-    responses((status = 202, description = "Accepted.", body = meridian_net::openapi::AnyObject, example = json!({"app":"payments","env":"prod","instance":"pay-7f9c","revision":41})), (status = 503, description = "`applied_backlog_full`.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 202, description = "Accepted.", body = meridian_net::openapi::AppliedAccepted, example = json!({"app":"payments","env":"prod","instance":"pay-7f9c","revision":41})), (status = 503, description = "`applied_backlog_full`.", body = meridian_net::openapi::ErrorBody))
 )]
 pub async fn report(
     State(state): Shared,
@@ -151,7 +151,7 @@ fn facts(state: &AppState, app: &str, env: &str) -> Result<Facts, ApiError> {
 #[utoipa::path(get, path = "/v1/drift/{app}/{env}", tag = "operations",
     summary = "Applied-config drift: every instance, its revision and flags",
     params(("silent_after_ms" = Option<u64>, Query, description = "Silence beyond which an instance is flagged `silent` (default 120,000).")),
-    responses((status = 200, description = "Instances and flags.", body = meridian_net::openapi::AnyObject))
+    responses((status = 200, description = "Instances and flags.", body = meridian_net::openapi::DriftView))
 )]
 pub async fn drift(
     State(state): Shared,

@@ -213,7 +213,7 @@ fn live(state: &CacheState, a: &Address) -> (Option<String>, u64) {
 #[utoipa::path(post, path = "/v1/changes", tag = "changes",
     summary = "Propose a change request",
     request_body = super::kv::TxnBody,
-    responses((status = 201, description = "The change.", body = meridian_net::openapi::AnyObject, example = json!({"id":1,"status":"pending","author":"alice#6c1f0e2a9b3d4c5e","reason":"longer timeout","required":[{"rule":"prod","approvals":1,"have":0}],"approvals":[],"notes":[]})), (status = 422, description = "`schema_violation` or `invalid_flags`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 201, description = "The change.", body = meridian_net::openapi::ChangeView, example = json!({"id":1,"status":"pending","author":"alice#6c1f0e2a9b3d4c5e","reason":"longer timeout","required":[{"rule":"prod","approvals":1,"have":0}],"approvals":[],"notes":[]})), (status = 422, description = "`schema_violation` or `invalid_flags`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn create(
     State(state): Shared,
@@ -291,7 +291,7 @@ pub(crate) struct ListQuery {
 #[utoipa::path(get, path = "/v1/changes", tag = "changes",
     summary = "Change requests the caller may read, oldest first",
     params(("status" = Option<String>, Query, description = "`pending`, `approved`, `rejected`, `applied` or `cancelled`."), ("after" = Option<u64>, Query, description = "Changes after this id."), ("limit" = Option<u64>, Query, description = "At most this many scanned.")),
-    responses((status = 200, description = "Changes; `next` continues.", body = meridian_net::openapi::AnyObject))
+    responses((status = 200, description = "Changes; `next` continues.", body = meridian_net::openapi::ChangeList))
 )]
 pub(crate) async fn list(
     State(state): Shared,
@@ -332,7 +332,7 @@ pub(crate) async fn list(
 /// `GET /v1/changes/{id}`.
 #[utoipa::path(get, path = "/v1/changes/{id}", tag = "changes",
     summary = "One change request: status, rules, approvals, diff, schema check",
-    responses((status = 200, description = "The change.", body = meridian_net::openapi::AnyObject, example = json!({"id":1,"status":"pending","author":"alice#6c1f0e2a9b3d4c5e","reason":"longer timeout","required":[{"rule":"prod","approvals":1,"have":0}],"approvals":[],"notes":[]})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The change.", body = meridian_net::openapi::ChangeView, example = json!({"id":1,"status":"pending","author":"alice#6c1f0e2a9b3d4c5e","reason":"longer timeout","required":[{"rule":"prod","approvals":1,"have":0}],"approvals":[],"notes":[]})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn show(
     State(state): Shared,
@@ -432,7 +432,7 @@ async fn step(
 #[utoipa::path(post, path = "/v1/changes/{id}/approve", tag = "changes",
     summary = "Approve a change request",
     request_body = DecisionBody,
-    responses((status = 200, description = "The change after the step. Counts for every rule the caller may approve; never for its author.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The change after the step. Counts for every rule the caller may approve; never for its author.", body = meridian_net::openapi::ChangeView), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn approve(
     State(state): Shared,
@@ -468,7 +468,7 @@ pub(crate) async fn approve(
 #[utoipa::path(post, path = "/v1/changes/{id}/reject", tag = "changes",
     summary = "Reject a change request",
     request_body = DecisionBody,
-    responses((status = 200, description = "The change after the step. Final.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The change after the step. Final.", body = meridian_net::openapi::ChangeView), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn reject(
     State(state): Shared,
@@ -498,7 +498,7 @@ pub(crate) async fn reject(
 #[utoipa::path(post, path = "/v1/changes/{id}/comments", tag = "changes",
     summary = "Comment on a change request",
     request_body = CommentBody,
-    responses((status = 200, description = "The change after the step. By its author and reviewers.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The change after the step. By its author and reviewers.", body = meridian_net::openapi::ChangeView), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn comment(
     State(state): Shared,
@@ -546,7 +546,7 @@ fn author_or_admin(principal: &Principal, record: &ChangeRecord) -> Result<(), A
 /// `POST /v1/changes/{id}/cancel`: by its author or an admin; final.
 #[utoipa::path(post, path = "/v1/changes/{id}/cancel", tag = "changes",
     summary = "Cancel a change request",
-    responses((status = 200, description = "The change after the step. By its author or an admin; final.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The change after the step. By its author or an admin; final.", body = meridian_net::openapi::ChangeView), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn cancel(
     State(state): Shared,
@@ -568,7 +568,7 @@ pub(crate) async fn cancel(
 /// that has moved on must be proposed again (409 `stale_change`).
 #[utoipa::path(post, path = "/v1/changes/{id}/refresh", tag = "changes",
     summary = "Make the current versions the reviewed ones",
-    responses((status = 200, description = "The change after the step. Approvals given so far lapse.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The change after the step. Approvals given so far lapse.", body = meridian_net::openapi::ChangeView), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn refresh(
     State(state): Shared,
@@ -631,7 +631,7 @@ pub(crate) async fn refresh(
 #[utoipa::path(post, path = "/v1/changes/{id}/apply", tag = "changes",
     summary = "Apply an approved change request as one revision",
     request_body = ApplyBody,
-    responses((status = 200, description = "The change after the step. `break_glass` skips the approvals, audited as such.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The change after the step. `break_glass` skips the approvals, audited as such.", body = meridian_net::openapi::ChangeView), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 403, description = "`not_an_approver`, `change_refused` or `approval_required`.", body = meridian_net::openapi::ErrorBody), (status = 409, description = "`stale_change`, `change_scheduled` or `change_closed`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn apply(
     State(state): Shared,

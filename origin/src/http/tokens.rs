@@ -336,7 +336,7 @@ pub(crate) async fn delete_record(
 /// `DELETE /v1/tokens/{id}`: the token stops working at every node with this revision.
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "access",
     summary = "Revoke a token at every node",
-    responses((status = 200, description = "The revision.", body = meridian_net::openapi::AnyObject), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "The revision.", body = meridian_net::openapi::Revoked), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn revoke(
     State(state): Shared,

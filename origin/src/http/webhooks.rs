@@ -44,7 +44,7 @@ struct SubscribeBody {
 #[utoipa::path(post, path = "/v1/webhooks", tag = "governance",
     summary = "Subscribe a receiver to events (Standard Webhooks)",
     request_body = SubscribeBody,
-    responses((status = 201, description = "The subscription and its signing secret (shown this once).", body = meridian_net::openapi::AnyObject, example = json!({"id":1,"url":"https://hooks.example.com/meridian","events":["config.changed"],"resources":["payments/prod/*"],"secret":"whsec_…"})), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 201, description = "The subscription and its signing secret (shown this once).", body = meridian_net::openapi::Webhook, example = json!({"id":1,"url":"https://hooks.example.com/meridian","events":["config.changed"],"resources":["payments/prod/*"],"secret":"whsec_…"})), (status = 503, description = "`no_quorum`: the cluster cannot commit now.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn create(
     State(state): Shared,
@@ -153,7 +153,7 @@ pub(crate) async fn delete(
 /// and how many were dropped (queue full, or given up after every retry).
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "governance",
     summary = "A subscription's recent delivery attempts and queue",
-    responses((status = 200, description = "Deliveries, queued and dropped counts.", body = meridian_net::openapi::AnyObject, example = json!({"id":1,"queued":0,"dropped":0,"deliveries":[{"event":"evt_42_0","attempt":1,"status":204,"outcome":"delivered"}]})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody))
+    responses((status = 200, description = "Deliveries, queued and dropped counts.", body = meridian_net::openapi::Deliveries, example = json!({"id":1,"queued":0,"dropped":0,"deliveries":[{"event":"evt_42_0","attempt":1,"status":204,"outcome":"delivered"}]})), (status = 404, description = "`not_found`.", body = meridian_net::openapi::ErrorBody))
 )]
 pub(crate) async fn deliveries(
     State(state): Shared,
