@@ -96,6 +96,33 @@ pub(crate) async fn file(Path(path): Path<String>) -> Response {
 mod tests {
     use std::path::Path;
 
+    /// Only the listed assets are served, each with the page's security headers: a path that
+    /// climbs out of the folder, names a note or the source tree is 404, never a file.
+    #[test]
+    fn only_assets_are_served_and_with_a_strict_policy() {
+        for path in [
+            "../Cargo.toml",
+            "../../origin/src/lib.rs",
+            "vendor/json-schema/README.md",
+            "js/../index.html",
+            "%2e%2e/Cargo.toml",
+        ] {
+            assert_eq!(super::asset(path).status(), 404, "{path}");
+        }
+        let page = super::asset("index.html");
+        assert_eq!(page.status(), 200);
+        let csp = page.headers()["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+        assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(
+            super::asset("js/main.js").headers()["content-type"],
+            "text/javascript; charset=utf-8"
+        );
+    }
+
     /// Every file under `ui/` (but its notes) is served, and nothing else is listed.
     #[test]
     fn every_file_of_the_ui_folder_is_an_asset() {
