@@ -145,3 +145,76 @@ async fn the_readme_walk_through_answers_what_it_says() {
     assert_page_answers(&origin, &edges, "README.md", vars, 12).await;
     cluster.shutdown().await;
 }
+
+/// The routes this contract adds, attacked: `/v1/namespaces` needs a token and names only what
+/// the token may read; the UI's asset route serves no file outside its table; the document is
+/// public like status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn namespaces_filter_by_grant_and_the_ui_serves_only_its_assets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _opts) = cluster(dir.path(), 10_000).await;
+    let origin = base(cluster.origin.http_addr);
+    let c = http();
+    for path in [
+        "payments/prod/a",
+        "payments/prod/b",
+        "billing/prod/a",
+        "_/_/timeout",
+    ] {
+        put(&c, &origin, path, serde_json::json!(1)).await;
+    }
+    let url = format!("{origin}/v1/namespaces");
+    let anonymous = http_anonymous().get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let forged = http_with("mrdn_forged").get(&url).send().await.unwrap();
+    assert_eq!(forged.status(), 401);
+    let (viewer, _) = create_token(
+        &c,
+        &origin,
+        serde_json::json!({"name": "pay-viewer", "role": "viewer", "resources": ["payments/prod/a"]}),
+    )
+    .await;
+    let (status, seen) = get_json(&http_with(&viewer), &url).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(
+        seen["namespaces"],
+        serde_json::json!([{"app": "payments", "env": "prod", "keys": 1}]),
+        "only the key it may read, and no system namespace"
+    );
+    let (_, all) = get_json(&c, &url).await;
+    assert_eq!(all["namespaces"].as_array().unwrap().len(), 3, "{all}");
+    for attack in [
+        "/ui/%2e%2e/Cargo.toml",
+        "/ui/../Cargo.toml",
+        "/ui/js/..%2f..%2fCargo.toml",
+        "/ui/vendor/json-schema/README.md",
+    ] {
+        let r = http_anonymous()
+            .get(format!("{origin}{attack}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{attack}");
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("[workspace]"), "{attack} served a file");
+    }
+    let page = http_anonymous()
+        .get(format!("{origin}/ui"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    let doc = http_anonymous()
+        .get(format!("{origin}/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(doc.status(), 200);
+    cluster.shutdown().await;
+}
